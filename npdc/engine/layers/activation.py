@@ -1,0 +1,51 @@
+"""ReLU and PReLU (He et al. 2015, "Delving Deep into Rectifiers": one learned slope per channel)."""
+
+import numpy as np
+
+from npdc.engine.layers.base import Layer
+
+
+class ReLU(Layer):
+    """y = max(x, 0), any shape."""
+
+    def forward(self, x, train):
+        y = np.maximum(x, 0)
+        if train:
+            self.cache["y"] = y
+        return y
+
+    def backward(self, dy):
+        return dy * (self.cache.pop("y") > 0)
+
+
+def _channel_view(a, x):
+    """Broadcast a per-channel vector against x: (N, C) or (N, C, H, W)."""
+    return a.reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+class PReLU(Layer):
+    """y = x for x > 0, slope[c] * x otherwise; x: (N, C) or (N, C, H, W)."""
+
+    def __init__(self, init=0.25):
+        super().__init__()
+        self.init = float(init)
+
+    def build(self, in_shape, rng):
+        self.params["slope"] = np.full(in_shape[0], self.init, np.float32)
+        self.zero_grad()
+        self.in_shape = self.out_shape = tuple(in_shape)
+        return self.out_shape
+
+    def forward(self, x, train):
+        a = _channel_view(self.params["slope"], x)
+        y = np.where(x > 0, x, x * a)
+        if train:
+            self.cache["x"] = x
+        return y
+
+    def backward(self, dy):
+        x = self.cache.pop("x")
+        neg = x <= 0
+        axes = (0,) + tuple(range(2, x.ndim))
+        self.grads["slope"] += (dy * x * neg).sum(axis=axes)
+        return np.where(neg, dy * _channel_view(self.params["slope"], x), dy)

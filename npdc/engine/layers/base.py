@@ -1,0 +1,45 @@
+"""The layer template every op follows (after Caffe): settings in __init__, parameters in build,
+forward keeps in `cache` only what backward needs, backward *adds* into `grads` and returns dx."""
+
+import numpy as np
+
+
+class Layer:
+    """Base class. Shapes exclude the batch axis in build(); arrays include it in forward()."""
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.cache: dict = {}
+        self.in_shape: tuple | None = None
+        self.out_shape: tuple | None = None
+
+    def build(self, in_shape, rng) -> tuple:
+        """Create parameters for an input of shape in_shape (no batch axis); return out_shape."""
+        self.in_shape = self.out_shape = tuple(in_shape)
+        return self.out_shape
+
+    def forward(self, x, train):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def zero_grad(self):
+        for k, p in self.params.items():
+            self.grads[k] = np.zeros_like(p)
+
+    def macs(self) -> int:
+        """Multiply-accumulates for one image."""
+        return 0
+
+    def astype(self, dtype):
+        """Cast parameters and buffers (float64 for gradient checks)."""
+        for store in (self.params, self.buffers):
+            for k in store:
+                store[k] = store[k].astype(dtype)
+        self.zero_grad()
+
+    def describe(self) -> str:
+        return type(self).__name__

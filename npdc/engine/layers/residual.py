@@ -1,0 +1,58 @@
+"""The residual add and the parameter-free shortcut of CIFAR ResNets
+(He et al. 2016, "Deep Residual Learning", option A: subsample by the stride, zero-pad channels)."""
+
+import numpy as np
+
+from npdc.engine.layers.base import Layer
+
+
+class Add(Layer):
+    """Two inputs of equal shape -> their sum; backward returns the same gradient to both."""
+
+    n_inputs = 2
+
+    def build(self, in_shapes, rng):
+        a, b = (tuple(s) for s in in_shapes)
+        if a != b:
+            raise ValueError(f"residual add of shapes {a} and {b}")
+        self.in_shape = self.out_shape = a
+        return a
+
+    def forward(self, xs, train):
+        return xs[0] + xs[1]
+
+    def backward(self, dy):
+        return [dy, dy]
+
+
+class ZeroPadShortcut(Layer):
+    """x: (N, C, H, W) -> (N, O, ceil(H/s), ceil(W/s)): every s-th pixel, the new channels zero.
+
+    The O - C new channels are split between the front and the back (front gets the floor half),
+    the layout of the reference CIFAR ResNets, so their weights import unchanged.
+    """
+
+    def __init__(self, out_channels, stride):
+        super().__init__()
+        self.out_channels, self.stride = int(out_channels), int(stride)
+
+    def build(self, in_shape, rng):
+        c, h, w = in_shape
+        if self.out_channels < c:
+            raise ValueError(f"zero-pad shortcut cannot shrink {c} channels to {self.out_channels}")
+        s = self.stride
+        self.front = (self.out_channels - c) // 2
+        self.in_shape, self.out_shape = tuple(in_shape), (self.out_channels, -(-h // s), -(-w // s))
+        return self.out_shape
+
+    def forward(self, x, train):
+        s, c = self.stride, x.shape[1]
+        y = np.zeros((x.shape[0],) + self.out_shape, x.dtype)
+        y[:, self.front:self.front + c] = x[:, :, ::s, ::s]
+        return y
+
+    def backward(self, dy):
+        s, c = self.stride, self.in_shape[0]
+        dx = np.zeros((dy.shape[0],) + self.in_shape, dy.dtype)
+        dx[:, :, ::s, ::s] = dy[:, self.front:self.front + c]
+        return dx

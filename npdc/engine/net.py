@@ -1,0 +1,157 @@
+"""Net: named layers over a DAG, addressed by parameter path (`res2a_2a.W`).
+
+Nodes are kept in the order they were added, which is a topological order because a node may only
+read nodes added before it; forward walks that list, backward walks it in reverse and sums the
+gradients of outputs read by more than one node (the residual fork).
+"""
+
+import numpy as np
+
+from npdc.errors import UserError
+from npdc.io.datasets import as_float
+
+INPUT = "input"
+
+
+class Net:
+    def __init__(self, spec, in_shape):
+        self.spec = dict(spec)          # how to rebuild this net from the registry (JSON-able)
+        self.in_shape = tuple(in_shape)
+        self.nodes: list[tuple[str, object, tuple[str, ...]]] = []
+        self.layers: dict[str, object] = {}
+        self.shapes: dict[str, tuple] = {INPUT: self.in_shape}
+        self.mean = np.zeros(self.in_shape[0], np.float32)  # input normalisation, stored with the model
+        self.std = np.ones(self.in_shape[0], np.float32)
+
+    # -- construction ----------------------------------------------------------------------
+    def add(self, name, layer, inputs=None, rng=None):
+        """Append a layer reading `inputs` (default: the previous node) and build it now."""
+        if name in self.shapes:
+            raise ValueError(f"duplicate node name {name!r}")
+        if inputs is None:
+            inputs = (self.nodes[-1][0] if self.nodes else INPUT,)
+        elif isinstance(inputs, str):
+            inputs = (inputs,)
+        inputs = tuple(inputs)
+        in_shapes = [self.shapes[i] for i in inputs]
+        self.shapes[name] = layer.build(in_shapes if len(inputs) > 1 else in_shapes[0], rng)
+        self.nodes.append((name, layer, inputs))
+        self.layers[name] = layer
+        return name
+
+    @property
+    def output(self):
+        return self.nodes[-1][0]
+
+    # -- computation -----------------------------------------------------------------------
+    def forward(self, x, train=False, keep=()):
+        """x: normalised (N, *in_shape) -> output of the last node; with `keep`, also a dict of
+        the named intermediate outputs (e.g. the fc5 embedding for distillation)."""
+        outs = {INPUT: x}
+        uses = self._uses()
+        for name, layer, inputs in self.nodes:
+            xs = [outs[i] for i in inputs]
+            outs[name] = layer.forward(xs if len(xs) > 1 else xs[0], train)
+            for i in inputs:
+                uses[i] -= 1
+                if uses[i] == 0 and i not in keep:
+                    del outs[i]
+        y = outs[self.output]
+        return (y, {k: outs[k] for k in keep}) if keep else y
+
+    def backward(self, dy, extra=None):
+        """Backpropagate dy (gradient of the output); `extra` adds gradients at kept nodes."""
+        pending = {self.output: dy}
+        for name, g in (extra or {}).items():
+            pending[name] = pending[name] + g if name in pending else g
+        for name, layer, inputs in reversed(self.nodes):
+            g = pending.pop(name)
+            dxs = layer.backward(g)
+            if len(inputs) == 1:
+                dxs = [dxs]
+            for i, dx in zip(inputs, dxs):
+                pending[i] = pending[i] + dx if i in pending else dx
+        return pending[INPUT]
+
+    def _uses(self):
+        uses = {INPUT: 0}
+        for name, _, inputs in self.nodes:
+            uses[name] = 0
+            for i in inputs:
+                uses[i] += 1
+        uses[self.output] += 1  # the result is never freed
+        return uses
+
+    def preprocess(self, x):
+        """Raw images (uint8 or float) -> the normalised float32 input the net was trained on."""
+        x = as_float(x)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def predict(self, x, batch_size=256):
+        """Logits for raw images, in eval mode, in batches."""
+        outs = [self.forward(self.preprocess(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,) + self.shapes[self.output], np.float32)
+
+    # -- parameters by path ----------------------------------------------------------------
+    def _paths(self, attr):
+        return {f"{n}.{k}": v for n, layer, _ in self.nodes for k, v in getattr(layer, attr).items()}
+
+    def params(self):
+        return self._paths("params")
+
+    def grads(self):
+        return self._paths("grads")
+
+    def buffers(self):
+        return self._paths("buffers")
+
+    def zero_grad(self):
+        for _, layer, _ in self.nodes:
+            layer.zero_grad()
+
+    def astype(self, dtype):
+        for _, layer, _ in self.nodes:
+            layer.astype(dtype)
+        return self
+
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed by path, plus the input normalisation."""
+        state = {k: v.copy() for k, v in {**self.params(), **self.buffers()}.items()}
+        state["input.mean"], state["input.std"] = self.mean.copy(), self.std.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Load arrays by path; the first missing, unexpected or mis-shaped entry is a UserError."""
+        expected = {**self.params(), **self.buffers(), "input.mean": self.mean, "input.std": self.std}
+        for path in expected:
+            if path not in state:
+                raise UserError(f"model state lacks {path}")
+        for path in state:
+            if path not in expected:
+                raise UserError(f"model state has unexpected entry {path}")
+        for path, ref in expected.items():
+            arr = np.asarray(state[path])
+            if arr.shape != ref.shape:
+                raise UserError(f"{path} has shape {arr.shape}, the architecture needs {ref.shape}")
+        for path, arr in state.items():
+            node, key = path.rsplit(".", 1)
+            arr = np.array(arr, dtype=np.float32)
+            if node == INPUT:
+                setattr(self, key, arr)
+                continue
+            layer = self.layers[node]
+            (layer.params if key in layer.params else layer.buffers)[key] = arr
+        self.zero_grad()
+
+    # -- description -----------------------------------------------------------------------
+    def summary(self):
+        """One row per layer: name, kind, output shape, parameters, MACs per image."""
+        return [dict(name=n, kind=layer.describe(), shape=self.shapes[n],
+                     params=sum(p.size for p in layer.params.values()), macs=layer.macs())
+                for n, layer, _ in self.nodes]
+
+    def num_params(self):
+        return sum(p.size for p in self.params().values())
+
+    def macs(self):
+        return sum(layer.macs() for _, layer, _ in self.nodes)
