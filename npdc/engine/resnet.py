@@ -4,7 +4,7 @@ Two families, in the explicit registry ARCHITECTURES:
 - `resnet18`: the layout of a face-recognition ResNet with Caffe-style names. `conv1`; per stage
   N = 2..5 the blocks `resNa` (projection shortcut `resNa_1`, convs `resNa_2a`, `resNa_2b`) and
   `resNb`; then `fc5`, an embedding on the flattened last feature map (most of the parameters, as
-  in the face model), then the classifier `fc6`. Width, input shape and strides are parameters.
+  in the face model), normalised by `fc5_bn`, then the classifier `fc6`. Width, input shape and strides are parameters.
 - `cifar-resnetN`, N = 6n+2: 16/32/64 channels, n blocks per stage, parameter-free shortcuts
   (stride-2 subsample, zero-padded channels), global average pooling, one linear layer `fc`.
   Blocks are named like the first family: stage N = 2..4, blocks `resNa`, `resNb`, ...
@@ -60,7 +60,8 @@ def resnet18(rng, input_shape=(1, 28, 28), num_classes=10, width=16, embedding=5
         x = _block(net, rng, f"res{stage}a", x, out, stride, "projection", activation)
         x = _block(net, rng, f"res{stage}b", x, out, 1, "identity", activation)
     net.add("flatten", Flatten(), rng=rng)
-    net.add("fc5", Linear(embedding), rng=rng)
+    net.add("fc5", Linear(embedding, bias=False), rng=rng)  # fc5_bn supplies the shift
+    net.add("fc5_bn", BatchNorm2d(), rng=rng)
     net.add("fc6", Linear(num_classes), rng=rng)
     return net
 

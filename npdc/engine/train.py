@@ -22,10 +22,11 @@ def augment(x, rng, pad):
     return out
 
 
-def evaluate(net, x, y, batch_size=256):
+def evaluate(net, x, y, batch_size=256, progress=False):
     """Accuracy and mean cross-entropy of `net` (eval mode) on raw images x and labels y."""
     correct, total_loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    for i in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
         logits = net.forward(net.preprocess(x[i:i + batch_size]))
         yb = y[i:i + batch_size]
         total_loss += cross_entropy(logits, yb)[0] * len(yb)
@@ -71,3 +72,32 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
         history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
                         "seconds": time.perf_counter() - t0})
     return history
+
+
+def model_figures(net):
+    """Static figures of a net: parameters, float32 parameter bytes, MACs per image."""
+    params = net.num_params()
+    return {"params": int(params), "size_bytes": int(params) * 4, "macs": int(net.macs())}
+
+
+def evaluate_model(net, x, y, batch_size=256, progress=False):
+    """Accuracy and loss on (x, y) with the static figures and the measured images/s."""
+    t0 = time.perf_counter()
+    result = evaluate(net, x, y, batch_size, progress)
+    seconds = time.perf_counter() - t0
+    return {**result, **model_figures(net), "images": int(len(x)),
+            "images_per_s": len(x) / seconds if seconds > 0 else 0.0}
+
+
+def train_model(spec, x, y, epochs, seed=0, progress=True, **hyper):
+    """Build the net from `spec` (seeded), set its input normalisation from x, train it.
+
+    Returns (net, history). hyper: the keyword arguments of fit (batch_size, lr, ...).
+    """
+    from npdc.engine.resnet import build_net
+    from npdc.io.datasets import channel_stats
+
+    net = build_net(spec, seed=seed)
+    net.mean, net.std = channel_stats(x)
+    history = fit(net, x, y, epochs, seed=seed, progress=progress, **hyper)
+    return net, history

@@ -1,25 +1,20 @@
 """The one entry point for 2-D convolution: forward, backward-data and backward-weights.
 
-Primitive used here: im2col + BLAS GEMM (the Caffe lowering). The batch is processed in chunks so
-the column matrix stays a few MB, i.e. close to cache, instead of materialising N*Ho*Wo columns
-at once; backward recomputes the columns per chunk rather than caching them from forward.
-A 1x1 stride-1 unpadded convolution needs no lowering at all and goes straight to GEMM.
+Primitive used here: im2col + GEMM (the Caffe lowering), one image at a time. Numba's threads
+take the images in turn; each lowers its image into a private column buffer that fits in L2
+and calls a single-threaded BLAS GEMM through np.dot, writing straight into the NCHW output, so
+there is no batch-sized column matrix and no transpose. Backward recomputes the columns rather
+than caching them from forward, and sums per-thread weight gradients in a fixed order, so results
+are deterministic for a given thread count. A 1x1 stride-1 unpadded convolution skips the lowering.
 """
 
+import numba
 import numpy as np
 
 from npdc.kernels.im2col import col2im, im2col, out_size
+from npdc.threads import single_thread_numba_blas
 
-COLS_BUDGET = 1 << 22  # elements of the column buffer per chunk (16 MiB in float32; measured best)
-
-
-def _chunk(n, rows, plane):
-    """Images per chunk so that one chunk's column matrix fits COLS_BUDGET."""
-    return int(max(1, min(n, COLS_BUDGET // max(1, rows * plane))))
-
-
-def _is_pointwise(W, stride, pad, groups):
-    return W.shape[2] == 1 and W.shape[3] == 1 and stride == 1 and pad == 0 and groups == 1
+single_thread_numba_blas()  # BLAS calls from inside Numba's parallel loop must not fork again
 
 
 def check_conv(x_shape, W_shape, stride, pad, groups):
@@ -34,53 +29,72 @@ def check_conv(x_shape, W_shape, stride, pad, groups):
         raise ValueError(f"conv: kernel {kh}x{kw} does not fit a padded {h}x{w} input")
 
 
+@numba.njit(parallel=True, cache=True)
+def _forward(x, W2, kh, kw, stride, pad, groups, y, n_threads):
+    n, c = x.shape[0], x.shape[1]
+    o, rows = W2.shape
+    og, cg, plane = o // groups, c // groups, y.shape[2] * y.shape[3]
+    pointwise = kh == 1 and kw == 1 and stride == 1 and pad == 0 and groups == 1
+    bufs = np.empty((n_threads, rows, plane), x.dtype)
+    for t in numba.prange(n_threads):
+        for i in range(t, n, n_threads):
+            yi = y[i].reshape((o, plane))
+            if pointwise:
+                np.dot(W2, x[i].reshape((c, plane)), yi)
+                continue
+            for g in range(groups):
+                im2col(x[i], g * cg, cg, kh, kw, stride, pad, bufs[t])
+                np.dot(W2[g * og:(g + 1) * og], bufs[t], yi[g * og:(g + 1) * og])
+
+
+@numba.njit(parallel=True, cache=True)
+def _backward(x, W2, dy, kh, kw, stride, pad, groups, dx, need_dx, n_threads):
+    n, c = x.shape[0], x.shape[1]
+    o, rows = W2.shape
+    og, cg, plane = o // groups, c // groups, dy.shape[2] * dy.shape[3]
+    pointwise = kh == 1 and kw == 1 and stride == 1 and pad == 0 and groups == 1
+    bufs = np.empty((n_threads, rows, plane), x.dtype)
+    dW = np.zeros((n_threads, o, rows), W2.dtype)
+    for t in numba.prange(n_threads):
+        for i in range(t, n, n_threads):
+            dyi = dy[i].reshape((o, plane))
+            if pointwise:
+                xi = x[i].reshape((c, plane))
+                dW[t] += np.dot(dyi, xi.T)
+                if need_dx:
+                    np.dot(W2.T, dyi, dx[i].reshape((c, plane)))
+                continue
+            for g in range(groups):
+                dyg = dyi[g * og:(g + 1) * og]
+                im2col(x[i], g * cg, cg, kh, kw, stride, pad, bufs[t])
+                dW[t, g * og:(g + 1) * og] += np.dot(dyg, bufs[t].T)
+                if need_dx:
+                    np.dot(W2[g * og:(g + 1) * og].T, dyg, bufs[t])
+                    col2im(bufs[t], g * cg, cg, kh, kw, stride, pad, dx[i])
+    total = dW[0].copy()
+    for t in range(1, n_threads):
+        total += dW[t]
+    return total
+
+
 def conv2d_forward(x, W, stride=1, pad=0, groups=1):
     """x: (N, C, H, W), W: (O, C/groups, kh, kw) -> y: (N, O, Ho, Wo)."""
     check_conv(x.shape, W.shape, stride, pad, groups)
     n, c, h, w = x.shape
     o, cg, kh, kw = W.shape
-    ho, wo = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
-    if _is_pointwise(W, stride, pad, groups):
-        return np.matmul(W.reshape(o, c), x.reshape(n, c, h * w)).reshape(n, o, ho, wo)
-    og, rows, plane = o // groups, cg * kh * kw, ho * wo
-    W2 = W.reshape(o, rows)
-    y = np.empty((n, o, ho, wo), dtype=x.dtype)
-    nb = _chunk(n, rows, plane)
-    buf = np.empty(rows * nb * plane, dtype=x.dtype)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        cols = buf[: rows * (n1 - n0) * plane].reshape(rows, (n1 - n0) * plane)
-        for g in range(groups):
-            im2col(x[n0:n1], g * cg, cg, kh, kw, stride, pad, cols)
-            yg = W2[g * og:(g + 1) * og] @ cols
-            y[n0:n1, g * og:(g + 1) * og] = yg.reshape(og, n1 - n0, ho, wo).transpose(1, 0, 2, 3)
+    x = np.ascontiguousarray(x)
+    W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw), dtype=x.dtype)
+    y = np.empty((n, o, out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)), x.dtype)
+    _forward(x, W2, kh, kw, stride, pad, groups, y, numba.get_num_threads())
     return y
 
 
 def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True):
     """Gradients of a convolution: returns (dx or None, dW) for dy: (N, O, Ho, Wo)."""
-    n, c, h, w = x.shape
     o, cg, kh, kw = W.shape
-    ho, wo = dy.shape[2], dy.shape[3]
-    if _is_pointwise(W, stride, pad, groups):
-        x3, dy3 = x.reshape(n, c, h * w), dy.reshape(n, o, h * w)
-        dW = np.tensordot(dy3, x3, axes=([0, 2], [0, 2])).reshape(W.shape).astype(W.dtype)
-        dx = np.matmul(W.reshape(o, c).T, dy3).reshape(x.shape) if need_dx else None
-        return dx, dW
-    og, rows, plane = o // groups, cg * kh * kw, ho * wo
-    W2 = W.reshape(o, rows)
-    dW2 = np.zeros((o, rows), dtype=W.dtype)
-    dx = np.zeros_like(x) if need_dx else None
-    nb = _chunk(n, rows, plane)
-    buf = np.empty(rows * nb * plane, dtype=x.dtype)
-    for n0 in range(0, n, nb):
-        n1 = min(n, n0 + nb)
-        cols = buf[: rows * (n1 - n0) * plane].reshape(rows, (n1 - n0) * plane)
-        for g in range(groups):
-            go = slice(g * og, (g + 1) * og)
-            im2col(x[n0:n1], g * cg, cg, kh, kw, stride, pad, cols)
-            dyg = dy[n0:n1, go].transpose(1, 0, 2, 3).reshape(og, -1)
-            dW2[go] += dyg @ cols.T
-            if need_dx:
-                col2im(W2[go].T @ dyg, g * cg, cg, kh, kw, stride, pad, dx[n0:n1])
-    return dx, dW2.reshape(W.shape)
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw), dtype=x.dtype)
+    dx = np.zeros_like(x) if need_dx else np.zeros((1,) * 4, x.dtype)
+    dW = _backward(x, W2, dy, kh, kw, stride, pad, groups, dx, need_dx, numba.get_num_threads())
+    return (dx if need_dx else None), dW.reshape(W.shape).astype(W.dtype, copy=False)

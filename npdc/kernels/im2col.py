@@ -1,81 +1,14 @@
-"""im2col / col2im: lay convolution patches out as matrix columns so a conv becomes one GEMM.
+"""im2col / col2im for one image: lay convolution patches out as matrix columns so a convolution
+becomes one GEMM (the Caffe lowering).
 
-The column layout is (C*kh*kw, N*Ho*Wo): row r = (c, i, j) holds, for every output pixel of every
-image in the chunk, the input value under kernel tap (i, j) of channel c (zero in the padding).
-Rows are independent, so im2col runs in parallel over rows; col2im scatters back per channel,
-which keeps the parallel writes disjoint and the result deterministic.
+Layout: cols has shape (C*kh*kw, Ho*Wo); row r = (c, i, j) holds, for every output pixel, the input
+value under kernel tap (i, j) of channel c, zero in the padding. One image's columns fit in L2
+cache at ResNet sizes, so they are written and read back by the GEMM without touching memory.
+Channels are given as a range (c0, n_ch) of a contiguous image instead of a sliced view: Numba
+compiles a much slower strided version for non-contiguous arrays.
 """
 
 import numba
-import numpy as np
-
-
-@numba.njit(cache=True)
-def _valid_range(j, stride, pad, w, wo):
-    """Output columns lo..hi whose input column ox*stride - pad + j lies inside 0..w-1."""
-    lo = 0
-    while lo < wo and lo * stride - pad + j < 0:
-        lo += 1
-    hi = lo
-    while hi < wo and hi * stride - pad + j < w:
-        hi += 1
-    return lo, hi
-
-
-@numba.njit(parallel=True, cache=True)
-def im2col(x, c0, n_ch, kh, kw, stride, pad, out):
-    """Channels c0..c0+n_ch of x: (N, C, H, W) -> out: (n_ch*kh*kw, N*Ho*Wo), fully overwritten.
-
-    The channel range is passed instead of a sliced view because Numba compiles a much slower
-    strided ('A') version for non-contiguous arrays.
-    """
-    n_img, h, w = x.shape[0], x.shape[2], x.shape[3]
-    ho = (h + 2 * pad - kh) // stride + 1
-    wo = (w + 2 * pad - kw) // stride + 1
-    plane = ho * wo
-    for r in numba.prange(n_ch * kh * kw):
-        c = c0 + r // (kh * kw)
-        i = (r // kw) % kh
-        j = r % kw
-        lo, hi = _valid_range(j, stride, pad, w, wo)
-        for n in range(n_img):
-            base = n * plane
-            for oy in range(ho):
-                iy = oy * stride - pad + i
-                o = base + oy * wo
-                if iy < 0 or iy >= h:
-                    for ox in range(wo):
-                        out[r, o + ox] = 0
-                    continue
-                for ox in range(lo):
-                    out[r, o + ox] = 0
-                for ox in range(lo, hi):
-                    out[r, o + ox] = x[n, c, iy, ox * stride - pad + j]
-                for ox in range(hi, wo):
-                    out[r, o + ox] = 0
-
-
-@numba.njit(parallel=True, cache=True)
-def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx):
-    """Scatter-add cols: (n_ch*kh*kw, N*Ho*Wo) into channels c0.. of dx: (N, C, H, W), unzeroed."""
-    n_img, h, w = dx.shape[0], dx.shape[2], dx.shape[3]
-    ho = (h + 2 * pad - kh) // stride + 1
-    wo = (w + 2 * pad - kw) // stride + 1
-    plane = ho * wo
-    for c in numba.prange(n_ch):
-        for i in range(kh):
-            for j in range(kw):
-                r = (c * kh + i) * kw + j
-                lo, hi = _valid_range(j, stride, pad, w, wo)
-                for n in range(n_img):
-                    base = n * plane
-                    for oy in range(ho):
-                        iy = oy * stride - pad + i
-                        if iy < 0 or iy >= h:
-                            continue
-                        o = base + oy * wo
-                        for ox in range(lo, hi):
-                            dx[n, c0 + c, iy, ox * stride - pad + j] += cols[r, o + ox]
 
 
 def out_size(size, k, stride, pad):
@@ -83,7 +16,44 @@ def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
-def empty_cols(x, kh, kw, stride, pad):
-    n, c, h, w = x.shape
-    ho, wo = out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)
-    return np.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
+@numba.njit(cache=True)
+def im2col(x, c0, n_ch, kh, kw, stride, pad, cols):
+    """Channels c0..c0+n_ch of one image x: (C, H, W) -> cols: (n_ch*kh*kw, Ho*Wo), overwritten."""
+    h, w = x.shape[1], x.shape[2]
+    ho = (h + 2 * pad - kh) // stride + 1
+    wo = (w + 2 * pad - kw) // stride + 1
+    for r in range(n_ch * kh * kw):
+        c = c0 + r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        for oy in range(ho):
+            iy = oy * stride - pad + i
+            o = oy * wo
+            if iy < 0 or iy >= h:
+                for ox in range(wo):
+                    cols[r, o + ox] = 0
+                continue
+            for ox in range(wo):  # a select in the loop body vectorises; split loops did not
+                ix = ox * stride - pad + j
+                cols[r, o + ox] = x[c, iy, ix] if ix >= 0 and ix < w else 0
+
+
+@numba.njit(cache=True)
+def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx):
+    """Scatter-add cols: (n_ch*kh*kw, Ho*Wo) into channels c0.. of one image dx: (C, H, W)."""
+    h, w = dx.shape[1], dx.shape[2]
+    ho = (h + 2 * pad - kh) // stride + 1
+    wo = (w + 2 * pad - kw) // stride + 1
+    for r in range(n_ch * kh * kw):
+        c = c0 + r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        for oy in range(ho):
+            iy = oy * stride - pad + i
+            if iy < 0 or iy >= h:
+                continue
+            o = oy * wo
+            for ox in range(wo):
+                ix = ox * stride - pad + j
+                if ix >= 0 and ix < w:
+                    dx[c, iy, ix] += cols[r, o + ox]

@@ -3,19 +3,25 @@
 import numpy as np
 
 from npdc.engine.layers.base import Layer
+from npdc.kernels.activation import relu_backward, relu_forward
 
 
 class ReLU(Layer):
     """y = max(x, 0), any shape."""
 
     def forward(self, x, train):
-        y = np.maximum(x, 0)
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        relu_forward(x.reshape(-1), y.reshape(-1))
         if train:
             self.cache["y"] = y
         return y
 
     def backward(self, dy):
-        return dy * (self.cache.pop("y") > 0)
+        y = self.cache.pop("y")
+        dx = np.empty_like(y)
+        relu_backward(np.ascontiguousarray(dy, dtype=y.dtype).reshape(-1), y.reshape(-1), dx.reshape(-1))
+        return dx
 
 
 def _channel_view(a, x):

@@ -27,8 +27,13 @@ class Layer:
         raise NotImplementedError
 
     def zero_grad(self):
+        """Zero the gradients in place (optimizers hold references to these arrays)."""
         for k, p in self.params.items():
-            self.grads[k] = np.zeros_like(p)
+            g = self.grads.get(k)
+            if g is not None and g.shape == p.shape and g.dtype == p.dtype:
+                g.fill(0)
+            else:
+                self.grads[k] = np.zeros_like(p)
 
     def macs(self) -> int:
         """Multiply-accumulates for one image."""

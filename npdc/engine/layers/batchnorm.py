@@ -7,10 +7,12 @@ batch variance, as most frameworks store it, so imported models match); eval use
 import numpy as np
 
 from npdc.engine.layers.base import Layer
+from npdc.kernels.batchnorm import bn_backward_train, bn_forward_train
 
 
 class BatchNorm2d(Layer):
-    """x: (N, C, H, W) -> y, same shape; params gamma, beta: (C,); buffers running_mean/var."""
+    """x: (N, C, H, W) or (N, C) -> y, same shape; params gamma, beta: (C,); buffers
+    running_mean, running_var: (C,). A 2-D input is treated as (N, C, 1, 1)."""
 
     def __init__(self, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -25,38 +27,40 @@ class BatchNorm2d(Layer):
         return self.out_shape
 
     def forward(self, x, train):
+        return self._forward(x.reshape(x.shape[0], x.shape[1], 1, 1) if x.ndim == 2 else x,
+                             train).reshape(x.shape)
+
+    def backward(self, dy):
+        return self._backward(dy.reshape(dy.shape[0], dy.shape[1], 1, 1) if dy.ndim == 2 else dy
+                              ).reshape(dy.shape)
+
+    def _forward(self, x, train):
         gamma, beta = self.params["gamma"], self.params["beta"]
         if train:
-            m = x.shape[0] * x.shape[2] * x.shape[3]
-            mean = x.mean(axis=(0, 2, 3))
-            xc = x - mean[:, None, None]
-            var = np.einsum("nchw,nchw->c", xc, xc) / m
-            inv = 1.0 / np.sqrt(var + self.eps)
-            xhat = xc
-            xhat *= inv[:, None, None]
+            x = np.ascontiguousarray(x)
+            c, m = x.shape[1], x.shape[0] * x.shape[2] * x.shape[3]
+            y = np.empty_like(x)
+            mean, inv = np.empty(c, np.float64), np.empty(c, np.float64)
+            bn_forward_train(x, gamma, beta, self.eps, y, mean, inv)
+            var = 1.0 / inv**2 - self.eps
             mom = self.momentum
             self.buffers["running_mean"] = ((1 - mom) * self.buffers["running_mean"] + mom * mean).astype(x.dtype)
             unbiased = var * (m / max(m - 1, 1))
             self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
-            self.cache.update(xhat=xhat, inv=inv)
-            return xhat * gamma[:, None, None] + beta[:, None, None]
+            self.cache.update(x=x, mean=mean, inv=inv)
+            return y
         inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = (gamma * inv).astype(x.dtype)
         shift = (beta - self.buffers["running_mean"] * scale).astype(x.dtype)
         return x * scale[:, None, None] + shift[:, None, None]
 
-    def backward(self, dy):
-        gamma = self.params["gamma"]
-        xhat, inv = self.cache.pop("xhat"), self.cache.pop("inv")
-        dbeta = dy.sum(axis=(0, 2, 3))
-        dgamma = np.einsum("nchw,nchw->c", dy, xhat)
-        self.grads["gamma"] += dgamma
-        self.grads["beta"] += dbeta
-        m = dy.shape[0] * dy.shape[2] * dy.shape[3]
-        # dx = gamma*inv/m * (m*dy - sum(dy) - xhat*sum(dy*xhat))
-        k = (gamma * inv)[:, None, None]
-        dx = xhat * (-dgamma / m)[:, None, None]
-        dx += dy
-        dx -= (dbeta / m)[:, None, None]
-        dx *= k
+    def _backward(self, dy):
+        x, mean, inv = self.cache.pop("x"), self.cache.pop("mean"), self.cache.pop("inv")
+        dx = np.empty_like(x)
+        c = x.shape[1]
+        dgamma, dbeta = np.empty(c, np.float64), np.empty(c, np.float64)
+        bn_backward_train(x, np.ascontiguousarray(dy, dtype=x.dtype), self.params["gamma"], mean, inv,
+                          dx, dgamma, dbeta)
+        self.grads["gamma"] += dgamma.astype(x.dtype)
+        self.grads["beta"] += dbeta.astype(x.dtype)
         return dx

@@ -1,0 +1,91 @@
+"""Shared float64 references for the engine tests, written independently of npdc.
+
+The convolution references walk the output pixels one by one (the textbook definition), so they
+share no code and no lowering with npdc.kernels. Tests import them as `tests.conftest`.
+"""
+
+import numpy as np
+import pytest
+
+TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
+                 "num_classes": 3, "strides": [1, 2, 1, 2, 1]}
+TINY_CIFAR = {"arch": "cifar-resnet20", "input_shape": [3, 6, 6], "num_classes": 3}
+
+
+def out_len(size, k, stride, pad):
+    """Output length along one axis, from the definition of a strided window."""
+    return (size + 2 * pad - k) // stride + 1
+
+
+def naive_conv2d(x, W, stride=1, pad=0, groups=1):
+    """y[n, o, p, q] = sum_{c in group(o), i, j} xpad[n, c, p*s + i, q*s + j] * W[o, c, i, j]."""
+    x, W = np.asarray(x, np.float64), np.asarray(W, np.float64)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = W.shape
+    og = o // groups
+    ho, wo = out_len(h, kh, stride, pad), out_len(w, kw, stride, pad)
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    y = np.zeros((n, o, ho, wo))
+    for g in range(groups):
+        cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for p in range(ho):
+            for q in range(wo):
+                patch = xp[:, cs, p * stride:p * stride + kh, q * stride:q * stride + kw]
+                y[:, os_, p, q] = np.einsum("ncij,ocij->no", patch, W[os_])
+    return y
+
+
+def naive_conv2d_backward(x, W, dy, stride=1, pad=0, groups=1):
+    """(dx, dW) of naive_conv2d: each output pixel scatters dy back over its window (the
+    transposed convolution) and accumulates dy * patch into the weights."""
+    x, W, dy = (np.asarray(a, np.float64) for a in (x, W, dy))
+    n, c, h, w = x.shape
+    o, cg, kh, kw = W.shape
+    og = o // groups
+    ho, wo = dy.shape[2], dy.shape[3]
+    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
+    xp[:, :, pad:pad + h, pad:pad + w] = x
+    dxp = np.zeros_like(xp)
+    dW = np.zeros_like(W)
+    for g in range(groups):
+        cs, os_ = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for p in range(ho):
+            for q in range(wo):
+                win = (slice(None), cs, slice(p * stride, p * stride + kh),
+                       slice(q * stride, q * stride + kw))
+                d = dy[:, os_, p, q]
+                dxp[win] += np.einsum("no,ocij->ncij", d, W[os_])
+                dW[os_] += np.einsum("no,ncij->ocij", d, xp[win])
+    return dxp[:, :, pad:pad + h, pad:pad + w], dW
+
+
+def rel_err(a, ref):
+    """Largest absolute difference relative to the largest reference magnitude."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(a - ref).max(initial=0.0) / max(np.abs(ref).max(initial=0.0), 1e-12))
+
+
+def distinct_values(shape, rng, spread=1.0):
+    """A random permutation of evenly spaced values: no ties, gaps of `spread` apart."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size).astype(np.float64) * spread - size * spread / 2).reshape(shape)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def tiny_resnet18():
+    from npdc.engine.resnet import build_net
+
+    return build_net(TINY_RESNET18, seed=1)
+
+
+@pytest.fixture
+def tiny_cifar():
+    from npdc.engine.resnet import build_net
+
+    return build_net(TINY_CIFAR, seed=2)
