@@ -19,6 +19,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _shape(text):
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not C,H,W with three positive integers")
+    return [int(p) for p in parts]
+
+
 def _threads(value):
     from npdc.threads import set_threads
 
@@ -80,6 +97,9 @@ def cmd_evaluate(args):
     x, y = data.require("test")
     if tuple(x.shape[1:]) != net.in_shape:
         raise UserError(f"dataset images are {tuple(x.shape[1:])}, the model expects {net.in_shape}")
+    classes = net.shapes[net.output][0]
+    if len(y) and int(y.max()) >= classes:
+        raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
     _threads(args.threads)
     r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
@@ -112,7 +132,7 @@ def cmd_speed(args):
 
     spec = {"arch": args.arch}
     if args.input_shape:
-        spec["input_shape"] = [int(v) for v in args.input_shape.split(",")]
+        spec["input_shape"] = args.input_shape
     net = build_net(spec)
     threads = _threads(args.threads)
     r = measure_speed(net, args.batch_size, args.repeats)
@@ -132,15 +152,15 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def threads_arg(s):
-        s.add_argument("--threads", type=int, default=2, help="threads for kernels and BLAS (default 2)")
+        s.add_argument("--threads", type=_positive_int, default=2, help="threads for kernels and BLAS (default 2)")
 
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")
     s.add_argument("--arch", required=True, help="architecture name, e.g. resnet18, cifar-resnet20")
     s.add_argument("--data", required=True, help="shipped dataset name, IDX folder, .npz or .h5")
     s.add_argument("--out", required=True, help="model file to write (.h5)")
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--epochs", type=_positive_int, default=10)
+    s.add_argument("--batch-size", type=_positive_int, default=128)
     s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     s.add_argument("--momentum", type=float, default=0.9)
     s.add_argument("--weight-decay", type=float, default=5e-4)
@@ -148,14 +168,14 @@ def build_parser():
     s.add_argument("--augment-pad", type=int, default=None,
                    help="random-crop padding in pixels (default H/8; 0 disables crop and flip)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--width", type=int, default=None, help="resnet18 family: channels of stage 2")
+    s.add_argument("--width", type=_positive_int, default=None, help="resnet18 family: channels of stage 2")
     threads_arg(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="accuracy and figures of a model on a test split")
     s.add_argument("model", help="model file (.h5)")
     s.add_argument("--data", required=True)
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     threads_arg(s)
     s.set_defaults(func=cmd_evaluate)
@@ -166,9 +186,9 @@ def build_parser():
 
     s = sub.add_parser("speed", help="time a training step and inference on random data")
     s.add_argument("--arch", required=True)
-    s.add_argument("--input-shape", default=None, help="C,H,W (default: the architecture's)")
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (median)")
+    s.add_argument("--input-shape", type=_shape, default=None, help="C,H,W (default: the architecture's)")
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--repeats", type=_positive_int, default=5, help="timed runs after warm-up (median)")
     s.add_argument("--json", action="store_true")
     threads_arg(s)
     s.set_defaults(func=cmd_speed)

@@ -73,11 +73,6 @@ def distinct_values(shape, rng, spread=1.0):
 
 
 @pytest.fixture
-def rng():
-    return np.random.default_rng(12345)
-
-
-@pytest.fixture
 def tiny_resnet18():
     from npdc.engine.resnet import build_net
 

@@ -31,7 +31,10 @@ def save_model(path, net, meta=None):
 def read_meta(path):
     """The metadata dict of a model file, without building the net."""
     with _open(path) as f:
-        return json.loads(f.attrs["meta"])
+        try:
+            return json.loads(f.attrs.get("meta", "{}"))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{path}: damaged metadata ({e})") from None
 
 
 def load_model(path):
@@ -63,7 +66,10 @@ def _open(path):
     if f.attrs.get("format") != FORMAT:
         f.close()
         raise UserError(f"{path}: not an npdc model file")
-    version = int(f.attrs.get("version", -1))
+    try:
+        version = int(f.attrs.get("version", -1))
+    except (TypeError, ValueError):
+        version = -1
     if version != VERSION:
         f.close()
         raise UserError(f"{path}: model file version {version}, this npdc reads version {VERSION}")

@@ -9,7 +9,7 @@ def relu_forward(x, y):
     """y = max(x, 0) elementwise over flat contiguous arrays."""
     for i in numba.prange(x.size):
         v = x[i]
-        y[i] = v if v > 0 else 0
+        y[i] = 0 if v <= 0 else v  # NaN stays NaN, as with np.maximum
 
 
 @numba.njit(parallel=True, cache=True)

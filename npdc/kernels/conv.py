@@ -91,7 +91,11 @@ def conv2d_forward(x, W, stride=1, pad=0, groups=1):
 
 def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True):
     """Gradients of a convolution: returns (dx or None, dW) for dy: (N, O, Ho, Wo)."""
+    check_conv(x.shape, W.shape, stride, pad, groups)
     o, cg, kh, kw = W.shape
+    want = (x.shape[0], o, out_size(x.shape[2], kh, stride, pad), out_size(x.shape[3], kw, stride, pad))
+    if dy.shape != want:
+        raise ValueError(f"conv backward: dy has shape {dy.shape}, expected {want}")
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw), dtype=x.dtype)

@@ -82,3 +82,15 @@ def test_prelu_slope_gradient_formula():
     layer.backward(dy)
     ref = [(dy[:, c] * x[:, c] * (x[:, c] < 0)).sum() for c in range(2)]
     np.testing.assert_allclose(layer.grads["slope"], ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [ReLU(), PReLU()])
+def test_nan_propagates(layer):
+    """A NaN input stays NaN (as np.maximum and every framework's ReLU do): an activation that
+    turned NaN into 0 would hide a diverged layer and let training carry on silently."""
+    _built(layer, (2, 2, 2))
+    x = np.ones((1, 2, 2, 2), np.float32)
+    x[0, 1, 0, 1] = np.nan
+    y = layer.forward(x, train=False)
+    assert np.isnan(y[0, 1, 0, 1])
+    assert np.isfinite(np.delete(y.ravel(), 5)).all()

@@ -68,9 +68,9 @@ def test_check_module_reports_every_parameter():
 
 
 def test_a_gradient_that_is_exactly_zero_is_accepted():
-    """A bias added before a train-mode BatchNorm has zero gradient (the batch mean absorbs it),
-    as resnet18's fc5.b has. The analytic gradient is round-off (~1e-16) and the finite
-    difference round-off too; a correct zero gradient must not score as an error."""
+    """A bias added right before a train-mode BatchNorm has zero gradient (the batch mean
+    absorbs it). The analytic gradient is round-off (~1e-16) and so is the finite difference;
+    a correct zero gradient must not score as an error."""
     bn = BatchNorm2d()
     bn.build((3,), None)
     bn.astype(np.float64)

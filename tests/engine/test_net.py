@@ -29,8 +29,8 @@ def _small_net(seed=0):
 def test_parameter_and_buffer_paths(tiny_resnet18):
     """Parameters and buffers are addressed as `layer.key`; state_dict adds the normalisation."""
     params, buffers = tiny_resnet18.params(), tiny_resnet18.buffers()
-    for path in ("conv1.W", "res2a_2a.W", "res2a_1.W", "res5b_2b_bn.gamma", "fc5.W", "fc5.b",
-                 "fc6.W", "fc5_bn.beta"):
+    for path in ("conv1.W", "res2a_2a.W", "res2a_1.W", "res5b_2b_bn.gamma", "fc5.W", "fc6.W",
+                 "fc6.b", "fc5_bn.beta"):
         assert path in params, path
     for path in ("res2a_2a_bn.running_mean", "res2a_2a_bn.running_var", "fc5_bn.running_var"):
         assert path in buffers, path
@@ -62,7 +62,8 @@ def test_state_dict_round_trip_is_bit_identical():
     a, b = build_net(TINY_RESNET18, seed=1), build_net(TINY_RESNET18, seed=2)
     r = np.random.default_rng(3)
     for path, buf in a.buffers().items():     # non-default running statistics
-        buf[...] = r.uniform(0.5, 2.0, buf.shape) if path.endswith("var") else r.normal(size=buf.shape)
+        var = path.endswith("var")
+        buf[...] = r.uniform(0.5, 2.0, buf.shape) if var else r.normal(size=buf.shape)
     a.mean, a.std = np.array([0.3], np.float32), np.array([0.2], np.float32)
     x = r.integers(0, 256, (5, 1, 6, 6)).astype(np.uint8)
     assert not np.array_equal(a.predict(x), b.predict(x))
@@ -111,15 +112,16 @@ def test_load_state_dict_wrong_shape(tiny_resnet18, path):
 
 # -- forward with kept nodes and backward with extra gradients ----------------------------------
 def test_keep_returns_embedding(tiny_resnet18):
-    """keep=("fc5",) also returns the fc5 embedding: flatten output times fc5.W^T plus fc5.b,
-    and the logits are unchanged by keeping."""
+    """keep=("fc5",) also returns the fc5 embedding: flatten output times fc5.W^T (plus fc5.b
+    if the layer has a bias), and the logits are unchanged by keeping."""
     x = np.random.default_rng(4).standard_normal((3, 1, 6, 6)).astype(np.float32)
     y_plain = tiny_resnet18.forward(x)
     y, kept = tiny_resnet18.forward(x, keep=("flatten", "fc5"))
     np.testing.assert_array_equal(y, y_plain)
     assert y.shape == (3, 3)
     assert kept["fc5"].shape == (3, 4)
-    W, b = tiny_resnet18.params()["fc5.W"], tiny_resnet18.params()["fc5.b"]
+    W = tiny_resnet18.params()["fc5.W"]
+    b = tiny_resnet18.params().get("fc5.b", 0.0)
     np.testing.assert_allclose(kept["fc5"], kept["flatten"] @ W.T.astype(np.float64) + b,
                                rtol=1e-5, atol=1e-6)
     assert kept["flatten"].shape == (3, tiny_resnet18.shapes["flatten"][0])

@@ -98,8 +98,9 @@ def _block_net(in_shape, out, stride, shortcut, seed=0):
 def _bn_eval(x, net, name):
     g, b = net.layers[name].params["gamma"], net.layers[name].params["beta"]
     m, v = net.layers[name].buffers["running_mean"], net.layers[name].buffers["running_var"]
+    eps = net.layers[name].eps
     c = lambda a: np.asarray(a, np.float64)[None, :, None, None]  # noqa: E731
-    return c(g) * (x - c(m)) / np.sqrt(c(v) + 1e-5) + c(b)
+    return c(g) * (x - c(m)) / np.sqrt(c(v) + eps) + c(b)
 
 
 @pytest.mark.parametrize("shortcut, c, out, stride", [

@@ -21,7 +21,8 @@ def _trained_looking_net(seed=0):
     net = build_net(SPEC, seed=seed)
     r = np.random.default_rng(seed + 50)
     for path, arr in {**net.params(), **net.buffers()}.items():
-        arr[...] = r.uniform(0.5, 1.5, arr.shape) if path.endswith("var") else r.normal(size=arr.shape)
+        var = path.endswith("var")
+        arr[...] = r.uniform(0.5, 1.5, arr.shape) if var else r.normal(size=arr.shape)
     net.mean, net.std = np.array([0.4], np.float32), np.array([0.3], np.float32)
     return net
 
@@ -159,10 +160,25 @@ def test_missing_state_group_is_damaged(saved):
 
 
 @pytest.mark.parametrize("spec, words", [('["resnet18"]', "spec"),
-                                          ('{"arch": "vgg16"}', "vgg16")])
+                                          ('{"arch": "vgg16"}', "vgg16"),
+                                          ('{"arch": "resnet18", ', "damaged"),
+                                          (None, "damaged")])
 def test_bad_spec(saved, spec, words):
-    """A spec that is not an object, or names an unknown architecture, is a UserError."""
+    """A spec that is not an object, names an unknown architecture, is not JSON, or is missing
+    is a UserError."""
     path, _ = saved
     with h5py.File(path, "a") as f:
-        f.attrs["spec"] = spec
+        if spec is None:
+            del f.attrs["spec"]
+        else:
+            f.attrs["spec"] = spec
     assert words in _error(path)
+
+
+def test_non_integer_version(saved):
+    """A version attribute that is not a number is refused with a UserError (load_model promises
+    a one-line UserError for any problem with the file), not a ValueError traceback."""
+    path, _ = saved
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = "one"
+    assert "version" in _error(path)

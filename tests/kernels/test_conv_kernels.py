@@ -224,8 +224,9 @@ def test_backward_rejects_illegal_shapes_with_value_error():
         from npdc.kernels.conv import conv2d_backward
         x = np.ones((2, 4, 5, 5), np.float32)
         W = np.ones((6, 2, 3, 3), np.float32)
+        W_bad = np.ones((6, 3, 3, 3), np.float32)
         cases = {
-            "W does not fit x": (x, np.ones((6, 3, 3, 3), np.float32), np.ones((2, 6, 5, 5), np.float32)),
+            "W does not fit x": (x, W_bad, np.ones((2, 6, 5, 5), np.float32)),
             "dy too small": (x, W, np.ones((2, 6, 3, 3), np.float32)),
             "dy too large": (x, W, np.ones((2, 6, 9, 9), np.float32)),
             "dy wrong channels": (x, W, np.ones((2, 4, 5, 5), np.float32)),

@@ -1,0 +1,49 @@
+"""Benchmarks: speed and memory, measured with pytest-benchmark, never asserted in tests/.
+
+Run with `python -m pytest bench/ --benchmark-only`. Cases that compare two things measured in
+the same run (a kernel against numpy's matmul, npdc against PyTorch when it is installed) fail
+when the ratio falls below the floor written beside the case. Every case warms up first, so
+Numba compilation is never timed.
+"""
+
+import time
+
+import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
+import numpy as np
+import pytest
+
+from npdc.threads import set_threads
+
+THREADS = 2
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    set_threads(THREADS)
+
+
+def best_seconds(fn, repeats=5, warmup=1):
+    """Fastest of `repeats` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_gflops(n=1024, repeats=5):
+    """numpy float32 matmul GFLOP/s at n x n x n, the yardstick kernels are compared with."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def gate(benchmark, name, ratio, floor):
+    """Record a same-run ratio and fail below its floor."""
+    benchmark.extra_info[name] = round(ratio, 3)
+    benchmark.extra_info[f"{name}_floor"] = floor
+    assert ratio >= floor, f"{name} = {ratio:.3f} is below its floor {floor}"

@@ -1,0 +1,64 @@
+"""Convolution forward and backward at the layer shapes of cifar-resnet20 and the shipped model."""
+
+import numpy as np
+import pytest
+
+from bench.conftest import best_seconds, gate, matmul_gflops
+from npdc.kernels.conv import conv2d_backward, conv2d_forward
+
+BATCH = 128
+# (C, H, O, k, stride): every distinct conv shape of cifar-resnet20, then of the shipped resnet18
+SHAPES = [(16, 32, 16, 3, 1), (16, 32, 32, 3, 2), (32, 16, 32, 3, 1), (32, 16, 64, 3, 2),
+          (64, 8, 64, 3, 1),
+          (1, 28, 16, 3, 1), (16, 28, 16, 3, 1), (16, 28, 32, 3, 2), (32, 14, 32, 3, 1),
+          (32, 14, 64, 3, 2), (64, 7, 64, 3, 1), (64, 7, 128, 3, 2), (128, 4, 128, 3, 1),
+          (16, 28, 32, 1, 2), (64, 7, 128, 1, 2)]
+FORWARD_FLOOR = 0.10  # conv forward GFLOP/s over numpy's 1024^3 matmul GFLOP/s, same run
+
+
+def _ids(s):
+    return "c{}h{}o{}k{}s{}".format(*s)
+
+
+def _data(c, h, o, k, stride):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, c, h, h), dtype=np.float32)
+    W = rng.standard_normal((o, c, k, k), dtype=np.float32)
+    return x, W, k // 2
+
+
+@pytest.fixture(scope="module")
+def yardstick():
+    return matmul_gflops()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_conv_forward(benchmark, shape, yardstick):
+    x, W, pad = _data(*shape)
+    stride = shape[4]
+    y = conv2d_forward(x, W, stride, pad)  # compile outside the timing
+    flops = 2 * y.size * W[0].size
+    benchmark(conv2d_forward, x, W, stride, pad)
+    gflops = flops / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info["gflops"] = round(gflops, 1)
+    if shape[3] == 3:
+        gate(benchmark, "vs_matmul", gflops / yardstick, FORWARD_FLOOR)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+def test_conv_backward(benchmark, shape):
+    x, W, pad = _data(*shape)
+    stride = shape[4]
+    dy = np.ones_like(conv2d_forward(x, W, stride, pad))
+    conv2d_backward(x, W, dy, stride, pad)
+    benchmark(conv2d_backward, x, W, dy, stride, pad)
+    benchmark.extra_info["gflops"] = round(4 * dy.size * W[0].size / benchmark.stats.stats.min / 1e9, 1)
+
+
+def test_matmul_yardstick(benchmark):
+    """numpy's float32 matmul at 1024^3, for reading the tables above."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, 1024), dtype=np.float32)
+    best_seconds(lambda: a @ a, 1)
+    benchmark(lambda: a @ a)
+    benchmark.extra_info["gflops"] = round(2 * 1024**3 / benchmark.stats.stats.min / 1e9, 1)

@@ -1,0 +1,89 @@
+"""Whole-net speed: a cifar-resnet20 training step and batch-128 inference, npdc against
+PyTorch CPU at the same thread count when torch is installed (the gates need it)."""
+
+import numpy as np
+import pytest
+
+from bench.conftest import THREADS, best_seconds, gate
+from npdc.engine.losses import cross_entropy
+from npdc.engine.optim import SGD
+from npdc.engine.resnet import build_net
+
+BATCH = 128
+TRAIN_FLOOR = 0.5   # npdc training images/s over PyTorch's (engine issue target)
+INFER_FLOOR = 0.25  # npdc inference images/s over PyTorch's
+
+
+def _npdc(arch="cifar-resnet20", shape=(3, 32, 32)):
+    net = build_net({"arch": arch, "input_shape": list(shape)})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH,) + shape, dtype=np.float32)
+    y = rng.integers(0, 10, BATCH)
+    opt = SGD(net.params(), net.grads(), lr=0.01)
+
+    def train_step():
+        net.zero_grad()
+        _, d = cross_entropy(net.forward(x, train=True), y)
+        net.backward(d)
+        opt.step()
+
+    return net, x, train_step
+
+
+def _torch_pair():
+    from bench.torch_models import CifarResNet, torch
+
+    torch.set_num_threads(THREADS)
+    model = CifarResNet(20)
+    x = torch.randn(BATCH, 3, 32, 32)
+    y = torch.randint(0, 10, (BATCH,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def train_step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        model.train()
+
+    return train_step, infer
+
+
+@pytest.mark.parametrize("arch,shape", [("cifar-resnet20", (3, 32, 32)), ("resnet18", (1, 28, 28))])
+def test_train_step(benchmark, arch, shape):
+    _, _, step = _npdc(arch, shape)
+    step()
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.min, 1)
+
+
+@pytest.mark.parametrize("arch,shape", [("cifar-resnet20", (3, 32, 32)), ("resnet18", (1, 28, 28))])
+def test_inference(benchmark, arch, shape):
+    net, x, _ = _npdc(arch, shape)
+    net.forward(x)
+    benchmark.pedantic(net.forward, args=(x,), rounds=5, warmup_rounds=1)
+    benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.min, 1)
+
+
+def test_train_vs_torch(benchmark):
+    torch_step, _ = _torch_pair()
+    _, _, step = _npdc()
+    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    ours = BATCH / benchmark.stats.stats.min
+    theirs = BATCH / best_seconds(torch_step, repeats=5, warmup=2)
+    benchmark.extra_info.update(npdc_img_s=round(ours, 1), torch_img_s=round(theirs, 1))
+    gate(benchmark, "train_vs_torch", ours / theirs, TRAIN_FLOOR)
+
+
+def test_inference_vs_torch(benchmark):
+    _, torch_infer = _torch_pair()
+    net, x, _ = _npdc()
+    benchmark.pedantic(net.forward, args=(x,), rounds=5, warmup_rounds=1)
+    ours = BATCH / benchmark.stats.stats.min
+    theirs = BATCH / best_seconds(torch_infer, repeats=5, warmup=2)
+    benchmark.extra_info.update(npdc_img_s=round(ours, 1), torch_img_s=round(theirs, 1))
+    gate(benchmark, "inference_vs_torch", ours / theirs, INFER_FLOOR)
