@@ -29,6 +29,20 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    return _positive_int(text) if text.strip() != "0" else 0
+
+
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+GRANULARITY_CHOICES = ["element", "vector", "kernel", "filter"]
+
+
 def _shape(text):
     parts = text.split(",")
     if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
@@ -95,11 +109,7 @@ def cmd_evaluate(args):
     net = load_model(args.model)
     data = load_dataset(args.data)
     x, y = data.require("test")
-    if tuple(x.shape[1:]) != net.in_shape:
-        raise UserError(f"dataset images are {tuple(x.shape[1:])}, the model expects {net.in_shape}")
-    classes = net.shapes[net.output][0]
-    if len(y) and int(y.max()) >= classes:
-        raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
+    _check_images(net, x, y)
     _threads(args.threads)
     r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
@@ -113,16 +123,137 @@ def cmd_evaluate(args):
 def cmd_info(args):
     from npdc.io.modelfile import load_model, read_meta
 
+    from npdc.compress.prune import sparsity_table
+
     net = load_model(args.model)
     meta = read_meta(args.model)
+    pruned, total = sparsity_table(net)
+    by_layer = {r["layer"]: r for r in pruned}
     rows = []
     for r in net.summary():
-        rows.append({**r, "shape": "x".join(str(d) for d in r["shape"])})
+        p = by_layer.get(r["name"])
+        rows.append({**r, "shape": "x".join(str(d) for d in r["shape"]),
+                     "nonzero": f"{p['nonzero']:,}" if p else "",
+                     "sparsity": f"{100 * p['sparsity']:.1f}%" if p else ""})
     print(_table(rows, [("layer", "name", "{}"), ("kind", "kind", "{}"), ("output", "shape", "{}"),
-                        ("params", "params", "{:,}"), ("MACs", "macs", "{:,}")]))
-    print(f"\n{net.spec['arch']}: {net.num_params():,} parameters, {net.macs():,} MACs per image")
+                        ("params", "params", "{:,}"), ("non-zero W", "nonzero", "{}"),
+                        ("sparsity", "sparsity", "{}"), ("MACs", "macs", "{:,}")]))
+    print(f"\n{net.spec['arch']}: {net.num_params():,} parameters, {net.macs():,} MACs per image; "
+          f"conv/linear weights {total['nonzero']:,} of {total['weights']:,} non-zero "
+          f"({100 * total['sparsity']:.1f}% sparse)")
     if "test_accuracy" in meta:
         print(f"test accuracy at save: {meta['test_accuracy']:.4f} ({meta.get('dataset', '?')})")
+
+
+# -- sensitivity ---------------------------------------------------------------------------------
+def _held_out(data, split, size):
+    """The evaluation images of a sweep: the last `size` of the training split (default), or the
+    test split."""
+    if split == "test":
+        return data.require("test")
+    x, y = data.require("train")
+    return x[-size:], y[-size:]
+
+
+def cmd_sensitivity(args):
+    from npdc.compress.prune import check_layer_names
+    from npdc.compress.sensitivity import format_table, suggest, sweep
+    from npdc.io.atomic import write_text
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model
+
+    net = load_model(args.model)
+    x, y = _held_out(load_dataset(args.data), args.split, args.val_size)
+    _check_images(net, x, y)
+    layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
+    if layers:
+        check_layer_names(net, layers)
+    _threads(args.threads)
+    result = sweep(net, x, y, args.values, args.by, layers, args.granularity, progress=not args.json)
+    result["suggested"] = suggest(result, args.budget)
+    result["budget"] = args.budget
+    print(format_table(result))
+    print("suggested per-layer " + args.by + ": " +
+          ",".join(f"{k}={v:g}" for k, v in result["suggested"].items()))
+    if args.out:
+        write_text(args.out, json.dumps(result, indent=1, sort_keys=True))
+        print(f"wrote {args.out}")
+    if args.json:
+        _print_json(result)
+
+
+# -- prune ---------------------------------------------------------------------------------------
+def cmd_prune(args):
+    from npdc.compress.agp import GradualPruner
+    from npdc.compress.distill import prune_and_retrain
+    from npdc.compress.prune import (check_layer_names, filter_masks_complete, parse_layer_s,
+                                     percentage_masks, sparsity_table, threshold_masks)
+    from npdc.compress.thin import thin_filters
+    from npdc.engine.train import evaluate
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model, save_model
+
+    teacher = load_model(args.model)
+    data = load_dataset(args.data)
+    x, y = data.require("train")
+    _check_images(teacher, x, y)
+    overrides = parse_layer_s(args.layer_s)
+    check_layer_names(teacher, overrides)
+    _threads(args.threads)
+    masks, gradual = None, None
+    if args.s is not None:
+        masks = threshold_masks(teacher, args.s, overrides, args.granularity)
+    elif args.sparsity is not None:
+        masks = percentage_masks(teacher, args.sparsity, overrides, args.granularity)
+    else:
+        if args.target is None:
+            raise UserError("--schedule agp needs --target P (the final sparsity in percent)")
+        if not 0 < args.target < 100:
+            raise UserError(f"--target must be between 0 and 100 (percent), not {args.target}")
+        steps = args.epochs * -(-len(x) // args.batch_size)
+        exclude = [n for n, (v, _) in overrides.items() if v == 0]
+
+        def gradual(net):
+            return GradualPruner(net, args.target / 100, steps, per_layer=args.agp_scope == "layer",
+                                 exclude=exclude, granularity=args.granularity)
+    if masks is not None and args.granularity == "filter":
+        masks = filter_masks_complete(teacher, masks)
+    labels = None if args.unlabeled else y
+    student, masks, history = prune_and_retrain(
+        teacher, x, labels, masks, gradual, kd=None if args.kd == "none" else args.kd, tau=args.tau,
+        hard_weight=args.hard_weight, on=args.on, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed)
+    report = {}
+    if args.granularity == "filter":
+        student, report = thin_filters(student)
+        for name, what in report.items():
+            print(f"{name}: {what if isinstance(what, str) else f'{what[0]} of {what[1]} filters kept'}")
+    rows, total = sparsity_table(student)
+    print(_table([{**r, "pct": 100 * r["sparsity"]} for r in rows],
+                 [("layer", "layer", "{}"), ("weights", "weights", "{:,}"), ("non-zero", "nonzero", "{:,}"),
+                  ("sparsity", "pct", "{:.1f}%")]))
+    print(f"overall: {total['nonzero']:,} of {total['weights']:,} weights non-zero "
+          f"({100 * total['sparsity']:.2f}% sparse)")
+    result = {"sparsity": total["sparsity"], "layers": rows, "thinned": report, "history": history}
+    if data.x_test is not None:
+        result["accuracy_before"] = evaluate(teacher, data.x_test, data.y_test)["accuracy"]
+        result["accuracy_after"] = evaluate(student, data.x_test, data.y_test)["accuracy"]
+        print(f"test accuracy: baseline {result['accuracy_before']:.4f}, "
+              f"pruned {result['accuracy_after']:.4f}")
+    meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
+            "pruned_from": str(args.model), **{k: v for k, v in result.items() if k != "layers"}}
+    save_model(args.out, student, meta)
+    print(f"wrote {args.out}")
+    if args.json:
+        _print_json({k: v for k, v in result.items() if k != "history"})
+
+
+def _check_images(net, x, y):
+    if tuple(x.shape[1:]) != net.in_shape:
+        raise UserError(f"dataset images are {tuple(x.shape[1:])}, the model expects {net.in_shape}")
+    classes = net.shapes[net.output][0]
+    if y is not None and len(y) and int(y.max()) >= classes:
+        raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
 
 
 # -- speed ---------------------------------------------------------------------------------------
@@ -183,6 +314,56 @@ def build_parser():
     s = sub.add_parser("info", help="per-layer table of a model file")
     s.add_argument("model")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("sensitivity", help="per-layer pruning sensitivity sweep",
+                       description="Prune each layer alone at a sweep of s (or sparsity), evaluate on "
+                                   "held-out images, restore; suggest a per-layer s for a budget.")
+    s.add_argument("model")
+    s.add_argument("--data", required=True)
+    s.add_argument("--by", choices=["s", "sparsity"], default="s",
+                   help="sweep the threshold multiplier s (default) or the sparsity in percent")
+    s.add_argument("--values", type=_floats, default=None, help="comma-separated sweep values")
+    s.add_argument("--layers", default=None, help="comma-separated layer names (default: all)")
+    s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element")
+    s.add_argument("--split", choices=["train", "test"], default="train",
+                   help="evaluate on the last --val-size training images (default) or the test split")
+    s.add_argument("--val-size", type=_positive_int, default=2000)
+    s.add_argument("--budget", type=float, default=0.005,
+                   help="accuracy drop allowed per layer for the suggestion (fraction, default 0.005)")
+    s.add_argument("--out", default=None, help="write the sweep as JSON here")
+    s.add_argument("--json", action="store_true")
+    threads_arg(s)
+    s.set_defaults(func=cmd_sensitivity)
+
+    s = sub.add_parser("prune", help="prune a model and retrain it with distillation",
+                       description="Prune by threshold std(W)*s, by percentage, or gradually (AGP), "
+                                   "then retrain with the unpruned model as teacher.")
+    s.add_argument("model")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    rule = s.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--s", type=float, help="threshold = std(W) * s in every layer")
+    rule.add_argument("--sparsity", type=float, help="prune this percentage of every layer")
+    rule.add_argument("--schedule", choices=["agp"], help="prune gradually during retraining")
+    s.add_argument("--target", type=float, help="AGP: final sparsity in percent")
+    s.add_argument("--agp-scope", choices=["layer", "global"], default="global",
+                   help="AGP: every layer to the target, or one cut across layers (default)")
+    s.add_argument("--layer-s", default="",
+                   help="per-layer overrides, numbers or multiples: conv1=0,fc5=2x")
+    s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element")
+    s.add_argument("--kd", choices=["kl", "l2", "cosine", "none"], default="kl",
+                   help="distillation loss (default kl; none = labels only)")
+    s.add_argument("--tau", type=float, default=4.0, help="distillation temperature (default 4)")
+    s.add_argument("--hard-weight", type=float, default=0.0, help="weight of the label loss")
+    s.add_argument("--on", default="logits", help="distil on logits (default) or a layer, e.g. fc5")
+    s.add_argument("--unlabeled", action="store_true", help="ignore the training labels")
+    s.add_argument("--epochs", type=_non_negative_int, default=2)
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--lr", type=float, default=0.005, help="retraining learning rate (default 0.005)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true")
+    threads_arg(s)
+    s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("speed", help="time a training step and inference on random data")
     s.add_argument("--arch", required=True)

@@ -16,7 +16,7 @@ class SGD:
         Weight decay applies to conv and linear weights (paths ending in `.W`) only."""
         self.params, self.grads = params, grads
         self.lr, self.momentum, self.nesterov, self.weight_decay = lr, momentum, nesterov, weight_decay
-        self.masks = masks or {}
+        self.masks = {} if masks is None else masks  # shared: gradual pruning adds to it
         self.velocity = {k: np.zeros_like(p) for k, p in params.items()}
         self.apply_masks()
 

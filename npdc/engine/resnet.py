@@ -10,6 +10,7 @@ Two families, in the explicit registry ARCHITECTURES:
   Blocks are named like the first family: stage N = 2..4, blocks `resNa`, `resNb`, ...
 
 A spec is a JSON-able dict {"arch": name, ...hyper-parameters}; build_net(spec, seed) rebuilds it.
+Its optional "channels" maps a conv's name to a smaller output width, written by filter pruning.
 """
 
 import string
@@ -27,6 +28,7 @@ def _act(kind):
 
 
 def _conv_bn(net, name, rng, out, k, stride, inputs=None, act=None):
+    out = net.spec.get("channels", {}).get(name, out)  # filter pruning may have thinned it
     net.add(name, Conv2d(out, k, stride=stride, padding=k // 2), inputs, rng)
     net.add(f"{name}_bn", BatchNorm2d(), rng=rng)
     if act:
@@ -46,13 +48,18 @@ def _block(net, rng, name, x, out, stride, shortcut, act):
     return net.add(f"{name}_relu", _act(act), rng=rng)
 
 
+def _spec(channels, **fields):
+    """The JSON-able spec; `channels` (conv name -> output channels) only once filters are thinned."""
+    return {**fields, "channels": dict(channels)} if channels else fields
+
+
 def resnet18(rng, input_shape=(1, 28, 28), num_classes=10, width=16, embedding=512,
-             strides=(1, 1, 2, 2, 2), activation="relu"):
+             strides=(1, 1, 2, 2, 2), activation="relu", channels=None):
     """Face-style ResNet-18: stage widths w, 2w, 4w, 8w; `strides` for conv1 and stages 2..5."""
     if len(strides) != 5:
         raise UserError("resnet18 needs 5 strides: conv1 and stages 2..5")
-    net = Net(dict(arch="resnet18", input_shape=list(input_shape), num_classes=num_classes,
-                   width=width, embedding=embedding, strides=list(strides), activation=activation),
+    net = Net(_spec(channels, arch="resnet18", input_shape=list(input_shape), num_classes=num_classes,
+                    width=width, embedding=embedding, strides=list(strides), activation=activation),
               input_shape)
     x = _conv_bn(net, "conv1", rng, width, 3, strides[0], act=activation)
     for stage, stride in zip(range(2, 6), strides[1:]):
@@ -66,13 +73,14 @@ def resnet18(rng, input_shape=(1, 28, 28), num_classes=10, width=16, embedding=5
     return net
 
 
-def cifar_resnet(rng, depth=20, input_shape=(3, 32, 32), num_classes=10, activation="relu"):
+def cifar_resnet(rng, depth=20, input_shape=(3, 32, 32), num_classes=10, activation="relu",
+                 channels=None):
     """CIFAR ResNet of depth 6n+2 with option-A shortcuts."""
     if (depth - 2) % 6:
         raise UserError(f"cifar-resnet depth must be 6n+2, not {depth}")
     n = (depth - 2) // 6
-    net = Net(dict(arch=f"cifar-resnet{depth}", input_shape=list(input_shape),
-                   num_classes=num_classes, activation=activation), input_shape)
+    net = Net(_spec(channels, arch=f"cifar-resnet{depth}", input_shape=list(input_shape),
+                    num_classes=num_classes, activation=activation), input_shape)
     x = _conv_bn(net, "conv1", rng, 16, 3, 1, act=activation)
     in_ch = 16
     for stage, out in zip(range(2, 5), (16, 32, 64)):
@@ -109,3 +117,10 @@ def build_net(spec, seed=0):
         return ARCHITECTURES[arch](np.random.default_rng(seed), **spec)
     except (TypeError, ValueError) as e:
         raise UserError(f"cannot build {arch}: {e}") from None
+
+
+def clone_net(net):
+    """An independent copy of `net` (same spec, parameters, buffers and normalisation)."""
+    copy = build_net(net.spec)
+    copy.load_state_dict(net.state_dict())
+    return copy

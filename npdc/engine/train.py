@@ -35,42 +35,61 @@ def evaluate(net, x, y, batch_size=256, progress=False):
     return {"accuracy": correct / n, "loss": total_loss / n}
 
 
-def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="cosine", seed=0, augment_pad=None, masks=None, progress=True):
-    """Train `net` with SGD on raw images x (N, C, H, W) and labels y; returns per-epoch history.
+def cross_entropy_objective(net, x, y):
+    """The default training objective: forward, softmax cross-entropy, backward."""
+    logits = net.forward(x, train=True)
+    loss, dlogits = cross_entropy(logits, y)
+    net.backward(dlogits)
+    return logits, {"loss": loss}
 
+
+def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+        schedule="cosine", seed=0, augment_pad=None, masks=None, objective=None, hook=None,
+        progress=True):
+    """Train `net` with SGD on raw images x (N, C, H, W) and labels y (or None); returns the
+    per-epoch history.
+
+    objective(net, x_normalised, y_batch) runs forward and backward and returns (logits, {name:
+    value}) — cross-entropy by default, distillation in npdc.compress.distill. hook(step,
+    optimizer) runs after every optimizer step (gradual pruning updates the masks there).
     Everything random (shuffling, crops, flips) comes from one generator seeded with `seed`, so
-    the same seed gives the same model. `augment_pad` defaults to H // 8 (4 px on 32x32); 0 turns
-    augmentation off.
+    the same seed gives the same model. `augment_pad` defaults to H // 8; 0 turns augmentation off.
     """
     rng = np.random.default_rng(seed)
     pad = x.shape[2] // 8 if augment_pad is None else augment_pad
+    objective = objective or cross_entropy_objective
     opt = SGD(net.params(), net.grads(), lr, momentum, nesterov, weight_decay, masks)
     lr_at = SCHEDULES[schedule]
     steps_per_epoch = -(-len(x) // batch_size)
     history = []
     for epoch in range(epochs):
         order = rng.permutation(len(x))
-        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        seen, correct, sums, t0 = 0, 0, {}, time.perf_counter()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
                    unit="batch", leave=True)
         for step in bar:
             opt.lr = lr_at(lr, (epoch + step / steps_per_epoch) / epochs)
             idx = order[step * batch_size:(step + 1) * batch_size]
-            xb = x[idx]
-            if pad:
-                xb = augment(xb, rng, pad)
+            xb = augment(x[idx], rng, pad) if pad else x[idx]
+            yb = None if y is None else y[idx]
             net.zero_grad()
-            logits = net.forward(net.preprocess(xb), train=True)
-            loss, dlogits = cross_entropy(logits, y[idx])
-            net.backward(dlogits)
+            logits, terms = objective(net, net.preprocess(xb), yb)
             opt.step()
+            if hook is not None:
+                hook(epoch * steps_per_epoch + step + 1, opt)
             seen += len(idx)
-            loss_sum += loss * len(idx)
-            correct += int((logits.argmax(axis=1) == y[idx]).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{opt.lr:.4g}")
-        history.append({"epoch": epoch + 1, "loss": loss_sum / seen, "accuracy": correct / seen,
-                        "seconds": time.perf_counter() - t0})
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+            shown = {k: f"{v / seen:.4f}" for k, v in sums.items()}
+            if yb is not None:
+                correct += int((logits.argmax(axis=1) == yb).sum())
+                shown["acc"] = f"{correct / seen:.4f}"
+            bar.set_postfix(**shown, lr=f"{opt.lr:.4g}")
+        record = {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
+                  "seconds": time.perf_counter() - t0}
+        if y is not None:
+            record["accuracy"] = correct / seen
+        history.append(record)
     return history
 
 
