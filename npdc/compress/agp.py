@@ -13,9 +13,11 @@ from npdc.errors import UserError
 
 def agp_sparsity(t, s_i, s_f, t0, n, dt):
     """Target sparsity (a fraction) at optimizer step t; s_i before t0, s_f from t0 + n*dt on."""
-    if t < t0:
+    if t <= t0:
         return s_i
-    progress = min((t - t0) / (n * dt), 1.0)
+    progress = (t - t0) / (n * dt)
+    if progress >= 1.0:
+        return s_f
     return s_f + (s_i - s_f) * (1.0 - progress) ** 3
 
 
@@ -36,6 +38,8 @@ class GradualPruner:
         span = max(1, total_steps - start)
         # about 20 pruning steps, ending before the last tenth of retraining so it can recover
         self.interval = interval or max(1, int(0.9 * span) // 20)
+        if self.interval > span:
+            raise UserError(f"pruning interval {self.interval} is longer than the {span} steps of retraining")
         self.n = max(1, int(0.9 * span) // self.interval)
         self.per_layer, self.exclude, self.granularity = per_layer, tuple(exclude), granularity
 

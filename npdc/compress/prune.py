@@ -60,11 +60,15 @@ def threshold_mask(W, s, granularity="element", norm="l1"):
     return _expand(saliency(W, granularity, norm) >= threshold, W)
 
 
+def _check_percent(percent):
+    if not 0 <= percent <= 100:
+        raise UserError(f"sparsity must be between 0 and 100 %, not {percent}")
+
+
 def percentage_mask(W, percent, granularity="element", norm="l1"):
     """Keep-mask without the `percent` % of groups of smallest saliency (ties broken by position,
     so exactly floor(percent/100 * groups) groups go)."""
-    if not 0 <= percent <= 100:
-        raise UserError(f"sparsity must be between 0 and 100 %, not {percent}")
+    _check_percent(percent)
     sal = saliency(W, granularity, norm)
     flat = sal.reshape(-1)
     n_drop = int(np.floor(flat.size * percent / 100.0))
@@ -86,8 +90,8 @@ def parse_layer_s(text):
             number = float(value[:-1] if multiple else value)
         except ValueError:
             raise UserError(f"layer override {item!r}: {value!r} is not a number or a multiple") from None
-        if number < 0:
-            raise UserError(f"layer override {item!r}: s must be >= 0")
+        if not number >= 0 or number == float("inf"):  # also refuses NaN
+            raise UserError(f"layer override {item!r}: the value must be a finite number >= 0")
         overrides[name.strip()] = (number, multiple)
     return overrides
 
@@ -125,6 +129,8 @@ def layer_granularity(net, name, granularity):
 
 def threshold_masks(net, s, overrides=None, granularity="element", norm="l1"):
     """{path: keep-mask} for every prunable layer, threshold std(W) * s_layer."""
+    if not s >= 0:
+        raise UserError(f"the threshold multiplier s must be >= 0, not {s}")
     overrides = overrides or {}
     check_layer_names(net, overrides)
     return {f"{name}.W": threshold_mask(net.layers[name].params["W"], layer_s(name, s, overrides),
@@ -137,6 +143,7 @@ def percentage_masks(net, percent, overrides=None, granularity="element", norm="
     absolute or as multiples of `percent`)."""
     overrides = overrides or {}
     check_layer_names(net, overrides)
+    _check_percent(percent)
     return {f"{name}.W": percentage_mask(net.layers[name].params["W"],
                                          min(100.0, layer_s(name, percent, overrides)),
                                          layer_granularity(net, name, granularity), norm)
@@ -146,6 +153,8 @@ def percentage_masks(net, percent, overrides=None, granularity="element", norm="
 def global_percentage_masks(net, percent, exclude=(), granularity="element", norm="l1"):
     """Prune `percent` % of all prunable weights together (one magnitude cut across layers);
     layers in `exclude` stay dense and do not count."""
+    _check_percent(percent)
+    check_layer_names(net, exclude)
     names = [n for n in prunable_layers(net) if n not in set(exclude)]
     sal = {n: saliency(net.layers[n].params["W"], layer_granularity(net, n, granularity), norm)
            for n in names}
