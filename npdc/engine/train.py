@@ -7,6 +7,8 @@ from tqdm import tqdm
 
 from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SCHEDULES, SGD
+from npdc.engine.resnet import build_net
+from npdc.io.datasets import channel_stats
 
 
 def augment(x, rng, pad):
@@ -113,9 +115,6 @@ def train_model(spec, x, y, epochs, seed=0, progress=True, **hyper):
 
     Returns (net, history). hyper: the keyword arguments of fit (batch_size, lr, ...).
     """
-    from npdc.engine.resnet import build_net
-    from npdc.io.datasets import channel_stats
-
     net = build_net(spec, seed=seed)
     net.mean, net.std = channel_stats(x)
     history = fit(net, x, y, epochs, seed=seed, progress=progress, **hyper)

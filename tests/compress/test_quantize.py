@@ -1,0 +1,103 @@
+"""Quantizers: the linear formula, nearest assignment, Lloyd's k-means and the exact 1-D DP."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npdc.compress.quantize import (assign, kmeans, linear_quantize, optimal_kmeans, quantize_weights,
+                                    squared_error)
+from npdc.errors import UserError
+
+
+def brute_force_error(values, k):
+    """Smallest squared error over every split of the sorted values into k runs."""
+    v = np.sort(values)
+    best = np.inf
+    for cuts in itertools.combinations(range(1, len(v)), k - 1):
+        bounds = [0, *cuts, len(v)]
+        err = sum(((v[a:b] - v[a:b].mean()) ** 2).sum() for a, b in zip(bounds, bounds[1:]))
+        best = min(best, err)
+    return best
+
+
+def test_linear_quantize_follows_the_min_max_formula():
+    w = np.array([-1.0, -0.2, 0.0, 0.35, 1.0])
+    codes, codebook = linear_quantize(w, 3)
+    step = 2.0 / 7
+    np.testing.assert_array_equal(codes, np.rint((w + 1.0) / step).astype(int))
+    np.testing.assert_allclose(codebook, -1.0 + step * np.arange(8), rtol=1e-6)
+    assert codes.min() == 0 and codes.max() == 7
+
+
+def test_linear_quantize_error_is_at_most_half_a_step():
+    w = np.random.default_rng(0).standard_normal(1000)
+    codes, codebook = linear_quantize(w, 8)
+    step = (w.max() - w.min()) / 255
+    assert np.abs(codebook[codes] - w).max() <= step / 2 + 1e-6
+
+
+def test_assign_picks_the_nearest_centroid_of_an_unsorted_codebook():
+    codebook = np.array([0.5, -1.0, 2.0])
+    w = np.array([-3.0, -0.3, 0.2, 1.2, 1.3, 5.0])
+    expected = np.abs(w[:, None] - codebook[None, :]).argmin(axis=1)
+    np.testing.assert_array_equal(assign(w, codebook), expected)
+
+
+@pytest.mark.parametrize("init", ["linear", "density", "random"])
+def test_kmeans_is_a_fixed_point_of_lloyd(init):
+    w = np.random.default_rng(1).laplace(size=2000)
+    c = kmeans(w, 8, init=init, iters=200).astype(np.float64)
+    idx = assign(w, c)
+    for j in range(8):
+        if np.any(idx == j):
+            assert c[j] == pytest.approx(w[idx == j].mean(), rel=1e-4, abs=1e-6)
+
+
+def test_unknown_init_is_a_user_error():
+    with pytest.raises(UserError, match="initialisation"):
+        kmeans(np.ones(5), 2, init="bogus")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-10, 10, allow_nan=False, width=32), min_size=2, max_size=9),
+       st.integers(1, 4))
+def test_optimal_kmeans_matches_brute_force(values, k):
+    v = np.array(values, np.float64)
+    k = min(k, len(np.unique(v)))
+    err = squared_error(v, optimal_kmeans(v, k).astype(np.float64))
+    assert err <= brute_force_error(v, k) * (1 + 1e-5) + 1e-6
+
+
+def test_optimal_never_worse_than_lloyd():
+    w = np.random.default_rng(2).laplace(size=20000) * 0.05
+    for k in (3, 7, 15):
+        assert squared_error(w, optimal_kmeans(w, k)) <= squared_error(w, kmeans(w, k)) * (1 + 1e-6)
+
+
+def test_optimal_with_few_distinct_values_is_exact():
+    w = np.array([1.0, 1.0, 3.0, 3.0, 3.0])
+    assert squared_error(w, optimal_kmeans(w, 4)) == 0.0
+
+
+@pytest.mark.parametrize("method", ["linear", "kmeans", "optimal"])
+def test_pruned_layer_reserves_a_code_for_zero(method):
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((8, 4, 3, 3))
+    mask = rng.random(W.shape) > 0.6
+    idx, codebook = quantize_weights(W * mask, 4, method, mask)
+    assert codebook.shape == (15,) and idx.shape == (mask.sum(),)
+    assert idx.min() >= 0 and idx.max() < 15
+    dense_idx, dense_codebook = quantize_weights(W, 4, method)
+    assert dense_codebook.shape == (16,) and dense_idx.shape == (W.size,)
+
+
+def test_quantize_weights_rejects_bad_settings():
+    with pytest.raises(UserError):
+        quantize_weights(np.ones(4), 0)
+    with pytest.raises(UserError):
+        quantize_weights(np.ones(4), 4, "bogus")
+    with pytest.raises(UserError):
+        quantize_weights(np.ones(4), 17)
