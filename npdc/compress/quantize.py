@@ -170,3 +170,54 @@ def quantize_weights(W, bits, method="kmeans", mask=None, init="linear", seed=0)
     else:
         raise UserError(f"unknown quantizer {method!r}; known: {', '.join(METHODS)}")
     return assign(w, codebook), codebook
+
+
+class CentroidSGD:
+    """SGD for trained quantization (Han, Mao & Dally 2016, section 3.3): the weights of a
+    quantized layer share its codebook; each centroid moves by the *sum* of the gradients of the
+    weights assigned to it (with momentum), assignments stay fixed, pruned weights stay zero.
+    Every other parameter takes an ordinary npdc.engine.optim.SGD step.
+
+    Build with functools.partial(CentroidSGD, shared=...) and hand it to fit(optimizer=...);
+    shared: {path: (assign, codebook, mask)} with assign over W[mask] (quantize_weights' output).
+    Weight decay is not applied to centroids.
+    """
+
+    def __init__(self, params, grads, lr, momentum, nesterov, weight_decay, masks=None, shared=None):
+        from npdc.engine.optim import SGD
+
+        self.shared = {}
+        for path, (idx, codebook, mask) in (shared or {}).items():
+            mask = np.ones(params[path].shape, bool) if mask is None else mask
+            self.shared[path] = (np.asarray(idx), np.array(codebook, np.float64), mask,
+                                 np.zeros(len(codebook)))
+        rest = {k: v for k, v in params.items() if k not in self.shared}
+        self.inner = SGD(rest, {k: grads[k] for k in rest}, lr, momentum, nesterov, weight_decay,
+                         {k: m for k, m in (masks or {}).items() if k in rest})
+        self.params, self.grads, self.masks = params, grads, self.inner.masks
+        self.lr, self.momentum, self.nesterov = lr, momentum, nesterov
+        for path in self.shared:
+            self._write(path)
+
+    def _write(self, path):
+        idx, codebook, mask, _ = self.shared[path]
+        W = self.params[path]
+        W[...] = 0
+        W[mask] = codebook[idx]
+
+    def codebooks(self):
+        """{path: float32 codebook} as trained so far."""
+        return {p: c.astype(np.float32) for p, (_, c, _, _) in self.shared.items()}
+
+    def apply_masks(self):
+        self.inner.apply_masks()
+
+    def step(self):
+        self.inner.lr = self.lr
+        self.inner.step()
+        for path, (idx, codebook, mask, velocity) in self.shared.items():
+            g = np.bincount(idx, weights=self.grads[path][mask], minlength=len(codebook))
+            velocity *= self.momentum
+            velocity += g
+            codebook -= self.lr * (g + self.momentum * velocity if self.nesterov else velocity)
+            self._write(path)

@@ -47,7 +47,7 @@ def cross_entropy_objective(net, x, y):
 
 def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
         schedule="cosine", seed=0, augment_pad=None, masks=None, objective=None, hook=None,
-        progress=True):
+        optimizer=SGD, progress=True):
     """Train `net` with SGD on raw images x (N, C, H, W) and labels y (or None); returns the
     per-epoch history.
 
@@ -60,7 +60,7 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
     rng = np.random.default_rng(seed)
     pad = x.shape[2] // 8 if augment_pad is None else augment_pad
     objective = objective or cross_entropy_objective
-    opt = SGD(net.params(), net.grads(), lr, momentum, nesterov, weight_decay, masks)
+    opt = optimizer(net.params(), net.grads(), lr, momentum, nesterov, weight_decay, masks)
     lr_at = SCHEDULES[schedule]
     steps_per_epoch = -(-len(x) // batch_size)
     history = []

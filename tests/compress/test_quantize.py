@@ -101,3 +101,53 @@ def test_quantize_weights_rejects_bad_settings():
         quantize_weights(np.ones(4), 4, "bogus")
     with pytest.raises(UserError):
         quantize_weights(np.ones(4), 17)
+
+
+def test_centroid_sgd_moves_each_centroid_by_the_sum_of_its_members_gradients():
+    from functools import partial
+
+    from npdc.compress.quantize import CentroidSGD
+
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((3, 4))
+    mask = rng.random(W.shape) > 0.3
+    idx, codebook = quantize_weights(W * mask, 2, "kmeans", mask)
+    b = rng.standard_normal(3)
+    params = {"fc.W": W.copy(), "fc.b": b.copy()}
+    grads = {"fc.W": rng.standard_normal(W.shape), "fc.b": rng.standard_normal(3)}
+    opt = partial(CentroidSGD, shared={"fc.W": (idx, codebook, mask)})(
+        params, grads, 0.1, 0.0, False, 0.0)
+    # constructing it snaps the weights onto the codebook, zeros where pruned
+    np.testing.assert_allclose(params["fc.W"][mask], codebook[idx], rtol=1e-6)
+    assert np.all(params["fc.W"][~mask] == 0)
+    opt.step()
+    member_sums = np.array([grads["fc.W"][mask][idx == j].sum() for j in range(len(codebook))])
+    expected = codebook.astype(np.float64) - 0.1 * member_sums
+    np.testing.assert_allclose(opt.codebooks()["fc.W"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params["fc.W"][mask], expected[idx], rtol=1e-5, atol=1e-6)
+    assert np.all(params["fc.W"][~mask] == 0)
+    np.testing.assert_allclose(params["fc.b"], b - 0.1 * grads["fc.b"])
+
+
+def test_trained_quantization_in_fit_keeps_sharing_and_zeros():
+    from functools import partial
+
+    from npdc.compress.quantize import CentroidSGD
+    from npdc.engine.resnet import build_net
+    from npdc.engine.train import fit
+
+    net = build_net({"arch": "resnet18", "input_shape": [1, 8, 8], "width": 2, "embedding": 4,
+                     "num_classes": 3})
+    W = net.layers["fc5"].params["W"]
+    mask = np.abs(W) > np.std(W) * 0.5
+    idx, codebook = quantize_weights(W * mask, 3, "kmeans", mask)
+    before = codebook.copy()
+    rng = np.random.default_rng(5)
+    x = (rng.random((32, 1, 8, 8)) * 255).astype(np.uint8)
+    y = rng.integers(0, 3, 32)
+    fit(net, x, y, 1, batch_size=8, lr=0.05, progress=False,
+        optimizer=partial(CentroidSGD, shared={"fc5.W": (idx, codebook, mask)}))
+    W = net.layers["fc5"].params["W"]
+    assert np.all(W[~mask] == 0)
+    assert len(np.unique(W[mask])) <= len(codebook)
+    assert not np.allclose(np.unique(W[mask]), np.unique(before))  # the centroids did move
