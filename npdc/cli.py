@@ -4,6 +4,7 @@ A user mistake (a UserError, or bad arguments) is one line on stderr and exit co
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -212,10 +213,9 @@ def cmd_prune(args):
             raise UserError(f"--target must be between 0 and 100 (percent), not {args.target}")
         steps = args.epochs * -(-len(x) // args.batch_size)
         exclude = [n for n, (v, _) in overrides.items() if v == 0]
-
-        def gradual(net):
-            return GradualPruner(net, args.target / 100, steps, per_layer=args.agp_scope == "layer",
-                                 exclude=exclude, granularity=args.granularity)
+        gradual = functools.partial(GradualPruner, target=args.target / 100, total_steps=steps,
+                                    per_layer=args.agp_scope == "layer", exclude=exclude,
+                                    granularity=args.granularity)
     if masks is not None and args.granularity == "filter":
         masks = filter_masks_complete(teacher, masks)
     labels = None if args.unlabeled else y

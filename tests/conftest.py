@@ -84,3 +84,24 @@ def tiny_cifar():
     from npdc.engine.resnet import build_net
 
     return build_net(TINY_CIFAR, seed=2)
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of one in-process CLI call; argparse exits count like returns."""
+    from npdc.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err):
+    """A user mistake: exit code 2 and exactly one line on stderr, no traceback."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "error" in lines[0]
+    return lines[0]

@@ -10,27 +10,14 @@ import pytest
 
 from npdc import __version__
 from npdc.cli import main
+from tests.conftest import assert_one_line_error, run_cli
 from npdc.io.modelfile import load_model, read_meta
 
 SUBCOMMANDS = ["train", "evaluate", "info", "speed"]
 
 
 def run(argv, capsys):
-    """(exit code, stdout, stderr) of one CLI call; argparse exits count like returns."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and "error" in lines[0]
-    return lines[0]
+    return run_cli(argv, capsys)
 
 
 def _npz(path, n_train=64, n_test=16, shape=(1, 8, 8), seed=0):

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError

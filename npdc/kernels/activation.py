@@ -1,7 +1,6 @@
 """ReLU kernels: one parallel pass each way instead of NumPy's mask-then-multiply two."""
 
 import numba
-import numpy as np
 
 
 @numba.njit(parallel=True, cache=True)
