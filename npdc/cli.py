@@ -256,6 +256,16 @@ def _check_images(net, x, y):
         raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
 
 
+# -- decompress ----------------------------------------------------------------------------------
+def cmd_decompress(args):
+    from npdc.codec.model import load_compressed
+    from npdc.io.modelfile import save_model
+
+    net, _ = load_compressed(args.model)
+    save_model(args.out, net, {"decompressed_from": str(args.model), "npdc_version": __version__})
+    print(f"wrote {args.out}")
+
+
 # -- speed ---------------------------------------------------------------------------------------
 def cmd_speed(args):
     from npdc.engine.resnet import build_net
@@ -364,6 +374,11 @@ def build_parser():
     s.add_argument("--json", action="store_true")
     threads_arg(s)
     s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("decompress", help="restore a dense .h5 model from a .npdc file")
+    s.add_argument("model", help="compressed model (.npdc)")
+    s.add_argument("--out", required=True, help="model file to write (.h5)")
+    s.set_defaults(func=cmd_decompress)
 
     s = sub.add_parser("speed", help="time a training step and inference on random data")
     s.add_argument("--arch", required=True)

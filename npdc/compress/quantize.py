@@ -221,3 +221,32 @@ class CentroidSGD:
             velocity += g
             codebook -= self.lr * (g + self.momentum * velocity if self.nesterov else velocity)
             self._write(path)
+
+
+def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=None):
+    """Quantize every prunable layer's weights in place (weights become their centroids).
+
+    bits: {layer name: bits}, others get default_bits; masks: {path: keep} of a pruned net (a
+    layer without one is taken as dense unless it has exact zeros). Returns {path: (indices over
+    all positions with 0 = zero, codebook, gap_bits or None)}, what npdc.codec.model stores; the
+    gap width is the one that stores the layer's positions in the fewest bits.
+    """
+    from npdc.codec.relindex import best_gap_bits
+    from npdc.compress.prune import prunable_layers
+
+    out = {}
+    for name in layers or prunable_layers(net):
+        path = f"{name}.W"
+        W = net.layers[name].params["W"]
+        keep = masks.get(path) if masks else None
+        if keep is None:
+            keep = W != 0
+        sparse = not np.all(keep)
+        idx, codebook = quantize_weights(W, bits.get(name, default_bits), method, keep if sparse else None)
+        full = np.zeros(W.size, np.int64)
+        full[keep.reshape(-1)] = idx + 1
+        W[...] = 0
+        W[keep] = codebook[idx]
+        gap = best_gap_bits(full, value_bits=max(1, len(codebook).bit_length())) if sparse else None
+        out[path] = (full, codebook, gap)
+    return out

@@ -1,0 +1,89 @@
+"""A pruned, quantized net written as .npdc and read back computes exactly what it did."""
+
+import numpy as np
+import pytest
+
+from npdc.codec.container import FormatError
+from npdc.codec.model import load_compressed, save_compressed
+from npdc.compress.prune import apply_masks, percentage_masks
+from npdc.compress.quantize import quantize_net
+from npdc.engine.resnet import build_net
+
+SPEC = {"arch": "resnet18", "input_shape": [1, 8, 8], "width": 2, "embedding": 4, "num_classes": 3}
+
+
+@pytest.fixture
+def quantized_net():
+    net = build_net(SPEC, seed=3)
+    masks = percentage_masks(net, 70, {"conv1": (0.0, False)})
+    apply_masks(net, masks)
+    codes = quantize_net(net, {"fc5": 4}, "kmeans", masks, default_bits=5)
+    return net, codes, masks
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, quantized_net):
+    net, codes, _ = quantized_net
+    size = save_compressed(tmp_path / "m.npdc", net, codes)
+    assert size == (tmp_path / "m.npdc").stat().st_size
+    loaded, read_codes = load_compressed(tmp_path / "m.npdc")
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.forward(x), net.forward(x))
+    for path, (indices, codebook, _) in codes.items():
+        np.testing.assert_array_equal(read_codes[path][0], indices)
+
+
+def test_quantize_net_keeps_pruned_weights_zero_and_uses_the_codebook(quantized_net):
+    net, codes, masks = quantized_net
+    for path, (indices, codebook, gap) in codes.items():
+        W = net.params()[path]
+        assert np.all(W[~masks[path]] == 0)
+        assert np.all(np.isin(W[masks[path]], codebook))
+        assert (gap is None) == bool(np.all(masks[path]))
+    assert len(codes["fc5.W"][1]) == 15 and len(codes["res2a_2a.W"][1]) == 31
+    assert codes["conv1.W"][2] is None and len(codes["conv1.W"][1]) == 32
+
+
+def test_float16_parameters_are_smaller(tmp_path, quantized_net):
+    net, codes, _ = quantized_net
+    big = save_compressed(tmp_path / "a.npdc", net, codes)
+    small = save_compressed(tmp_path / "b.npdc", net, codes, raw_dtype="float16")
+    assert small < big
+
+
+def test_a_flipped_byte_is_refused_with_the_section_named(tmp_path, quantized_net):
+    net, codes, _ = quantized_net
+    path = tmp_path / "m.npdc"
+    save_compressed(path, net, codes)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="section"):
+        load_compressed(path)
+
+
+def test_same_input_same_bytes(tmp_path):
+    files = []
+    for name in ("a", "b"):
+        net = build_net(SPEC, seed=7)
+        masks = percentage_masks(net, 60)
+        apply_masks(net, masks)
+        save_compressed(tmp_path / f"{name}.npdc", net, quantize_net(net, {}, "kmeans", masks, 4))
+        files.append((tmp_path / f"{name}.npdc").read_bytes())
+    assert files[0] == files[1]
+
+
+def test_decompress_command_restores_the_quantized_model(tmp_path, quantized_net, capsys):
+    from npdc.cli import main
+    from npdc.io.modelfile import load_model
+    from tests.conftest import assert_one_line_error, run_cli
+
+    net, codes, _ = quantized_net
+    save_compressed(tmp_path / "m.npdc", net, codes)
+    assert main(["decompress", str(tmp_path / "m.npdc"), "--out", str(tmp_path / "m.h5")]) == 0
+    x = np.random.default_rng(1).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(load_model(tmp_path / "m.h5").forward(x), net.forward(x))
+    (tmp_path / "bad.npdc").write_bytes(b"NPDC\x01\x00garbage")
+    capsys.readouterr()
+    code, _, err = run_cli(["decompress", str(tmp_path / "bad.npdc"), "--out", str(tmp_path / "x.h5")], capsys)
+    assert "bad.npdc" in assert_one_line_error(code, err)
+    assert not (tmp_path / "x.h5").exists()
