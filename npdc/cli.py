@@ -256,6 +256,33 @@ def _check_images(net, x, y):
         raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
 
 
+# -- compress ------------------------------------------------------------------------------------
+DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
+
+
+def cmd_compress(args):
+    from pathlib import Path
+
+    from npdc.compress.pipeline import load_schedule, run
+    from npdc.io.atomic import write_text
+    from npdc.io.datasets import load_dataset
+
+    model = Path(args.model)
+    if args.model == DEFAULT_MODEL and not model.is_file():
+        model = Path(__file__).resolve().parents[1] / DEFAULT_MODEL  # run from anywhere
+    schedule = load_schedule(args.config, args.preset)
+    data = load_dataset(args.data)
+    report_dir = Path(args.report)
+    out = Path(args.out) if args.out else report_dir / f"{model.stem}.npdc"
+    _threads(args.threads)
+    result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
+    write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True))
+    print(f"accuracy {result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}; "
+          f"size {result['size_before_bytes']:,} -> {result['size_after_bytes']:,} B "
+          f"({result['ratio']:.1f}x smaller)")
+    print(f"wrote {out} and {report_dir / 'report.json'}")
+
+
 # -- decompress ----------------------------------------------------------------------------------
 def cmd_decompress(args):
     from npdc.codec.model import load_compressed
@@ -374,6 +401,20 @@ def build_parser():
     s.add_argument("--json", action="store_true")
     threads_arg(s)
     s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("compress", help="prune, quantize and encode a model into a .npdc file",
+                       description="Deep Compression in one command: baseline -> gradual pruning with "
+                                   "distillation -> k-means quantization with centroid retraining -> "
+                                   "Huffman-coded .npdc -> decode and verify. Re-running the same "
+                                   "command after a kill resumes after the last finished stage.")
+    s.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model file (default {DEFAULT_MODEL})")
+    s.add_argument("--data", default="fashion-mnist", help="dataset (default fashion-mnist)")
+    s.add_argument("--config", default=None, help="TOML schedule overriding the preset")
+    s.add_argument("--preset", choices=["fast", "full"], default="fast")
+    s.add_argument("--out", default=None, help="compressed file (default REPORT/MODEL.npdc)")
+    s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
+    threads_arg(s)
+    s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", help="restore a dense .h5 model from a .npdc file")
     s.add_argument("model", help="compressed model (.npdc)")

@@ -3,7 +3,8 @@
 HEAD: JSON with the architecture spec, the raw-parameter dtype and, per quantized layer, its path,
 shape and kind; one LAYR per quantized layer in header order (sparse: relative indices + value
 indices, both Huffman-coded; dense: value indices only); PARM: every other parameter and buffer,
-and the input normalisation, as float16 or float32; END. Reading checks the file, rebuilds the
+and the input normalisation, as float16 or float32 (with float16 chosen, a second PARM keeps in
+float32 the arrays float16 cannot hold); END. Reading checks the file, rebuilds the
 net from its spec and checks every name and shape, so a file can never load into a net it does
 not fit.
 """
@@ -42,8 +43,12 @@ def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"
         payloads.append(payload)
     raw = {k: v for k, v in state.items() if k not in quantized}
     header = {"spec": net.spec, "layers": layers, "raw_dtype": raw_dtype}
+    groups = {raw_dtype: raw}
+    if raw_dtype == "float16":  # arrays float16 cannot hold (|x| > 65504) stay float32
+        wide = {k: v for k, v in raw.items() if np.abs(v).max(initial=0) > np.finfo(np.float16).max}
+        groups = {"float16": {k: v for k, v in raw.items() if k not in wide}, "float32": wide}
     return ([("HEAD", encode_header(header))] + [("LAYR", p) for p in payloads] +
-            [("PARM", encode_raw(raw, raw_dtype))])
+            [("PARM", encode_raw(arrays, dtype)) for dtype, arrays in groups.items() if arrays])
 
 
 def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="float32"):
@@ -66,9 +71,10 @@ def load_compressed(path):
         raise e.at(file=name, index=0, tag="HEAD") from None
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"header lacks or garbles {e}", file=name, index=0, tag="HEAD") from None
-    if tags[1:] != ["LAYR"] * len(layers) + ["PARM"]:
-        raise FormatError(f"expected {len(layers)} LAYR sections and one PARM after HEAD, found "
-                          f"{' '.join(tags[1:])}", file=name)
+    n_parm = len(tags) - 1 - len(layers)
+    if n_parm < 1 or tags[1:] != ["LAYR"] * len(layers) + ["PARM"] * n_parm:
+        raise FormatError(f"expected {len(layers)} LAYR sections, then PARM sections, after HEAD; "
+                          f"found {' '.join(tags[1:])}", file=name)
     net = build_net(spec)
     state = {}
     codes = {}
@@ -82,10 +88,11 @@ def load_compressed(path):
             raise e.at(file=name, index=i, tag="LAYR") from None
         state[layer["path"]] = dequantize(indices, codebook, shape)
         codes[layer["path"]] = (indices, codebook)
-    try:
-        state.update(decode_raw(sections[-1][1]))
-    except FormatError as e:
-        raise e.at(file=name, index=len(sections) - 1, tag="PARM") from None
+    for i in range(1 + len(layers), len(sections)):
+        try:
+            state.update(decode_raw(sections[i][1]))
+        except FormatError as e:
+            raise e.at(file=name, index=i, tag="PARM") from None
     try:
         net.load_state_dict(state)
     except UserError as e:
