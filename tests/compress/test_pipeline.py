@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from npdc.compress.pipeline import Checkpoints, load_schedule, run
-from npdc.engine.resnet import build_net
 from npdc.engine.train import train_model
 from npdc.errors import UserError
 from npdc.io.datasets import load_dataset
