@@ -266,6 +266,8 @@ def cmd_compress(args):
     from npdc.compress.pipeline import load_schedule, run
     from npdc.io.atomic import write_text
     from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model
+    from npdc.report import build_report, format_markdown
 
     model = Path(args.model)
     if args.model == DEFAULT_MODEL and not model.is_file():
@@ -276,11 +278,39 @@ def cmd_compress(args):
     out = Path(args.out) if args.out else report_dir / f"{model.stem}.npdc"
     _threads(args.threads)
     result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
-    write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True))
+    report = build_report(out, load_model(model), result["accuracy_before"], result["accuracy_after"])
+    result.update(score=report["score"]["score"], layers=report["layers"], totals=report["totals"],
+                  memory_method=report["memory_method"])
+    report["schedule"] = result["schedule"]
+    write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True, default=float))
+    write_text(report_dir / "report.md", format_markdown(report))
+    print(format_markdown(report))
     print(f"accuracy {result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}; "
           f"size {result['size_before_bytes']:,} -> {result['size_after_bytes']:,} B "
-          f"({result['ratio']:.1f}x smaller)")
-    print(f"wrote {out} and {report_dir / 'report.json'}")
+          f"({result['ratio']:.1f}x smaller); score {result['score']:.1f}")
+    print(f"wrote {out}, {report_dir / 'report.md'} and {report_dir / 'report.json'}")
+
+
+# -- report --------------------------------------------------------------------------------------
+def cmd_report(args):
+    from npdc.io.modelfile import load_model
+    from npdc.report import build_report, format_markdown
+
+    baseline = load_model(args.baseline) if args.baseline else None
+    _threads(args.threads)
+    before = after = None
+    if args.data:
+        from npdc.codec.model import load_compressed
+        from npdc.engine.train import evaluate
+        from npdc.io.datasets import load_dataset
+
+        x, y = load_dataset(args.data).require("test")
+        after = evaluate(load_compressed(args.model)[0], x, y)["accuracy"]
+        before = evaluate(baseline, x, y)["accuracy"] if baseline else None
+    report = build_report(args.model, baseline, before, after, args.preset)
+    print(format_markdown(report))
+    if args.json:
+        _print_json(report)
 
 
 # -- decompress ----------------------------------------------------------------------------------
@@ -415,6 +445,15 @@ def build_parser():
     s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
     threads_arg(s)
     s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("report", help="per-layer table, sizes and score of a .npdc file")
+    s.add_argument("model", help="compressed model (.npdc)")
+    s.add_argument("--baseline", default=None, help="the uncompressed model (.h5)")
+    s.add_argument("--data", default=None, help="evaluate both models on this dataset's test split")
+    s.add_argument("--preset", choices=["relative", "zte"], default="relative", help="score preset")
+    s.add_argument("--json", action="store_true")
+    threads_arg(s)
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("decompress", help="restore a dense .h5 model from a .npdc file")
     s.add_argument("model", help="compressed model (.npdc)")

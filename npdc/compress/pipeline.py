@@ -229,7 +229,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
     if "verify" not in ck.done:
         net, _ = load_compressed(out)
         ck.mark("verify", {"accuracy": evaluate(net, x_test, y_test, progress=progress)["accuracy"]})
-    size_before = 4 * teacher.num_params()
+    size_before = 4 * (teacher.num_params() + sum(b.size for b in teacher.buffers().values()))
     size_after = out.stat().st_size
     return {"accuracy_before": ck.done["baseline"]["accuracy"], "accuracy_pruned": ck.done["prune"]["accuracy"],
             "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,

@@ -112,3 +112,27 @@ def test_same_seed_same_bytes(tiny):
             log=lambda *_: None)
         outs.append((folder / f"{name}.npdc").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_compress_and_report_commands(tiny, capsys):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    folder, _, _ = tiny
+    config = write(folder, "batch_size = 16\n[prune]\ntarget = 60\nepochs = 1\n[quantize]\nepochs = 0\n")
+    code, out, _ = run_cli(["compress", str(folder / "m.h5"), "--data", str(folder / "d.npz"), "--config",
+                            str(config), "--report", str(folder / "rep"), "--threads", "1"], capsys)
+    assert code == 0, out
+    report = json.loads((folder / "rep" / "report.json").read_text())
+    for key in ("accuracy_before", "accuracy_after", "size_before_bytes", "size_after_bytes", "ratio",
+                "score", "layers"):
+        assert key in report
+    assert "fc5.W" in (folder / "rep" / "report.md").read_text()
+    code, out, _ = run_cli(["report", str(folder / "rep" / "m.npdc"), "--baseline", str(folder / "m.h5"),
+                            "--data", str(folder / "d.npz"), "--json", "--threads", "1"], capsys)
+    assert code == 0
+    parsed = json.loads(out.strip().splitlines()[-1])
+    assert parsed["score"]["score"] is not None and parsed["totals"]["ratio"] > 1
+    bad = write(folder, "[prune]\nwhat = 1\n")
+    code, _, err = run_cli(["compress", str(folder / "m.h5"), "--data", str(folder / "d.npz"), "--config",
+                            str(bad), "--report", str(folder / "rep2")], capsys)
+    assert "prune.what" in assert_one_line_error(code, err)

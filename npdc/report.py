@@ -1,0 +1,314 @@
+"""What a compressed model costs and saves: the per-layer table, the totals and the score.
+
+The per-layer table follows the one of the seed design (REFERENCES.md: "P+Q 85.97 %, P+Q+H
+90.81 % per-layer saving overall"): for every quantized layer of a .npdc file, its sparsity, the
+bits per stored value and per relative index before and after Huffman coding (Han, Mao & Dally
+2016, "Deep Compression", sections 2-4), and the fraction of its float32 size saved. Bit counts
+come from npdc.codec.container.layer_bit_stats on the decoded layer, so the table measures the
+coding the file actually uses.
+
+The score weighs memory saved and size saved and gates them by accuracy and size (`score`).
+Memory is measured here the naive way (`peak_inference_bytes`); a report always names the
+measurement it used (`memory_method`), so a better one can replace it without changing the rest.
+"""
+
+import math
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from npdc.codec import huffman
+from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_header,
+                                  decode_layer, layer_bit_stats, pack_container, read_container)
+from npdc.codec.model import MAX_LAYER_WEIGHTS
+from npdc.errors import UserError
+
+NAIVE_MEMORY = ("naive dense float32 inference (npdc.report.peak_inference_bytes): the tracemalloc "
+                "peak of one forward pass at batch {batch}, plus the input, parameters and buffers")
+MB = 10 ** 6  # the zte preset's size steps are decimal megabytes
+PRESETS = ("relative", "zte")
+_SLACK = 1e-9  # relative slack on every step boundary, so 0.973 - 0.003 counts as 0.97
+
+
+# -- per-layer table -----------------------------------------------------------------------------
+def _model_sections(source):
+    """(sections, name) of a path or of a list of (tag, payload) already read."""
+    if isinstance(source, (str, Path)):
+        return read_container(source), Path(source).name
+    return list(source), "<sections>"
+
+
+def _header(sections, name):
+    """The HEAD dict, after checking that one LAYR section follows it per listed layer."""
+    tags = [tag for tag, _ in sections]
+    if not tags or tags[0] != "HEAD":
+        raise FormatError("the first section must be HEAD", file=name, index=0)
+    try:
+        header = decode_header(sections[0][1])
+    except FormatError as e:
+        raise e.at(file=name, index=0, tag="HEAD") from None
+    layers = header.get("layers")
+    if not isinstance(layers, list) or "spec" not in header:
+        raise FormatError("the header lacks its spec or layer list", file=name, index=0, tag="HEAD")
+    if tags[1:1 + len(layers)] != ["LAYR"] * len(layers):
+        raise FormatError(f"expected {len(layers)} LAYR sections after HEAD", file=name)
+    return header
+
+
+def _huffman_bits(symbols):
+    """Bits of the stream the codec writes for these symbols (same length limit as the codec)."""
+    counts = np.bincount(np.asarray(symbols, np.int64))
+    return huffman.total_bits(counts, huffman.code_lengths(counts, MAX_CODE_LEN))
+
+
+def _layer_row(path, shape, payload):
+    """One table row from a LAYR payload; see layer_table for the meaning of the fields."""
+    weights = math.prod(shape)
+    if weights > MAX_LAYER_WEIGHTS:  # a corrupt header must not make the decoder allocate it
+        raise ValueError(f"{path} claims {weights} weights")
+    indices, codebook = decode_layer(payload, weights)
+    k, gap_bits = int(codebook.size), payload[0]
+    codebook_bits = 8 * k * payload[1]  # the byte after the gap width is the value width
+    nonzero = int(np.count_nonzero(indices))
+    if gap_bits == DENSE:
+        symbols = k + int(nonzero < weights)  # exact zeros need one more symbol
+        entries, weight_bits, index_bits = weights, (symbols - 1).bit_length(), 0
+        huffman_values, huffman_gaps = _huffman_bits(indices), 0
+    else:
+        stats = layer_bit_stats(indices, k, gap_bits)  # its codebook_bits go unused
+        entries, weight_bits, index_bits = stats["entries"], k.bit_length(), gap_bits
+        huffman_values, huffman_gaps = stats["huffman_value_bits"], stats["huffman_index_bits"]
+    pq_bits = entries * (weight_bits + index_bits) + codebook_bits
+    per_entry, per_bit = 1 / max(entries, 1), 1 / max(32 * weights, 1)
+    return {"layer": path, "kind": "dense" if gap_bits == DENSE else "sparse",
+            "weights": weights, "nonzero": nonzero, "sparsity": 1 - nonzero / max(weights, 1),
+            "codebook": k, "entries": entries,
+            "weight_bits": weight_bits, "huffman_weight_bits": huffman_values * per_entry,
+            "index_bits": int(index_bits), "huffman_index_bits": huffman_gaps * per_entry,
+            "pq_bits": pq_bits, "bytes": len(payload), "rate_pq": 1 - pq_bits * per_bit,
+            "rate_pqh": 1 - 8 * len(payload) * per_bit}
+
+
+def layer_table(source):
+    """One dict per quantized layer of a .npdc file (a path, or its sections), in file order.
+
+    layer, kind ("sparse"/"dense"), weights (positions), nonzero, sparsity = 1 - nonzero/weights,
+    codebook = k values, entries = stored values (sparse: non-zeros plus filler zeros; dense: every
+    position); weight_bits = fixed width of one stored value: ceil(log2(k + 1)) for a sparse layer
+    (index 0 marks a filler), ceil(log2 k) for a dense one (k + 1 symbols if it holds exact
+    zeros); huffman_weight_bits and huffman_index_bits = Huffman bits of the value and gap streams
+    divided by entries; index_bits = gap width (0 for dense); bytes = the LAYR payload.
+    Rates are the fraction of the layer's float32 size (32 * weights bits) saved:
+      rate_pq  = 1 - (entries * (weight_bits + index_bits) + codebook bits) / (32 * weights)
+      rate_pqh = 1 - 8 * bytes / (32 * weights)   (the payload: codebook, code tables, streams)
+    A layer smaller than its codebook saves nothing and gets a negative rate."""
+    sections, name = _model_sections(source)
+    header = _header(sections, name)
+    rows = []
+    for i, layer in enumerate(header["layers"], start=1):
+        try:
+            shape = [int(d) for d in layer["shape"]]
+            rows.append(_layer_row(str(layer["path"]), shape, sections[i][1]))
+        except FormatError as e:
+            raise e.at(file=name, index=i, tag="LAYR") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"layer entry garbled: {e}", file=name, index=0, tag="HEAD") from None
+    return rows
+
+
+# -- totals -------------------------------------------------------------------------------------
+def totals(source, rows=None, baseline=None):
+    """Sizes of the whole model and the saving summed over the quantized layers.
+
+    size_before_bytes = 4 * (every parameter + every buffer) of the float32 net: the BN running
+    statistics are as much a part of a trained model as its weights, and the .npdc file stores
+    them too; the input normalisation (a few values per channel) is left out. The net is
+    `baseline` if given, else the file's architecture. size_after_bytes = the whole .npdc file,
+    ratio = before / after. rate_pq and rate_pqh as in layer_table over all quantized layers."""
+    from npdc.engine.resnet import build_net
+
+    sections, name = _model_sections(source)
+    rows = layer_table(sections) if rows is None else rows
+    net = baseline if baseline is not None else build_net(_header(sections, name)["spec"])
+    params = sum(int(p.size) for p in net.params().values())
+    buffers = sum(int(b.size) for b in net.buffers().values())
+    path = isinstance(source, (str, Path))
+    after = Path(source).stat().st_size if path else len(pack_container(sections))
+    weights, nonzero = sum(r["weights"] for r in rows), sum(r["nonzero"] for r in rows)
+    original_bits = 32 * max(weights, 1)
+    return {"parameters": params, "buffer_values": buffers,
+            "size_before_bytes": 4 * (params + buffers), "size_after_bytes": after,
+            "ratio": 4 * (params + buffers) / after,
+            "quantized_weights": weights, "nonzero": nonzero,
+            "sparsity": 1 - nonzero / max(weights, 1), "layer_bytes": sum(r["bytes"] for r in rows),
+            "rate_pq": 1 - sum(r["pq_bits"] for r in rows) / original_bits,
+            "rate_pqh": 1 - 8 * sum(r["bytes"] for r in rows) / original_bits}
+
+
+# -- score --------------------------------------------------------------------------------------
+def _number(value, what, low=None, above=None):
+    """A finite float; UserError if it is not one, is below `low` or is not above `above`."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise UserError(f"{what} must be finite, got {value}")
+    if (low is not None and value < low) or (above is not None and value <= above):
+        bound = f">= {low}" if low is not None else f"> {above}"
+        raise UserError(f"{what} must be {bound}, got {value}")
+    return value
+
+
+def _accuracy(value, what):
+    value = _number(value, what, low=0.0)
+    if value > 1:
+        raise UserError(f"{what} is a fraction in [0, 1], got {value} (a percentage?)")
+    return value
+
+
+def _step(value, steps, at_least):
+    """Factor of the first (limit, factor) that `value` reaches: value >= limit when at_least,
+    else value <= limit; 0 when none does. Boundaries are inclusive."""
+    for limit, factor in steps:
+        slack = _SLACK * max(abs(limit), 1.0)
+        if (value >= limit - slack) if at_least else (value <= limit + slack):
+            return factor
+    return 0.0
+
+
+def score(S, s, M, m, z, preset="relative", z0=None):
+    """Score = ((M - m)/M * 20 + (S - s)/s * 80) * A(z) * B(s).
+
+    S, s: model size before and after (bytes); M, m: inference memory before and after (bytes);
+    z: accuracy after, z0: accuracy before (fractions in [0, 1]). Presets, boundaries inclusive:
+      zte:      A = 1 for z >= 0.97, 0.9 for z >= 0.965, else 0;
+                B = 1 for s <= 40 MB, 0.9 for <= 50 MB, 0.8 for <= 63 MB, else 0 (MB = 10^6 bytes)
+      relative: A = 1 for z >= z0 - 0.003, 0.9 for z >= z0 - 0.008, else 0;
+                B = 1 for s <= 0.537 S, 0.9 for <= 0.671 S, 0.8 for <= 0.846 S, else 0
+    (relative carries the zte steps over to any baseline). Returns the score and its parts."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
+    S, s = _number(S, "size before", above=0), _number(s, "size after", above=0)
+    M, m = _number(M, "memory before", above=0), _number(m, "memory after", low=0)
+    z = _accuracy(z, "accuracy after")
+    if preset == "zte":
+        a_steps = [(0.97, 1.0), (0.965, 0.9)]
+        b_steps = [(40 * MB, 1.0), (50 * MB, 0.9), (63 * MB, 0.8)]
+    else:
+        if z0 is None:
+            raise UserError("the relative score preset needs the baseline accuracy z0")
+        z0 = _accuracy(z0, "accuracy before")
+        a_steps = [(z0 - 0.003, 1.0), (z0 - 0.008, 0.9)]
+        b_steps = [(0.537 * S, 1.0), (0.671 * S, 0.9), (0.846 * S, 0.8)]
+    A, B = _step(z, a_steps, True), _step(s, b_steps, False)
+    memory_term, size_term = (M - m) / M * 20, (S - s) / s * 80
+    return {"preset": preset, "score": (memory_term + size_term) * A * B, "A": A, "B": B,
+            "memory_term": memory_term, "size_term": size_term,
+            "S": S, "s": s, "M": M, "m": m, "z": z, "z0": z0}
+
+
+# -- memory -------------------------------------------------------------------------------------
+def peak_inference_bytes(net, batch=1, seed=0):
+    """Naive dense float32 inference memory: the peak of the bytes tracemalloc traces during one
+    `net.forward` of a random input of the net's input shape (activations and temporaries that
+    numpy allocates), plus the input and every parameter and buffer. A first, untraced forward
+    pass loads the kernels, so compilation is not counted. If tracemalloc is already running, its
+    peak is reset."""
+    batch = int(_number(batch, "batch", low=1))
+    x = np.random.default_rng(seed).standard_normal((batch, *net.in_shape)).astype(np.float32)
+    net.forward(x)
+    static = sum(int(a.nbytes) for a in {**net.params(), **net.buffers()}.values())
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        net.forward(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if started:
+            tracemalloc.stop()
+    return static + int(x.nbytes) + peak - base
+
+
+# -- the whole report ---------------------------------------------------------------------------
+def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
+                 preset="relative", memory=None, batch=1):
+    """The report dict of a .npdc file (JSON-able): layers, totals, accuracies, memory, score.
+
+    baseline: the uncompressed Net (S and M come from it; else a net of the file's architecture
+    stands in, which has the same sizes). memory: (M, m, method) measured elsewhere; else both
+    come from peak_inference_bytes, of the baseline and of the loaded compressed net. The score
+    needs accuracy_after, and accuracy_before for the relative preset; without them it is None."""
+    from npdc.codec.model import load_compressed
+    from npdc.engine.resnet import build_net
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
+    for value, what in ((accuracy_before, "accuracy before"), (accuracy_after, "accuracy after")):
+        if value is not None:
+            _accuracy(value, what)
+    sections = read_container(path)
+    rows = layer_table(sections)
+    if baseline is None:
+        baseline = build_net(_header(sections, Path(path).name)["spec"])
+    total = totals(path, rows, baseline)
+    if memory is None:
+        compressed, _ = load_compressed(path)
+        memory = (peak_inference_bytes(baseline, batch), peak_inference_bytes(compressed, batch),
+                  NAIVE_MEMORY.format(batch=batch))
+    M, m, method = memory
+    result = None
+    if accuracy_after is not None and (preset == "zte" or accuracy_before is not None):
+        result = score(total["size_before_bytes"], total["size_after_bytes"], M, m,
+                       accuracy_after, preset, accuracy_before)
+    return {"file": str(path), "layers": rows, "totals": total,
+            "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
+            "memory_before_bytes": M, "memory_after_bytes": m, "memory_method": method,
+            "score": result}
+
+
+def _percent(x):
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def format_markdown(report):
+    """A readable markdown page of a build_report dict."""
+    t = report["totals"]
+    lines = [f"# Compression report: {report.get('file', '')}", "", "## Layers", "",
+             "| layer | kind | weights | nonzero | sparsity | weight bits | Huffman weight bits "
+             "| index bits | Huffman index bits | bytes | P+Q | P+Q+H |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["layers"]:
+        lines.append(f"| {r['layer']} | {r['kind']} | {r['weights']:,} | {r['nonzero']:,} | "
+                     f"{_percent(r['sparsity'])} | {r['weight_bits']} | "
+                     f"{r['huffman_weight_bits']:.2f} | {r['index_bits']} | "
+                     f"{r['huffman_index_bits']:.2f} | {r['bytes']:,} | "
+                     f"{_percent(r['rate_pq'])} | {_percent(r['rate_pqh'])} |")
+    lines.append(f"| **total** | | {t['quantized_weights']:,} | {t['nonzero']:,} | "
+                 f"{_percent(t['sparsity'])} | | | | | {t['layer_bytes']:,} | "
+                 f"{_percent(t['rate_pq'])} | {_percent(t['rate_pqh'])} |")
+    lines += ["", "P+Q and P+Q+H: fraction of the layer's float32 size saved with fixed-width "
+              "fields, and by the Huffman-coded payload.", "", "## Totals", "",
+              f"- parameters: {t['parameters']:,}, buffer values: {t['buffer_values']:,}",
+              f"- size before (float32 parameters and buffers): {t['size_before_bytes']:,} bytes",
+              f"- size after (the .npdc file): {t['size_after_bytes']:,} bytes",
+              f"- ratio: {t['ratio']:.2f}x"]
+    if report.get("accuracy_before") is not None or report.get("accuracy_after") is not None:
+        lines += [f"- accuracy before: {_percent(report.get('accuracy_before'))}, "
+                  f"after: {_percent(report.get('accuracy_after'))}"]
+    lines += [f"- inference memory before: {report['memory_before_bytes']:,} bytes, after: "
+              f"{report['memory_after_bytes']:,} bytes",
+              f"- memory method: {report['memory_method']}", "", "## Score", ""]
+    sc = report.get("score")
+    if sc is None:
+        lines.append("No score: it needs the accuracy after compression (and before, for the "
+                     "relative preset).")
+    else:
+        lines += [f"- preset: {sc['preset']}",
+                  f"- score: {sc['score']:.4f} = ({sc['memory_term']:.4f} memory + "
+                  f"{sc['size_term']:.4f} size) x A {sc['A']} x B {sc['B']}"]
+    return "\n".join(lines) + "\n"
