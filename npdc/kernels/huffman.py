@@ -81,6 +81,21 @@ def _flush_tail(out, p, acc, nacc):
     return nb
 
 
+@numba.njit(cache=True, inline="always")
+def _push(out, p, acc, nacc, v, n):
+    """Append the n-bit value v to the bit accumulator; whole 32-bit words go to out[p:].
+    Returns (acc, nacc, p), p = -1 when out is too small."""
+    acc = (acc << np.uint64(n)) | v
+    nacc += n
+    if nacc >= 32:
+        nacc -= 32
+        if p + 4 > out.shape[0]:
+            return acc, nacc, -1
+        _put32(out, p, acc >> np.uint64(nacc))
+        p += 4
+    return acc, nacc, p
+
+
 @numba.njit(cache=True)
 def pack_fixed_bits(values, width, out):
     """Write each value in `width` (1..32) bits, MSB first, into out (uint8, >= ceil(n*width/8)).
@@ -95,14 +110,9 @@ def pack_fixed_bits(values, width, out):
         v = np.uint64(values[i])
         if v > mask or values[i] < 0:
             return ERR_SYMBOL
-        acc = (acc << np.uint64(width)) | v
-        nacc += width
-        if nacc >= 32:
-            nacc -= 32
-            if p + 4 > out.shape[0]:
-                return ERR_ARGS
-            _put32(out, p, acc >> np.uint64(nacc))
-            p += 4
+        acc, nacc, p = _push(out, p, acc, nacc, v, width)
+        if p < 0:
+            return ERR_ARGS
     if _flush_tail(out, p, acc, nacc) < 0:
         return ERR_ARGS
     return 8 * p + nacc
@@ -149,14 +159,9 @@ def pack_codes(symbols, code_of, len_of, out):
         l = np.int64(len_of[s])
         if l == 0:
             return ERR_SYMBOL
-        acc = (acc << np.uint64(l)) | np.uint64(code_of[s])
-        nacc += l
-        if nacc >= 32:
-            nacc -= 32
-            if p + 4 > out.shape[0]:
-                return ERR_ARGS
-            _put32(out, p, acc >> np.uint64(nacc))
-            p += 4
+        acc, nacc, p = _push(out, p, acc, nacc, np.uint64(code_of[s]), l)
+        if p < 0:
+            return ERR_ARGS
     if _flush_tail(out, p, acc, nacc) < 0:
         return ERR_ARGS
     return 8 * p + nacc
