@@ -105,3 +105,20 @@ def assert_one_line_error(code, err):
     assert len(lines) == 1, err
     assert "Traceback" not in err and "error" in lines[0]
     return lines[0]
+
+
+def optimal_huffman_bits(counts):
+    """Total bits of an optimal (unlimited) Huffman code for these symbol counts: the sum of all
+    merged weights (a lone used symbol still takes one bit per occurrence)."""
+    import heapq
+
+    heap = [int(c) for c in counts if c > 0]
+    if len(heap) <= 1:
+        return sum(heap)
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        cost += a + b
+        heapq.heappush(heap, a + b)
+    return cost

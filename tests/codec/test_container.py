@@ -3,7 +3,6 @@ against a pure-Python reader written from docs/format.md (its own canonical-code
 bit-by-bit decoder), round trips, every single-byte flip and every truncation of a file, crafted
 payloads with valid CRCs, and the per-layer bit counts against independent counts."""
 
-import heapq
 import math
 import os
 import struct
@@ -14,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import optimal_huffman_bits
 from npdc.codec import container as C
 from npdc.codec.container import (FormatError, decode_dense_layer, decode_header, decode_layer,
                                   decode_raw, decode_sparse_layer, dequantize, encode_dense_layer,
@@ -147,18 +147,8 @@ def ref_entries(indices, b):
 
 
 def huffman_cost(symbols):
-    """Bits of an optimal Huffman code for the symbol counts (a lone symbol takes 1 bit each)."""
-    counts = [c for c in np.bincount(np.asarray(symbols, np.int64)).tolist() if c] if len(
-        symbols) else []
-    if len(counts) <= 1:
-        return sum(counts)
-    heapq.heapify(counts)
-    cost = 0
-    while len(counts) > 1:
-        a, b = heapq.heappop(counts), heapq.heappop(counts)
-        cost += a + b
-        heapq.heappush(counts, a + b)
-    return cost
+    """Bits of an optimal Huffman code for the symbols' counts."""
+    return optimal_huffman_bits(np.bincount(np.asarray(symbols, np.int64))) if len(symbols) else 0
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -491,7 +481,7 @@ def test_realistic_layer_size():
     r = RefReader(payload)
     r.u8(), r.codebook()
     entries = r.varint()
-    (gaps, gl, gbits), (values, vl, vbits) = r.stream(entries), r.stream(entries)
+    (_, gl, gbits), (_, vl, vbits) = r.stream(entries), r.stream(entries)
     assert (gbits, vbits) == (stats["huffman_index_bits"], stats["huffman_value_bits"])
     assert 5 * (len(gl) + len(vl)) == stats["code_table_bits"]
     expected = (1 + 1 + len(ref_varint(127)) + stats["codebook_bits"] // 8

@@ -2,7 +2,6 @@
 length-limited optimum, canonical assignment, bit layout against a bit-string reference, round
 trips, and refusal of corrupt or truncated streams."""
 
-import heapq
 import itertools
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import optimal_huffman_bits
 from npdc.codec.huffman import (MAX_SYMBOLS, canonical_codes, check_lengths, code_lengths, decode,
                                 encode)
 
@@ -17,20 +17,6 @@ HYPO = settings(max_examples=40, deadline=None)
 FIB = [1, 1]
 while len(FIB) < 30:
     FIB.append(FIB[-1] + FIB[-2])
-
-
-def huffman_cost(counts):
-    """Total bits of an optimal (unlimited) Huffman code: the sum of all merged weights."""
-    heap = [c for c in counts if c > 0]
-    if len(heap) == 1:
-        return heap[0]  # a lone symbol still takes one bit
-    heapq.heapify(heap)
-    cost = 0
-    while len(heap) > 1:
-        a, b = heapq.heappop(heap), heapq.heappop(heap)
-        cost += a + b
-        heapq.heappush(heap, a + b)
-    return cost
 
 
 def limited_optimum(counts, max_len):
@@ -79,7 +65,7 @@ def test_lengths_are_optimal_when_the_limit_does_not_bind(counts):
     lengths = code_lengths(counts, max_len=32)
     assert [int(l) == 0 for l in lengths] == [c == 0 for c in counts]
     if any(counts):
-        assert int(np.dot(counts, lengths)) == huffman_cost(counts)
+        assert int(np.dot(counts, lengths)) == optimal_huffman_bits(counts)
         assert kraft(lengths) <= 1
     if int(lengths.max()) <= 16:
         assert code_lengths(counts).tolist() == lengths.tolist()
@@ -105,7 +91,7 @@ def test_fibonacci_counts_force_the_limit():
     lengths = code_lengths(FIB)
     assert int(lengths.max()) == 16 and lengths.min() >= 1
     assert kraft(lengths) == 1.0
-    assert np.dot(FIB, lengths) > huffman_cost(FIB)
+    assert np.dot(FIB, lengths) > optimal_huffman_bits(FIB)
     assert all(a >= b for a, b in zip(lengths[:-1], lengths[1:]))  # rarer symbols, longer codes
 
 
