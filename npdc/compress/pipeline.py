@@ -45,6 +45,7 @@ class QuantizeStage:
     lr: float = 0.001
     kd: str = "kl"
     tau: float = 4.0
+    hard_weight: float = 0.0
     train_images: int = 0
 
 
@@ -69,8 +70,8 @@ class Schedule:
 PRESETS = {
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
              "quantize": {"epochs": 1, "train_images": 10000}},
-    "full": {"prune": {"target": 92.0, "epochs": 4},
-             "quantize": {"conv_bits": 6, "fc_bits": 4, "epochs": 1}},
+    "full": {"prune": {"target": 91.0, "epochs": 6, "lr": 0.02, "hard_weight": 1.0},
+             "quantize": {"conv_bits": 5, "fc_bits": 4, "epochs": 2, "hard_weight": 1.0}},
 }
 
 
@@ -209,7 +210,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
         ck.mark("prune", {"accuracy": evaluate(student, x_test, y_test)["accuracy"]})
     log(f"pruned accuracy {ck.done['prune']['accuracy']:.4f}")
 
-    out = Path(out)
+    quantized_path, codes_path = Path(workdir) / "quantized.h5", Path(workdir) / "codes.npz"
     if "quantize" not in ck.done:
         q = schedule.quantize
         student = load_model(pruned_path)
@@ -219,12 +220,19 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
             shared = {p: (full[full > 0] - 1, cb, masks[p]) for p, (full, cb, _) in codes.items()}
             xs, ys = _subset(x, y, q.train_images, schedule.seed + 1)
             fit(student, xs, ys, q.epochs, lr=q.lr, weight_decay=0.0, progress=progress,
-                objective=Distillation(teacher, q.kd, q.tau),
+                objective=Distillation(teacher, q.kd, q.tau, hard_weight=q.hard_weight),
                 optimizer=functools.partial(CentroidSGD, shared=shared), **hyper)
             codes = {p: (full, _trained_codebook(student.params()[p], full, cb), gap)
                      for p, (full, cb, gap) in codes.items()}
-        size = save_compressed(out, student, codes, schedule.encode.raw_dtype, schedule.encode.codebook_dtype)
-        ck.mark("quantize", {"size_bytes": size})
+        save_model(quantized_path, student, {"stage": "quantize"})
+        _save_codes(codes_path, codes)
+        ck.mark("quantize", {})
+
+    out = Path(out)
+    if "encode" not in ck.done:
+        size = save_compressed(out, load_model(quantized_path), _load_codes(codes_path),
+                               schedule.encode.raw_dtype, schedule.encode.codebook_dtype)
+        ck.mark("encode", {"size_bytes": size})
 
     if "verify" not in ck.done:
         net, _ = load_compressed(out)
@@ -235,6 +243,24 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
             "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
             "size_after_bytes": size_after, "ratio": size_before / size_after,
             "schedule": dataclasses.asdict(schedule)}
+
+
+def _save_codes(path, codes):
+    """The quantize stage's result, {path: (indices, codebook, gap_bits or None)}, as plain arrays."""
+    from npdc.io.atomic import atomic_path
+
+    arrays = {}
+    for p, (indices, codebook, gap) in codes.items():
+        arrays[f"indices:{p}"], arrays[f"codebook:{p}"] = indices, codebook
+        arrays[f"gap:{p}"] = np.int64(gap or 0)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_codes(path):
+    with np.load(path, allow_pickle=False) as f:
+        paths = [k.split(":", 1)[1] for k in f.files if k.startswith("indices:")]
+        return {p: (f[f"indices:{p}"], f[f"codebook:{p}"], int(f[f"gap:{p}"]) or None) for p in paths}
 
 
 def _trained_codebook(W, full, before):

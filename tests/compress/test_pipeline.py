@@ -91,7 +91,7 @@ def test_a_tiny_run_compresses_and_verifies(tiny):
     weights = sum(net.params()[p].size for p in codes)
     assert zeros / weights >= 0.55  # 60 % target with conv1 dense
     state = json.loads((folder / "work" / "state.json").read_text())
-    assert set(state["done"]) == {"baseline", "prune", "quantize", "verify"}
+    assert set(state["done"]) == {"baseline", "prune", "quantize", "encode", "verify"}
 
 
 def test_rerun_resumes_without_redoing_finished_stages(tiny):
