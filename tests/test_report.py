@@ -62,15 +62,17 @@ def test_bytes_are_the_layer_payloads(compressed):
 
 
 def test_fixed_widths_follow_the_codebook_and_the_gap_width(compressed):
+    from npdc.codec.container import choose_gap_bits
+
     path, _, _, codes = compressed
     for p, r in rows_by_layer(path).items():
-        _, codebook, gap = codes[p]
-        if gap is None:  # dense: ceil(log2 k) with k = 2^2
+        indices, codebook, sparse = codes[p]
+        if not sparse:  # dense: ceil(log2 k) with k = 2^2
             assert (r["weight_bits"], r["index_bits"], r["huffman_index_bits"]) == (2, 0, 0)
             assert len(codebook) == 4
         else:  # sparse: k = 2^3 - 1 values plus the zero index
             assert r["weight_bits"] == math.ceil(math.log2(len(codebook) + 1)) == 3
-            assert r["index_bits"] == gap
+            assert r["index_bits"] == choose_gap_bits(indices, len(codebook))
 
 
 def test_huffman_never_costs_more_than_the_fixed_width(compressed):

@@ -7,15 +7,25 @@ and the input normalisation, as float16 or float32 (with float16 chosen, a secon
 float32 the arrays float16 cannot hold); END. Reading checks the file, rebuilds the
 net from its spec and checks every name and shape, so a file can never load into a net it does
 not fit.
+
+Batch norms are stored folded: in eval mode a BN is the per-channel affine map
+y = scale * x + shift with scale = gamma / sqrt(running_var + eps), shift = beta - running_mean *
+scale (Ioffe & Szegedy 2015, section 3.1), so two vectors carry what four did. The file keeps them
+as `gamma` and `beta`, drops the running statistics and lists the folded layers under the header
+key `folded_bn`; a reader restores running_mean = 0 and running_var = 1 - eps, which computes the
+same map up to float rounding. The scale is not multiplied into the preceding convolution's weights
+here because that would give every output channel its own codebook; the runtime does it after
+decoding.
 """
 
 from pathlib import Path
 
 import numpy as np
 
-from npdc.codec.container import (FormatError, decode_header, decode_layer, decode_raw, dequantize,
-                                  encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
+from npdc.codec.container import (FormatError, choose_gap_bits, decode_header, decode_layer, decode_raw,
+                                  dequantize, encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
                                   read_container, write_container)
+from npdc.engine.layers import BatchNorm2d
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 
@@ -24,31 +34,59 @@ MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
     """Sections of the file for `net`, whose weights at the paths of `quantized` are replaced by
-    their codes: quantized[path] = (indices over all positions, 0 = zero, codebook, gap_bits or
-    None for a dense layer)."""
+    their codes: quantized[path] = (indices over all positions, 0 = zero, codebook, sparse), where
+    a true `sparse` stores the layer by relative indices, with the gap width that codes smallest
+    (choose_gap_bits), and None or False stores every position."""
     state = net.state_dict()
     layers, payloads = [], []
-    for path, (indices, codebook, gap_bits) in quantized.items():
+    for path, (indices, codebook, sparse) in quantized.items():
         if path not in state:
             raise UserError(f"no parameter {path} to quantize")
         indices = np.asarray(indices).reshape(-1)
         if indices.size != state[path].size:
             raise UserError(f"{path}: {indices.size} indices for {state[path].size} weights")
-        if gap_bits:
+        if sparse:
+            gap_bits = choose_gap_bits(indices, len(codebook))
             payload = encode_sparse_layer(indices, codebook, gap_bits, codebook_dtype)
         else:
             payload = encode_dense_layer(indices, codebook, codebook_dtype)
         layers.append({"path": path, "shape": list(state[path].shape),
-                       "kind": "sparse" if gap_bits else "dense"})
+                       "kind": "sparse" if sparse else "dense"})
         payloads.append(payload)
     raw = {k: v for k, v in state.items() if k not in quantized}
-    header = {"spec": net.spec, "layers": layers, "raw_dtype": raw_dtype}
+    folded = fold_batch_norms(net, raw)
+    header = {"spec": net.spec, "layers": layers, "raw_dtype": raw_dtype, "folded_bn": folded}
     groups = {raw_dtype: raw}
     if raw_dtype == "float16":  # arrays float16 cannot hold (|x| > 65504) stay float32
         wide = {k: v for k, v in raw.items() if np.abs(v).max(initial=0) > np.finfo(np.float16).max}
         groups = {"float16": {k: v for k, v in raw.items() if k not in wide}, "float32": wide}
     return ([("HEAD", encode_header(header))] + [("LAYR", p) for p in payloads] +
             [("PARM", encode_raw(arrays, dtype)) for dtype, arrays in groups.items() if arrays])
+
+
+def fold_batch_norms(net, raw):
+    """Replace each BN's four arrays in `raw` by its eval-mode scale and shift (as gamma and beta);
+    returns the names of the folded layers."""
+    folded = [name for name, layer in net.layers.items() if isinstance(layer, BatchNorm2d)]
+    for name in folded:
+        eps = net.layers[name].eps
+        mean = raw.pop(f"{name}.running_mean").astype(np.float64)
+        var = raw.pop(f"{name}.running_var").astype(np.float64)
+        scale = raw[f"{name}.gamma"] / np.sqrt(var + eps)
+        raw[f"{name}.gamma"] = scale.astype(np.float32)
+        raw[f"{name}.beta"] = (raw[f"{name}.beta"] - mean * scale).astype(np.float32)
+    return folded
+
+
+def _unfold_batch_norms(net, names, state):
+    """Running statistics that make the folded gamma and beta compute the stored affine map."""
+    for name in names:
+        layer = net.layers.get(name) if isinstance(name, str) else None
+        if not isinstance(layer, BatchNorm2d):
+            raise UserError(f"folded_bn names {name!r}, which is not a batch norm of this architecture")
+        channels = layer.params["gamma"].shape
+        state[f"{name}.running_mean"] = np.zeros(channels, np.float32)
+        state[f"{name}.running_var"] = np.full(channels, 1.0 - layer.eps, np.float32)
 
 
 def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="float32"):
@@ -94,6 +132,10 @@ def load_compressed(path):
         except FormatError as e:
             raise e.at(file=name, index=i, tag="PARM") from None
     try:
+        folded = header.get("folded_bn", [])
+        if not isinstance(folded, list):
+            raise UserError("the header's folded_bn is not a list")
+        _unfold_batch_norms(net, folded, state)
         net.load_state_dict(state)
     except UserError as e:
         raise UserError(f"{name}: {e}") from None

@@ -18,8 +18,8 @@ Departures from the paper: the paper's figure counts the difference of positions
 the stored number is the zeros skipped, so 2**b different gaps fit b bits. The decoder accepts any
 entry with value 0 as a stored zero, filler or not.
 
-Cost: with b gap bits and v value bits every entry takes b + v bits; best_gap_bits picks the b
-that minimises (non-zeros + fillers(b)) * (b + v).
+A wider b needs fewer fillers but more bits per gap; npdc.codec.container.choose_gap_bits picks
+the b whose Huffman-coded layer is smallest.
 """
 
 import numpy as np
@@ -100,32 +100,3 @@ def decode_relative(gaps, values, length, gap_bits):
     out = np.zeros(length, values.dtype)
     out[positions] = values
     return out
-
-
-def filler_stats(indices, gap_bits):
-    """(number of filler entries, total gap bits) of encode_relative(indices, gap_bits)."""
-    gap_bits = _check_gap_bits(gap_bits)
-    runs = zero_runs(indices)
-    n_fill = int((runs >> gap_bits).sum())
-    return n_fill, (runs.size + n_fill) * gap_bits
-
-
-def stored_bits(indices, gap_bits, value_bits):
-    """Bits of the relative-index stream stored in fixed widths: entries * (gap + value bits)."""
-    n_fill, _ = filler_stats(indices, gap_bits)
-    return (int(np.count_nonzero(_as_indices(indices))) + n_fill) * (gap_bits + int(value_bits))
-
-
-def best_gap_bits(indices, candidates=range(1, 9), value_bits=None):
-    """The gap width among `candidates` with the fewest stored bits (ties: the narrower).
-
-    value_bits defaults to the bits of the largest index (at least 1)."""
-    candidates = sorted({_check_gap_bits(b) for b in candidates})
-    if not candidates:
-        raise ValueError("no candidate gap widths")
-    runs = zero_runs(indices)
-    if value_bits is None:
-        top = int(np.max(indices)) if runs.size else 0
-        value_bits = max(1, top.bit_length())
-    cost = [(runs.size + int((runs >> b).sum())) * (b + int(value_bits)) for b in candidates]
-    return candidates[int(np.argmin(cost))]

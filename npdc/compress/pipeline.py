@@ -222,8 +222,8 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
             fit(student, xs, ys, q.epochs, lr=q.lr, weight_decay=0.0, progress=progress,
                 objective=Distillation(teacher, q.kd, q.tau, hard_weight=q.hard_weight),
                 optimizer=functools.partial(CentroidSGD, shared=shared), **hyper)
-            codes = {p: (full, _trained_codebook(student.params()[p], full, cb), gap)
-                     for p, (full, cb, gap) in codes.items()}
+            codes = {p: (full, _trained_codebook(student.params()[p], full, cb), sparse)
+                     for p, (full, cb, sparse) in codes.items()}
         save_model(quantized_path, student, {"stage": "quantize"})
         _save_codes(codes_path, codes)
         ck.mark("quantize", {})
@@ -246,13 +246,13 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
 
 
 def _save_codes(path, codes):
-    """The quantize stage's result, {path: (indices, codebook, gap_bits or None)}, as plain arrays."""
+    """The quantize stage's result, {path: (indices, codebook, sparse)}, as plain arrays."""
     from npdc.io.atomic import atomic_path
 
     arrays = {}
-    for p, (indices, codebook, gap) in codes.items():
+    for p, (indices, codebook, sparse) in codes.items():
         arrays[f"indices:{p}"], arrays[f"codebook:{p}"] = indices, codebook
-        arrays[f"gap:{p}"] = np.int64(gap or 0)
+        arrays[f"sparse:{p}"] = np.bool_(sparse)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -260,7 +260,7 @@ def _save_codes(path, codes):
 def _load_codes(path):
     with np.load(path, allow_pickle=False) as f:
         paths = [k.split(":", 1)[1] for k in f.files if k.startswith("indices:")]
-        return {p: (f[f"indices:{p}"], f[f"codebook:{p}"], int(f[f"gap:{p}"]) or None) for p in paths}
+        return {p: (f[f"indices:{p}"], f[f"codebook:{p}"], bool(f[f"sparse:{p}"]) or None) for p in paths}
 
 
 def _trained_codebook(W, full, before):

@@ -228,10 +228,9 @@ def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=
 
     bits: {layer name: bits}, others get default_bits; masks: {path: keep} of a pruned net (a
     layer without one is taken as dense unless it has exact zeros). Returns {path: (indices over
-    all positions with 0 = zero, codebook, gap_bits or None)}, what npdc.codec.model stores; the
-    gap width is the one that stores the layer's positions in the fewest bits.
+    all positions with 0 = zero, codebook, True for a pruned layer or None for a dense one)}, what
+    npdc.codec.model stores (its encoder picks a pruned layer's gap width).
     """
-    from npdc.codec.relindex import best_gap_bits
     from npdc.compress.prune import prunable_layers
 
     out = {}
@@ -247,6 +246,5 @@ def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=
         full[keep.reshape(-1)] = idx + 1
         W[...] = 0
         W[keep] = codebook[idx]
-        gap = best_gap_bits(full, value_bits=max(1, len(codebook).bit_length())) if sparse else None
-        out[path] = (full, codebook, gap)
+        out[path] = (full, codebook, True if sparse else None)
     return out

@@ -705,3 +705,15 @@ def test_examples_in_docs_format_md():
     assert encode_raw({"fc.b": np.array([1.0, -2.0])}, "float16") == hexes(
         "02 01 04 66 63 2e 62 01 02 00 3c 00 c0")
     assert pack_container([])[-12:] == hexes("45 4e 44 20 00 00 00 00 ba 7a 63 45")
+
+
+@pytest.mark.parametrize("density", [0.002, 0.05, 0.3, 0.9])
+def test_chosen_gap_width_gives_the_smallest_payload(density):
+    from npdc.codec.container import choose_gap_bits
+
+    rng = np.random.default_rng(int(density * 1000))
+    indices = np.where(rng.random(20000) < density, rng.integers(1, 16, 20000), 0)
+    sizes = {b: len(encode_sparse_layer(indices, np.linspace(-1, 1, 15), b)) for b in range(1, 13)}
+    chosen = choose_gap_bits(indices, 15)
+    assert sizes[chosen] <= min(sizes.values()) + 4  # the cost ignores byte padding of the streams
+    assert chosen == choose_gap_bits(indices, 15)

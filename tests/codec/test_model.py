@@ -87,3 +87,49 @@ def test_decompress_command_restores_the_quantized_model(tmp_path, quantized_net
     code, _, err = run_cli(["decompress", str(tmp_path / "bad.npdc"), "--out", str(tmp_path / "x.h5")], capsys)
     assert "bad.npdc" in assert_one_line_error(code, err)
     assert not (tmp_path / "x.h5").exists()
+
+
+def _randomise_batch_norms(net, seed=0):
+    rng = np.random.default_rng(seed)
+    for name, layer in net.layers.items():
+        if "running_var" in layer.buffers:
+            c = layer.params["gamma"].shape
+            layer.params["gamma"][:] = rng.uniform(0.5, 2.0, c)
+            layer.params["beta"][:] = rng.normal(0, 0.5, c)
+            layer.buffers["running_mean"][:] = rng.normal(0, 1.0, c)
+            layer.buffers["running_var"][:] = rng.uniform(0.01, 3.0, c)
+
+
+def test_batch_norms_are_stored_folded_and_compute_the_same(tmp_path, quantized_net):
+    from npdc.codec.container import decode_header, decode_raw
+    from npdc.codec.model import model_sections
+
+    net, codes, _ = quantized_net
+    _randomise_batch_norms(net)
+    sections = model_sections(net, codes)
+    header = decode_header(sections[0][1])
+    bn_names = [n for n, layer in net.layers.items() if "running_var" in layer.buffers]
+    assert header["folded_bn"] == bn_names and len(bn_names) > 5
+    raw = {}
+    for tag, payload in sections[1:]:
+        if tag == "PARM":
+            raw.update(decode_raw(payload))
+    assert not any(k.endswith((".running_mean", ".running_var")) for k in raw)
+    save_compressed(tmp_path / "m.npdc", net, codes)
+    loaded, _ = load_compressed(tmp_path / "m.npdc")
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(loaded.forward(x), net.forward(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_folded_name_that_is_no_batch_norm_is_refused(tmp_path, quantized_net):
+    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.model import model_sections
+    from npdc.errors import UserError
+
+    net, codes, _ = quantized_net
+    sections = model_sections(net, codes)
+    header = decode_header(sections[0][1])
+    header["folded_bn"] = header["folded_bn"] + ["fc6"]
+    write_container(tmp_path / "m.npdc", [("HEAD", encode_header(header))] + sections[1:])
+    with pytest.raises(UserError, match="fc6"):
+        load_compressed(tmp_path / "m.npdc")
