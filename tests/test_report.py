@@ -61,15 +61,26 @@ def test_bytes_are_the_layer_payloads(compressed):
     assert [r["bytes"] for r in layer_table(path)] == payloads
 
 
-def test_fixed_widths_follow_the_codebook_and_the_gap_width(compressed):
+@pytest.mark.parametrize("percent", [60, 95])
+def test_fixed_widths_follow_the_codebook_and_the_gap_width(tmp_path, percent):
     from npdc.codec.container import choose_gap_bits
 
-    path, _, _, codes = compressed
-    for p, r in rows_by_layer(path).items():
-        indices, codebook, sparse = codes[p]
-        if not sparse:  # dense: ceil(log2 k) with k = 2^2
-            assert (r["weight_bits"], r["index_bits"], r["huffman_index_bits"]) == (2, 0, 0)
-            assert len(codebook) == 4
+    net = build_net({**SPEC, "width": 4, "embedding": 32}, seed=4)
+    masks = percentage_masks(net, percent, {"conv1": (0.0, False)})
+    apply_masks(net, masks)
+    codes = quantize_net(net, {"conv1": 2}, "kmeans", masks, default_bits=3)
+    path = tmp_path / "m.npdc"
+    save_compressed(path, net, codes)
+    rows = rows_by_layer(path)
+    assert rows["conv1.W"]["kind"] == "dense" and len(codes["conv1.W"][1]) == 4
+    # lightly pruned layers code smaller dense, heavily pruned ones by relative indices
+    assert {r["kind"] for r in rows.values()} == ({"dense"} if percent == 60 else {"dense", "sparse"})
+    for p, r in rows.items():
+        indices, codebook, _ = codes[p]
+        if r["kind"] == "dense":  # ceil(log2 k) with k = 2^2 for conv1; k = 7 plus exact zeros else
+            symbols = len(codebook) + int(r["nonzero"] < r["weights"])
+            assert r["weight_bits"] == math.ceil(math.log2(symbols))
+            assert (r["index_bits"], r["huffman_index_bits"]) == (0, 0)
         else:  # sparse: k = 2^3 - 1 values plus the zero index
             assert r["weight_bits"] == math.ceil(math.log2(len(codebook) + 1)) == 3
             assert r["index_bits"] == choose_gap_bits(indices, len(codebook))

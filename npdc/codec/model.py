@@ -34,9 +34,10 @@ MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
     """Sections of the file for `net`, whose weights at the paths of `quantized` are replaced by
-    their codes: quantized[path] = (indices over all positions, 0 = zero, codebook, sparse), where
-    a true `sparse` stores the layer by relative indices, with the gap width that codes smallest
-    (choose_gap_bits), and None or False stores every position."""
+    their codes: quantized[path] = (indices over all positions, 0 = zero, codebook, sparse). A
+    pruned layer (true `sparse`) is stored by relative indices, with the gap width that codes
+    smallest (choose_gap_bits), unless coding every position (zeros as index 0) is smaller, as it
+    is for a lightly pruned layer; a layer with None or False is always stored dense."""
     state = net.state_dict()
     layers, payloads = [], []
     for path, (indices, codebook, sparse) in quantized.items():
@@ -45,13 +46,14 @@ def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"
         indices = np.asarray(indices).reshape(-1)
         if indices.size != state[path].size:
             raise UserError(f"{path}: {indices.size} indices for {state[path].size} weights")
+        payload = encode_dense_layer(indices, codebook, codebook_dtype)
+        kind = "dense"
         if sparse:
-            gap_bits = choose_gap_bits(indices, len(codebook))
-            payload = encode_sparse_layer(indices, codebook, gap_bits, codebook_dtype)
-        else:
-            payload = encode_dense_layer(indices, codebook, codebook_dtype)
-        layers.append({"path": path, "shape": list(state[path].shape),
-                       "kind": "sparse" if sparse else "dense"})
+            relative = encode_sparse_layer(indices, codebook, choose_gap_bits(indices, len(codebook)),
+                                           codebook_dtype)
+            if len(relative) < len(payload):
+                payload, kind = relative, "sparse"
+        layers.append({"path": path, "shape": list(state[path].shape), "kind": kind})
         payloads.append(payload)
     raw = {k: v for k, v in state.items() if k not in quantized}
     folded = fold_batch_norms(net, raw)
