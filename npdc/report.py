@@ -12,13 +12,14 @@ Memory is measured here the naive way (`peak_inference_bytes`); a report always 
 measurement it used (`memory_method`), so a better one can replace it without changing the rest.
 """
 
+import lzma
 import math
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
-from npdc.codec import huffman
+from npdc.codec import huffman, relindex
 from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_header,
                                   decode_layer, layer_bit_stats, pack_container, read_container)
 from npdc.codec.model import MAX_LAYER_WEIGHTS
@@ -62,6 +63,32 @@ def _huffman_bits(symbols):
     return huffman.total_bits(counts, huffman.code_lengths(counts, MAX_CODE_LEN))
 
 
+def entropy_bits(symbols):
+    """Zeroth-order empirical entropy of a stream times its length: the fewest bits any code of
+    one symbol at a time could spend on it (Shannon 1948); Huffman coding is within a bit per
+    symbol of it."""
+    counts = np.bincount(np.asarray(symbols, np.int64))
+    counts = counts[counts > 0]
+    return float(-(counts * np.log2(counts / counts.sum())).sum()) if counts.size else 0.0
+
+
+def xz_bytes(source):
+    """Size of the same pruned, quantized tensors under xz at its strongest setting (LZMA2,
+    preset 9 extreme), the general-purpose yardstick for the .npdc coding: every layer's value
+    indices over all positions (one byte each, two when the codebook is larger than 255),
+    its codebook, and the other parameters as the file stores them."""
+    sections, name = _model_sections(source)
+    header = _header(sections, name)
+    parts = []
+    for i, layer in enumerate(header["layers"], start=1):
+        indices, codebook = decode_layer(sections[i][1], math.prod(int(d) for d in layer["shape"]))
+        stored = np.float16 if sections[i][1][1] == 2 else np.float32  # the value width byte
+        parts += [indices.astype(np.uint8 if codebook.size < 256 else np.uint16).tobytes(),
+                  codebook.astype(stored).tobytes()]
+    parts += [payload for tag, payload in sections if tag == "PARM"]
+    return len(lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME))
+
+
 def _layer_row(path, shape, payload):
     """One table row from a LAYR payload; see layer_table for the meaning of the fields."""
     weights = math.prod(shape)
@@ -75,10 +102,12 @@ def _layer_row(path, shape, payload):
         symbols = k + int(nonzero < weights)  # exact zeros need one more symbol
         entries, weight_bits, index_bits = weights, (symbols - 1).bit_length(), 0
         huffman_values, huffman_gaps = _huffman_bits(indices), 0
+        entropy = entropy_bits(indices)
     else:
         stats = layer_bit_stats(indices, k, gap_bits)  # its codebook_bits go unused
         entries, weight_bits, index_bits = stats["entries"], k.bit_length(), gap_bits
         huffman_values, huffman_gaps = stats["huffman_value_bits"], stats["huffman_index_bits"]
+        entropy = sum(entropy_bits(stream) for stream in relindex.encode_relative(indices, gap_bits))
     pq_bits = entries * (weight_bits + index_bits) + codebook_bits
     per_entry, per_bit = 1 / max(entries, 1), 1 / max(32 * weights, 1)
     return {"layer": path, "kind": "dense" if gap_bits == DENSE else "sparse",
@@ -86,7 +115,8 @@ def _layer_row(path, shape, payload):
             "codebook": k, "entries": entries,
             "weight_bits": weight_bits, "huffman_weight_bits": huffman_values * per_entry,
             "index_bits": int(index_bits), "huffman_index_bits": huffman_gaps * per_entry,
-            "pq_bits": pq_bits, "bytes": len(payload), "rate_pq": 1 - pq_bits * per_bit,
+            "pq_bits": pq_bits, "stream_bits": huffman_values + huffman_gaps, "entropy_bits": entropy,
+            "bytes": len(payload), "rate_pq": 1 - pq_bits * per_bit,
             "rate_pqh": 1 - 8 * len(payload) * per_bit}
 
 
@@ -142,6 +172,8 @@ def totals(source, rows=None, baseline=None):
             "ratio": 4 * (params + buffers) / after,
             "quantized_weights": weights, "nonzero": nonzero,
             "sparsity": 1 - nonzero / max(weights, 1), "layer_bytes": sum(r["bytes"] for r in rows),
+            "stream_bits": sum(r["stream_bits"] for r in rows),
+            "entropy_bits": sum(r["entropy_bits"] for r in rows),
             "rate_pq": 1 - sum(r["pq_bits"] for r in rows) / original_bits,
             "rate_pqh": 1 - 8 * sum(r["bytes"] for r in rows) / original_bits}
 
@@ -256,6 +288,7 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     if baseline is None:
         baseline = build_net(_header(sections, Path(path).name)["spec"])
     total = totals(path, rows, baseline)
+    total["xz_bytes"] = xz_bytes(sections)
     if memory is None:
         compressed, _ = load_compressed(path)
         memory = (peak_inference_bytes(baseline, batch), peak_inference_bytes(compressed, batch),
@@ -297,6 +330,12 @@ def format_markdown(report):
               f"- size before (float32 parameters and buffers): {t['size_before_bytes']:,} bytes",
               f"- size after (the .npdc file): {t['size_after_bytes']:,} bytes",
               f"- ratio: {t['ratio']:.2f}x"]
+    if "xz_bytes" in t:
+        lines.append(f"- xz -9e of the same quantized tensors: {t['xz_bytes']:,} bytes (the .npdc is "
+                     f"{100 * (1 - t['size_after_bytes'] / t['xz_bytes']):.1f} % smaller)")
+    lines.append(f"- Huffman streams: {t['stream_bits']:,} bits, "
+                 f"{100 * (t['stream_bits'] / max(t['entropy_bits'], 1) - 1):.2f} % above their "
+                 f"entropy ({t['entropy_bits']:,.0f} bits)")
     if report.get("accuracy_before") is not None or report.get("accuracy_after") is not None:
         lines += [f"- accuracy before: {_percent(report.get('accuracy_before'))}, "
                   f"after: {_percent(report.get('accuracy_after'))}"]
