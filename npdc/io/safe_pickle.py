@@ -209,6 +209,15 @@ class _ScalarSpec(Placeholder):
         return np.frombuffer(self.raw, self.dtype.dtype)[0].astype(self.dtype.dtype.newbyteorder("="))
 
 
+def _array_from_buffer(buf, dtype, shape, order="C"):
+    """Stand-in for `numpy.core.numeric._frombuffer`, how protocol 5 pickles an array."""
+    if not isinstance(buf, (bytes, bytearray)):
+        raise UserError(f"NumPy array data of type {type(buf).__name__}; only in-band bytes are read")
+    spec = _ArraySpec()
+    spec.__setstate__((shape, dtype, _text(order) == "F", bytes(buf)))
+    return spec
+
+
 def _latin1_encode(text, encoding="latin1"):
     """Stand-in for `_codecs.encode`, which protocol 2 uses for bytes: latin-1 text to bytes."""
     if not isinstance(text, str) or codecs.lookup(str(encoding)).name != "iso8859-1":
@@ -230,4 +239,5 @@ BASE_GLOBALS = {
     **{(module, name): stand_in
        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
        for name, stand_in in (("_reconstruct", _ArraySpec), ("scalar", _ScalarSpec))},
+    **{(module, "_frombuffer"): _array_from_buffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
 }

@@ -98,6 +98,11 @@ def _infer_spec(arch, state, input_shape):
             spec["width"] = int(stem.shape[0])
         if any(".downsample." in k or ".shortcut." in k for k in state):
             spec["shortcut"] = "projection"
+    elif arch == "resnet18":
+        if stem is not None and stem.ndim == 4:
+            spec["width"] = int(stem.shape[0])
+        if state.get("fc5.weight") is not None and state["fc5.weight"].ndim == 2:
+            spec["embedding"] = int(state["fc5.weight"].shape[0])
     return spec
 
 
