@@ -12,6 +12,7 @@ Stand-ins return plain values or `Placeholder`s that `resolve` swaps for arrays 
 (PyTorch's legacy format stores tensor data after the pickle that refers to it).
 """
 
+import _compat_pickle
 import codecs
 import io
 import pickle
@@ -26,8 +27,6 @@ from npdc.errors import UserError
 
 # Element types a pickle may ask for: numbers and booleans only, never Python objects.
 SAFE_KINDS = set("biuf")
-# protocol < 3 names from Python 2, which the stock find_class would translate
-_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 _LOAD_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, OverflowError, UnicodeDecodeError, struct.error, MemoryError,
                 zipfile.BadZipFile, zlib.error)
@@ -48,7 +47,11 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.table, self.source = table, source
 
     def find_class(self, module, name):
-        module = _PY2_MODULES.get(module, module)
+        # Python 2 names (protocol < 3), translated as the stock find_class does, so that the
+        # error names what would have run: `commands.call` is subprocess.call.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         stand_in = self.table.get((module, name))
         if stand_in is None:
             raise UserError(f"{self.source}: refused to load global {module}.{name}; npdc reads "

@@ -170,6 +170,15 @@ class _StorageUnpickler(RestrictedUnpickler):
         super().__init__(file, table, source, encoding)
         self.lookup = lookup
 
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except UserError as e:
+            if module.split(".")[0] in ("torch", "torchvision", "__main__", "models", "model"):
+                raise UserError(f"{e}; a pickled model object? save and import model.state_dict() "
+                                "instead") from None
+            raise
+
     def persistent_load(self, pid):
         if isinstance(pid, tuple) and pid and pid[0] == "module":
             raise UserError(f"{self.source}: holds a pickled nn.Module with its source code; "
