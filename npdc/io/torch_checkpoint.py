@@ -54,7 +54,7 @@ class ElementType:
     def __init__(self, name):
         self.name = name
         self.bfloat16 = name == "bfloat16"  # NumPy has none: read as uint16, widen to float32
-        self.dtype = np.dtype("<u2" if self.bfloat16 else "<" + _CODES[name].replace("<", ""))
+        self.dtype = np.dtype("<u2" if self.bfloat16 else _CODES[name]).newbyteorder("<")
 
     def __repr__(self):
         return f"torch.{self.name}"

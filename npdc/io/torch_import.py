@@ -32,15 +32,19 @@ _CLASSIFIERS = ("fc", "linear", "classifier")
 def find_state_dict(obj, source, depth=0):
     """The name -> array dict inside a loaded checkpoint, without `module.` prefixes.
 
-    A dict whose values include arrays is taken as the state_dict; otherwise the first of
-    NESTING_KEYS that holds a dict is searched (a few levels deep)."""
+    The first of NESTING_KEYS that holds a dict with arrays (a few levels deep) wins, so a
+    training checkpoint's other tensors (`best_acc`) are not taken for the weights; otherwise
+    a dict whose values include arrays is the state_dict itself."""
     if isinstance(obj, dict) and depth < 4:
+        for key in NESTING_KEYS:
+            if isinstance(obj.get(key), dict):
+                try:
+                    return find_state_dict(obj[key], source, depth + 1)
+                except UserError:
+                    continue
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
         if tensors:
             return {_strip_prefix(k): v for k, v in tensors.items()}
-        for key in NESTING_KEYS:
-            if isinstance(obj.get(key), dict):
-                return find_state_dict(obj[key], source, depth + 1)
     what = f"a dict with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, dict) \
         else type(obj).__name__
     raise UserError(f"{source}: no state_dict found (the checkpoint holds {what})")

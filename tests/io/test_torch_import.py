@@ -51,6 +51,9 @@ def test_find_state_dict_unnests_and_strips_module_prefix():
     w = np.ones(2, np.float32)
     assert find_state_dict({"epoch": 3, "state_dict": {"module.fc.weight": w}}, "c") == {"fc.weight": w}
     assert find_state_dict({"model": {"net": {"conv1.weight": w}}}, "c") == {"conv1.weight": w}
+    best = np.array(91.5)  # a training checkpoint's other tensor is not the state_dict
+    assert find_state_dict({"best_acc": best, "net": {"fc.bias": w}, "optimizer": {}}, "c") == {"fc.bias": w}
+    assert find_state_dict({"model": {"epoch": 1}, "fc.bias": w}, "c") == {"fc.bias": w}
     with pytest.raises(UserError, match="no state_dict found.*epoch"):
         find_state_dict({"epoch": 3}, "c")
     with pytest.raises(UserError, match="holds list"):
