@@ -342,6 +342,40 @@ def cmd_speed(args):
         _print_json(r)
 
 
+# -- import / export -----------------------------------------------------------------------------
+def cmd_import(args):
+    from npdc.io.modelfile import save_model
+    from npdc.io.torch_import import import_checkpoint
+
+    net = import_checkpoint(args.checkpoint, args.arch, args.mean, args.std, args.input_shape)
+    meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
+            "imported_from": str(args.checkpoint)}
+    print(f"{args.checkpoint} -> {net.spec['arch']}: {net.num_params():,} parameters, "
+          f"input {'x'.join(map(str, net.in_shape))}, {net.shapes[net.output][0]} classes")
+    if args.mean is None and args.std is None:
+        print("no --mean/--std given: the model sees pixels scaled to [0, 1]")
+    if args.data:
+        from npdc.engine.train import evaluate
+        from npdc.io.datasets import load_dataset
+
+        x, y = load_dataset(args.data).require("test")
+        _check_images(net, x, y)
+        _threads(args.threads)
+        meta["test_accuracy"] = evaluate(net, x, y)["accuracy"]
+        print(f"test accuracy {meta['test_accuracy']:.4f} on {len(y)} images")
+    save_model(args.out, net, meta)
+    print(f"wrote {args.out}")
+
+
+def cmd_export(args):
+    from npdc.io.export import EXPORTERS
+    from npdc.io.modelfile import load_model
+
+    net = load_model(args.model)
+    EXPORTERS[args.format](net, args.out)
+    print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
+
+
 # -- wiring --------------------------------------------------------------------------------------
 def build_parser():
     p = _Parser(prog="npdc", description="NumPy Deep Compression: train, evaluate and compress "
@@ -459,6 +493,29 @@ def build_parser():
     s.add_argument("model", help="compressed model (.npdc)")
     s.add_argument("--out", required=True, help="model file to write (.h5)")
     s.set_defaults(func=cmd_decompress)
+
+    s = sub.add_parser("import", help="import a PyTorch ResNet checkpoint (.pt/.pth/.th) as a model",
+                       description="Read a PyTorch checkpoint without PyTorch (zip or legacy format; "
+                                   "only tensors and plain containers are unpickled, never code), "
+                                   "map torchvision / CIFAR ResNet names onto ARCH, check every "
+                                   "shape, and write an npdc model file.")
+    s.add_argument("checkpoint", help="PyTorch checkpoint holding a state_dict (possibly nested)")
+    s.add_argument("--arch", required=True, help="npdc architecture, e.g. cifar-resnet20")
+    s.add_argument("--out", required=True, help="model file to write (.h5)")
+    s.add_argument("--mean", type=_floats, default=None, help="input mean per channel, [0,1] scale: R,G,B")
+    s.add_argument("--std", type=_floats, default=None, help="input std per channel, [0,1] scale: R,G,B")
+    s.add_argument("--input-shape", type=_shape, default=None, help="C,H,W (default: 32x32 for CIFAR)")
+    s.add_argument("--data", default=None, help="evaluate the imported model on this test split")
+    threads_arg(s)
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("export", help="write a model's arrays for use outside npdc",
+                       description="Export the parameters, BN statistics and input normalisation "
+                                   "of a model file, one plain array per path (res2a_2a.W, ...).")
+    s.add_argument("model", help="model file (.h5)")
+    s.add_argument("--format", choices=["npz"], default="npz", help="output format (default npz)")
+    s.add_argument("--out", required=True, help="file to write, e.g. MODEL.npz")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("speed", help="time a training step and inference on random data")
     s.add_argument("--arch", required=True)

@@ -8,6 +8,8 @@ Two families, in the explicit registry ARCHITECTURES:
 - `cifar-resnetN`, N = 6n+2: 16/32/64 channels, n blocks per stage, parameter-free shortcuts
   (stride-2 subsample, zero-padded channels), global average pooling, one linear layer `fc`.
   Blocks are named like the first family: stage N = 2..4, blocks `resNa`, `resNb`, ...
+  Options for imported models: `width` (channels of stage 2, default 16) and
+  `shortcut="projection"` (He et al.'s option B: 1x1 conv + BN where the shape changes).
 
 A spec is a JSON-able dict {"arch": name, ...hyper-parameters}; build_net(spec, seed) rebuilds it.
 Its optional "channels" maps a conv's name to a smaller output width, written by filter pruning.
@@ -74,20 +76,25 @@ def resnet18(rng, input_shape=(1, 28, 28), num_classes=10, width=16, embedding=5
 
 
 def cifar_resnet(rng, depth=20, input_shape=(3, 32, 32), num_classes=10, activation="relu",
-                 channels=None):
-    """CIFAR ResNet of depth 6n+2 with option-A shortcuts."""
+                 channels=None, width=16, shortcut="zeropad"):
+    """CIFAR ResNet of depth 6n+2; option-A shortcuts unless shortcut="projection"."""
     if (depth - 2) % 6:
         raise UserError(f"cifar-resnet depth must be 6n+2, not {depth}")
+    if shortcut not in ("zeropad", "projection"):
+        raise UserError(f"cifar-resnet shortcut must be 'zeropad' or 'projection', not {shortcut!r}")
     n = (depth - 2) // 6
+    options = {"width": width} if width != 16 else {}  # default specs stay as they were
+    if shortcut != "zeropad":
+        options["shortcut"] = shortcut
     net = Net(_spec(channels, arch=f"cifar-resnet{depth}", input_shape=list(input_shape),
-                    num_classes=num_classes, activation=activation), input_shape)
-    x = _conv_bn(net, "conv1", rng, 16, 3, 1, act=activation)
-    in_ch = 16
-    for stage, out in zip(range(2, 5), (16, 32, 64)):
+                    num_classes=num_classes, activation=activation, **options), input_shape)
+    x = _conv_bn(net, "conv1", rng, width, 3, 1, act=activation)
+    in_ch = width
+    for stage, out in zip(range(2, 5), (width, 2 * width, 4 * width)):
         for b in range(n):
             stride = 2 if (b == 0 and stage > 2) else 1
-            shortcut = "zeropad" if (stride != 1 or in_ch != out) else "identity"
-            x = _block(net, rng, f"res{stage}{_letters(b)}", x, out, stride, shortcut, activation)
+            kind = shortcut if (stride != 1 or in_ch != out) else "identity"
+            x = _block(net, rng, f"res{stage}{_letters(b)}", x, out, stride, kind, activation)
             in_ch = out
     net.add("pool", GlobalAvgPool(), rng=rng)
     net.add("fc", Linear(num_classes), rng=rng)

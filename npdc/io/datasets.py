@@ -1,4 +1,4 @@
-"""Load image-classification datasets (IDX, .npz, HDF5) into plain NumPy arrays.
+"""Load image-classification datasets (IDX, CIFAR-10 python batches, .npz, HDF5) into NumPy arrays.
 
 Images keep their stored dtype (usually uint8) so 60k images cost 47 MB instead of 188 MB as
 float32; training code converts one batch at a time with `as_float`. Every malformed input is
@@ -32,6 +32,8 @@ _IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+_CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST = "test_batch"
 _GZIP_MAGIC = b"\x1f\x8b"
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
@@ -83,7 +85,8 @@ def shipped_names() -> list[str]:
 
 
 def load_dataset(spec: str) -> Dataset:
-    """Load a dataset from a path (IDX directory, .npz, .h5/.hdf5) or a shipped dataset name.
+    """Load a dataset from a path (IDX or CIFAR-10 batch directory, .npz, .h5/.hdf5) or a
+    shipped dataset name.
 
     Array files hold x_train/y_train/x_test/y_test; 4-D images are taken as (N, C, H, W), since
     channels-last cannot be told apart reliably, so transpose NHWC data before saving it.
@@ -91,6 +94,8 @@ def load_dataset(spec: str) -> Dataset:
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
+            if any((path / n).is_file() for n in (*_CIFAR_TRAIN, _CIFAR_TEST)):
+                return _load_cifar_dir(path, path.resolve().name)
             return _load_idx_dir(path, path.resolve().name)
         suffix = path.suffix.lower()
         if suffix == ".npz":
@@ -209,6 +214,42 @@ def _load_idx_dir(folder: Path, name: str) -> Dataset:
     if not splits:
         wanted = ", ".join(stem for pair in _IDX_NAMES.values() for stem in pair)
         raise UserError(f"{folder}: no IDX files found (expected {wanted}, optionally .gz)")
+    return _assemble(name, folder, splits)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: a pickled dict with b'data' (N, 3072) uint8, channel-major
+    32x32 RGB, and b'labels'. Read by npdc's restricted unpickler, so it never runs code."""
+    from npdc.io.safe_pickle import restricted_loads
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    batch = restricted_loads(raw, path, encoding="bytes")
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: not a CIFAR batch (holds {type(batch).__name__}, expected a dict)")
+    data = batch.get(b"data", batch.get("data"))
+    labels = batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise UserError(f"{path}: not a CIFAR batch (needs b'data' and b'labels')")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise UserError(f"{path}: CIFAR data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: unusable CIFAR labels ({exc})") from None
+    return data.reshape(-1, 3, 32, 32), _checked_labels(labels, len(data), path, "batch")
+
+
+def _load_cifar_dir(folder: Path, name: str) -> Dataset:
+    """data_batch_1..5 (those present) form the train split, test_batch the test split."""
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    train = [read_cifar_batch(folder / n) for n in _CIFAR_TRAIN if (folder / n).is_file()]
+    if train:
+        splits["train"] = (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]))
+    if (folder / _CIFAR_TEST).is_file():
+        splits["test"] = read_cifar_batch(folder / _CIFAR_TEST)
     return _assemble(name, folder, splits)
 
 

@@ -1,0 +1,246 @@
+"""A pickle reader that rebuilds data and never runs code from the file.
+
+Facts from the pickle protocol (PEP 307 for protocol 2, PEP 3154 for protocol 4, the `pickle`
+module documentation "Restricting Globals"): every callable a pickle can invoke (REDUCE, NEWOBJ,
+BUILD's `__setstate__`, the copyreg extension codes) is first fetched by `find_class(module,
+name)`. Here `find_class` only answers from an explicit table of stand-ins written in this module,
+so a pickle can build containers, numbers, strings, NumPy arrays (as NumPy itself pickles them)
+and whatever the caller's table adds (PyTorch tensors, in `npdc.io.torch_checkpoint`); anything
+else -- `os.system`, `builtins.eval`, `subprocess.Popen` -- is refused by name before it exists.
+
+Stand-ins return plain values or `Placeholder`s that `resolve` swaps for arrays after loading
+(PyTorch's legacy format stores tensor data after the pickle that refers to it).
+"""
+
+import _compat_pickle
+import codecs
+import io
+import pickle
+import struct
+import zipfile
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+from npdc.errors import UserError
+
+# Element types a pickle may ask for: numbers and booleans only, never Python objects.
+SAFE_KINDS = set("biuf")
+_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, OverflowError, UnicodeDecodeError, struct.error, MemoryError,
+                zipfile.BadZipFile, zlib.error)
+
+
+class Placeholder:
+    """A value finished after loading; `resolve` replaces it with `self.value()`."""
+
+    def value(self):
+        raise NotImplementedError
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler whose globals come only from `table` ((module, name) -> stand-in)."""
+
+    def __init__(self, file, table, source, encoding="utf-8"):
+        super().__init__(file, encoding=encoding)
+        self.table, self.source = table, source
+
+    def find_class(self, module, name):
+        # Python 2 names (protocol < 3), translated as the stock find_class does, so that the
+        # error names what would have run: `commands.call` is subprocess.call.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        stand_in = self.table.get((module, name))
+        if stand_in is None:
+            raise UserError(f"{self.source}: refused to load global {module}.{name}; npdc reads "
+                            "only tensors, arrays and plain containers and never runs code from a file")
+        return stand_in
+
+    def persistent_load(self, pid):
+        raise UserError(f"{self.source}: unexpected persistent reference {_short(pid)}")
+
+
+def restricted_load(file, source, table=None, encoding="utf-8", unpickler=RestrictedUnpickler):
+    """Load one pickle from the binary `file`; a damaged pickle is a one-line UserError."""
+    try:
+        return unpickler(file, BASE_GLOBALS if table is None else table, source, encoding).load()
+    except UserError as e:
+        raise with_source(e, source) from None
+    except RecursionError:
+        raise UserError(f"{source}: pickle nested too deeply") from None
+    except _LOAD_ERRORS as e:
+        raise UserError(f"{source}: corrupt or truncated pickle ({type(e).__name__}: {e})") from None
+
+
+def restricted_loads(data, source, table=None, encoding="utf-8"):
+    return resolve(restricted_load(io.BytesIO(data), source, table, encoding), source)
+
+
+def resolve(obj, source):
+    """A copy of `obj` with every Placeholder replaced by its value; cycles are kept."""
+    memo = {}
+
+    def walk(o):
+        if id(o) in memo:
+            return memo[id(o)]
+        if isinstance(o, Placeholder):
+            memo[id(o)] = out = o.value()
+        elif isinstance(o, dict):
+            memo[id(o)] = out = type(o)() if type(o) in (dict, OrderedDict) else {}
+            for k, v in o.items():
+                out[walk(k)] = walk(v)
+        elif isinstance(o, list):
+            memo[id(o)] = out = []
+            out.extend(walk(v) for v in o)
+        elif isinstance(o, tuple):
+            memo[id(o)] = out = tuple(walk(v) for v in o)
+        elif isinstance(o, (set, frozenset)):
+            memo[id(o)] = out = type(o)(walk(v) for v in o)
+        else:
+            out = o
+        return out
+
+    try:
+        return walk(obj)
+    except UserError as e:
+        raise with_source(e, source) from None
+    except RecursionError:
+        raise UserError(f"{source}: pickle nested too deeply") from None
+    except TypeError as e:  # e.g. an array used as a dict key
+        raise UserError(f"{source}: unusable pickled data ({e})") from None
+
+
+def with_source(error, source):
+    """The UserError `error`, its message prefixed with the file name unless it has it already."""
+    message = str(error)
+    return UserError(message if message.startswith(f"{source}:") else f"{source}: {message}")
+
+
+def _short(obj, limit=80):
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_int(value, what, low=0):
+    """`value` as a Python int >= low; anything else (floats, bools, huge negatives) is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise UserError(f"{what} must be a whole number >= {low}, got {_short(value)}")
+    return int(value)
+
+
+def check_shape(shape, what):
+    if not isinstance(shape, (tuple, list)):
+        raise UserError(f"{what} must be a tuple of sizes, got {_short(shape)}")
+    return tuple(check_int(d, what) for d in shape)
+
+
+# -- NumPy as NumPy pickles it (ndarray.__reduce__, dtype.__reduce__, numpy scalars) ---------------
+def _text(value):
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+class _DtypeSpec(Placeholder):
+    """Stand-in for `numpy.dtype(code, align, copy)`; BUILD supplies the byte order."""
+
+    def __init__(self, code, align=False, copy=True):
+        code = _text(code)
+        try:
+            self.dtype = np.dtype(code) if isinstance(code, str) else None
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.kind not in SAFE_KINDS or self.dtype.names:
+            raise UserError(f"refused NumPy dtype {_short(code)}: only numbers and booleans are read")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) < 2:
+            raise UserError(f"damaged NumPy dtype state {_short(state)}")
+        order = _text(state[1])
+        if order not in ("<", ">", "|", "="):
+            raise UserError(f"damaged NumPy dtype byte order {_short(order)}")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+    def value(self):
+        return self.dtype
+
+
+class _ArraySpec(Placeholder):
+    """Stand-in for `numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`; BUILD supplies
+    (version, shape, dtype, is_fortran, raw bytes)."""
+
+    def __init__(self, cls=None, shape=None, code=None):
+        self.array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UserError(f"damaged NumPy array state {_short(state)}")
+        shape, dtype, fortran, raw = state[-4:]
+        shape = check_shape(shape, "NumPy array shape")
+        if not isinstance(dtype, _DtypeSpec):
+            raise UserError(f"damaged NumPy array dtype {_short(dtype)}")
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        if not isinstance(raw, (bytes, bytearray)):
+            raise UserError(f"NumPy array data of type {type(raw).__name__}; only raw bytes are read")
+        count = int(np.prod(shape, dtype=object))
+        if count * dtype.dtype.itemsize != len(raw):
+            raise UserError(f"NumPy array data holds {len(raw)} bytes, shape {shape} of "
+                            f"{dtype.dtype} needs {count * dtype.dtype.itemsize}")
+        flat = np.frombuffer(bytes(raw), dtype.dtype, count)
+        self.array = flat.reshape(shape, order="F" if fortran else "C").astype(
+            dtype.dtype.newbyteorder("="), copy=True)
+
+    def value(self):
+        if self.array is None:
+            raise UserError("a NumPy array in the pickle was never filled in")
+        return self.array
+
+
+class _ScalarSpec(Placeholder):
+    """Stand-in for `numpy.core.multiarray.scalar(dtype, raw bytes)`: one number."""
+
+    def __init__(self, dtype, raw=b""):
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        if not isinstance(dtype, _DtypeSpec) or not isinstance(raw, bytes):
+            raise UserError(f"damaged NumPy scalar {_short((dtype, raw))}")
+        self.dtype, self.raw = dtype, raw
+
+    def value(self):
+        if len(self.raw) != self.dtype.dtype.itemsize:
+            raise UserError(f"NumPy scalar of {self.dtype.dtype} with {len(self.raw)} bytes")
+        return np.frombuffer(self.raw, self.dtype.dtype)[0].astype(self.dtype.dtype.newbyteorder("="))
+
+
+def _array_from_buffer(buf, dtype, shape, order="C"):
+    """Stand-in for `numpy.core.numeric._frombuffer`, how protocol 5 pickles an array."""
+    if not isinstance(buf, (bytes, bytearray)):
+        raise UserError(f"NumPy array data of type {type(buf).__name__}; only in-band bytes are read")
+    spec = _ArraySpec()
+    spec.__setstate__((shape, dtype, _text(order) == "F", bytes(buf)))
+    return spec
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Stand-in for `_codecs.encode`, which protocol 2 uses for bytes: latin-1 text to bytes."""
+    if not isinstance(text, str) or codecs.lookup(str(encoding)).name != "iso8859-1":
+        raise UserError(f"refused _codecs.encode with {_short(encoding)}: only latin-1 bytes are read")
+    return text.encode("latin1")
+
+
+class _NdarrayClass:
+    """Stands for `numpy.ndarray` as the first argument of `_reconstruct`; builds nothing."""
+
+
+BASE_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("_codecs", "encode"): _latin1_encode,
+    ("numpy", "ndarray"): _NdarrayClass,
+    ("numpy", "dtype"): _DtypeSpec,
+    **{(module, name): stand_in
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name, stand_in in (("_reconstruct", _ArraySpec), ("scalar", _ScalarSpec))},
+    **{(module, "_frombuffer"): _array_from_buffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+}
