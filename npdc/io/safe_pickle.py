@@ -16,6 +16,7 @@ import _compat_pickle
 import codecs
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 import zlib
@@ -64,6 +65,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def restricted_load(file, source, table=None, encoding="utf-8", unpickler=RestrictedUnpickler):
     """Load one pickle from the binary `file`; a damaged pickle is a one-line UserError."""
+    check_memo_indices(file, source)
     try:
         return unpickler(file, BASE_GLOBALS if table is None else table, source, encoding).load()
     except UserError as e:
@@ -71,7 +73,24 @@ def restricted_load(file, source, table=None, encoding="utf-8", unpickler=Restri
     except RecursionError:
         raise UserError(f"{source}: pickle nested too deeply") from None
     except _LOAD_ERRORS as e:
-        raise UserError(f"{source}: corrupt or truncated pickle ({type(e).__name__}: {e})") from None
+        raise damaged(e, source) from None
+
+
+def check_memo_indices(file, source):
+    """Refuse a pickle that stores into a memo slot no pickler would use.
+
+    A pickler numbers its memo slots 0, 1, 2, ... as it goes, so a slot is never beyond the number
+    of opcodes before it. The C unpickler grows and zero-fills its memo up to twice any index it
+    is given, so one damaged PUT index could claim gigabytes; the opcodes are scanned first.
+    """
+    start = file.tell()
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(file)):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
+                raise UserError(f"{source}: damaged pickle (memo slot {arg} after {count} opcodes)")
+    except _LOAD_ERRORS as e:
+        raise damaged(e, source) from None
+    file.seek(start)
 
 
 def restricted_loads(data, source, table=None, encoding="utf-8"):
@@ -109,7 +128,18 @@ def resolve(obj, source):
     except RecursionError:
         raise UserError(f"{source}: pickle nested too deeply") from None
     except TypeError as e:  # e.g. an array used as a dict key
-        raise UserError(f"{source}: unusable pickled data ({e})") from None
+        raise UserError(f"{source}: unusable pickled data ({one_line(e)})") from None
+
+
+def damaged(error, source):
+    return UserError(f"{source}: corrupt or truncated pickle ({type(error).__name__}: "
+                     f"{one_line(error)})")
+
+
+def one_line(error, limit=120):
+    """An exception's text on one line and short: damaged input can put anything in it."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def with_source(error, source):

@@ -25,13 +25,14 @@ Only the globals in TORCH_GLOBALS exist for the pickle (npdc.io.safe_pickle); a 
 import io
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from npdc.errors import UserError
 from npdc.io.safe_pickle import (BASE_GLOBALS, Placeholder, RestrictedUnpickler, check_int,
-                                 check_shape, resolve, restricted_load)
+                                 check_shape, one_line, resolve, restricted_load)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_VERSION = 1001
@@ -195,12 +196,25 @@ def _load_with_storages(file, source, lookup):
 
 
 # -- zip format ----------------------------------------------------------------------------------
+# Every damage a zip reader can report while reading members; they all mean a damaged file.
+ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, OverflowError,
+              NotImplementedError,
+              RuntimeError)
+
+
 def _load_zip(data, source):
+    try:
+        return _read_zip(data, source)
+    except ZIP_DAMAGE as e:
+        raise UserError(f"{source}: damaged zip checkpoint ({one_line(e)})") from None
+
+
+def _read_zip(data, source):
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise UserError(f"{source}: damaged zip checkpoint ({e})") from None
+        raise UserError(f"{source}: damaged zip checkpoint ({one_line(e)})") from None
     tops = sorted(n[:-len("data.pkl")] for n in names if n.endswith("data.pkl") and n.count("/") <= 1)
     if not tops:
         if any(n.endswith("constants.pkl") for n in names):
@@ -233,11 +247,7 @@ def _load_zip(data, source):
             storages[key] = storage
         return storages[key]
 
-    try:
-        pickled = archive.open(f"{prefix}data.pkl")
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise UserError(f"{source}: damaged zip checkpoint ({e})") from None
-    with pickled:
+    with archive.open(f"{prefix}data.pkl") as pickled:
         return _load_with_storages(pickled, source, lookup)
 
 
