@@ -88,3 +88,15 @@ def test_random_bytes_load_or_give_user_error(raw):
         restricted_loads(b"\x80\x02" + raw, "fuzz")
     except UserError:
         pass
+
+
+@pytest.mark.parametrize("opcode,width", [(pickle.BINPUT, 1), (pickle.LONG_BINPUT, 4)])
+def test_memo_slot_beyond_the_opcodes_is_refused(opcode, width):
+    """A damaged PUT index would make the C unpickler zero-fill a huge memo; it is refused first."""
+    good = pickle.dumps([[1, 2], "x"], protocol=2)
+    first_put = good.index(pickle.BINPUT)
+    slot = (200).to_bytes(width, "little")
+    bad = good[:first_put] + opcode + slot + good[first_put + 2:]
+    with pytest.raises(UserError, match="memo slot 200"):
+        restricted_loads(bad, "bad.pkl")
+    assert restricted_loads(good, "good.pkl") == [[1, 2], "x"]
