@@ -2,19 +2,16 @@
 and shift (a folded batch norm, Ioffe & Szegedy 2015), an optional residual (identity, or the
 option-A zero-padded subsample of He et al. 2016) and ReLU / PReLU, written once into the output.
 
-Two conv primitives (the framing of Anderson & Gregg 2017, "Optimal DNN Primitive Selection"):
-- `conv_direct`: the direct loop nest, parallel over (image, output channel). At batch 1 the
-  im2col + GEMM path of npdc.kernels.conv has one image for its threads to share; this one gives
-  each thread whole output planes. Padding is never materialised: for every kernel tap the range
-  of output pixels whose input lies inside the image is computed, and only it is visited.
-- `conv_gemm`: im2col + GEMM (Chellapilla et al. 2006), parallel over images, for large batches.
-Every buffer (accumulators, columns, outputs) is handed in; nothing is allocated per call.
+The convolution is im2col + GEMM (Chellapilla et al. 2006) on tiles of output rows: the
+(image, tile) pairs are shared among the threads, so a single image still keeps every thread
+busy (the per-image split of npdc.kernels.conv leaves one thread idle at batch 1), and a column
+tile is bounded by a float budget so it stays in cache and the workspace stays small. Every
+buffer (columns, accumulators, outputs) is handed in; nothing is allocated per call.
 """
 
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import im2col
 from npdc.threads import single_thread_numba_blas
 
 single_thread_numba_blas()
@@ -23,45 +20,42 @@ RES_NONE, RES_IDENTITY, RES_ZEROPAD = 0, 1, 2
 
 
 @numba.njit(cache=True)
-def tap_range(size_in, size_out, k_off, stride, pad):
-    """[lo, hi) of output positions whose input position o*stride + k_off - pad is in the image."""
-    lo = 0
-    while lo < size_out and lo * stride + k_off - pad < 0:
-        lo += 1
-    hi = size_out
-    while hi > lo and (hi - 1) * stride + k_off - pad >= size_in:
-        hi -= 1
-    return lo, hi
+def tile_rows(ho, wo, rows, budget):
+    """Output rows per tile so that a (rows x tile) column block stays within budget floats."""
+    return max(1, min(ho, budget // max(rows * wo, 1)))
 
 
 @numba.njit(cache=True)
-def add_tap(acc, xc, w, i, j, stride, pad, ho, wo):
-    """acc (ho*wo,) += w * the input plane xc (H, W) under kernel tap (i, j)."""
-    p0, p1 = tap_range(xc.shape[0], ho, i, stride, pad)
-    q0, q1 = tap_range(xc.shape[1], wo, j, stride, pad)
-    for p in range(p0, p1):
-        row = xc[p * stride + i - pad]
-        base = p * wo
-        if stride == 1:
-            shift = j - pad
-            for q in range(q0, q1):
-                acc[base + q] += w * row[q + shift]
-        else:
-            for q in range(q0, q1):
-                acc[base + q] += w * row[q * stride + j - pad]
+def im2col_rows(x, kh, kw, stride, pad, p0, p1, wo, cols):
+    """Columns of output rows p0..p1-1 of one image x: (C, H, W) -> cols: (C*kh*kw, (p1-p0)*wo)."""
+    h, w = x.shape[1], x.shape[2]
+    for r in range(x.shape[0] * kh * kw):
+        c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        for p in range(p0, p1):
+            iy = p * stride - pad + i
+            o = (p - p0) * wo
+            if iy < 0 or iy >= h:
+                for q in range(wo):
+                    cols[r, o + q] = 0
+                continue
+            for q in range(wo):
+                ix = q * stride - pad + j
+                cols[r, o + q] = x[c, iy, ix] if ix >= 0 and ix < w else 0
 
 
 @numba.njit(cache=True)
-def finish_plane(acc, y, n, o, scale, shift, act, slopes, res, res_mode, res_front, res_stride):
-    """y[n, o] = act(acc * scale[o] + shift[o] + residual); acc is the flat (Ho*Wo,) sum.
+def finish_tile(acc, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode, res_front,
+                res_stride):
+    """y[n, o, p0:p1] = act(acc * scale[o] + shift[o] + residual); acc: flat, row p at
+    (p - p0) * pitch.
     An identity residual may be y itself: each element is read before it is overwritten."""
-    ho, wo = y.shape[2], y.shape[3]
+    wo = y.shape[3]
     s, b, a = scale[o], shift[o], slopes[o]
     c = o - res_front
     use_pad = res_mode == RES_ZEROPAD and 0 <= c < res.shape[1]
-    for p in range(ho):
+    for p in range(p0, p1):
         for q in range(wo):
-            v = acc[p * wo + q] * s + b
+            v = acc[(p - p0) * pitch + q] * s + b
             if res_mode == RES_IDENTITY:
                 v += res[n, o, p, q]
             elif use_pad:
@@ -72,42 +66,79 @@ def finish_plane(acc, y, n, o, scale, shift, act, slopes, res, res_mode, res_fro
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_direct(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_mode, res_front,
-                res_stride, y, acc):
-    """x: (N, C, H, W), W2: (O, C*kh*kw) -> y: (N, O, Ho, Wo) with the fused tail;
-    acc: (threads, >= Ho*Wo) scratch, one row per Numba thread."""
-    n_img, c_in = x.shape[0], x.shape[1]
+def conv_dense(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_mode, res_front,
+               res_stride, y, cols, acc):
+    """x: (N, C, H, W), W2: (O, C*kh*kw) -> y: (N, O, Ho, Wo) with the fused tail, by im2col +
+    GEMM on tiles of output rows, the (image, tile) pairs shared among threads.
+    cols: (threads, budget floats for one column tile), acc: (threads, >= O * tile) scratch
+    (scratch_sizes gives both)."""
+    n_img = x.shape[0]
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    taps = kh * kw
-    for t in numba.prange(n_img * o_out):
-        n, o = t // o_out, t % o_out
-        a = acc[numba.get_thread_id()]
-        a[:ho * wo] = 0
-        for r in range(c_in * taps):
-            w = W2[o, r]
-            tap = r % taps
-            add_tap(a, x[n, r // taps], w, tap // kw, tap % kw, stride, pad, ho, wo)
-        finish_plane(a, y, n, o, scale, shift, act, slopes, res, res_mode, res_front, res_stride)
+    rows = W2.shape[1]
+    per = tile_rows(ho, wo, rows, cols.shape[1])
+    tiles = (ho + per - 1) // per
+    for t in numba.prange(n_img * tiles):
+        n, p0 = t // tiles, (t % tiles) * per
+        p1 = min(ho, p0 + per)
+        width = (p1 - p0) * wo
+        tid = numba.get_thread_id()
+        col = cols[tid, :rows * width].reshape((rows, width))
+        out = acc[tid, :o_out * width].reshape((o_out, width))
+        im2col_rows(x[n], kh, kw, stride, pad, p0, p1, wo, col)
+        np.dot(W2, col, out)
+        for o in range(o_out):
+            finish_tile(out[o], wo, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                        res_front, res_stride)
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_gemm(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_mode, res_front,
-              res_stride, y, cols, acc):
-    """As conv_direct, by im2col + GEMM per image; cols: (threads, >= C*kh*kw*Ho*Wo) and
-    acc: (threads, >= O*Ho*Wo) scratch."""
-    n_img, c_in = x.shape[0], x.shape[1]
-    o_out, plane = y.shape[1], y.shape[2] * y.shape[3]
-    rows = W2.shape[1]
-    n_threads = cols.shape[0]
-    for t in numba.prange(n_threads):
-        col = cols[t, :rows * plane].reshape((rows, plane))
-        out = acc[t, :o_out * plane].reshape((o_out, plane))
-        for n in range(t, n_img, n_threads):
-            im2col(x[n], 0, c_in, kh, kw, stride, pad, col)
-            np.dot(W2, col, out)
-            for o in range(o_out):
-                finish_plane(out[o], y, n, o, scale, shift, act, slopes, res, res_mode, res_front,
-                             res_stride)
+def pad_input(x, pad, xp):
+    """xp: (N, C, H + 2 pad, W + 2 pad) = x zero-padded."""
+    h, w = x.shape[2], x.shape[3]
+    for t in numba.prange(x.shape[0] * x.shape[1]):
+        n, c = t // x.shape[1], t % x.shape[1]
+        xp[n, c] = 0
+        for p in range(h):
+            for q in range(w):
+                xp[n, c, p + pad, q + pad] = x[n, c, p, q]
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_dense_s1(xp, W2, kh, kw, scale, shift, act, slopes, res, res_mode, res_front, res_stride,
+                  y, acc_ws):
+    """Stride-1 convolution of an already padded xp: (N, C, Hp, Wp) -> y. For tap (c, i, j) the
+    inputs of all outputs, laid out with row pitch Wp, are one contiguous run of xp starting at
+    (c, i, j): each weight is one long multiply-add loop, no lowering. Parallel over (image,
+    output channel); acc_ws: (threads, >= (Ho - 1) * Wp + Wo)."""
+    n_img, c_in, hp, wp = xp.shape
+    o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    span, taps = (ho - 1) * wp + wo, kh * kw
+    for t in numba.prange(n_img * o_out):
+        n, o = t // o_out, t % o_out
+        acc = acc_ws[numba.get_thread_id(), :span]
+        acc[:] = 0
+        xf = xp[n].reshape(c_in * hp * wp)
+        for r in range(c_in * taps):
+            w = W2[o, r]
+            base = (r // taps) * hp * wp + ((r // kw) % kh) * wp + r % kw
+            src = xf[base:base + span]  # a slice: indexing it by k vectorises, xf[base + k] did not
+            for k in range(span):
+                acc[k] += w * src[k]
+        finish_tile(acc, wp, y, n, o, 0, ho, scale, shift, act, slopes, res, res_mode, res_front,
+                    res_stride)
+
+
+def scratch_sizes(convs, budget):
+    """(cols, acc) floats per thread for conv steps given as (rows, O, Ho, Wo, stride, Wp)
+    tuples, Wp the padded input width."""
+    cols = acc = 1
+    for rows, o, ho, wo, stride, wp in convs:
+        if stride == 1:
+            acc = max(acc, (ho - 1) * wp + wo)
+            continue
+        per = max(1, min(ho, budget // max(rows * wo, 1)))
+        cols, acc = max(cols, rows * per * wo), max(acc, o * per * wo)
+    return cols, acc
 
 
 @numba.njit(cache=True)

@@ -16,7 +16,7 @@ index is a ValueError, never an out-of-bounds read.
 import numba
 import numpy as np
 
-from npdc.kernels.fused import add_tap, finish_plane
+from npdc.kernels.fused import finish_tile, im2col_rows, tile_rows
 
 
 @numba.njit(cache=True)
@@ -58,23 +58,59 @@ def csr_from_indices(indices, n_rows, rowptr, cols, vidx):
 
 @numba.njit(parallel=True, cache=True)
 def conv_sparse(x, rowptr, cols, vidx, table, kh, kw, stride, pad, scale, shift, act, slopes,
-                res, res_mode, res_front, res_stride, y, acc):
+                res, res_mode, res_front, res_stride, y, col_ws, acc_ws):
     """x: (N, C, H, W) -> y: (N, O, Ho, Wo); row o holds the non-zeros of W[o] as columns
-    c*kh*kw + i*kw + j and indices into table (index 0 may stand for 0.0). The tail is that of
-    npdc.kernels.fused.conv_direct; acc: (threads, >= Ho*Wo) scratch."""
+    c*kh*kw + i*kw + j and indices into table. Tiles of output rows are lowered by im2col as in
+    npdc.kernels.fused.conv_dense; each non-zero then adds table[v] times one column row, a long
+    contiguous loop. Scratch and tail as in conv_dense."""
     n_img, c_in = x.shape[0], x.shape[1]
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    taps = kh * kw
+    rows = c_in * kh * kw
+    check_csr(rowptr, cols, vidx, o_out, rows, table.shape[0])
+    per = tile_rows(ho, wo, rows, col_ws.shape[1])
+    tiles = (ho + per - 1) // per
+    for t in numba.prange(n_img * tiles):
+        n, p0 = t // tiles, (t % tiles) * per
+        p1 = min(ho, p0 + per)
+        width = (p1 - p0) * wo
+        tid = numba.get_thread_id()
+        col = col_ws[tid, :rows * width].reshape((rows, width))
+        acc = acc_ws[tid, :width]
+        im2col_rows(x[n], kh, kw, stride, pad, p0, p1, wo, col)
+        for o in range(o_out):
+            acc[:] = 0
+            for e in range(rowptr[o], rowptr[o + 1]):
+                w = table[vidx[e]]
+                src = col[cols[e]]
+                for k in range(width):
+                    acc[k] += w * src[k]
+            finish_tile(acc, wo, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                        res_front, res_stride)
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_sparse_s1(xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res, res_mode,
+                   res_front, res_stride, y, acc_ws):
+    """Stride-1 sparse convolution of a padded xp, one long contiguous loop per non-zero (see
+    npdc.kernels.fused.conv_dense_s1); parallel over (image, output channel)."""
+    n_img, c_in, hp, wp = xp.shape
+    o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    span, taps = (ho - 1) * wp + wo, kh * kw
     check_csr(rowptr, cols, vidx, o_out, c_in * taps, table.shape[0])
     for t in numba.prange(n_img * o_out):
         n, o = t // o_out, t % o_out
-        a = acc[numba.get_thread_id()]
-        a[:ho * wo] = 0
+        acc = acc_ws[numba.get_thread_id(), :span]
+        acc[:] = 0
+        xf = xp[n].reshape(c_in * hp * wp)
         for e in range(rowptr[o], rowptr[o + 1]):
             r = np.int64(cols[e])
-            tap = r % taps
-            add_tap(a, x[n, r // taps], table[vidx[e]], tap // kw, tap % kw, stride, pad, ho, wo)
-        finish_plane(a, y, n, o, scale, shift, act, slopes, res, res_mode, res_front, res_stride)
+            w = table[vidx[e]]
+            base = (r // taps) * hp * wp + ((r // kw) % kh) * wp + r % kw
+            src = xf[base:base + span]  # a slice: indexing it by k vectorises, xf[base + k] did not
+            for k in range(span):
+                acc[k] += w * src[k]
+        finish_tile(acc, wp, y, n, o, 0, ho, scale, shift, act, slopes, res, res_mode, res_front,
+                    res_stride)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)

@@ -1,9 +1,8 @@
 """Run a plan (npdc.runtime.plan) from a .npdc file: every array is allocated when the runtime is
 built; a forward pass writes only into the arena and the shared workspace.
 
-Kernels: conv and linear steps call npdc.kernels.fused (dense weights: direct convolution
-parallel over output channels for small batches, im2col + GEMM from GEMM_BATCH images on) or
-npdc.kernels.sparse (sparse and streamed weights). Each step's kernel call is bound once with its
+Kernels: conv and linear steps call npdc.kernels.fused (dense weights) or npdc.kernels.sparse
+(sparse and streamed weights); both lower tiles of output rows into one shared column workspace. Each step's kernel call is bound once with its
 arena views, so a full batch costs one Python call per step.
 """
 
@@ -20,12 +19,12 @@ from npdc.codec.model import load_compressed
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.io.datasets import as_float
-from npdc.kernels.fused import conv_direct, conv_gemm, finish_rows, global_avg_pool, linear_direct
-from npdc.kernels.sparse import conv_sparse, linear_sparse
+from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_rows, global_avg_pool, linear_direct,
+                               pad_input, scratch_sizes)
+from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
 
-GEMM_BATCH = 8  # dense convs switch from the direct kernel to im2col + GEMM at this batch
 
 
 class Runtime:
@@ -36,22 +35,23 @@ class Runtime:
         B, steps = plan.batch, plan.steps
         self.arena = np.zeros(B * plan.arena_size, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
-        convs = [s for s in steps if s.kind == "conv"]
-        planes = [self._numel(s.output) for s in convs]
-        self.gemm = weights.mode == "dense" and B >= GEMM_BATCH
-        cols = max((p * int(np.prod(s.w_shape[1:])) for s, p in zip(convs, planes)), default=0)
-        outs = max((p * s.w_shape[0] for s, p in zip(convs, planes)), default=0)
-        self.acc = np.zeros((self.threads, max(planes, default=1)), np.float32)
-        self.cols = np.zeros((self.threads, cols if self.gemm else 1), np.float32)
-        self.outs = np.zeros((self.threads, outs if self.gemm else 1), np.float32)
+        convs, padded = [], 1
+        for s in steps:
+            if s.kind == "conv":
+                c, h, w = plan.values[s.inputs[0]].shape
+                convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
+                              s.stride, w + 2 * s.pad))
+                if s.stride == 1 and s.pad:
+                    padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+        cols, acc = scratch_sizes(convs, plan.tile_floats)
+        self.cols = np.zeros((self.threads, cols), np.float32)
+        self.acc = np.zeros((self.threads, acc), np.float32)
+        self.padded = np.zeros(padded, np.float32)
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
+        self.gemm = weights.mode == "dense" and B > 1
         self.rows = np.zeros((B, max(linear, default=1)) if self.gemm else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
         self.calls = self._bind(B)
-
-    def _numel(self, name):
-        shape = self.plan.values[name].shape
-        return int(np.prod(shape[1:])) if len(shape) == 3 else 1
 
     def view(self, name, n):
         v = self.plan.values[name]
@@ -61,7 +61,7 @@ class Runtime:
     def arrays(self):
         """Every array the runtime holds between calls (weights, tails, arena, workspace)."""
         tails = [a for s in self.plan.steps for a in (s.scale, s.shift, s.slopes) if a is not None]
-        own = [self.arena, self.acc, self.cols, self.outs, self.rows, self.no_res,
+        own = [self.arena, self.acc, self.cols, self.padded, self.rows, self.no_res,
                self.plan.mean, self.plan.std]
         return own + tails + self.weights.arrays()
 
@@ -84,17 +84,27 @@ class Runtime:
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
-        if self.weights.mode == "dense":
+        mode = self.weights.mode
+        if s.stride == 1:
+            xp = x
+            if s.pad:
+                shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
+                xp = self.padded[:int(np.prod(shape))].reshape(shape)
+            if mode == "dense":
+                W2, ones = self.weights.get(s)
+                kernel = functools.partial(conv_dense_s1, xp, W2, kh, kw, ones, *tail, self.acc)
+            else:
+                kernel = lambda: conv_sparse_s1(xp, *self.weights.get(s), kh, kw, s.scale, *tail,
+                                                self.acc)
+            if not s.pad:
+                return kernel
+            return lambda: (pad_input(x, s.pad, xp), kernel())
+        if mode == "dense":
             W2, ones = self.weights.get(s)
-            if self.gemm:
-                return functools.partial(conv_gemm, x, W2, kh, kw, s.stride, s.pad, ones, *tail,
-                                         self.cols, self.outs)
-            return functools.partial(conv_direct, x, W2, kh, kw, s.stride, s.pad, ones, *tail, self.acc)
-        if self.weights.mode == "sparse":
-            return functools.partial(conv_sparse, x, *self.weights.get(s), kh, kw, s.stride, s.pad,
-                                     s.scale, *tail, self.acc)
+            return functools.partial(conv_dense, x, W2, kh, kw, s.stride, s.pad, ones, *tail,
+                                     self.cols, self.acc)
         return lambda: conv_sparse(x, *self.weights.get(s), kh, kw, s.stride, s.pad, s.scale, *tail,
-                                   self.acc)
+                                   self.cols, self.acc)
 
     def _linear(self, s, x, y):
         if self.weights.mode != "dense":

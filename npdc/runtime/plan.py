@@ -28,6 +28,8 @@ from npdc.engine.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool
 from npdc.engine.net import INPUT
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
 
+TILE_FLOATS = 16384  # floats of one im2col tile per thread (64 KiB: stays in L2)
+
 
 @dataclass
 class Step:
@@ -76,8 +78,8 @@ class Value:
 class Plan:
     """Steps, values and their arena offsets for batches of up to `batch` images."""
 
-    def __init__(self, net, batch=1):
-        self.batch = int(batch)
+    def __init__(self, net, batch=1, tile_floats=TILE_FLOATS):
+        self.batch, self.tile_floats = int(batch), int(tile_floats)
         self.in_shape = tuple(net.in_shape)
         self.mean, self.std = net.mean.astype(np.float32), net.std.astype(np.float32)
         self.steps = _fuse(net)
