@@ -188,6 +188,7 @@ def _fuse_add(steps, producer, sole, ins, name):
         if mode == RES_ZEROPAD:
             steps.remove(pad)
             del producer[other]
+            step.nodes.extend(pad.nodes)
         step.residual, step.res_mode, step.res_front, step.res_stride = source, mode, front, stride
         del producer[step.output]
         step.output, producer[name] = name, step
