@@ -91,25 +91,41 @@ def conv_dense(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_m
                         res_front, res_stride)
 
 
+@numba.njit(cache=True)
+def pad_plane(x, n, c, pad, xp):
+    """xp[n, c] = x[n, c] with `pad` zeros around it."""
+    xp[n, c] = 0
+    for p in range(x.shape[2]):
+        for q in range(x.shape[3]):
+            xp[n, c, p + pad, q + pad] = x[n, c, p, q]
+
+
+@numba.njit(cache=True)
+def pad_serial(x, pad, xp):
+    """xp: (N, C, H + 2 pad, W + 2 pad) = x zero-padded, on the calling thread: a conv kernel
+    pads a single image itself rather than pay a second parallel launch."""
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            pad_plane(x, n, c, pad, xp)
+
+
 @numba.njit(parallel=True, cache=True)
 def pad_input(x, pad, xp):
-    """xp: (N, C, H + 2 pad, W + 2 pad) = x zero-padded."""
-    h, w = x.shape[2], x.shape[3]
+    """As pad_serial, planes shared among threads (for batches)."""
     for t in numba.prange(x.shape[0] * x.shape[1]):
-        n, c = t // x.shape[1], t % x.shape[1]
-        xp[n, c] = 0
-        for p in range(h):
-            for q in range(w):
-                xp[n, c, p + pad, q + pad] = x[n, c, p, q]
+        pad_plane(x, t // x.shape[1], t % x.shape[1], pad, xp)
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_dense_s1(xp, W2, kh, kw, scale, shift, act, slopes, res, res_mode, res_front, res_stride,
-                  y, acc_ws):
+def conv_dense_s1(x, pad, xp, W2, kh, kw, scale, shift, act, slopes, res, res_mode, res_front,
+                  res_stride, y, acc_ws):
     """Stride-1 convolution of an already padded xp: (N, C, Hp, Wp) -> y. For tap (c, i, j) the
     inputs of all outputs, laid out with row pitch Wp, are one contiguous run of xp starting at
     (c, i, j): each weight is one long multiply-add loop, no lowering. Parallel over (image,
-    output channel); acc_ws: (threads, >= (Ho - 1) * Wp + Wo)."""
+    output channel); acc_ws: (threads, >= (Ho - 1) * Wp + Wo). With pad > 0 the kernel first
+    pads x into xp itself; with pad 0, xp is the (already padded) input and x is unused."""
+    if pad > 0:
+        pad_serial(x, pad, xp)
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, taps = (ho - 1) * wp + wo, kh * kw
@@ -130,14 +146,18 @@ def conv_dense_s1(xp, W2, kh, kw, scale, shift, act, slopes, res, res_mode, res_
 
 def scratch_sizes(convs, budget):
     """(cols, acc) floats per thread for conv steps given as (rows, O, Ho, Wo, stride, Wp)
-    tuples, Wp the padded input width."""
+    tuples, Wp the padded input width; stride 1 means the long-run kernels (no columns), any
+    other stride the tiled kernels. The tiled kernels size their tiles from the cols buffer
+    they get, so acc is sized for that buffer, not for `budget`."""
     cols = acc = 1
+    for rows, o, ho, wo, stride, wp in convs:
+        if stride != 1:
+            cols = max(cols, rows * wo * max(1, min(ho, budget // max(rows * wo, 1))))
     for rows, o, ho, wo, stride, wp in convs:
         if stride == 1:
             acc = max(acc, (ho - 1) * wp + wo)
-            continue
-        per = max(1, min(ho, budget // max(rows * wo, 1)))
-        cols, acc = max(cols, rows * per * wo), max(acc, o * per * wo)
+        else:
+            acc = max(acc, o * wo * max(1, min(ho, cols // max(rows * wo, 1))))
     return cols, acc
 
 

@@ -16,7 +16,7 @@ index is a ValueError, never an out-of-bounds read.
 import numba
 import numpy as np
 
-from npdc.kernels.fused import finish_tile, im2col_rows, tile_rows
+from npdc.kernels.fused import finish_tile, im2col_rows, pad_serial, tile_rows
 
 
 @numba.njit(cache=True)
@@ -89,10 +89,13 @@ def conv_sparse(x, rowptr, cols, vidx, table, kh, kw, stride, pad, scale, shift,
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_sparse_s1(xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res, res_mode,
-                   res_front, res_stride, y, acc_ws):
-    """Stride-1 sparse convolution of a padded xp, one long contiguous loop per non-zero (see
-    npdc.kernels.fused.conv_dense_s1); parallel over (image, output channel)."""
+def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res,
+                   res_mode, res_front, res_stride, y, acc_ws):
+    """Stride-1 sparse convolution, one long contiguous loop per non-zero over the padded input
+    (padding and arguments as in npdc.kernels.fused.conv_dense_s1); parallel over (image,
+    output channel)."""
+    if pad > 0:
+        pad_serial(x, pad, xp)
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, taps = (ho - 1) * wp + wo, kh * kw

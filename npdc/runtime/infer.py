@@ -27,6 +27,9 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 
 
 
+DENSE_SPAN = 512  # dense stride-1 convs with shorter runs per weight use im2col + GEMM tiles
+
+
 class Runtime:
     """A plan with its weights, arena and workspace; `predict(images)` gives logits."""
 
@@ -41,6 +44,8 @@ class Runtime:
                 c, h, w = plan.values[s.inputs[0]].shape
                 convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
                               s.stride, w + 2 * s.pad))
+                if weights.mode == "dense":  # a short-span stride-1 conv takes the GEMM path
+                    convs.append(convs[-1][:4] + (2, 0))
                 if s.stride == 1 and s.pad:
                     padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
         cols, acc = scratch_sizes(convs, plan.tile_floats)
@@ -85,20 +90,22 @@ class Runtime:
         kh, kw = s.w_shape[2], s.w_shape[3]
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
         mode = self.weights.mode
-        if s.stride == 1:
-            xp = x
+        span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
+        if s.stride == 1 and (mode != "dense" or span >= DENSE_SPAN):
+            xp, pad = x, s.pad
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
+            inner = 0 if n > 1 else pad  # one image: the kernel pads it; a batch: pad_input
             if mode == "dense":
                 W2, ones = self.weights.get(s)
-                kernel = functools.partial(conv_dense_s1, xp, W2, kh, kw, ones, *tail, self.acc)
+                kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, ones, *tail, self.acc)
             else:
-                kernel = lambda: conv_sparse_s1(xp, *self.weights.get(s), kh, kw, s.scale, *tail,
-                                                self.acc)
-            if not s.pad:
+                kernel = lambda: conv_sparse_s1(x, inner, xp, *self.weights.get(s), kh, kw, s.scale,
+                                                *tail, self.acc)
+            if inner == pad:
                 return kernel
-            return lambda: (pad_input(x, s.pad, xp), kernel())
+            return lambda: (pad_input(x, pad, xp), kernel())
         if mode == "dense":
             W2, ones = self.weights.get(s)
             return functools.partial(conv_dense, x, W2, kh, kw, s.stride, s.pad, ones, *tail,

@@ -42,7 +42,7 @@ def test_conv_sparse_refuses_a_column_past_the_kernel():
     y = np.zeros((1, 1, 3, 3), np.float32)
     one = np.ones(1, np.float32)
     with pytest.raises(ValueError, match="column"):
-        conv_sparse_s1(xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
+        conv_sparse_s1(xp, 0, xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
                        False, one * 0, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
                        np.zeros((2, 16), np.float32))
 
