@@ -27,7 +27,8 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 
 
 
-DENSE_SPAN = 512  # dense stride-1 convs with shorter runs per weight use im2col + GEMM tiles
+DENSE_SPAN = 512  # dense stride-1 convs of one image with shorter runs per weight, and dense
+                  # convs of batches, use im2col + GEMM tiles
 
 
 class Runtime:
@@ -46,7 +47,7 @@ class Runtime:
                               s.stride, w + 2 * s.pad))
                 if weights.mode == "dense":  # a short-span stride-1 conv takes the GEMM path
                     convs.append(convs[-1][:4] + (2, 0))
-                if s.stride == 1 and s.pad:
+                if s.stride == 1 and s.pad and (weights.mode != "dense" or B == 1):
                     padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
         cols, acc = scratch_sizes(convs, plan.tile_floats)
         self.cols = np.zeros((self.threads, cols), np.float32)
@@ -91,7 +92,7 @@ class Runtime:
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
         mode = self.weights.mode
         span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
-        if s.stride == 1 and (mode != "dense" or span >= DENSE_SPAN):
+        if s.stride == 1 and (mode != "dense" or (self.plan.batch == 1 and span >= DENSE_SPAN)):
             xp, pad = x, s.pad
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)

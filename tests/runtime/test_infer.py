@@ -20,6 +20,17 @@ def test_every_mode_matches_the_decompressed_engine(npdc_file, weights, batch):
     assert rel_err(out, ref) < 1e-5
 
 
+@pytest.mark.parametrize("weights", ["dense", "sparse"])
+def test_a_larger_image_takes_every_kernel_path(tmp_path, weights):
+    """24x24 inputs give stride-1 convs long enough for the long-run kernels, and 7 images in
+    batches of 3 end with a single image."""
+    net = make_npdc(tmp_path / "m.npdc", {**NETS["cifar-resnet20"], "input_shape": [3, 24, 24]})
+    images = raw_images(net, 7)
+    for batch in (1, 3):
+        assert rel_err(load_runtime(tmp_path / "m.npdc", weights, batch).predict(images),
+                       net.predict(images)) < 1e-5
+
+
 def test_float_and_channelless_images_are_accepted(tmp_path):
     spec = NETS["resnet18"]
     net = make_npdc(tmp_path / "m.npdc", spec)
