@@ -29,6 +29,7 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 
 DENSE_SPAN = 512  # dense stride-1 convs of one image with shorter runs per weight, and dense
                   # convs of batches, use im2col + GEMM tiles
+BATCH_TILE_FLOATS = 1 << 18  # batches: whole-image GEMMs (memory is not the point there)
 
 
 class Runtime:
@@ -49,7 +50,7 @@ class Runtime:
                     convs.append(convs[-1][:4] + (2, 0))
                 if s.stride == 1 and s.pad and (weights.mode != "dense" or B == 1):
                     padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
-        cols, acc = scratch_sizes(convs, plan.tile_floats)
+        cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
         self.cols = np.zeros((self.threads, cols), np.float32)
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)
