@@ -27,8 +27,8 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 
 
 
-DENSE_SPAN = 512  # dense stride-1 convs of one image with shorter runs per weight, and dense
-                  # convs of batches, use im2col + GEMM tiles
+LONG_SPAN = 512  # stride-1 convs with shorter runs per weight (small planes) use tiles of
+                 # im2col columns instead, as do dense convs of batches (GEMM)
 BATCH_TILE_FLOATS = 1 << 18  # batches: whole-image GEMMs (memory is not the point there)
 
 
@@ -46,8 +46,7 @@ class Runtime:
                 c, h, w = plan.values[s.inputs[0]].shape
                 convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
                               s.stride, w + 2 * s.pad))
-                if weights.mode == "dense":  # a short-span stride-1 conv takes the GEMM path
-                    convs.append(convs[-1][:4] + (2, 0))
+                convs.append(convs[-1][:4] + (2, 0))  # it may take the tiled path
                 if s.stride == 1 and s.pad and (weights.mode != "dense" or B == 1):
                     padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
         cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
@@ -93,7 +92,7 @@ class Runtime:
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
         mode = self.weights.mode
         span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
-        if s.stride == 1 and (mode != "dense" or (self.plan.batch == 1 and span >= DENSE_SPAN)):
+        if s.stride == 1 and span >= LONG_SPAN and (mode != "dense" or self.plan.batch == 1):
             xp, pad = x, s.pad
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
