@@ -107,6 +107,8 @@ def cmd_evaluate(args):
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
 
+    if str(args.model).endswith(".npdc"):
+        return _evaluate_npdc(args)
     net = load_model(args.model)
     data = load_dataset(args.data)
     x, y = data.require("test")
@@ -118,6 +120,38 @@ def cmd_evaluate(args):
     print(f"{r['images_per_s']:.0f} images/s")
     if args.json:
         _print_json(r)
+
+
+def _evaluate_npdc(args):
+    from npdc.codec.model import load_compressed
+    from npdc.engine.train import evaluate
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model
+    from npdc.runtime.evaluate import evaluate_compressed
+
+    data = load_dataset(args.data)
+    x, y = data.require("test")
+    _check_images(load_compressed(args.model)[0], x, y)
+    _threads(args.threads)
+    before = evaluate(load_model(args.baseline), x, y)["accuracy"] if args.baseline else None
+    r = evaluate_compressed(args.model, x, y, args.weights, args.batch_size, before)
+    print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
+    print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
+          f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
+          f"peak RSS {r['peak_rss_bytes']:,} B")
+    print(f"{r['images_per_s']:.0f} images/s at batch {args.batch_size}  batch-1 latency "
+          f"{r['latency_ms_b1']:.2f} ms  score {r['score']:.2f} (accuracy reference: {r['accuracy_reference']})")
+    if args.json:
+        _print_json({k: v for k, v in r.items() if k != "score_parts"})
+
+
+# -- infer ---------------------------------------------------------------------------------------
+def cmd_infer(args):
+    from npdc.runtime.evaluate import predict_file
+
+    _threads(args.threads)
+    n = predict_file(args.model, args.input, args.out, args.weights, args.batch_size)
+    print(f"wrote logits and classes of {n} images to {args.out}")
 
 
 # -- info ----------------------------------------------------------------------------------------
@@ -404,13 +438,37 @@ def build_parser():
     threads_arg(s)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="accuracy and figures of a model on a test split")
-    s.add_argument("model", help="model file (.h5)")
+    def weights_arg(s):
+        s.add_argument("--weights", choices=["dense", "stream", "sparse"], default="sparse",
+                       help=".npdc runtime: weights decoded to float32 once (dense), decoded layer by "
+                            "layer as the pass reaches them (stream), or used as non-zeros and "
+                            "codebook indices (sparse, default)")
+
+    s = sub.add_parser("evaluate", help="accuracy and figures of a model on a test split",
+                       description="A .h5 model runs in the engine; a .npdc file runs in the "
+                                   "small-memory runtime and also reports size, peak memory, "
+                                   "batch-1 latency and the score.")
+    s.add_argument("model", help="model file (.h5 or .npdc)")
     s.add_argument("--data", required=True)
     s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    weights_arg(s)
+    s.add_argument("--baseline", default=None,
+                   help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
     threads_arg(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("infer", help="logits and classes of images, from a .npdc file",
+                       description="Run the compressed model on images (N x C x H x W or N x H x W, "
+                                   "uint8 or float, in a .npz as x, x_test or images), normalised "
+                                   "as the model stores; writes logits and classes to a .npz.")
+    s.add_argument("model", help="compressed model (.npdc)")
+    s.add_argument("input", help="images (.npz)")
+    s.add_argument("--out", required=True, help="predictions to write (.npz)")
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    weights_arg(s)
+    threads_arg(s)
+    s.set_defaults(func=cmd_infer)
 
     s = sub.add_parser("info", help="per-layer table of a model file")
     s.add_argument("model")

@@ -8,13 +8,14 @@ come from npdc.codec.container.layer_bit_stats on the decoded layer, so the tabl
 coding the file actually uses.
 
 The score weighs memory saved and size saved and gates them by accuracy and size (`score`).
-Memory is measured here the naive way (`peak_inference_bytes`); a report always names the
-measurement it used (`memory_method`), so a better one can replace it without changing the rest.
+Memory: M is the uncompressed model run naively at batch 1 (float32 weights, every activation
+kept), m the same image through the npdc runtime from the .npdc file with sparse weights
+(npdc.runtime.evaluate.memory_figures); a report always names the measurement it used
+(`memory_method`).
 """
 
 import lzma
 import math
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,6 @@ from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_heade
 from npdc.codec.model import MAX_LAYER_WEIGHTS
 from npdc.errors import UserError
 
-NAIVE_MEMORY = ("naive dense float32 inference (npdc.report.peak_inference_bytes): the tracemalloc "
-                "peak of one forward pass at batch {batch}, plus the input, parameters and buffers")
 MB = 10 ** 6  # the zte preset's size steps are decimal megabytes
 PRESETS = ("relative", "zte")
 _SLACK = 1e-9  # relative slack on every step boundary, so 0.973 - 0.003 counts as 0.97
@@ -241,39 +240,14 @@ def score(S, s, M, m, z, preset="relative", z0=None):
             "S": S, "s": s, "M": M, "m": m, "z": z, "z0": z0}
 
 
-# -- memory -------------------------------------------------------------------------------------
-def peak_inference_bytes(net, batch=1, seed=0):
-    """Naive dense float32 inference memory: the peak of the bytes tracemalloc traces during one
-    `net.forward` of a random input of the net's input shape (activations and temporaries that
-    numpy allocates), plus the input and every parameter and buffer. A first, untraced forward
-    pass loads the kernels, so compilation is not counted. If tracemalloc is already running, its
-    peak is reset."""
-    batch = int(_number(batch, "batch", low=1))
-    x = np.random.default_rng(seed).standard_normal((batch, *net.in_shape)).astype(np.float32)
-    net.forward(x)
-    static = sum(int(a.nbytes) for a in {**net.params(), **net.buffers()}.values())
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        net.forward(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        if started:
-            tracemalloc.stop()
-    return static + int(x.nbytes) + peak - base
-
-
 # -- the whole report ---------------------------------------------------------------------------
 def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
-                 preset="relative", memory=None, batch=1):
+                 preset="relative", memory=None):
     """The report dict of a .npdc file (JSON-able): layers, totals, accuracies, memory, score.
 
     baseline: the uncompressed Net (S and M come from it; else a net of the file's architecture
-    stands in, which has the same sizes). memory: (M, m, method) measured elsewhere; else both
-    come from peak_inference_bytes, of the baseline and of the loaded compressed net. The score
+    stands in, which has the same sizes). memory: (M, m, method) measured elsewhere; else M is
+    the baseline run naively and m the runtime on the file (npdc.runtime.evaluate.memory_figures). The score
     needs accuracy_after, and accuracy_before for the relative preset; without them it is None."""
     from npdc.codec.model import load_compressed
     from npdc.engine.resnet import build_net
@@ -290,9 +264,12 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     total = totals(path, rows, baseline)
     total["xz_bytes"] = xz_bytes(sections)
     if memory is None:
-        compressed, _ = load_compressed(path)
-        memory = (peak_inference_bytes(baseline, batch), peak_inference_bytes(compressed, batch),
-                  NAIVE_MEMORY.format(batch=batch))
+        from npdc.runtime.evaluate import memory_figures
+        from npdc.runtime.infer import naive_peak_bytes
+
+        compressed, codes = load_compressed(path)
+        _, m, method = memory_figures(compressed, codes)
+        memory = (naive_peak_bytes(baseline), m, method)
     M, m, method = memory
     result = None
     if accuracy_after is not None and (preset == "zte" or accuracy_before is not None):

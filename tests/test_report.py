@@ -5,7 +5,6 @@ read_container, or are worked out by hand in the comments (Huffman trees include
 
 import json
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from npdc.compress.prune import apply_masks, percentage_masks
 from npdc.compress.quantize import quantize_net
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
-from npdc.report import (build_report, format_markdown, layer_table, peak_inference_bytes, score,
-                         totals)
+from npdc.report import build_report, format_markdown, layer_table, score, totals
 
 SPEC = {"arch": "resnet18", "input_shape": [1, 8, 8], "width": 2, "embedding": 4, "num_classes": 3}
 
@@ -266,19 +264,6 @@ def test_score_refuses_bad_input(kwargs, match):
         score(**args)
 
 
-# -- memory ---------------------------------------------------------------------------------------
-def test_peak_inference_bytes_counts_weights_input_output_and_grows_with_batch():
-    net = build_net(SPEC, seed=1)
-    static = 4 * (sum(v.size for v in net.params().values())
-                  + sum(v.size for v in net.buffers().values()))
-    per_image_in, per_image_out = 4 * 8 * 8, 4 * 3
-    one = peak_inference_bytes(net, batch=1)
-    many = peak_inference_bytes(net, batch=16)
-    assert one >= static + per_image_in + per_image_out
-    assert many - one >= 15 * (per_image_in + per_image_out)
-    assert not tracemalloc.is_tracing()
-
-
 # -- the whole report ------------------------------------------------------------------------------
 def test_report_with_given_memory_scores_the_file(compressed):
     path, net, _, codes = compressed
@@ -304,8 +289,9 @@ def test_report_measures_memory_and_omits_the_score_without_accuracy(compressed)
     report = build_report(path)
     static = 4 * sum(v.size for v in {**net.params(), **net.buffers()}.values())
     assert report["score"] is None
-    assert "naive dense float32" in report["memory_method"]
-    assert report["memory_before_bytes"] > static and report["memory_after_bytes"] > static
+    assert "naive dense float32" in report["memory_method"] and "runtime" in report["memory_method"]
+    assert report["memory_before_bytes"] > static
+    assert 0 < report["memory_after_bytes"] < report["memory_before_bytes"]
     assert "No score" in format_markdown(report)
 
 
@@ -345,7 +331,6 @@ def test_huffman_streams_lie_between_entropy_and_a_bit_a_symbol_more(tmp_path):
 def test_xz_yardstick_compresses_what_the_file_holds(tmp_path):
     import lzma
 
-    from npdc.codec.container import decode_layer
     from npdc.report import xz_bytes
 
     net = build_net(SPEC, seed=6)

@@ -1,0 +1,133 @@
+"""Sparse convolution and linear kernels that work on the non-zeros and their codebook indices.
+
+The weights of a layer are held as in EIE (Han et al. 2016, "EIE: Efficient Inference Engine on
+Compressed Deep Neural Network"): only the surviving weights, each as a column and a small
+codebook index, the shared values in a per-layer table (Han, Mao & Dally 2016, "Deep
+Compression"), so a weight is a table look-up. Departures from EIE: rows are output channels
+(compressed sparse rows, one thread per row) rather than columns split over processing
+elements, since a CPU thread can gather inputs freely; the column is absolute, not relative; the
+folded batch-norm scale is applied once per output in the tail instead of being baked into the
+table, so one table serves every channel.
+
+The columns and indices come from a file, so `check_csr` runs before every use: a bad column or
+index is a ValueError, never an out-of-bounds read.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels.fused import finish_tile, im2col_rows, pad_serial, tile_rows
+
+
+@numba.njit(cache=True)
+def check_csr(rowptr, cols, vidx, n_rows, n_cols, table_size):
+    """Raise ValueError unless rowptr (n_rows + 1) is non-decreasing within cols, every column
+    is < n_cols and every value index < table_size."""
+    if rowptr.shape[0] != n_rows + 1 or rowptr[0] != 0 or rowptr[n_rows] > cols.shape[0] \
+            or cols.shape[0] != vidx.shape[0]:
+        raise ValueError("sparse layer: row pointers do not match the entries")
+    for r in range(n_rows):
+        if rowptr[r + 1] < rowptr[r]:
+            raise ValueError("sparse layer: row pointers decrease")
+    for e in range(rowptr[n_rows]):
+        if cols[e] < 0 or cols[e] >= n_cols:
+            raise ValueError("sparse layer: column out of range")
+        if vidx[e] < 0 or vidx[e] >= table_size:
+            raise ValueError("sparse layer: codebook index out of range")
+
+
+@numba.njit(cache=True)
+def csr_from_indices(indices, n_rows, rowptr, cols, vidx):
+    """Fill (rowptr, cols, vidx) from flat value indices (n_rows x n_cols, 0 = zero weight);
+    returns the number of non-zeros. The caller sized cols and vidx for them."""
+    n_cols = indices.shape[0] // n_rows
+    nnz = 0
+    rowptr[0] = 0
+    for r in range(n_rows):
+        for c in range(n_cols):
+            v = indices[r * n_cols + c]
+            if v != 0:
+                if nnz >= cols.shape[0]:
+                    raise ValueError("sparse layer: more non-zeros than its buffer holds")
+                cols[nnz] = c
+                vidx[nnz] = v
+                nnz += 1
+        rowptr[r + 1] = nnz
+    return nnz
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_sparse(x, rowptr, cols, vidx, table, kh, kw, stride, pad, scale, shift, act, slopes,
+                res, res_mode, res_front, res_stride, y, col_ws, acc_ws):
+    """x: (N, C, H, W) -> y: (N, O, Ho, Wo); row o holds the non-zeros of W[o] as columns
+    c*kh*kw + i*kw + j and indices into table. Tiles of output rows are lowered by im2col as in
+    npdc.kernels.fused.conv_dense; each non-zero then adds table[v] times one column row, a long
+    contiguous loop. Scratch and tail as in conv_dense."""
+    n_img, c_in = x.shape[0], x.shape[1]
+    o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    rows = c_in * kh * kw
+    check_csr(rowptr, cols, vidx, o_out, rows, table.shape[0])
+    per = tile_rows(ho, wo, rows, col_ws.shape[1])
+    tiles = (ho + per - 1) // per
+    for t in numba.prange(n_img * tiles):
+        n, p0 = t // tiles, (t % tiles) * per
+        p1 = min(ho, p0 + per)
+        width = (p1 - p0) * wo
+        tid = numba.get_thread_id()
+        col = col_ws[tid, :rows * width].reshape((rows, width))
+        acc = acc_ws[tid, :width]
+        im2col_rows(x[n], kh, kw, stride, pad, p0, p1, wo, col)
+        for o in range(o_out):
+            acc[:] = 0
+            for e in range(rowptr[o], rowptr[o + 1]):
+                w = table[vidx[e]]
+                src = col[cols[e]]
+                for k in range(width):
+                    acc[k] += w * src[k]
+            finish_tile(acc, wo, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                        res_front, res_stride)
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res,
+                   res_mode, res_front, res_stride, y, acc_ws):
+    """Stride-1 sparse convolution, one long contiguous loop per non-zero over the padded input
+    (padding and arguments as in npdc.kernels.fused.conv_dense_s1); parallel over (image,
+    output channel)."""
+    if pad > 0:
+        pad_serial(x, pad, xp)
+    n_img, c_in, hp, wp = xp.shape
+    o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    span, taps = (ho - 1) * wp + wo, kh * kw
+    check_csr(rowptr, cols, vidx, o_out, c_in * taps, table.shape[0])
+    for t in numba.prange(n_img * o_out):
+        n, o = t // o_out, t % o_out
+        acc = acc_ws[numba.get_thread_id(), :span]
+        acc[:] = 0
+        xf = xp[n].reshape(c_in * hp * wp)
+        for e in range(rowptr[o], rowptr[o + 1]):
+            r = np.int64(cols[e])
+            w = table[vidx[e]]
+            base = (r // taps) * hp * wp + ((r // kw) % kh) * wp + r % kw
+            src = xf[base:base + span]  # a slice: indexing it by k vectorises, xf[base + k] did not
+            for k in range(span):
+                acc[k] += w * src[k]
+        finish_tile(acc, wp, y, n, o, 0, ho, scale, shift, act, slopes, res, res_mode, res_front,
+                    res_stride)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def linear_sparse(x, rowptr, cols, vidx, table, scale, shift, act, slopes, y):
+    """x: (N, F) -> y: (N, O) = act(sum over row o's non-zeros of table[v] * x[:, col] * scale[o]
+    + shift[o])."""
+    check_csr(rowptr, cols, vidx, y.shape[1], x.shape[1], table.shape[0])
+    for o in numba.prange(y.shape[1]):
+        for n in range(x.shape[0]):
+            xn = x[n]
+            s = np.float32(0.0)
+            for e in range(rowptr[o], rowptr[o + 1]):
+                s += table[vidx[e]] * xn[cols[e]]
+            v = s * scale[o] + shift[o]
+            if act and v < 0:
+                v *= slopes[o]
+            y[n, o] = v

@@ -1,0 +1,83 @@
+"""The figures of a .npdc file run by the runtime: accuracy, speed, memory and the score, and
+prediction from an image file. What the `evaluate` and `infer` commands print and write."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from npdc.codec.model import load_compressed
+from npdc.errors import UserError
+from npdc.io.atomic import atomic_path
+from npdc.runtime.infer import (build_runtime, latency_ms, naive_peak_bytes, peak_rss_bytes,
+                                runtime_peak_bytes)
+
+MEMORY_METHOD = ("M: naive dense float32 inference of the uncompressed model at batch 1 (parameters, "
+                 "buffers, input and every activation kept; npdc.runtime.infer.naive_peak_bytes); "
+                 "m: the npdc runtime at batch 1 with {weights} weights (its arrays plus the "
+                 "tracemalloc peak of one forward pass; npdc.runtime.infer.runtime_peak_bytes)")
+
+
+def memory_figures(net, codes, path=None, weights="sparse"):
+    """(M, m, method) of a decoded net: naive float32 run against the runtime's batch-1 run."""
+    M = naive_peak_bytes(net)
+    m = runtime_peak_bytes(build_runtime(net, codes, weights, 1, path))
+    return M, m, MEMORY_METHOD.format(weights=weights)
+
+
+def evaluate_compressed(path, x, y, weights="sparse", batch_size=128, baseline_accuracy=None,
+                        preset="relative"):
+    """Accuracy of the .npdc file on (x, y) through the runtime, with its size, memory (M, m),
+    speed and score. Without baseline_accuracy the relative preset takes the file's own accuracy
+    as the reference (the accuracy gate passes)."""
+    from npdc.report import score, totals
+
+    net, codes = load_compressed(path)
+    runtime = build_runtime(net, codes, weights, batch_size, path)
+    if len(x) == 0:
+        raise UserError("the test split is empty")
+    t0 = time.perf_counter()
+    logits = runtime.predict(x)
+    seconds = time.perf_counter() - t0
+    accuracy = float((logits.argmax(axis=1) == y).mean())
+    M, m, method = memory_figures(net, codes, path, weights)
+    latency = latency_ms(build_runtime(net, codes, weights, 1, path))
+    sizes = totals(path, baseline=net)
+    z0 = accuracy if baseline_accuracy is None else baseline_accuracy
+    result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, accuracy, preset, z0)
+    return {"accuracy": accuracy, "images": int(len(x)), "weights": weights,
+            "size_bytes": sizes["size_after_bytes"], "size_before_bytes": sizes["size_before_bytes"],
+            "peak_memory_bytes": int(m), "baseline_peak_memory_bytes": int(M),
+            "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
+            "images_per_s": len(x) / seconds if seconds > 0 else 0.0, "latency_ms_b1": latency,
+            "score": result["score"], "score_parts": result,
+            "accuracy_reference": "baseline" if baseline_accuracy is not None else "self"}
+
+
+def read_images(path):
+    """Images from a .npz file: the array `x`, else `x_test`, else its only array."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = list(f.files)
+            key = next((k for k in ("x", "x_test", "images") if k in names), None)
+            if key is None and len(names) == 1:
+                key = names[0]
+            if key is None:
+                raise UserError(f"{path}: expected an array x, x_test or images, found {', '.join(names)}")
+            return f[key]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def predict_file(model, images_path, out, weights="sparse", batch_size=128):
+    """Logits and predicted classes of the images in images_path, written atomically to out
+    (.npz with `logits` and `classes`); returns the number of images."""
+    net, codes = load_compressed(model)
+    runtime = build_runtime(net, codes, weights, batch_size, model)
+    logits = runtime.predict(read_images(images_path))
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, logits=logits, classes=logits.argmax(axis=1).astype(np.int64))
+    return len(logits)

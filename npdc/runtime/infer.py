@@ -1,0 +1,258 @@
+"""Run a plan (npdc.runtime.plan) from a .npdc file: every array is allocated when the runtime is
+built; a forward pass writes only into the arena and the shared workspace.
+
+Kernels: conv and linear steps call npdc.kernels.fused (dense weights) or npdc.kernels.sparse
+(sparse and streamed weights); both lower tiles of output rows into one shared column workspace. Each step's kernel call is bound once with its
+arena views, so a full batch costs one Python call per step.
+"""
+
+import functools
+import resource
+import time
+import tracemalloc
+
+import numba
+import numpy as np
+
+from npdc.codec.container import decode_header, read_container
+from npdc.codec.model import load_compressed
+from npdc.engine.net import INPUT
+from npdc.errors import UserError
+from npdc.io.datasets import as_float
+from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_rows, global_avg_pool, linear_direct,
+                               pad_input, scratch_sizes)
+from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
+from npdc.runtime.plan import Plan
+from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
+
+
+
+LONG_SPAN = 512  # stride-1 convs with shorter runs per weight (small planes) use tiles of
+                 # im2col columns instead, as do dense convs of batches (GEMM)
+BATCH_TILE_FLOATS = 1 << 18  # batches: whole-image GEMMs (memory is not the point there)
+
+
+class Runtime:
+    """A plan with its weights, arena and workspace; `predict(images)` gives logits."""
+
+    def __init__(self, plan, weights):
+        self.plan, self.weights = plan, weights
+        B, steps = plan.batch, plan.steps
+        self.arena = np.zeros(B * plan.arena_size, np.float32)
+        self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
+        convs, padded = [], 1
+        for s in steps:
+            if s.kind == "conv":
+                c, h, w = plan.values[s.inputs[0]].shape
+                convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
+                              s.stride, w + 2 * s.pad))
+                convs.append(convs[-1][:4] + (2, 0))  # it may take the tiled path
+                if s.stride == 1 and s.pad and (weights.mode != "dense" or B == 1):
+                    padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+        cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
+        self.cols = np.zeros((self.threads, cols), np.float32)
+        self.acc = np.zeros((self.threads, acc), np.float32)
+        self.padded = np.zeros(padded, np.float32)
+        linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
+        self.gemm = weights.mode == "dense" and B > 1
+        self.rows = np.zeros((B, max(linear, default=1)) if self.gemm else (1, 1), np.float32)
+        self.no_res = np.zeros((1, 1, 1, 1), np.float32)
+        self.calls = self._bind(B)
+
+    def view(self, name, n):
+        v = self.plan.values[name]
+        start = self.plan.batch * v.offset
+        return self.arena[start:start + n * v.size].reshape((n,) + v.shape)
+
+    def arrays(self):
+        """Every array the runtime holds between calls (weights, tails, arena, workspace)."""
+        tails = [a for s in self.plan.steps for a in (s.scale, s.shift, s.slopes) if a is not None]
+        own = [self.arena, self.acc, self.cols, self.padded, self.rows, self.no_res,
+               self.plan.mean, self.plan.std]
+        return own + tails + self.weights.arrays()
+
+    def static_bytes(self):
+        extra = self.weights.payload_bytes() if hasattr(self.weights, "payload_bytes") else 0
+        return sum(int(a.nbytes) for a in self.arrays()) + extra
+
+    # -- binding steps to kernels --------------------------------------------------------------
+    def _bind(self, n):
+        return [self._bind_step(s, n) for s in self.plan.steps]
+
+    def _bind_step(self, s, n):
+        x, y = self.view(s.inputs[0], n), self.view(s.output, n)
+        if s.kind == "pool":
+            return functools.partial(global_avg_pool, x, y)
+        if s.kind == "layer":
+            return functools.partial(_generic, s.layer, [self.view(i, n) for i in s.inputs], y)
+        if s.kind == "linear":
+            return functools.partial(self._linear, s, x.reshape(n, -1), y)
+        res = self.view(s.residual, n) if s.residual else self.no_res
+        kh, kw = s.w_shape[2], s.w_shape[3]
+        tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
+        mode = self.weights.mode
+        span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
+        if s.stride == 1 and span >= LONG_SPAN and (mode != "dense" or self.plan.batch == 1):
+            xp, pad = x, s.pad
+            if s.pad:
+                shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
+                xp = self.padded[:int(np.prod(shape))].reshape(shape)
+            inner = 0 if n > 1 else pad  # one image: the kernel pads it; a batch: pad_input
+            if mode == "dense":
+                W2, ones = self.weights.get(s)
+                kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, ones, *tail, self.acc)
+            else:
+                kernel = lambda: conv_sparse_s1(x, inner, xp, *self.weights.get(s), kh, kw, s.scale,
+                                                *tail, self.acc)
+            if inner == pad:
+                return kernel
+            return lambda: (pad_input(x, pad, xp), kernel())
+        if mode == "dense":
+            W2, ones = self.weights.get(s)
+            return functools.partial(conv_dense, x, W2, kh, kw, s.stride, s.pad, ones, *tail,
+                                     self.cols, self.acc)
+        return lambda: conv_sparse(x, *self.weights.get(s), kh, kw, s.stride, s.pad, s.scale, *tail,
+                                   self.cols, self.acc)
+
+    def _linear(self, s, x, y):
+        if self.weights.mode != "dense":
+            linear_sparse(x, *self.weights.get(s), s.scale, s.shift, s.act, s.slopes, y)
+            return
+        W, ones = self.weights.get(s)
+        if self.gemm and x.shape[0] > 1:
+            acc = self.rows[:x.shape[0], :W.shape[0]]
+            np.matmul(x, W.T, out=acc)
+            finish_rows(acc, ones, s.shift, s.act, s.slopes, y)
+        else:
+            linear_direct(x, W, ones, s.shift, s.act, s.slopes, y)
+
+    # -- running -------------------------------------------------------------------------------
+    def forward(self, n):
+        """Run every step on the first n images already in the input view; returns the output
+        view (valid until the next call)."""
+        calls = self.calls if n == self.plan.batch else self._bind(n)
+        for call in calls:
+            call()
+        return self.view(self.plan.output, n)
+
+    def load_input(self, images):
+        """Normalise raw images (uint8 scaled to [0, 1], or float) into the input view."""
+        n = len(images)
+        x = self.view(INPUT, n)
+        if images.dtype == np.uint8:
+            np.divide(images, np.float32(255.0), out=x)
+        else:
+            x[...] = as_float(images)
+        x -= self.plan.mean[:, None, None]
+        x /= self.plan.std[:, None, None]
+        return n
+
+    def predict(self, images):
+        """Logits (N, classes) of raw images (N, C, H, W) or (N, H, W), in batches of the plan."""
+        images = check_images(images, self.plan.in_shape)
+        B = self.plan.batch
+        out = np.empty((len(images),) + self.plan.values[self.plan.output].shape, np.float32)
+        for i in range(0, len(images), B):
+            n = self.load_input(images[i:i + B])
+            out[i:i + n] = self.forward(n)
+        return out
+
+
+def _generic(layer, xs, y):
+    y[...] = layer.forward(xs[0] if len(xs) == 1 else xs, False)
+
+
+def check_images(images, in_shape):
+    """Images as (N, C, H, W) of the model's input shape; (N, H, W) gets a channel axis."""
+    images = np.asarray(images)
+    if images.ndim == 3 and len(in_shape) == 3 and in_shape[0] == 1:
+        images = images[:, None]
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(in_shape):
+        raise UserError(f"images of shape {images.shape[1:]} do not fit the model's input {tuple(in_shape)}")
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise UserError(f"cannot use images of dtype {images.dtype}: expected uint8 or floating point")
+    return images
+
+
+def load_runtime(path, weights="sparse", batch=1):
+    """A Runtime for the .npdc file at `path`; weights one of MODES."""
+    if weights not in MODES:
+        raise UserError(f"unknown weight mode {weights!r}; known: {', '.join(MODES)}")
+    net, codes = load_compressed(path)
+    return build_runtime(net, codes, weights, batch, path if weights == "stream" else None)
+
+
+def build_runtime(net, codes, weights="sparse", batch=1, path=None):
+    """A Runtime from a decoded net and its codes ({path: (indices, codebook)}); stream mode
+    rereads the coded layer payloads from `path`."""
+    plan = Plan(net, batch)
+    steps = [s for s in plan.steps if s.kind in ("conv", "linear")]
+    params = net.params()
+    if weights == "dense":
+        store = DenseWeights(steps, params)
+    elif weights == "sparse":
+        store = SparseWeights(steps, params, codes)
+    else:
+        store = StreamWeights(steps, params, codes, layer_payloads(path))
+    return Runtime(plan, store)
+
+
+def layer_payloads(path):
+    """{parameter path: LAYR payload} of a .npdc file, through the container's readers (the
+    file was checked by load_compressed before this is called)."""
+    sections = read_container(path)
+    layers = decode_header(sections[0][1])["layers"]
+    return {layer["path"]: bytes(sections[i][1]) for i, layer in enumerate(layers, start=1)}
+
+
+# -- figures --------------------------------------------------------------------------------------
+def _traced_peak(fn):
+    """Peak bytes tracemalloc sees allocated by fn() beyond what was allocated before."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+def runtime_peak_bytes(runtime, seed=0):
+    """Peak bytes of the runtime's arrays during one batch-1 inference: what it holds (weights,
+    arena, workspace, the coded payloads in stream mode) plus the tracemalloc peak of one
+    forward pass (e.g. a streamed layer's decoding). A first untraced pass compiles kernels."""
+    x = np.random.default_rng(seed).random((1,) + runtime.plan.in_shape).astype(np.float32)
+    runtime.predict(x)
+    peak = _traced_peak(lambda: runtime.predict(x))
+    return runtime.static_bytes() + int(x.nbytes) + peak
+
+
+def naive_peak_bytes(net, seed=0):
+    """Memory of the uncompressed model run naively at batch 1: float32 parameters and buffers,
+    the input, and the tracemalloc peak of a forward pass that keeps every activation."""
+    x = np.random.default_rng(seed).standard_normal((1,) + tuple(net.in_shape)).astype(np.float32)
+    names = [name for name, _, _ in net.nodes]
+    net.forward(x, keep=names)
+    static = sum(int(a.nbytes) for a in {**net.params(), **net.buffers()}.values())
+    return static + int(x.nbytes) + _traced_peak(lambda: net.forward(x, keep=names))
+
+
+def peak_rss_bytes():
+    """The process's peak resident set size so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def latency_ms(runtime, repeats=30):
+    """Median batch-1 latency of predict on a random image, after a warm-up call."""
+    x = np.random.default_rng(1).random((1,) + runtime.plan.in_shape).astype(np.float32)
+    runtime.predict(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runtime.predict(x)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))

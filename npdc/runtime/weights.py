@@ -1,0 +1,142 @@
+"""Three ways to hold the weights of a plan's conv and linear steps (`--weights`):
+
+- dense:  decoded once to float32, the folded batch-norm scale multiplied in;
+- sparse: the non-zeros as compressed sparse rows of columns and codebook indices with one
+          value table per layer (EIE, Han et al. 2016), scale applied in the kernel tail;
+- stream: the layer payloads stay Huffman-coded as in the file; each is decoded when the forward
+          pass reaches it, into one set of sparse-row buffers sized for the largest layer and
+          reused by every layer (the decode-on-demand of Deep Compression's storage format).
+`arrays()` lists what a store keeps, for the memory figures.
+"""
+
+import numpy as np
+
+from npdc.codec.container import decode_layer
+from npdc.kernels.sparse import check_csr, csr_from_indices
+
+MODES = ("dense", "stream", "sparse")
+
+
+def _rows(shape):
+    return int(shape[0]), int(np.prod(shape[1:]))
+
+
+def _col_dtype(n_cols):
+    return np.uint16 if n_cols <= np.iinfo(np.uint16).max else np.int32
+
+
+def _index_dtype(table_size):
+    return np.uint8 if table_size <= 256 else np.uint16
+
+
+def _csr(indices, table, shape):
+    """(rowptr, cols, vidx, table) of flat value indices over a weight of `shape`."""
+    rows, n_cols = _rows(shape)
+    grid = np.asarray(indices).reshape(rows, n_cols)
+    r, c = np.nonzero(grid)
+    rowptr = np.zeros(rows + 1, np.int32)
+    np.cumsum(np.bincount(r, minlength=rows), out=rowptr[1:])
+    vidx = grid[r, c].astype(_index_dtype(table.size))
+    check_csr(rowptr, c, vidx, rows, n_cols, table.size)
+    return rowptr, c.astype(_col_dtype(n_cols)), vidx, table
+
+
+def _table(codebook):
+    """Value table of a codebook: index 0 stands for 0.0, i >= 1 for codebook[i - 1]."""
+    return np.concatenate([np.zeros(1, np.float32), np.asarray(codebook, np.float32)])
+
+
+def _float_csr(W):
+    """A float weight as sparse rows: every non-zero gets its own table entry."""
+    flat = W.reshape(W.shape[0], -1)
+    values = flat[flat != 0]
+    indices = np.zeros(flat.shape, np.int64)
+    indices[flat != 0] = np.arange(1, values.size + 1)
+    rows, n_cols = flat.shape
+    r, c = np.nonzero(indices)
+    rowptr = np.zeros(rows + 1, np.int32)
+    np.cumsum(np.bincount(r, minlength=rows), out=rowptr[1:])
+    return rowptr, c.astype(_col_dtype(n_cols)), indices[r, c].astype(np.int32), _table(values)
+
+
+class DenseWeights:
+    mode = "dense"
+
+    def __init__(self, steps, params):
+        self.W = {s.name: np.ascontiguousarray(
+                      params[f"{s.name}.W"].reshape(s.w_shape[0], -1) * s.scale[:, None], np.float32)
+                  for s in steps}
+        self.ones = {s.name: np.ones(s.w_shape[0], np.float32) for s in steps}
+
+    def get(self, step):
+        """(W2 (O, F), tail scale)."""
+        return self.W[step.name], self.ones[step.name]
+
+    def arrays(self):
+        return list(self.W.values()) + list(self.ones.values())
+
+
+class SparseWeights:
+    mode = "sparse"
+
+    def __init__(self, steps, params, codes):
+        self.csr = {}
+        for s in steps:
+            path = f"{s.name}.W"
+            if path in codes:
+                indices, codebook = codes[path]
+                self.csr[s.name] = _csr(indices, _table(codebook), s.w_shape)
+            else:
+                self.csr[s.name] = _float_csr(params[path])
+
+    def get(self, step):
+        """(rowptr, cols, vidx, table)."""
+        return self.csr[step.name]
+
+    def arrays(self):
+        return [a for parts in self.csr.values() for a in parts]
+
+
+class StreamWeights:
+    mode = "stream"
+
+    def __init__(self, steps, params, codes, payloads):
+        """payloads: {path: LAYR payload bytes} of the quantized layers (kept, still coded);
+        layers without one are held as sparse rows for good."""
+        self.payloads, self.shapes, self.fixed = {}, {}, {}
+        most_rows = most_nnz = most_table = most_cols = 1
+        for s in steps:
+            path = f"{s.name}.W"
+            if path in payloads:
+                self.payloads[s.name], self.shapes[s.name] = payloads[path], s.w_shape
+                indices, codebook = codes[path]
+                rows, n_cols = _rows(s.w_shape)
+                most_rows, most_cols = max(most_rows, rows), max(most_cols, n_cols)
+                most_nnz = max(most_nnz, int(np.count_nonzero(indices)))
+                most_table = max(most_table, int(np.asarray(codebook).size) + 1)
+            else:
+                self.fixed[s.name] = _float_csr(params[path])
+        self.rowptr = np.zeros(most_rows + 1, np.int32)
+        self.cols = np.zeros(most_nnz, _col_dtype(most_cols))
+        self.vidx = np.zeros(most_nnz, _index_dtype(most_table))
+        self.table = np.zeros(most_table, np.float32)
+
+    def get(self, step):
+        """Decode the layer into the shared buffers; (rowptr, cols, vidx, table) views."""
+        if step.name in self.fixed:
+            return self.fixed[step.name]
+        shape = self.shapes[step.name]
+        rows = shape[0]
+        indices, codebook = decode_layer(self.payloads[step.name], int(np.prod(shape)))
+        if codebook.size >= self.table.size:
+            raise ValueError(f"{step.name}: codebook of {codebook.size} values outgrew its buffer")
+        nnz = csr_from_indices(indices, rows, self.rowptr, self.cols, self.vidx)
+        self.table[1:codebook.size + 1] = codebook
+        return self.rowptr[:rows + 1], self.cols[:nnz], self.vidx[:nnz], self.table[:codebook.size + 1]
+
+    def arrays(self):
+        fixed = [a for parts in self.fixed.values() for a in parts]
+        return fixed + [self.rowptr, self.cols, self.vidx, self.table]
+
+    def payload_bytes(self):
+        return sum(len(p) for p in self.payloads.values())

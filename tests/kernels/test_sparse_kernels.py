@@ -1,0 +1,51 @@
+"""Sparse kernels refuse columns and codebook indices that point outside their arrays."""
+
+import numpy as np
+import pytest
+
+from npdc.kernels.sparse import check_csr, conv_sparse_s1, csr_from_indices, linear_sparse
+
+
+def _csr(indices, rows):
+    n = int(np.count_nonzero(indices))
+    rowptr, cols, vidx = np.zeros(rows + 1, np.int32), np.zeros(n, np.uint16), np.zeros(n, np.uint8)
+    assert csr_from_indices(indices, rows, rowptr, cols, vidx) == n
+    return rowptr, cols, vidx
+
+
+def test_csr_from_indices_keeps_rows_columns_and_values():
+    indices = np.array([0, 2, 0, 1, 0, 0, 3, 0], np.uint8)
+    rowptr, cols, vidx = _csr(indices, 2)
+    assert rowptr.tolist() == [0, 2, 3] and cols.tolist() == [1, 3, 2] and vidx.tolist() == [2, 1, 3]
+    with pytest.raises(ValueError, match="buffer"):
+        csr_from_indices(indices, 2, rowptr, cols[:2], vidx[:2])
+
+
+@pytest.mark.parametrize("field,value,match", [("cols", 4, "column"), ("vidx", 9, "codebook"),
+                                               ("rowptr", 5, "row pointers")])
+def test_linear_sparse_refuses_out_of_range_entries(field, value, match):
+    parts = dict(zip(("rowptr", "cols", "vidx"), _csr(np.array([1, 0, 2, 0, 0, 3, 0, 1], np.uint8), 2)))
+    table = np.array([0, 0.5, -1, 2], np.float32)
+    x, y = np.ones((1, 4), np.float32), np.zeros((1, 2), np.float32)
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    linear_sparse(x, parts["rowptr"], parts["cols"], parts["vidx"], table, ones, zeros, False, zeros, y)
+    np.testing.assert_allclose(y, [[-0.5, 2.5]])
+    parts[field][-1] = value
+    with pytest.raises(ValueError, match=match):
+        linear_sparse(x, parts["rowptr"], parts["cols"], parts["vidx"], table, ones, zeros, False, zeros, y)
+
+
+def test_conv_sparse_refuses_a_column_past_the_kernel():
+    rowptr, cols, vidx = _csr(np.array([1] * 9, np.uint8), 1)
+    cols[3] = 9  # one past C*kh*kw = 9
+    xp = np.zeros((1, 1, 5, 5), np.float32)
+    y = np.zeros((1, 1, 3, 3), np.float32)
+    one = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="column"):
+        conv_sparse_s1(xp, 0, xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
+                       False, one * 0, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
+                       np.zeros((2, 16), np.float32))
+
+
+def test_check_csr_accepts_an_empty_layer():
+    check_csr(np.zeros(3, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.uint8), 2, 5, 1)

@@ -1,0 +1,80 @@
+"""The runtime computes what decompress + the engine compute, in every weight mode and batch."""
+
+import numpy as np
+import pytest
+
+from npdc.errors import UserError
+from npdc.runtime.infer import build_runtime, load_runtime, naive_peak_bytes, runtime_peak_bytes
+from tests.conftest import rel_err
+from tests.runtime.conftest import NETS, make_npdc, raw_images
+
+
+@pytest.mark.parametrize("weights", ["dense", "stream", "sparse"])
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_every_mode_matches_the_decompressed_engine(npdc_file, weights, batch):
+    path, net = npdc_file
+    images = raw_images(net, 5)  # 5 images: full plan batches and a short last one
+    ref = net.predict(images)
+    out = load_runtime(path, weights, batch).predict(images)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("weights", ["dense", "sparse"])
+def test_a_larger_image_takes_every_kernel_path(tmp_path, weights):
+    """24x24 inputs give stride-1 convs long enough for the long-run kernels, and 7 images in
+    batches of 3 end with a single image."""
+    net = make_npdc(tmp_path / "m.npdc", {**NETS["cifar-resnet20"], "input_shape": [3, 24, 24]})
+    images = raw_images(net, 7)
+    for batch in (1, 3):
+        assert rel_err(load_runtime(tmp_path / "m.npdc", weights, batch).predict(images),
+                       net.predict(images)) < 1e-5
+
+
+def test_float_and_channelless_images_are_accepted(tmp_path):
+    spec = NETS["resnet18"]
+    net = make_npdc(tmp_path / "m.npdc", spec)
+    images = np.random.default_rng(2).random((3, 8, 8))  # N x H x W float64
+    runtime = load_runtime(tmp_path / "m.npdc", "sparse")
+    assert rel_err(runtime.predict(images), net.predict(images[:, None])) < 1e-5
+    with pytest.raises(UserError, match="do not fit"):
+        runtime.predict(np.zeros((2, 1, 9, 9), np.float32))
+    with pytest.raises(UserError, match="dtype"):
+        runtime.predict(np.zeros((2, 1, 8, 8), np.int32))
+
+
+def test_a_layer_kept_as_floats_runs_in_every_mode(tmp_path):
+    """A file whose conv1 was never quantized (its weights in PARM) still runs sparse/streamed."""
+    from npdc.codec.model import load_compressed, save_compressed
+    from npdc.compress.quantize import quantize_net
+
+    spec = NETS["cifar-resnet20"]
+    make_npdc(tmp_path / "a.npdc", spec)
+    net, _ = load_compressed(tmp_path / "a.npdc")
+    codes = quantize_net(net, {}, "kmeans", None, default_bits=4)
+    del codes["conv1.W"]
+    save_compressed(tmp_path / "b.npdc", net, codes)
+    net, codes = load_compressed(tmp_path / "b.npdc")
+    images = raw_images(net, 2)
+    for weights in ("dense", "stream", "sparse"):
+        out = build_runtime(net, codes, weights, 2, tmp_path / "b.npdc").predict(images)
+        assert rel_err(out, net.predict(images)) < 1e-5
+
+
+def test_runtime_memory_is_far_below_the_naive_run(tmp_path):
+    net = make_npdc(tmp_path / "m.npdc", {"arch": "cifar-resnet20", "input_shape": [3, 16, 16]},
+                    sparsity=90)
+    M = naive_peak_bytes(net)
+    activations = sum(4 * int(np.prod(s)) for s in net.shapes.values())
+    assert M > 4 * net.num_params() + activations  # weights and every activation are counted
+    figures = {w: runtime_peak_bytes(load_runtime(tmp_path / "m.npdc", w)) for w in ("dense", "sparse")}
+    assert figures["sparse"] < figures["dense"] < M
+    runtime = load_runtime(tmp_path / "m.npdc", "sparse")
+    assert runtime.static_bytes() > runtime.plan.activation_bytes()  # the arena is counted
+    assert runtime_peak_bytes(runtime) >= runtime.static_bytes()
+
+
+def test_unknown_weight_mode_is_a_user_error(tmp_path):
+    make_npdc(tmp_path / "m.npdc", NETS["resnet18"])
+    with pytest.raises(UserError, match="weight mode"):
+        load_runtime(tmp_path / "m.npdc", "packed")

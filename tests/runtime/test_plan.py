@@ -1,0 +1,85 @@
+"""The plan folds BN, residual adds and activations into convs and packs the activations into an
+arena close to the liveness lower bound without overlapping live values."""
+
+import numpy as np
+import pytest
+
+from npdc.engine.net import INPUT
+from npdc.engine.resnet import build_net
+from npdc.runtime.plan import Plan, overlaps
+from tests.runtime.conftest import NETS
+
+BIG = {**NETS, "cifar-resnet56": {"arch": "cifar-resnet56", "input_shape": [3, 32, 32]},
+       "fmnist-resnet18": {"arch": "resnet18", "input_shape": [1, 28, 28]}}
+
+
+def live_pairs(plan):
+    """(a, b) of values alive at a common step, from the steps' reads and writes (written here
+    independently of the plan's own liveness)."""
+    first, last = {INPUT: -1}, {}
+    for t, step in enumerate(plan.steps):
+        for name in step.reads():
+            last[name] = t
+        first[step.output] = t
+    last[plan.output] = len(plan.steps)
+    names = sorted(first)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if first[a] <= last[b] and first[b] <= last[a]]
+
+
+@pytest.mark.parametrize("name", sorted(BIG))
+def test_live_values_never_share_memory_and_the_arena_is_near_the_bound(name):
+    plan = Plan(build_net(BIG[name]), batch=2)
+    shared = {(s.residual, s.output) for s in plan.steps if s.inplace}
+    for a, b in live_pairs(plan):
+        if (a, b) in shared or (b, a) in shared:
+            continue
+        va, vb = plan.values[a], plan.values[b]
+        assert va.offset + va.size <= vb.offset or vb.offset + vb.size <= va.offset, (a, b)
+    assert overlaps(plan) == []
+    assert plan.lower_bound <= plan.arena_size <= 1.1 * plan.lower_bound
+    assert plan.activation_bytes() == 4 * 2 * plan.arena_size
+
+
+def test_a_broken_placement_is_caught():
+    plan = Plan(build_net(NETS["cifar-resnet20"]))
+    step = next(s for s in plan.steps if s.kind == "conv" and s.residual and not s.inplace)
+    plan.values[step.output].offset = plan.values[step.inputs[0]].offset
+    assert overlaps(plan)
+
+
+def test_bn_relu_add_and_zero_pad_shortcuts_are_folded_into_convs():
+    net = build_net(NETS["cifar-resnet20"])
+    plan = Plan(net)
+    assert [s.kind for s in plan.steps] == ["conv"] * 19 + ["pool", "linear"]
+    covered = [node for s in plan.steps for node in s.nodes]
+    assert sorted(covered) == sorted(name for name, _, _ in net.nodes)
+    assert sum(s.inplace for s in plan.steps) == 7  # identity blocks: the residual is overwritten
+    assert sum(s.res_mode == 2 for s in plan.steps) == 2  # option-A shortcuts read in the tail
+
+
+def test_projection_shortcut_takes_the_main_path_as_residual():
+    net = build_net(NETS["resnet18"])
+    plan = Plan(net)
+    proj = [s for s in plan.steps if s.name.endswith("_1")]
+    assert len(proj) == 4 and all(s.residual.endswith("_2b_bn") and s.act for s in proj)
+    fc5 = next(s for s in plan.steps if s.name == "fc5")
+    bn = net.layers["fc5_bn"]
+    scale = bn.params["gamma"] / np.sqrt(bn.buffers["running_var"] + bn.eps)
+    np.testing.assert_allclose(fc5.scale, scale, rtol=1e-6)
+    assert "flatten" not in plan.values and fc5.inputs == ["res5b_relu"]
+
+
+def test_a_later_step_never_reads_a_value_that_was_overwritten():
+    """Running the plan on tagged data: every read sees the value its writer produced."""
+    plan = Plan(build_net(NETS["resnet18"]))
+    arena = np.full(plan.arena_size, -1.0)
+    writer_tag = {INPUT: 0}
+    arena[plan.values[INPUT].offset:plan.values[INPUT].offset + plan.values[INPUT].size] = 0
+    for t, step in enumerate(plan.steps, start=1):
+        for name in step.reads():
+            v = plan.values[name]
+            assert np.all(arena[v.offset:v.offset + v.size] == writer_tag[name]), (step.output, name)
+        v = plan.values[step.output]
+        arena[v.offset:v.offset + v.size] = t
+        writer_tag[step.output] = t
