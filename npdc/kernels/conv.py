@@ -61,19 +61,39 @@ def check_conv(x_shape, W_shape, stride, pad, groups):
         raise ValueError(f"conv: kernel {kh}x{kw} does not fit a padded {h}x{w} input")
 
 
+_forced = {"name": None}
+
+
+def force_primitive(name):
+    """Make every convolution that accepts `name` use it, whatever its plan says (None: stop)."""
+    if name is not None and name not in PRIMITIVES:
+        raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+    _forced["name"] = name
+
+
+def choose_primitive(planned, x_shape, W_shape, stride, pad, groups):
+    """The primitive a layer runs: the forced one if it accepts the shape, else the planned one,
+    else the default heuristic."""
+    forced = _forced["name"]
+    if forced and PRIMITIVES[forced].refuse(x_shape, W_shape, stride, pad, groups) is None:
+        return forced
+    return planned or default_primitive(x_shape, W_shape, stride, pad, groups)
+
+
 def legal_primitives(x_shape, W_shape, stride, pad, groups):
     """Names of the primitives that accept this convolution, in registry order."""
     return [name for name, p in PRIMITIVES.items() if p.refuse(x_shape, W_shape, stride, pad, groups) is None]
 
 
 def default_primitive(x_shape, W_shape, stride, pad, groups):
-    """The primitive to use when no plan chose one (see the module docstring)."""
+    """The primitive to use when no plan chose one: measured at ResNet shapes, batch 128, forward
+    plus backward, Winograd F(2,3) wins 3x3 stride-1 layers from 32 channels up, kn2row a 1x1
+    stride-1 unpadded layer (one GEMM), im2col everything else."""
     o, cg, kh, kw = W_shape
-    if cg == 1 and groups > 1:
-        return "direct"  # depthwise: no GEMM to speak of
-    for name in ("winograd4", "kn2row"):
-        if PRIMITIVES[name].refuse(x_shape, W_shape, stride, pad, groups) is None:
-            return name
+    if groups == 1 and stride == 1 and (kh, kw) == (3, 3) and cg >= 32:
+        return "winograd2"
+    if groups == 1 and stride == 1 and pad == 0 and kh == kw == 1:
+        return "kn2row"
     return "im2col"
 
 
