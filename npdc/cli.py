@@ -518,6 +518,11 @@ def main(argv=None):
                 force_primitive(args.primitive)
             except ValueError as e:
                 raise UserError(str(e)) from None
+            try:
+                args.func(args)
+            finally:
+                force_primitive(None)  # in-process callers (tests) must not inherit it
+            return 0
         args.func(args)
     except UserError as e:
         print(f"npdc {args.command}: error: {e}", file=sys.stderr)
