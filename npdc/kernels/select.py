@@ -7,8 +7,9 @@ under $NPDC_CACHE_DIR or ~/.cache/npdc/ replaced atomically. The choice is then 
 vector per layer (its primitives' times) and a cost matrix per edge between neighbouring layers
 (the time to convert the tensor between the two primitives' layouts). Along a chain it is solved
 exactly by dynamic programming; on a DAG (residual forks) by the PBQP reductions R0, RI and RII,
-which are exact, and by branching on a node's choices where no reduction applies (also exact;
-residual nets reduce fully, so branching stays rare).
+which are exact, and by branching on a node's choices where no reduction applies (also exact, but
+exponential in the number of branchings; edges whose cost does not couple the two choices, such
+as same-layout neighbours, are folded into the nodes first, so today's all-NCHW plans never branch).
 """
 
 import json
@@ -137,7 +138,7 @@ def solve_pbqp(node_costs, edge_costs):
     costs = {u: np.asarray(c, float).copy() for u, c in node_costs.items()}
     edges = {}
     for (u, v), E in edge_costs.items():
-        _add_edge(edges, u, v, np.asarray(E, float))
+        _add_edge_or_fold(costs, edges, u, v, np.asarray(E, float))
     choice = _reduce(costs, edges)
     total = sum(costs_u[choice[u]] for u, costs_u in
                 ((u, np.asarray(c, float)) for u, c in node_costs.items()))
@@ -154,6 +155,17 @@ def _add_edge(edges, u, v, E):
         E = edges[u][v] + E
     edges[u][v] = E
     edges[v][u] = E.T
+
+
+def _add_edge_or_fold(costs, edges, u, v, E):
+    """An edge whose matrix is a[i] + b[j] couples nothing: fold a into u, b into v (exact).
+    Same-layout neighbours give all-zero matrices, so most edges vanish here."""
+    a, b = E[:, 0], E[0, :] - E[0, 0]
+    if np.allclose(E, a[:, None] + b[None, :], rtol=0, atol=1e-15):
+        costs[u] = costs[u] + a
+        costs[v] = costs[v] + b
+    else:
+        _add_edge(edges, u, v, E)
 
 
 def _remove(edges, u):
@@ -181,7 +193,7 @@ def _reduce(costs, edges):
             Ev, Ew = edges[u][v], edges[u][w]
             joint = (costs[u][:, None, None] + Ev[:, :, None] + Ew[:, None, :]).min(axis=0)
             _remove(edges, u)
-            _add_edge(edges, v, w, joint)
+            _add_edge_or_fold(costs, edges, v, w, joint)
             alive.discard(u)
             continue
         _remove(edges, u)

@@ -100,6 +100,7 @@ def test_cli_primitive_forces_where_legal(capsys):
     assert ran["res2a_2a"] == "winograd2" and ran["res3a_2a"] != "winograd2"  # stride 2 keeps its own
     code, _, err = run_cli(["speed", "--arch", "cifar-resnet20", "--primitive", "magic"], capsys)
     assert code == 2 and "unknown primitive" in err
-    from npdc.kernels.conv import choose_primitive
-    assert choose_primitive(None, (1, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1) != "magic"  # reset after the call
+    from npdc.kernels.conv import choose_primitive, default_primitive
+    case = ((1, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1)
+    assert choose_primitive(None, *case) == default_primitive(*case) != "winograd2"  # not inherited
     assert set(ran.values()) <= set(PRIMITIVES)
