@@ -94,13 +94,18 @@ def test_cli_tune_writes_the_plan_and_speed_reports_it(tmp_path, capsys):
 def test_cli_primitive_forces_where_legal(capsys):
     code, out, _ = run_cli(["speed", "--arch", "cifar-resnet20", "--input-shape", "3,8,8",
                             "--batch-size", "2", "--repeats", "1", "--threads", "1", "--json",
-                            "--primitive", "winograd2"], capsys)
+                            "--primitive", "fft"], capsys)
     assert code == 0
     ran = json.loads(out.strip().splitlines()[-1])["primitives"]
-    assert ran["res2a_2a"] == "winograd2" and ran["res3a_2a"] != "winograd2"  # stride 2 keeps its own
+    assert ran["res2a_2a"] == "fft" and ran["res3a_2a"] == "fft"
+    code, out, _ = run_cli(["speed", "--arch", "resnet18", "--input-shape", "1,8,8", "--batch-size", "2",
+                            "--repeats", "1", "--threads", "1", "--json", "--primitive", "fft"], capsys)
+    ran = json.loads(out.strip().splitlines()[-1])["primitives"]
+    assert ran["res2a_2a"] == "fft" and ran["res2a_1"] != "fft"  # fft refuses 1x1: keeps its own
     code, _, err = run_cli(["speed", "--arch", "cifar-resnet20", "--primitive", "magic"], capsys)
     assert code == 2 and "unknown primitive" in err
     from npdc.kernels.conv import choose_primitive, default_primitive
     case = ((1, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1)
-    assert choose_primitive(None, *case) == default_primitive(*case) != "winograd2"  # not inherited
+    assert choose_primitive(None, *case) == default_primitive(*case)  # not inherited
+    assert choose_primitive(None, (1, 16, 8, 8), (16, 16, 1, 1), 1, 0, 1) == "kn2row"  # not winograd2
     assert set(ran.values()) <= set(PRIMITIVES)
