@@ -1,10 +1,12 @@
-"""Convolution forward and backward at the layer shapes of cifar-resnet20 and the shipped model."""
+"""Convolution forward and backward at the layer shapes of cifar-resnet20 and the shipped model,
+for every primitive that accepts the shape (the primitive x layer table), plus the default choice
+gated against numpy's matmul. Compilation happens in an untimed first call."""
 
 import numpy as np
 import pytest
 
 from bench.conftest import best_seconds, gate, matmul_gflops
-from npdc.kernels.conv import conv2d_backward, conv2d_forward
+from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal_primitives
 
 BATCH = 128
 # (C, H, O, k, stride): every distinct conv shape of cifar-resnet20, then of the shipped resnet18
@@ -43,6 +45,27 @@ def test_conv_forward(benchmark, shape, yardstick):
     benchmark.extra_info["gflops"] = round(gflops, 1)
     if shape[3] == 3:
         gate(benchmark, "vs_matmul", gflops / yardstick, FORWARD_FLOOR)
+
+
+CASES = [(s, p) for s in SHAPES for p in PRIMITIVES
+         if p in legal_primitives((BATCH, s[0], s[1], s[1]), (s[2], s[0], s[3], s[3]), s[4], s[3] // 2, 1)
+         and not (p == "direct" and s[0] * s[2] > 256)]  # direct is for tiny layers; minutes otherwise
+
+
+@pytest.mark.parametrize("shape,primitive", CASES, ids=[f"{_ids(s)}-{p}" for s, p in CASES])
+def test_primitive_train_pass(benchmark, shape, primitive):
+    """Forward + both backwards of one primitive: what `npdc tune --mode train` compares."""
+    x, W, pad = _data(*shape)
+    stride = shape[4]
+
+    def step():
+        y = conv2d_forward(x, W, stride, pad, primitive=primitive)
+        conv2d_backward(x, W, y, stride, pad, primitive=primitive)
+
+    step()
+    benchmark.pedantic(step, rounds=3, warmup_rounds=0)
+    y = conv2d_forward(x, W, stride, pad, primitive=primitive)
+    benchmark.extra_info["gflops"] = round(6 * y.size * W[0].size / benchmark.stats.stats.min / 1e9, 1)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)

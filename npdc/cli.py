@@ -359,19 +359,25 @@ def cmd_decompress(args):
 
 # -- speed ---------------------------------------------------------------------------------------
 def cmd_speed(args):
+    from npdc.engine.conv_plan import conv_layers
     from npdc.engine.resnet import build_net
     from npdc.engine.speed import measure_speed
+    from npdc.io.modelfile import load_model
 
+    if bool(args.arch) == bool(args.model):
+        raise UserError("give either --arch or --model")
     spec = {"arch": args.arch}
     if args.input_shape:
         spec["input_shape"] = args.input_shape
-    net = build_net(spec)
+    net = load_model(args.model) if args.model else build_net(spec)
+    arch = net.spec["arch"]
     threads = _threads(args.threads)
     r = measure_speed(net, args.batch_size, args.repeats)
-    r.update(arch=args.arch, threads=threads)
-    print(f"{args.arch}, batch {args.batch_size}, {threads} threads")
+    r.update(arch=arch, threads=threads, primitives={n: layer.ran for n, layer in conv_layers(net)})
+    print(f"{arch}, batch {args.batch_size}, {threads} threads")
     print(f"train {r['train_img_s']:.1f} images/s  inference {r['infer_img_s']:.1f} images/s  "
           f"batch-1 latency {r['b1_latency_ms']:.2f} ms")
+    print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
     if args.json:
         _print_json(r)
 
@@ -410,6 +416,25 @@ def cmd_export(args):
     print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
 
 
+# -- tune ----------------------------------------------------------------------------------------
+def cmd_tune(args):
+    from npdc.engine.conv_plan import tune_net
+    from npdc.io.modelfile import load_model, write_plan
+
+    net = load_model(args.model)
+    threads = _threads(args.threads)
+    plan, timings = tune_net(net, args.batch_size, args.mode, cache=not args.no_cache)
+    names = sorted({p for t in timings.values() for p in t})
+    rows = [{"layer": n, "plan": plan[n], **{p: f"{1e3 * t[p]:.2f}" if p in t else "-" for p in names}}
+            for n, t in timings.items()]
+    print(f"{args.mode} time per layer (ms), batch {args.batch_size}, {threads} threads")
+    print(_table(rows, [("layer", "layer", "{}")] + [(p, p, "{}") for p in names] + [("plan", "plan", "{}")]))
+    write_plan(args.model, plan)
+    print(f"wrote the plan into {args.model}")
+    if args.json:
+        _print_json({"plan": plan, "timings": timings})
+
+
 # -- wiring --------------------------------------------------------------------------------------
 def build_parser():
     p = _Parser(prog="npdc", description="NumPy Deep Compression: train, evaluate and compress "
@@ -419,6 +444,8 @@ def build_parser():
 
     def threads_arg(s):
         s.add_argument("--threads", type=_positive_int, default=2, help="threads for kernels and BLAS (default 2)")
+        s.add_argument("--primitive", default=None, help="run every conv that accepts it with this "
+                       "primitive (direct, im2col, kn2row, winograd2, winograd4, fft)")
 
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")
@@ -576,19 +603,41 @@ def build_parser():
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("speed", help="time a training step and inference on random data")
-    s.add_argument("--arch", required=True)
+    s.add_argument("--arch", default=None)
+    s.add_argument("--model", default=None, help="a model file instead of --arch (uses its conv plan)")
     s.add_argument("--input-shape", type=_shape, default=None, help="C,H,W (default: the architecture's)")
     s.add_argument("--batch-size", type=_positive_int, default=128)
     s.add_argument("--repeats", type=_positive_int, default=5, help="timed runs after warm-up (median)")
     s.add_argument("--json", action="store_true")
     threads_arg(s)
     s.set_defaults(func=cmd_speed)
+
+    s = sub.add_parser("tune", help="time the conv primitives per layer and store the best plan in the model")
+    s.add_argument("model", help="model file (.h5), rewritten with its conv plan")
+    s.add_argument("--batch-size", type=_positive_int, default=128)
+    s.add_argument("--mode", choices=("train", "infer"), default="train", help="what to optimise")
+    s.add_argument("--no-cache", action="store_true", help="re-time instead of reading the timing cache")
+    s.add_argument("--json", action="store_true")
+    threads_arg(s)
+    s.set_defaults(func=cmd_tune)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "primitive", None):
+            from npdc.kernels.conv import force_primitive
+
+            try:
+                force_primitive(args.primitive)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+            try:
+                args.func(args)
+            finally:
+                force_primitive(None)  # in-process callers (tests) must not inherit it
+            return 0
         args.func(args)
     except UserError as e:
         print(f"npdc {args.command}: error: {e}", file=sys.stderr)

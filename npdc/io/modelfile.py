@@ -1,11 +1,14 @@
 """The .h5 model file: architecture spec (JSON), parameters, BN buffers, input normalisation and
-training metadata. Loading rebuilds the net from its spec and checks every name and shape."""
+training metadata. Loading rebuilds the net from its spec and checks every name and shape.
+An optional `conv_plan` attribute (JSON {conv layer: primitive}, written by `npdc tune`) is
+applied on load; files written before it existed simply have none (same format version)."""
 
 import json
 from pathlib import Path
 
 import h5py
 
+from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 from npdc.io.atomic import atomic_path
@@ -22,6 +25,9 @@ def save_model(path, net, meta=None):
             f.attrs["version"] = VERSION
             f.attrs["spec"] = json.dumps(net.spec, sort_keys=True)
             f.attrs["meta"] = json.dumps(meta or {}, sort_keys=True)
+            plan = net_plan(net)
+            if plan:
+                f.attrs["conv_plan"] = json.dumps(plan, sort_keys=True)
             state = f.create_group("state")
             for key, arr in net.state_dict().items():
                 state.create_dataset(key, data=arr)
@@ -42,6 +48,7 @@ def load_model(path):
         try:
             spec = json.loads(f.attrs["spec"])
             state = {k: f["state"][k][()] for k in f["state"]}
+            plan = json.loads(f.attrs.get("conv_plan", "{}"))
         except (KeyError, OSError, ValueError, TypeError) as e:
             raise UserError(f"{path}: damaged model file ({e})") from None
     if not isinstance(spec, dict):
@@ -49,9 +56,19 @@ def load_model(path):
     net = build_net(spec)
     try:
         net.load_state_dict(state)
+        if not isinstance(plan, dict):
+            raise UserError("the conv plan is not an object")
+        apply_plan(net, plan)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return net
+
+
+def write_plan(path, plan):
+    """Store a conv plan in an existing model file (rewritten atomically, metadata kept)."""
+    net = load_model(path)
+    apply_plan(net, plan)
+    save_model(path, net, read_meta(path))
 
 
 def _open(path):

@@ -1,24 +1,56 @@
 """The one entry point for 2-D convolution: forward, backward-data and backward-weights.
 
-Primitive used here: im2col + GEMM (the Caffe lowering), one image at a time. Numba's threads
-take the images in turn; each lowers its image into a private column buffer that fits in L2
-and calls a single-threaded BLAS GEMM through np.dot, writing straight into the NCHW output, so
-there is no batch-sized column matrix and no transpose. Backward recomputes the columns rather
-than caching them from forward, and sums per-thread weight gradients in a fixed order, so results
-are deterministic for a given thread count. A 1x1 stride-1 unpadded convolution skips the lowering.
+Several primitives compute the same convolution with different lowerings (Anderson & Gregg 2017,
+"Optimal DNN Primitive Selection with Partitioned Boolean Quadratic Programming"); each lives in
+its own module and is listed in the registry PRIMITIVES. A primitive refuses, with a reason, the
+shapes it does not handle. Callers name a primitive (a layer carries the one its plan chose) or
+leave it to `default_primitive`, a heuristic from measurements on 2-core AVX2 machines;
+npdc.kernels.select measures and chooses per layer instead. All primitives take and return NCHW
+float arrays and keep float64 in float64 (gradient checks rely on it).
 """
 
-import numba
+from dataclasses import dataclass
+from functools import partial
+
 import numpy as np
 
-from npdc.kernels.im2col import col2im, im2col, out_size
+from npdc.kernels import conv_direct, conv_fft, conv_im2col, conv_kn2row, conv_winograd
+from npdc.kernels.im2col import out_size
 from npdc.threads import single_thread_numba_blas
 
-single_thread_numba_blas()  # BLAS calls from inside Numba's parallel loop must not fork again
+single_thread_numba_blas()  # BLAS calls from inside Numba's parallel loops must not fork again
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """A convolution algorithm: refuse(shape) -> reason or None; forward; backward."""
+    name: str
+    refuse: object
+    forward: object
+    backward: object
+    layout: str = "NCHW"
+
+
+def _accepts_all(x_shape, W_shape, stride, pad, groups):
+    return None
+
+
+PRIMITIVES = {
+    "direct": Primitive("direct", _accepts_all, conv_direct.forward, conv_direct.backward),
+    "im2col": Primitive("im2col", _accepts_all, conv_im2col.forward, conv_im2col.backward),
+    "kn2row": Primitive("kn2row", conv_kn2row.refuse, conv_kn2row.forward, conv_kn2row.backward),
+    "winograd2": Primitive("winograd2", conv_winograd.refuse, partial(conv_winograd.forward, m=2),
+                           partial(conv_winograd.backward, m=2)),
+    "winograd4": Primitive("winograd4", conv_winograd.refuse, partial(conv_winograd.forward, m=4),
+                           partial(conv_winograd.backward, m=4)),
+    "fft": Primitive("fft", conv_fft.refuse, conv_fft.forward, conv_fft.backward),
+}
 
 
 def check_conv(x_shape, W_shape, stride, pad, groups):
     """Raise ValueError unless the shapes describe a legal convolution."""
+    if len(x_shape) != 4 or len(W_shape) != 4:
+        raise ValueError(f"conv: x {x_shape} and W {W_shape} must both be 4-D")
     n, c, h, w = x_shape
     o, cg, kh, kw = W_shape
     if groups < 1 or c % groups or o % groups or cg != c // groups:
@@ -29,76 +61,71 @@ def check_conv(x_shape, W_shape, stride, pad, groups):
         raise ValueError(f"conv: kernel {kh}x{kw} does not fit a padded {h}x{w} input")
 
 
-@numba.njit(parallel=True, cache=True)
-def _forward(x, W2, kh, kw, stride, pad, groups, y, n_threads):
-    n, c = x.shape[0], x.shape[1]
-    o, rows = W2.shape
-    og, cg, plane = o // groups, c // groups, y.shape[2] * y.shape[3]
-    pointwise = kh == 1 and kw == 1 and stride == 1 and pad == 0 and groups == 1
-    bufs = np.empty((n_threads, rows, plane), x.dtype)
-    for t in numba.prange(n_threads):
-        for i in range(t, n, n_threads):
-            yi = y[i].reshape((o, plane))
-            if pointwise:
-                np.dot(W2, x[i].reshape((c, plane)), yi)
-                continue
-            for g in range(groups):
-                im2col(x[i], g * cg, cg, kh, kw, stride, pad, bufs[t])
-                np.dot(W2[g * og:(g + 1) * og], bufs[t], yi[g * og:(g + 1) * og])
+_forced = {"name": None}
 
 
-@numba.njit(parallel=True, cache=True)
-def _backward(x, W2, dy, kh, kw, stride, pad, groups, dx, need_dx, n_threads):
-    n, c = x.shape[0], x.shape[1]
-    o, rows = W2.shape
-    og, cg, plane = o // groups, c // groups, dy.shape[2] * dy.shape[3]
-    pointwise = kh == 1 and kw == 1 and stride == 1 and pad == 0 and groups == 1
-    bufs = np.empty((n_threads, rows, plane), x.dtype)
-    dW = np.zeros((n_threads, o, rows), W2.dtype)
-    for t in numba.prange(n_threads):
-        for i in range(t, n, n_threads):
-            dyi = dy[i].reshape((o, plane))
-            if pointwise:
-                xi = x[i].reshape((c, plane))
-                dW[t] += np.dot(dyi, xi.T)
-                if need_dx:
-                    np.dot(W2.T, dyi, dx[i].reshape((c, plane)))
-                continue
-            for g in range(groups):
-                dyg = dyi[g * og:(g + 1) * og]
-                im2col(x[i], g * cg, cg, kh, kw, stride, pad, bufs[t])
-                dW[t, g * og:(g + 1) * og] += np.dot(dyg, bufs[t].T)
-                if need_dx:
-                    np.dot(W2[g * og:(g + 1) * og].T, dyg, bufs[t])
-                    col2im(bufs[t], g * cg, cg, kh, kw, stride, pad, dx[i])
-    total = dW[0].copy()
-    for t in range(1, n_threads):
-        total += dW[t]
-    return total
+def force_primitive(name):
+    """Make every convolution that accepts `name` use it, whatever its plan says (None: stop)."""
+    if name is not None and name not in PRIMITIVES:
+        raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+    _forced["name"] = name
 
 
-def conv2d_forward(x, W, stride=1, pad=0, groups=1):
+def choose_primitive(planned, x_shape, W_shape, stride, pad, groups):
+    """The primitive a layer runs: the forced one if it accepts the shape, else the planned one,
+    else the default heuristic."""
+    forced = _forced["name"]
+    if forced and PRIMITIVES[forced].refuse(x_shape, W_shape, stride, pad, groups) is None:
+        return forced
+    return planned or default_primitive(x_shape, W_shape, stride, pad, groups)
+
+
+def legal_primitives(x_shape, W_shape, stride, pad, groups):
+    """Names of the primitives that accept this convolution, in registry order."""
+    return [name for name, p in PRIMITIVES.items() if p.refuse(x_shape, W_shape, stride, pad, groups) is None]
+
+
+def default_primitive(x_shape, W_shape, stride, pad, groups):
+    """The primitive to use when no plan chose one: measured at ResNet shapes, batch 128, forward
+    plus backward on the whole cifar-resnet20 step, Winograd F(2,3) wins 3x3 stride-1 layers,
+    kn2row a 1x1 stride-1 unpadded layer (one GEMM), im2col everything else."""
+    o, cg, kh, kw = W_shape
+    if groups == 1 and stride == 1 and (kh, kw) == (3, 3):
+        return "winograd2"
+    if groups == 1 and stride == 1 and pad == 0 and kh == kw == 1:
+        return "kn2row"
+    return "im2col"
+
+
+def _resolve(primitive, x_shape, W_shape, stride, pad, groups):
+    check_conv(x_shape, W_shape, stride, pad, groups)
+    name = primitive or default_primitive(x_shape, W_shape, stride, pad, groups)
+    if name not in PRIMITIVES:
+        raise ValueError(f"conv: unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+    p = PRIMITIVES[name]
+    reason = p.refuse(x_shape, W_shape, stride, pad, groups)
+    if reason:
+        raise ValueError(f"conv: primitive {name} cannot compute x {tuple(x_shape)} * W "
+                         f"{tuple(W_shape)} stride {stride} pad {pad} groups {groups}: {reason}")
+    return p
+
+
+def conv2d_forward(x, W, stride=1, pad=0, groups=1, primitive=None):
     """x: (N, C, H, W), W: (O, C/groups, kh, kw) -> y: (N, O, Ho, Wo)."""
-    check_conv(x.shape, W.shape, stride, pad, groups)
-    n, c, h, w = x.shape
-    o, cg, kh, kw = W.shape
+    p = _resolve(primitive, np.shape(x), np.shape(W), stride, pad, groups)
     x = np.ascontiguousarray(x)
-    W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw), dtype=x.dtype)
-    y = np.empty((n, o, out_size(h, kh, stride, pad), out_size(w, kw, stride, pad)), x.dtype)
-    _forward(x, W2, kh, kw, stride, pad, groups, y, numba.get_num_threads())
-    return y
+    W = np.ascontiguousarray(W, dtype=x.dtype)
+    return p.forward(x, W, stride, pad, groups)
 
 
-def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True):
+def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True, primitive=None):
     """Gradients of a convolution: returns (dx or None, dW) for dy: (N, O, Ho, Wo)."""
-    check_conv(x.shape, W.shape, stride, pad, groups)
+    p = _resolve(primitive, np.shape(x), np.shape(W), stride, pad, groups)
     o, cg, kh, kw = W.shape
     want = (x.shape[0], o, out_size(x.shape[2], kh, stride, pad), out_size(x.shape[3], kw, stride, pad))
     if dy.shape != want:
         raise ValueError(f"conv backward: dy has shape {dy.shape}, expected {want}")
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw), dtype=x.dtype)
-    dx = np.zeros_like(x) if need_dx else np.zeros((1,) * 4, x.dtype)
-    dW = _backward(x, W2, dy, kh, kw, stride, pad, groups, dx, need_dx, numba.get_num_threads())
-    return (dx if need_dx else None), dW.reshape(W.shape).astype(W.dtype, copy=False)
+    dx, dW = p.backward(x, np.ascontiguousarray(W, dtype=x.dtype), dy, stride, pad, groups, need_dx)
+    return dx, dW.astype(W.dtype, copy=False)

@@ -1,9 +1,11 @@
 """im2col / col2im for one image: lay convolution patches out as matrix columns so a convolution
-becomes one GEMM (the Caffe lowering).
+becomes one GEMM (the Caffe lowering; Chellapilla et al. 2006).
 
-Layout: cols has shape (C*kh*kw, Ho*Wo); row r = (c, i, j) holds, for every output pixel, the input
-value under kernel tap (i, j) of channel c, zero in the padding. One image's columns fit in L2
-cache at ResNet sizes, so they are written and read back by the GEMM without touching memory.
+Layout: cols has shape (C*kh*kw, M) and one image fills the columns col0 .. col0+Ho*Wo; row
+r = (c, i, j) holds, for every output pixel, the input value under kernel tap (i, j) of channel c,
+zero in the padding. Several images side by side make one wide GEMM for small feature maps.
+For each row and output line the in-bounds pixels form one run [lo, hi) computed once, so the copy
+loop has no per-element test (a per-element select ran at ~5 GB/s, 40 % of a forward pass).
 Channels are given as a range (c0, n_ch) of a contiguous image instead of a sliced view: Numba
 compiles a much slower strided version for non-contiguous arrays.
 """
@@ -16,9 +18,23 @@ def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+@numba.njit(cache=True, inline="always")
+def valid_run(j, stride, pad, w, wo):
+    """Output columns [lo, hi) whose input column ox*stride - pad + j lies inside 0..w-1."""
+    lo = 0
+    if pad > j:
+        lo = (pad - j + stride - 1) // stride
+    hi = (w - 1 + pad - j) // stride + 1
+    if hi > wo:
+        hi = wo
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
 @numba.njit(cache=True)
-def im2col(x, c0, n_ch, kh, kw, stride, pad, cols):
-    """Channels c0..c0+n_ch of one image x: (C, H, W) -> cols: (n_ch*kh*kw, Ho*Wo), overwritten."""
+def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
+    """Channels c0..c0+n_ch of one image x: (C, H, W) -> cols[:, col0:col0+Ho*Wo], overwritten."""
     h, w = x.shape[1], x.shape[2]
     ho = (h + 2 * pad - kh) // stride + 1
     wo = (w + 2 * pad - kw) // stride + 1
@@ -26,21 +42,30 @@ def im2col(x, c0, n_ch, kh, kw, stride, pad, cols):
         c = c0 + r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
+        lo, hi = valid_run(j, stride, pad, w, wo)
+        shift = j - pad
         for oy in range(ho):
             iy = oy * stride - pad + i
-            o = oy * wo
+            dst = cols[r, col0 + oy * wo:col0 + (oy + 1) * wo]
             if iy < 0 or iy >= h:
-                for ox in range(wo):
-                    cols[r, o + ox] = 0
+                dst[:] = 0
                 continue
-            for ox in range(wo):  # a select in the loop body vectorises; split loops did not
-                ix = ox * stride - pad + j
-                cols[r, o + ox] = x[c, iy, ix] if ix >= 0 and ix < w else 0
+            src = x[c, iy]
+            for ox in range(lo):
+                dst[ox] = 0
+            if stride == 1:
+                for ox in range(lo, hi):
+                    dst[ox] = src[ox + shift]
+            else:
+                for ox in range(lo, hi):
+                    dst[ox] = src[ox * stride + shift]
+            for ox in range(hi, wo):
+                dst[ox] = 0
 
 
 @numba.njit(cache=True)
-def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx):
-    """Scatter-add cols: (n_ch*kh*kw, Ho*Wo) into channels c0.. of one image dx: (C, H, W)."""
+def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx, col0):
+    """Scatter-add cols[:, col0:col0+Ho*Wo] into channels c0.. of one image dx: (C, H, W)."""
     h, w = dx.shape[1], dx.shape[2]
     ho = (h + 2 * pad - kh) // stride + 1
     wo = (w + 2 * pad - kw) // stride + 1
@@ -48,12 +73,17 @@ def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx):
         c = c0 + r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
+        lo, hi = valid_run(j, stride, pad, w, wo)
+        shift = j - pad
         for oy in range(ho):
             iy = oy * stride - pad + i
             if iy < 0 or iy >= h:
                 continue
-            o = oy * wo
-            for ox in range(wo):
-                ix = ox * stride - pad + j
-                if ix >= 0 and ix < w:
-                    dx[c, iy, ix] += cols[r, o + ox]
+            src = cols[r, col0 + oy * wo:col0 + (oy + 1) * wo]
+            dst = dx[c, iy]
+            if stride == 1:
+                for ox in range(lo, hi):
+                    dst[ox + shift] += src[ox]
+            else:
+                for ox in range(lo, hi):
+                    dst[ox * stride + shift] += src[ox]

@@ -1,9 +1,12 @@
-"""2-D convolution layer; the arithmetic lives in npdc.kernels.conv (one entry point)."""
+"""2-D convolution layer; the arithmetic lives in npdc.kernels.conv (one entry point).
+
+The layer carries the name of the primitive its plan chose (`primitive`, None for the default
+heuristic); `ran` records the one the last forward used, for the speed report."""
 
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.conv import check_conv, conv2d_backward, conv2d_forward
+from npdc.kernels.conv import check_conv, choose_primitive, conv2d_backward, conv2d_forward
 from npdc.kernels.im2col import out_size
 
 
@@ -14,6 +17,8 @@ class Conv2d(Layer):
         super().__init__()
         self.out_channels, self.k = int(out_channels), int(kernel_size)
         self.stride, self.padding, self.groups, self.bias = int(stride), int(padding), int(groups), bias
+        self.primitive = None
+        self.ran = None
 
     def build(self, in_shape, rng):
         c, h, w = in_shape
@@ -30,7 +35,9 @@ class Conv2d(Layer):
         return self.out_shape
 
     def forward(self, x, train):
-        y = conv2d_forward(x, self.params["W"], self.stride, self.padding, self.groups)
+        W = self.params["W"]
+        self.ran = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups)
+        y = conv2d_forward(x, W, self.stride, self.padding, self.groups, primitive=self.ran)
         if self.bias:
             y += self.params["b"][:, None, None]
         if train:
@@ -39,7 +46,9 @@ class Conv2d(Layer):
 
     def backward(self, dy):
         x = self.cache.pop("x")
-        dx, dW = conv2d_backward(x, self.params["W"], dy, self.stride, self.padding, self.groups)
+        W = self.params["W"]
+        name = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups)
+        dx, dW = conv2d_backward(x, W, dy, self.stride, self.padding, self.groups, primitive=name)
         self.grads["W"] += dW
         if self.bias:
             self.grads["b"] += dy.sum(axis=(0, 2, 3))

@@ -1,0 +1,164 @@
+"""Every registered convolution primitive against the float64 reference (tests.conftest): forward,
+backward-data and backward-weights on random legal shapes, refusals with a reason, float64 finite
+differences and determinism."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npdc.engine.gradcheck import check_module
+from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
+                               force_primitive, choose_primitive, legal_primitives)
+from tests.conftest import naive_conv2d, naive_conv2d_backward, out_len, rel_err
+from tests.kernels.test_conv_kernels import conv_cases
+
+TOL = 1e-4
+FEW = settings(max_examples=12, deadline=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+@st.composite
+def winograd_cases(draw):
+    """3x3 stride-1 dense convolutions with odd sizes and any padding, the Winograd domain."""
+    c, o, n = draw(st.integers(1, 5)), draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 3))
+    h, w = draw(st.integers(max(1, 3 - 2 * pad), 11)), draw(st.integers(max(1, 3 - 2 * pad), 11))
+    return (n, c, h, w), (o, c, 3, 3), 1, pad, 1
+
+
+def _arrays(case, seed):
+    x_shape, W_shape, stride, pad, _ = case
+    r = np.random.default_rng(seed)
+    x = r.standard_normal(x_shape).astype(np.float32)
+    W = r.standard_normal(W_shape).astype(np.float32)
+    dy_shape = (x_shape[0], W_shape[0], out_len(x_shape[2], W_shape[2], stride, pad),
+                out_len(x_shape[3], W_shape[3], stride, pad))
+    return x, W, r.standard_normal(dy_shape).astype(np.float32)
+
+
+def _err(a, ref, *factors):
+    """rel_err, except that an output that is (nearly) all zero, e.g. a window over padding only,
+    is judged against the size of one product of its factors: an FFT's rounding scales with its
+    inputs, not with a result that happens to cancel."""
+    scale = np.prod([np.abs(f).max(initial=0.0) for f in factors])
+    return rel_err(a, ref) * max(np.abs(ref).max(initial=0.0), 1e-12) / max(np.abs(ref).max(initial=0.0), scale, 1e-12)
+
+
+def _check_all_three(name, case, seed):
+    x_shape, W_shape, stride, pad, groups = case
+    if PRIMITIVES[name].refuse(x_shape, W_shape, stride, pad, groups):
+        with pytest.raises(ValueError, match=name):
+            conv2d_forward(*_arrays(case, seed)[:2], stride, pad, groups, primitive=name)
+        return
+    x, W, dy = _arrays(case, seed)
+    y = conv2d_forward(x, W, stride, pad, groups, primitive=name)
+    assert y.dtype == np.float32 and y.shape == dy.shape
+    assert _err(y, naive_conv2d(x, W, stride, pad, groups), x, W) < TOL
+    dx, dW = conv2d_backward(x, W, dy, stride, pad, groups, primitive=name)
+    dx_ref, dW_ref = naive_conv2d_backward(x, W, dy, stride, pad, groups)
+    assert dx.shape == x.shape and dW.shape == W.shape
+    assert _err(dx, dx_ref, dy, W) < TOL and _err(dW, dW_ref, dy, x) < TOL
+    none, dW2 = conv2d_backward(x, W, dy, stride, pad, groups, need_dx=False, primitive=name)
+    assert none is None and _err(dW2, dW_ref, dy, x) < TOL
+
+
+@pytest.mark.parametrize("name", list(PRIMITIVES))
+@FEW
+@given(case=conv_cases(), seed=st.integers(0, 2**16))
+def test_primitive_matches_reference_or_refuses(name, case, seed):
+    """Strided, padded, grouped, depthwise and 1x1 cases: right values or a ValueError naming it."""
+    _check_all_three(name, case, seed)
+
+
+@pytest.mark.parametrize("name", ["winograd2", "winograd4", "kn2row", "fft"])
+@FEW
+@given(case=winograd_cases(), seed=st.integers(0, 2**16))
+def test_primitive_on_3x3_stride1(name, case, seed):
+    """The shapes Winograd exists for, with odd sizes so the last tile hangs over the edge."""
+    _check_all_three(name, case, seed)
+
+
+@pytest.mark.parametrize("name, case", [
+    ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
+    ("winograd4", ((2, 3, 11, 10), (4, 3, 3, 3), 1, 0, 1)),
+    ("kn2row", ((2, 3, 7, 7), (4, 3, 3, 3), 2, 1, 1)),
+    ("kn2row", ((2, 5, 4, 4), (3, 5, 1, 1), 1, 0, 1)),
+    ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
+    ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
+    ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
+])
+def test_primitive_passes_gradcheck_in_float64(name, case):
+    """Each primitive's backward is the exact adjoint of its forward (finite differences)."""
+    x_shape, W_shape, stride, pad, groups = case
+    r = np.random.default_rng(7)
+    x, W = r.standard_normal(x_shape), r.standard_normal(W_shape)
+    dW = np.zeros_like(W)
+    seen = {}
+
+    def forward(a):
+        seen["x"] = a
+        y = conv2d_forward(a, W, stride, pad, groups, primitive=name)
+        assert y.dtype == np.float64
+        return y
+
+    def backward(dy):
+        dx, g = conv2d_backward(seen["x"], W, dy, stride, pad, groups, primitive=name)
+        dW[...] += g
+        return dx
+
+    errors, _ = check_module(forward, backward, x, {"W": (W, dW)})
+    assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("name, case, reason", [
+    ("winograd2", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 1, 1), "stride"),
+    ("winograd4", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
+    ("winograd2", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
+    ("kn2row", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
+    ("fft", ((1, 4, 6, 6), (4, 4, 1, 1), 1, 0, 1), "1x1"),
+])
+def test_refusals_are_clear(name, case, reason):
+    """A primitive asked for a shape it does not handle says which rule it breaks."""
+    x_shape, W_shape, stride, pad, groups = case
+    x, W = np.zeros(x_shape, np.float32), np.zeros(W_shape, np.float32)
+    with pytest.raises(ValueError, match=reason):
+        conv2d_forward(x, W, stride, pad, groups, primitive=name)
+    assert name not in legal_primitives(x_shape, W_shape, stride, pad, groups)
+
+
+def test_unknown_primitive_is_refused():
+    with pytest.raises(ValueError, match="unknown primitive"):
+        conv2d_forward(np.zeros((1, 1, 3, 3), np.float32), np.zeros((1, 1, 3, 3), np.float32),
+                       primitive="magic")
+
+
+def test_default_is_legal_and_forcing_respects_refusals():
+    """The default heuristic always picks a primitive that accepts the shape; a forced primitive
+    applies only where it is legal, the plan elsewhere."""
+    cases = [((8, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1), ((8, 16, 8, 8), (32, 16, 3, 3), 2, 1, 1),
+             ((8, 16, 8, 8), (16, 16, 1, 1), 1, 0, 1), ((8, 4, 8, 8), (4, 1, 3, 3), 1, 1, 4)]
+    for case in cases:
+        assert default_primitive(*case) in legal_primitives(*case)
+    try:
+        force_primitive("winograd4")
+        assert choose_primitive("im2col", *cases[0]) == "winograd4"
+        assert choose_primitive("im2col", *cases[1]) == "im2col"
+    finally:
+        force_primitive(None)
+    assert choose_primitive("fft", *cases[0]) == "fft"
+    with pytest.raises(ValueError):
+        force_primitive("magic")
+
+
+@pytest.mark.parametrize("name", list(PRIMITIVES))
+def test_primitive_is_deterministic(name):
+    """Same inputs, same thread count: bit-identical outputs and gradients."""
+    r = np.random.default_rng(2)
+    x = r.standard_normal((5, 4, 7, 7)).astype(np.float32)
+    W = r.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    dy = r.standard_normal((5, 6, 7, 7)).astype(np.float32)
+    runs = [(conv2d_forward(x, W, 1, 1, primitive=name),) + conv2d_backward(x, W, dy, 1, 1, primitive=name)
+            for _ in range(2)]
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
