@@ -29,20 +29,21 @@ from npdc.errors import UserError
 from npdc.io.atomic import atomic_path
 
 MAGIC = b"NPDC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 END_TAG = "END "
 HEAD_SIZE = 6  # magic + u16 version
 FRAME_SIZE = 12  # tag + u32 length + u32 CRC around each payload
 MAX_CODE_LEN = 16  # longest Huffman code in a layer payload
-LENGTH_BITS = 5  # width of each stored code length
+LENGTH_BITS = 4  # a stored code length is length - 1, 1..16
+V1_LENGTH_BITS = 5  # version 1 stored every symbol's length (0..16) in 5 bits
 MAX_CODEBOOK = huffman.MAX_SYMBOLS - 1  # values 0..k must form a Huffman alphabet
 MAX_NDIM = 32
 MAX_HEADER_JSON = 1 << 26  # inflated header size a reader accepts
 DENSE = 0  # first byte of a dense layer payload; a sparse one starts with its gap width 1..16
 DTYPES = {"float16": 2, "float32": 4}  # value dtype -> its code byte, which is its width
 
-# version -> function turning a whole file of that (older) version into bytes of a newer one.
-# Empty while version 1 is the only one; a reader refuses every version it cannot reach.
+# version -> function turning a whole file of that (older) version into bytes of a newer one;
+# a reader refuses every version it cannot reach. Defined after the payload code below.
 _UPGRADES = {}
 
 
@@ -80,9 +81,9 @@ def _frame(tag, payload):
     return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
 
 
-def pack_container(sections):
+def pack_container(sections, version=FORMAT_VERSION):
     """The bytes of a .npdc file holding `sections`, a list of (tag, payload bytes)."""
-    parts = [MAGIC, struct.pack("<H", FORMAT_VERSION)]
+    parts = [MAGIC, struct.pack("<H", version)]
     for tag, payload in sections:
         if tag == END_TAG:
             raise ValueError("the end marker is written by pack_container, not passed in")
@@ -123,10 +124,15 @@ def unpack_container(data, name="<bytes>"):
     (version,) = struct.unpack_from("<H", view, 4)
     if version != FORMAT_VERSION:
         if version in _UPGRADES:
-            return unpack_container(_UPGRADES[version](bytes(view)), name)
+            return unpack_container(_UPGRADES[version](bytes(view), name), name)
         hint = "; a newer npdc wrote it" if version > FORMAT_VERSION else ""
         raise FormatError(f"version {version}, this npdc reads {FORMAT_VERSION}{hint}", file=name)
-    sections, pos = [], HEAD_SIZE
+    return _read_sections(view, name)
+
+
+def _read_sections(view, name):
+    """The framing after the file header (the same in every version)."""
+    sections, pos, size = [], HEAD_SIZE, len(view)
     while True:
         left, tag = size - pos, None
 
@@ -201,14 +207,38 @@ def _codebook(codebook, dtype):
 
 
 def _stream(symbols):
-    """A coded stream: varint alphabet size A (max symbol + 1), A code lengths of 5 bits each,
-    varint bit count, the canonical Huffman codes of the symbols."""
+    """A coded stream: its code-length table (_length_table), varint bit count, the canonical
+    Huffman codes of the symbols."""
     symbols = symbols.astype(np.int64) if symbols.dtype == np.uint64 else symbols
     alphabet = int(symbols.max()) + 1 if symbols.size else 0
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet), MAX_CODE_LEN)
     data, n_bits = huffman.encode(symbols, lengths, MAX_CODE_LEN)
-    return b"".join([_varint(alphabet), bitio.pack_fixed(lengths, LENGTH_BITS), _varint(n_bits),
-                     data])
+    return b"".join([_length_table(lengths), _varint(n_bits), data])
+
+
+def _length_table(lengths):
+    """varint U (symbols with a code), then per such symbol, in increasing order: the step from
+    the previous one (from -1) in Elias gamma code and its length - 1 in 4 bits, MSB first,
+    zero-padded to a byte. A full alphabet costs 5 bits a symbol; a sparse one (a few wide gaps)
+    pays only for the symbols it uses."""
+    return _varint(np.count_nonzero(lengths)) + _pack_bits(_table_bits(lengths))
+
+
+def _table_bits(lengths):
+    used = np.flatnonzero(lengths)
+    steps = np.diff(used, prepend=-1)
+    return "".join("0" * (int(d).bit_length() - 1) + format(int(d), "b")
+                   + format(int(lengths[u]) - 1, f"0{LENGTH_BITS}b") for d, u in zip(steps, used))
+
+
+def table_bits(lengths):
+    """Bits of a stream's code-length table, as stored (padding and the count included)."""
+    return 8 * len(_length_table(lengths))
+
+
+def _pack_bits(text):
+    text += "0" * (-len(text) % 8)
+    return int(text, 2).to_bytes(len(text) // 8, "big") if text else b""
 
 
 class _Reader:
@@ -275,15 +305,46 @@ class _Reader:
 
     def stream(self, what, alphabet_limit, count):
         """`count` symbols, each below alphabet_limit, from a coded stream (see _stream)."""
-        alphabet = self.varint(f"{what} alphabet size", alphabet_limit)
-        raw = self.take(bitio.packed_size(alphabet, LENGTH_BITS), f"{what} code lengths")
-        lengths = bitio.unpack_fixed(raw, LENGTH_BITS, alphabet)
+        lengths = self.length_table(what, alphabet_limit)
         n_bits = self.varint(f"{what} bit count", 8 * self.left())
         data = self.take((n_bits + 7) // 8, f"{what} stream")
         if count > n_bits:  # every code takes a bit; this also bounds what decode allocates
             self.fail(f"{what}: {count} symbols cannot fit in {n_bits} bits")
         with self.guard(f"{what} stream"):
             return huffman.decode(data, n_bits, lengths, count, MAX_CODE_LEN)
+
+    def length_table(self, what, alphabet_limit):
+        """The code lengths written by _length_table; every symbol below alphabet_limit."""
+        used = self.varint(f"{what} code count", alphabet_limit)
+        # a step below 2^17 takes at most 33 gamma bits; read no further than that could need
+        most = min(self.left(), (used * (33 + LENGTH_BITS) + 7) // 8)
+        bits = np.unpackbits(np.frombuffer(self.buf[self.pos:self.pos + most], np.uint8))
+        symbols, lengths, pos, symbol = [], [], 0, -1
+        for _ in range(used):
+            zeros = 0
+            while pos < bits.size and not bits[pos] and zeros <= 16:
+                zeros, pos = zeros + 1, pos + 1
+            end = pos + zeros + 1 + LENGTH_BITS
+            if zeros > 16 or end > bits.size:
+                self.fail(f"{what} code lengths: damaged or truncated table")
+            step = int("".join("1" if b else "0" for b in bits[pos:pos + zeros + 1]), 2)
+            symbol += step
+            length = 1 + int("".join("1" if b else "0" for b in bits[pos + zeros + 1:end]), 2)
+            if symbol >= alphabet_limit:
+                self.fail(f"{what} code lengths: symbol {symbol} is not below {alphabet_limit}")
+            symbols.append(symbol)
+            lengths.append(length)
+            pos = end
+        self.take((pos + 7) // 8, f"{what} code lengths")
+        table = np.zeros(symbol + 1, np.int64)
+        table[symbols] = lengths
+        return table
+
+    def length_table_v1(self, what, alphabet_limit):
+        """Version 1: varint alphabet size A, then A lengths of 5 bits each."""
+        alphabet = self.varint(f"{what} alphabet size", alphabet_limit)
+        raw = self.take(bitio.packed_size(alphabet, V1_LENGTH_BITS), f"{what} code lengths")
+        return bitio.unpack_fixed(raw, V1_LENGTH_BITS, alphabet)
 
 
 def _flat_indices(indices, codebook_size):
@@ -371,16 +432,17 @@ def layer_bit_stats(indices, codebook_size, gap_bits, codebook_dtype="float32"):
         return huffman.total_bits(counts, huffman.code_lengths(counts, MAX_CODE_LEN))
 
     entries, nonzero = int(gaps.size), int(np.count_nonzero(indices))
-    alphabets = int(gaps.max()) + int(values.max()) + 2 if entries else 0
+    tables = sum(table_bits(huffman.code_lengths(np.bincount(s), MAX_CODE_LEN)) if s.size else 8
+                 for s in (gaps, values))
     return {"positions": int(indices.size), "nonzero": nonzero, "fillers": entries - nonzero,
             "entries": entries, "value_bits": entries * int(codebook_size).bit_length(),
             "huffman_value_bits": huffman_bits(values), "index_bits": entries * int(gap_bits),
-            "huffman_index_bits": huffman_bits(gaps), "code_table_bits": LENGTH_BITS * alphabets,
+            "huffman_index_bits": huffman_bits(gaps), "code_table_bits": tables,
             "codebook_bits": int(codebook_size) * 8 * _dtype(codebook_dtype),
             "dense_bits": 32 * int(indices.size)}
 
 
-def choose_gap_bits(indices, codebook_size, candidates=range(1, 13)):
+def choose_gap_bits(indices, codebook_size, candidates=range(1, relindex.MAX_GAP_BITS + 1)):
     """The gap width whose layer codes smallest: Huffman-coded value and gap streams plus their
     code-length tables. Fixed-width cost would favour narrow gaps that Huffman coding makes cheap
     anyway; on the shipped model this choice saves about 3.5 % of the stream bits."""
@@ -455,3 +517,39 @@ def decode_header(payload):
     except (zlib.error, ValueError, RecursionError) as e:  # also UnicodeDecodeError, JSON errors
         raise FormatError(e, payload="header") from None
     return obj
+
+
+# -- upgrades ------------------------------------------------------------------------------------
+def _upgrade_layer_v1(payload):
+    """A version-1 layer payload with its code-length tables rewritten as version 2 stores them;
+    everything else (codebook, counts, Huffman codes) is the same bytes."""
+    r = _Reader(payload, "version-1 layer")
+    gap_bits = r.byte("gap width")
+    r.codebook()
+    if gap_bits != DENSE:
+        r.varint("entry count", 1 << 62)
+    parts = [bytes(r.buf[:r.pos])]
+    for what in ("value",) if gap_bits == DENSE else ("gap", "value"):
+        lengths = r.length_table_v1(what, huffman.MAX_SYMBOLS)
+        start = r.pos
+        r.take((r.varint(f"{what} bit count", 8 * r.left()) + 7) // 8, f"{what} stream")
+        parts += [_length_table(lengths), bytes(r.buf[start:r.pos])]
+    r.done()
+    return b"".join(parts)
+
+
+def _upgrade_v1(data, name):
+    """Version 1 -> 2: the framing is unchanged; only layer payloads' code-length tables differ."""
+    sections = _read_sections(memoryview(data), name)
+    out = []
+    for index, (tag, payload) in enumerate(sections):
+        if tag == "LAYR":
+            try:
+                payload = _upgrade_layer_v1(payload)
+            except FormatError as e:
+                raise FormatError(e.problem, file=name, index=index, tag=tag) from None
+        out.append((tag, payload))
+    return pack_container(out, version=2)
+
+
+_UPGRADES[1] = _upgrade_v1

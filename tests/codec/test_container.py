@@ -32,7 +32,7 @@ def ref_frame(tag, payload):
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def ref_file(sections, version=1):
+def ref_file(sections, version=2):
     return (b"NPDC" + struct.pack("<H", version)
             + b"".join(ref_frame(t.encode(), p) for t, p in sections) + ref_frame(b"END ", b""))
 
@@ -47,9 +47,24 @@ def ref_varint(n):
     return bytes([b + 128 for b in out[:-1]] + out[-1:])
 
 
+def ref_table(lengths):
+    """Code-length table bytes: used-symbol count, then per used symbol the Elias-gamma step
+    from the previous used symbol (from -1) and 4 bits of length - 1, zero-padded."""
+    bits, previous = "", -1
+    for symbol, length in enumerate(lengths):
+        if length:
+            step = format(symbol - previous, "b")
+            bits += "0" * (len(step) - 1) + step + format(length - 1, "04b")
+            previous = symbol
+    bits += "0" * (-len(bits) % 8)
+    used = sum(1 for v in lengths if v)
+    return ref_varint(used) + bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+
+
 class RefReader:
     def __init__(self, data):
         self.data, self.i = bytes(data), 0
+        self.table_bytes = 0  # bytes of the code-length tables read so far
 
     def take(self, n):
         assert self.i + n <= len(self.data)
@@ -73,11 +88,27 @@ class RefReader:
         k = self.varint()
         return np.frombuffer(self.take(k * width), {2: "<f2", 4: "<f4"}[width]).astype(np.float32)
 
+    def lengths(self):
+        """Used-symbol count, then per used symbol: Elias-gamma step, 4-bit length - 1."""
+        start = self.i
+        used, lengths, symbol = self.varint(), [], -1
+        bits = "".join(f"{b:08b}" for b in self.data[self.i:])
+        pos = 0
+        for _ in range(used):
+            zeros = len(bits[pos:]) - len(bits[pos:].lstrip("0"))
+            step = int(bits[pos + zeros:pos + 2 * zeros + 1], 2)
+            pos += 2 * zeros + 1
+            symbol += step
+            lengths += [0] * (symbol + 1 - len(lengths))
+            lengths[symbol] = int(bits[pos:pos + 4], 2) + 1
+            pos += 4
+        self.take((pos + 7) // 8)
+        self.table_bytes += self.i - start
+        return lengths
+
     def stream(self, count):
-        """Alphabet size, 5-bit lengths, bit count, codes; decoded one bit at a time."""
-        a = self.varint()
-        bits = "".join(f"{b:08b}" for b in self.take((5 * a + 7) // 8))
-        lengths = [int(bits[5 * i:5 * i + 5], 2) for i in range(a)]
+        """Code-length table, bit count, codes; decoded one bit at a time."""
+        lengths = self.lengths()
         n_bits = self.varint()
         bits = "".join(f"{b:08b}" for b in self.take((n_bits + 7) // 8))[:n_bits]
         table = ref_canonical(lengths)
@@ -224,7 +255,7 @@ def corrupt(data, i, mask):
 def test_known_bytes_of_a_file():
     data = pack_container([("HEAD", b"hi")])
     assert data == ref_file([("HEAD", b"hi")])
-    assert data[:6] == b"NPDC\x01\x00"
+    assert data[:6] == b"NPDC\x02\x00"
     assert data[6:20] == b"HEAD\x02\0\0\0hi" + struct.pack("<I", zlib.crc32(b"HEAD\x02\0\0\0hi"))
     assert data[-12:-4] == b"END \x00\x00\x00\x00"
     assert len(pack_container([])) == 6 + 12
@@ -302,17 +333,17 @@ def test_foreign_files():
         unpack_container(b"NPD", "f.bin")
 
 
-@pytest.mark.parametrize("version", [0, 2, 7, 65535])
+@pytest.mark.parametrize("version", [0, 3, 7, 65535])
 def test_unknown_versions_are_refused(version):
     data = ref_file([("HEAD", b"x")], version=version)
     with pytest.raises(FormatError, match=f"v.npdc: file header: version {version}, this npdc "
-                                          "reads 1"):
+                                          "reads 2"):
         unpack_container(data, "v.npdc")
 
 
 def test_a_registered_upgrade_is_applied(monkeypatch):
     old = ref_file([("OLD!", b"abc")], version=0)
-    monkeypatch.setitem(C._UPGRADES, 0, lambda data: ref_file([("HEAD", data[-19:-16])]))
+    monkeypatch.setitem(C._UPGRADES, 0, lambda data, name: ref_file([("HEAD", data[-19:-16])]))
     assert unpack_container(old) == [("HEAD", b"abc")]
 
 
@@ -483,11 +514,11 @@ def test_realistic_layer_size():
     entries = r.varint()
     (_, gl, gbits), (_, vl, vbits) = r.stream(entries), r.stream(entries)
     assert (gbits, vbits) == (stats["huffman_index_bits"], stats["huffman_value_bits"])
-    assert 5 * (len(gl) + len(vl)) == stats["code_table_bits"]
+    assert 8 * (len(ref_table(gl)) + len(ref_table(vl))) == stats["code_table_bits"]
     expected = (1 + 1 + len(ref_varint(127)) + stats["codebook_bits"] // 8
-                + len(ref_varint(entries)) + sum(len(ref_varint(a)) + (5 * a + 7) // 8
-                                                 + len(ref_varint(n)) + (n + 7) // 8
-                                                 for a, n in [(len(gl), gbits), (len(vl), vbits)]))
+                + len(ref_varint(entries)) + sum(len(ref_table(lengths)) + len(ref_varint(n))
+                                                 + (n + 7) // 8
+                                                 for lengths, n in [(gl, gbits), (vl, vbits)]))
     assert len(payload) == expected
     assert len(payload) * 8 < idx.size * 32 / 10  # over 10x smaller than float32
 
@@ -496,15 +527,13 @@ def test_realistic_layer_size():
 
 def sparse_bytes(gap_bits=2, dtype=4, codebook=(1.0,), entries=None, gap=None, value=None,
                  tail=b""):
-    """A sparse payload assembled field by field; gap/value = (lengths, n_bits, data)."""
+    """A sparse payload assembled field by field; gap/value = (lengths or table bytes, n_bits,
+    data)."""
     cb = np.asarray(codebook, "<f2" if dtype == 2 else "<f4").tobytes()
     out = bytes([gap_bits, dtype]) + ref_varint(len(codebook)) + cb
     out += ref_varint(1 if entries is None else entries)
     for lengths, n_bits, data in (gap or ([1], 1, b"\x00"), value or ([0, 1], 1, b"\x00")):
-        bits = "".join(f"{v:05b}" for v in lengths)
-        bits += "0" * (-len(bits) % 8)
-        out += ref_varint(len(lengths)) + bytes(int(bits[i:i + 8], 2)
-                                                for i in range(0, len(bits), 8))
+        out += lengths if isinstance(lengths, bytes) else ref_table(lengths)
         out += ref_varint(n_bits) + data
     return out + tail
 
@@ -522,12 +551,15 @@ def test_sparse_bytes_helper_makes_a_valid_payload():
     (sparse_bytes()[:4], 3, "codebook needs 4 bytes"),
     (sparse_bytes(entries=4), 3, "entry count 4 is over the limit 3"),
     (sparse_bytes(entries=2), 3, "symbols cannot fit"),
-    (sparse_bytes(gap=([1, 1, 1, 1, 1], 1, b"\x00")), 9, "gap alphabet size 5 is over"),
+    (sparse_bytes(gap=([1, 1, 1, 1, 1], 1, b"\x00")), 9, "gap code count 5 is over"),
+    (sparse_bytes(gap=([0, 0, 0, 0, 1], 1, b"\x00")), 9, "gap code lengths: symbol 4 is not below 4"),
+    (sparse_bytes(gap=(b"\x02\x80", 1, b"\x00")), 9, "gap code lengths: symbol 1024 is not"),
+    (sparse_bytes()[:8] + b"\x03\x80", 9, "gap code lengths: damaged or truncated"),
+    (sparse_bytes(gap=(b"\x01\x00\x00\x00", 1, b"\x00")), 9, "gap code lengths: damaged or truncated"),
     (sparse_bytes(gap=([1, 1, 1], 1, b"\x00")), 9, "Kraft"),
-    (sparse_bytes(gap=([20], 1, b"\x00")), 9, "code lengths"),
     (sparse_bytes(gap=([1], 100, b"\x00")), 9, "bit count 100 is over"),
     (sparse_bytes(gap=([1], 2, b"\x00")), 9, "left over"),
-    (sparse_bytes(value=([0, 1, 1], 1, b"\x00")), 9, "value alphabet size 3 is over"),
+    (sparse_bytes(value=([0, 1, 1], 1, b"\x00")), 9, "value code lengths: symbol 2 is not below 2"),
     (sparse_bytes(gap=([0, 0, 0, 1], 1, b"\x00")), 3, "relative index.*past the layer length"),
     (sparse_bytes(tail=b"\x00"), 3, "1 stray bytes"),
     (bytes([0, 4]) + ref_varint(1) + b"\0\0\x80\x3f", 2, "marks a dense layer payload"),
@@ -682,7 +714,10 @@ def test_layer_bit_stats_match_independent_counts(case):
     assert stats["huffman_index_bits"] == huffman_cost(gaps)
     assert stats["codebook_bits"] == k * (16 if dtype == "float16" else 32)
     assert stats["dense_bits"] == 32 * idx.size
-    assert stats["code_table_bits"] == (5 * (max(gaps) + max(values) + 2) if entries else 0)
+    r = RefReader(encode_sparse_layer(idx, codebook, gap_bits, dtype))
+    r.u8(), r.codebook()
+    r.stream(r.varint()), r.stream(entries)
+    assert stats["code_table_bits"] == 8 * r.table_bytes
 
 
 def test_layer_bit_stats_known_case():
@@ -699,9 +734,9 @@ def test_examples_in_docs_format_md():
     hexes = lambda s: bytes.fromhex(s)  # noqa: E731
     sparse = encode_sparse_layer(np.array([0, 3, 0, 0, 0, 0, 1, 2, 0, 3]), [0.5, -1, 2], 2,
                                  "float16")
-    assert sparse == hexes("02 02 03 00 38 00 bc 00 40 05 04 10 40 20 08 74 04 10 84 20 0a c6 c0")
+    assert sparse == hexes("02 02 03 00 38 00 bc 00 40 05 03 8c 10 80 08 74 04 8c 63 10 0a c6 c0")
     assert encode_dense_layer(np.array([0, 1, 1, 2]), [0.5, -1], "float16") == hexes(
-        "00 02 02 00 38 00 bc 03 10 44 06 8c")
+        "00 02 02 00 38 00 bc 03 8c 22 06 8c")
     assert encode_raw({"fc.b": np.array([1.0, -2.0])}, "float16") == hexes(
         "02 01 04 66 63 2e 62 01 02 00 3c 00 c0")
     assert pack_container([])[-12:] == hexes("45 4e 44 20 00 00 00 00 ba 7a 63 45")
@@ -713,7 +748,23 @@ def test_chosen_gap_width_gives_the_smallest_payload(density):
 
     rng = np.random.default_rng(int(density * 1000))
     indices = np.where(rng.random(20000) < density, rng.integers(1, 16, 20000), 0)
-    sizes = {b: len(encode_sparse_layer(indices, np.linspace(-1, 1, 15), b)) for b in range(1, 13)}
+    sizes = {b: len(encode_sparse_layer(indices, np.linspace(-1, 1, 15), b)) for b in range(1, 17)}
     chosen = choose_gap_bits(indices, 15)
     assert sizes[chosen] <= min(sizes.values()) + 4  # the cost ignores byte padding of the streams
     assert chosen == choose_gap_bits(indices, 15)
+
+
+@HYPO
+@given(st.dictionaries(st.integers(0, 65535), st.integers(1, 16), max_size=60))
+def test_code_length_tables_round_trip(used):
+    """Any set of used symbols below 2^16 with lengths 1..16, stored and read back exactly; the
+    table costs 5 bits a symbol when the alphabet is full."""
+    lengths = np.zeros(max(used, default=-1) + 1, np.int64)
+    lengths[list(used)] = list(used.values())
+    payload = C._length_table(lengths) + b"\xff"
+    assert payload[:-1] == ref_table(lengths.tolist())
+    r = C._Reader(payload, "test")
+    assert r.length_table("t", 1 << 16).tolist() == lengths.tolist()
+    assert r.left() == 1
+    full = np.full(40, 3)
+    assert C.table_bits(full) == 8 * (1 + 5 * 40 // 8)
