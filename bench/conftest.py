@@ -6,12 +6,11 @@ when the ratio falls below the floor written beside the case. Every case warms u
 Numba compilation is never timed.
 """
 
-import time
-
 import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
 import numpy as np
 import pytest
 
+from npdc.kernels.select import best_seconds  # noqa: F401  (the benches' timer)
 from npdc.threads import set_threads
 
 THREADS = 2
@@ -20,18 +19,6 @@ THREADS = 2
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     set_threads(THREADS)
-
-
-def best_seconds(fn, repeats=5, warmup=1):
-    """Fastest of `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def matmul_gflops(n=1024, repeats=5):

@@ -15,13 +15,13 @@ as same-layout neighbours, are folded into the nodes first, so today's all-NCHW 
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import numba
 import numpy as np
 
+from npdc.io.atomic import write_text
 from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal_primitives
 
 CACHE_NAME = "conv_timings.json"
@@ -60,12 +60,17 @@ def _load(path):
         return {}
 
 
-def _store(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".timings-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+def best_seconds(fn, repeats=5, warmup=1):
+    """Fastest of `repeats` timed calls after `warmup` untimed ones (which compile and touch
+    memory)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def time_primitive(name, x, W, stride, pad, groups, mode="train", repeats=2):
@@ -75,13 +80,7 @@ def time_primitive(name, x, W, stride, pad, groups, mode="train", repeats=2):
         y = conv2d_forward(x, W, stride, pad, groups, primitive=name)
         if mode == "train":
             conv2d_backward(x, W, y, stride, pad, groups, primitive=name)
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(run, repeats)
 
 
 def layer_timings(x_shape, W_shape, stride, pad, groups, dtype=np.float32, mode="train",
@@ -100,7 +99,7 @@ def layer_timings(x_shape, W_shape, stride, pad, groups, dtype=np.float32, mode=
     if cache:
         data = _load(path)  # another process may have written meanwhile
         data[key] = times
-        _store(path, data)
+        write_text(path, json.dumps(data, indent=1, sort_keys=True))
     return times
 
 
