@@ -131,10 +131,11 @@ def _evaluate_npdc(args):
 
     data = load_dataset(args.data)
     x, y = data.require("test")
-    _check_images(load_compressed(args.model)[0], x, y)
+    net, codes = load_compressed(args.model)
+    _check_images(net, x, y)
     _threads(args.threads)
     before = evaluate(load_model(args.baseline), x, y)["accuracy"] if args.baseline else None
-    r = evaluate_compressed(args.model, x, y, args.weights, args.batch_size, before)
+    r = evaluate_compressed(args.model, net, codes, x, y, args.weights, args.batch_size, before)
     print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
     print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
           f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
@@ -626,19 +627,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    primitive = getattr(args, "primitive", None)
     try:
-        if getattr(args, "primitive", None):
-            from npdc.kernels.conv import force_primitive
-
-            try:
-                force_primitive(args.primitive)
-            except ValueError as e:
-                raise UserError(str(e)) from None
-            try:
-                args.func(args)
-            finally:
-                force_primitive(None)  # in-process callers (tests) must not inherit it
-            return 0
+        if primitive:
+            _force_primitive(primitive)
         args.func(args)
     except UserError as e:
         print(f"npdc {args.command}: error: {e}", file=sys.stderr)
@@ -646,4 +638,16 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if primitive:  # in-process callers (tests) must not inherit it
+            _force_primitive(None)
     return 0
+
+
+def _force_primitive(name):
+    from npdc.kernels.conv import force_primitive
+
+    try:
+        force_primitive(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -265,11 +265,10 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     total["xz_bytes"] = xz_bytes(sections)
     if memory is None:
         from npdc.runtime.evaluate import memory_figures
-        from npdc.runtime.infer import naive_peak_bytes
+        from npdc.runtime.infer import build_runtime
 
         compressed, codes = load_compressed(path)
-        _, m, method = memory_figures(compressed, codes)
-        memory = (naive_peak_bytes(baseline), m, method)
+        memory = memory_figures(baseline, build_runtime(compressed, codes))
     M, m, method = memory
     result = None
     if accuracy_after is not None and (preset == "zte" or accuracy_before is not None):

@@ -318,18 +318,16 @@ class _Reader:
         used = self.varint(f"{what} code count", alphabet_limit)
         # a step below 2^17 takes at most 33 gamma bits; read no further than that could need
         most = min(self.left(), (used * (33 + LENGTH_BITS) + 7) // 8)
-        bits = np.unpackbits(np.frombuffer(self.buf[self.pos:self.pos + most], np.uint8))
+        bits = "".join(f"{b:08b}" for b in self.buf[self.pos:self.pos + most])
         symbols, lengths, pos, symbol = [], [], 0, -1
         for _ in range(used):
-            zeros = 0
-            while pos < bits.size and not bits[pos] and zeros <= 16:
-                zeros, pos = zeros + 1, pos + 1
-            end = pos + zeros + 1 + LENGTH_BITS
-            if zeros > 16 or end > bits.size:
+            one = bits.find("1", pos, pos + 17)  # a step below 2^17 has at most 16 leading zeros
+            zeros = one - pos
+            end = one + zeros + 1 + LENGTH_BITS
+            if one < 0 or end > len(bits):
                 self.fail(f"{what} code lengths: damaged or truncated table")
-            step = int("".join("1" if b else "0" for b in bits[pos:pos + zeros + 1]), 2)
-            symbol += step
-            length = 1 + int("".join("1" if b else "0" for b in bits[pos + zeros + 1:end]), 2)
+            symbol += int(bits[one:one + zeros + 1], 2)
+            length = 1 + int(bits[one + zeros + 1:end], 2)
             if symbol >= alphabet_limit:
                 self.fail(f"{what} code lengths: symbol {symbol} is not below {alphabet_limit}")
             symbols.append(symbol)
@@ -427,17 +425,18 @@ def layer_bit_stats(indices, codebook_size, gap_bits, codebook_dtype="float32"):
     indices = _flat_indices(indices, int(codebook_size))
     gaps, values = relindex.encode_relative(indices, gap_bits)
 
-    def huffman_bits(symbols):
+    def coded_bits(symbols):
+        """(Huffman bits of the stream, bits of its code-length table)."""
         counts = np.bincount(symbols)
-        return huffman.total_bits(counts, huffman.code_lengths(counts, MAX_CODE_LEN))
+        lengths = huffman.code_lengths(counts, MAX_CODE_LEN)
+        return huffman.total_bits(counts, lengths), table_bits(lengths)
 
+    (gap_bits_coded, gap_table), (value_bits_coded, value_table) = map(coded_bits, (gaps, values))
     entries, nonzero = int(gaps.size), int(np.count_nonzero(indices))
-    tables = sum(table_bits(huffman.code_lengths(np.bincount(s), MAX_CODE_LEN)) if s.size else 8
-                 for s in (gaps, values))
     return {"positions": int(indices.size), "nonzero": nonzero, "fillers": entries - nonzero,
             "entries": entries, "value_bits": entries * int(codebook_size).bit_length(),
-            "huffman_value_bits": huffman_bits(values), "index_bits": entries * int(gap_bits),
-            "huffman_index_bits": huffman_bits(gaps), "code_table_bits": tables,
+            "huffman_value_bits": value_bits_coded, "index_bits": entries * int(gap_bits),
+            "huffman_index_bits": gap_bits_coded, "code_table_bits": gap_table + value_table,
             "codebook_bits": int(codebook_size) * 8 * _dtype(codebook_dtype),
             "dense_bits": 32 * int(indices.size)}
 

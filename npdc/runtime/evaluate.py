@@ -18,21 +18,19 @@ MEMORY_METHOD = ("M: naive dense float32 inference of the uncompressed model at 
                  "tracemalloc peak of one forward pass; npdc.runtime.infer.runtime_peak_bytes)")
 
 
-def memory_figures(net, codes, path=None, weights="sparse"):
-    """(M, m, method) of a decoded net: naive float32 run against the runtime's batch-1 run."""
-    M = naive_peak_bytes(net)
-    m = runtime_peak_bytes(build_runtime(net, codes, weights, 1, path))
-    return M, m, MEMORY_METHOD.format(weights=weights)
+def memory_figures(baseline, runtime):
+    """(M, m, method): the naive float32 run of `baseline` against a batch-1 `runtime`."""
+    return (naive_peak_bytes(baseline), runtime_peak_bytes(runtime),
+            MEMORY_METHOD.format(weights=runtime.weights.mode))
 
 
-def evaluate_compressed(path, x, y, weights="sparse", batch_size=128, baseline_accuracy=None,
-                        preset="relative"):
-    """Accuracy of the .npdc file on (x, y) through the runtime, with its size, memory (M, m),
-    speed and score. Without baseline_accuracy the relative preset takes the file's own accuracy
-    as the reference (the accuracy gate passes)."""
+def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
+                        baseline_accuracy=None, preset="relative"):
+    """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
+    with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
+    takes the file's own accuracy as the reference (the accuracy gate passes)."""
     from npdc.report import score, totals
 
-    net, codes = load_compressed(path)
     runtime = build_runtime(net, codes, weights, batch_size, path)
     if len(x) == 0:
         raise UserError("the test split is empty")
@@ -40,8 +38,9 @@ def evaluate_compressed(path, x, y, weights="sparse", batch_size=128, baseline_a
     logits = runtime.predict(x)
     seconds = time.perf_counter() - t0
     accuracy = float((logits.argmax(axis=1) == y).mean())
-    M, m, method = memory_figures(net, codes, path, weights)
-    latency = latency_ms(build_runtime(net, codes, weights, 1, path))
+    single = build_runtime(net, codes, weights, 1, path)
+    M, m, method = memory_figures(net, single)
+    latency = latency_ms(single)
     sizes = totals(path, baseline=net)
     z0 = accuracy if baseline_accuracy is None else baseline_accuracy
     result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, accuracy, preset, z0)
