@@ -55,6 +55,17 @@ def test_subcommand_help_exits_zero(sub, capsys):
     assert out.startswith("usage:") and sub in out.splitlines()[0]
 
 
+def test_primitive_help_names_every_registered_primitive(capsys):
+    """The --primitive help is written out (the CLI imports no kernels to print help); it must
+    name each primitive the registry has."""
+    from npdc.kernels.conv import PRIMITIVES
+
+    code, out, _ = run(["tune", "--help"], capsys)
+    assert code == 0
+    text = " ".join(out.split())
+    assert all(name in text for name in PRIMITIVES)
+
+
 def test_top_level_help_lists_subcommands(capsys):
     """`npdc --help` names every subcommand."""
     code, out, _ = run(["--help"], capsys)

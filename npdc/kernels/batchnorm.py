@@ -2,7 +2,9 @@
 
 Forward makes two passes (mean, then centred variance, accumulated in float64) and a third that
 writes y; backward recomputes x-hat from x instead of keeping a normalised copy, so only x is
-cached. The NumPy form of the same maths made ~6 full passes over the tensor each way.
+cached. The NumPy form of the same maths made ~6 full passes over the tensor each way. In eval
+mode the layer is one multiply-add per element with folded running statistics, done here in one
+pass instead of NumPy's two with a temporary.
 """
 
 import numba
@@ -64,3 +66,17 @@ def bn_backward_train(x, dy, gamma, mean, inv, dx, dgamma, dbeta):
             oi = dx[i, ch].reshape(hw)
             for k in range(hw):
                 oi[k] = k_all * (di[k] - mb - (xi[k] - mu) * r * mg)
+
+
+@numba.njit(parallel=True, cache=True)
+def bn_forward_eval(x, scale, shift, y):
+    """y[:, c] = x[:, c] * scale[c] + shift[c] for x, y: (N, C, H, W)."""
+    n, c = x.shape[0], x.shape[1]
+    hw = x.shape[2] * x.shape[3]
+    for task in numba.prange(n * c):
+        i, ch = task // c, task % c
+        a, b = scale[ch], shift[ch]
+        xi = x[i, ch].reshape(hw)
+        yi = y[i, ch].reshape(hw)
+        for k in range(hw):
+            yi[k] = xi[k] * a + b

@@ -71,7 +71,7 @@ def test_primitive_matches_reference_or_refuses(name, case, seed):
     _check_all_three(name, case, seed)
 
 
-@pytest.mark.parametrize("name", ["winograd2", "winograd4", "kn2row", "fft"])
+@pytest.mark.parametrize("name", ["winograd2", "winograd4", "flat", "kn2row", "fft"])
 @FEW
 @given(case=winograd_cases(), seed=st.integers(0, 2**16))
 def test_primitive_on_3x3_stride1(name, case, seed):
@@ -82,6 +82,7 @@ def test_primitive_on_3x3_stride1(name, case, seed):
 @pytest.mark.parametrize("name, case", [
     ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
     ("winograd4", ((2, 3, 11, 10), (4, 3, 3, 3), 1, 0, 1)),
+    ("flat", ((3, 2, 5, 4), (9, 2, 3, 3), 1, 2, 1)),
     ("kn2row", ((2, 3, 7, 7), (4, 3, 3, 3), 2, 1, 1)),
     ("kn2row", ((2, 5, 4, 4), (3, 5, 1, 1), 1, 0, 1)),
     ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
@@ -111,12 +112,21 @@ def test_primitive_passes_gradcheck_in_float64(name, case):
     assert max(errors.values()) < 1e-5, errors
 
 
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_flat_with_many_blocks_and_a_partly_filled_stack(pad):
+    """Output channels past one register block (13 = 8 + 5), and images stacked two to a plane
+    with the last plane half full (20x20 planes: 2 per stack, 3 images)."""
+    _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
+
+
 @pytest.mark.parametrize("name, case, reason", [
     ("winograd2", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 1, 1), "stride"),
     ("winograd4", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
     ("winograd2", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
     ("kn2row", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
     ("fft", ((1, 4, 6, 6), (4, 4, 1, 1), 1, 0, 1), "1x1"),
+    ("flat", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 3, 1), "padding"),
+    ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
 ])
 def test_refusals_are_clear(name, case, reason):
     """A primitive asked for a shape it does not handle says which rule it breaks."""

@@ -7,7 +7,7 @@ batch variance, as most frameworks store it, so imported models match); eval use
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.batchnorm import bn_backward_train, bn_forward_train
+from npdc.kernels.batchnorm import bn_backward_train, bn_forward_eval, bn_forward_train
 
 
 class BatchNorm2d(Layer):
@@ -52,7 +52,10 @@ class BatchNorm2d(Layer):
         inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = (gamma * inv).astype(x.dtype)
         shift = (beta - self.buffers["running_mean"] * scale).astype(x.dtype)
-        return x * scale[:, None, None] + shift[:, None, None]
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        bn_forward_eval(x, scale, shift, y)
+        return y
 
     def _backward(self, dy):
         x, mean, inv = self.cache.pop("x"), self.cache.pop("mean"), self.cache.pop("inv")
