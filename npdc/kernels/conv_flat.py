@@ -19,20 +19,17 @@ differently from a sequential sum but identically from run to run.
 import numba
 import numpy as np
 
+from npdc.kernels.im2col import refuse_unless_3x3_stride1
+
 BLOCK = 8  # output channels per register block
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
     """Why this primitive cannot compute the convolution, or None."""
-    if W_shape[2:] != (3, 3):
-        return "only 3x3 kernels"
-    if stride != 1:
-        return "only stride 1"
-    if groups != 1:
-        return "only groups = 1"
-    if pad > 2:
-        return "only padding 0, 1 or 2"
-    return None
+    reason = refuse_unless_3x3_stride1(x_shape, W_shape, stride, pad, groups)
+    if reason is None and pad > 2:
+        reason = "only padding 0, 1 or 2"
+    return reason
 
 
 STACK = 1024  # target output positions per stacked plane (a block's accumulators fit in L1/L2)

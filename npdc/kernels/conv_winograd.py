@@ -16,7 +16,7 @@ Stride 1, 3x3 kernels, groups = 1 only; any padding.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import valid_run
+from npdc.kernels.im2col import refuse_unless_3x3_stride1, valid_run
 
 TILES = 512  # target tiles per chunk (GEMM width), measured on ResNet layer shapes
 
@@ -35,15 +35,7 @@ def matrices(m, dtype):
     return tuple(np.array(t[m], dtype) for t in (_BT, _G, _AT))
 
 
-def refuse(x_shape, W_shape, stride, pad, groups):
-    """Why Winograd F(m, 3) cannot compute this convolution, or None."""
-    if W_shape[2:] != (3, 3):
-        return "only 3x3 kernels"
-    if stride != 1:
-        return "only stride 1"
-    if groups != 1:
-        return "only groups = 1"
-    return None
+refuse = refuse_unless_3x3_stride1
 
 
 @numba.njit(cache=True)

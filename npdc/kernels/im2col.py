@@ -18,6 +18,17 @@ def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+def refuse_unless_3x3_stride1(x_shape, W_shape, stride, pad, groups):
+    """Why a convolution is not a dense 3x3 stride-1 one (all that Winograd and flat compute)."""
+    if W_shape[2:] != (3, 3):
+        return "only 3x3 kernels"
+    if stride != 1:
+        return "only stride 1"
+    if groups != 1:
+        return "only groups = 1"
+    return None
+
+
 @numba.njit(cache=True, inline="always")
 def valid_run(j, stride, pad, w, wo):
     """Output columns [lo, hi) whose input column ox*stride - pad + j lies inside 0..w-1."""
