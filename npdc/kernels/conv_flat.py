@@ -19,7 +19,7 @@ differently from a sequential sum but identically from run to run.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import refuse_unless_3x3_stride1
+from npdc.kernels.im2col import out_size, refuse_unless_3x3_stride1
 
 BLOCK = 8  # output channels per register block
 
@@ -36,11 +36,13 @@ STACK = 1024  # target output positions per stacked plane (a block's accumulator
 
 
 def _layout(n, h, w, pad):
-    """(images per plane g, row width wp, rows per image period, plane length): image k's rows
-    start at row k*period + pad; neighbours share the `pad` zero rows between them."""
+    """(images per plane g, row width wp, rows per image period, plane length, output positions
+    n_t): image k's rows start at row k*period + pad; neighbours share the `pad` zero rows between
+    them; output line r of image k sits at position (k*period + r)*wp."""
     wp, period = w + 2 * pad, h + pad
     g = max(1, min(n, STACK // (h * wp)))
-    return g, wp, period, (g * period + pad) * wp + 2
+    n_t = ((g - 1) * period + out_size(h, 3, 1, pad)) * wp
+    return g, wp, period, (g * period + pad) * wp + 2, n_t
 
 
 @numba.njit(parallel=True, cache=True)
@@ -94,11 +96,10 @@ def _block(xp, W9, ob, wp, n_t, acc):
 
 
 @numba.njit(parallel=True, cache=True)
-def _convolve(xs, W9, g, wp, period, y):
+def _convolve(xs, W9, g, wp, period, n_t, y):
     """y[i, o] = the valid 3x3 correlation of image i's padded rows in the stacked planes xs."""
     n, o, ho, wo = y.shape
     n_blocks = W9.shape[0] // BLOCK
-    n_t = ((g - 1) * period + ho) * wp
     for task in numba.prange(xs.shape[0] * n_blocks):
         plane, ob = task // n_blocks, (task % n_blocks) * BLOCK
         acc = np.zeros((BLOCK, n_t), y.dtype)
@@ -124,9 +125,9 @@ def _blocked(W9):
 def _correlate(x, W9, pad):
     """Valid 3x3 correlation of x zero-padded by `pad`: x (N, C, H, W), W9 (O, C, 9)."""
     n, c, h, w = x.shape
-    g, wp, period, size = _layout(n, h, w, pad)
-    y = np.empty((n, W9.shape[0], h + 2 * pad - 2, w + 2 * pad - 2), x.dtype)
-    _convolve(_stack_planes(x, pad, g, wp, period, size), _blocked(W9), g, wp, period, y)
+    g, wp, period, size, n_t = _layout(n, h, w, pad)
+    y = np.empty((n, W9.shape[0], out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)), x.dtype)
+    _convolve(_stack_planes(x, pad, g, wp, period, size), _blocked(W9), g, wp, period, n_t, y)
     return y
 
 
@@ -190,11 +191,10 @@ def _weight_grad(dys, xs, wp, dW):
 
 
 @numba.njit(parallel=True, cache=True)
-def _stack_rows(dy, g, wp, period, o4):
+def _stack_rows(dy, g, wp, period, n_t, o4):
     """dy (N, O, Ho, Wo) -> (ceil(N/g), O4, n_t): each output line where _convolve computes it,
     zero elsewhere and in channels >= O."""
     n, o, ho, wo = dy.shape
-    n_t = ((g - 1) * period + ho) * wp
     out = np.zeros(((n + g - 1) // g, o4, n_t), dy.dtype)
     for task in numba.prange(n * o):
         i, k = task // o, task % o
@@ -212,8 +212,8 @@ def backward(x, W, dy, stride, pad, groups, need_dx):
     if need_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o, 9)
         dx = _correlate(dy, np.ascontiguousarray(flipped), 2 - pad)
-    g, wp, period, size = _layout(n, h, w, pad)
+    g, wp, period, size, n_t = _layout(n, h, w, pad)
     o4 = -(-o // 4) * 4
     dW = np.empty((o4, c, 9), x.dtype)
-    _weight_grad(_stack_rows(dy, g, wp, period, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
+    _weight_grad(_stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
     return dx, dW[:o].reshape(W.shape)
