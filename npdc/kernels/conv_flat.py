@@ -3,12 +3,16 @@ output channels (the "direct" family of Anderson & Gregg 2017; blocking the outp
 loaded input feeds many multiply-adds follows Zhang, Franchetti & Low 2018, "High Performance
 Zero-Memory Overhead Direct Convolutions").
 
-Why flat: a zero-padded plane of width wp = W + 2*pad read as one long row turns every kernel tap
-(i, j) into a constant shift i*wp + j, so output position t = y*wp + x is a sum of nine shifted
-rows and the inner loop runs over the whole plane without a bounds test. The two positions per
-line that fall in the padding columns are computed and thrown away (6 % extra work at 32x32, 20 %
-at 8x8). The inner loop holds eight output rows and the nine shifted inputs, so each input load
-serves eight fused multiply-adds; sums are grouped by kernel row to keep dependency chains short.
+Why flat: a zero-padded plane read as one long row turns every kernel tap (i, j) into a constant
+shift i*wp + j, so the inner loop runs over the whole plane without a bounds test. Each row keeps
+only its `pad` leading zeros, which also serve as the trailing zeros of the row before, so
+wp = W + pad; the wp - Wo positions per line past the output width are computed and thrown away.
+The inner loop holds eight output rows and the nine shifted inputs, so each input load serves
+eight fused multiply-adds; sums are grouped by kernel row to keep dependency chains short.
+
+Why planes and tiles: each task copies a few images into a per-thread plane small enough to stay
+in L2 while every block of output channels sweeps it, and the sweep goes a tile of lines at a time
+so the block's accumulators stay in L1. Tiles are computed in whole vectors (no scalar tail).
 
 The data gradient is the same kernel on dy with the kernels flipped and transposed (padding
 2 - pad); the weight gradient sums dy times the shifted input rows, four output channels by one
@@ -32,31 +36,45 @@ def refuse(x_shape, W_shape, stride, pad, groups):
     return reason
 
 
-STACK = 1024  # target output positions per stacked plane (a block's accumulators fit in L1/L2)
+VECTOR = 16  # tiles are computed in whole multiples of this many positions (no scalar tail)
+TILE = 512  # output positions per accumulator tile (eight rows of them stay in L1)
+PLANE_FLOATS = 48 * 1024  # a stacked plane of all input channels stays in a core's L2 (192 KiB)
 
 
-def _layout(n, h, w, pad):
+def _layout(n, c, h, w, pad, threads):
     """(images per plane g, row width wp, rows per image period, plane length, output positions
-    n_t): image k's rows start at row k*period + pad; neighbours share the `pad` zero rows between
-    them; output line r of image k sits at position (k*period + r)*wp."""
-    wp, period = w + 2 * pad, h + pad
-    g = max(1, min(n, STACK // (h * wp)))
+    n_t): image k's rows start at line k*period + pad, neighbours share the `pad` zero lines
+    between them, and output line r of image k sits at position (k*period + r)*wp. The plane
+    count is the smallest whole number of rounds of `threads` whose planes fit PLANE_FLOATS."""
+    wp, period = w + pad, h + pad
+    most = max(1, (PLANE_FLOATS // c) // (period * wp))
+    n_planes = -(-n // most)
+    n_planes = -(-n_planes // threads) * threads
+    g = -(-n // n_planes)
     n_t = ((g - 1) * period + out_size(h, 3, 1, pad)) * wp
-    return g, wp, period, (g * period + pad) * wp + 2, n_t
+    return g, wp, period, (g * period + pad) * wp + 2 + VECTOR, n_t
+
+
+@numba.njit(cache=True)
+def _fill_plane(x, first, images, pad, wp, period, xp):
+    """Write images first .. first+images-1 of x (N, C, H, W) into the zeroed plane xp (C, size)."""
+    _, c, h, w = x.shape
+    for k in range(images):
+        for ch in range(c):
+            for r in range(h):
+                start = (k * period + pad + r) * wp + pad
+                for col in range(w):
+                    xp[ch, start + col] = x[first + k, ch, r, col]
 
 
 @numba.njit(parallel=True, cache=True)
 def _stack_planes(x, pad, g, wp, period, size):
     """x: (N, C, H, W) -> (ceil(N/g), C, size): g images per zero-padded flattened plane."""
-    n, c, h, w = x.shape
+    n, c = x.shape[0], x.shape[1]
     n_planes = (n + g - 1) // g
     out = np.zeros((n_planes, c, size), x.dtype)
-    for task in numba.prange(n * c):
-        i, k = task // c, task % c
-        base = (i % g) * period + pad
-        for r in range(h):
-            start = (base + r) * wp + pad
-            out[i // g, k, start:start + w] = x[i, k, r]
+    for plane in numba.prange(n_planes):
+        _fill_plane(x, plane * g, min(g, n - plane * g), pad, wp, period, out[plane])
     return out
 
 
@@ -73,13 +91,14 @@ def _nine(W9, o, c):
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _block(xp, W9, ob, wp, n_t, acc):
-    """acc[q, t] += sum over channels and taps of W9[ob + q, c, tap] * xp[c, t + shift(tap)]."""
+def _block(xp, W9, ob, wp, start, n_t, acc):
+    """acc[q, t] += sum over channels and taps of W9[ob + q, c, tap] * xp[c, start + t + shift(tap)]."""
     for c in range(xp.shape[0]):
         x = xp[c]
         w0, w1, w2, w3 = _nine(W9, ob, c), _nine(W9, ob + 1, c), _nine(W9, ob + 2, c), _nine(W9, ob + 3, c)
         w4, w5, w6, w7 = _nine(W9, ob + 4, c), _nine(W9, ob + 5, c), _nine(W9, ob + 6, c), _nine(W9, ob + 7, c)
-        r0, r1, r2 = x[0:n_t + 2], x[wp:wp + n_t + 2], x[2 * wp:2 * wp + n_t + 2]
+        end = start + n_t + 2
+        r0, r1, r2 = x[start:end], x[start + wp:end + wp], x[start + 2 * wp:end + 2 * wp]
         a0, a1, a2, a3, a4, a5, a6, a7 = acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]
         for t in range(n_t):
             p0, p1, p2 = r0[t], r0[t + 1], r0[t + 2]
@@ -96,19 +115,33 @@ def _block(xp, W9, ob, wp, n_t, acc):
 
 
 @numba.njit(parallel=True, cache=True)
-def _convolve(xs, W9, g, wp, period, n_t, y):
-    """y[i, o] = the valid 3x3 correlation of image i's padded rows in the stacked planes xs."""
-    n, o, ho, wo = y.shape
-    n_blocks = W9.shape[0] // BLOCK
-    for task in numba.prange(xs.shape[0] * n_blocks):
-        plane, ob = task // n_blocks, (task % n_blocks) * BLOCK
-        acc = np.zeros((BLOCK, n_t), y.dtype)
-        _block(xs[plane], W9, ob, wp, n_t, acc)
-        for k in range(min(g, n - plane * g)):
-            for q in range(min(BLOCK, o - ob)):
-                for r in range(ho):
-                    start = (k * period + r) * wp
-                    y[plane * g + k, ob + q, r] = acc[q, start:start + wo]
+def _convolve(x, W9, pad, g, wp, period, size, n_t, y, n_threads):
+    """y[i, o] = the valid 3x3 correlation of image i of x zero-padded by `pad`, one plane of
+    g images per task."""
+    n, c = x.shape[0], x.shape[1]
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    n_planes = (n + g - 1) // g
+    n_lines = n_t // wp
+    per_tile = max(1, TILE // wp)
+    planes = np.empty((n_threads, c, size), x.dtype)
+    tiles = np.empty((n_threads, BLOCK, per_tile * wp + VECTOR), y.dtype)
+    for plane in numba.prange(n_planes):
+        xp, acc = planes[numba.get_thread_id()], tiles[numba.get_thread_id()]
+        images = min(g, n - plane * g)
+        xp[:] = 0
+        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        for ob in range(0, W9.shape[0], BLOCK):
+            for first in range(0, n_lines, per_tile):
+                lines = min(per_tile, n_lines - first)
+                acc[:] = 0
+                _block(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
+                for line in range(first, first + lines):
+                    k, r = line // period, line % period
+                    if r < ho and k < images:
+                        start = (line - first) * wp
+                        for q in range(min(BLOCK, o - ob)):
+                            for col in range(wo):
+                                y[plane * g + k, ob + q, r, col] = acc[q, start + col]
 
 
 def _blocked(W9):
@@ -125,9 +158,9 @@ def _blocked(W9):
 def _correlate(x, W9, pad):
     """Valid 3x3 correlation of x zero-padded by `pad`: x (N, C, H, W), W9 (O, C, 9)."""
     n, c, h, w = x.shape
-    g, wp, period, size, n_t = _layout(n, h, w, pad)
+    g, wp, period, size, n_t = _layout(n, c, h, w, pad, numba.get_num_threads())
     y = np.empty((n, W9.shape[0], out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)), x.dtype)
-    _convolve(_stack_planes(x, pad, g, wp, period, size), _blocked(W9), g, wp, period, n_t, y)
+    _convolve(x, _blocked(W9), pad, g, wp, period, size, n_t, y, numba.get_num_threads())
     return y
 
 
@@ -212,7 +245,9 @@ def backward(x, W, dy, stride, pad, groups, need_dx):
     if need_dx:
         flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o, 9)
         dx = _correlate(dy, np.ascontiguousarray(flipped), 2 - pad)
-    g, wp, period, size, n_t = _layout(n, h, w, pad)
+    # one thread's layout whatever the thread count: g sets how the weight gradient's sums are
+    # grouped, and training must not round differently with --threads
+    g, wp, period, size, n_t = _layout(n, c, h, w, pad, 1)
     o4 = -(-o // 4) * 4
     dW = np.empty((o4, c, 9), x.dtype)
     _weight_grad(_stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)

@@ -2,14 +2,17 @@
 backward-data and backward-weights on random legal shapes, refusals with a reason, float64 finite
 differences and determinism."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
+from npdc.kernels import conv_flat
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
+from npdc.threads import set_threads
 from tests.conftest import naive_conv2d, naive_conv2d_backward, out_len, rel_err
 from tests.kernels.test_conv_kernels import conv_cases
 
@@ -113,10 +116,33 @@ def test_primitive_passes_gradcheck_in_float64(name, case):
 
 
 @pytest.mark.parametrize("pad", [0, 1, 2])
-def test_flat_with_many_blocks_and_a_partly_filled_stack(pad):
-    """Output channels past one register block (13 = 8 + 5), and images stacked two to a plane
-    with the last plane half full (20x20 planes: 2 per stack, 3 images)."""
+def test_flat_with_many_blocks_and_a_partly_filled_stack(pad, monkeypatch):
+    """Output channels past one register block (13 = 8 + 5), images stacked two to a plane with
+    the last plane half full (a plane budget of two padded 20x20 images, 3 images), and planes
+    longer than one accumulator tile."""
+    monkeypatch.setattr(conv_flat, "PLANE_FLOATS", 9 * 2 * (20 + pad) * (19 + pad))
+    assert conv_flat._layout(3, 9, 20, 19, pad, 1)[0] == 2
+    assert conv_flat._layout(3, 9, 20, 19, pad, 1)[4] > conv_flat.TILE
     _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
+
+
+def test_flat_gives_the_same_bits_with_one_or_two_threads():
+    """The forward's plane count follows the thread count, the weight gradient's grouping does
+    not, so training rounds the same whatever --threads says."""
+    r = np.random.default_rng(3)
+    x = r.standard_normal((37, 5, 9, 9)).astype(np.float32)
+    W = r.standard_normal((11, 5, 3, 3)).astype(np.float32)
+    dy = r.standard_normal((37, 11, 9, 9)).astype(np.float32)
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            runs.append((conv2d_forward(x, W, 1, 1, primitive="flat"),)
+                        + conv2d_backward(x, W, dy, 1, 1, primitive="flat"))
+    finally:
+        set_threads(before)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("name, case, reason", [
