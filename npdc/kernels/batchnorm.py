@@ -4,10 +4,10 @@ Forward makes two passes (mean, then centred variance, accumulated in float64) a
 writes y; backward recomputes x-hat from x instead of keeping a normalised copy, so only x is
 cached. The NumPy form of the same maths made ~6 full passes over the tensor each way. The
 per-channel sums may be reassociated so they vectorise (a sequential float64 sum waits on the
-adder's latency at every element; 2x slower forward); each channel is summed by one thread, so
-the rounding does not depend on the thread count. In eval
-mode the layer is one multiply-add per element with folded running statistics, done here in one
-pass instead of NumPy's two with a temporary.
+adder's latency at every element: 2x slower forward); each channel is summed by one thread, so
+the rounding does not depend on the thread count. In eval mode the layer is one multiply-add per
+element with folded running statistics, done here in one pass instead of NumPy's two with a
+temporary.
 """
 
 import numba

@@ -158,9 +158,10 @@ def _blocked(W9):
 def _correlate(x, W9, pad):
     """Valid 3x3 correlation of x zero-padded by `pad`: x (N, C, H, W), W9 (O, C, 9)."""
     n, c, h, w = x.shape
-    g, wp, period, size, n_t = _layout(n, c, h, w, pad, numba.get_num_threads())
+    threads = numba.get_num_threads()
+    g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads)
     y = np.empty((n, W9.shape[0], out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)), x.dtype)
-    _convolve(x, _blocked(W9), pad, g, wp, period, size, n_t, y, numba.get_num_threads())
+    _convolve(x, _blocked(W9), pad, g, wp, period, size, n_t, y, threads)
     return y
 
 
