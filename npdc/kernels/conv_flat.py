@@ -238,18 +238,24 @@ def _stack_rows(dy, g, wp, period, n_t, o4):
     return out
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+def weight_gradient(x, dy, pad):
+    """dW (O, C, 3, 3) of the 3x3 stride-1 convolution of x (N, C, H, W) padded by `pad`."""
     n, c, h, w = x.shape
-    o = W.shape[0]
-    dx = None
-    if need_dx:
-        flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o, 9)
-        dx = _correlate(dy, np.ascontiguousarray(flipped), 2 - pad)
+    o = dy.shape[1]
     # one thread's layout whatever the thread count: g sets how the weight gradient's sums are
     # grouped, and training must not round differently with --threads
     g, wp, period, size, n_t = _layout(n, c, h, w, pad, 1)
     o4 = -(-o // 4) * 4
     dW = np.empty((o4, c, 9), x.dtype)
     _weight_grad(_stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
-    return dx, dW[:o].reshape(W.shape)
+    return dW[:o].reshape(o, c, 3, 3)
+
+
+def backward(x, W, dy, stride, pad, groups, need_dx):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+    c, o = x.shape[1], W.shape[0]
+    dx = None
+    if need_dx:
+        flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, o, 9)
+        dx = _correlate(dy, np.ascontiguousarray(flipped), 2 - pad)
+    return dx, weight_gradient(x, dy, pad)

@@ -11,6 +11,10 @@ are long contiguous axpys that vectorise instead of per-tile 4x4/6x6 products.
 Backward is the exact transpose of each linear step, so it stays in the Winograd domain:
 dM = A dY A^T, dU = sum_tiles dM V^T, dV = U^T dM, dx = scatter(B dV B^T), dW = G^T dU G.
 Stride 1, 3x3 kernels, groups = 1 only; any padding.
+
+The registry's `winograd2` runs this module with m = 2. F(4x4, 3x3) runs as `winograd4` in
+conv_winograd4, whose transforms are fused per chunk (this module's m = 4 passes lost the 4x
+saving to memory traffic); it takes its G from `matrices` here.
 """
 
 import numba
@@ -209,7 +213,7 @@ def _weights(W, G):
     return np.ascontiguousarray(U.reshape(alpha * alpha, W.shape[0], W.shape[1]), dtype=W.dtype)
 
 
-def forward(x, W, stride, pad, groups, m=4):
+def forward(x, W, stride, pad, groups, m=2):
     """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, Ho, Wo), stride 1."""
     n, c, h, w = x.shape
     o = W.shape[0]
@@ -221,7 +225,7 @@ def forward(x, W, stride, pad, groups, m=4):
     return y
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx, m=4):
+def backward(x, W, dy, stride, pad, groups, need_dx, m=2):
     """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     n = x.shape[0]
     BT, G, AT = matrices(m, x.dtype)

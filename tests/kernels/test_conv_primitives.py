@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat
+from npdc.kernels import conv_flat, conv_winograd4
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -126,19 +126,31 @@ def test_flat_with_many_blocks_and_a_partly_filled_stack(pad, monkeypatch):
     _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
 
 
-def test_flat_gives_the_same_bits_with_one_or_two_threads():
-    """The forward's plane count follows the thread count, the weight gradient's grouping does
-    not, so training rounds the same whatever --threads says."""
+@pytest.mark.parametrize("budget, per_task, span", [(576 * 6, 1, 6), (576 * 30, 3, 27)])
+def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budget, per_task, span, monkeypatch):
+    """A chunk budget smaller than one image's 3x3 tiles (chunks of two tile rows and of one) and
+    one that packs three images per task (the last task partly filled); 11x10 outputs leave the
+    last tile row one row short and the last tile column two columns short."""
+    monkeypatch.setattr(conv_winograd4, "BUDGET", budget)
+    assert conv_winograd4._layout(5, 8, 8, 3, 3) == (per_task, span)
+    for pad in (0, 1, 2):
+        _check_all_three("winograd4", ((5, 6, 13 - 2 * pad, 12 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
+
+
+@pytest.mark.parametrize("name", ["flat", "winograd4"])
+def test_same_bits_with_one_or_two_threads(name):
+    """flat's plane count and Winograd's task split follow the thread count, but no sum is
+    grouped by it, so training rounds the same whatever --threads says."""
     r = np.random.default_rng(3)
-    x = r.standard_normal((37, 5, 9, 9)).astype(np.float32)
-    W = r.standard_normal((11, 5, 3, 3)).astype(np.float32)
+    x = r.standard_normal((37, 9, 9, 9)).astype(np.float32)
+    W = r.standard_normal((11, 9, 3, 3)).astype(np.float32)
     dy = r.standard_normal((37, 11, 9, 9)).astype(np.float32)
     runs, before = [], numba.get_num_threads()
     try:
         for threads in (1, 2):
             set_threads(threads)
-            runs.append((conv2d_forward(x, W, 1, 1, primitive="flat"),)
-                        + conv2d_backward(x, W, dy, 1, 1, primitive="flat"))
+            runs.append((conv2d_forward(x, W, 1, 1, primitive=name),)
+                        + conv2d_backward(x, W, dy, 1, 1, primitive=name))
     finally:
         set_threads(before)
     for a, b in zip(*runs):
@@ -152,6 +164,7 @@ def test_flat_gives_the_same_bits_with_one_or_two_threads():
     ("kn2row", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
     ("fft", ((1, 4, 6, 6), (4, 4, 1, 1), 1, 0, 1), "1x1"),
     ("flat", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 3, 1), "padding"),
+    ("winograd4", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 3, 1), "padding"),
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
 ])
 def test_refusals_are_clear(name, case, reason):

@@ -1,0 +1,230 @@
+"""Winograd F(4x4, 3x3) convolution with the transforms fused into the tile loop (Lavin & Gray
+2016, "Fast Algorithms for Convolutional Neural Networks"; the matrices B^T, G, A^T are the
+paper's, interpolation points 0, +-1, +-2, infinity).
+
+Why: each 4x4 output tile costs 36 multiply-adds per channel pair instead of 144, so the GEMM
+part does a quarter of the direct work. The unfused F(m x m, 3 x 3) in conv_winograd writes every
+transform to memory in its own pass and loses that gain to memory traffic at ResNet shapes.
+
+How: each parallel task copies g images into a zero-padded plane per thread, then goes through
+its tiles a chunk of whole tile rows at a time. For a chunk it transforms the inputs into
+V (36, C, T) (rows combined along whole padded rows, which is contiguous, then columns per tile),
+runs 36 GEMMs M_xi (O, T) = U_xi (O, C) @ V_xi (C, T) with two output channels by four input
+channels per sweep, and turns each output channel's M into its 4x4 tiles, written straight into
+y. A chunk's V and M together hold about BUDGET floats, so they stay in the core's caches.
+
+Every output is computed by one task, from its own tile only, in a fixed order of operations,
+so the result does not depend on the thread count. The data gradient is the same convolution on
+dy with the kernels flipped and transposed (padding 2 - pad); the weight gradient is flat's.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels import conv_flat
+from npdc.kernels.conv_winograd import matrices
+from npdc.kernels.im2col import out_size
+
+BUDGET = 384 * 1024  # floats of V and M per chunk (measured: 192 Ki and 768 Ki were slower)
+LANES = 8  # chunks are computed in whole vectors of this many tiles
+
+refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
+
+
+@numba.njit(parallel=True, cache=True)
+def _kernels(W, G, U):
+    """U[a*6 + b, o, c] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded."""
+    o, c = W.shape[0], W.shape[1]
+    for k in numba.prange(o):
+        half = np.empty((6, 3))
+        for ch in range(c):
+            g = W[k, ch]
+            for a in range(6):
+                for j in range(3):
+                    half[a, j] = G[a, 0] * g[0, j] + G[a, 1] * g[1, j] + G[a, 2] * g[2, j]
+            for a in range(6):
+                for b in range(6):
+                    U[a * 6 + b, k, ch] = half[a, 0] * G[b, 0] + half[a, 1] * G[b, 1] + half[a, 2] * G[b, 2]
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
+    """V[a*6 + b, c, r*tw + tx] = (B^T d B)[a, b] for the 6x6 window d at xp[c, row_bases[r] + 4*tx].
+    K holds the constants 2, 4, 5 in the data's type (Python integers would promote to float64)."""
+    k2, k4, k5 = K[0], K[1], K[2]
+    width = 4 * tw + 2
+    for c in range(xp.shape[0]):
+        x = xp[c]
+        for r in range(row_bases.shape[0]):
+            p = row_bases[r]
+            x0, x1, x2 = x[p:p + width], x[p + wp:p + wp + width], x[p + 2 * wp:p + 2 * wp + width]
+            x3, x4, x5 = x[p + 3 * wp:p + 3 * wp + width], x[p + 4 * wp:p + 4 * wp + width], \
+                x[p + 5 * wp:p + 5 * wp + width]
+            z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
+            for col in range(width):
+                d0, d1, d2, d3, d4, d5 = x0[col], x1[col], x2[col], x3[col], x4[col], x5[col]
+                z0[col] = k4 * d0 - k5 * d2 + d4
+                z1[col] = (d3 + d4) - k4 * (d1 + d2)
+                z2[col] = k4 * (d1 - d2) + (d4 - d3)
+                z3[col] = k2 * (d3 - d1) + (d4 - d2)
+                z4[col] = k2 * (d1 - d3) + (d4 - d2)
+                z5[col] = k4 * d1 - k5 * d3 + d5
+            for a in range(6):
+                z = Z[a]
+                for tx in range(tw):
+                    q, t = 4 * tx, r * tw + tx
+                    d0, d1, d2, d3, d4, d5 = z[q], z[q + 1], z[q + 2], z[q + 3], z[q + 4], z[q + 5]
+                    V[6 * a, c, t] = k4 * d0 - k5 * d2 + d4
+                    V[6 * a + 1, c, t] = (d3 + d4) - k4 * (d1 + d2)
+                    V[6 * a + 2, c, t] = k4 * (d1 - d2) + (d4 - d3)
+                    V[6 * a + 3, c, t] = k2 * (d3 - d1) + (d4 - d2)
+                    V[6 * a + 4, c, t] = k2 * (d1 - d3) + (d4 - d2)
+                    V[6 * a + 5, c, t] = k4 * d1 - k5 * d3 + d5
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _gemm(U, V, M, T):
+    """M[xi, o, t] = sum_c U[xi, o, c] V[xi, c, t] for t < T; O even and C a multiple of 4 (U is
+    zero-padded). Two output rows by four input rows per sweep keeps the eight weights in
+    registers; each vector step then does eight multiply-adds for six loads and two stores."""
+    n_xi, o2, c4 = U.shape
+    for xi in range(n_xi):
+        Ux, Vx = U[xi], V[xi]
+        for o in range(0, o2, 2):
+            m0, m1 = M[xi, o], M[xi, o + 1]
+            for t in range(T):
+                m0[t] = 0
+                m1[t] = 0
+            for c in range(0, c4, 4):
+                a0, a1, a2, a3 = Ux[o, c], Ux[o, c + 1], Ux[o, c + 2], Ux[o, c + 3]
+                b0, b1, b2, b3 = Ux[o + 1, c], Ux[o + 1, c + 1], Ux[o + 1, c + 2], Ux[o + 1, c + 3]
+                v0, v1, v2, v3 = Vx[c], Vx[c + 1], Vx[c + 2], Vx[c + 3]
+                for t in range(T):
+                    e0, e1, e2, e3 = v0[t], v1[t], v2[t], v3[t]
+                    m0[t] = m0[t] + a0 * e0 + a1 * e1 + a2 * e2 + a3 * e3
+                    m1[t] = m1[t] + b0 * e0 + b1 * e1 + b2 * e2 + b3 * e3
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _tiles_out_rows(M, o, T, Q, K):
+    """Q[i*6 + b, t] = (A^T m_t)[i, b] for output channel o's 6x6 products m_t = M[:, o, t]."""
+    k2, k4, k8 = K[0], K[1], K[3]
+    for b in range(6):
+        m0, m1, m2, m3, m4, m5 = M[b, o], M[6 + b, o], M[12 + b, o], M[18 + b, o], M[24 + b, o], M[30 + b, o]
+        q0, q1, q2, q3 = Q[b], Q[6 + b], Q[12 + b], Q[18 + b]
+        for t in range(T):
+            s12, d12 = m1[t] + m2[t], m1[t] - m2[t]
+            s34, d34 = m3[t] + m4[t], m3[t] - m4[t]
+            q0[t] = m0[t] + s12 + s34
+            q1[t] = d12 + k2 * d34
+            q2[t] = s12 + k4 * s34
+            q3[t] = d12 + k8 * d34 + m5[t]
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _tiles_out_store(Q, tw, images, tile_rows, K, y_o):
+    """y_o[images[r], 4*tile_rows[r] + i, 4*tx + j] = (Q A)[i, j] of tile (r, tx), clipped to y."""
+    k2, k4, k8 = K[0], K[1], K[3]
+    ho, wo = y_o.shape[1], y_o.shape[2]
+    for r in range(images.shape[0]):
+        dst = y_o[images[r]]
+        oy = 4 * tile_rows[r]
+        for i in range(min(4, ho - oy)):
+            row = dst[oy + i]
+            q0, q1, q2, q3, q4, q5 = Q[6 * i], Q[6 * i + 1], Q[6 * i + 2], Q[6 * i + 3], Q[6 * i + 4], Q[6 * i + 5]
+            for tx in range(tw):
+                t, ox = r * tw + tx, 4 * tx
+                s12, d12 = q1[t] + q2[t], q1[t] - q2[t]
+                s34, d34 = q3[t] + q4[t], q3[t] - q4[t]
+                y0, y1 = q0[t] + s12 + s34, d12 + k2 * d34
+                y2, y3 = s12 + k4 * s34, d12 + k8 * d34 + q5[t]
+                if ox + 4 <= wo:
+                    row[ox], row[ox + 1], row[ox + 2], row[ox + 3] = y0, y1, y2, y3
+                else:  # the last tile of a row whose width is not a multiple of 4
+                    row[ox] = y0
+                    if ox + 1 < wo:
+                        row[ox + 1] = y1
+                    if ox + 2 < wo:
+                        row[ox + 2] = y2
+
+
+@numba.njit(parallel=True, cache=True)
+def _convolve(x, U, pad, g, th, tw, span, y, n_threads):
+    """y = the valid 3x3 correlation of x zero-padded by `pad`, g images per task and chunks of
+    span tiles (whole tile rows) per GEMM."""
+    n, c, h, w = x.shape
+    c4, o2 = U.shape[2], U.shape[1]
+    o = y.shape[1]
+    hp, wp = 4 * th + 2, 4 * tw + 2
+    plane = hp * wp
+    n_tasks = (n + g - 1) // g
+    rows_per_chunk = span // tw
+    K = np.array([2, 4, 5, 8], x.dtype)
+    planes = np.zeros((n_threads, c, g * plane), x.dtype)
+    Vs = np.zeros((n_threads, 36, c4, span + LANES), x.dtype)
+    Ms = np.empty((n_threads, 36, o2, span + LANES), x.dtype)
+    Zs = np.empty((n_threads, 6, wp), x.dtype)
+    Qs = np.empty((n_threads, 24, span + LANES), x.dtype)
+    where = np.zeros((n_threads, 3, rows_per_chunk), np.int64)
+    for task in numba.prange(n_tasks):
+        tid = numba.get_thread_id()
+        xp, V, M, Z, Q = planes[tid], Vs[tid], Ms[tid], Zs[tid], Qs[tid]
+        bases, images, tile_rows = where[tid, 0], where[tid, 1], where[tid, 2]
+        first = task * g
+        count = min(g, n - first)
+        for k in range(count):
+            for ch in range(c):
+                dst = xp[ch]
+                for r in range(h):
+                    src, start = x[first + k, ch, r], k * plane + (r + pad) * wp + pad
+                    for col in range(w):
+                        dst[start + col] = src[col]
+        for r0 in range(0, count * th, rows_per_chunk):
+            rows = min(rows_per_chunk, count * th - r0)
+            for r in range(rows):
+                images[r], tile_rows[r] = (r0 + r) // th, (r0 + r) % th
+                bases[r] = images[r] * plane + 4 * tile_rows[r] * wp
+            lanes = -(-rows * tw // LANES) * LANES
+            _tiles_in(xp, bases[:rows], tw, wp, Z, V, K)
+            _gemm(U, V, M, lanes)
+            for k in range(o):
+                _tiles_out_rows(M, k, lanes, Q, K)
+                _tiles_out_store(Q, tw, images[:rows], tile_rows[:rows], K, y[first:first + count, k])
+
+
+def _layout(n, c4, o2, th, tw):
+    """(images per task g, tiles per chunk span): a chunk is whole tile rows whose V and M fit
+    BUDGET; a task holds as many images as one chunk covers (at least one)."""
+    per = th * tw
+    span = max(LANES, BUDGET // (36 * (c4 + o2)))
+    g = max(1, min(n, span // per))
+    span = min(span, g * per)
+    return g, max(tw, span // tw * tw)
+
+
+def _correlate(x, W, pad):
+    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3)."""
+    n, c, h, w = x.shape
+    o = W.shape[0]
+    ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
+    th, tw = -(-ho // 4), -(-wo // 4)
+    c4, o2 = -(-c // 4) * 4, -(-o // 2) * 2
+    U = np.zeros((36, o2, c4), x.dtype)
+    _kernels(W, matrices(4, np.float64)[1], U)
+    g, span = _layout(n, c4, o2, th, tw)
+    y = np.empty((n, o, ho, wo), x.dtype)
+    _convolve(x, U, pad, g, th, tw, span, y, numba.get_num_threads())
+    return y
+
+
+def forward(x, W, stride, pad, groups):
+    """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2)."""
+    return _correlate(x, W, pad)
+
+
+def backward(x, W, dy, stride, pad, groups, need_dx):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+    dx = None
+    if need_dx:
+        dx = _correlate(dy, np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 2 - pad)
+    return dx, conv_flat.weight_gradient(x, dy, pad)
