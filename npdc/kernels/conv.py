@@ -9,6 +9,7 @@ npdc.kernels.select measures and chooses per layer instead. All primitives take 
 float arrays and keep float64 in float64 (gradient checks rely on it).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -70,6 +71,17 @@ def force_primitive(name):
     if name is not None and name not in PRIMITIVES:
         raise ValueError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
     _forced["name"] = name
+
+
+@contextmanager
+def primitive_forced(name):
+    """force_primitive(name) inside a with block, the previous choice again after it."""
+    before = _forced["name"]
+    force_primitive(name)
+    try:
+        yield
+    finally:
+        _forced["name"] = before
 
 
 def choose_primitive(planned, x_shape, W_shape, stride, pad, groups):
