@@ -47,6 +47,20 @@ def _kernels(W, G, U):
                     U[a * 6 + b, k, ch] = half[a, 0] * G[b, 0] + half[a, 1] * G[b, 1] + half[a, 2] * G[b, 2]
 
 
+@numba.njit(cache=True, inline="always")
+def _bt(d0, d1, d2, d3, d4, d5, k2, k4, k5):
+    """B^T d for one 6-vector d (F(4x4, 3x3) input transform along one axis)."""
+    return (k4 * d0 - k5 * d2 + d4, (d3 + d4) - k4 * (d1 + d2), k4 * (d1 - d2) + (d4 - d3),
+            k2 * (d3 - d1) + (d4 - d2), k2 * (d1 - d3) + (d4 - d2), k4 * d1 - k5 * d3 + d5)
+
+
+@numba.njit(cache=True, inline="always")
+def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
+    """A^T m for one 6-vector m (F(4x4, 3x3) output transform along one axis)."""
+    s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return m0 + s12 + s34, d12 + k2 * d34, s12 + k4 * s34, d12 + k8 * d34 + m5
+
+
 @numba.njit(cache=True, fastmath={"contract"})
 def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
     """V[a*6 + b, c, r*tw + tx] = (B^T d B)[a, b] for the 6x6 window d at xp[c, row_bases[r] + 4*tx].
@@ -62,24 +76,15 @@ def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
                 x[p + 5 * wp:p + 5 * wp + width]
             z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
             for col in range(width):
-                d0, d1, d2, d3, d4, d5 = x0[col], x1[col], x2[col], x3[col], x4[col], x5[col]
-                z0[col] = k4 * d0 - k5 * d2 + d4
-                z1[col] = (d3 + d4) - k4 * (d1 + d2)
-                z2[col] = k4 * (d1 - d2) + (d4 - d3)
-                z3[col] = k2 * (d3 - d1) + (d4 - d2)
-                z4[col] = k2 * (d1 - d3) + (d4 - d2)
-                z5[col] = k4 * d1 - k5 * d3 + d5
+                z0[col], z1[col], z2[col], z3[col], z4[col], z5[col] = _bt(
+                    x0[col], x1[col], x2[col], x3[col], x4[col], x5[col], k2, k4, k5)
             for a in range(6):
                 z = Z[a]
                 for tx in range(tw):
                     q, t = 4 * tx, r * tw + tx
-                    d0, d1, d2, d3, d4, d5 = z[q], z[q + 1], z[q + 2], z[q + 3], z[q + 4], z[q + 5]
-                    V[6 * a, c, t] = k4 * d0 - k5 * d2 + d4
-                    V[6 * a + 1, c, t] = (d3 + d4) - k4 * (d1 + d2)
-                    V[6 * a + 2, c, t] = k4 * (d1 - d2) + (d4 - d3)
-                    V[6 * a + 3, c, t] = k2 * (d3 - d1) + (d4 - d2)
-                    V[6 * a + 4, c, t] = k2 * (d1 - d3) + (d4 - d2)
-                    V[6 * a + 5, c, t] = k4 * d1 - k5 * d3 + d5
+                    v = _bt(z[q], z[q + 1], z[q + 2], z[q + 3], z[q + 4], z[q + 5], k2, k4, k5)
+                    for b in range(6):
+                        V[6 * a + b, c, t] = v[b]
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -113,12 +118,7 @@ def _tiles_out_rows(M, o, T, Q, K):
         m0, m1, m2, m3, m4, m5 = M[b, o], M[6 + b, o], M[12 + b, o], M[18 + b, o], M[24 + b, o], M[30 + b, o]
         q0, q1, q2, q3 = Q[b], Q[6 + b], Q[12 + b], Q[18 + b]
         for t in range(T):
-            s12, d12 = m1[t] + m2[t], m1[t] - m2[t]
-            s34, d34 = m3[t] + m4[t], m3[t] - m4[t]
-            q0[t] = m0[t] + s12 + s34
-            q1[t] = d12 + k2 * d34
-            q2[t] = s12 + k4 * s34
-            q3[t] = d12 + k8 * d34 + m5[t]
+            q0[t], q1[t], q2[t], q3[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], k2, k4, k8)
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -134,10 +134,7 @@ def _tiles_out_store(Q, tw, images, tile_rows, K, y_o):
             q0, q1, q2, q3, q4, q5 = Q[6 * i], Q[6 * i + 1], Q[6 * i + 2], Q[6 * i + 3], Q[6 * i + 4], Q[6 * i + 5]
             for tx in range(tw):
                 t, ox = r * tw + tx, 4 * tx
-                s12, d12 = q1[t] + q2[t], q1[t] - q2[t]
-                s34, d34 = q3[t] + q4[t], q3[t] - q4[t]
-                y0, y1 = q0[t] + s12 + s34, d12 + k2 * d34
-                y2, y3 = s12 + k4 * s34, d12 + k8 * d34 + q5[t]
+                y0, y1, y2, y3 = _at(q0[t], q1[t], q2[t], q3[t], q4[t], q5[t], k2, k4, k8)
                 if ox + 4 <= wo:
                     row[ox], row[ox + 1], row[ox + 2], row[ox + 3] = y0, y1, y2, y3
                 else:  # the last tile of a row whose width is not a multiple of 4
