@@ -6,17 +6,20 @@ Why: each 4x4 output tile costs 36 multiply-adds per channel pair instead of 144
 part does a quarter of the direct work. The unfused F(m x m, 3 x 3) in conv_winograd writes every
 transform to memory in its own pass and loses that gain to memory traffic at ResNet shapes.
 
-How: each parallel task copies g images into a zero-padded plane per thread, then goes through
+How: each parallel task copies its run of images into a zero-padded plane per thread, then goes through
 its tiles a chunk of whole tile rows at a time. For a chunk it transforms the inputs into
 V (36, C, T) (rows combined along whole padded rows, which is contiguous, then columns per tile),
-runs 36 GEMMs M_xi (O, T) = U_xi (O, C) @ V_xi (C, T) with two output channels by four input
-channels per sweep, and turns each output channel's M into its 4x4 tiles, written straight into
-y. A chunk's V and M together hold about BUDGET floats, so they stay in the core's caches.
+runs 36 GEMMs M_xi (O, T) = U_xi^T @ V_xi with U_xi (C, O), V_xi (C, T), a register block of
+four output channels by sixteen tiles at a time, and turns each output channel's M into its 4x4
+tiles, written straight into y. A chunk's V and M together hold about BUDGET floats, so they
+stay in the core's caches.
 
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
 so the result does not depend on the thread count. The data gradient is the same convolution on
 dy with the kernels flipped and transposed (padding 2 - pad); the weight gradient is flat's.
 """
+
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -26,14 +29,14 @@ from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
 BUDGET = 384 * 1024  # floats of V and M per chunk (measured: 192 Ki and 768 Ki were slower)
-LANES = 8  # chunks are computed in whole vectors of this many tiles
+LANES = 16  # chunks are computed in whole blocks of this many tiles (_gemm's width)
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
 
 
 @numba.njit(parallel=True, cache=True)
 def _kernels(W, G, U):
-    """U[a*6 + b, o, c] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded."""
+    """U[a*6 + b, c, o] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded."""
     o, c = W.shape[0], W.shape[1]
     for k in numba.prange(o):
         half = np.empty((6, 3))
@@ -44,7 +47,7 @@ def _kernels(W, G, U):
                     half[a, j] = G[a, 0] * g[0, j] + G[a, 1] * g[1, j] + G[a, 2] * g[2, j]
             for a in range(6):
                 for b in range(6):
-                    U[a * 6 + b, k, ch] = half[a, 0] * G[b, 0] + half[a, 1] * G[b, 1] + half[a, 2] * G[b, 2]
+                    U[a * 6 + b, ch, k] = half[a, 0] * G[b, 0] + half[a, 1] * G[b, 1] + half[a, 2] * G[b, 2]
 
 
 @numba.njit(cache=True, inline="always")
@@ -87,27 +90,92 @@ def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
                         V[6 * a + b, c, t] = v[b]
 
 
-@numba.njit(cache=True, fastmath={"contract"})
-def _gemm(U, V, M, T):
-    """M[xi, o, t] = sum_c U[xi, o, c] V[xi, c, t] for t < T; O even and C a multiple of 4 (U is
-    zero-padded). Two output rows by four input rows per sweep keeps the eight weights in
-    registers; each vector step then does eight multiply-adds for six loads and two stores."""
-    n_xi, o2, c4 = U.shape
+@contextmanager
+def _straight_line_vectorised():
+    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
+    _gemm's sixteen scalar sums per row only become vector registers with it."""
+    old = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = old
+
+
+J = tuple(np.uint64(j) for j in range(16))  # unsigned offsets, so indexing emits no wraparound test
+
+
+def _gemm_body(U, V, M, T):
+    """M[xi, o, t] = sum_c U[xi, c, o] V[xi, c, t] for t < T (a multiple of 16), O a multiple of 4.
+
+    A block of four output channels by sixteen tiles is summed over all c in 64 scalars, which the
+    SLP vectoriser packs into eight 8-lane registers; per c, two vector loads and four broadcasts
+    feed eight multiply-adds, and M is written once. (A loop over t instead pays LLVM's alias
+    checks on every entry, which halved the speed at the 16-100 tiles a chunk holds.)"""
+    n_xi, n_c, o4 = U.shape
+    z = np.zeros(1, V.dtype)[0]
     for xi in range(n_xi):
-        Ux, Vx = U[xi], V[xi]
-        for o in range(0, o2, 2):
-            m0, m1 = M[xi, o], M[xi, o + 1]
-            for t in range(T):
-                m0[t] = 0
-                m1[t] = 0
-            for c in range(0, c4, 4):
-                a0, a1, a2, a3 = Ux[o, c], Ux[o, c + 1], Ux[o, c + 2], Ux[o, c + 3]
-                b0, b1, b2, b3 = Ux[o + 1, c], Ux[o + 1, c + 1], Ux[o + 1, c + 2], Ux[o + 1, c + 3]
-                v0, v1, v2, v3 = Vx[c], Vx[c + 1], Vx[c + 2], Vx[c + 3]
-                for t in range(T):
-                    e0, e1, e2, e3 = v0[t], v1[t], v2[t], v3[t]
-                    m0[t] = m0[t] + a0 * e0 + a1 * e1 + a2 * e2 + a3 * e3
-                    m1[t] = m1[t] + b0 * e0 + b1 * e1 + b2 * e2 + b3 * e3
+        Ux, Vx, Mx = U[xi], V[xi], M[xi]
+        for t0 in range(0, T, 16):
+            p = numba.uint64(t0)
+            for o in range(0, o4, 4):
+                q = numba.uint64(o)
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = z
+                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = z
+                f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = f8 = f9 = f10 = f11 = f12 = f13 = f14 = f15 = z
+                h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = h8 = h9 = h10 = h11 = h12 = h13 = h14 = h15 = z
+                for c in range(n_c):
+                    v, u = Vx[c], Ux[c]
+                    e0, e1, e2, e3 = v[p], v[p + J[1]], v[p + J[2]], v[p + J[3]]
+                    e4, e5, e6, e7 = v[p + J[4]], v[p + J[5]], v[p + J[6]], v[p + J[7]]
+                    e8, e9, e10, e11 = v[p + J[8]], v[p + J[9]], v[p + J[10]], v[p + J[11]]
+                    e12, e13, e14, e15 = v[p + J[12]], v[p + J[13]], v[p + J[14]], v[p + J[15]]
+                    w = u[q]
+                    a0, a1, a2, a3 = a0 + w * e0, a1 + w * e1, a2 + w * e2, a3 + w * e3
+                    a4, a5, a6, a7 = a4 + w * e4, a5 + w * e5, a6 + w * e6, a7 + w * e7
+                    a8, a9, a10, a11 = a8 + w * e8, a9 + w * e9, a10 + w * e10, a11 + w * e11
+                    a12, a13, a14, a15 = a12 + w * e12, a13 + w * e13, a14 + w * e14, a15 + w * e15
+                    w = u[q + J[1]]
+                    b0, b1, b2, b3 = b0 + w * e0, b1 + w * e1, b2 + w * e2, b3 + w * e3
+                    b4, b5, b6, b7 = b4 + w * e4, b5 + w * e5, b6 + w * e6, b7 + w * e7
+                    b8, b9, b10, b11 = b8 + w * e8, b9 + w * e9, b10 + w * e10, b11 + w * e11
+                    b12, b13, b14, b15 = b12 + w * e12, b13 + w * e13, b14 + w * e14, b15 + w * e15
+                    w = u[q + J[2]]
+                    f0, f1, f2, f3 = f0 + w * e0, f1 + w * e1, f2 + w * e2, f3 + w * e3
+                    f4, f5, f6, f7 = f4 + w * e4, f5 + w * e5, f6 + w * e6, f7 + w * e7
+                    f8, f9, f10, f11 = f8 + w * e8, f9 + w * e9, f10 + w * e10, f11 + w * e11
+                    f12, f13, f14, f15 = f12 + w * e12, f13 + w * e13, f14 + w * e14, f15 + w * e15
+                    w = u[q + J[3]]
+                    h0, h1, h2, h3 = h0 + w * e0, h1 + w * e1, h2 + w * e2, h3 + w * e3
+                    h4, h5, h6, h7 = h4 + w * e4, h5 + w * e5, h6 + w * e6, h7 + w * e7
+                    h8, h9, h10, h11 = h8 + w * e8, h9 + w * e9, h10 + w * e10, h11 + w * e11
+                    h12, h13, h14, h15 = h12 + w * e12, h13 + w * e13, h14 + w * e14, h15 + w * e15
+                m = Mx[o + 0]
+                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = a0, a1, a2, a3
+                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = a4, a5, a6, a7
+                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = a8, a9, a10, a11
+                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = a12, a13, a14, a15
+                m = Mx[o + 1]
+                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = b0, b1, b2, b3
+                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = b4, b5, b6, b7
+                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = b8, b9, b10, b11
+                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = b12, b13, b14, b15
+                m = Mx[o + 2]
+                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = f0, f1, f2, f3
+                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = f4, f5, f6, f7
+                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = f8, f9, f10, f11
+                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = f12, f13, f14, f15
+                m = Mx[o + 3]
+                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = h0, h1, h2, h3
+                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = h4, h5, h6, h7
+                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = h8, h9, h10, h11
+                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = h12, h13, h14, h15
+
+
+with _straight_line_vectorised():
+    _gemm = numba.njit(["void(f4[:, :, ::1], f4[:, :, ::1], f4[:, :, ::1], i8)",
+                        "void(f8[:, :, ::1], f8[:, :, ::1], f8[:, :, ::1], i8)"],
+                       cache=True, fastmath={"contract"})(_gemm_body)
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -146,20 +214,19 @@ def _tiles_out_store(Q, tw, images, tile_rows, K, y_o):
 
 
 @numba.njit(parallel=True, cache=True)
-def _convolve(x, U, pad, g, th, tw, span, y, n_threads):
-    """y = the valid 3x3 correlation of x zero-padded by `pad`, g images per task and chunks of
-    span tiles (whole tile rows) per GEMM."""
+def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
+    """y = the valid 3x3 correlation of x zero-padded by `pad`, the batch split evenly into
+    n_tasks runs of images, and chunks of span tiles (whole tile rows) per GEMM."""
     n, c, h, w = x.shape
-    c4, o2 = U.shape[2], U.shape[1]
-    o = y.shape[1]
+    o, o4 = y.shape[1], U.shape[2]
     hp, wp = 4 * th + 2, 4 * tw + 2
     plane = hp * wp
-    n_tasks = (n + g - 1) // g
+    g = (n + n_tasks - 1) // n_tasks
     rows_per_chunk = span // tw
     K = np.array([2, 4, 5, 8], x.dtype)
     planes = np.zeros((n_threads, c, g * plane), x.dtype)
-    Vs = np.zeros((n_threads, 36, c4, span + LANES), x.dtype)
-    Ms = np.empty((n_threads, 36, o2, span + LANES), x.dtype)
+    Vs = np.zeros((n_threads, 36, c, span + LANES), x.dtype)
+    Ms = np.empty((n_threads, 36, o4, span + LANES), x.dtype)
     Zs = np.empty((n_threads, 6, wp), x.dtype)
     Qs = np.empty((n_threads, 24, span + LANES), x.dtype)
     where = np.zeros((n_threads, 3, rows_per_chunk), np.int64)
@@ -167,8 +234,8 @@ def _convolve(x, U, pad, g, th, tw, span, y, n_threads):
         tid = numba.get_thread_id()
         xp, V, M, Z, Q = planes[tid], Vs[tid], Ms[tid], Zs[tid], Qs[tid]
         bases, images, tile_rows = where[tid, 0], where[tid, 1], where[tid, 2]
-        first = task * g
-        count = min(g, n - first)
+        first = task * n // n_tasks
+        count = (task + 1) * n // n_tasks - first
         for k in range(count):
             for ch in range(c):
                 dst = xp[ch]
@@ -189,14 +256,17 @@ def _convolve(x, U, pad, g, th, tw, span, y, n_threads):
                 _tiles_out_store(Q, tw, images[:rows], tile_rows[:rows], K, y[first:first + count, k])
 
 
-def _layout(n, c4, o2, th, tw):
-    """(images per task g, tiles per chunk span): a chunk is whole tile rows whose V and M fit
-    BUDGET; a task holds as many images as one chunk covers (at least one)."""
+def _layout(n, c, o4, th, tw, threads):
+    """(tasks, tiles per chunk span): a chunk is whole tile rows whose V and M fit BUDGET; a
+    task holds at most the images one chunk covers (at least one), and the task count is a whole
+    number of rounds of the threads (7 tasks on 2 threads had left one thread idle 1/8 of the
+    time), sizes differing by one image at most."""
     per = th * tw
-    span = max(LANES, BUDGET // (36 * (c4 + o2)))
+    span = max(LANES, BUDGET // (36 * (c + o4)))
     g = max(1, min(n, span // per))
-    span = min(span, g * per)
-    return g, max(tw, span // tw * tw)
+    n_tasks = min(n, -(-n // (g * threads)) * threads)
+    span = min(span, -(-n // n_tasks) * per)
+    return n_tasks, max(tw, span // tw * tw)
 
 
 def _correlate(x, W, pad):
@@ -205,12 +275,13 @@ def _correlate(x, W, pad):
     o = W.shape[0]
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     th, tw = -(-ho // 4), -(-wo // 4)
-    c4, o2 = -(-c // 4) * 4, -(-o // 2) * 2
-    U = np.zeros((36, o2, c4), x.dtype)
+    o4 = -(-o // 4) * 4
+    U = np.zeros((36, c, o4), x.dtype)
     _kernels(W, matrices(4, np.float64)[1], U)
-    g, span = _layout(n, c4, o2, th, tw)
+    threads = numba.get_num_threads()
+    n_tasks, span = _layout(n, c, o4, th, tw, threads)
     y = np.empty((n, o, ho, wo), x.dtype)
-    _convolve(x, U, pad, g, th, tw, span, y, numba.get_num_threads())
+    _convolve(x, U, pad, n_tasks, th, tw, span, y, threads)
     return y
 
 

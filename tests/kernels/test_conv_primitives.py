@@ -126,15 +126,27 @@ def test_flat_with_many_blocks_and_a_partly_filled_stack(pad, monkeypatch):
     _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
 
 
-@pytest.mark.parametrize("budget, per_task, span", [(576 * 6, 1, 6), (576 * 30, 3, 27)])
-def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budget, per_task, span, monkeypatch):
-    """A chunk budget smaller than one image's 3x3 tiles (chunks of two tile rows and of one) and
-    one that packs three images per task (the last task partly filled); 11x10 outputs leave the
-    last tile row one row short and the last tile column two columns short."""
+@pytest.mark.parametrize("budget, tasks, span", [(504 * 16, 5, 15), (504 * 75, 2, 75)])
+def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budget, tasks, span, monkeypatch):
+    """A chunk budget smaller than one image's 5x5 tiles (chunks of three tile rows, then two)
+    and one that packs three images into a task and two into the other; 19x18 outputs leave
+    the last tile row one row short and the last tile column two columns short."""
     monkeypatch.setattr(conv_winograd4, "BUDGET", budget)
-    assert conv_winograd4._layout(5, 8, 8, 3, 3) == (per_task, span)
+    assert conv_winograd4._layout(5, 6, 8, 5, 5, 2) == (tasks, span)  # 36 * (6 + 8) floats a tile
     for pad in (0, 1, 2):
-        _check_all_three("winograd4", ((5, 6, 13 - 2 * pad, 12 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
+        _check_all_three("winograd4", ((5, 6, 21 - 2 * pad, 20 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
+
+
+@pytest.mark.parametrize("c, side", [(64, 8), (128, 4), (32, 16), (16, 32)])
+def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
+    """Batch 128 at cifar-resnet20's layer shapes: every thread gets the same number of tasks
+    (the chunk budget alone gave 7 tasks at c64 and 4 uneven ones at c128), and a task's chunk
+    still fits the budget."""
+    tiles = -(-side // 4)
+    for threads in (1, 2):
+        n_tasks, span = conv_winograd4._layout(128, c, c, tiles, tiles, threads)
+        assert n_tasks % threads == 0
+        assert span <= max(conv_winograd4.LANES, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
 @pytest.mark.parametrize("name", ["flat", "winograd4"])
