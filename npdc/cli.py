@@ -446,8 +446,8 @@ def build_parser():
     def threads_arg(s):
         s.add_argument("--threads", type=_positive_int, default=2, help="threads for kernels and BLAS (default 2)")
         s.add_argument("--primitive", default=None, help="run every engine conv that accepts it with "
-                       "this primitive (direct, flat, im2col, kn2row, winograd2, winograd4, fft); the .npdc "
-                       "runtime has its own fused kernels")
+                       "this primitive (direct, flat, polyphase, im2col, kn2row, winograd2, winograd4, fft); "
+                       "the .npdc runtime has its own fused kernels")
 
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")

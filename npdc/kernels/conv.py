@@ -15,8 +15,8 @@ from functools import partial
 
 import numpy as np
 
-from npdc.kernels import (conv_direct, conv_fft, conv_flat, conv_im2col, conv_kn2row, conv_winograd,
-                          conv_winograd4)
+from npdc.kernels import (conv_direct, conv_fft, conv_flat, conv_im2col, conv_kn2row, conv_polyphase,
+                          conv_winograd, conv_winograd4)
 from npdc.kernels.im2col import out_size
 from npdc.threads import single_thread_numba_blas
 
@@ -41,6 +41,7 @@ PRIMITIVES = {
     "direct": Primitive("direct", _accepts_all, conv_direct.forward, conv_direct.backward),
     "im2col": Primitive("im2col", _accepts_all, conv_im2col.forward, conv_im2col.backward),
     "flat": Primitive("flat", conv_flat.refuse, conv_flat.forward, conv_flat.backward),
+    "polyphase": Primitive("polyphase", conv_polyphase.refuse, conv_polyphase.forward, conv_polyphase.backward),
     "kn2row": Primitive("kn2row", conv_kn2row.refuse, conv_kn2row.forward, conv_kn2row.backward),
     "winograd2": Primitive("winograd2", conv_winograd.refuse, partial(conv_winograd.forward, m=2),
                            partial(conv_winograd.backward, m=2)),
@@ -101,11 +102,13 @@ def legal_primitives(x_shape, W_shape, stride, pad, groups):
 def default_primitive(x_shape, W_shape, stride, pad, groups):
     """The primitive to use when no plan chose one, from measurements at ResNet shapes on 2-core
     AVX2 machines, batch 128: fused Winograd F(4x4,3x3) wins 3x3 stride-1 layers with 8 or more
-    input channels, flat those with fewer (the first layer), kn2row a 1x1 stride-1 unpadded layer
-    (one GEMM), im2col everything else."""
+    input channels, flat those with fewer (the first layer), polyphase 3x3 stride-2 layers, kn2row
+    a 1x1 stride-1 unpadded layer (one GEMM), im2col everything else."""
     o, cg, kh, kw = W_shape
     if groups == 1 and stride == 1 and (kh, kw) == (3, 3) and pad <= 2:
         return "winograd4" if cg >= 8 else "flat"
+    if groups == 1 and stride == 2 and (kh, kw) == (3, 3) and pad <= 1:
+        return "polyphase"
     if groups == 1 and stride == 1 and pad == 0 and kh == kw == 1:
         return "kn2row"
     return "im2col"

@@ -119,7 +119,6 @@ def _convolve(x, W9, pad, g, wp, period, size, n_t, y, n_threads):
     """y[i, o] = the valid 3x3 correlation of image i of x zero-padded by `pad`, one plane of
     g images per task."""
     n, c = x.shape[0], x.shape[1]
-    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     n_planes = (n + g - 1) // g
     n_lines = n_t // wp
     per_tile = max(1, TILE // wp)
@@ -135,16 +134,24 @@ def _convolve(x, W9, pad, g, wp, period, size, n_t, y, n_threads):
                 lines = min(per_tile, n_lines - first)
                 acc[:] = 0
                 _block(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
-                for line in range(first, first + lines):
-                    k, r = line // period, line % period
-                    if r < ho and k < images:
-                        start = (line - first) * wp
-                        for q in range(min(BLOCK, o - ob)):
-                            for col in range(wo):
-                                y[plane * g + k, ob + q, r, col] = acc[q, start + col]
+                store_lines(acc, first, lines, wp, period, images, plane * g, ob, y)
 
 
-def _blocked(W9):
+@numba.njit(cache=True)
+def store_lines(acc, first, lines, wp, period, images, i0, ob, y):
+    """Copy the output lines among plane lines first .. first+lines-1 (line = k*period + r for
+    image i0 + k, row r; the rest are padding) from the tile acc (BLOCK, lines*wp) into y[:, ob:]."""
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    for line in range(first, first + lines):
+        k, r = line // period, line % period
+        if r < ho and k < images:
+            start = (line - first) * wp
+            for q in range(min(BLOCK, o - ob)):
+                for col in range(wo):
+                    y[i0 + k, ob + q, r, col] = acc[q, start + col]
+
+
+def blocked(W9):
     """Pad the output-channel axis of W9: (O, C, 9) to a multiple of BLOCK with zero kernels."""
     o = W9.shape[0]
     full = -(-o // BLOCK) * BLOCK
@@ -161,7 +168,7 @@ def _correlate(x, W9, pad):
     threads = numba.get_num_threads()
     g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads)
     y = np.empty((n, W9.shape[0], out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)), x.dtype)
-    _convolve(x, _blocked(W9), pad, g, wp, period, size, n_t, y, threads)
+    _convolve(x, blocked(W9), pad, g, wp, period, size, n_t, y, threads)
     return y
 
 
@@ -225,7 +232,7 @@ def _weight_grad(dys, xs, wp, dW):
 
 
 @numba.njit(parallel=True, cache=True)
-def _stack_rows(dy, g, wp, period, n_t, o4):
+def stack_rows(dy, g, wp, period, n_t, o4):
     """dy (N, O, Ho, Wo) -> (ceil(N/g), O4, n_t): each output line where _convolve computes it,
     zero elsewhere and in channels >= O."""
     n, o, ho, wo = dy.shape
@@ -247,7 +254,7 @@ def weight_gradient(x, dy, pad):
     g, wp, period, size, n_t = _layout(n, c, h, w, pad, 1)
     o4 = -(-o // 4) * 4
     dW = np.empty((o4, c, 9), x.dtype)
-    _weight_grad(_stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
+    _weight_grad(stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
     return dW[:o].reshape(o, c, 3, 3)
 
 

@@ -85,6 +85,41 @@ def _backward(x, WT, dy, kh, kw, stride, pad, groups, dx, need_dx, chunk, n_thre
     return total
 
 
+@numba.njit(parallel=True, cache=True)
+def _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, n_threads):
+    """dx += col2im(W^T dy), chunk images at a time (the data half of _backward)."""
+    n, c = dx.shape[0], dx.shape[1]
+    rows, og = WT.shape[1], WT.shape[2]
+    cg, plane = c // groups, dy.shape[2] * dy.shape[3]
+    n_chunks = (n + chunk - 1) // chunk
+    cols_buf = np.empty((n_threads, rows * chunk * plane), dx.dtype)
+    dys_buf = np.empty((n_threads, og * chunk * plane), dx.dtype)
+    for t in numba.prange(n_threads):
+        for k in range(t, n_chunks, n_threads):
+            i0 = k * chunk
+            m = min(chunk, n - i0)
+            width = m * plane
+            cols = cols_buf[t, :rows * width].reshape((rows, width))
+            dys = dys_buf[t, :og * width].reshape((og, width))
+            for g in range(groups):
+                for i in range(m):
+                    dys[:, i * plane:(i + 1) * plane] = dy[i0 + i, g * og:(g + 1) * og].reshape((og, plane))
+                np.dot(WT[g], dys, cols)
+                for i in range(m):
+                    col2im(cols, g * cg, cg, kh, kw, stride, pad, dx[i0 + i], i * plane)
+
+
+def data_gradient(x_shape, W, dy, stride, pad):
+    """dx (x_shape) alone, for primitives that compute the weight gradient their own way."""
+    o, cg, kh, kw = W.shape
+    groups = x_shape[1] // cg
+    WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
+    dx = np.zeros(x_shape, dy.dtype)
+    chunk = chunk_images(dy.shape[2] * dy.shape[3], x_shape[0])
+    _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, numba.get_num_threads())
+    return dx
+
+
 def forward(x, W, stride, pad, groups):
     """x: (N, C, H, W) contiguous, W: (O, C/g, kh, kw) -> y: (N, O, Ho, Wo)."""
     n, c, h, w = x.shape

@@ -138,17 +138,21 @@ def test_a_folded_name_that_is_no_batch_norm_is_refused(tmp_path, quantized_net)
 def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
     """tests/data/npdc/version1.npdc was written by format version 1 (5-bit code-length tables);
     its logits were stored beside it when it was written, with Winograd F(2,3) computing its 3x3
-    convolutions (the default then), which this test forces so they must agree bit for bit."""
+    stride-1 convolutions and im2col the others (the defaults then), which this test restores so
+    they must agree bit for bit."""
     from pathlib import Path
 
     from npdc.codec.container import read_container
+    from npdc.engine.conv_plan import conv_layers
     from npdc.kernels.conv import force_primitive
 
     data = Path(__file__).resolve().parents[1] / "data" / "npdc"
     assert (data / "version1.npdc").read_bytes()[4:6] == b"\x01\x00"
     assert any(tag == "LAYR" for tag, _ in read_container(data / "version1.npdc"))
     net, _ = load_compressed(data / "version1.npdc")
-    force_primitive("winograd2")
+    for _, layer in conv_layers(net):
+        layer.primitive = "im2col"
+    force_primitive("winograd2")  # wherever it is legal, over the plan
     try:
         with np.load(data / "version1_expected.npz") as expected:
             assert np.array_equal(net.predict(expected["x"]), expected["logits"])

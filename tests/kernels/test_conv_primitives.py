@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat, conv_winograd4
+from npdc.kernels import conv_flat, conv_polyphase, conv_winograd4
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -28,6 +28,15 @@ def winograd_cases(draw):
     pad = draw(st.integers(0, 3))
     h, w = draw(st.integers(max(1, 3 - 2 * pad), 11)), draw(st.integers(max(1, 3 - 2 * pad), 11))
     return (n, c, h, w), (o, c, 3, 3), 1, pad, 1
+
+
+@st.composite
+def stride2_cases(draw):
+    """3x3 stride-2 dense convolutions, odd and even sizes, padding 0 or 1 (polyphase's domain)."""
+    c, o, n = draw(st.integers(1, 5)), draw(st.integers(1, 12)), draw(st.integers(1, 3))
+    pad = draw(st.integers(0, 1))
+    h, w = draw(st.integers(3 - 2 * pad, 12)), draw(st.integers(3 - 2 * pad, 12))
+    return (n, c, h, w), (o, c, 3, 3), 2, pad, 1
 
 
 def _arrays(case, seed):
@@ -82,7 +91,27 @@ def test_primitive_on_3x3_stride1(name, case, seed):
     _check_all_three(name, case, seed)
 
 
+@pytest.mark.parametrize("name", ["polyphase", "im2col", "kn2row"])
+@FEW
+@given(case=stride2_cases(), seed=st.integers(0, 2**16))
+def test_primitive_on_3x3_stride2(name, case, seed):
+    """The downsampling layers of a ResNet: every phase of an odd or even input, with and
+    without padding, and output channels past one register block."""
+    _check_all_three(name, case, seed)
+
+
+def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch):
+    """Two images' phase planes to a stack with the last stack half full (3 images), stacks
+    longer than one accumulator tile, and 13 output channels (a block of 8 and one of 5)."""
+    monkeypatch.setattr(conv_polyphase, "PLANE_FLOATS", 4 * 9 * 2 * 21 * 20)
+    g, wq, period, size, n_t = conv_polyphase._layout(3, 9, 20, 19, 1)
+    assert (g, wq, period) == (2, 20, 21) and n_t > conv_polyphase.TILE
+    for pad in (0, 1):
+        _check_all_three("polyphase", ((3, 9, 40 - pad, 38 + pad), (13, 9, 3, 3), 2, pad, 1), seed=pad)
+
+
 @pytest.mark.parametrize("name, case", [
+    ("polyphase", ((2, 3, 7, 6), (9, 3, 3, 3), 2, 1, 1)),
     ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
     ("winograd4", ((2, 3, 11, 10), (4, 3, 3, 3), 1, 0, 1)),
     ("flat", ((3, 2, 5, 4), (9, 2, 3, 3), 1, 2, 1)),
@@ -149,20 +178,21 @@ def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
         assert span <= max(conv_winograd4.LANES, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
-@pytest.mark.parametrize("name", ["flat", "winograd4"])
-def test_same_bits_with_one_or_two_threads(name):
-    """flat's plane count and Winograd's task split follow the thread count, but no sum is
-    grouped by it, so training rounds the same whatever --threads says."""
+@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2)])
+def test_same_bits_with_one_or_two_threads(name, stride):
+    """flat's and polyphase's plane counts and Winograd's task split follow the thread count, but
+    no sum is grouped by it, so training rounds the same whatever --threads says."""
     r = np.random.default_rng(3)
     x = r.standard_normal((37, 9, 9, 9)).astype(np.float32)
     W = r.standard_normal((11, 9, 3, 3)).astype(np.float32)
-    dy = r.standard_normal((37, 11, 9, 9)).astype(np.float32)
+    side = out_len(9, 3, stride, 1)
+    dy = r.standard_normal((37, 11, side, side)).astype(np.float32)
     runs, before = [], numba.get_num_threads()
     try:
         for threads in (1, 2):
             set_threads(threads)
-            runs.append((conv2d_forward(x, W, 1, 1, primitive=name),)
-                        + conv2d_backward(x, W, dy, 1, 1, primitive=name))
+            runs.append((conv2d_forward(x, W, stride, 1, primitive=name),)
+                        + conv2d_backward(x, W, dy, stride, 1, primitive=name))
     finally:
         set_threads(before)
     for a, b in zip(*runs):
@@ -177,6 +207,8 @@ def test_same_bits_with_one_or_two_threads(name):
     ("fft", ((1, 4, 6, 6), (4, 4, 1, 1), 1, 0, 1), "1x1"),
     ("flat", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 3, 1), "padding"),
     ("winograd4", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 3, 1), "padding"),
+    ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 1, 1), "stride"),
+    ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 2, 1), "padding"),
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
 ])
 def test_refusals_are_clear(name, case, reason):
@@ -216,10 +248,12 @@ def test_default_is_legal_and_forcing_respects_refusals():
 def test_primitive_is_deterministic(name):
     """Same inputs, same thread count: bit-identical outputs and gradients."""
     r = np.random.default_rng(2)
+    stride = 2 if name == "polyphase" else 1
+    side = out_len(7, 3, stride, 1)
     x = r.standard_normal((5, 4, 7, 7)).astype(np.float32)
     W = r.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    dy = r.standard_normal((5, 6, 7, 7)).astype(np.float32)
-    runs = [(conv2d_forward(x, W, 1, 1, primitive=name),) + conv2d_backward(x, W, dy, 1, 1, primitive=name)
-            for _ in range(2)]
+    dy = r.standard_normal((5, 6, side, side)).astype(np.float32)
+    runs = [(conv2d_forward(x, W, stride, 1, primitive=name),)
+            + conv2d_backward(x, W, dy, stride, 1, primitive=name) for _ in range(2)]
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
