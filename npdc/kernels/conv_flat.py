@@ -15,8 +15,9 @@ in L2 while every block of output channels sweeps it, and the sweep goes a tile 
 so the block's accumulators stay in L1. Tiles are computed in whole vectors (no scalar tail).
 
 The data gradient is the same kernel on dy with the kernels flipped and transposed (padding
-2 - pad); the weight gradient sums dy times the shifted input rows, four output channels by one
-kernel row at a time. Reductions are vectorised with reassociation allowed, so they round
+2 - pad); the weight gradient stacks a (larger) plane of x and of dy per task and sums dy times
+the shifted input rows, four output channels by one kernel row at a time, one partial sum per
+plane, added in plane order. Reductions are vectorised with reassociation allowed, so they round
 differently from a sequential sum but identically from run to run.
 """
 
@@ -39,15 +40,16 @@ def refuse(x_shape, W_shape, stride, pad, groups):
 VECTOR = 16  # tiles are computed in whole multiples of this many positions (no scalar tail)
 TILE = 512  # output positions per accumulator tile (eight rows of them stay in L1)
 PLANE_FLOATS = 48 * 1024  # a stacked plane of all input channels stays in a core's L2 (192 KiB)
+GRAD_PLANE_FLOATS = 192 * 1024  # the weight gradient's planes: longer sums, fewer reductions (measured)
 
 
-def _layout(n, c, h, w, pad, threads):
+def _layout(n, c, h, w, pad, threads, floats):
     """(images per plane g, row width wp, rows per image period, plane length, output positions
     n_t): image k's rows start at line k*period + pad, neighbours share the `pad` zero lines
     between them, and output line r of image k sits at position (k*period + r)*wp. The plane
-    count is the smallest whole number of rounds of `threads` whose planes fit PLANE_FLOATS."""
+    count is the smallest whole number of rounds of `threads` whose planes fit `floats`."""
     wp, period = w + pad, h + pad
-    most = max(1, (PLANE_FLOATS // c) // (period * wp))
+    most = max(1, (floats // c) // (period * wp))
     n_planes = -(-n // most)
     n_planes = -(-n_planes // threads) * threads
     g = -(-n // n_planes)
@@ -65,17 +67,6 @@ def _fill_plane(x, first, images, pad, wp, period, xp):
                 start = (k * period + pad + r) * wp + pad
                 for col in range(w):
                     xp[ch, start + col] = x[first + k, ch, r, col]
-
-
-@numba.njit(parallel=True, cache=True)
-def _stack_planes(x, pad, g, wp, period, size):
-    """x: (N, C, H, W) -> (ceil(N/g), C, size): g images per zero-padded flattened plane."""
-    n, c = x.shape[0], x.shape[1]
-    n_planes = (n + g - 1) // g
-    out = np.zeros((n_planes, c, size), x.dtype)
-    for plane in numba.prange(n_planes):
-        _fill_plane(x, plane * g, min(g, n - plane * g), pad, wp, period, out[plane])
-    return out
 
 
 @numba.njit(cache=True, inline="always")
@@ -166,7 +157,7 @@ def _correlate(x, W9, pad):
     """Valid 3x3 correlation of x zero-padded by `pad`: x (N, C, H, W), W9 (O, C, 9)."""
     n, c, h, w = x.shape
     threads = numba.get_num_threads()
-    g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads)
+    g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads, PLANE_FLOATS)
     y = np.empty((n, W9.shape[0], out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)), x.dtype)
     _convolve(x, blocked(W9), pad, g, wp, period, size, n_t, y, threads)
     return y
@@ -214,48 +205,52 @@ def _weight_rows(dyp, xp, ob, c, wp, n_t, zero, out):
         out[3, 3 * i + 2] += s32
 
 
-@numba.njit(parallel=True, cache=True)
-def _weight_grad(dys, xs, wp, dW):
-    """dW (O4, C, 9) = sum over planes of dy (zero off the output lines) times shifted x."""
-    n_planes, o4, n_t = dys.shape
-    c = xs.shape[1]
-    n_blocks = o4 // 4
-    for task in numba.prange(n_blocks * c):
-        ob, ch = (task // c) * 4, task % c
-        out = np.zeros((4, 9), np.float64)
-        zero = np.zeros(1, dys.dtype)[0]
-        for plane in range(n_planes):
-            _weight_rows(dys[plane], xs[plane], ob, ch, wp, n_t, zero, out)
-        for q in range(4):
-            for k in range(9):
-                dW[ob + q, ch, k] = out[q, k]
+@numba.njit(cache=True)
+def fill_rows(dy, first, images, wp, period, dp):
+    """Write output lines of images first .. first+images-1 of dy (N, O, Ho, Wo) into the zeroed
+    (O4, n_t) dp where _convolve computes them: line r of image k at (k*period + r)*wp."""
+    o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
+    for k in range(images):
+        for ch in range(o):
+            for r in range(ho):
+                start = (k * period + r) * wp
+                dp[ch, start:start + wo] = dy[first + k, ch, r]
 
 
 @numba.njit(parallel=True, cache=True)
-def stack_rows(dy, g, wp, period, n_t, o4):
-    """dy (N, O, Ho, Wo) -> (ceil(N/g), O4, n_t): each output line where _convolve computes it,
-    zero elsewhere and in channels >= O."""
-    n, o, ho, wo = dy.shape
-    out = np.zeros(((n + g - 1) // g, o4, n_t), dy.dtype)
-    for task in numba.prange(n * o):
-        i, k = task // o, task % o
-        for r in range(ho):
-            start = ((i % g) * period + r) * wp
-            out[i // g, k, start:start + wo] = dy[i, k, r]
-    return out
+def _weight_grad(x, dy, pad, g, wp, period, size, n_t, parts, n_threads):
+    """parts[p] (O4, C, 9) = plane p's sum of dy (zero off the output lines) times shifted x.
+    Each task stacks one plane of x and of dy in its thread's buffers, which stay in cache while
+    every (block of four output channels, input channel) pair sweeps them."""
+    n, c = x.shape[0], x.shape[1]
+    n_planes, o4 = parts.shape[0], parts.shape[1]
+    xs = np.empty((n_threads, c, size), x.dtype)
+    ds = np.empty((n_threads, o4, n_t), x.dtype)
+    zero = np.zeros(1, x.dtype)[0]
+    for plane in numba.prange(n_planes):
+        xp, dp = xs[numba.get_thread_id()], ds[numba.get_thread_id()]
+        images = min(g, n - plane * g)
+        xp[:] = 0
+        dp[:] = 0
+        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        fill_rows(dy, plane * g, images, wp, period, dp)
+        for ob in range(0, o4, 4):
+            for ch in range(c):
+                _weight_rows(dp, xp, ob, ch, wp, n_t, zero, parts[plane, ob:ob + 4, ch])
 
 
 def weight_gradient(x, dy, pad):
     """dW (O, C, 3, 3) of the 3x3 stride-1 convolution of x (N, C, H, W) padded by `pad`."""
     n, c, h, w = x.shape
     o = dy.shape[1]
-    # one thread's layout whatever the thread count: g sets how the weight gradient's sums are
-    # grouped, and training must not round differently with --threads
-    g, wp, period, size, n_t = _layout(n, c, h, w, pad, 1)
+    # the same layout whatever the thread count, and the planes' sums added in plane order: g
+    # sets how the weight gradient's sums are grouped, and training must not round differently
+    # with --threads (an even plane count keeps two threads equally busy)
+    g, wp, period, size, n_t = _layout(n, c, h, w, pad, 2, GRAD_PLANE_FLOATS)
     o4 = -(-o // 4) * 4
-    dW = np.empty((o4, c, 9), x.dtype)
-    _weight_grad(stack_rows(dy, g, wp, period, n_t, o4), _stack_planes(x, pad, g, wp, period, size), wp, dW)
-    return dW[:o].reshape(o, c, 3, 3)
+    parts = np.zeros((-(-n // g), o4, c, 9))
+    _weight_grad(x, dy, pad, g, wp, period, size, n_t, parts, numba.get_num_threads())
+    return parts.sum(axis=0)[:o].reshape(o, c, 3, 3).astype(x.dtype)
 
 
 def backward(x, W, dy, stride, pad, groups, need_dx):

@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import BLOCK, PLANE_FLOATS, TILE, VECTOR, _nine, _taps
+from npdc.kernels.conv_flat import BLOCK, GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, VECTOR, _nine, _taps
 from npdc.kernels.im2col import out_size
 
 
@@ -38,13 +38,13 @@ def refuse(x_shape, W_shape, stride, pad, groups):
     return None
 
 
-def _layout(n, c, ho, wo, threads):
+def _layout(n, c, ho, wo, threads, floats):
     """(images per plane g, row width wq, rows per image period, plane length, output positions
     n_t): phase row u of image k starts at (k*period + u)*wq; output line r of image k sits at
     the same place. The plane count is a whole number of rounds of `threads` whose four phase
-    planes fit PLANE_FLOATS."""
+    planes fit `floats`."""
     wq, period = wo + 1, ho + 1
-    most = max(1, (PLANE_FLOATS // (4 * c)) // (period * wq))
+    most = max(1, (floats // (4 * c)) // (period * wq))
     n_planes = -(-n // most)
     n_planes = -(-n_planes // threads) * threads
     g = -(-n // n_planes)
@@ -68,17 +68,6 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
                     # column 2v + b - pad of the row, for every v that lands inside it
                     for v in range((pad - b + 1) // 2, (w - 1 - b + pad) // 2 + 1):
                         dst[line + v] = src[2 * v + b - pad]
-
-
-@numba.njit(parallel=True, cache=True)
-def _stack_phases(x, pad, g, wq, period, size):
-    """x: (N, C, H, W) -> (ceil(N/g), 4, C, size): g images' phase planes per stack."""
-    n, c = x.shape[0], x.shape[1]
-    n_planes = (n + g - 1) // g
-    out = np.zeros((n_planes, 4, c, size), x.dtype)
-    for plane in numba.prange(n_planes):
-        _fill_phases(x, plane * g, min(g, n - plane * g), pad, wq, period, out[plane])
-    return out
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -135,7 +124,7 @@ def forward(x, W, stride, pad, groups):
     o = W.shape[0]
     ho, wo = out_size(h, 3, 2, pad), out_size(w, 3, 2, pad)
     threads = numba.get_num_threads()
-    g, wq, period, size, n_t = _layout(n, c, ho, wo, threads)
+    g, wq, period, size, n_t = _layout(n, c, ho, wo, threads, PLANE_FLOATS)
     y = np.empty((n, o, ho, wo), x.dtype)
     _convolve(x, conv_flat.blocked(W.reshape(o, c, 9)), pad, g, wq, period, size, n_t, y, threads)
     return y
@@ -169,38 +158,41 @@ def _three_taps(dyp, ob, n_t, zero, out, xa, sa, ka, xb, sb, kb, xc, sc, kc):
 
 
 @numba.njit(parallel=True, cache=True)
-def _weight_grad(dys, xs, wq, dW):
-    """dW (O4, C, 9) = sum over stacks of dy (zero off the output lines) times each tap's
-    shifted phase plane, kernel row by kernel row."""
-    n_planes, o4, n_t = dys.shape
-    c = xs.shape[2]
-    n_blocks = o4 // 4
-    for task in numba.prange(n_blocks * c):
-        ob, ch = (task // c) * 4, task % c
-        out = np.zeros((4, 9), np.float64)
-        zero = np.zeros(1, dys.dtype)[0]
-        for plane in range(n_planes):
-            d, xp = dys[plane], xs[plane]
-            e, f, g, h = xp[0, ch], xp[1, ch], xp[2, ch], xp[3, ch]
-            _three_taps(d, ob, n_t, zero, out, e, 0, 0, f, 0, 1, e, 1, 2)
-            _three_taps(d, ob, n_t, zero, out, g, 0, 3, h, 0, 4, g, 1, 5)
-            _three_taps(d, ob, n_t, zero, out, e, wq, 6, f, wq, 7, e, wq + 1, 8)
-        for q in range(4):
-            for k in range(9):
-                dW[ob + q, ch, k] = out[q, k]
+def _weight_grad(x, dy, pad, g, wq, period, size, n_t, parts, n_threads):
+    """parts[p] (O4, C, 9) = stack p's sum of dy (zero off the output lines) times each tap's
+    shifted phase plane, kernel row by kernel row (one stack per task, as conv_flat's)."""
+    n, c = x.shape[0], x.shape[1]
+    n_planes, o4 = parts.shape[0], parts.shape[1]
+    xs = np.empty((n_threads, 4, c, size), x.dtype)
+    ds = np.empty((n_threads, o4, n_t), x.dtype)
+    zero = np.zeros(1, x.dtype)[0]
+    for plane in numba.prange(n_planes):
+        xp, d = xs[numba.get_thread_id()], ds[numba.get_thread_id()]
+        images = min(g, n - plane * g)
+        xp[:] = 0
+        d[:] = 0
+        _fill_phases(x, plane * g, images, pad, wq, period, xp)
+        conv_flat.fill_rows(dy, plane * g, images, wq, period, d)
+        for ob in range(0, o4, 4):
+            for ch in range(c):
+                out = parts[plane, ob:ob + 4, ch]
+                e, f, g_, h = xp[0, ch], xp[1, ch], xp[2, ch], xp[3, ch]
+                _three_taps(d, ob, n_t, zero, out, e, 0, 0, f, 0, 1, e, 1, 2)
+                _three_taps(d, ob, n_t, zero, out, g_, 0, 3, h, 0, 4, g_, 1, 5)
+                _three_taps(d, ob, n_t, zero, out, e, wq, 6, f, wq, 7, e, wq + 1, 8)
 
 
 def weight_gradient(x, dy, pad):
     """dW (O, C, 3, 3) of the 3x3 stride-2 convolution of x (N, C, H, W) padded by `pad`."""
     n, c = x.shape[:2]
     o, ho, wo = dy.shape[1:]
-    # one thread's layout whatever the thread count, so the sums are grouped the same way
-    g, wq, period, size, n_t = _layout(n, c, ho, wo, 1)
+    # the same layout whatever the thread count (an even stack count, for two threads), and the
+    # stacks' sums added in order, so the sums are grouped the same way
+    g, wq, period, size, n_t = _layout(n, c, ho, wo, 2, GRAD_PLANE_FLOATS)
     o4 = -(-o // 4) * 4
-    dW = np.empty((o4, c, 9), x.dtype)
-    _weight_grad(conv_flat.stack_rows(dy, g, wq, period, n_t, o4), _stack_phases(x, pad, g, wq, period, size),
-                 wq, dW)
-    return dW[:o].reshape(o, c, 3, 3)
+    parts = np.zeros((-(-n // g), o4, c, 9))
+    _weight_grad(x, dy, pad, g, wq, period, size, n_t, parts, numba.get_num_threads())
+    return parts.sum(axis=0)[:o].reshape(o, c, 3, 3).astype(x.dtype)
 
 
 def backward(x, W, dy, stride, pad, groups, need_dx):

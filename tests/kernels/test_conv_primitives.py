@@ -104,7 +104,8 @@ def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch
     """Two images' phase planes to a stack with the last stack half full (3 images), stacks
     longer than one accumulator tile, and 13 output channels (a block of 8 and one of 5)."""
     monkeypatch.setattr(conv_polyphase, "PLANE_FLOATS", 4 * 9 * 2 * 21 * 20)
-    g, wq, period, size, n_t = conv_polyphase._layout(3, 9, 20, 19, 1)
+    monkeypatch.setattr(conv_polyphase, "GRAD_PLANE_FLOATS", 4 * 9 * 2 * 21 * 20)
+    g, wq, period, size, n_t = conv_polyphase._layout(3, 9, 20, 19, 1, conv_polyphase.PLANE_FLOATS)
     assert (g, wq, period) == (2, 20, 21) and n_t > conv_polyphase.TILE
     for pad in (0, 1):
         _check_all_three("polyphase", ((3, 9, 40 - pad, 38 + pad), (13, 9, 3, 3), 2, pad, 1), seed=pad)
@@ -149,9 +150,11 @@ def test_flat_with_many_blocks_and_a_partly_filled_stack(pad, monkeypatch):
     """Output channels past one register block (13 = 8 + 5), images stacked two to a plane with
     the last plane half full (a plane budget of two padded 20x20 images, 3 images), and planes
     longer than one accumulator tile."""
-    monkeypatch.setattr(conv_flat, "PLANE_FLOATS", 9 * 2 * (20 + pad) * (19 + pad))
-    assert conv_flat._layout(3, 9, 20, 19, pad, 1)[0] == 2
-    assert conv_flat._layout(3, 9, 20, 19, pad, 1)[4] > conv_flat.TILE
+    floats = 9 * 2 * (20 + pad) * (19 + pad)
+    monkeypatch.setattr(conv_flat, "PLANE_FLOATS", floats)
+    monkeypatch.setattr(conv_flat, "GRAD_PLANE_FLOATS", floats)
+    assert conv_flat._layout(3, 9, 20, 19, pad, 1, floats)[0] == 2
+    assert conv_flat._layout(3, 9, 20, 19, pad, 1, floats)[4] > conv_flat.TILE
     _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
 
 
