@@ -1,4 +1,5 @@
-"""ReLU kernels: one parallel pass each way instead of NumPy's mask-then-multiply two."""
+"""Elementwise kernels of the engine, parallel over both cores where NumPy uses one: ReLU each way
+(one pass instead of NumPy's mask-then-multiply two) and the residual add."""
 
 import numba
 
@@ -16,3 +17,10 @@ def relu_backward(dy, y, dx):
     """dx = dy where the forward output y was positive, else 0 (flat contiguous arrays)."""
     for i in numba.prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def add(a, b, out):
+    """out = a + b elementwise over flat contiguous arrays."""
+    for i in numba.prange(a.size):
+        out[i] = a[i] + b[i]
