@@ -225,8 +225,12 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
     rows_per_chunk = span // tw
     K = np.array([2, 4, 5, 8], x.dtype)
     planes = np.zeros((n_threads, c, g * plane), x.dtype)
-    Vs = np.zeros((n_threads, 36, c, span + LANES), x.dtype)
-    Ms = np.empty((n_threads, 36, o4, span + LANES), x.dtype)
+    # an odd row length: with power-of-two channel counts, the 36 rows of V (and of M) that one
+    # tile writes would otherwise sit a multiple of 4 KiB apart, in the same few L1 sets
+    # (measured: c64h8 forward 4.8 -> 4.0 ms)
+    row = span + LANES + 1
+    Vs = np.zeros((n_threads, 36, c, row), x.dtype)
+    Ms = np.empty((n_threads, 36, o4, row), x.dtype)
     Zs = np.empty((n_threads, 6, wp), x.dtype)
     Qs = np.empty((n_threads, 24, span + LANES), x.dtype)
     where = np.zeros((n_threads, 3, rows_per_chunk), np.int64)
