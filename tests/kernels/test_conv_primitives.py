@@ -169,6 +169,16 @@ def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budg
         _check_all_three("winograd4", ((5, 6, 21 - 2 * pad, 20 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
 
 
+def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
+    """Numba reads its SLP switch at every compilation; the GEMM's must not leak into the rest."""
+    before = numba.config.SLP_VECTORIZE
+    with pytest.raises(RuntimeError):
+        with conv_winograd4._straight_line_vectorised():
+            assert numba.config.SLP_VECTORIZE == 1
+            raise RuntimeError("a failed compilation")
+    assert numba.config.SLP_VECTORIZE == before
+
+
 @pytest.mark.parametrize("c, side", [(64, 8), (128, 4), (32, 16), (16, 32)])
 def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
     """Batch 128 at cifar-resnet20's layer shapes: every thread gets the same number of tasks
