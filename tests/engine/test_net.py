@@ -234,3 +234,41 @@ def test_summary_rows_params_and_macs():
     assert net.num_params() == 108 + 12 + 21
     assert net.macs() == 2700 + 18
     assert "Conv3x3/2" in by["conv"]["kind"]
+
+
+def test_inference_in_place_only_over_outputs_nobody_reads_again():
+    """Eval mode lets batch norm, ReLU and the residual add write over dead inputs: the logits
+    equal those of a run that keeps every intermediate (so none is overwritten), and the caller's
+    input is untouched. In the second net `flat` is a view of `conv` that is still read when the
+    ReLU reads `conv` for the last time; overwriting `conv` there would change the sum."""
+    from npdc.engine.layers import Add, Flatten
+
+    rng = np.random.default_rng(4)
+    net = build_net({"arch": "cifar-resnet20", "input_shape": [3, 8, 8]})
+    for _, layer, _ in net.nodes:
+        if isinstance(layer, BatchNorm2d):
+            layer.buffers["running_mean"] = rng.standard_normal(layer.buffers["running_mean"].shape).astype(np.float32)
+            layer.buffers["running_var"] = (0.5 + rng.random(layer.buffers["running_var"].shape)).astype(np.float32)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(np.float32)
+    before = x.copy()
+    every = tuple(name for name, _, _ in net.nodes[:-1])
+    kept_all, _ = net.forward(x, keep=every)
+    np.testing.assert_array_equal(net.forward(x), kept_all)
+    np.testing.assert_array_equal(x, before)
+
+    small = Net({}, (2, 3, 3))
+    small.add("conv", Conv2d(2, 2, 3, padding=1), rng=rng)
+    small.add("flat", Flatten(), inputs="conv")
+    small.add("relu", ReLU(), inputs="conv")
+    small.add("relu_flat", Flatten(), inputs="relu")
+    small.add("sum", Add(), inputs=("flat", "relu_flat"))
+    z = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    conv = small.forward(z, keep=("conv",))[1]["conv"]
+    expected = conv.reshape(2, -1) + np.maximum(conv, 0).reshape(2, -1)
+    np.testing.assert_allclose(small.forward(z), expected, rtol=1e-6)
+
+    first = Net({}, (2, 3, 3))
+    first.add("relu", ReLU())
+    z_before = z.copy()
+    np.testing.assert_array_equal(first.forward(z), np.maximum(z_before, 0))
+    np.testing.assert_array_equal(z, z_before)

@@ -17,6 +17,11 @@ class ReLU(Layer):
             self.cache["y"] = y
         return y
 
+    def forward_into(self, x):
+        """Eval-mode forward over x itself (contiguous; the caller no longer needs it)."""
+        relu_forward(x.reshape(-1), x.reshape(-1))
+        return x
+
     def backward(self, dy):
         y = self.cache.pop("y")
         dx = np.empty_like(y)

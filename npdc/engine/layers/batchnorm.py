@@ -49,13 +49,22 @@ class BatchNorm2d(Layer):
             self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
             self.cache.update(x=x, mean=mean, inv=inv)
             return y
-        inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
-        scale = (gamma * inv).astype(x.dtype)
-        shift = (beta - self.buffers["running_mean"] * scale).astype(x.dtype)
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        bn_forward_eval(x, scale, shift, y)
+        bn_forward_eval(x, *self._scale_shift(x.dtype), y)
         return y
+
+    def forward_into(self, x):
+        """Eval-mode forward over x itself (contiguous; the caller no longer needs it)."""
+        x4 = x.reshape(x.shape[0], x.shape[1], 1, 1) if x.ndim == 2 else x
+        bn_forward_eval(x4, *self._scale_shift(x.dtype), x4)
+        return x
+
+    def _scale_shift(self, dtype):
+        """The running statistics and affine parameters as one per-channel y = x * scale + shift."""
+        inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
+        scale = (self.params["gamma"] * inv).astype(dtype)
+        return scale, (self.params["beta"] - self.buffers["running_mean"] * scale).astype(dtype)
 
     def _backward(self, dy):
         x, mean, inv = self.cache.pop("x"), self.cache.pop("mean"), self.cache.pop("inv")
