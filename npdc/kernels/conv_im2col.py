@@ -4,9 +4,9 @@ Networks for Document Processing"; the Caffe lowering).
 Numba's threads take chunks of images in turn. A chunk is lowered into a private column buffer
 (C/g*k*k, chunk*Ho*Wo) and multiplied by W (O/g, C/g*k*k) in one single-threaded BLAS GEMM;
 chunks hold several images when a feature map is small, so that GEMM stays wide enough for BLAS
-to run near its peak (Ho*Wo = 64 alone wastes half of it). Backward recomputes the columns rather
-than caching them, and sums per-thread weight gradients in a fixed order, so results are
-deterministic for a given thread count. Accepts every stride, padding and grouping.
+to run near its peak (Ho*Wo = 64 alone wastes half of it). The weight gradient recomputes the
+columns rather than caching them and sums per-thread parts in a fixed order, so results are
+deterministic for a given thread count; the data gradient is W^T dy scattered back by col2im. Accepts every stride, padding and grouping.
 """
 
 import numba
@@ -51,11 +51,11 @@ def _forward(x, W2, kh, kw, stride, pad, groups, y, chunk, n_threads):
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward(x, WT, dy, kh, kw, stride, pad, groups, dx, need_dx, chunk, n_threads):
+def _weight_gradient(x, dy, kh, kw, stride, pad, groups, rows, chunk, n_threads):
+    """dW (O, C/g*kh*kw) = dy times the columns of x, summed per thread then in thread order."""
     n, c = x.shape[0], x.shape[1]
-    rows, og = WT.shape[1], WT.shape[2]
-    o = og * groups
-    cg, plane = c // groups, dy.shape[2] * dy.shape[3]
+    o = dy.shape[1]
+    og, cg, plane = o // groups, c // groups, dy.shape[2] * dy.shape[3]
     n_chunks = (n + chunk - 1) // chunk
     cols_buf = np.empty((n_threads, rows * chunk * plane), x.dtype)
     dys_buf = np.empty((n_threads, og * chunk * plane), x.dtype)
@@ -75,10 +75,6 @@ def _backward(x, WT, dy, kh, kw, stride, pad, groups, dx, need_dx, chunk, n_thre
                         dy[i0 + i, g * og:(g + 1) * og].reshape((og, plane))
                 np.dot(dys, cols.T, part[t])
                 dW[t, g * og:(g + 1) * og] += part[t]
-                if need_dx:
-                    np.dot(WT[g], dys, cols)
-                    for i in range(m):
-                        col2im(cols, g * cg, cg, kh, kw, stride, pad, dx[i0 + i], i * plane)
     total = dW[0].copy()
     for t in range(1, n_threads):
         total += dW[t]
@@ -87,7 +83,7 @@ def _backward(x, WT, dy, kh, kw, stride, pad, groups, dx, need_dx, chunk, n_thre
 
 @numba.njit(parallel=True, cache=True)
 def _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, n_threads):
-    """dx += col2im(W^T dy), chunk images at a time (the data half of _backward)."""
+    """dx += col2im(W^T dy), chunk images at a time."""
     n, c = dx.shape[0], dx.shape[1]
     rows, og = WT.shape[1], WT.shape[2]
     cg, plane = c // groups, dy.shape[2] * dy.shape[3]
@@ -110,7 +106,8 @@ def _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, n_threads):
 
 
 def data_gradient(x_shape, W, dy, stride, pad):
-    """dx (x_shape) alone, for primitives that compute the weight gradient their own way."""
+    """dx (x_shape): also the data gradient of primitives that compute the weight gradient their
+    own way."""
     o, cg, kh, kw = W.shape
     groups = x_shape[1] // cg
     WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
@@ -134,8 +131,7 @@ def forward(x, W, stride, pad, groups):
 def backward(x, W, dy, stride, pad, groups, need_dx):
     """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     o, cg, kh, kw = W.shape
-    WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
-    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0])
-    dW = _backward(x, WT, dy, kh, kw, stride, pad, groups, dx, need_dx, chunk, numba.get_num_threads())
-    return (dx if need_dx else None), dW.reshape(W.shape)
+    dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, numba.get_num_threads())
+    dx = data_gradient(x.shape, W, dy, stride, pad) if need_dx else None
+    return dx, dW.reshape(W.shape)
