@@ -24,17 +24,14 @@ differently from a sequential sum but identically from run to run.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import out_size, refuse_unless_3x3_stride1
+from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
 
 BLOCK = 8  # output channels per register block
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
     """Why this primitive cannot compute the convolution, or None."""
-    reason = refuse_unless_3x3_stride1(x_shape, W_shape, stride, pad, groups)
-    if reason is None and pad > 2:
-        reason = "only padding 0, 1 or 2"
-    return reason
+    return refuse_unless_dense_3x3(W_shape, stride, pad, groups, want_stride=1, max_pad=2)
 
 
 VECTOR = 16  # tiles are computed in whole multiples of this many positions (no scalar tail)

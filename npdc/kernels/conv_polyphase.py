@@ -22,20 +22,12 @@ import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
 from npdc.kernels.conv_flat import BLOCK, GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, VECTOR, _nine, _taps
-from npdc.kernels.im2col import out_size
+from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
     """Why this primitive cannot compute the convolution, or None."""
-    if W_shape[2:] != (3, 3):
-        return "only 3x3 kernels"
-    if stride != 2:
-        return "only stride 2"
-    if groups != 1:
-        return "only groups = 1"
-    if pad > 1:
-        return "only padding 0 or 1"
-    return None
+    return refuse_unless_dense_3x3(W_shape, stride, pad, groups, want_stride=2, max_pad=1)
 
 
 def _layout(n, c, ho, wo, threads, floats):

@@ -20,7 +20,7 @@ saving to memory traffic); it takes its G from `matrices` here.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import refuse_unless_3x3_stride1, valid_run
+from npdc.kernels.im2col import refuse_unless_dense_3x3, valid_run
 
 TILES = 512  # target tiles per chunk (GEMM width), measured on ResNet layer shapes
 
@@ -39,7 +39,9 @@ def matrices(m, dtype):
     return tuple(np.array(t[m], dtype) for t in (_BT, _G, _AT))
 
 
-refuse = refuse_unless_3x3_stride1
+def refuse(x_shape, W_shape, stride, pad, groups):
+    """Why Winograd F(m, 3) cannot compute this convolution (any padding), or None."""
+    return refuse_unless_dense_3x3(W_shape, stride, pad, groups)
 
 
 @numba.njit(cache=True)

@@ -18,14 +18,17 @@ def out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
-def refuse_unless_3x3_stride1(x_shape, W_shape, stride, pad, groups):
-    """Why a convolution is not a dense 3x3 stride-1 one (all that Winograd and flat compute)."""
+def refuse_unless_dense_3x3(W_shape, stride, pad, groups, want_stride=1, max_pad=None):
+    """Why a convolution is not a dense 3x3 one of stride `want_stride` and padding at most
+    `max_pad` (None: any), the only kind Winograd, flat and polyphase compute; or None."""
     if W_shape[2:] != (3, 3):
         return "only 3x3 kernels"
-    if stride != 1:
-        return "only stride 1"
+    if stride != want_stride:
+        return f"only stride {want_stride}"
     if groups != 1:
         return "only groups = 1"
+    if max_pad is not None and pad > max_pad:
+        return f"only padding 0 to {max_pad}"
     return None
 
 

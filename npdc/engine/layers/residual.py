@@ -7,6 +7,15 @@ from npdc.engine.layers.base import Layer
 from npdc.kernels.activation import add
 
 
+def _sum(a, b, out):
+    """a + b into out (a contiguous; out may be a) with the parallel kernel, or with NumPy when
+    the dtypes differ (its promotion, which the kernel does not do)."""
+    if a.dtype != b.dtype:
+        return a + b
+    add(a.reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1))
+    return out
+
+
 class Add(Layer):
     """Two inputs of equal shape -> their sum; backward returns the same gradient to both."""
 
@@ -20,20 +29,12 @@ class Add(Layer):
         return a
 
     def forward(self, xs, train):
-        a, b = np.ascontiguousarray(xs[0]), np.ascontiguousarray(xs[1])
-        if a.dtype != b.dtype:  # NumPy's promotion, which the kernel does not do
-            return a + b
-        y = np.empty_like(a)
-        add(a.reshape(-1), b.reshape(-1), y.reshape(-1))
-        return y
+        a = np.ascontiguousarray(xs[0])
+        return _sum(a, xs[1], np.empty_like(a))
 
     def forward_into(self, xs):
         """Eval-mode forward over xs[0] itself (contiguous; the caller no longer needs it)."""
-        a, b = xs
-        if a.dtype != b.dtype or not b.flags.c_contiguous:
-            return a + b
-        add(a.reshape(-1), b.reshape(-1), a.reshape(-1))
-        return a
+        return _sum(xs[0], xs[1], xs[0])
 
     def backward(self, dy):
         return [dy, dy]
