@@ -6,6 +6,8 @@ when the ratio falls below the floor written beside the case. Every case warms u
 Numba compilation is never timed.
 """
 
+import time
+
 import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
 import numpy as np
 import pytest
@@ -34,3 +36,24 @@ def gate(benchmark, name, ratio, floor):
     benchmark.extra_info[name] = round(ratio, 3)
     benchmark.extra_info[f"{name}_floor"] = floor
     assert ratio >= floor, f"{name} = {ratio:.3f} is below its floor {floor}"
+
+
+def alternating_best(ours, theirs, rounds=5):
+    """(best seconds of ours, of theirs), one call of each per round after a warm-up call each:
+    this machine's speed drifts over seconds, and alternating lets a slow spell hit both."""
+    ours(), theirs()
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for k, fn in enumerate((ours, theirs)):
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def versus(benchmark, name, ours, theirs, floor, batch):
+    """Time ours with pytest-benchmark, then the ratio of images/s from alternating calls."""
+    benchmark.pedantic(ours, rounds=5, warmup_rounds=1)
+    mine, torch_s = alternating_best(ours, theirs)
+    benchmark.extra_info.update(npdc_img_s=round(batch / mine, 1), torch_img_s=round(batch / torch_s, 1))
+    gate(benchmark, name, torch_s / mine, floor)

@@ -1,12 +1,10 @@
 """Whole-net speed: a cifar-resnet20 training step and batch-128 inference, npdc against
 PyTorch CPU at the same thread count when torch is installed (the gates need it)."""
 
-import time
-
 import numpy as np
 import pytest
 
-from bench.conftest import THREADS, gate
+from bench.conftest import THREADS, versus
 from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SGD
 from npdc.engine.resnet import build_net
@@ -71,34 +69,13 @@ def test_inference(benchmark, arch, shape):
     benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.min, 1)
 
 
-def _alternating_best(ours, theirs, rounds=5):
-    """(best seconds of ours, of theirs), one call of each per round after a warm-up call each:
-    this machine's speed drifts over seconds, and alternating lets a slow spell hit both."""
-    ours(), theirs()
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for k, fn in enumerate((ours, theirs)):
-            t0 = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
-
-
-def _versus(benchmark, name, ours, theirs, floor):
-    """Time ours with pytest-benchmark, then the ratio of images/s from alternating calls."""
-    benchmark.pedantic(ours, rounds=5, warmup_rounds=1)
-    mine, torch_s = _alternating_best(ours, theirs)
-    benchmark.extra_info.update(npdc_img_s=round(BATCH / mine, 1), torch_img_s=round(BATCH / torch_s, 1))
-    gate(benchmark, name, torch_s / mine, floor)
-
-
 def test_train_vs_torch(benchmark):
     torch_step, _ = _torch_pair()
     _, _, step = _npdc()
-    _versus(benchmark, "train_vs_torch", step, torch_step, TRAIN_FLOOR)
+    versus(benchmark, "train_vs_torch", step, torch_step, TRAIN_FLOOR, BATCH)
 
 
 def test_inference_vs_torch(benchmark):
     _, torch_infer = _torch_pair()
     net, x, _ = _npdc()
-    _versus(benchmark, "inference_vs_torch", lambda: net.forward(x), torch_infer, INFER_FLOOR)
+    versus(benchmark, "inference_vs_torch", lambda: net.forward(x), torch_infer, INFER_FLOOR, BATCH)

@@ -6,7 +6,8 @@ PRUNE % (conv1 kept dense), k-means to 5 bits (conv) and 4 bits (fc), as `compre
 them. Without retraining such a cut ruins the shipped model's accuracy, so for its score the
 output of `python -m npdc compress` is used when present (NPDC_BENCH_FILE, else
 compressed/fmnist-resnet18.npdc). Gates (same-run ratios): batch-1 latency from the .npdc at most PyTorch CPU's dense
-batch-1 latency (cifar-resnet20, sparse weights), and the runtime's peak memory at most 1/8 of
+batch-1 latency (cifar-resnet20, sparse weights), batch-128 images/s from the .npdc at least
+PyTorch CPU's (cifar-resnet20, dense weights), and the runtime's peak memory at most 1/8 of
 the naive float32 run of the uncompressed model (shipped model).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.conftest import THREADS, best_seconds, gate
+from bench.conftest import THREADS, best_seconds, gate, versus
 from npdc.codec.model import load_compressed, save_compressed
 from npdc.compress.prune import apply_masks, global_percentage_masks, prunable_layers
 from npdc.compress.quantize import quantize_net
@@ -30,6 +31,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "data/models/fmnist-resnet18.h5"
 BATCH = 128
 LATENCY_FLOOR = 1.0  # PyTorch batch-1 ms over npdc's (sparse, from the .npdc)
 MEMORY_FLOOR = 8.0   # naive float32 peak over the runtime's
+THROUGHPUT_FLOOR = 1.0  # runtime batch-128 images/s (dense, from the .npdc) over PyTorch's
 
 
 def _compress(net, path):
@@ -99,6 +101,23 @@ def test_latency_vs_torch(benchmark, files):
     benchmark.extra_info.update(npdc_ms=round(1e3 * ours, 3), torch_ms=round(1e3 * theirs, 3),
                                 npdc_best_ms=round(1e3 * benchmark.stats.stats.min, 3))
     gate(benchmark, "torch_over_npdc_latency", theirs / benchmark.stats.stats.min, LATENCY_FLOOR)
+
+
+def test_throughput_vs_torch(benchmark, files):
+    """Batch-128 inference from the .npdc (dense weights: each conv runs the engine primitive of
+    its plan, batch norms and ReLUs folded into the conv tails) against PyTorch's eval forward."""
+    from bench.torch_models import CifarResNet, torch
+
+    torch.set_num_threads(THREADS)
+    model = CifarResNet(20).eval()
+    xt = torch.randn(BATCH, 3, 32, 32)
+
+    def torch_batch():
+        with torch.no_grad():
+            model(xt)
+
+    runtime, x = _runtime(files, "cifar-resnet20", "dense", BATCH)
+    versus(benchmark, "runtime_vs_torch", lambda: runtime.predict(x), torch_batch, THROUGHPUT_FLOOR, BATCH)
 
 
 def test_memory_and_score_of_the_shipped_model(benchmark, files):

@@ -1,7 +1,7 @@
 """A whole model as a `.npdc` file (docs/format.md, "Model files"): what the sections hold.
 
-HEAD: JSON with the architecture spec, the raw-parameter dtype and, per quantized layer, its path,
-shape and kind; one LAYR per quantized layer in header order (sparse: relative indices + value
+HEAD: JSON with the architecture spec, the raw-parameter dtype, the conv plan if the model was
+tuned (`conv_plan`, {conv layer: primitive}) and, per quantized layer, its path, shape and kind; one LAYR per quantized layer in header order (sparse: relative indices + value
 indices, both Huffman-coded; dense: value indices only); PARM: every other parameter and buffer,
 and the input normalisation, as float16 or float32 (with float16 chosen, a second PARM keeps in
 float32 the arrays float16 cannot hold); END. Reading checks the file, rebuilds the
@@ -25,6 +25,7 @@ import numpy as np
 from npdc.codec.container import (FormatError, choose_gap_bits, decode_header, decode_layer, decode_raw,
                                   dequantize, encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
                                   read_container, write_container)
+from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
@@ -58,6 +59,9 @@ def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"
     raw = {k: v for k, v in state.items() if k not in quantized}
     folded = fold_batch_norms(net, raw)
     header = {"spec": net.spec, "layers": layers, "raw_dtype": raw_dtype, "folded_bn": folded}
+    plan = net_plan(net)
+    if plan:  # files of untuned models stay as they were
+        header["conv_plan"] = plan
     groups = {raw_dtype: raw}
     if raw_dtype == "float16":  # arrays float16 cannot hold (|x| > 65504) stay float32
         wide = {k: v for k, v in raw.items() if np.abs(v).max(initial=0) > np.finfo(np.float16).max}
@@ -139,6 +143,10 @@ def load_compressed(path):
             raise UserError("the header's folded_bn is not a list")
         _unfold_batch_norms(net, folded, state)
         net.load_state_dict(state)
+        plan = header.get("conv_plan", {})
+        if not isinstance(plan, dict):
+            raise UserError("the header's conv_plan is not an object")
+        apply_plan(net, plan)
     except UserError as e:
         raise UserError(f"{name}: {e}") from None
     return net, codes

@@ -19,6 +19,7 @@ import string
 
 import numpy as np
 
+from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Linear, PReLU,
                                 ReLU, ZeroPadShortcut)
 from npdc.engine.net import Net
@@ -127,7 +128,8 @@ def build_net(spec, seed=0):
 
 
 def clone_net(net):
-    """An independent copy of `net` (same spec, parameters, buffers and normalisation)."""
+    """An independent copy of `net` (same spec, parameters, buffers, normalisation and conv plan)."""
     copy = build_net(net.spec)
     copy.load_state_dict(net.state_dict())
+    apply_plan(copy, net_plan(net))
     return copy

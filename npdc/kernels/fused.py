@@ -144,6 +144,18 @@ def conv_dense_s1(x, pad, xp, W2, kh, kw, scale, shift, act, slopes, res, res_mo
                     res_stride)
 
 
+@numba.njit(parallel=True, cache=True)
+def finish_planes(z, scale, shift, act, slopes, res, res_mode, res_front, res_stride, y):
+    """The tail over a whole conv output z (N, O, Ho, Wo) computed elsewhere, written into y
+    (which may be the identity residual itself), parallel over planes."""
+    n_img, n_out, plane = z.shape[0], z.shape[1], z.shape[2] * z.shape[3]
+    flat = z.reshape(z.size)
+    for t in numba.prange(n_img * n_out):
+        n, o = t // n_out, t % n_out
+        finish_tile(flat[t * plane:(t + 1) * plane], z.shape[3], y, n, o, 0, z.shape[2], scale,
+                    shift, act, slopes, res, res_mode, res_front, res_stride)
+
+
 def scratch_sizes(convs, budget):
     """(cols, acc) floats per thread for conv steps given as (rows, O, Ho, Wo, stride, Wp)
     tuples, Wp the padded input width; stride 1 means the long-run kernels (no columns), any

@@ -2,8 +2,11 @@
 built; a forward pass writes only into the arena and the shared workspace.
 
 Kernels: conv and linear steps call npdc.kernels.fused (dense weights) or npdc.kernels.sparse
-(sparse and streamed weights); both lower tiles of output rows into one shared column workspace. Each step's kernel call is bound once with its
-arena views, so a full batch costs one Python call per step.
+(sparse and streamed weights); both lower tiles of output rows into one shared column workspace.
+The exception is throughput: dense weights with a batch plan run each conv through the engine's
+primitive for the layer (the model's conv plan from `npdc tune`, else the engine default), which
+allocates its own output and scratch, and then the tail. Each step's kernel call is bound once
+with its arena views, so a full batch costs one Python call per step.
 """
 
 import functools
@@ -19,9 +22,9 @@ from npdc.codec.model import load_compressed
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.io.datasets import as_float
-from npdc.kernels.conv import primitive_forced
-from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_rows, global_avg_pool, linear_direct,
-                               pad_input, scratch_sizes)
+from npdc.kernels.conv import choose_primitive, conv2d_forward, primitive_forced
+from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_planes, finish_rows, global_avg_pool,
+                               linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
@@ -29,8 +32,8 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 
 
 LONG_SPAN = 512  # stride-1 convs with shorter runs per weight (small planes) use tiles of
-                 # im2col columns instead, as do dense convs of batches (GEMM)
-BATCH_TILE_FLOATS = 1 << 18  # batches: whole-image GEMMs (memory is not the point there)
+                 # im2col columns instead
+BATCH_TILE_FLOATS = 1 << 18  # sparse batches: whole-image tiles (memory is not the point there)
 
 
 class Runtime:
@@ -41,21 +44,22 @@ class Runtime:
         B, steps = plan.batch, plan.steps
         self.arena = np.zeros(B * plan.arena_size, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
+        self.gemm = weights.mode == "dense" and B > 1  # throughput: engine primitives and GEMMs
+        self.primitives = {}  # conv step -> the engine primitive it runs (dense batches)
         convs, padded = [], 1
         for s in steps:
-            if s.kind == "conv":
+            if s.kind == "conv" and not self.gemm:
                 c, h, w = plan.values[s.inputs[0]].shape
                 convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
                               s.stride, w + 2 * s.pad))
                 convs.append(convs[-1][:4] + (2, 0))  # it may take the tiled path
-                if s.stride == 1 and s.pad and (weights.mode != "dense" or B == 1):
+                if s.stride == 1 and s.pad:
                     padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
         cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
         self.cols = np.zeros((self.threads, cols), np.float32)
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
-        self.gemm = weights.mode == "dense" and B > 1
         self.rows = np.zeros((B, max(linear, default=1)) if self.gemm else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
         self.calls = self._bind(B)
@@ -92,8 +96,14 @@ class Runtime:
         kh, kw = s.w_shape[2], s.w_shape[3]
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
         mode = self.weights.mode
+        if self.gemm:
+            W2, ones = self.weights.get(s)
+            W = W2.reshape(s.w_shape)
+            primitive = choose_primitive(s.primitive, x.shape, W.shape, s.stride, s.pad, 1)
+            self.primitives[s.name] = primitive
+            return functools.partial(_conv_planned, x, W, s.stride, s.pad, primitive, ones, *tail)
         span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
-        if s.stride == 1 and span >= LONG_SPAN and (mode != "dense" or self.plan.batch == 1):
+        if s.stride == 1 and span >= LONG_SPAN:
             xp, pad = x, s.pad
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
@@ -157,6 +167,10 @@ class Runtime:
             n = self.load_input(images[i:i + B])
             out[i:i + n] = self.forward(n)
         return out
+
+
+def _conv_planned(x, W, stride, pad, primitive, *tail):
+    finish_planes(conv2d_forward(x, W, stride, pad, 1, primitive), *tail)
 
 
 def _generic(layer, xs, y):

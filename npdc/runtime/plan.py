@@ -54,6 +54,7 @@ class Step:
     w_shape: tuple = None
     stride: int = 1
     pad: int = 0
+    primitive: str = None  # the conv plan's choice for the layer (npdc tune), None = default
 
     def reads(self):
         return self.inputs + ([self.residual] if self.residual else [])
@@ -142,7 +143,7 @@ def _fuse(net):
                         [name], np.ones(o, np.float64), b.astype(np.float64), False, np.zeros(o, np.float32))
             step.w_shape = tuple(layer.params["W"].shape)  # the plan keeps no weights
             if isinstance(layer, Conv2d):
-                step.stride, step.pad = layer.stride, layer.padding
+                step.stride, step.pad, step.primitive = layer.stride, layer.padding, layer.primitive
             steps.append(step)
             producer[name] = step
             continue

@@ -158,3 +158,34 @@ def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
             assert np.array_equal(net.predict(expected["x"]), expected["logits"])
     finally:
         force_primitive(None)
+
+
+def test_a_tuned_models_conv_plan_travels_in_the_file(tmp_path, quantized_net):
+    from npdc.codec.container import decode_header, read_container
+    from npdc.engine.conv_plan import apply_plan, net_plan
+
+    net, codes, _ = quantized_net
+    save_compressed(tmp_path / "plain.npdc", net, codes)
+    assert "conv_plan" not in decode_header(read_container(tmp_path / "plain.npdc")[0][1])
+    assert net_plan(load_compressed(tmp_path / "plain.npdc")[0]) == {}
+    plan = {"conv1": "im2col", "res2a_2a": "kn2row"}
+    apply_plan(net, plan)
+    save_compressed(tmp_path / "tuned.npdc", net, codes)
+    assert net_plan(load_compressed(tmp_path / "tuned.npdc")[0]) == plan
+
+
+@pytest.mark.parametrize("plan, message", [({"conv1": "winograd9"}, "unknown primitive 'winograd9'"),
+                                           ({"fc6": "im2col"}, "not a conv layer"),
+                                           (["conv1"], "conv_plan is not an object")])
+def test_a_bad_conv_plan_in_the_header_is_refused(tmp_path, quantized_net, plan, message):
+    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.model import model_sections
+    from npdc.errors import UserError
+
+    net, codes, _ = quantized_net
+    sections = model_sections(net, codes)
+    header = decode_header(sections[0][1])
+    header["conv_plan"] = plan
+    write_container(tmp_path / "m.npdc", [("HEAD", encode_header(header))] + sections[1:])
+    with pytest.raises(UserError, match=f"m.npdc: .*{message}"):
+        load_compressed(tmp_path / "m.npdc")

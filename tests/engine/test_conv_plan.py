@@ -109,3 +109,12 @@ def test_cli_primitive_forces_where_legal(capsys):
     assert choose_primitive(None, *case) == default_primitive(*case)  # not inherited
     assert choose_primitive(None, (1, 16, 8, 8), (16, 16, 1, 1), 1, 0, 1) == "kn2row"  # not winograd2
     assert set(ran.values()) <= set(PRIMITIVES)
+
+
+def test_a_clone_keeps_the_plan_so_a_distilled_student_runs_it():
+    from npdc.engine.resnet import clone_net
+
+    net = build_net(TINY_CIFAR)
+    plan = {name: "im2col" for name, _ in conv_layers(net)[::2]}
+    apply_plan(net, plan)
+    assert net_plan(clone_net(net)) == plan
