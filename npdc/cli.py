@@ -142,6 +142,8 @@ def _evaluate_npdc(args):
           f"peak RSS {r['peak_rss_bytes']:,} B")
     print(f"{r['images_per_s']:.0f} images/s at batch {args.batch_size}  batch-1 latency "
           f"{r['latency_ms_b1']:.2f} ms  score {r['score']:.2f} (accuracy reference: {r['accuracy_reference']})")
+    if r["primitives"]:
+        print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
     if args.json:
         _print_json({k: v for k, v in r.items() if k != "score_parts"})
 
@@ -447,7 +449,7 @@ def build_parser():
         s.add_argument("--threads", type=_positive_int, default=2, help="threads for kernels and BLAS (default 2)")
         s.add_argument("--primitive", default=None, help="run every engine conv that accepts it with "
                        "this primitive (direct, flat, polyphase, im2col, kn2row, winograd2, winograd4, fft); "
-                       "the .npdc runtime has its own fused kernels")
+                       "the .npdc runtime runs engine primitives only with dense weights at batch > 1")
 
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")

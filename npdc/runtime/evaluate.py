@@ -49,7 +49,7 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
             "peak_memory_bytes": int(m), "baseline_peak_memory_bytes": int(M),
             "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
             "images_per_s": len(x) / seconds if seconds > 0 else 0.0, "latency_ms_b1": latency,
-            "score": result["score"], "score_parts": result,
+            "score": result["score"], "score_parts": result, "primitives": runtime.primitives,
             "accuracy_reference": "baseline" if baseline_accuracy is not None else "self"}
 
 

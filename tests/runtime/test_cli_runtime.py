@@ -65,3 +65,17 @@ def test_infer_mistakes_are_one_line(model_and_data, capsys):
                  ["infer", str(d / "m.npdc"), str(d / "images.npz"), "--out", str(d / "p.npz"),
                   "--weights", "packed"]):
         assert_one_line_error(*run_cli(args, capsys)[::2])
+
+
+def test_evaluate_npdc_with_dense_batches_names_the_primitives_and_obeys_primitive(model_and_data, capsys):
+    d, net, x = model_and_data
+    args = ["evaluate", str(d / "m.npdc"), "--data", str(d / "data.npz"), "--weights", "dense",
+            "--batch-size", "4", "--json"]
+    code, out, _ = run_cli(args, capsys)
+    primitives = json.loads(out.strip().splitlines()[-1])["primitives"]
+    assert code == 0 and "conv primitives: conv1 " in out
+    assert set(primitives) == {n for n, layer, _ in net.nodes if type(layer).__name__ == "Conv2d"}
+    code, out, _ = run_cli(args + ["--primitive", "im2col"], capsys)
+    assert code == 0 and set(json.loads(out.strip().splitlines()[-1])["primitives"].values()) == {"im2col"}
+    code, out, _ = run_cli(args[:4] + ["--json"], capsys)  # the defaults: sparse weights
+    assert json.loads(out.strip().splitlines()[-1])["primitives"] == {}
