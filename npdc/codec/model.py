@@ -1,8 +1,9 @@
 """A whole model as a `.npdc` file (docs/format.md, "Model files"): what the sections hold.
 
 HEAD: JSON with the architecture spec, the raw-parameter dtype, the conv plan if the model was
-tuned (`conv_plan`, {conv layer: primitive}) and, per quantized layer, its path, shape and kind; one LAYR per quantized layer in header order (sparse: relative indices + value
-indices, both Huffman-coded; dense: value indices only); PARM: every other parameter and buffer,
+tuned (`conv_plan`, {conv layer: primitive}) and, per quantized layer, its path, shape and kind;
+one LAYR per quantized layer in header order (sparse: relative indices + value indices, both
+Huffman-coded; dense: value indices only); PARM: every other parameter and buffer,
 and the input normalisation, as float16 or float32 (with float16 chosen, a second PARM keeps in
 float32 the arrays float16 cannot hold); END. Reading checks the file, rebuilds the
 net from its spec and checks every name and shape, so a file can never load into a net it does

@@ -1,5 +1,6 @@
 """Run a plan (npdc.runtime.plan) from a .npdc file: every array is allocated when the runtime is
-built; a forward pass writes only into the arena and the shared workspace.
+built; a forward pass writes only into the arena and the shared workspace (except on the dense
+batch path below).
 
 Kernels: conv and linear steps call npdc.kernels.fused (dense weights) or npdc.kernels.sparse
 (sparse and streamed weights); both lower tiles of output rows into one shared column workspace.
@@ -44,11 +45,11 @@ class Runtime:
         B, steps = plan.batch, plan.steps
         self.arena = np.zeros(B * plan.arena_size, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
-        self.gemm = weights.mode == "dense" and B > 1  # throughput: engine primitives and GEMMs
+        self.throughput = weights.mode == "dense" and B > 1  # engine conv primitives, GEMM linears
         self.primitives = {}  # conv step -> the engine primitive it runs (dense batches)
         convs, padded = [], 1
         for s in steps:
-            if s.kind == "conv" and not self.gemm:
+            if s.kind == "conv" and not self.throughput:
                 c, h, w = plan.values[s.inputs[0]].shape
                 convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
                               s.stride, w + 2 * s.pad))
@@ -60,7 +61,7 @@ class Runtime:
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
-        self.rows = np.zeros((B, max(linear, default=1)) if self.gemm else (1, 1), np.float32)
+        self.rows = np.zeros((B, max(linear, default=1)) if self.throughput else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
         self.calls = self._bind(B)
 
@@ -96,7 +97,7 @@ class Runtime:
         kh, kw = s.w_shape[2], s.w_shape[3]
         tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
         mode = self.weights.mode
-        if self.gemm:
+        if self.throughput:
             W2, ones = self.weights.get(s)
             W = W2.reshape(s.w_shape)
             primitive = choose_primitive(s.primitive, x.shape, W.shape, s.stride, s.pad, 1)
@@ -130,7 +131,7 @@ class Runtime:
             linear_sparse(x, *self.weights.get(s), s.scale, s.shift, s.act, s.slopes, y)
             return
         W, ones = self.weights.get(s)
-        if self.gemm and x.shape[0] > 1:
+        if self.throughput and x.shape[0] > 1:
             acc = self.rows[:x.shape[0], :W.shape[0]]
             np.matmul(x, W.T, out=acc)
             finish_rows(acc, ones, s.shift, s.act, s.slopes, y)
