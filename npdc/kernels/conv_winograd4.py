@@ -91,7 +91,7 @@ def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
 
 
 @contextmanager
-def _straight_line_vectorised():
+def straight_line_vectorised():
     """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
     _gemm's sixteen scalar sums per row only become vector registers with it."""
     old = numba.config.SLP_VECTORIZE
@@ -172,7 +172,7 @@ def _gemm_body(U, V, M, T):
                 m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = h12, h13, h14, h15
 
 
-with _straight_line_vectorised():
+with straight_line_vectorised():
     _gemm = numba.njit(["void(f4[:, :, ::1], f4[:, :, ::1], f4[:, :, ::1], i8)",
                         "void(f8[:, :, ::1], f8[:, :, ::1], f8[:, :, ::1], i8)"],
                        cache=True, fastmath={"contract"})(_gemm_body)

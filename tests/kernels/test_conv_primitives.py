@@ -173,7 +173,7 @@ def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
     """Numba reads its SLP switch at every compilation; the GEMM's must not leak into the rest."""
     before = numba.config.SLP_VECTORIZE
     with pytest.raises(RuntimeError):
-        with conv_winograd4._straight_line_vectorised():
+        with conv_winograd4.straight_line_vectorised():
             assert numba.config.SLP_VECTORIZE == 1
             raise RuntimeError("a failed compilation")
     assert numba.config.SLP_VECTORIZE == before
