@@ -9,7 +9,6 @@ Numba compilation is never timed.
 import time
 
 import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
-import numpy as np
 import pytest
 
 from npdc.kernels.select import best_seconds  # noqa: F401  (the benches' timer)
@@ -21,14 +20,6 @@ THREADS = 2
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
     set_threads(THREADS)
-
-
-def matmul_gflops(n=1024, repeats=5):
-    """numpy float32 matmul GFLOP/s at n x n x n, the yardstick kernels are compared with."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def gate(benchmark, name, ratio, floor):
