@@ -83,8 +83,8 @@ COLUMNS = 64  # output positions per run that every block of outputs sweeps (mea
 
 
 def _taps_gemm_body(xp, Wb, taps, start, T, acc):
-    """acc[o, t] = sum over c and taps k of Wb[o // 4, c, k, o % 4] * xp[taps[k, 0], c, start + t + taps[k, 1]]
-    for t < T (a multiple of 16), every o.
+    """acc[o, t] = sum over channels c and taps k of
+    Wb[o // 4, c, k, o % 4] * xp[taps[k, 0], c, start + t + taps[k, 1]], for t < T (a multiple of 16).
 
     winograd4's GEMM kernel shape: a block of four output channels by sixteen positions is summed
     over every (channel, tap) in 64 scalars that the SLP vectoriser packs into eight registers, and
