@@ -22,6 +22,18 @@ def chunk_images(plane, n):
     return max(1, min(n, COLUMNS // plane))
 
 
+@numba.njit(cache=True, inline="always")
+def _chunk(cols_buf, mats_buf, t, k, chunk, n, plane):
+    """(first image, images, columns, matrix) of chunk k: views (rows, width) and (og, width) of
+    thread t's buffers, width = images * plane; the row counts follow from the buffer sizes."""
+    i0 = k * chunk
+    m = min(chunk, n - i0)
+    width = m * plane
+    rows, og = cols_buf.shape[1] // (chunk * plane), mats_buf.shape[1] // (chunk * plane)
+    return i0, m, cols_buf[t, :rows * width].reshape((rows, width)), \
+        mats_buf[t, :og * width].reshape((og, width))
+
+
 @numba.njit(parallel=True, cache=True)
 def _forward(x, W2, kh, kw, stride, pad, groups, y, chunk, n_threads):
     n, c = x.shape[0], x.shape[1]
@@ -32,11 +44,7 @@ def _forward(x, W2, kh, kw, stride, pad, groups, y, chunk, n_threads):
     outs_buf = np.empty((n_threads, og * chunk * plane), x.dtype)
     for t in numba.prange(n_threads):
         for k in range(t, n_chunks, n_threads):
-            i0 = k * chunk
-            m = min(chunk, n - i0)
-            width = m * plane
-            cols = cols_buf[t, :rows * width].reshape((rows, width))
-            out = outs_buf[t, :og * width].reshape((og, width))
+            i0, m, cols, out = _chunk(cols_buf, outs_buf, t, k, chunk, n, plane)
             for g in range(groups):
                 for i in range(m):
                     im2col(x[i0 + i], g * cg, cg, kh, kw, stride, pad, cols, i * plane)
@@ -63,11 +71,7 @@ def _weight_gradient(x, dy, kh, kw, stride, pad, groups, rows, chunk, n_threads)
     dW = np.zeros((n_threads, o, rows), x.dtype)
     for t in numba.prange(n_threads):
         for k in range(t, n_chunks, n_threads):
-            i0 = k * chunk
-            m = min(chunk, n - i0)
-            width = m * plane
-            cols = cols_buf[t, :rows * width].reshape((rows, width))
-            dys = dys_buf[t, :og * width].reshape((og, width))
+            i0, m, cols, dys = _chunk(cols_buf, dys_buf, t, k, chunk, n, plane)
             for g in range(groups):
                 for i in range(m):
                     im2col(x[i0 + i], g * cg, cg, kh, kw, stride, pad, cols, i * plane)
@@ -92,11 +96,7 @@ def _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, n_threads):
     dys_buf = np.empty((n_threads, og * chunk * plane), dx.dtype)
     for t in numba.prange(n_threads):
         for k in range(t, n_chunks, n_threads):
-            i0 = k * chunk
-            m = min(chunk, n - i0)
-            width = m * plane
-            cols = cols_buf[t, :rows * width].reshape((rows, width))
-            dys = dys_buf[t, :og * width].reshape((og, width))
+            i0, m, cols, dys = _chunk(cols_buf, dys_buf, t, k, chunk, n, plane)
             for g in range(groups):
                 for i in range(m):
                     dys[:, i * plane:(i + 1) * plane] = dy[i0 + i, g * og:(g + 1) * og].reshape((og, plane))
