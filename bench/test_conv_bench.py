@@ -10,7 +10,7 @@ from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal
 
 BATCH = 128
 # (C, H, O, k, stride): every distinct conv shape of cifar-resnet20, then of the shipped resnet18
-SHAPES = [(16, 32, 16, 3, 1), (16, 32, 32, 3, 2), (32, 16, 32, 3, 1), (32, 16, 64, 3, 2),
+SHAPES = [(3, 32, 16, 3, 1), (16, 32, 16, 3, 1), (16, 32, 32, 3, 2), (32, 16, 32, 3, 1), (32, 16, 64, 3, 2),
           (64, 8, 64, 3, 1),
           (1, 28, 16, 3, 1), (16, 28, 16, 3, 1), (16, 28, 32, 3, 2), (32, 14, 32, 3, 1),
           (32, 14, 64, 3, 2), (64, 7, 64, 3, 1), (64, 7, 128, 3, 2), (128, 4, 128, 3, 1),

@@ -22,8 +22,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE
-from npdc.kernels.conv_winograd4 import straight_line_vectorised
+from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_vectorised
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
 
 

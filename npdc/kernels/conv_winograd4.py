@@ -19,12 +19,11 @@ so the result does not depend on the thread count. The data gradient is the same
 dy with the kernels flipped and transposed (padding 2 - pad); the weight gradient is flat's.
 """
 
-from contextlib import contextmanager
-
 import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
+from npdc.kernels.conv_flat import straight_line_vectorised
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
@@ -88,18 +87,6 @@ def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
                     v = _bt(z[q], z[q + 1], z[q + 2], z[q + 3], z[q + 4], z[q + 5], k2, k4, k5)
                     for b in range(6):
                         V[6 * a + b, c, t] = v[b]
-
-
-@contextmanager
-def straight_line_vectorised():
-    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
-    _gemm's sixteen scalar sums per row only become vector registers with it."""
-    old = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = old
 
 
 J = tuple(np.uint64(j) for j in range(16))  # unsigned offsets, so indexing emits no wraparound test

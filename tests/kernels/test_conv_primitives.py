@@ -111,6 +111,19 @@ def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch
         _check_all_three("polyphase", ((3, 9, 40 - pad, 38 + pad), (13, 9, 3, 3), 2, pad, 1), seed=pad)
 
 
+@pytest.mark.parametrize("case", [
+    ((3, 1, 12, 13), (5, 1, 3, 3), 1, 1, 1),  # one channel: the last chunk overlaps the one before
+    ((2, 3, 11, 12), (4, 3, 3, 3), 1, 0, 1),  # a 9x10 output: last columns summed first, then overwritten
+    ((2, 3, 16, 16), (4, 3, 3, 3), 1, 1, 1),  # whole chunks only
+    ((2, 7, 9, 20), (3, 7, 3, 3), 1, 2, 1),  # the most channels that still take the row path
+    ((2, 9, 10, 11), (10, 9, 3, 3), 1, 1, 1),  # the plane path, with an output wider than a vector
+])
+def test_flat_forward_on_both_paths(case):
+    """flat sums few-channel layers row by row in registers and the rest over stacked planes;
+    both must agree with the reference, forward and both gradients."""
+    _check_all_three("flat", case, seed=3)
+
+
 @pytest.mark.parametrize("name, case", [
     ("polyphase", ((2, 3, 7, 6), (9, 3, 3, 3), 2, 1, 1)),
     ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
@@ -173,7 +186,7 @@ def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
     """Numba reads its SLP switch at every compilation; the GEMM's must not leak into the rest."""
     before = numba.config.SLP_VECTORIZE
     with pytest.raises(RuntimeError):
-        with conv_winograd4.straight_line_vectorised():
+        with conv_flat.straight_line_vectorised():
             assert numba.config.SLP_VECTORIZE == 1
             raise RuntimeError("a failed compilation")
     assert numba.config.SLP_VECTORIZE == before
