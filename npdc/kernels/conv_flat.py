@@ -14,6 +14,10 @@ Why planes and tiles: each task copies a few images into a per-thread plane smal
 in L2 while every block of output channels sweeps it, and the sweep goes a tile of lines at a time
 so the block's accumulators stay in L1. Tiles are computed in whole vectors (no scalar tail).
 
+Few input channels (the first layer) have no channel reuse to block for, and there the planes'
+copies and tiles cost more than the sums: _rows sums each output row in registers and writes it
+to y directly.
+
 The data gradient is the same kernel on dy with the kernels flipped and transposed (padding
 2 - pad); the weight gradient stacks a (larger) plane of x and of dy per task and sums dy times
 the shifted input rows, four output channels by one kernel row at a time, one partial sum per
