@@ -231,8 +231,8 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
             for ch in range(c):
                 dst = xp[ch]
                 for r in range(h):
-                    src, start = x[first + k, ch, r], k * plane + (r + pad) * wp + pad
-                    for col in range(w):
+                    src, start = x[first + k, ch, r], numba.uint64(k * plane + (r + pad) * wp + pad)
+                    for col in range(numba.uint64(w)):  # unsigned: a vectorised copy
                         dst[start + col] = src[col]
         for r0 in range(0, count * th, rows_per_chunk):
             rows = min(rows_per_chunk, count * th - r0)
