@@ -138,8 +138,9 @@ def test_a_folded_name_that_is_no_batch_norm_is_refused(tmp_path, quantized_net)
 def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
     """tests/data/npdc/version1.npdc was written by format version 1 (5-bit code-length tables);
     its logits were stored beside it when it was written, with Winograd F(2,3) computing its 3x3
-    stride-1 convolutions and im2col the others (the defaults then), which this test restores so
-    they must agree bit for bit."""
+    stride-1 convolutions and im2col the others (the defaults then), which this test restores.
+    They agree to float32 rounding, not bit for bit: im2col's sgemm is OpenBLAS's, whose kernel
+    (and so its summation order) depends on the CPU it runs on."""
     from pathlib import Path
 
     from npdc.codec.container import read_container
@@ -155,7 +156,7 @@ def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
     force_primitive("winograd2")  # wherever it is legal, over the plan
     try:
         with np.load(data / "version1_expected.npz") as expected:
-            assert np.array_equal(net.predict(expected["x"]), expected["logits"])
+            np.testing.assert_allclose(net.predict(expected["x"]), expected["logits"], rtol=1e-5, atol=1e-6)
     finally:
         force_primitive(None)
 
