@@ -179,10 +179,20 @@ JL = tuple(np.uint64(j) for j in range(LANES))  # unsigned offsets: no wraparoun
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _dot9(a, r0, r1, r2, t, k0, k1, k2, k3, k4, k5, k6, k7, k8):
-    """a + the 3x3 window at column t of the rows r0, r1, r2 times the taps k0 .. k8."""
-    return (a + k0 * r0[t] + k1 * r0[t + JL[1]] + k2 * r0[t + JL[2]] + k3 * r1[t] + k4 * r1[t + JL[1]]
-            + k5 * r1[t + JL[2]] + k6 * r2[t] + k7 * r2[t + JL[1]] + k8 * r2[t + JL[2]])
+def _dot9(a, r0, r1, r2, t, k):
+    """a + the 3x3 window at column t of the rows r0, r1, r2 times the nine taps k (a tuple)."""
+    return (a + k[0] * r0[t] + k[1] * r0[t + JL[1]] + k[2] * r0[t + JL[2]] + k[3] * r1[t]
+            + k[4] * r1[t + JL[1]] + k[5] * r1[t + JL[2]] + k[6] * r2[t] + k[7] * r2[t + JL[1]]
+            + k[8] * r2[t + JL[2]])
+
+
+@numba.njit(cache=True, inline="always")
+def _eight(d0, d1, d2, d3, d4, d5, d6, d7, r0, r1, r2, t, k):
+    """(d0 .. d7) + the 3x3 windows at columns t .. t+7 of the rows r0, r1, r2 (taps k)."""
+    return (_dot9(d0, r0, r1, r2, t, k), _dot9(d1, r0, r1, r2, t + JL[1], k),
+            _dot9(d2, r0, r1, r2, t + JL[2], k), _dot9(d3, r0, r1, r2, t + JL[3], k),
+            _dot9(d4, r0, r1, r2, t + JL[4], k), _dot9(d5, r0, r1, r2, t + JL[5], k),
+            _dot9(d6, r0, r1, r2, t + JL[6], k), _dot9(d7, r0, r1, r2, t + JL[7], k))
 
 
 def _rows_body(x, W9, pad, y):
@@ -214,21 +224,14 @@ def _rows_body(x, W9, pad, y):
                     d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = z
                     for ch in range(c):
                         k, r0, r1, r2 = W9[q, ch], plane[ch, r], plane[ch, r + 1], plane[ch, r + 2]
-                        k0, k1, k2, k3, k4, k5, k6, k7, k8 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]
-                        d0 = _dot9(d0, r0, r1, r2, t, k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d1 = _dot9(d1, r0, r1, r2, t + JL[1], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d2 = _dot9(d2, r0, r1, r2, t + JL[2], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d3 = _dot9(d3, r0, r1, r2, t + JL[3], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d4 = _dot9(d4, r0, r1, r2, t + JL[4], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d5 = _dot9(d5, r0, r1, r2, t + JL[5], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d6 = _dot9(d6, r0, r1, r2, t + JL[6], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d7 = _dot9(d7, r0, r1, r2, t + JL[7], k0, k1, k2, k3, k4, k5, k6, k7, k8)
+                        taps = (k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8])
+                        d0, d1, d2, d3, d4, d5, d6, d7 = _eight(d0, d1, d2, d3, d4, d5, d6, d7, r0, r1, r2, t, taps)
                     out = y[i, q, r]
                     out[t], out[t + JL[1]], out[t + JL[2]], out[t + JL[3]] = d0, d1, d2, d3
                     out[t + JL[4]], out[t + JL[5]], out[t + JL[6]], out[t + JL[7]] = d4, d5, d6, d7
             for ch in range(c):
                 k = W9[q, ch]
-                k0, k1, k2, k3, k4, k5, k6, k7, k8 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]
+                taps = (k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8])
                 for r in range(ho):
                     out, r0, r1, r2 = y[i, q, r], plane[ch, r], plane[ch, r + 1], plane[ch, r + 2]
                     for c0 in range(0, chunks, LANES):
@@ -238,14 +241,7 @@ def _rows_body(x, W9, pad, y):
                         else:
                             d0, d1, d2, d3 = out[t], out[t + JL[1]], out[t + JL[2]], out[t + JL[3]]
                             d4, d5, d6, d7 = out[t + JL[4]], out[t + JL[5]], out[t + JL[6]], out[t + JL[7]]
-                        d0 = _dot9(d0, r0, r1, r2, t, k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d1 = _dot9(d1, r0, r1, r2, t + JL[1], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d2 = _dot9(d2, r0, r1, r2, t + JL[2], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d3 = _dot9(d3, r0, r1, r2, t + JL[3], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d4 = _dot9(d4, r0, r1, r2, t + JL[4], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d5 = _dot9(d5, r0, r1, r2, t + JL[5], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d6 = _dot9(d6, r0, r1, r2, t + JL[6], k0, k1, k2, k3, k4, k5, k6, k7, k8)
-                        d7 = _dot9(d7, r0, r1, r2, t + JL[7], k0, k1, k2, k3, k4, k5, k6, k7, k8)
+                        d0, d1, d2, d3, d4, d5, d6, d7 = _eight(d0, d1, d2, d3, d4, d5, d6, d7, r0, r1, r2, t, taps)
                         out[t], out[t + JL[1]], out[t + JL[2]], out[t + JL[3]] = d0, d1, d2, d3
                         out[t + JL[4]], out[t + JL[5]], out[t + JL[6]], out[t + JL[7]] = d4, d5, d6, d7
 
