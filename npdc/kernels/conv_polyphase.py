@@ -74,6 +74,45 @@ CHANNELS = 16  # input channels per sweep: their 16 x 9 B rows of a block stay i
 J = tuple(np.uint64(j) for j in range(LANES))  # unsigned offsets: no wraparound tests
 
 
+@numba.njit(cache=True, inline="always")
+def _lanes(v, q):
+    """v[q .. q+31] as a tuple (unsigned offsets: no wraparound tests)."""
+    return (v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]],
+            v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]],
+            v[q + J[8]], v[q + J[9]], v[q + J[10]], v[q + J[11]],
+            v[q + J[12]], v[q + J[13]], v[q + J[14]], v[q + J[15]],
+            v[q + J[16]], v[q + J[17]], v[q + J[18]], v[q + J[19]],
+            v[q + J[20]], v[q + J[21]], v[q + J[22]], v[q + J[23]],
+            v[q + J[24]], v[q + J[25]], v[q + J[26]], v[q + J[27]],
+            v[q + J[28]], v[q + J[29]], v[q + J[30]], v[q + J[31]])
+
+
+@numba.njit(cache=True, inline="always")
+def _madd(s, w, e):
+    """s + w * e lane by lane, for 32-tuples s and e."""
+    return (s[0] + w * e[0], s[1] + w * e[1], s[2] + w * e[2], s[3] + w * e[3],
+            s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
+            s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
+            s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15],
+            s[16] + w * e[16], s[17] + w * e[17], s[18] + w * e[18], s[19] + w * e[19],
+            s[20] + w * e[20], s[21] + w * e[21], s[22] + w * e[22], s[23] + w * e[23],
+            s[24] + w * e[24], s[25] + w * e[25], s[26] + w * e[26], s[27] + w * e[27],
+            s[28] + w * e[28], s[29] + w * e[29], s[30] + w * e[30], s[31] + w * e[31])
+
+
+@numba.njit(cache=True, inline="always")
+def _put(m, p, s):
+    """m[p .. p+31] = the 32-tuple s."""
+    m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = s[0], s[1], s[2], s[3]
+    m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = s[4], s[5], s[6], s[7]
+    m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = s[8], s[9], s[10], s[11]
+    m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = s[12], s[13], s[14], s[15]
+    m[p + J[16]], m[p + J[17]], m[p + J[18]], m[p + J[19]] = s[16], s[17], s[18], s[19]
+    m[p + J[20]], m[p + J[21]], m[p + J[22]], m[p + J[23]] = s[20], s[21], s[22], s[23]
+    m[p + J[24]], m[p + J[25]], m[p + J[26]], m[p + J[27]] = s[24], s[25], s[26], s[27]
+    m[p + J[28]], m[p + J[29]], m[p + J[30]], m[p + J[31]] = s[28], s[29], s[30], s[31]
+
+
 def _taps_gemm_body(xp, Wb, taps, start, T, acc):
     """acc[o, t] = sum over channels c and taps k of
     Wb[o // 3, c, k, o % 3] * xp[taps[k, 0], c, start + t + taps[k, 1]], for t < T (a multiple of 32).
@@ -86,7 +125,7 @@ def _taps_gemm_body(xp, Wb, taps, start, T, acc):
     each run and group swept by every block of outputs, so what a block reads stays in L1 while
     the weights stream through; the sums go back to acc between groups."""
     n_b, n_c, n_k, _ = Wb.shape
-    z = np.zeros(1, xp.dtype)[0]
+    zeros = _lanes(np.zeros(LANES, xp.dtype), numba.uint64(0))
     for tc in range(0, T, COLUMNS):
         for c0 in range(0, n_c, CHANNELS):
             for ob in range(n_b):
@@ -94,103 +133,18 @@ def _taps_gemm_body(xp, Wb, taps, start, T, acc):
                 for t0 in range(tc, min(tc + COLUMNS, T), LANES):
                     p = numba.uint64(t0)
                     if c0 == 0:
-                        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = z
-                        a16 = a17 = a18 = a19 = a20 = a21 = a22 = a23 = a24 = a25 = a26 = a27 = a28 = a29 = a30 = a31 = z
-                        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = z
-                        b16 = b17 = b18 = b19 = b20 = b21 = b22 = b23 = b24 = b25 = b26 = b27 = b28 = b29 = b30 = b31 = z
-                        f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = f8 = f9 = f10 = f11 = f12 = f13 = f14 = f15 = z
-                        f16 = f17 = f18 = f19 = f20 = f21 = f22 = f23 = f24 = f25 = f26 = f27 = f28 = f29 = f30 = f31 = z
+                        a = b = f = zeros
                     else:
-                        a0, a1, a2, a3 = m0[p], m0[p + J[1]], m0[p + J[2]], m0[p + J[3]]
-                        a4, a5, a6, a7 = m0[p + J[4]], m0[p + J[5]], m0[p + J[6]], m0[p + J[7]]
-                        a8, a9, a10, a11 = m0[p + J[8]], m0[p + J[9]], m0[p + J[10]], m0[p + J[11]]
-                        a12, a13, a14, a15 = m0[p + J[12]], m0[p + J[13]], m0[p + J[14]], m0[p + J[15]]
-                        a16, a17, a18, a19 = m0[p + J[16]], m0[p + J[17]], m0[p + J[18]], m0[p + J[19]]
-                        a20, a21, a22, a23 = m0[p + J[20]], m0[p + J[21]], m0[p + J[22]], m0[p + J[23]]
-                        a24, a25, a26, a27 = m0[p + J[24]], m0[p + J[25]], m0[p + J[26]], m0[p + J[27]]
-                        a28, a29, a30, a31 = m0[p + J[28]], m0[p + J[29]], m0[p + J[30]], m0[p + J[31]]
-                        b0, b1, b2, b3 = m1[p], m1[p + J[1]], m1[p + J[2]], m1[p + J[3]]
-                        b4, b5, b6, b7 = m1[p + J[4]], m1[p + J[5]], m1[p + J[6]], m1[p + J[7]]
-                        b8, b9, b10, b11 = m1[p + J[8]], m1[p + J[9]], m1[p + J[10]], m1[p + J[11]]
-                        b12, b13, b14, b15 = m1[p + J[12]], m1[p + J[13]], m1[p + J[14]], m1[p + J[15]]
-                        b16, b17, b18, b19 = m1[p + J[16]], m1[p + J[17]], m1[p + J[18]], m1[p + J[19]]
-                        b20, b21, b22, b23 = m1[p + J[20]], m1[p + J[21]], m1[p + J[22]], m1[p + J[23]]
-                        b24, b25, b26, b27 = m1[p + J[24]], m1[p + J[25]], m1[p + J[26]], m1[p + J[27]]
-                        b28, b29, b30, b31 = m1[p + J[28]], m1[p + J[29]], m1[p + J[30]], m1[p + J[31]]
-                        f0, f1, f2, f3 = m2[p], m2[p + J[1]], m2[p + J[2]], m2[p + J[3]]
-                        f4, f5, f6, f7 = m2[p + J[4]], m2[p + J[5]], m2[p + J[6]], m2[p + J[7]]
-                        f8, f9, f10, f11 = m2[p + J[8]], m2[p + J[9]], m2[p + J[10]], m2[p + J[11]]
-                        f12, f13, f14, f15 = m2[p + J[12]], m2[p + J[13]], m2[p + J[14]], m2[p + J[15]]
-                        f16, f17, f18, f19 = m2[p + J[16]], m2[p + J[17]], m2[p + J[18]], m2[p + J[19]]
-                        f20, f21, f22, f23 = m2[p + J[20]], m2[p + J[21]], m2[p + J[22]], m2[p + J[23]]
-                        f24, f25, f26, f27 = m2[p + J[24]], m2[p + J[25]], m2[p + J[26]], m2[p + J[27]]
-                        f28, f29, f30, f31 = m2[p + J[28]], m2[p + J[29]], m2[p + J[30]], m2[p + J[31]]
+                        a, b, f = _lanes(m0, p), _lanes(m1, p), _lanes(m2, p)
                     for c in range(c0, min(c0 + CHANNELS, n_c)):
                         wc = Wo[c]
                         for k in range(n_k):
-                            v = xp[taps[k, 0], c]
-                            q = numba.uint64(start + t0 + taps[k, 1])
-                            e0, e1, e2, e3 = v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]]
-                            e4, e5, e6, e7 = v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]]
-                            e8, e9, e10, e11 = v[q + J[8]], v[q + J[9]], v[q + J[10]], v[q + J[11]]
-                            e12, e13, e14, e15 = v[q + J[12]], v[q + J[13]], v[q + J[14]], v[q + J[15]]
-                            e16, e17, e18, e19 = v[q + J[16]], v[q + J[17]], v[q + J[18]], v[q + J[19]]
-                            e20, e21, e22, e23 = v[q + J[20]], v[q + J[21]], v[q + J[22]], v[q + J[23]]
-                            e24, e25, e26, e27 = v[q + J[24]], v[q + J[25]], v[q + J[26]], v[q + J[27]]
-                            e28, e29, e30, e31 = v[q + J[28]], v[q + J[29]], v[q + J[30]], v[q + J[31]]
+                            e = _lanes(xp[taps[k, 0], c], numba.uint64(start + t0 + taps[k, 1]))
                             u = wc[k]
-                            w = u[0]
-                            a0, a1, a2, a3 = a0 + w * e0, a1 + w * e1, a2 + w * e2, a3 + w * e3
-                            a4, a5, a6, a7 = a4 + w * e4, a5 + w * e5, a6 + w * e6, a7 + w * e7
-                            a8, a9, a10, a11 = a8 + w * e8, a9 + w * e9, a10 + w * e10, a11 + w * e11
-                            a12, a13, a14, a15 = a12 + w * e12, a13 + w * e13, a14 + w * e14, a15 + w * e15
-                            a16, a17, a18, a19 = a16 + w * e16, a17 + w * e17, a18 + w * e18, a19 + w * e19
-                            a20, a21, a22, a23 = a20 + w * e20, a21 + w * e21, a22 + w * e22, a23 + w * e23
-                            a24, a25, a26, a27 = a24 + w * e24, a25 + w * e25, a26 + w * e26, a27 + w * e27
-                            a28, a29, a30, a31 = a28 + w * e28, a29 + w * e29, a30 + w * e30, a31 + w * e31
-                            w = u[1]
-                            b0, b1, b2, b3 = b0 + w * e0, b1 + w * e1, b2 + w * e2, b3 + w * e3
-                            b4, b5, b6, b7 = b4 + w * e4, b5 + w * e5, b6 + w * e6, b7 + w * e7
-                            b8, b9, b10, b11 = b8 + w * e8, b9 + w * e9, b10 + w * e10, b11 + w * e11
-                            b12, b13, b14, b15 = b12 + w * e12, b13 + w * e13, b14 + w * e14, b15 + w * e15
-                            b16, b17, b18, b19 = b16 + w * e16, b17 + w * e17, b18 + w * e18, b19 + w * e19
-                            b20, b21, b22, b23 = b20 + w * e20, b21 + w * e21, b22 + w * e22, b23 + w * e23
-                            b24, b25, b26, b27 = b24 + w * e24, b25 + w * e25, b26 + w * e26, b27 + w * e27
-                            b28, b29, b30, b31 = b28 + w * e28, b29 + w * e29, b30 + w * e30, b31 + w * e31
-                            w = u[2]
-                            f0, f1, f2, f3 = f0 + w * e0, f1 + w * e1, f2 + w * e2, f3 + w * e3
-                            f4, f5, f6, f7 = f4 + w * e4, f5 + w * e5, f6 + w * e6, f7 + w * e7
-                            f8, f9, f10, f11 = f8 + w * e8, f9 + w * e9, f10 + w * e10, f11 + w * e11
-                            f12, f13, f14, f15 = f12 + w * e12, f13 + w * e13, f14 + w * e14, f15 + w * e15
-                            f16, f17, f18, f19 = f16 + w * e16, f17 + w * e17, f18 + w * e18, f19 + w * e19
-                            f20, f21, f22, f23 = f20 + w * e20, f21 + w * e21, f22 + w * e22, f23 + w * e23
-                            f24, f25, f26, f27 = f24 + w * e24, f25 + w * e25, f26 + w * e26, f27 + w * e27
-                            f28, f29, f30, f31 = f28 + w * e28, f29 + w * e29, f30 + w * e30, f31 + w * e31
-                    m0[p], m0[p + J[1]], m0[p + J[2]], m0[p + J[3]] = a0, a1, a2, a3
-                    m0[p + J[4]], m0[p + J[5]], m0[p + J[6]], m0[p + J[7]] = a4, a5, a6, a7
-                    m0[p + J[8]], m0[p + J[9]], m0[p + J[10]], m0[p + J[11]] = a8, a9, a10, a11
-                    m0[p + J[12]], m0[p + J[13]], m0[p + J[14]], m0[p + J[15]] = a12, a13, a14, a15
-                    m0[p + J[16]], m0[p + J[17]], m0[p + J[18]], m0[p + J[19]] = a16, a17, a18, a19
-                    m0[p + J[20]], m0[p + J[21]], m0[p + J[22]], m0[p + J[23]] = a20, a21, a22, a23
-                    m0[p + J[24]], m0[p + J[25]], m0[p + J[26]], m0[p + J[27]] = a24, a25, a26, a27
-                    m0[p + J[28]], m0[p + J[29]], m0[p + J[30]], m0[p + J[31]] = a28, a29, a30, a31
-                    m1[p], m1[p + J[1]], m1[p + J[2]], m1[p + J[3]] = b0, b1, b2, b3
-                    m1[p + J[4]], m1[p + J[5]], m1[p + J[6]], m1[p + J[7]] = b4, b5, b6, b7
-                    m1[p + J[8]], m1[p + J[9]], m1[p + J[10]], m1[p + J[11]] = b8, b9, b10, b11
-                    m1[p + J[12]], m1[p + J[13]], m1[p + J[14]], m1[p + J[15]] = b12, b13, b14, b15
-                    m1[p + J[16]], m1[p + J[17]], m1[p + J[18]], m1[p + J[19]] = b16, b17, b18, b19
-                    m1[p + J[20]], m1[p + J[21]], m1[p + J[22]], m1[p + J[23]] = b20, b21, b22, b23
-                    m1[p + J[24]], m1[p + J[25]], m1[p + J[26]], m1[p + J[27]] = b24, b25, b26, b27
-                    m1[p + J[28]], m1[p + J[29]], m1[p + J[30]], m1[p + J[31]] = b28, b29, b30, b31
-                    m2[p], m2[p + J[1]], m2[p + J[2]], m2[p + J[3]] = f0, f1, f2, f3
-                    m2[p + J[4]], m2[p + J[5]], m2[p + J[6]], m2[p + J[7]] = f4, f5, f6, f7
-                    m2[p + J[8]], m2[p + J[9]], m2[p + J[10]], m2[p + J[11]] = f8, f9, f10, f11
-                    m2[p + J[12]], m2[p + J[13]], m2[p + J[14]], m2[p + J[15]] = f12, f13, f14, f15
-                    m2[p + J[16]], m2[p + J[17]], m2[p + J[18]], m2[p + J[19]] = f16, f17, f18, f19
-                    m2[p + J[20]], m2[p + J[21]], m2[p + J[22]], m2[p + J[23]] = f20, f21, f22, f23
-                    m2[p + J[24]], m2[p + J[25]], m2[p + J[26]], m2[p + J[27]] = f24, f25, f26, f27
-                    m2[p + J[28]], m2[p + J[29]], m2[p + J[30]], m2[p + J[31]] = f28, f29, f30, f31
-
+                            a, b, f = _madd(a, u[0], e), _madd(b, u[1], e), _madd(f, u[2], e)
+                    _put(m0, p, a)
+                    _put(m1, p, b)
+                    _put(m2, p, f)
 
 
 with straight_line_vectorised():
