@@ -6,13 +6,20 @@ Why: each 4x4 output tile costs 36 multiply-adds per channel pair instead of 144
 part does a quarter of the direct work. The unfused F(m x m, 3 x 3) in conv_winograd writes every
 transform to memory in its own pass and loses that gain to memory traffic at ResNet shapes.
 
-How: each parallel task copies its run of images into a zero-padded plane per thread, then goes through
-its tiles a chunk of whole tile rows at a time. For a chunk it transforms the inputs into
-V (36, C, T) (rows combined along whole padded rows, which is contiguous, then columns per tile),
-runs 36 GEMMs M_xi (O, T) = U_xi^T @ V_xi with U_xi (C, O), V_xi (C, T), a register block of
-four output channels by sixteen tiles at a time, and turns each output channel's M into its 4x4
-tiles, written straight into y. A chunk's V and M together hold about BUDGET floats, so they
-stay in the core's caches.
+Why channels innermost: a tile's transform is a handful of adds per value, so its cost is loads
+and stores. Kept in NCHW, each tile-channel's 36 transformed values went to 36 scattered places
+one scalar at a time; with channels innermost, the same step moves eight channels per vector
+instruction (measured at cifar-resnet20's shapes, batch 128, 2 threads: 1.2-1.6x the NCHW
+version's forward).
+
+How: each parallel task copies its run of images into a zero-padded plane per thread with the
+channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes through its tiles a
+chunk of whole tile rows at a time. For a chunk it transforms the inputs into V (36, T, C8)
+(rows combined down six whole padded rows, which is contiguous, then columns per tile, eight
+channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16), a register
+block of four tiles by sixteen output channels at a time, and turns each tile's products into its
+4x4 outputs for all output channels at once, which a last pass writes into y's rows. A chunk's V
+and M together hold about BUDGET floats, so they stay in the core's caches.
 
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
 so the result does not depend on the thread count. The data gradient is the same convolution on
@@ -27,11 +34,12 @@ from npdc.kernels.conv_flat import straight_line_vectorised
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
-BUDGET = 384 * 1024  # floats of V and M per chunk (measured: 192 Ki and 768 Ki were slower)
-LANES = 16  # chunks are computed in whole blocks of this many tiles (_gemm's width)
+BUDGET = 96 * 1024  # floats of V and M per chunk (measured: 96-192 Ki best, 384-768 Ki 5-15 % slower)
+ROWS = 4  # tiles per GEMM register block: chunks are computed in whole multiples of it
+LANES = 8  # channels per vector step of the transforms (C is padded to a multiple)
+OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a multiple)
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
-
 
 @numba.njit(parallel=True, cache=True)
 def _kernels(W, G, U):
@@ -63,100 +71,144 @@ def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
     return m0 + s12 + s34, d12 + k2 * d34, s12 + k4 * s34, d12 + k8 * d34 + m5
 
 
-@numba.njit(cache=True, fastmath={"contract"})
-def _tiles_in(xp, row_bases, tw, wp, Z, V, K):
-    """V[a*6 + b, c, r*tw + tx] = (B^T d B)[a, b] for the 6x6 window d at xp[c, row_bases[r] + 4*tx].
-    K holds the constants 2, 4, 5 in the data's type (Python integers would promote to float64)."""
-    k2, k4, k5 = K[0], K[1], K[2]
-    width = 4 * tw + 2
-    for c in range(xp.shape[0]):
-        x = xp[c]
-        for r in range(row_bases.shape[0]):
-            p = row_bases[r]
-            x0, x1, x2 = x[p:p + width], x[p + wp:p + wp + width], x[p + 2 * wp:p + 2 * wp + width]
-            x3, x4, x5 = x[p + 3 * wp:p + 3 * wp + width], x[p + 4 * wp:p + 4 * wp + width], \
-                x[p + 5 * wp:p + 5 * wp + width]
-            z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
-            for col in range(width):
-                z0[col], z1[col], z2[col], z3[col], z4[col], z5[col] = _bt(
-                    x0[col], x1[col], x2[col], x3[col], x4[col], x5[col], k2, k4, k5)
-            for a in range(6):
-                z = Z[a]
-                for tx in range(tw):
-                    q, t = 4 * tx, r * tw + tx
-                    v = _bt(z[q], z[q + 1], z[q + 2], z[q + 3], z[q + 4], z[q + 5], k2, k4, k5)
-                    for b in range(6):
-                        V[6 * a + b, c, t] = v[b]
-
-
 J = tuple(np.uint64(j) for j in range(16))  # unsigned offsets, so indexing emits no wraparound test
 
 
-def _gemm_body(U, V, M, T):
-    """M[xi, o, t] = sum_c U[xi, c, o] V[xi, c, t] for t < T (a multiple of 16), O a multiple of 4.
+@numba.njit(cache=True, fastmath={"contract"})
+def _strip_in(xp, p, run, Z, K):
+    """Z[a, i] = (B^T d)[a] for d the six values xp[p + r*run + i], r = 0..5: one tile row's
+    input transform down the columns, over whole padded rows of all channels (contiguous)."""
+    k2, k4, k5 = K[0], K[1], K[2]
+    x0, x1, x2 = xp[p:p + run], xp[p + run:p + 2 * run], xp[p + 2 * run:p + 3 * run]
+    x3, x4, x5 = xp[p + 3 * run:p + 4 * run], xp[p + 4 * run:p + 5 * run], xp[p + 5 * run:p + 6 * run]
+    z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
+    for i in range(numba.uint64(run)):
+        z0[i], z1[i], z2[i], z3[i], z4[i], z5[i] = _bt(x0[i], x1[i], x2[i], x3[i], x4[i], x5[i], k2, k4, k5)
 
-    A block of four output channels by sixteen tiles is summed over all c in 64 scalars, which the
-    SLP vectoriser packs into eight 8-lane registers; per c, two vector loads and four broadcasts
-    feed eight multiply-adds, and M is written once. (A loop over t instead pays LLVM's alias
-    checks on every entry, which halved the speed at the 16-100 tiles a chunk holds.)"""
-    n_xi, n_c, o4 = U.shape
+
+@numba.njit(cache=True, inline="always")
+def _ld8(v, q):
+    """v[q .. q+7] as a tuple: all loads of a step come before its stores, so the SLP vectoriser
+    may pack them without knowing that the arrays do not overlap."""
+    return v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]], v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]]
+
+
+@numba.njit(cache=True, inline="always")
+def _st8(v, q, s):
+    """v[q .. q+7] = the 8-tuple s."""
+    v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]] = s[0], s[1], s[2], s[3]
+    v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]] = s[4], s[5], s[6], s[7]
+
+
+@numba.njit(cache=True, inline="always")
+def _bt8(d0, d1, d2, d3, d4, d5, k2, k4, k5):
+    """_bt lane by lane on six 8-tuples: six 8-tuples."""
+    l0 = _bt(d0[0], d1[0], d2[0], d3[0], d4[0], d5[0], k2, k4, k5)
+    l1 = _bt(d0[1], d1[1], d2[1], d3[1], d4[1], d5[1], k2, k4, k5)
+    l2 = _bt(d0[2], d1[2], d2[2], d3[2], d4[2], d5[2], k2, k4, k5)
+    l3 = _bt(d0[3], d1[3], d2[3], d3[3], d4[3], d5[3], k2, k4, k5)
+    l4 = _bt(d0[4], d1[4], d2[4], d3[4], d4[4], d5[4], k2, k4, k5)
+    l5 = _bt(d0[5], d1[5], d2[5], d3[5], d4[5], d5[5], k2, k4, k5)
+    l6 = _bt(d0[6], d1[6], d2[6], d3[6], d4[6], d5[6], k2, k4, k5)
+    l7 = _bt(d0[7], d1[7], d2[7], d3[7], d4[7], d5[7], k2, k4, k5)
+    return ((l0[0], l1[0], l2[0], l3[0], l4[0], l5[0], l6[0], l7[0]),
+            (l0[1], l1[1], l2[1], l3[1], l4[1], l5[1], l6[1], l7[1]),
+            (l0[2], l1[2], l2[2], l3[2], l4[2], l5[2], l6[2], l7[2]),
+            (l0[3], l1[3], l2[3], l3[3], l4[3], l5[3], l6[3], l7[3]),
+            (l0[4], l1[4], l2[4], l3[4], l4[4], l5[4], l6[4], l7[4]),
+            (l0[5], l1[5], l2[5], l3[5], l4[5], l5[5], l6[5], l7[5]))
+
+
+@numba.njit(cache=True, inline="always")
+def _at8(m0, m1, m2, m3, m4, m5, k2, k4, k8):
+    """_at lane by lane on six 8-tuples: four 8-tuples."""
+    l0 = _at(m0[0], m1[0], m2[0], m3[0], m4[0], m5[0], k2, k4, k8)
+    l1 = _at(m0[1], m1[1], m2[1], m3[1], m4[1], m5[1], k2, k4, k8)
+    l2 = _at(m0[2], m1[2], m2[2], m3[2], m4[2], m5[2], k2, k4, k8)
+    l3 = _at(m0[3], m1[3], m2[3], m3[3], m4[3], m5[3], k2, k4, k8)
+    l4 = _at(m0[4], m1[4], m2[4], m3[4], m4[4], m5[4], k2, k4, k8)
+    l5 = _at(m0[5], m1[5], m2[5], m3[5], m4[5], m5[5], k2, k4, k8)
+    l6 = _at(m0[6], m1[6], m2[6], m3[6], m4[6], m5[6], k2, k4, k8)
+    l7 = _at(m0[7], m1[7], m2[7], m3[7], m4[7], m5[7], k2, k4, k8)
+    return ((l0[0], l1[0], l2[0], l3[0], l4[0], l5[0], l6[0], l7[0]),
+            (l0[1], l1[1], l2[1], l3[1], l4[1], l5[1], l6[1], l7[1]),
+            (l0[2], l1[2], l2[2], l3[2], l4[2], l5[2], l6[2], l7[2]),
+            (l0[3], l1[3], l2[3], l3[3], l4[3], l5[3], l6[3], l7[3]))
+
+
+def _cols_in_body(Z, tw, c8, t0, V, K):
+    """V[a*6 + b, t0 + tx, c] = (B^T d)[b] for d = Z[a] at columns 4*tx .. 4*tx + 5, channel c:
+    the input transform along the rows, tile by tile, eight channels per step."""
+    k2, k4, k5 = K[0], K[1], K[2]
+    for a in range(6):
+        z = Z[a]
+        for tx in range(tw):
+            q = 4 * tx * c8
+            d0, d1, d2 = z[q:q + c8], z[q + c8:q + 2 * c8], z[q + 2 * c8:q + 3 * c8]
+            d3, d4, d5 = z[q + 3 * c8:q + 4 * c8], z[q + 4 * c8:q + 5 * c8], z[q + 5 * c8:q + 6 * c8]
+            v0, v1, v2 = V[6 * a, t0 + tx], V[6 * a + 1, t0 + tx], V[6 * a + 2, t0 + tx]
+            v3, v4, v5 = V[6 * a + 3, t0 + tx], V[6 * a + 4, t0 + tx], V[6 * a + 5, t0 + tx]
+            for c0 in range(0, c8, 8):
+                ch = numba.uint64(c0)
+                e = _bt8(_ld8(d0, ch), _ld8(d1, ch), _ld8(d2, ch), _ld8(d3, ch), _ld8(d4, ch), _ld8(d5, ch),
+                         k2, k4, k5)
+                _st8(v0, ch, e[0])
+                _st8(v1, ch, e[1])
+                _st8(v2, ch, e[2])
+                _st8(v3, ch, e[3])
+                _st8(v4, ch, e[4])
+                _st8(v5, ch, e[5])
+
+
+@numba.njit(cache=True, inline="always")
+def _ld16(v, q):
+    """v[q .. q+15] as a tuple."""
+    return (v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]], v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]],
+            v[q + J[8]], v[q + J[9]], v[q + J[10]], v[q + J[11]], v[q + J[12]], v[q + J[13]], v[q + J[14]],
+            v[q + J[15]])
+
+
+@numba.njit(cache=True, inline="always")
+def _fma16(s, w, e):
+    """s + w * e lane by lane, for 16-tuples s and e."""
+    return (s[0] + w * e[0], s[1] + w * e[1], s[2] + w * e[2], s[3] + w * e[3],
+            s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
+            s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
+            s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15])
+
+
+@numba.njit(cache=True, inline="always")
+def _st16(v, q, s):
+    """v[q .. q+15] = the 16-tuple s."""
+    _st8(v, q, (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+    _st8(v, q + J[8], (s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]))
+
+
+def _gemm_body(V, U, M, T):
+    """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 4), O a multiple of 16.
+
+    A block of four tiles by sixteen output channels is summed over all c in four 16-tuples,
+    which the SLP vectoriser packs into eight 8-lane registers; per c, two vector loads of U and
+    four broadcasts of V feed eight multiply-adds, and M is written once. (A loop instead pays
+    LLVM's alias checks on every entry, which halved the speed at the 16-100 tiles a chunk holds.)"""
+    n_xi, n_c, o16 = U.shape
     z = np.zeros(1, V.dtype)[0]
+    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for xi in range(n_xi):
         Ux, Vx, Mx = U[xi], V[xi], M[xi]
-        for t0 in range(0, T, 16):
-            p = numba.uint64(t0)
-            for o in range(0, o4, 4):
-                q = numba.uint64(o)
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = z
-                b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = b8 = b9 = b10 = b11 = b12 = b13 = b14 = b15 = z
-                f0 = f1 = f2 = f3 = f4 = f5 = f6 = f7 = f8 = f9 = f10 = f11 = f12 = f13 = f14 = f15 = z
-                h0 = h1 = h2 = h3 = h4 = h5 = h6 = h7 = h8 = h9 = h10 = h11 = h12 = h13 = h14 = h15 = z
+        for t in range(0, T, 4):
+            r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
+            for o in range(0, o16, 16):
+                p = numba.uint64(o)
+                s0 = s1 = s2 = s3 = zero
                 for c in range(n_c):
-                    v, u = Vx[c], Ux[c]
-                    e0, e1, e2, e3 = v[p], v[p + J[1]], v[p + J[2]], v[p + J[3]]
-                    e4, e5, e6, e7 = v[p + J[4]], v[p + J[5]], v[p + J[6]], v[p + J[7]]
-                    e8, e9, e10, e11 = v[p + J[8]], v[p + J[9]], v[p + J[10]], v[p + J[11]]
-                    e12, e13, e14, e15 = v[p + J[12]], v[p + J[13]], v[p + J[14]], v[p + J[15]]
-                    w = u[q]
-                    a0, a1, a2, a3 = a0 + w * e0, a1 + w * e1, a2 + w * e2, a3 + w * e3
-                    a4, a5, a6, a7 = a4 + w * e4, a5 + w * e5, a6 + w * e6, a7 + w * e7
-                    a8, a9, a10, a11 = a8 + w * e8, a9 + w * e9, a10 + w * e10, a11 + w * e11
-                    a12, a13, a14, a15 = a12 + w * e12, a13 + w * e13, a14 + w * e14, a15 + w * e15
-                    w = u[q + J[1]]
-                    b0, b1, b2, b3 = b0 + w * e0, b1 + w * e1, b2 + w * e2, b3 + w * e3
-                    b4, b5, b6, b7 = b4 + w * e4, b5 + w * e5, b6 + w * e6, b7 + w * e7
-                    b8, b9, b10, b11 = b8 + w * e8, b9 + w * e9, b10 + w * e10, b11 + w * e11
-                    b12, b13, b14, b15 = b12 + w * e12, b13 + w * e13, b14 + w * e14, b15 + w * e15
-                    w = u[q + J[2]]
-                    f0, f1, f2, f3 = f0 + w * e0, f1 + w * e1, f2 + w * e2, f3 + w * e3
-                    f4, f5, f6, f7 = f4 + w * e4, f5 + w * e5, f6 + w * e6, f7 + w * e7
-                    f8, f9, f10, f11 = f8 + w * e8, f9 + w * e9, f10 + w * e10, f11 + w * e11
-                    f12, f13, f14, f15 = f12 + w * e12, f13 + w * e13, f14 + w * e14, f15 + w * e15
-                    w = u[q + J[3]]
-                    h0, h1, h2, h3 = h0 + w * e0, h1 + w * e1, h2 + w * e2, h3 + w * e3
-                    h4, h5, h6, h7 = h4 + w * e4, h5 + w * e5, h6 + w * e6, h7 + w * e7
-                    h8, h9, h10, h11 = h8 + w * e8, h9 + w * e9, h10 + w * e10, h11 + w * e11
-                    h12, h13, h14, h15 = h12 + w * e12, h13 + w * e13, h14 + w * e14, h15 + w * e15
-                m = Mx[o + 0]
-                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = a0, a1, a2, a3
-                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = a4, a5, a6, a7
-                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = a8, a9, a10, a11
-                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = a12, a13, a14, a15
-                m = Mx[o + 1]
-                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = b0, b1, b2, b3
-                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = b4, b5, b6, b7
-                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = b8, b9, b10, b11
-                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = b12, b13, b14, b15
-                m = Mx[o + 2]
-                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = f0, f1, f2, f3
-                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = f4, f5, f6, f7
-                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = f8, f9, f10, f11
-                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = f12, f13, f14, f15
-                m = Mx[o + 3]
-                m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = h0, h1, h2, h3
-                m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = h4, h5, h6, h7
-                m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = h8, h9, h10, h11
-                m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = h12, h13, h14, h15
+                    e = _ld16(Ux[c], p)
+                    s0, s1, s2, s3 = _fma16(s0, r0[c], e), _fma16(s1, r1[c], e), _fma16(s2, r2[c], e), \
+                        _fma16(s3, r3[c], e)
+                _st16(Mx[t], p, s0)
+                _st16(Mx[t + 1], p, s1)
+                _st16(Mx[t + 2], p, s2)
+                _st16(Mx[t + 3], p, s3)
 
 
 with straight_line_vectorised():
@@ -165,39 +217,39 @@ with straight_line_vectorised():
                        cache=True, fastmath={"contract"})(_gemm_body)
 
 
-@numba.njit(cache=True, fastmath={"contract"})
-def _tiles_out_rows(M, o, T, Q, K):
-    """Q[i*6 + b, t] = (A^T m_t)[i, b] for output channel o's 6x6 products m_t = M[:, o, t]."""
+def _tile_out_body(M, t, o16, Q, R, q0x, K):
+    """R[i, q0x + j, o] = (A^T m A)[i, j] for tile t's products m = M[:, t, o], eight output
+    channels per step (Q holds A^T m)."""
     k2, k4, k8 = K[0], K[1], K[3]
     for b in range(6):
-        m0, m1, m2, m3, m4, m5 = M[b, o], M[6 + b, o], M[12 + b, o], M[18 + b, o], M[24 + b, o], M[30 + b, o]
-        q0, q1, q2, q3 = Q[b], Q[6 + b], Q[12 + b], Q[18 + b]
-        for t in range(T):
-            q0[t], q1[t], q2[t], q3[t] = _at(m0[t], m1[t], m2[t], m3[t], m4[t], m5[t], k2, k4, k8)
+        m0, m1, m2, m3, m4, m5 = M[b, t], M[6 + b, t], M[12 + b, t], M[18 + b, t], M[24 + b, t], M[30 + b, t]
+        s0, s1, s2, s3 = Q[0, b], Q[1, b], Q[2, b], Q[3, b]
+        for o0 in range(0, o16, 8):
+            o = numba.uint64(o0)
+            e = _at8(_ld8(m0, o), _ld8(m1, o), _ld8(m2, o), _ld8(m3, o), _ld8(m4, o), _ld8(m5, o), k2, k4, k8)
+            _st8(s0, o, e[0])
+            _st8(s1, o, e[1])
+            _st8(s2, o, e[2])
+            _st8(s3, o, e[3])
+    for i in range(4):
+        n0, n1, n2, n3, n4, n5 = Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3], Q[i, 4], Q[i, 5]
+        r0, r1, r2, r3 = R[i, q0x], R[i, q0x + 1], R[i, q0x + 2], R[i, q0x + 3]
+        for o0 in range(0, o16, 8):
+            o = numba.uint64(o0)
+            e = _at8(_ld8(n0, o), _ld8(n1, o), _ld8(n2, o), _ld8(n3, o), _ld8(n4, o), _ld8(n5, o), k2, k4, k8)
+            _st8(r0, o, e[0])
+            _st8(r1, o, e[1])
+            _st8(r2, o, e[2])
+            _st8(r3, o, e[3])
 
 
-@numba.njit(cache=True, fastmath={"contract"})
-def _tiles_out_store(Q, tw, images, tile_rows, K, y_o):
-    """y_o[images[r], 4*tile_rows[r] + i, 4*tx + j] = (Q A)[i, j] of tile (r, tx), clipped to y."""
-    k2, k4, k8 = K[0], K[1], K[3]
-    ho, wo = y_o.shape[1], y_o.shape[2]
-    for r in range(images.shape[0]):
-        dst = y_o[images[r]]
-        oy = 4 * tile_rows[r]
-        for i in range(min(4, ho - oy)):
-            row = dst[oy + i]
-            q0, q1, q2, q3, q4, q5 = Q[6 * i], Q[6 * i + 1], Q[6 * i + 2], Q[6 * i + 3], Q[6 * i + 4], Q[6 * i + 5]
-            for tx in range(tw):
-                t, ox = r * tw + tx, 4 * tx
-                y0, y1, y2, y3 = _at(q0[t], q1[t], q2[t], q3[t], q4[t], q5[t], k2, k4, k8)
-                if ox + 4 <= wo:
-                    row[ox], row[ox + 1], row[ox + 2], row[ox + 3] = y0, y1, y2, y3
-                else:  # the last tile of a row whose width is not a multiple of 4
-                    row[ox] = y0
-                    if ox + 1 < wo:
-                        row[ox + 1] = y1
-                    if ox + 2 < wo:
-                        row[ox + 2] = y2
+with straight_line_vectorised():
+    _cols_in = numba.njit(["void(f4[:, ::1], i8, i8, i8, f4[:, :, ::1], f4[::1])",
+                           "void(f8[:, ::1], i8, i8, i8, f8[:, :, ::1], f8[::1])"],
+                          cache=True, fastmath={"contract"})(_cols_in_body)
+    _tile_out = numba.njit(["void(f4[:, :, ::1], i8, i8, f4[:, :, ::1], f4[:, :, ::1], i8, f4[::1])",
+                            "void(f8[:, :, ::1], i8, i8, f8[:, :, ::1], f8[:, :, ::1], i8, f8[::1])"],
+                           cache=True, fastmath={"contract"})(_tile_out_body)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -205,55 +257,62 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
     """y = the valid 3x3 correlation of x zero-padded by `pad`, the batch split evenly into
     n_tasks runs of images, and chunks of span tiles (whole tile rows) per GEMM."""
     n, c, h, w = x.shape
-    o, o4 = y.shape[1], U.shape[2]
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    c8, o16 = U.shape[1], U.shape[2]
     hp, wp = 4 * th + 2, 4 * tw + 2
-    plane = hp * wp
+    run = wp * c8  # one padded row, all channels
+    plane = hp * run
     g = (n + n_tasks - 1) // n_tasks
     rows_per_chunk = span // tw
     K = np.array([2, 4, 5, 8], x.dtype)
-    planes = np.zeros((n_threads, c, g * plane), x.dtype)
-    # an odd row length: with power-of-two channel counts, the 36 rows of V (and of M) that one
-    # tile writes would otherwise sit a multiple of 4 KiB apart, in the same few L1 sets
-    # (measured: c64h8 forward 4.8 -> 4.0 ms)
-    row = span + LANES + 1
-    Vs = np.zeros((n_threads, 36, c, row), x.dtype)
-    Ms = np.empty((n_threads, 36, o4, row), x.dtype)
-    Zs = np.empty((n_threads, 6, wp), x.dtype)
-    Qs = np.empty((n_threads, 24, span + LANES), x.dtype)
-    where = np.zeros((n_threads, 3, rows_per_chunk), np.int64)
+    planes = np.zeros((n_threads, g * plane), x.dtype)
+    # an odd number of tile slots (a multiple of ROWS, plus one): with power-of-two channel
+    # counts the 36 slices a tile writes would otherwise sit a multiple of 4 KiB apart, in the
+    # same few L1 sets
+    lines = -(-span // ROWS) * ROWS + 1
+    Vs = np.zeros((n_threads, 36, lines, c8), x.dtype)
+    Ms = np.empty((n_threads, 36, lines, o16), x.dtype)
+    Zs = np.empty((n_threads, 6, run), x.dtype)
+    Qs = np.empty((n_threads, 4, 6, o16), x.dtype)
+    Rs = np.empty((n_threads, 4, 4 * tw, o16), x.dtype)
     for task in numba.prange(n_tasks):
         tid = numba.get_thread_id()
-        xp, V, M, Z, Q = planes[tid], Vs[tid], Ms[tid], Zs[tid], Qs[tid]
-        bases, images, tile_rows = where[tid, 0], where[tid, 1], where[tid, 2]
+        xp, V, M, Z, Q, R = planes[tid], Vs[tid], Ms[tid], Zs[tid], Qs[tid], Rs[tid]
         first = task * n // n_tasks
         count = (task + 1) * n // n_tasks - first
-        for k in range(count):
-            for ch in range(c):
-                dst = xp[ch]
-                for r in range(h):
-                    src, start = x[first + k, ch, r], numba.uint64(k * plane + (r + pad) * wp + pad)
-                    for col in range(numba.uint64(w)):  # unsigned: a vectorised copy
-                        dst[start + col] = src[col]
+        for k in range(count):  # NCHW -> the plane's (H, W, C8); padding and channels >= C stay 0
+            for r in range(h):
+                for col in range(w):
+                    base = k * plane + (r + pad) * run + (col + pad) * c8
+                    for ch in range(c):
+                        xp[base + ch] = x[first + k, ch, r, col]
         for r0 in range(0, count * th, rows_per_chunk):
             rows = min(rows_per_chunk, count * th - r0)
             for r in range(rows):
-                images[r], tile_rows[r] = (r0 + r) // th, (r0 + r) % th
-                bases[r] = images[r] * plane + 4 * tile_rows[r] * wp
-            lanes = -(-rows * tw // LANES) * LANES
-            _tiles_in(xp, bases[:rows], tw, wp, Z, V, K)
-            _gemm(U, V, M, lanes)
-            for k in range(o):
-                _tiles_out_rows(M, k, lanes, Q, K)
-                _tiles_out_store(Q, tw, images[:rows], tile_rows[:rows], K, y[first:first + count, k])
+                image, tile_row = (r0 + r) // th, (r0 + r) % th
+                _strip_in(xp, image * plane + 4 * tile_row * run, run, Z, K)
+                _cols_in(Z, tw, c8, r * tw, V, K)
+            _gemm(V, U, M, -(-rows * tw // ROWS) * ROWS)
+            for r in range(rows):
+                image, tile_row = (r0 + r) // th, (r0 + r) % th
+                for tx in range(tw):
+                    _tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
+                oy = 4 * tile_row
+                for i in range(min(4, ho - oy)):  # (W, O16) rows -> y's NCHW rows
+                    Ri = R[i]
+                    for k in range(o):
+                        dst = y[first + image, k, oy + i]
+                        for col in range(wo):
+                            dst[col] = Ri[col, k]
 
 
-def _layout(n, c, o4, th, tw, threads):
+def _layout(n, c8, o16, th, tw, threads):
     """(tasks, tiles per chunk span): a chunk is whole tile rows whose V and M fit BUDGET; a
     task holds at most the images one chunk covers (at least one), and the task count is a whole
     number of rounds of the threads (7 tasks on 2 threads had left one thread idle 1/8 of the
     time), sizes differing by one image at most."""
     per = th * tw
-    span = max(LANES, BUDGET // (36 * (c + o4)))
+    span = max(4 * ROWS, BUDGET // (36 * (c8 + o16)))
     g = max(1, min(n, span // per))
     n_tasks = min(n, -(-n // (g * threads)) * threads)
     span = min(span, -(-n // n_tasks) * per)
@@ -266,11 +325,11 @@ def _correlate(x, W, pad):
     o = W.shape[0]
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     th, tw = -(-ho // 4), -(-wo // 4)
-    o4 = -(-o // 4) * 4
-    U = np.zeros((36, c, o4), x.dtype)
+    c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
+    U = np.zeros((36, c8, o16), x.dtype)
     _kernels(W, matrices(4, np.float64)[1], U)
     threads = numba.get_num_threads()
-    n_tasks, span = _layout(n, c, o4, th, tw, threads)
+    n_tasks, span = _layout(n, c8, o16, th, tw, threads)
     y = np.empty((n, o, ho, wo), x.dtype)
     _convolve(x, U, pad, n_tasks, th, tw, span, y, threads)
     return y

@@ -171,13 +171,13 @@ def test_flat_with_many_blocks_and_a_partly_filled_stack(pad, monkeypatch):
     _check_all_three("flat", ((3, 9, 20, 19), (13, 9, 3, 3), 1, pad, 1), seed=pad)
 
 
-@pytest.mark.parametrize("budget, tasks, span", [(504 * 16, 5, 15), (504 * 75, 2, 75)])
+@pytest.mark.parametrize("budget, tasks, span", [(864 * 16, 5, 15), (864 * 75, 2, 75)])
 def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budget, tasks, span, monkeypatch):
     """A chunk budget smaller than one image's 5x5 tiles (chunks of three tile rows, then two)
     and one that packs three images into a task and two into the other; 19x18 outputs leave
     the last tile row one row short and the last tile column two columns short."""
     monkeypatch.setattr(conv_winograd4, "BUDGET", budget)
-    assert conv_winograd4._layout(5, 6, 8, 5, 5, 2) == (tasks, span)  # 36 * (6 + 8) floats a tile
+    assert conv_winograd4._layout(5, 8, 16, 5, 5, 2) == (tasks, span)  # 36 * (8 + 16) floats a tile
     for pad in (0, 1, 2):
         _check_all_three("winograd4", ((5, 6, 21 - 2 * pad, 20 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
 
@@ -201,7 +201,7 @@ def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
     for threads in (1, 2):
         n_tasks, span = conv_winograd4._layout(128, c, c, tiles, tiles, threads)
         assert n_tasks % threads == 0
-        assert span <= max(conv_winograd4.LANES, conv_winograd4.BUDGET // (36 * 2 * c))
+        assert span <= max(4 * conv_winograd4.ROWS, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
 @pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2)])
