@@ -182,6 +182,36 @@ def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budg
         _check_all_three("winograd4", ((5, 6, 21 - 2 * pad, 20 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
 
 
+@pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
+def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, monkeypatch):
+    """The Winograd weight gradient sums over tiles in chunks, images in groups and the batch in
+    tasks: a chunk of one tile row (of 5 per image), then groups of one and of several images per
+    fill, with one, two or three tasks, and 9 input / 21 output channels padded to 16 and 24
+    (36 * 40 floats a tile)."""
+    monkeypatch.setattr(conv_winograd4, "GRAD_BUDGET", budget)
+    monkeypatch.setattr(conv_winograd4, "GRAD_TASKS", tasks)
+    r = np.random.default_rng(tasks)
+    for pad in (0, 1, 2):
+        x = r.standard_normal((7, 9, 21 - 2 * pad, 19 - 2 * pad))
+        dy = r.standard_normal((7, 21, 19, 17))
+        _, ref = naive_conv2d_backward(x, np.zeros((21, 9, 3, 3)), dy, 1, pad, 1)
+        got = conv_winograd4.weight_gradient(x, dy, pad)
+        assert got.dtype == np.float64 and rel_err(got, ref) < 1e-12
+        got32 = conv_winograd4.weight_gradient(x.astype(np.float32), dy.astype(np.float32), pad)
+        assert got32.dtype == np.float32 and rel_err(got32, ref) < TOL
+
+
+def test_winograd4_weight_gradient_of_many_channel_pairs_is_flats(monkeypatch):
+    """Above GRAD_MAX_PAIRS (o, c) pairs the chunk sums cost more than they save: flat's result."""
+    r = np.random.default_rng(5)
+    x = r.standard_normal((3, 9, 10, 10)).astype(np.float32)
+    dy = r.standard_normal((3, 12, 10, 10)).astype(np.float32)
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 - 1)  # 9 and 12 channels pad to 16
+    np.testing.assert_array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)
+    assert not np.array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
+
+
 def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
     """Numba reads its SLP switch at every compilation; the GEMM's must not leak into the rest."""
     before = numba.config.SLP_VECTORIZE
