@@ -55,6 +55,23 @@ def test_train_forward_matches_formula(shape):
     np.testing.assert_allclose(y, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("offset, spread, outlier", [(1e4, 1e-2, 0.0), (0.0, 1.0, 1e4), (-3e3, 0.5, 0.0)])
+def test_train_statistics_survive_a_large_mean_or_an_outlier_first(offset, spread, outlier):
+    """One pass sums x minus the channel's first value: a mean a million spreads from zero, or a
+    first value far from all the others, must still give float64-exact statistics."""
+    r = np.random.default_rng(4)
+    x = (r.standard_normal((16, 3, 9, 9)) * spread + offset).astype(np.float32)
+    x[0, :, 0, 0] += np.float32(outlier)
+    layer = _built(3, (9, 9))
+    y = layer.forward(x, train=True)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    np.testing.assert_allclose(layer.cache["mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(1.0 / layer.cache["inv"] ** 2 - layer.eps, var, rtol=1e-9)
+    ref = (x64 - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1) + layer.eps)
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_train_forward_does_not_modify_input():
     """The layer must not normalise its input array in place (the residual fork reuses it)."""
     x = np.random.default_rng(3).standard_normal((2, 2, 3, 3)).astype(np.float32)
