@@ -3,11 +3,14 @@
 Nodes are kept in the order they were added, which is a topological order because a node may only
 read nodes added before it; forward walks that list, backward walks it in reverse and sums the
 gradients of outputs read by more than one node (the residual fork). At inference, layers with a
-`forward_into` write their output over an input that nothing reads afterwards.
+`forward_into` write their output over an input that nothing reads afterwards. A ReLU whose input
+only it reads, from a batch norm or a residual add, is applied by that layer in its own pass, in
+training too (see _absorbed_relus).
 """
 
 import numpy as np
 
+from npdc.engine.layers.activation import ReLU
 from npdc.errors import UserError
 from npdc.io.datasets import as_float
 
@@ -33,6 +36,7 @@ class Net:
         self.layers: dict[str, object] = {}
         self.shapes: dict[str, tuple] = {INPUT: self.in_shape}
         self.mean = np.zeros(self.in_shape[0], np.float32)  # input normalisation, stored with the model
+        self._absorbed = {}  # ReLU node -> the node that applied it, in the last forward
         self.std = np.ones(self.in_shape[0], np.float32)
 
     # -- construction ----------------------------------------------------------------------
@@ -61,13 +65,19 @@ class Net:
         the named intermediate outputs (e.g. the fc5 embedding for distillation)."""
         outs = {INPUT: x}
         uses = self._uses()
+        self._absorbed = absorbed = self._absorbed_relus(uses, keep)
+        rectify = set(absorbed.values())
         for name, layer, inputs in self.nodes:
             xs = [outs[i] for i in inputs]
+            arg = xs if len(xs) > 1 else xs[0]
+            flag = {"relu": True} if name in rectify else {}
             into = None if train else getattr(layer, "forward_into", None)
-            if into is not None and _spare(outs, uses, keep, inputs[0]):
-                outs[name] = into(xs if len(xs) > 1 else xs[0])
+            if name in absorbed:  # the layer before has applied it already
+                outs[name] = arg
+            elif into is not None and _spare(outs, uses, keep, inputs[0]):
+                outs[name] = into(arg, **flag)
             else:
-                outs[name] = layer.forward(xs if len(xs) > 1 else xs[0], train)
+                outs[name] = layer.forward(arg, train, **flag)
             for i in inputs:
                 uses[i] -= 1
                 if uses[i] == 0 and i not in keep:
@@ -82,12 +92,24 @@ class Net:
             pending[name] = pending[name] + g if name in pending else g
         for name, layer, inputs in reversed(self.nodes):
             g = pending.pop(name)
-            dxs = layer.backward(g)
+            dxs = g if name in self._absorbed else layer.backward(g)  # the layer before masks it
             if len(inputs) == 1:
                 dxs = [dxs]
             for i, dx in zip(inputs, dxs):
                 pending[i] = pending[i] + dx if i in pending else dx
         return pending[INPUT]
+
+    def _absorbed_relus(self, uses, keep):
+        """{ReLU node: the node before it} for each ReLU whose input only it reads, from a layer
+        that can apply it in its own pass (batch norm, residual add), unless that input is kept:
+        each such pair saves the ReLU's passes over the tensor, forward and backward."""
+        found = {}
+        for name, layer, inputs in self.nodes:
+            src = inputs[0]
+            if (type(layer) is ReLU and src != INPUT and uses[src] == 1 and src not in keep
+                    and getattr(self.layers[src], "absorbs_relu", False)):
+                found[name] = src
+        return found
 
     def _uses(self):
         uses = {INPUT: 0}

@@ -1,5 +1,6 @@
 """Elementwise kernels of the engine, parallel over both cores where NumPy uses one: ReLU each way
-(one pass instead of NumPy's mask-then-multiply two) and the residual add."""
+(one pass instead of NumPy's mask-then-multiply two) and the residual add, which can apply the ReLU
+that follows it in the same pass."""
 
 import numba
 
@@ -20,7 +21,12 @@ def relu_backward(dy, y, dx):
 
 
 @numba.njit(parallel=True, cache=True)
-def add(a, b, out):
-    """out = a + b elementwise over flat contiguous arrays."""
-    for i in numba.prange(a.size):
-        out[i] = a[i] + b[i]
+def add(a, b, out, relu):
+    """out = a + b elementwise over flat contiguous arrays, rectified if relu."""
+    if relu:
+        for i in numba.prange(a.size):
+            v = a[i] + b[i]
+            out[i] = 0 if v <= 0 else v
+    else:
+        for i in numba.prange(a.size):
+            out[i] = a[i] + b[i]

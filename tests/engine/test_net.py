@@ -272,3 +272,55 @@ def test_inference_in_place_only_over_outputs_nobody_reads_again():
     z_before = z.copy()
     np.testing.assert_array_equal(first.forward(z), np.maximum(z_before, 0))
     np.testing.assert_array_equal(z, z_before)
+
+
+# -- ReLU applied by the layer before it -----------------------------------------------------------
+def test_training_with_absorbed_relus_matches_separate_relus():
+    """Every ReLU of cifar-resnet20 follows a batch norm or a residual add that applies it in its
+    own pass; keeping those inputs turns that off. Outputs are the same bits and the gradients
+    agree (the masked sums may vectorise differently)."""
+    from npdc.engine.losses import cross_entropy
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    runs = []
+    for fused in (True, False):
+        net = build_net({"arch": "cifar-resnet20", "input_shape": [3, 8, 8]}, seed=2)
+        relus = [name for name, layer, _ in net.nodes if isinstance(layer, ReLU)]
+        keep = () if fused else tuple(inputs[0] for name, _, inputs in net.nodes if name in relus)
+        out = net.forward(x, train=True, keep=keep)
+        logits = out[0] if keep else out
+        assert len(net._absorbed) == (len(relus) if fused else 0) == (19 if fused else 0)
+        net.zero_grad()
+        net.backward(cross_entropy(logits, labels)[1])
+        runs.append((logits, {k: g.copy() for k, g in net.grads().items()}))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    for k, g in runs[0][1].items():
+        np.testing.assert_allclose(g, runs[1][1][k], rtol=1e-4, atol=1e-6 * np.abs(runs[1][1][k]).max())
+
+
+def test_gradcheck_through_absorbed_relus():
+    """Batch norm -> ReLU and residual add -> ReLU pairs, both absorbed, in float64."""
+    from npdc.engine.layers import Add
+
+    rng = np.random.default_rng(9)
+    net = Net({}, (2, 5, 5))
+    net.add("conv1", Conv2d(3, 3, padding=1), rng=rng)
+    net.add("bn1", BatchNorm2d(), rng=rng)
+    net.add("relu1", ReLU(), rng=rng)
+    net.add("conv2", Conv2d(3, 3, padding=1), rng=rng)
+    net.add("bn2", BatchNorm2d(), rng=rng)
+    net.add("sum", Add(), inputs=("bn2", "relu1"), rng=rng)
+    net.add("relu2", ReLU(), rng=rng)
+    net.add("gap", GlobalAvgPool(), rng=rng)
+    net.add("fc", Linear(4), rng=rng)
+    net.astype(np.float64)
+    for name in ("bn1", "bn2"):
+        net.layers[name].params["beta"][:] = rng.standard_normal(3) * 0.3
+    x = rng.standard_normal((3, 2, 5, 5))
+    net.forward(x, train=True)
+    assert net._absorbed == {"relu1": "bn1", "relu2": "sum"}
+    errors, _ = check_net(net, x, kinks=True, max_entries=12)
+    assert max(errors.values()) < 1e-5, errors
+

@@ -2,6 +2,7 @@
 
 Training uses batch statistics and updates running averages (the running variance is the unbiased
 batch variance, as most frameworks store it, so imported models match); eval uses the running ones.
+With relu=True the layer also applies the ReLU that follows it (Net decides), forward and backward.
 """
 
 import numpy as np
@@ -13,6 +14,8 @@ from npdc.kernels.batchnorm import bn_backward_train, bn_forward_eval, bn_forwar
 class BatchNorm2d(Layer):
     """x: (N, C, H, W) or (N, C) -> y, same shape; params gamma, beta: (C,); buffers
     running_mean, running_var: (C,). A 2-D input is treated as (N, C, 1, 1)."""
+
+    absorbs_relu = True
 
     def __init__(self, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -26,38 +29,38 @@ class BatchNorm2d(Layer):
         self.in_shape = self.out_shape = tuple(in_shape)
         return self.out_shape
 
-    def forward(self, x, train):
+    def forward(self, x, train, relu=False):
         return self._forward(x.reshape(x.shape[0], x.shape[1], 1, 1) if x.ndim == 2 else x,
-                             train).reshape(x.shape)
+                             train, relu).reshape(x.shape)
 
     def backward(self, dy):
         return self._backward(dy.reshape(dy.shape[0], dy.shape[1], 1, 1) if dy.ndim == 2 else dy
                               ).reshape(dy.shape)
 
-    def _forward(self, x, train):
+    def _forward(self, x, train, relu):
         gamma, beta = self.params["gamma"], self.params["beta"]
         if train:
             x = np.ascontiguousarray(x)
             c, m = x.shape[1], x.shape[0] * x.shape[2] * x.shape[3]
             y = np.empty_like(x)
             mean, inv = np.empty(c, np.float64), np.empty(c, np.float64)
-            bn_forward_train(x, gamma, beta, self.eps, y, mean, inv)
+            bn_forward_train(x, gamma, beta, self.eps, y, mean, inv, relu)
             var = 1.0 / inv**2 - self.eps
             mom = self.momentum
             self.buffers["running_mean"] = ((1 - mom) * self.buffers["running_mean"] + mom * mean).astype(x.dtype)
             unbiased = var * (m / max(m - 1, 1))
             self.buffers["running_var"] = ((1 - mom) * self.buffers["running_var"] + mom * unbiased).astype(x.dtype)
-            self.cache.update(x=x, mean=mean, inv=inv)
+            self.cache.update(x=x, mean=mean, inv=inv, relu=relu)
             return y
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
-        bn_forward_eval(x, *self._scale_shift(x.dtype), y)
+        bn_forward_eval(x, *self._scale_shift(x.dtype), y, relu)
         return y
 
-    def forward_into(self, x):
+    def forward_into(self, x, relu=False):
         """Eval-mode forward over x itself (contiguous; the caller no longer needs it)."""
         x4 = x.reshape(x.shape[0], x.shape[1], 1, 1) if x.ndim == 2 else x
-        bn_forward_eval(x4, *self._scale_shift(x.dtype), x4)
+        bn_forward_eval(x4, *self._scale_shift(x.dtype), x4, relu)
         return x
 
     def _scale_shift(self, dtype):
@@ -67,12 +70,12 @@ class BatchNorm2d(Layer):
         return scale, (self.params["beta"] - self.buffers["running_mean"] * scale).astype(dtype)
 
     def _backward(self, dy):
-        x, mean, inv = self.cache.pop("x"), self.cache.pop("mean"), self.cache.pop("inv")
+        x, mean, inv, relu = (self.cache.pop(k) for k in ("x", "mean", "inv", "relu"))
         dx = np.empty_like(x)
         c = x.shape[1]
         dgamma, dbeta = np.empty(c, np.float64), np.empty(c, np.float64)
-        bn_backward_train(x, np.ascontiguousarray(dy, dtype=x.dtype), self.params["gamma"], mean, inv,
-                          dx, dgamma, dbeta)
+        bn_backward_train(x, np.ascontiguousarray(dy, dtype=x.dtype), self.params["gamma"], self.params["beta"],
+                          mean, inv, dx, dgamma, dbeta, relu)
         self.grads["gamma"] += dgamma.astype(x.dtype)
         self.grads["beta"] += dbeta.astype(x.dtype)
         return dx

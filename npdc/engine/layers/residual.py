@@ -4,22 +4,25 @@
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.activation import add
+from npdc.kernels.activation import add, relu_backward
 
 
-def _sum(a, b, out):
-    """a + b into out (a contiguous; out may be a) with the parallel kernel, or with NumPy when
-    the dtypes differ (its promotion, which the kernel does not do)."""
+def _sum(a, b, out, relu):
+    """a + b (rectified if relu) into out (a contiguous; out may be a) with the parallel kernel, or
+    with NumPy when the dtypes differ (its promotion, which the kernel does not do)."""
     if a.dtype != b.dtype:
-        return a + b
-    add(a.reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1))
+        s = a + b
+        return np.maximum(s, 0, out=s) if relu else s
+    add(a.reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1), relu)
     return out
 
 
 class Add(Layer):
-    """Two inputs of equal shape -> their sum; backward returns the same gradient to both."""
+    """Two inputs of equal shape -> their sum; backward returns the same gradient to both. With
+    relu=True (Net decides) it also applies the ReLU that follows it, forward and backward."""
 
     n_inputs = 2
+    absorbs_relu = True
 
     def build(self, in_shapes, rng):
         a, b = (tuple(s) for s in in_shapes)
@@ -28,15 +31,23 @@ class Add(Layer):
         self.in_shape = self.out_shape = a
         return a
 
-    def forward(self, xs, train):
+    def forward(self, xs, train, relu=False):
         a = np.ascontiguousarray(xs[0])
-        return _sum(a, xs[1], np.empty_like(a))
+        y = _sum(a, xs[1], np.empty_like(a), relu)
+        if train:
+            self.cache["relu_y"] = y if relu else None
+        return y
 
-    def forward_into(self, xs):
+    def forward_into(self, xs, relu=False):
         """Eval-mode forward over xs[0] itself (contiguous; the caller no longer needs it)."""
-        return _sum(xs[0], xs[1], xs[0])
+        return _sum(xs[0], xs[1], xs[0], relu)
 
     def backward(self, dy):
+        y = self.cache.pop("relu_y", None)
+        if y is not None:
+            dy, masked = np.ascontiguousarray(dy, dtype=y.dtype), np.empty_like(y)
+            relu_backward(dy.reshape(-1), y.reshape(-1), masked.reshape(-1))
+            dy = masked
         return [dy, dy]
 
 
