@@ -2,7 +2,8 @@
 Selection with Partitioned Boolean Quadratic Programming").
 
 Each legal primitive is timed once per layer shape (forward, plus both backwards when training)
-and the times are cached on disk, keyed by shape, dtype, thread count and CPU, in a JSON file
+and the times are cached on disk, keyed by shape, dtype, thread count, CPU and a digest of the
+kernels' source (so a changed kernel is timed again), in a JSON file
 under $NPDC_CACHE_DIR or ~/.cache/npdc/ replaced atomically. The choice is then a PBQP: a cost
 vector per layer (its primitives' times) and a cost matrix per edge between neighbouring layers
 (the time to convert the tensor between the two primitives' layouts). Along a chain it is solved
@@ -12,6 +13,8 @@ exponential in the number of branchings; edges whose cost does not couple the tw
 as same-layout neighbours, are folded into the nodes first, so today's all-NCHW plans never branch).
 """
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -45,10 +48,20 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def kernels_digest():
+    """The first 12 hex digits of a SHA-256 over npdc/kernels/*.py, in name order."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def shape_key(x_shape, W_shape, stride, pad, groups, dtype, mode):
     """The cache key of one layer's timings."""
     return (f"x{'x'.join(map(str, x_shape))}-w{'x'.join(map(str, W_shape))}-s{stride}-p{pad}"
-            f"-g{groups}-{np.dtype(dtype).name}-t{numba.get_num_threads()}-{mode}-{cpu_name()}")
+            f"-g{groups}-{np.dtype(dtype).name}-t{numba.get_num_threads()}-{mode}-{cpu_name()}"
+            f"-k{kernels_digest()}")
 
 
 def _load(path):

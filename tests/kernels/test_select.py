@@ -74,3 +74,19 @@ def test_timings_are_cached_by_key(tmp_path, monkeypatch):
     (tmp_path / "conv_timings.json").write_text(json.dumps(data))
     assert select.layer_timings(*case, mode="infer") == data[key]
     assert list(tmp_path.iterdir()) == [tmp_path / "conv_timings.json"]  # no temporary left
+
+
+def test_timings_of_other_kernel_sources_are_not_reused(tmp_path, monkeypatch):
+    """The key carries a digest of the kernels' source: after a kernel changes, its layers are
+    timed again instead of being planned from the old code's times."""
+    monkeypatch.setenv("NPDC_CACHE_DIR", str(tmp_path))
+    case = ((2, 3, 6, 6), (4, 3, 3, 3), 1, 1, 1)
+    key = select.shape_key(*case, np.float32, "infer")
+    assert select.kernels_digest() in key
+    old = key.replace(select.kernels_digest(), "000000000000")
+    stale = {name: 1.0 + i for i, name in enumerate(legal_primitives(*case))}
+    (tmp_path / "conv_timings.json").write_text(json.dumps({old: stale}))
+    fresh = select.layer_timings(*case, mode="infer")
+    assert fresh != stale and set(fresh) == set(stale)
+    assert set(json.loads((tmp_path / "conv_timings.json").read_text())) == {old, key}
+
