@@ -169,3 +169,32 @@ def test_backward_of_affine_parameters():
     xhat = _reference_train(x, np.ones(2), np.zeros(2), layer.eps)
     np.testing.assert_allclose(layer.grads["beta"], dy.sum(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(layer.grads["gamma"], (dy * xhat).sum(axis=(0, 2, 3)), rtol=1e-10)
+
+
+@pytest.mark.parametrize("n", [3, 37])
+@pytest.mark.parametrize("relu", [False, True])
+def test_same_bits_with_one_or_two_threads(n, relu):
+    """The sums are kept per fixed run of images (fewer images than runs: one each), so training
+    rounds the same whatever --threads says, with and without an absorbed ReLU."""
+    import numba
+
+    from npdc.threads import set_threads
+
+    r = np.random.default_rng(n)
+    x = (r.standard_normal((n, 5, 7, 6)) * 2 + 1).astype(np.float32)
+    dy = r.standard_normal(x.shape).astype(np.float32)
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            layer = _built(5, (7, 6))
+            _randomise(layer, 1)
+            y = layer.forward(x, train=True, relu=relu)
+            runs.append((y, layer.backward(dy), layer.grads["gamma"].copy(), layer.grads["beta"].copy()))
+    finally:
+        set_threads(before)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    if relu:
+        assert (runs[0][0] == 0).any() and (runs[0][0] >= 0).all()
+
