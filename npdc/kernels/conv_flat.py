@@ -49,6 +49,14 @@ def straight_line_vectorised():
         numba.config.SLP_VECTORIZE = old
 
 
+def straight_line_compiled(body, args, parallel=False):
+    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
+    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
+    with straight_line_vectorised():
+        return numba.njit([f"void({args.replace('F', t)})" for t in ("f4", "f8")], parallel=parallel,
+                          cache=True, fastmath={"contract"})(body)
+
+
 def refuse(x_shape, W_shape, stride, pad, groups):
     """Why this primitive cannot compute the convolution, or None."""
     return refuse_unless_dense_3x3(W_shape, stride, pad, groups, want_stride=1, max_pad=2)
@@ -246,10 +254,7 @@ def _rows_body(x, W9, pad, y):
                         out[t + JL[4]], out[t + JL[5]], out[t + JL[6]], out[t + JL[7]] = d4, d5, d6, d7
 
 
-with straight_line_vectorised():
-    _rows = numba.njit(["void(f4[:, :, :, ::1], f4[:, :, ::1], i8, f4[:, :, :, ::1])",
-                        "void(f8[:, :, :, ::1], f8[:, :, ::1], i8, f8[:, :, :, ::1])"],
-                       parallel=True, cache=True, fastmath={"contract"})(_rows_body)
+_rows = straight_line_compiled(_rows_body, "F[:, :, :, ::1], F[:, :, ::1], i8, F[:, :, :, ::1]", parallel=True)
 
 
 def _correlate(x, W9, pad):

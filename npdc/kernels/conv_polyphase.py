@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_vectorised
+from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_compiled
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
 
 
@@ -147,10 +147,7 @@ def _taps_gemm_body(xp, Wb, taps, start, T, acc):
                     _put(m2, p, f)
 
 
-with straight_line_vectorised():
-    _taps_gemm = numba.njit(["void(f4[:, :, ::1], f4[:, :, :, ::1], i8[:, ::1], i8, i8, f4[:, ::1])",
-                             "void(f8[:, :, ::1], f8[:, :, :, ::1], i8[:, ::1], i8, i8, f8[:, ::1])"],
-                            cache=True, fastmath={"contract"})(_taps_gemm_body)
+_taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8[:, ::1], i8, i8, F[:, ::1]")
 
 
 @numba.njit(cache=True)

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
-from npdc.kernels.conv_flat import straight_line_vectorised
+from npdc.kernels.conv_flat import straight_line_compiled
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
@@ -118,39 +118,47 @@ def _st8(v, q, s):
 
 
 @numba.njit(cache=True, inline="always")
+def _st8x6(rows, q, e):
+    """rows[i][q .. q+7] = e[i] for six rows and six 8-tuples."""
+    _st8(rows[0], q, e[0])
+    _st8(rows[1], q, e[1])
+    _st8(rows[2], q, e[2])
+    _st8(rows[3], q, e[3])
+    _st8(rows[4], q, e[4])
+    _st8(rows[5], q, e[5])
+
+
+@numba.njit(cache=True, inline="always")
+def _map8(f, d0, d1, d2, d3, d4, d5, k0, k1, k2):
+    """f(d0[l], ..., d5[l], k0, k1, k2) for the eight lanes l of six 8-tuples, lane by lane."""
+    return (f(d0[0], d1[0], d2[0], d3[0], d4[0], d5[0], k0, k1, k2),
+            f(d0[1], d1[1], d2[1], d3[1], d4[1], d5[1], k0, k1, k2),
+            f(d0[2], d1[2], d2[2], d3[2], d4[2], d5[2], k0, k1, k2),
+            f(d0[3], d1[3], d2[3], d3[3], d4[3], d5[3], k0, k1, k2),
+            f(d0[4], d1[4], d2[4], d3[4], d4[4], d5[4], k0, k1, k2),
+            f(d0[5], d1[5], d2[5], d3[5], d4[5], d5[5], k0, k1, k2),
+            f(d0[6], d1[6], d2[6], d3[6], d4[6], d5[6], k0, k1, k2),
+            f(d0[7], d1[7], d2[7], d3[7], d4[7], d5[7], k0, k1, k2))
+
+
+@numba.njit(cache=True, inline="always")
+def _row(ls, i):
+    """Element i of each of the eight lanes' results: one 8-tuple."""
+    return ls[0][i], ls[1][i], ls[2][i], ls[3][i], ls[4][i], ls[5][i], ls[6][i], ls[7][i]
+
+
+@numba.njit(cache=True, inline="always")
 def _bt8(d0, d1, d2, d3, d4, d5, k2, k4, k5):
     """_bt lane by lane on six 8-tuples: six 8-tuples."""
-    l0 = _bt(d0[0], d1[0], d2[0], d3[0], d4[0], d5[0], k2, k4, k5)
-    l1 = _bt(d0[1], d1[1], d2[1], d3[1], d4[1], d5[1], k2, k4, k5)
-    l2 = _bt(d0[2], d1[2], d2[2], d3[2], d4[2], d5[2], k2, k4, k5)
-    l3 = _bt(d0[3], d1[3], d2[3], d3[3], d4[3], d5[3], k2, k4, k5)
-    l4 = _bt(d0[4], d1[4], d2[4], d3[4], d4[4], d5[4], k2, k4, k5)
-    l5 = _bt(d0[5], d1[5], d2[5], d3[5], d4[5], d5[5], k2, k4, k5)
-    l6 = _bt(d0[6], d1[6], d2[6], d3[6], d4[6], d5[6], k2, k4, k5)
-    l7 = _bt(d0[7], d1[7], d2[7], d3[7], d4[7], d5[7], k2, k4, k5)
-    return ((l0[0], l1[0], l2[0], l3[0], l4[0], l5[0], l6[0], l7[0]),
-            (l0[1], l1[1], l2[1], l3[1], l4[1], l5[1], l6[1], l7[1]),
-            (l0[2], l1[2], l2[2], l3[2], l4[2], l5[2], l6[2], l7[2]),
-            (l0[3], l1[3], l2[3], l3[3], l4[3], l5[3], l6[3], l7[3]),
-            (l0[4], l1[4], l2[4], l3[4], l4[4], l5[4], l6[4], l7[4]),
-            (l0[5], l1[5], l2[5], l3[5], l4[5], l5[5], l6[5], l7[5]))
+    ls = _map8(_bt, d0, d1, d2, d3, d4, d5, k2, k4, k5)
+    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3), _row(ls, 4), _row(ls, 5)
 
 
 @numba.njit(cache=True, inline="always")
 def _at8(m0, m1, m2, m3, m4, m5, k2, k4, k8):
     """_at lane by lane on six 8-tuples: four 8-tuples."""
-    l0 = _at(m0[0], m1[0], m2[0], m3[0], m4[0], m5[0], k2, k4, k8)
-    l1 = _at(m0[1], m1[1], m2[1], m3[1], m4[1], m5[1], k2, k4, k8)
-    l2 = _at(m0[2], m1[2], m2[2], m3[2], m4[2], m5[2], k2, k4, k8)
-    l3 = _at(m0[3], m1[3], m2[3], m3[3], m4[3], m5[3], k2, k4, k8)
-    l4 = _at(m0[4], m1[4], m2[4], m3[4], m4[4], m5[4], k2, k4, k8)
-    l5 = _at(m0[5], m1[5], m2[5], m3[5], m4[5], m5[5], k2, k4, k8)
-    l6 = _at(m0[6], m1[6], m2[6], m3[6], m4[6], m5[6], k2, k4, k8)
-    l7 = _at(m0[7], m1[7], m2[7], m3[7], m4[7], m5[7], k2, k4, k8)
-    return ((l0[0], l1[0], l2[0], l3[0], l4[0], l5[0], l6[0], l7[0]),
-            (l0[1], l1[1], l2[1], l3[1], l4[1], l5[1], l6[1], l7[1]),
-            (l0[2], l1[2], l2[2], l3[2], l4[2], l5[2], l6[2], l7[2]),
-            (l0[3], l1[3], l2[3], l3[3], l4[3], l5[3], l6[3], l7[3]))
+    ls = _map8(_at, m0, m1, m2, m3, m4, m5, k2, k4, k8)
+    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3)
 
 
 @numba.njit(cache=True, inline="always")
@@ -162,22 +170,16 @@ def _a(e0, e1, e2, e3, k2, k4, k8):
 
 
 @numba.njit(cache=True, inline="always")
+def _a_of_four(e0, e1, e2, e3, unused0, unused1, k2, k4, k8):
+    """_a in _map8's form (six values, the last two unused)."""
+    return _a(e0, e1, e2, e3, k2, k4, k8)
+
+
+@numba.njit(cache=True, inline="always")
 def _a8(e0, e1, e2, e3, k2, k4, k8):
     """_a lane by lane on four 8-tuples: six 8-tuples."""
-    l0 = _a(e0[0], e1[0], e2[0], e3[0], k2, k4, k8)
-    l1 = _a(e0[1], e1[1], e2[1], e3[1], k2, k4, k8)
-    l2 = _a(e0[2], e1[2], e2[2], e3[2], k2, k4, k8)
-    l3 = _a(e0[3], e1[3], e2[3], e3[3], k2, k4, k8)
-    l4 = _a(e0[4], e1[4], e2[4], e3[4], k2, k4, k8)
-    l5 = _a(e0[5], e1[5], e2[5], e3[5], k2, k4, k8)
-    l6 = _a(e0[6], e1[6], e2[6], e3[6], k2, k4, k8)
-    l7 = _a(e0[7], e1[7], e2[7], e3[7], k2, k4, k8)
-    return ((l0[0], l1[0], l2[0], l3[0], l4[0], l5[0], l6[0], l7[0]),
-            (l0[1], l1[1], l2[1], l3[1], l4[1], l5[1], l6[1], l7[1]),
-            (l0[2], l1[2], l2[2], l3[2], l4[2], l5[2], l6[2], l7[2]),
-            (l0[3], l1[3], l2[3], l3[3], l4[3], l5[3], l6[3], l7[3]),
-            (l0[4], l1[4], l2[4], l3[4], l4[4], l5[4], l6[4], l7[4]),
-            (l0[5], l1[5], l2[5], l3[5], l4[5], l5[5], l6[5], l7[5]))
+    ls = _map8(_a_of_four, e0, e1, e2, e3, e0, e0, k2, k4, k8)
+    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3), _row(ls, 4), _row(ls, 5)
 
 
 def _cols_in_body(Z, tw, c8, t0, V, K):
@@ -194,14 +196,8 @@ def _cols_in_body(Z, tw, c8, t0, V, K):
             v3, v4, v5 = V[6 * a + 3, t0 + tx], V[6 * a + 4, t0 + tx], V[6 * a + 5, t0 + tx]
             for c0 in range(0, c8, 8):
                 ch = numba.uint64(c0)
-                e = _bt8(_ld8(d0, ch), _ld8(d1, ch), _ld8(d2, ch), _ld8(d3, ch), _ld8(d4, ch), _ld8(d5, ch),
-                         k2, k4, k5)
-                _st8(v0, ch, e[0])
-                _st8(v1, ch, e[1])
-                _st8(v2, ch, e[2])
-                _st8(v3, ch, e[3])
-                _st8(v4, ch, e[4])
-                _st8(v5, ch, e[5])
+                _st8x6((v0, v1, v2, v3, v4, v5), ch, _bt8(_ld8(d0, ch), _ld8(d1, ch), _ld8(d2, ch), _ld8(d3, ch),
+                                                          _ld8(d4, ch), _ld8(d5, ch), k2, k4, k5))
 
 
 @numba.njit(cache=True, inline="always")
@@ -255,10 +251,20 @@ def _gemm_body(V, U, M, T):
                 _st16(Mx[t + 3], p, s3)
 
 
-with straight_line_vectorised():
-    _gemm = numba.njit(["void(f4[:, :, ::1], f4[:, :, ::1], f4[:, :, ::1], i8)",
-                        "void(f8[:, :, ::1], f8[:, :, ::1], f8[:, :, ::1], i8)"],
-                       cache=True, fastmath={"contract"})(_gemm_body)
+_gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
+
+
+@numba.njit(cache=True, inline="always")
+def _at_rows(m, s, o16, k2, k4, k8):
+    """s[i][o] = (A^T (m[0][o], ..., m[5][o]))[i] for the six rows m, four rows s and all o."""
+    for o0 in range(0, o16, 8):
+        o = numba.uint64(o0)
+        e = _at8(_ld8(m[0], o), _ld8(m[1], o), _ld8(m[2], o), _ld8(m[3], o), _ld8(m[4], o), _ld8(m[5], o),
+                 k2, k4, k8)
+        _st8(s[0], o, e[0])
+        _st8(s[1], o, e[1])
+        _st8(s[2], o, e[2])
+        _st8(s[3], o, e[3])
 
 
 def _tile_out_body(M, t, o16, Q, R, q0x, K):
@@ -266,34 +272,25 @@ def _tile_out_body(M, t, o16, Q, R, q0x, K):
     channels per step (Q holds A^T m)."""
     k2, k4, k8 = K[0], K[1], K[3]
     for b in range(6):
-        m0, m1, m2, m3, m4, m5 = M[b, t], M[6 + b, t], M[12 + b, t], M[18 + b, t], M[24 + b, t], M[30 + b, t]
-        s0, s1, s2, s3 = Q[0, b], Q[1, b], Q[2, b], Q[3, b]
-        for o0 in range(0, o16, 8):
-            o = numba.uint64(o0)
-            e = _at8(_ld8(m0, o), _ld8(m1, o), _ld8(m2, o), _ld8(m3, o), _ld8(m4, o), _ld8(m5, o), k2, k4, k8)
-            _st8(s0, o, e[0])
-            _st8(s1, o, e[1])
-            _st8(s2, o, e[2])
-            _st8(s3, o, e[3])
+        _at_rows((M[b, t], M[6 + b, t], M[12 + b, t], M[18 + b, t], M[24 + b, t], M[30 + b, t]),
+                 (Q[0, b], Q[1, b], Q[2, b], Q[3, b]), o16, k2, k4, k8)
     for i in range(4):
-        n0, n1, n2, n3, n4, n5 = Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3], Q[i, 4], Q[i, 5]
-        r0, r1, r2, r3 = R[i, q0x], R[i, q0x + 1], R[i, q0x + 2], R[i, q0x + 3]
-        for o0 in range(0, o16, 8):
-            o = numba.uint64(o0)
-            e = _at8(_ld8(n0, o), _ld8(n1, o), _ld8(n2, o), _ld8(n3, o), _ld8(n4, o), _ld8(n5, o), k2, k4, k8)
-            _st8(r0, o, e[0])
-            _st8(r1, o, e[1])
-            _st8(r2, o, e[2])
-            _st8(r3, o, e[3])
+        _at_rows((Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3], Q[i, 4], Q[i, 5]),
+                 (R[i, q0x], R[i, q0x + 1], R[i, q0x + 2], R[i, q0x + 3]), o16, k2, k4, k8)
 
 
-with straight_line_vectorised():
-    _cols_in = numba.njit(["void(f4[:, ::1], i8, i8, i8, f4[:, :, ::1], f4[::1])",
-                           "void(f8[:, ::1], i8, i8, i8, f8[:, :, ::1], f8[::1])"],
-                          cache=True, fastmath={"contract"})(_cols_in_body)
-    _tile_out = numba.njit(["void(f4[:, :, ::1], i8, i8, f4[:, :, ::1], f4[:, :, ::1], i8, f4[::1])",
-                            "void(f8[:, :, ::1], i8, i8, f8[:, :, ::1], f8[:, :, ::1], i8, f8[::1])"],
-                           cache=True, fastmath={"contract"})(_tile_out_body)
+_cols_in = straight_line_compiled(_cols_in_body, "F[:, ::1], i8, i8, i8, F[:, :, ::1], F[::1]")
+_tile_out = straight_line_compiled(_tile_out_body, "F[:, :, ::1], i8, i8, F[:, :, ::1], F[:, :, ::1], i8, F[::1]")
+
+
+@numba.njit(cache=True)
+def _inputs(xp, r0, rows, th, tw, plane, run, lanes, Z, V, K):
+    """V[:, r*tw + tx] = the input transforms of the tiles of tile rows r0 .. r0 + rows - 1,
+    counted image by image over the planes xp (th tile rows an image)."""
+    for r in range(rows):
+        image, tile_row = (r0 + r) // th, (r0 + r) % th
+        _strip_in(xp, image * plane + 4 * tile_row * run, run, Z, K)
+        _cols_in(Z, tw, lanes, r * tw, V, K)
 
 
 @numba.njit(cache=True)
@@ -340,10 +337,7 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
         _fill(x, first, count, pad, plane, run, c8, xp)
         for r0 in range(0, count * th, rows_per_chunk):
             rows = min(rows_per_chunk, count * th - r0)
-            for r in range(rows):
-                image, tile_row = (r0 + r) // th, (r0 + r) % th
-                _strip_in(xp, image * plane + 4 * tile_row * run, run, Z, K)
-                _cols_in(Z, tw, c8, r * tw, V, K)
+            _inputs(xp, r0, rows, th, tw, plane, run, c8, Z, V, K)
             _gemm(V, U, M, -(-rows * tw // ROWS) * ROWS)
             for r in range(rows):
                 image, tile_row = (r0 + r) // th, (r0 + r) % th
@@ -410,13 +404,7 @@ def _cols_dy_body(Z, tw, o8, t0, Y, K):
             y3, y4, y5 = Y[6 * a + 3, t0 + tx], Y[6 * a + 4, t0 + tx], Y[6 * a + 5, t0 + tx]
             for o0 in range(0, o8, 8):
                 o = numba.uint64(o0)
-                v = _a8(_ld8(e0, o), _ld8(e1, o), _ld8(e2, o), _ld8(e3, o), k2, k4, k8)
-                _st8(y0, o, v[0])
-                _st8(y1, o, v[1])
-                _st8(y2, o, v[2])
-                _st8(y3, o, v[3])
-                _st8(y4, o, v[4])
-                _st8(y5, o, v[5])
+                _st8x6((y0, y1, y2, y3, y4, y5), o, _a8(_ld8(e0, o), _ld8(e1, o), _ld8(e2, o), _ld8(e3, o), k2, k4, k8))
 
 
 def _gemm_dw_body(Y, V, P, T):
@@ -441,13 +429,8 @@ def _gemm_dw_body(Y, V, P, T):
                     _st16(row, p, _fma16(s, one, _ld16(row, p)))  # row += s
 
 
-with straight_line_vectorised():
-    _cols_dy = numba.njit(["void(f4[:, ::1], i8, i8, i8, f4[:, :, ::1], f4[::1])",
-                           "void(f8[:, ::1], i8, i8, i8, f8[:, :, ::1], f8[::1])"],
-                          cache=True, fastmath={"contract"})(_cols_dy_body)
-    _gemm_dw = numba.njit(["void(f4[:, :, ::1], f4[:, :, ::1], f4[:, :, ::1], i8)",
-                           "void(f8[:, :, ::1], f8[:, :, ::1], f8[:, :, ::1], i8)"],
-                          cache=True, fastmath={"contract"})(_gemm_dw_body)
+_cols_dy = straight_line_compiled(_cols_dy_body, "F[:, ::1], i8, i8, i8, F[:, :, ::1], F[::1]")
+_gemm_dw = straight_line_compiled(_gemm_dw_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
 
 
 @numba.njit(parallel=True, cache=True)
@@ -479,10 +462,9 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
             _fill(dy, first, count, 0, plane_d, run_d, o8, dp)
             for r0 in range(0, count * th, rows_per_chunk):
                 rows = min(rows_per_chunk, count * th - r0)
+                _inputs(xp, r0, rows, th, tw, plane, run, c16, Z, V, K)
                 for r in range(rows):
                     image, tile_row = (r0 + r) // th, (r0 + r) % th
-                    _strip_in(xp, image * plane + 4 * tile_row * run, run, Z, K)
-                    _cols_in(Z, tw, c16, r * tw, V, K)
                     _strip_dy(dp, image * plane_d + 4 * tile_row * run_d, run_d, Zd, K)
                     _cols_dy(Zd, tw, o8, r * tw, Y, K)
                 _gemm_dw(Y, V, parts[task], rows * tw)
