@@ -1,6 +1,7 @@
 """Elementwise kernels of the engine, parallel over both cores where NumPy uses one: ReLU each way
-(one pass instead of NumPy's mask-then-multiply two) and the residual add, which can apply the ReLU
-that follows it in the same pass."""
+(one pass instead of NumPy's mask-then-multiply two), the residual add, which can apply the ReLU
+that follows it in the same pass, and the zero-padded subsampling shortcut each way (NumPy zeroes
+the whole output, then copies strided, on one core)."""
 
 import numba
 
@@ -30,3 +31,34 @@ def add(a, b, out, relu):
     else:
         for i in numba.prange(a.size):
             out[i] = a[i] + b[i]
+
+
+@numba.njit(parallel=True, cache=True)
+def shortcut_forward(x, s, front, y):
+    """y[:, front + c] = x[:, c, ::s, ::s] and y's other channels zero, for x: (N, C, H, W)."""
+    n, o = y.shape[0], y.shape[1]
+    c = x.shape[1]
+    for task in numba.prange(n * o):
+        i, k = task // o, task % o
+        dst = y[i, k]
+        if front <= k < front + c:
+            src = x[i, k - front]
+            for r in range(dst.shape[0]):
+                for q in range(dst.shape[1]):
+                    dst[r, q] = src[s * r, s * q]
+        else:
+            dst[:] = 0
+
+
+@numba.njit(parallel=True, cache=True)
+def shortcut_backward(dy, s, front, dx):
+    """dx[:, c, ::s, ::s] = dy[:, front + c] and dx zero elsewhere, for dx: (N, C, H, W)."""
+    n, c = dx.shape[0], dx.shape[1]
+    for task in numba.prange(n * c):
+        i, k = task // c, task % c
+        dst, src = dx[i, k], dy[i, front + k]
+        dst[:] = 0
+        for r in range(src.shape[0]):
+            for q in range(src.shape[1]):
+                dst[s * r, s * q] = src[r, q]
+
