@@ -36,8 +36,8 @@ class Net:
         self.layers: dict[str, object] = {}
         self.shapes: dict[str, tuple] = {INPUT: self.in_shape}
         self.mean = np.zeros(self.in_shape[0], np.float32)  # input normalisation, stored with the model
-        self._absorbed = {}  # ReLU node -> the node that applied it, in the last forward
         self.std = np.ones(self.in_shape[0], np.float32)
+        self._absorbed = {}  # ReLU node -> the node that applied it, in the last forward
 
     # -- construction ----------------------------------------------------------------------
     def add(self, name, layer, inputs=None, rng=None):
