@@ -57,8 +57,8 @@ def test_train_forward_matches_formula(shape):
 
 @pytest.mark.parametrize("offset, spread, outlier", [(1e4, 1e-2, 0.0), (0.0, 1.0, 1e4), (-3e3, 0.5, 0.0)])
 def test_train_statistics_survive_a_large_mean_or_an_outlier_first(offset, spread, outlier):
-    """One pass sums x minus the channel's first value: a mean a million spreads from zero, or a
-    first value far from all the others, must still give float64-exact statistics."""
+    """One pass sums x minus the channel's first value: a mean a million standard deviations from
+    zero, or a first value far from all the others, must still give float64-exact statistics."""
     r = np.random.default_rng(4)
     x = (r.standard_normal((16, 3, 9, 9)) * spread + offset).astype(np.float32)
     x[0, :, 0, 0] += np.float32(outlier)
