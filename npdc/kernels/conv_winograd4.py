@@ -287,14 +287,15 @@ _cols_in = straight_line_compiled(_cols_in_body, "F[:, ::1], i8, i8, i8, F[:, :,
 _tile_out = straight_line_compiled(_tile_out_body, "F[:, :, ::1], i8, i8, F[:, :, ::1], F[:, :, ::1], i8, F[::1]")
 
 
-@numba.njit(cache=True)
-def _inputs(xp, r0, rows, th, tw, plane, run, lanes, Z, V, K):
-    """V[:, r*tw + tx] = the input transforms of the tiles of tile rows r0 .. r0 + rows - 1,
-    counted image by image over the planes xp (th tile rows an image)."""
+@numba.njit(cache=True, inline="always")
+def _transform_rows(strip, cols, xp, r0, rows, th, tw, plane, run, lanes, Z, V, K):
+    """V[:, r*tw + tx] = the transforms (strip down the columns, then cols along the rows) of the
+    tiles of tile rows r0 .. r0 + rows - 1, counted image by image over the planes xp (th tile
+    rows an image): x's through _strip_in and _cols_in, dy's through _strip_dy and _cols_dy."""
     for r in range(rows):
         image, tile_row = (r0 + r) // th, (r0 + r) % th
-        _strip_in(xp, image * plane + 4 * tile_row * run, run, Z, K)
-        _cols_in(Z, tw, lanes, r * tw, V, K)
+        strip(xp, image * plane + 4 * tile_row * run, run, Z, K)
+        cols(Z, tw, lanes, r * tw, V, K)
 
 
 @numba.njit(cache=True)
@@ -314,7 +315,7 @@ def _fill(x, first, count, pad, plane, run, lanes, xp):
 def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
     """y = the valid 3x3 correlation of x zero-padded by `pad`, the batch split evenly into
     n_tasks runs of images, and chunks of span tiles (whole tile rows) per GEMM."""
-    n, c, h, w = x.shape
+    n = x.shape[0]
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     c8, o16 = U.shape[1], U.shape[2]
     hp, wp = 4 * th + 2, 4 * tw + 2
@@ -341,7 +342,7 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
         _fill(x, first, count, pad, plane, run, c8, xp)
         for r0 in range(0, count * th, rows_per_chunk):
             rows = min(rows_per_chunk, count * th - r0)
-            _inputs(xp, r0, rows, th, tw, plane, run, c8, Z, V, K)
+            _transform_rows(_strip_in, _cols_in, xp, r0, rows, th, tw, plane, run, c8, Z, V, K)
             _gemm(V, U, M, -(-rows * tw // ROWS) * ROWS)
             for r in range(rows):
                 image, tile_row = (r0 + r) // th, (r0 + r) % th
@@ -466,11 +467,8 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
             _fill(dy, first, count, 0, plane_d, run_d, o8, dp)
             for r0 in range(0, count * th, rows_per_chunk):
                 rows = min(rows_per_chunk, count * th - r0)
-                _inputs(xp, r0, rows, th, tw, plane, run, c16, Z, V, K)
-                for r in range(rows):
-                    image, tile_row = (r0 + r) // th, (r0 + r) % th
-                    _strip_dy(dp, image * plane_d + 4 * tile_row * run_d, run_d, Zd, K)
-                    _cols_dy(Zd, tw, o8, r * tw, Y, K)
+                _transform_rows(_strip_in, _cols_in, xp, r0, rows, th, tw, plane, run, c16, Z, V, K)
+                _transform_rows(_strip_dy, _cols_dy, dp, r0, rows, th, tw, plane_d, run_d, o8, Zd, Y, K)
                 _gemm_dw(Y, V, parts[task], rows * tw)
 
 
@@ -509,7 +507,7 @@ def weight_gradient(x, dy, pad):
 
     The task split is the same whatever the thread count (GRAD_TASKS) and the tasks' sums are
     added in task order, so training rounds the same with any --threads."""
-    n, c, h, w = x.shape
+    n, c = x.shape[0], x.shape[1]
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = -(-ho // 4), -(-wo // 4)
     c16, o8 = -(-c // OUT_BLOCK) * OUT_BLOCK, -(-o // LANES) * LANES
