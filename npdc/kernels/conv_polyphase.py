@@ -10,7 +10,7 @@ tap (i, j) from phase (i % 2, j % 2) at (r + i // 2, s + j // 2), a stride-1 nei
 like conv_flat's planes (each phase image has Ho + 1 rows of width Wo + 1, images stacked), every
 tap is a constant shift 0, 1, Wo + 1 or Wo + 2 into one of four planes. The forward is then a GEMM
 whose K axis runs over (channel, tap) and whose B rows are those shifted plane rows, computed in
-register blocks of three outputs by 32 positions (see _taps_gemm_body).
+register blocks of six outputs by 32 positions (see _taps_gemm_body).
 
 The weight gradient sums dy (laid out on the same positions) times the nine shifted phase rows,
 one kernel row of taps by four output channels at a time, grouped the same way whatever the
@@ -22,7 +22,8 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_compiled
+from npdc.kernels.conv_flat import (GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, prefer_512_bit_vectors,
+                                    straight_line_compiled)
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
 
 
@@ -51,24 +52,24 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
     xp[2a + b, c, (k*period + u)*wq + v] = x[first + k, c, 2u + a - pad, 2v + b - pad]. Positions
     no pixel lands on are left as they are (zero in a zeroed plane). One pass over each input row
     writes both column phases: pixel 2v goes to column v of phase `pad`, pixel 2v + 1 to column
-    v + pad of the other. Unsigned indices let LLVM vectorise that split (measured 1.6-1.9x)."""
+    v + pad of the other. Plain indexing: a version over unsigned offsets into row views ran
+    2.5-4.7x slower (0.93 against 0.38 ms for 64 images at c16h32, one thread)."""
     _, c, h, w = x.shape
-    half, shift, two = numba.uint64(w // 2), numba.uint64(pad), numba.uint64(2)
+    half = w // 2
     for k in range(images):
         for ch in range(c):
             for r in range(h):
                 a, u = (r + pad) % 2, (r + pad) // 2
-                line = numba.uint64((k * period + u) * wq)
-                src = x[first + k, ch, r]
-                evens, odds = xp[2 * a + pad, ch], xp[2 * a + 1 - pad, ch]
+                line = (k * period + u) * wq
+                evens, odds = 2 * a + pad, 2 * a + 1 - pad
                 for v in range(half):
-                    evens[line + v] = src[two * v]
-                    odds[line + shift + v] = src[two * v + numba.uint64(1)]
+                    xp[evens, ch, line + v] = x[first + k, ch, r, 2 * v]
+                    xp[odds, ch, line + pad + v] = x[first + k, ch, r, 2 * v + 1]
                 if w % 2:
-                    evens[line + half] = src[w - 1]
+                    xp[evens, ch, line + half] = x[first + k, ch, r, w - 1]
 
 
-ROWS, LANES = 3, 32  # register block: output channels by positions (twelve 8-lane sums)
+ROWS, LANES = 6, 32  # register block: output channels by positions (twelve 16-lane sums)
 COLUMNS = 64  # output positions per run that every block of outputs sweeps
 CHANNELS = 16  # input channels per sweep: their 16 x 9 B rows of a block stay in L1
 J = tuple(np.uint64(j) for j in range(LANES))  # unsigned offsets: no wraparound tests
@@ -101,6 +102,13 @@ def _madd(s, w, e):
 
 
 @numba.njit(cache=True, inline="always")
+def _tap(S, e, w):
+    """One tap's multiply-adds into the six 32-tuples S: S[r] + w[r] * e."""
+    return (_madd(S[0], w[0], e), _madd(S[1], w[1], e), _madd(S[2], w[2], e),
+            _madd(S[3], w[3], e), _madd(S[4], w[4], e), _madd(S[5], w[5], e))
+
+
+@numba.njit(cache=True, inline="always")
 def _put(m, p, s):
     """m[p .. p+31] = the 32-tuple s."""
     m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = s[0], s[1], s[2], s[3]
@@ -113,41 +121,55 @@ def _put(m, p, s):
     m[p + J[28]], m[p + J[29]], m[p + J[30]], m[p + J[31]] = s[28], s[29], s[30], s[31]
 
 
-def _taps_gemm_body(xp, Wb, taps, start, T, acc):
-    """acc[o, t] = sum over channels c and taps k of
-    Wb[o // 3, c, k, o % 3] * xp[taps[k, 0], c, start + t + taps[k, 1]], for t < T (a multiple of 32).
+def _taps_gemm_body(xp, Wb, wq, start, T, acc):
+    """acc[o, t] = sum over channels c and taps (i, j) of Wb[o // 6, c, 3i + j, o % 6] times
+    phase (i % 2, j % 2) of channel c at start + t + (i // 2)*wq + j // 2, for t < T (a multiple
+    of 32).
 
-    A block of three output channels by 32 positions is summed in 96 scalars that the SLP
-    vectoriser packs into twelve registers; per (channel, tap), four vector loads and three
-    broadcasts feed twelve multiply-adds, which leaves one register for the load and three for
-    the weights (a 4 x 16 block keeps only eight sums, too few to hide the multiply-add latency;
-    4 x 24 and 6 x 16 spill). Positions go in runs of COLUMNS and channels in groups of CHANNELS,
-    each run and group swept by every block of outputs, so what a block reads stays in L1 while
-    the weights stream through; the sums go back to acc between groups."""
-    n_b, n_c, n_k, _ = Wb.shape
+    A block of six output channels by 32 positions is summed in 192 scalars that the SLP
+    vectoriser packs into twelve 512-bit registers; per (channel, tap), two vector loads and six
+    broadcasts feed twelve multiply-adds. The block before, three by 32 in twelve 8-lane registers
+    under LLVM's default 256-bit preference, ran 1.2-1.5x slower (whole forwards, two threads).
+    The nine taps are written out, so their offsets are additions, not table lookups (measured
+    1.05-1.5x). Positions go in runs of COLUMNS and channels in groups of CHANNELS, each run and group
+    swept by every block of outputs, so what a block reads stays in L1 while the weights stream
+    through; the sums go back to acc between groups."""
+    prefer_512_bit_vectors()
+    n_b, n_c = Wb.shape[0], Wb.shape[1]
     zeros = _lanes(np.zeros(LANES, xp.dtype), numba.uint64(0))
+    one, line = numba.uint64(1), numba.uint64(wq)
     for tc in range(0, T, COLUMNS):
         for c0 in range(0, n_c, CHANNELS):
             for ob in range(n_b):
-                Wo, m0, m1, m2 = Wb[ob], acc[ROWS * ob], acc[ROWS * ob + 1], acc[ROWS * ob + 2]
+                Wo, m = Wb[ob], acc[ROWS * ob:ROWS * ob + ROWS]
                 for t0 in range(tc, min(tc + COLUMNS, T), LANES):
                     p = numba.uint64(t0)
                     if c0 == 0:
-                        a = b = f = zeros
+                        S = (zeros, zeros, zeros, zeros, zeros, zeros)
                     else:
-                        a, b, f = _lanes(m0, p), _lanes(m1, p), _lanes(m2, p)
+                        S = (_lanes(m[0], p), _lanes(m[1], p), _lanes(m[2], p),
+                             _lanes(m[3], p), _lanes(m[4], p), _lanes(m[5], p))
+                    q = numba.uint64(start + t0)
                     for c in range(c0, min(c0 + CHANNELS, n_c)):
-                        wc = Wo[c]
-                        for k in range(n_k):
-                            e = _lanes(xp[taps[k, 0], c], numba.uint64(start + t0 + taps[k, 1]))
-                            u = wc[k]
-                            a, b, f = _madd(a, u[0], e), _madd(b, u[1], e), _madd(f, u[2], e)
-                    _put(m0, p, a)
-                    _put(m1, p, b)
-                    _put(m2, p, f)
+                        u, e0, e1, e2, e3 = Wo[c], xp[0, c], xp[1, c], xp[2, c], xp[3, c]
+                        S = _tap(S, _lanes(e0, q), u[0])
+                        S = _tap(S, _lanes(e1, q), u[1])
+                        S = _tap(S, _lanes(e0, q + one), u[2])
+                        S = _tap(S, _lanes(e2, q), u[3])
+                        S = _tap(S, _lanes(e3, q), u[4])
+                        S = _tap(S, _lanes(e2, q + one), u[5])
+                        S = _tap(S, _lanes(e0, q + line), u[6])
+                        S = _tap(S, _lanes(e1, q + line), u[7])
+                        S = _tap(S, _lanes(e0, q + line + one), u[8])
+                    _put(m[0], p, S[0])
+                    _put(m[1], p, S[1])
+                    _put(m[2], p, S[2])
+                    _put(m[3], p, S[3])
+                    _put(m[4], p, S[4])
+                    _put(m[5], p, S[5])
 
 
-_taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8[:, ::1], i8, i8, F[:, ::1]")
+_taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8, i8, i8, F[:, ::1]")
 
 
 @numba.njit(cache=True)
@@ -167,7 +189,7 @@ def _store(acc, first, lines, wq, period, images, i0, y):
 
 
 @numba.njit(parallel=True, cache=True)
-def _convolve(x, Wb, taps, pad, g, wq, period, size, n_t, y, n_threads):
+def _convolve(x, Wb, pad, g, wq, period, size, n_t, y, n_threads):
     """y = the 3x3 stride-2 correlation of x zero-padded by `pad`, one stack of g images' phase
     planes per task. The planes are zeroed once: a task writes only pixel positions, always the
     same ones for its k-th image, and a short last task's leftover images are never stored (no
@@ -184,7 +206,7 @@ def _convolve(x, Wb, taps, pad, g, wq, period, size, n_t, y, n_threads):
         _fill_phases(x, plane * g, images, pad, wq, period, xp)
         for first in range(0, n_lines, per_tile):
             lines = min(per_tile, n_lines - first)
-            _taps_gemm(xp, Wb, taps, first * wq, -(-lines * wq // LANES) * LANES, acc)
+            _taps_gemm(xp, Wb, wq, first * wq, -(-lines * wq // LANES) * LANES, acc)
             _store(acc, first, lines, wq, period, images, plane * g, y)
 
 
@@ -195,15 +217,12 @@ def forward(x, W, stride, pad, groups):
     ho, wo = out_size(h, 3, 2, pad), out_size(w, 3, 2, pad)
     threads = numba.get_num_threads()
     g, wq, period, size, n_t = _layout(n, c, ho, wo, threads, PLANE_FLOATS)
-    # tap (i, j) reads phase (i % 2, j % 2) shifted by i // 2 lines and j // 2 columns
-    taps = np.array([[2 * (i % 2) + j % 2, (i // 2) * wq + j // 2] for i in range(3) for j in range(3)],
-                    np.int64)
     blocks = -(-o // ROWS)
     Wb = np.zeros((blocks * ROWS, c, 9), x.dtype)
     Wb[:o] = W.reshape(o, c, 9)
     Wb = np.ascontiguousarray(Wb.reshape(blocks, ROWS, c, 9).transpose(0, 2, 3, 1))
     y = np.empty((n, o, ho, wo), x.dtype)
-    _convolve(x, Wb, taps, pad, g, wq, period, size, n_t, y, threads)
+    _convolve(x, Wb, pad, g, wq, period, size, n_t, y, threads)
     return y
 
 
