@@ -17,7 +17,7 @@ channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes throug
 chunk of whole tile rows at a time. For a chunk it transforms the inputs into V (36, T, C8)
 (rows combined down six whole padded rows, which is contiguous, then columns per tile, eight
 channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16), a register
-block of four tiles by sixteen output channels at a time, and turns each tile's products into its
+block of eight tiles by sixteen output channels at a time, and turns each tile's products into its
 4x4 outputs for all output channels at once, which a last pass writes into y's rows. A chunk's V
 and M together hold about BUDGET floats, so they stay in the core's caches.
 
@@ -31,12 +31,12 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
-from npdc.kernels.conv_flat import straight_line_compiled
+from npdc.kernels.conv_flat import prefer_512_bit_vectors, straight_line_compiled
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
 BUDGET = 96 * 1024  # floats of V and M per chunk (measured: 96-192 Ki best, 384-768 Ki 5-15 % slower)
-ROWS = 4  # tiles per GEMM register block: chunks are computed in whole multiples of it
+ROWS = 8  # tiles per GEMM register block: chunks are computed in whole multiples of it
 LANES = 8  # channels per vector step of the transforms (C is padded to a multiple)
 OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a multiple)
 
@@ -228,31 +228,41 @@ def _st16(v, q, s):
 
 
 def _gemm_body(V, U, M, T):
-    """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 4), O a multiple of 16.
+    """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 8), O a multiple of 16.
 
-    A block of four tiles by sixteen output channels is summed over all c in four 16-tuples,
-    which the SLP vectoriser packs into eight 8-lane registers; per c, two vector loads of U and
-    four broadcasts of V feed eight multiply-adds, and M is written once. (A vectorised loop would
-    pay LLVM's alias checks on every entry; an eight-tile block was 17 % slower at 16 channels
-    and 10 % faster at 32-128, measured single-threaded.)"""
+    A block of eight tiles by sixteen output channels is summed over all c in eight 16-tuples,
+    which the SLP vectoriser packs into eight 512-bit registers; per c, one vector load of U and
+    eight broadcasts of V feed eight multiply-adds, and M is written once. With the block before,
+    four tiles in eight 8-lane registers under LLVM's 256-bit preference, whole forwards were as
+    fast at 16 channels and 8-20 % slower at 32 and 64 (batch 128, 2 threads; at 128 within the
+    noise). (A vectorised loop would pay LLVM's alias checks on every entry; twelve tiles were no
+    faster.)"""
+    prefer_512_bit_vectors()
     n_xi, n_c, o16 = U.shape
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for xi in range(n_xi):
         Ux, Vx, Mx = U[xi], V[xi], M[xi]
-        for t in range(0, T, 4):
+        for t in range(0, T, 8):
             r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
+            r4, r5, r6, r7 = Vx[t + 4], Vx[t + 5], Vx[t + 6], Vx[t + 7]
             for o in range(0, o16, 16):
                 p = numba.uint64(o)
-                s0 = s1 = s2 = s3 = zero
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for c in range(n_c):
                     e = _ld16(Ux[c], p)
                     s0, s1, s2, s3 = _fma16(s0, r0[c], e), _fma16(s1, r1[c], e), _fma16(s2, r2[c], e), \
                         _fma16(s3, r3[c], e)
+                    s4, s5, s6, s7 = _fma16(s4, r4[c], e), _fma16(s5, r5[c], e), _fma16(s6, r6[c], e), \
+                        _fma16(s7, r7[c], e)
                 _st16(Mx[t], p, s0)
                 _st16(Mx[t + 1], p, s1)
                 _st16(Mx[t + 2], p, s2)
                 _st16(Mx[t + 3], p, s3)
+                _st16(Mx[t + 4], p, s4)
+                _st16(Mx[t + 5], p, s5)
+                _st16(Mx[t + 6], p, s6)
+                _st16(Mx[t + 7], p, s7)
 
 
 _gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
@@ -363,7 +373,7 @@ def _layout(n, c8, o16, th, tw, threads):
     number of rounds of the threads (7 tasks on 2 threads had left one thread idle 1/8 of the
     time), sizes differing by one image at most."""
     per = th * tw
-    span = max(4 * ROWS, BUDGET // (36 * (c8 + o16)))
+    span = max(2 * ROWS, BUDGET // (36 * (c8 + o16)))
     g = max(1, min(n, span // per))
     n_tasks = min(n, -(-n // (g * threads)) * threads)
     span = min(span, -(-n // n_tasks) * per)
