@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
-from npdc.kernels.conv_flat import prefer_512_bit_vectors, straight_line_compiled
+from npdc.kernels.conv_flat import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
 
@@ -91,7 +91,7 @@ def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
     return m0 + s12 + s34, d12 + k2 * d34, s12 + k4 * s34, d12 + k8 * d34 + m5
 
 
-J = tuple(np.uint64(j) for j in range(16))  # unsigned offsets, so indexing emits no wraparound test
+J = tuple(np.uint64(j) for j in range(8))  # unsigned offsets, so indexing emits no wraparound test
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -203,30 +203,6 @@ def _cols_in_body(Z, tw, c8, t0, V, K):
                                                           _ld8(d4, ch), _ld8(d5, ch), k2, k4, k5))
 
 
-@numba.njit(cache=True, inline="always")
-def _ld16(v, q):
-    """v[q .. q+15] as a tuple."""
-    return (v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]], v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]],
-            v[q + J[8]], v[q + J[9]], v[q + J[10]], v[q + J[11]], v[q + J[12]], v[q + J[13]], v[q + J[14]],
-            v[q + J[15]])
-
-
-@numba.njit(cache=True, inline="always")
-def _fma16(s, w, e):
-    """s + w * e lane by lane, for 16-tuples s and e."""
-    return (s[0] + w * e[0], s[1] + w * e[1], s[2] + w * e[2], s[3] + w * e[3],
-            s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
-            s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
-            s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15])
-
-
-@numba.njit(cache=True, inline="always")
-def _st16(v, q, s):
-    """v[q .. q+15] = the 16-tuple s."""
-    _st8(v, q, (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
-    _st8(v, q + J[8], (s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15]))
-
-
 def _gemm_body(V, U, M, T):
     """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 8), O a multiple of 16.
 
@@ -250,19 +226,19 @@ def _gemm_body(V, U, M, T):
                 p = numba.uint64(o)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for c in range(n_c):
-                    e = _ld16(Ux[c], p)
-                    s0, s1, s2, s3 = _fma16(s0, r0[c], e), _fma16(s1, r1[c], e), _fma16(s2, r2[c], e), \
-                        _fma16(s3, r3[c], e)
-                    s4, s5, s6, s7 = _fma16(s4, r4[c], e), _fma16(s5, r5[c], e), _fma16(s6, r6[c], e), \
-                        _fma16(s7, r7[c], e)
-                _st16(Mx[t], p, s0)
-                _st16(Mx[t + 1], p, s1)
-                _st16(Mx[t + 2], p, s2)
-                _st16(Mx[t + 3], p, s3)
-                _st16(Mx[t + 4], p, s4)
-                _st16(Mx[t + 5], p, s5)
-                _st16(Mx[t + 6], p, s6)
-                _st16(Mx[t + 7], p, s7)
+                    e = ld16(Ux[c], p)
+                    s0, s1, s2, s3 = fma16(s0, r0[c], e), fma16(s1, r1[c], e), fma16(s2, r2[c], e), \
+                        fma16(s3, r3[c], e)
+                    s4, s5, s6, s7 = fma16(s4, r4[c], e), fma16(s5, r5[c], e), fma16(s6, r6[c], e), \
+                        fma16(s7, r7[c], e)
+                st16(Mx[t], p, s0)
+                st16(Mx[t + 1], p, s1)
+                st16(Mx[t + 2], p, s2)
+                st16(Mx[t + 3], p, s3)
+                st16(Mx[t + 4], p, s4)
+                st16(Mx[t + 5], p, s5)
+                st16(Mx[t + 6], p, s6)
+                st16(Mx[t + 7], p, s7)
 
 
 _gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
@@ -436,12 +412,12 @@ def _gemm_dw_body(Y, V, P, T):
                 p = numba.uint64(c)
                 s0 = s1 = s2 = s3 = zero
                 for t in range(T):
-                    e, w = _ld16(Vx[t], p), Yx[t]
-                    s0, s1, s2, s3 = _fma16(s0, w[o], e), _fma16(s1, w[o + 1], e), _fma16(s2, w[o + 2], e), \
-                        _fma16(s3, w[o + 3], e)
+                    e, w = ld16(Vx[t], p), Yx[t]
+                    s0, s1, s2, s3 = fma16(s0, w[o], e), fma16(s1, w[o + 1], e), fma16(s2, w[o + 2], e), \
+                        fma16(s3, w[o + 3], e)
                 for i, s in ((0, s0), (1, s1), (2, s2), (3, s3)):
                     row = Px[o + i]
-                    _st16(row, p, _fma16(s, one, _ld16(row, p)))  # row += s
+                    st16(row, p, fma16(s, one, ld16(row, p)))  # row += s
 
 
 _cols_dy = straight_line_compiled(_cols_dy_body, "F[:, ::1], i8, i8, i8, F[:, :, ::1], F[::1]")

@@ -112,15 +112,18 @@ def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch
 
 
 @pytest.mark.parametrize("case", [
-    ((3, 1, 12, 13), (5, 1, 3, 3), 1, 1, 1),  # one channel: the last chunk overlaps the one before
-    ((2, 3, 11, 12), (4, 3, 3, 3), 1, 0, 1),  # a 9x10 output: last columns summed first, then overwritten
-    ((2, 3, 16, 16), (4, 3, 3, 3), 1, 1, 1),  # whole chunks only
+    ((3, 1, 12, 20), (5, 1, 3, 3), 1, 1, 1),  # one channel; chunks at 0 and 4 overlap
+    ((2, 3, 11, 30), (13, 3, 3, 3), 1, 0, 1),  # 9x28 output, 13 = 8 + 5 output channels
+    ((2, 3, 16, 32), (4, 3, 3, 3), 1, 1, 1),  # whole chunks only
+    ((2, 2, 5, 40), (9, 2, 3, 3), 1, 1, 1),  # three chunks, the last repeated to make a pair
     ((2, 7, 9, 20), (3, 7, 3, 3), 1, 2, 1),  # the most channels that still take the row path
+    ((2, 3, 9, 15), (4, 3, 3, 3), 1, 0, 1),  # an output narrower than a chunk: the plane path
     ((2, 9, 10, 11), (10, 9, 3, 3), 1, 1, 1),  # the plane path, with an output wider than a vector
 ])
 def test_flat_forward_on_both_paths(case):
     """flat sums few-channel layers row by row in registers and the rest over stacked planes;
     both must agree with the reference, forward and both gradients."""
+    assert conv_flat._row_chunks(28).tolist() == [0, 12] and conv_flat._row_chunks(38).tolist() == [0, 16, 22, 22]
     _check_all_three("flat", case, seed=3)
 
 
@@ -129,6 +132,7 @@ def test_flat_forward_on_both_paths(case):
     ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
     ("winograd4", ((2, 3, 11, 10), (4, 3, 3, 3), 1, 0, 1)),
     ("flat", ((3, 2, 5, 4), (9, 2, 3, 3), 1, 2, 1)),
+    ("flat", ((1, 2, 4, 18), (9, 2, 3, 3), 1, 1, 1)),  # the row path: chunks at 0 and 2
     ("kn2row", ((2, 3, 7, 7), (4, 3, 3, 3), 2, 1, 1)),
     ("kn2row", ((2, 5, 4, 4), (3, 5, 1, 1), 1, 0, 1)),
     ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
