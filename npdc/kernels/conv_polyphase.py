@@ -10,7 +10,7 @@ tap (i, j) from phase (i % 2, j % 2) at (r + i // 2, s + j // 2), a stride-1 nei
 like conv_flat's planes (each phase image has Ho + 1 rows of width Wo + 1, images stacked), every
 tap is a constant shift 0, 1, Wo + 1 or Wo + 2 into one of four planes. The forward is then a GEMM
 whose K axis runs over (channel, tap) and whose B rows are those shifted plane rows, computed in
-register blocks of six outputs by 32 positions (see _taps_gemm_body).
+register blocks of eight outputs by 32 positions (see _taps_gemm_body).
 
 The weight gradient sums dy (laid out on the same positions) times the nine shifted phase rows,
 one kernel row of taps by four output channels at a time, grouped the same way whatever the
@@ -69,7 +69,7 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
                     xp[evens, ch, line + half] = x[first + k, ch, r, w - 1]
 
 
-ROWS, LANES = 6, 32  # register block: output channels by positions (twelve 16-lane sums)
+ROWS, LANES = 8, 32  # register block: output channels by positions (sixteen 16-lane sums)
 COLUMNS = 64  # output positions per run that every block of outputs sweeps
 CHANNELS = 16  # input channels per sweep: their 16 x 9 B rows of a block stay in L1
 J = tuple(np.uint64(j) for j in range(LANES))  # unsigned offsets: no wraparound tests
@@ -103,9 +103,10 @@ def _madd(s, w, e):
 
 @numba.njit(cache=True, inline="always")
 def _tap(S, e, w):
-    """One tap's multiply-adds into the six 32-tuples S: S[r] + w[r] * e."""
+    """One tap's multiply-adds into the eight 32-tuples S: S[r] + w[r] * e."""
     return (_madd(S[0], w[0], e), _madd(S[1], w[1], e), _madd(S[2], w[2], e),
-            _madd(S[3], w[3], e), _madd(S[4], w[4], e), _madd(S[5], w[5], e))
+            _madd(S[3], w[3], e), _madd(S[4], w[4], e), _madd(S[5], w[5], e),
+            _madd(S[6], w[6], e), _madd(S[7], w[7], e))
 
 
 @numba.njit(cache=True, inline="always")
@@ -122,14 +123,15 @@ def _put(m, p, s):
 
 
 def _taps_gemm_body(xp, Wb, wq, start, T, acc):
-    """acc[o, t] = sum over channels c and taps (i, j) of Wb[o // 6, c, 3i + j, o % 6] times
+    """acc[o, t] = sum over channels c and taps (i, j) of Wb[o // 8, c, 3i + j, o % 8] times
     phase (i % 2, j % 2) of channel c at start + t + (i // 2)*wq + j // 2, for t < T (a multiple
     of 32).
 
-    A block of six output channels by 32 positions is summed in 192 scalars that the SLP
-    vectoriser packs into twelve 512-bit registers; per (channel, tap), two vector loads and six
-    broadcasts feed twelve multiply-adds. The block before, three by 32 in twelve 8-lane registers
-    under LLVM's default 256-bit preference, ran 1.2-1.5x slower (whole forwards, two threads).
+    A block of eight output channels by 32 positions is summed in 256 scalars that the SLP
+    vectoriser packs into sixteen 512-bit registers; per (channel, tap), two vector loads and
+    eight broadcasts feed sixteen multiply-adds. Measured on whole forwards, two threads: six
+    outputs by 32 were 1.04-1.13x slower, and three by 32 in twelve 8-lane registers under LLVM's
+    default 256-bit preference 1.2-1.5x slower than six by 32.
     The nine taps are written out, so their offsets are additions, not table lookups (measured
     1.05-1.5x). Positions go in runs of COLUMNS and channels in groups of CHANNELS, each run and group
     swept by every block of outputs, so what a block reads stays in L1 while the weights stream
@@ -145,10 +147,10 @@ def _taps_gemm_body(xp, Wb, wq, start, T, acc):
                 for t0 in range(tc, min(tc + COLUMNS, T), LANES):
                     p = numba.uint64(t0)
                     if c0 == 0:
-                        S = (zeros, zeros, zeros, zeros, zeros, zeros)
+                        S = (zeros, zeros, zeros, zeros, zeros, zeros, zeros, zeros)
                     else:
                         S = (_lanes(m[0], p), _lanes(m[1], p), _lanes(m[2], p),
-                             _lanes(m[3], p), _lanes(m[4], p), _lanes(m[5], p))
+                             _lanes(m[3], p), _lanes(m[4], p), _lanes(m[5], p), _lanes(m[6], p), _lanes(m[7], p))
                     q = numba.uint64(start + t0)
                     for c in range(c0, min(c0 + CHANNELS, n_c)):
                         u, e0, e1, e2, e3 = Wo[c], xp[0, c], xp[1, c], xp[2, c], xp[3, c]
@@ -167,6 +169,8 @@ def _taps_gemm_body(xp, Wb, wq, start, T, acc):
                     _put(m[3], p, S[3])
                     _put(m[4], p, S[4])
                     _put(m[5], p, S[5])
+                    _put(m[6], p, S[6])
+                    _put(m[7], p, S[7])
 
 
 _taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8, i8, i8, F[:, ::1]")
