@@ -29,10 +29,9 @@ from contextlib import contextmanager
 
 import numba
 import numpy as np
-from numba.core import types
-from numba.extending import intrinsic
 
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16
 
 BLOCK = 8  # output channels per register block
 
@@ -49,20 +48,6 @@ def straight_line_vectorised():
         yield
     finally:
         numba.config.SLP_VECTORIZE = old
-
-
-@intrinsic
-def prefer_512_bit_vectors(typingctx):
-    """Called first in a kernel: its vectorisers may use 512-bit registers. LLVM's tuning for
-    AVX-512 CPUs asks for 256-bit vectors (older ones lowered their clock for wider ones), which
-    halves the multiply-add peak here (measured: 220 GFLOP/s on one core with 512-bit registers).
-    Only kernels whose register block is sized for them opt in; a CPU without AVX-512 keeps its
-    own widest vectors."""
-    def codegen(context, builder, signature, args):
-        # llvmlite's attribute set takes only the flag names it lists; LLVM reads this key=value one
-        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
-        return context.get_dummy_value()
-    return types.void(), codegen
 
 
 def straight_line_compiled(body, args, parallel=False):
@@ -200,35 +185,6 @@ def blocked(W9):
 FEW = 8  # input channels below which _rows computes the forward (no channel reuse to block for)
 LANES = 16  # output columns per vector in _rows
 OUTS = 8  # output channels per register block in _rows
-J16 = tuple(np.uint64(j) for j in range(16))  # unsigned offsets: no wraparound tests
-
-
-@numba.njit(cache=True, inline="always")
-def ld16(v, q):
-    """v[q .. q+15] as a tuple."""
-    return (v[q], v[q + J16[1]], v[q + J16[2]], v[q + J16[3]], v[q + J16[4]], v[q + J16[5]], v[q + J16[6]],
-            v[q + J16[7]], v[q + J16[8]], v[q + J16[9]], v[q + J16[10]], v[q + J16[11]], v[q + J16[12]],
-            v[q + J16[13]], v[q + J16[14]], v[q + J16[15]])
-
-
-@numba.njit(cache=True, inline="always")
-def fma16(s, w, e):
-    """s + w * e lane by lane, for 16-tuples s and e."""
-    return (s[0] + w * e[0], s[1] + w * e[1], s[2] + w * e[2], s[3] + w * e[3],
-            s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
-            s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
-            s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15])
-
-
-@numba.njit(cache=True, inline="always")
-def st16(v, q, s):
-    """v[q .. q+15] = the 16-tuple s."""
-    v[q], v[q + J16[1]], v[q + J16[2]], v[q + J16[3]] = s[0], s[1], s[2], s[3]
-    v[q + J16[4]], v[q + J16[5]], v[q + J16[6]], v[q + J16[7]] = s[4], s[5], s[6], s[7]
-    v[q + J16[8]], v[q + J16[9]], v[q + J16[10]], v[q + J16[11]] = s[8], s[9], s[10], s[11]
-    v[q + J16[12]], v[q + J16[13]], v[q + J16[14]], v[q + J16[15]] = s[12], s[13], s[14], s[15]
-
-
 @numba.njit(cache=True, inline="always")
 def _tap(S, w, a, b):
     """One tap's multiply-adds: S[q] + w[q] * a and S[8 + q] + w[q] * b for the eight outputs q."""

@@ -186,6 +186,14 @@ def test_winograd4_with_several_chunks_per_image_or_several_images_per_task(budg
         _check_all_three("winograd4", ((5, 6, 21 - 2 * pad, 20 - 2 * pad), (7, 6, 3, 3), 1, pad, 1), seed=pad)
 
 
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_winograd4_with_transposed_blocks_and_their_leftovers(pad):
+    """11 input channels (a block of eight and three), 13 output channels (eight and five) and
+    rows of 21 - 2*pad inputs and 19 outputs (blocks of eight columns and the rest): the plane
+    fill and the output rows move 8 x 8 blocks through transpose8 and the leftovers one by one."""
+    _check_all_three("winograd4", ((2, 11, 21 - 2 * pad, 21 - 2 * pad), (13, 11, 3, 3), 1, pad, 1), seed=pad)
+
+
 @pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
 def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, monkeypatch):
     """The Winograd weight gradient sums over tiles in chunks, images in groups and the batch in
