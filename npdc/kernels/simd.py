@@ -1,10 +1,11 @@
 """Vector building blocks the convolution kernels share: a switch to 512-bit vectors, an 8 x 8
-block transpose, and 16-lane tuple helpers for register blocks the SLP vectoriser packs.
+block transpose, an even/odd split, and 16-lane tuple helpers for register blocks the SLP
+vectoriser packs.
 
-The first two are Numba intrinsics, i.e. LLVM IR emitted at the call site: Numba has no vector
+The first three are Numba intrinsics, i.e. LLVM IR emitted at the call site: Numba has no vector
 types, and LLVM's vectorisers neither widen past their preferred width nor turn a scalar
 transpose into shuffles (the tuple version of the transpose stayed scalar, measured in session
-17), so those two steps are written in IR here.
+17), so those steps are written in IR here.
 """
 
 import numba
@@ -72,6 +73,33 @@ def transpose8(typingctx, src, s, s_step, dst, d, d_step):
         return context.get_dummy_value()
 
     return types.void(src, s, s_step, dst, d, d_step), codegen
+
+
+@intrinsic
+def deinterleave16(typingctx, src, s, evens, e, odds, o):
+    """evens.flat[e + k] = src.flat[s + 2k] and odds.flat[o + k] = src.flat[s + 2k + 1] for
+    k < 8, arrays C-contiguous of one float type: one vector load, two shuffles, two stores. The
+    caller keeps every index in bounds."""
+    arrays = (src, evens, odds)
+    if not (all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == src.dtype for a in arrays)
+            and src.dtype in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ftype = context.get_value_type(signature.args[0].dtype)
+        align = context.get_abi_sizeof(ftype)
+
+        def at(k, vtype):
+            base = context.make_array(signature.args[k])(context, builder, args[k]).data
+            return builder.bitcast(builder.gep(base, [args[k + 1]]), vtype.as_pointer())
+
+        v = builder.load(at(0, ir.VectorType(ftype, 16)), align=align)
+        for k, first in ((2, 0), (4, 1)):
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [first + 2 * j for j in range(8)])
+            builder.store(builder.shuffle_vector(v, v, mask), at(k, ir.VectorType(ftype, 8)), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, s, evens, e, odds, o), codegen
 
 
 J16 = tuple(np.uint64(j) for j in range(16))  # unsigned offsets: no wraparound tests
