@@ -24,7 +24,7 @@ import numpy as np
 from npdc.kernels import conv_flat, conv_im2col
 from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_compiled
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
-from npdc.kernels.simd import deinterleave16, prefer_512_bit_vectors
+from npdc.kernels.simd import deinterleave16, fma16, ld16, prefer_512_bit_vectors, st16
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
@@ -80,33 +80,19 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
 ROWS, LANES = 8, 32  # register block: output channels by positions (sixteen 16-lane sums)
 COLUMNS = 64  # output positions per run that every block of outputs sweeps
 CHANNELS = 16  # input channels per sweep: their 16 x 9 B rows of a block stay in L1
-J = tuple(np.uint64(j) for j in range(LANES))  # unsigned offsets: no wraparound tests
+HALF = np.uint64(16)  # a 32-lane tuple is two 16-lane ones (npdc.kernels.simd)
 
 
 @numba.njit(cache=True, inline="always")
 def _lanes(v, q):
-    """v[q .. q+31] as a tuple (unsigned offsets: no wraparound tests)."""
-    return (v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]],
-            v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]],
-            v[q + J[8]], v[q + J[9]], v[q + J[10]], v[q + J[11]],
-            v[q + J[12]], v[q + J[13]], v[q + J[14]], v[q + J[15]],
-            v[q + J[16]], v[q + J[17]], v[q + J[18]], v[q + J[19]],
-            v[q + J[20]], v[q + J[21]], v[q + J[22]], v[q + J[23]],
-            v[q + J[24]], v[q + J[25]], v[q + J[26]], v[q + J[27]],
-            v[q + J[28]], v[q + J[29]], v[q + J[30]], v[q + J[31]])
+    """v[q .. q+31] as a tuple."""
+    return ld16(v, q) + ld16(v, q + HALF)
 
 
 @numba.njit(cache=True, inline="always")
 def _madd(s, w, e):
     """s + w * e lane by lane, for 32-tuples s and e."""
-    return (s[0] + w * e[0], s[1] + w * e[1], s[2] + w * e[2], s[3] + w * e[3],
-            s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
-            s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
-            s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15],
-            s[16] + w * e[16], s[17] + w * e[17], s[18] + w * e[18], s[19] + w * e[19],
-            s[20] + w * e[20], s[21] + w * e[21], s[22] + w * e[22], s[23] + w * e[23],
-            s[24] + w * e[24], s[25] + w * e[25], s[26] + w * e[26], s[27] + w * e[27],
-            s[28] + w * e[28], s[29] + w * e[29], s[30] + w * e[30], s[31] + w * e[31])
+    return fma16(s[:16], w, e[:16]) + fma16(s[16:], w, e[16:])
 
 
 @numba.njit(cache=True, inline="always")
@@ -120,14 +106,8 @@ def _tap(S, e, w):
 @numba.njit(cache=True, inline="always")
 def _put(m, p, s):
     """m[p .. p+31] = the 32-tuple s."""
-    m[p], m[p + J[1]], m[p + J[2]], m[p + J[3]] = s[0], s[1], s[2], s[3]
-    m[p + J[4]], m[p + J[5]], m[p + J[6]], m[p + J[7]] = s[4], s[5], s[6], s[7]
-    m[p + J[8]], m[p + J[9]], m[p + J[10]], m[p + J[11]] = s[8], s[9], s[10], s[11]
-    m[p + J[12]], m[p + J[13]], m[p + J[14]], m[p + J[15]] = s[12], s[13], s[14], s[15]
-    m[p + J[16]], m[p + J[17]], m[p + J[18]], m[p + J[19]] = s[16], s[17], s[18], s[19]
-    m[p + J[20]], m[p + J[21]], m[p + J[22]], m[p + J[23]] = s[20], s[21], s[22], s[23]
-    m[p + J[24]], m[p + J[25]], m[p + J[26]], m[p + J[27]] = s[24], s[25], s[26], s[27]
-    m[p + J[28]], m[p + J[29]], m[p + J[30]], m[p + J[31]] = s[28], s[29], s[30], s[31]
+    st16(m, p, s[:16])
+    st16(m, p + HALF, s[16:])
 
 
 def _taps_gemm_body(xp, Wb, wq, start, T, acc):
