@@ -34,9 +34,9 @@ def alternating_best(ours, theirs, rounds=5, runs=1):
     this machine's speed drifts over seconds, and alternating lets a slow spell hit both. With
     runs > 1 each round calls each function that many times in a row and times the last, so each
     is timed warm (its thread pool awake, its data in cache), as a kernel runs among the others of
-    a network: a 2 ms Numba convolution timed right after OpenBLAS's 7 ms matmul ran up to 1.4x
-    slower (measured: the pools' hand-over and the caches), a cost that barely shows on the
-    matmul's own time."""
+    a network: a Numba convolution of 0.7-2 ms timed right after OpenBLAS's 7 ms matmul ran about
+    1.2x slower (measured, best of 21: the pools' hand-over and the caches), a cost that barely
+    shows on the matmul's own time."""
     ours(), theirs()
     best = [float("inf"), float("inf")]
     for _ in range(rounds):
