@@ -185,6 +185,8 @@ def blocked(W9):
 FEW = 8  # input channels below which _rows computes the forward (no channel reuse to block for)
 LANES = 16  # output columns per vector in _rows
 OUTS = 8  # output channels per register block in _rows
+
+
 @numba.njit(cache=True, inline="always")
 def _tap(S, w, a, b):
     """One tap's multiply-adds: S[q] + w[q] * a and S[8 + q] + w[q] * b for the eight outputs q."""
@@ -205,11 +207,10 @@ def _rows_image_body(plane, W8, starts, shift, yi):
     `starts` (pairs; the last chunk ends at the row's end and may overlap the one before, or be
     repeated to fill a pair). A tap's columns are read through views that start `shift[j]` = j
     columns in: with the shifts constant, the SLP vectoriser built the overlapping vectors of the
-    three column taps from gathers and permutes (c3h32o16 0.78 -> 0.60 ms with them opaque,
-    batch 128, 2 threads). Against the version before (one 8-column vector per output channel,
-    a chain of nine dependent multiply-adds), batch 128, 2 threads, each call after the same
-    matmul: c3h32o16 1.04 -> 0.83 ms, c3h32o64 3.84 -> 2.56; c1h28o16 0.34 -> 0.39 (its 6.4 MB of
-    output, not the sums, bound it; measured 0.28-0.37 ms either way over several runs)."""
+    three column taps from gathers and permutes (c3h32o16 0.78 -> 0.60 ms with them opaque).
+    Against the version before (one 8-column vector per output channel, a chain of nine dependent
+    multiply-adds), batch 128, 2 threads, warm: c3h32o16 0.99 -> 0.58 ms, c3h32o64 4.00 -> 1.81,
+    c1h28o16 0.30 -> 0.28 (its 6.4 MB of output, more than its sums, bounds that one)."""
     prefer_512_bit_vectors()
     o, ho = yi.shape[0], yi.shape[1]
     n_b, c = W8.shape[0], W8.shape[1]
@@ -245,7 +246,8 @@ _rows_image = straight_line_compiled(_rows_image_body, "F[:, :, ::1], F[:, :, :,
 @numba.njit(parallel=True, cache=True)
 def _rows(x, W8, pad, starts, shift, y, n_threads):
     """y = the valid 3x3 correlation of x zero-padded by `pad`, one image per task, through a
-    per-thread padded plane (its border stays zero)."""
+    per-thread padded plane (its border stays zero); `starts` and `shift` as _rows_image takes
+    them."""
     n, c, h, w = x.shape
     planes = np.zeros((n_threads, c, h + 2 * pad, w + 2 * pad), x.dtype)
     for i in numba.prange(n):

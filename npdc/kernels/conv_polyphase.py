@@ -119,11 +119,11 @@ def _taps_gemm_body(xp, Wb, wq, start, T, acc):
     vectoriser packs into sixteen 512-bit registers; per (channel, tap), two vector loads and
     eight broadcasts feed sixteen multiply-adds. Measured on whole forwards, two threads: six
     outputs by 32 were 1.04-1.13x slower, and three by 32 in twelve 8-lane registers under LLVM's
-    default 256-bit preference 1.2-1.5x slower than six by 32.
-    The nine taps are written out, so their offsets are additions, not table lookups (measured
-    1.05-1.5x). Positions go in runs of COLUMNS and channels in groups of CHANNELS, each run and group
-    swept by every block of outputs, so what a block reads stays in L1 while the weights stream
-    through; the sums go back to acc between groups."""
+    default 256-bit preference 1.2-1.5x slower than six by 32. The nine taps are written out, so
+    their offsets are additions, not table lookups (measured 1.05-1.5x). Positions go in runs of
+    COLUMNS and channels in groups of CHANNELS, each run and group swept by every block of
+    outputs, so what a block reads stays in L1 while the weights stream through; the sums go back
+    to acc between groups."""
     prefer_512_bit_vectors()
     n_b, n_c = Wb.shape[0], Wb.shape[1]
     zeros = _lanes(np.zeros(LANES, xp.dtype), numba.uint64(0))

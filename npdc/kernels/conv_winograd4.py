@@ -418,8 +418,9 @@ def _cols_dy_body(Z, tw, o8, t0, Y, K):
 
 
 def _gemm_dw_body(Y, V, P, T):
-    """P[xi, o, c] += sum_{t < T} Y[xi, t, o] V[xi, t, c], O a multiple of 4, C of 16: the
-    forward GEMM's register block (four rows by sixteen lanes) with the sum over tiles."""
+    """P[xi, o, c] += sum_{t < T} Y[xi, t, o] V[xi, t, c], O a multiple of 4, C of 16: a block
+    of four rows by sixteen lanes, summed over tiles (eight rows in 512-bit registers, as the
+    forward GEMM now takes them, were within 5 % here, measured)."""
     n_xi, o8, c16 = P.shape
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
