@@ -171,10 +171,10 @@ def store_lines(acc, first, lines, wp, period, images, i0, ob, y):
                     row[col] = a[start + col]
 
 
-def blocked(W9):
-    """Pad the output-channel axis of W9: (O, C, 9) to a multiple of BLOCK with zero kernels."""
+def blocked(W9, size=BLOCK):
+    """Pad the output-channel axis of W9: (O, C, 9) to a multiple of `size` with zero kernels."""
     o = W9.shape[0]
-    full = -(-o // BLOCK) * BLOCK
+    full = -(-o // size) * size
     if full == o:
         return np.ascontiguousarray(W9)
     out = np.zeros((full,) + W9.shape[1:], W9.dtype)
@@ -182,9 +182,15 @@ def blocked(W9):
     return out
 
 
+def interleaved(W9, size):
+    """W9 (O, C, 9) as (O/size blocks, C, 9, size), zero kernels past O: each block's `size`
+    output channels side by side for every channel and tap, as register blocks broadcast them."""
+    Wb = blocked(W9, size)
+    return np.ascontiguousarray(Wb.reshape(-1, size, W9.shape[1], 9).transpose(0, 2, 3, 1))
+
+
 FEW = 8  # input channels below which _rows computes the forward (no channel reuse to block for)
 LANES = 16  # output columns per vector in _rows
-OUTS = 8  # output channels per register block in _rows
 
 
 @numba.njit(cache=True, inline="always")
@@ -231,7 +237,7 @@ def _rows_image_body(plane, W8, starts, shift, yi):
                         S = _tap(S, u[3 * i], ld16(a0, ca), ld16(a0, cb))
                         S = _tap(S, u[3 * i + 1], ld16(a1, ca), ld16(a1, cb))
                         S = _tap(S, u[3 * i + 2], ld16(a2, ca), ld16(a2, cb))
-                q0 = OUTS * b
+                q0 = BLOCK * b
                 for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
                                   (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
                     if q0 + q < o:
@@ -271,12 +277,8 @@ def _correlate(x, W9, pad):
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     y = np.empty((n, W9.shape[0], ho, wo), x.dtype)
     if c < FEW and wo >= LANES:
-        o8 = -(-W9.shape[0] // OUTS)
-        W8 = np.zeros((o8 * OUTS, c, 9), x.dtype)
-        W8[:W9.shape[0]] = W9
-        W8 = np.ascontiguousarray(W8.reshape(o8, OUTS, c, 9).transpose(0, 2, 3, 1))
         # the column shifts 0, 1, 2 as data, out of the compiler's sight (see _rows_image_body)
-        _rows(x, W8, pad, _row_chunks(wo), np.arange(3), y, numba.get_num_threads())
+        _rows(x, interleaved(W9, BLOCK), pad, _row_chunks(wo), np.arange(3), y, numba.get_num_threads())
         return y
     threads = numba.get_num_threads()
     g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads, PLANE_FLOATS)

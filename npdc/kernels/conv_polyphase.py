@@ -57,7 +57,6 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
     the ones before, and rows narrower than sixteen one pixel at a time."""
     _, c, h, w = x.shape
     half, hw, size = w // 2, h * w, xp.shape[2]
-    whole = half // 8 * 8
     for k in range(images):
         for ch in range(c):
             for r in range(h):
@@ -66,13 +65,14 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
                 evens, odds = 2 * a + pad, 2 * a + 1 - pad
                 src = ((first + k) * c + ch) * hw + r * w
                 e, o = (evens * c + ch) * size + line, (odds * c + ch) * size + line + pad
-                for v in range(0, whole, 8):
-                    deinterleave16(x, src + 2 * v, xp, e + v, xp, o + v)
-                if whole < half and half >= 8:  # the last eight again, overlapping: same values
-                    deinterleave16(x, src + 2 * (half - 8), xp, e + half - 8, xp, o + half - 8)
-                for v in range(whole if half < 8 else half, half):
-                    xp[evens, ch, line + v] = x[first + k, ch, r, 2 * v]
-                    xp[odds, ch, line + pad + v] = x[first + k, ch, r, 2 * v + 1]
+                if half >= 8:
+                    for v0 in range(0, half, 8):
+                        v = min(v0, half - 8)  # the last eight may overlap the ones before: same values
+                        deinterleave16(x, src + 2 * v, xp, e + v, xp, o + v)
+                else:
+                    for v in range(half):
+                        xp[evens, ch, line + v] = x[first + k, ch, r, 2 * v]
+                        xp[odds, ch, line + pad + v] = x[first + k, ch, r, 2 * v + 1]
                 if w % 2:
                     xp[evens, ch, line + half] = x[first + k, ch, r, w - 1]
 
@@ -209,12 +209,8 @@ def forward(x, W, stride, pad, groups):
     ho, wo = out_size(h, 3, 2, pad), out_size(w, 3, 2, pad)
     threads = numba.get_num_threads()
     g, wq, period, size, n_t = _layout(n, c, ho, wo, threads, PLANE_FLOATS)
-    blocks = -(-o // ROWS)
-    Wb = np.zeros((blocks * ROWS, c, 9), x.dtype)
-    Wb[:o] = W.reshape(o, c, 9)
-    Wb = np.ascontiguousarray(Wb.reshape(blocks, ROWS, c, 9).transpose(0, 2, 3, 1))
     y = np.empty((n, o, ho, wo), x.dtype)
-    _convolve(x, Wb, pad, g, wq, period, size, n_t, y, threads)
+    _convolve(x, conv_flat.interleaved(W.reshape(o, c, 9), ROWS), pad, g, wq, period, size, n_t, y, threads)
     return y
 
 
