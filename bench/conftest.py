@@ -11,7 +11,7 @@ import time
 import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
 import pytest
 
-from npdc.kernels.select import best_seconds  # noqa: F401  (the benches' timer)
+from npdc.engine.conv_select import best_seconds  # noqa: F401  (the benches' timer)
 from npdc.threads import set_threads
 
 THREADS = 2

@@ -23,8 +23,8 @@ from npdc.compress.prune import apply_masks, global_percentage_masks, prunable_l
 from npdc.compress.quantize import quantize_net
 from npdc.engine.resnet import build_net
 from npdc.io.modelfile import load_model
-from npdc.runtime.infer import (build_runtime, naive_peak_bytes, peak_rss_bytes,
-                                runtime_peak_bytes)
+from npdc.runtime.infer import build_runtime
+from npdc.runtime.measure import naive_peak_bytes, peak_rss_bytes, runtime_peak_bytes
 
 PRUNE = 90.0
 SHIPPED = Path(__file__).resolve().parents[1] / "data/models/fmnist-resnet18.h5"
@@ -123,7 +123,8 @@ def test_throughput_vs_torch(benchmark, files):
 def test_memory_and_score_of_the_shipped_model(benchmark, files):
     from npdc.engine.train import evaluate
     from npdc.io.datasets import load_dataset
-    from npdc.report import score, totals
+    from npdc.report import totals
+    from npdc.score import score
 
     path, baseline, net, codes = files["fmnist-resnet18"]
     M = naive_peak_bytes(baseline)

@@ -127,7 +127,7 @@ def _evaluate_npdc(args):
     from npdc.engine.train import evaluate
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
-    from npdc.runtime.evaluate import evaluate_compressed
+    from npdc.evaluate import evaluate_compressed
 
     data = load_dataset(args.data)
     x, y = data.require("test")
@@ -150,7 +150,7 @@ def _evaluate_npdc(args):
 
 # -- infer ---------------------------------------------------------------------------------------
 def cmd_infer(args):
-    from npdc.runtime.evaluate import predict_file
+    from npdc.evaluate import predict_file
 
     _threads(args.threads)
     n = predict_file(args.model, args.input, args.out, args.weights, args.batch_size)
@@ -196,7 +196,7 @@ def _held_out(data, split, size):
 def cmd_sensitivity(args):
     from npdc.compress.prune import check_layer_names
     from npdc.compress.sensitivity import format_table, suggest, sweep
-    from npdc.io.atomic import write_text
+    from npdc.atomic import write_text
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
 
@@ -301,7 +301,7 @@ def cmd_compress(args):
     from pathlib import Path
 
     from npdc.compress.pipeline import load_schedule, run
-    from npdc.io.atomic import write_text
+    from npdc.atomic import write_text
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
     from npdc.report import build_report, format_markdown

@@ -10,7 +10,7 @@ coding the file actually uses.
 The score weighs memory saved and size saved and gates them by accuracy and size (`score`).
 Memory: M is the uncompressed model run naively at batch 1 (float32 weights, every activation
 kept), m the same image through the npdc runtime from the .npdc file with sparse weights
-(npdc.runtime.evaluate.memory_figures); a report always names the measurement it used
+(npdc.runtime.measure.memory_figures); a report always names the measurement it used
 (`memory_method`).
 """
 
@@ -23,12 +23,12 @@ import numpy as np
 from npdc.codec import huffman, relindex
 from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_header,
                                   decode_layer, layer_bit_stats, pack_container, read_container)
-from npdc.codec.model import MAX_LAYER_WEIGHTS
+from npdc.codec.model import MAX_LAYER_WEIGHTS, load_compressed
+from npdc.engine.resnet import build_net
 from npdc.errors import UserError
-
-MB = 10 ** 6  # the zte preset's size steps are decimal megabytes
-PRESETS = ("relative", "zte")
-_SLACK = 1e-9  # relative slack on every step boundary, so 0.973 - 0.003 counts as 0.97
+from npdc.runtime.infer import build_runtime
+from npdc.runtime.measure import memory_figures
+from npdc.score import PRESETS, accuracy_fraction, score
 
 
 # -- per-layer table -----------------------------------------------------------------------------
@@ -155,8 +155,6 @@ def totals(source, rows=None, baseline=None):
     them too; the input normalisation (a few values per channel) is left out. The net is
     `baseline` if given, else the file's architecture. size_after_bytes = the whole .npdc file,
     ratio = before / after. rate_pq and rate_pqh as in layer_table over all quantized layers."""
-    from npdc.engine.resnet import build_net
-
     sections, name = _model_sections(source)
     rows = layer_table(sections) if rows is None else rows
     net = baseline if baseline is not None else build_net(_header(sections, name)["spec"])
@@ -177,69 +175,6 @@ def totals(source, rows=None, baseline=None):
             "rate_pqh": 1 - 8 * sum(r["bytes"] for r in rows) / original_bits}
 
 
-# -- score --------------------------------------------------------------------------------------
-def _number(value, what, low=None, above=None):
-    """A finite float; UserError if it is not one, is below `low` or is not above `above`."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise UserError(f"{what} must be finite, got {value}")
-    if (low is not None and value < low) or (above is not None and value <= above):
-        bound = f">= {low}" if low is not None else f"> {above}"
-        raise UserError(f"{what} must be {bound}, got {value}")
-    return value
-
-
-def _accuracy(value, what):
-    value = _number(value, what, low=0.0)
-    if value > 1:
-        raise UserError(f"{what} is a fraction in [0, 1], got {value} (a percentage?)")
-    return value
-
-
-def _step(value, steps, at_least):
-    """Factor of the first (limit, factor) that `value` reaches: value >= limit when at_least,
-    else value <= limit; 0 when none does. Boundaries are inclusive."""
-    for limit, factor in steps:
-        slack = _SLACK * max(abs(limit), 1.0)
-        if (value >= limit - slack) if at_least else (value <= limit + slack):
-            return factor
-    return 0.0
-
-
-def score(S, s, M, m, z, preset="relative", z0=None):
-    """Score = ((M - m)/M * 20 + (S - s)/s * 80) * A(z) * B(s).
-
-    S, s: model size before and after (bytes); M, m: inference memory before and after (bytes);
-    z: accuracy after, z0: accuracy before (fractions in [0, 1]). Presets, boundaries inclusive:
-      zte:      A = 1 for z >= 0.97, 0.9 for z >= 0.965, else 0;
-                B = 1 for s <= 40 MB, 0.9 for <= 50 MB, 0.8 for <= 63 MB, else 0 (MB = 10^6 bytes)
-      relative: A = 1 for z >= z0 - 0.003, 0.9 for z >= z0 - 0.008, else 0;
-                B = 1 for s <= 0.537 S, 0.9 for <= 0.671 S, 0.8 for <= 0.846 S, else 0
-    (relative carries the zte steps over to any baseline). Returns the score and its parts."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
-    S, s = _number(S, "size before", above=0), _number(s, "size after", above=0)
-    M, m = _number(M, "memory before", above=0), _number(m, "memory after", low=0)
-    z = _accuracy(z, "accuracy after")
-    if preset == "zte":
-        a_steps = [(0.97, 1.0), (0.965, 0.9)]
-        b_steps = [(40 * MB, 1.0), (50 * MB, 0.9), (63 * MB, 0.8)]
-    else:
-        if z0 is None:
-            raise UserError("the relative score preset needs the baseline accuracy z0")
-        z0 = _accuracy(z0, "accuracy before")
-        a_steps = [(z0 - 0.003, 1.0), (z0 - 0.008, 0.9)]
-        b_steps = [(0.537 * S, 1.0), (0.671 * S, 0.9), (0.846 * S, 0.8)]
-    A, B = _step(z, a_steps, True), _step(s, b_steps, False)
-    memory_term, size_term = (M - m) / M * 20, (S - s) / s * 80
-    return {"preset": preset, "score": (memory_term + size_term) * A * B, "A": A, "B": B,
-            "memory_term": memory_term, "size_term": size_term,
-            "S": S, "s": s, "M": M, "m": m, "z": z, "z0": z0}
-
-
 # -- the whole report ---------------------------------------------------------------------------
 def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
                  preset="relative", memory=None):
@@ -247,16 +182,13 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
 
     baseline: the uncompressed Net (S and M come from it; else a net of the file's architecture
     stands in, which has the same sizes). memory: (M, m, method) measured elsewhere; else M is
-    the baseline run naively and m the runtime on the file (npdc.runtime.evaluate.memory_figures). The score
-    needs accuracy_after, and accuracy_before for the relative preset; without them it is None."""
-    from npdc.codec.model import load_compressed
-    from npdc.engine.resnet import build_net
-
+    the baseline run naively and m the runtime on the file (npdc.runtime.measure.memory_figures).
+    The score needs accuracy_after, and accuracy_before for the relative preset; without them it is None."""
     if preset not in PRESETS:
         raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
     for value, what in ((accuracy_before, "accuracy before"), (accuracy_after, "accuracy after")):
         if value is not None:
-            _accuracy(value, what)
+            accuracy_fraction(value, what)
     sections = read_container(path)
     rows = layer_table(sections)
     if baseline is None:
@@ -264,9 +196,6 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     total = totals(path, rows, baseline)
     total["xz_bytes"] = xz_bytes(sections)
     if memory is None:
-        from npdc.runtime.evaluate import memory_figures
-        from npdc.runtime.infer import build_runtime
-
         compressed, codes = load_compressed(path)
         memory = memory_figures(baseline, build_runtime(compressed, codes))
     M, m, method = memory

@@ -16,7 +16,8 @@ from npdc.compress.prune import apply_masks, percentage_masks
 from npdc.compress.quantize import quantize_net
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
-from npdc.report import build_report, format_markdown, layer_table, score, totals
+from npdc.report import build_report, format_markdown, layer_table, totals
+from npdc.score import score
 
 SPEC = {"arch": "resnet18", "input_shape": [1, 8, 8], "width": 2, "embedding": 4, "num_classes": 3}
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from npdc.codec import bitio, huffman, relindex
 from npdc.errors import UserError
-from npdc.io.atomic import atomic_path
+from npdc.atomic import atomic_path
 
 MAGIC = b"NPDC"
 FORMAT_VERSION = 2

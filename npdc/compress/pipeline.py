@@ -153,7 +153,7 @@ class Checkpoints:
         self.done = state.get("done", {}) if state.get("digest") == digest else {}
 
     def mark(self, stage, record):
-        from npdc.io.atomic import write_text
+        from npdc.atomic import write_text
 
         self.done[stage] = record
         write_text(self.folder / "state.json", json.dumps({"digest": self.digest, "done": self.done}, indent=1))
@@ -247,7 +247,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
 
 def _save_codes(path, codes):
     """The quantize stage's result, {path: (indices, codebook, sparse)}, as plain arrays."""
-    from npdc.io.atomic import atomic_path
+    from npdc.atomic import atomic_path
 
     arrays = {}
     for p, (indices, codebook, sparse) in codes.items():

@@ -1,6 +1,6 @@
 """A net's convolution plan: which primitive each conv layer runs ({layer name: primitive}).
 
-`tune_net` times every legal primitive at each conv layer's shape (npdc.kernels.select, cached
+`tune_net` times every legal primitive at each conv layer's shape (npdc.engine.conv_select, cached
 on disk) and solves the per-layer choice exactly, with layout-conversion costs on the edges between
 convs that feed each other through BN / ReLU / add nodes: a chain by dynamic programming, a
 residual DAG as a PBQP (Anderson & Gregg 2017). The plan is stored in the model file.
@@ -11,7 +11,7 @@ import numpy as np
 from npdc.engine.layers import Conv2d
 from npdc.errors import UserError
 from npdc.kernels.conv import PRIMITIVES
-from npdc.kernels.select import layer_timings, layout_cost, solve_chain, solve_pbqp
+from npdc.engine.conv_select import layer_timings, layout_cost, solve_chain, solve_pbqp
 
 
 def conv_layers(net):

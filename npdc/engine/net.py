@@ -12,7 +12,7 @@ import numpy as np
 
 from npdc.engine.layers.activation import ReLU
 from npdc.errors import UserError
-from npdc.io.datasets import as_float
+from npdc.engine.images import as_float
 
 INPUT = "input"
 

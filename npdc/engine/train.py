@@ -8,7 +8,7 @@ from tqdm import tqdm
 from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SCHEDULES, SGD
 from npdc.engine.resnet import build_net
-from npdc.io.datasets import channel_stats
+from npdc.engine.images import channel_stats
 
 
 def augment(x, rng, pad):

@@ -7,7 +7,7 @@ The .npz holds what `Net.state_dict` holds -- `res2a_2a.W`, `res2a_2a_bn.running
 
 import numpy as np
 
-from npdc.io.atomic import atomic_path
+from npdc.atomic import atomic_path
 
 
 def export_npz(net, path):

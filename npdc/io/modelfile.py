@@ -11,7 +11,7 @@ import h5py
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
-from npdc.io.atomic import atomic_path
+from npdc.atomic import atomic_path
 
 FORMAT = "npdc-model"
 VERSION = 1

@@ -5,7 +5,7 @@ Several primitives compute the same convolution with different lowerings (Anders
 its own module and is listed in the registry PRIMITIVES. A primitive refuses, with a reason, the
 shapes it does not handle. Callers name a primitive (a layer carries the one its plan chose) or
 leave it to `default_primitive`, a heuristic from measurements on 2-core AVX2 machines;
-npdc.kernels.select measures and chooses per layer instead. All primitives take and return NCHW
+npdc.engine.conv_select measures and chooses per layer instead. All primitives take and return NCHW
 float arrays and keep float64 in float64 (gradient checks rely on it).
 """
 

@@ -11,9 +11,6 @@ with its arena views, so a full batch costs one Python call per step.
 """
 
 import functools
-import resource
-import time
-import tracemalloc
 
 import numba
 import numpy as np
@@ -22,8 +19,8 @@ from npdc.codec.container import decode_header, read_container
 from npdc.codec.model import load_compressed
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
-from npdc.io.datasets import as_float
-from npdc.kernels.conv import choose_primitive, conv2d_forward, primitive_forced
+from npdc.engine.images import as_float
+from npdc.kernels.conv import choose_primitive, conv2d_forward
 from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_planes, finish_rows, global_avg_pool,
                                linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
@@ -219,60 +216,3 @@ def layer_payloads(path):
     sections = read_container(path)
     layers = decode_header(sections[0][1])["layers"]
     return {layer["path"]: bytes(sections[i][1]) for i, layer in enumerate(layers, start=1)}
-
-
-# -- figures --------------------------------------------------------------------------------------
-def _traced_peak(fn):
-    """Peak bytes tracemalloc sees allocated by fn() beyond what was allocated before."""
-    started = not tracemalloc.is_tracing()
-    if started:
-        tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
-    finally:
-        if started:
-            tracemalloc.stop()
-
-
-def runtime_peak_bytes(runtime, seed=0):
-    """Peak bytes of the runtime's arrays during one batch-1 inference: what it holds (weights,
-    arena, workspace, the coded payloads in stream mode) plus the tracemalloc peak of one
-    forward pass (e.g. a streamed layer's decoding). A first untraced pass compiles kernels."""
-    x = np.random.default_rng(seed).random((1,) + runtime.plan.in_shape).astype(np.float32)
-    runtime.predict(x)
-    peak = _traced_peak(lambda: runtime.predict(x))
-    return runtime.static_bytes() + int(x.nbytes) + peak
-
-
-def naive_peak_bytes(net, seed=0):
-    """Memory of the uncompressed model run naively at batch 1: float32 parameters and buffers,
-    the input, and the tracemalloc peak of a forward pass that keeps every activation. Convolutions
-    run as direct loops, which allocate nothing but their output, so the baseline does not move
-    when a faster primitive with scratch buffers becomes the engine's default."""
-    x = np.random.default_rng(seed).standard_normal((1,) + tuple(net.in_shape)).astype(np.float32)
-    names = [name for name, _, _ in net.nodes]
-    with primitive_forced("direct"):
-        net.forward(x, keep=names)
-        peak = _traced_peak(lambda: net.forward(x, keep=names))
-    static = sum(int(a.nbytes) for a in {**net.params(), **net.buffers()}.values())
-    return static + int(x.nbytes) + peak
-
-
-def peak_rss_bytes():
-    """The process's peak resident set size so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def latency_ms(runtime, repeats=30):
-    """Median batch-1 latency of predict on a random image, after a warm-up call."""
-    x = np.random.default_rng(1).random((1,) + runtime.plan.in_shape).astype(np.float32)
-    runtime.predict(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runtime.predict(x)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))

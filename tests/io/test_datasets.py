@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from npdc.errors import UserError
 from npdc.io import datasets
-from npdc.io.datasets import Dataset, as_float, channel_stats, load_dataset, read_idx
+from npdc.engine.images import as_float, channel_stats
+from npdc.io.datasets import Dataset, load_dataset, read_idx
 
 TYPE_CODES = {
     np.dtype(np.uint8): 0x08,

@@ -5,7 +5,8 @@ import pytest
 
 from npdc.errors import UserError
 from npdc.kernels.conv import primitive_forced
-from npdc.runtime.infer import build_runtime, load_runtime, naive_peak_bytes, runtime_peak_bytes
+from npdc.runtime.infer import build_runtime, load_runtime
+from npdc.runtime.measure import naive_peak_bytes, runtime_peak_bytes
 from tests.conftest import rel_err
 from tests.runtime.conftest import NETS, make_npdc, raw_images
 

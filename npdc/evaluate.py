@@ -6,22 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from npdc.atomic import atomic_path
 from npdc.codec.model import load_compressed
 from npdc.errors import UserError
-from npdc.io.atomic import atomic_path
-from npdc.runtime.infer import (build_runtime, latency_ms, naive_peak_bytes, peak_rss_bytes,
-                                runtime_peak_bytes)
-
-MEMORY_METHOD = ("M: naive dense float32 inference of the uncompressed model at batch 1 (parameters, "
-                 "buffers, input and every activation kept; npdc.runtime.infer.naive_peak_bytes); "
-                 "m: the npdc runtime at batch 1 with {weights} weights (its arrays plus the "
-                 "tracemalloc peak of one forward pass; npdc.runtime.infer.runtime_peak_bytes)")
-
-
-def memory_figures(baseline, runtime):
-    """(M, m, method): the naive float32 run of `baseline` against a batch-1 `runtime`."""
-    return (naive_peak_bytes(baseline), runtime_peak_bytes(runtime),
-            MEMORY_METHOD.format(weights=runtime.weights.mode))
+from npdc.report import totals
+from npdc.runtime.infer import build_runtime
+from npdc.runtime.measure import latency_ms, memory_figures, peak_rss_bytes
+from npdc.score import score
 
 
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
@@ -29,8 +20,6 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
     takes the file's own accuracy as the reference (the accuracy gate passes)."""
-    from npdc.report import score, totals
-
     runtime = build_runtime(net, codes, weights, batch_size, path)
     if len(x) == 0:
         raise UserError("the test split is empty")

@@ -1,4 +1,4 @@
-"""Tests for npdc.kernels.select: exact solvers against brute force, the on-disk timing cache."""
+"""Tests for npdc.engine.conv_select: exact solvers against brute force, the on-disk timing cache."""
 
 import itertools
 import json
@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npdc.kernels import select
+from npdc.engine import conv_select as select
 from npdc.kernels.conv import legal_primitives
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from npdc.io.atomic import write_text
+from npdc.atomic import write_text
 from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal_primitives
 
 CACHE_NAME = "conv_timings.json"

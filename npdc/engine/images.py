@@ -1,0 +1,52 @@
+"""Images as the engine takes them: float32 in [0, 1] from uint8 or float storage, and the
+per-channel statistics that a model's input normalisation is set from. Datasets (npdc.io) keep
+their stored dtype and convert one batch at a time through `as_float`."""
+
+import numpy as np
+
+from npdc.errors import UserError
+
+
+def as_float(x: np.ndarray) -> np.ndarray:
+    """Images as float32: uint8 is scaled to [0, 1], floats pass through (no copy if float32)."""
+    if x.dtype == np.uint8:
+        return np.divide(x, np.float32(255.0), dtype=np.float32)
+    if np.issubdtype(x.dtype, np.floating):
+        return np.asarray(x, dtype=np.float32)
+    raise UserError(f"cannot use images of dtype {x.dtype}: expected uint8 or floating point")
+
+
+def channel_stats(x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population std of `as_float(x)`, batch by batch.
+
+    A constant channel gets std 1.0 so normalising by it never divides by zero.
+    """
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise UserError(f"channel statistics need a non-empty (N, C, H, W) array, got {x.shape}")
+    if batch < 1:
+        raise UserError(f"channel statistics batch size must be positive, got {batch}")
+    channels = x.shape[1]
+    seen = 0
+    mean = np.zeros(channels)
+    squares = np.zeros(channels)  # sum of squared deviations from the running mean
+    low = np.full(channels, np.inf)
+    high = np.full(channels, -np.inf)
+    for start in range(0, x.shape[0], batch):
+        chunk = as_float(x[start : start + batch]).astype(np.float64)
+        chunk_seen = chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+        if chunk_seen == 0:
+            continue
+        chunk_mean = chunk.mean(axis=(0, 2, 3))
+        chunk_squares = np.square(chunk - chunk_mean[None, :, None, None]).sum(axis=(0, 2, 3))
+        total = seen + chunk_seen
+        shift = chunk_mean - mean
+        mean = mean + shift * (chunk_seen / total)
+        squares = squares + chunk_squares + np.square(shift) * (seen * chunk_seen / total)
+        seen = total
+        low = np.minimum(low, chunk.min(axis=(0, 2, 3)))
+        high = np.maximum(high, chunk.max(axis=(0, 2, 3)))
+    if seen == 0:
+        raise UserError(f"channel statistics need images with pixels, got shape {x.shape}")
+    std = np.sqrt(squares / seen)
+    std[(low == high) | (std == 0)] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
