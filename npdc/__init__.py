@@ -12,14 +12,20 @@ A training step allocates and frees a few hundred megabytes of tensors. glibc's 
 large blocks back to the kernel when they are freed, so every step faulted fresh zeroed pages in
 again (about 6,600 page faults and 5 % of a cifar-resnet20 step, measured); with glibc, freed
 blocks are kept in the heap instead, unless the user has tuned malloc through its own variables.
+
+These are process-wide settings made on import. A program that embeds npdc and wants none of
+them sets NPDC_NO_PROCESS_TUNING=1 in the environment before importing it.
 """
 
 import ctypes
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "30000")  # a tenth of GNU OpenMP's default without a policy
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+def _tune_thread_pools():
+    """Short spinning for OpenMP and OpenBLAS workers (see above); the user's values win."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", "30000")  # a tenth of GNU OpenMP's default without a policy
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def _keep_freed_blocks():
@@ -36,6 +42,8 @@ def _keep_freed_blocks():
         mallopt(m_trim_threshold, 1 << 30)
 
 
-_keep_freed_blocks()
+if os.environ.get("NPDC_NO_PROCESS_TUNING", "") in ("", "0"):
+    _tune_thread_pools()
+    _keep_freed_blocks()
 
 __version__ = "0.1.0"

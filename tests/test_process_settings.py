@@ -40,3 +40,11 @@ def test_thread_waiting_defaults_and_the_users_own_choice():
     show = "import os, npdc; print(os.environ['GOMP_SPINCOUNT'], os.environ['OMP_WAIT_POLICY'])"
     assert _run(show) == "30000 PASSIVE"
     assert _run(show, GOMP_SPINCOUNT="5", OMP_WAIT_POLICY="ACTIVE") == "5 ACTIVE"
+
+
+def test_an_embedding_program_can_refuse_the_process_settings():
+    """NPDC_NO_PROCESS_TUNING=1: no thread variables set, and freed blocks go back as glibc likes."""
+    show = "import os, npdc; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    assert _run(show, NPDC_NO_PROCESS_TUNING="1") == "None None"
+    if sys.platform.startswith("linux"):
+        assert int(_run(ALLOC_CYCLE, NPDC_NO_PROCESS_TUNING="1")) > 200  # tuned: under 50

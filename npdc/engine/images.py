@@ -50,3 +50,12 @@ def channel_stats(x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndar
     std = np.sqrt(squares / seen)
     std[(low == high) | (std == 0)] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def check_fits(net, x, y=None):
+    """UserError unless images x (N, C, H, W) match the net's input and labels y its classes."""
+    if tuple(x.shape[1:]) != net.in_shape:
+        raise UserError(f"dataset images are {tuple(x.shape[1:])}, the model expects {net.in_shape}")
+    classes = net.shapes[net.output][0]
+    if y is not None and len(y) and int(y.max()) >= classes:
+        raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")

@@ -1,4 +1,6 @@
-"""Layers with explicit forward and backward; every one follows npdc.engine.layers.base.Layer."""
+"""Layers with explicit forward and backward passes, one concept a module, every one following
+npdc.engine.layers.base.Layer (build, forward, backward adding into grads). Layers call kernels for
+their arithmetic and import nothing above the engine."""
 
 from npdc.engine.layers.activation import PReLU, ReLU
 from npdc.engine.layers.base import Layer

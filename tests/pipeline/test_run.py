@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from npdc.compress.pipeline import Checkpoints, load_schedule, run
+from npdc.pipeline.run import Checkpoints, run
+from npdc.pipeline.schedule import load_schedule
 from npdc.engine.train import train_model
 from npdc.errors import UserError
 from npdc.io.datasets import load_dataset

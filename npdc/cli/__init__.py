@@ -1,0 +1,62 @@
+"""`python -m npdc SUBCOMMAND`: parse arguments, call the library, print the result.
+
+A user mistake (a UserError, or bad arguments) is one line on stderr and exit code 2. Each
+subcommand has an `X_arguments(sub)` function that declares its options and a `cmd_X(args)` that
+runs it, in model_commands.py (train, evaluate, infer, info, speed, tune, import, export,
+decompress) or compress_commands.py (sensitivity, prune, compress, report). The commands import
+the library inside their functions, not at the top, so that `--help` and argument errors answer
+without loading NumPy, Numba and the kernels.
+"""
+
+import sys
+
+from npdc import __version__
+from npdc.cli import compress_commands, model_commands
+from npdc.cli.common import Parser
+from npdc.errors import UserError
+
+SUBCOMMANDS = (
+    model_commands.train_arguments, model_commands.evaluate_arguments, model_commands.infer_arguments,
+    model_commands.info_arguments, compress_commands.sensitivity_arguments,
+    compress_commands.prune_arguments, compress_commands.compress_arguments,
+    compress_commands.report_arguments, model_commands.decompress_arguments,
+    model_commands.import_arguments, model_commands.export_arguments, model_commands.speed_arguments,
+    model_commands.tune_arguments)
+
+
+def build_parser():
+    p = Parser(prog="npdc", description="NumPy Deep Compression: train, evaluate and compress "
+                                        "ResNets without a deep-learning framework.")
+    p.add_argument("--version", action="version", version=f"npdc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    primitive = getattr(args, "primitive", None)
+    try:
+        if primitive:
+            _force_primitive(primitive)
+        args.func(args)
+    except UserError as e:
+        print(f"npdc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if primitive:  # in-process callers (tests) must not inherit it
+            _force_primitive(None)
+    return 0
+
+
+def _force_primitive(name):
+    from npdc.kernels.conv import force_primitive
+
+    try:
+        force_primitive(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None

@@ -1,0 +1,341 @@
+"""Subcommands that work on one model file: train, evaluate, infer, info, speed, tune, import,
+export, decompress. Each has `X_arguments(sub)` and `cmd_X(args)`; the library is imported inside
+the commands so that --help stays fast (see npdc.cli).
+"""
+
+import sys
+import time
+
+from npdc import __version__
+from npdc.cli.common import (floats, positive_int, print_json, shape, table, threads_args,
+                             use_threads, weights_arg)
+from npdc.errors import UserError
+
+
+# -- train -------------------------------------------------------------------------------------
+
+def train_arguments(sub):
+    s = sub.add_parser("train", help="train a model from scratch",
+                       description="Train a ResNet with SGD; the same seed gives the same model.")
+    s.add_argument("--arch", required=True, help="architecture name, e.g. resnet18, cifar-resnet20")
+    s.add_argument("--data", required=True, help="shipped dataset name, IDX folder, .npz or .h5")
+    s.add_argument("--out", required=True, help="model file to write (.h5)")
+    s.add_argument("--epochs", type=positive_int, default=10)
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    s.add_argument("--momentum", type=float, default=0.9)
+    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    s.add_argument("--augment-pad", type=int, default=None,
+                   help="random-crop padding in pixels (default H/8; 0 disables crop and flip)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--width", type=positive_int, default=None, help="resnet18 family: channels of stage 2")
+    threads_args(s)
+    s.set_defaults(func=cmd_train)
+
+
+def cmd_train(args):
+    from npdc.engine.resnet import ARCHITECTURES
+    from npdc.engine.train import evaluate_model, train_model
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import save_model
+
+    if args.arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    data = load_dataset(args.data)
+    x, y = data.require("train")
+    spec = {"arch": args.arch, "input_shape": list(data.image_shape), "num_classes": data.num_classes}
+    if args.width is not None:
+        if args.arch != "resnet18":
+            raise UserError("--width applies to the resnet18 family only")
+        spec["width"] = args.width
+    threads = use_threads(args.threads)
+    hyper = dict(batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                 weight_decay=args.weight_decay, schedule=args.schedule,
+                 augment_pad=args.augment_pad)
+    t0 = time.time()
+    net, history = train_model(spec, x, y, args.epochs, seed=args.seed, **hyper)
+    meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
+            "dataset": data.name, "seed": args.seed, "epochs": args.epochs, "threads": threads,
+            "train_seconds": round(time.time() - t0, 1), "history": history, **hyper}
+    if data.x_test is not None:
+        result = evaluate_model(net, data.x_test, data.y_test, progress=True)
+        meta["test_accuracy"] = result["accuracy"]
+        print(f"test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}")
+    save_model(args.out, net, meta)
+    print(f"wrote {args.out}")
+
+
+# -- evaluate ----------------------------------------------------------------------------------
+
+def evaluate_arguments(sub):
+    s = sub.add_parser("evaluate", help="accuracy and figures of a model on a test split",
+                       description="A .h5 model runs in the engine; a .npdc file runs in the "
+                                   "small-memory runtime and also reports size, peak memory, "
+                                   "batch-1 latency and the score.")
+    s.add_argument("model", help="model file (.h5 or .npdc)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    weights_arg(s)
+    s.add_argument("--baseline", default=None,
+                   help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
+    threads_args(s)
+    s.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args):
+    from npdc.engine.images import check_fits
+    from npdc.engine.train import evaluate_model
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model
+
+    if str(args.model).endswith(".npdc"):
+        return _evaluate_npdc(args)
+    net = load_model(args.model)
+    data = load_dataset(args.data)
+    x, y = data.require("test")
+    check_fits(net, x, y)
+    use_threads(args.threads)
+    r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
+    print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
+    print(f"parameters {r['params']:,}  float32 size {r['size_bytes']:,} B  MACs/image {r['macs']:,}")
+    print(f"{r['images_per_s']:.0f} images/s")
+    if args.json:
+        print_json(r)
+
+
+def _evaluate_npdc(args):
+    from npdc.engine.images import check_fits
+    from npdc.codec.model import load_compressed
+    from npdc.engine.train import evaluate
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import load_model
+    from npdc.evaluate import evaluate_compressed
+
+    data = load_dataset(args.data)
+    x, y = data.require("test")
+    net, codes = load_compressed(args.model)
+    check_fits(net, x, y)
+    use_threads(args.threads)
+    before = evaluate(load_model(args.baseline), x, y)["accuracy"] if args.baseline else None
+    r = evaluate_compressed(args.model, net, codes, x, y, args.weights, args.batch_size, before)
+    print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
+    print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
+          f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
+          f"peak RSS {r['peak_rss_bytes']:,} B")
+    print(f"{r['images_per_s']:.0f} images/s at batch {args.batch_size}  batch-1 latency "
+          f"{r['latency_ms_b1']:.2f} ms  score {r['score']:.2f} (accuracy reference: {r['accuracy_reference']})")
+    if r["primitives"]:
+        print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
+    if args.json:
+        print_json({k: v for k, v in r.items() if k != "score_parts"})
+
+
+# -- infer -------------------------------------------------------------------------------------
+
+def infer_arguments(sub):
+    s = sub.add_parser("infer", help="logits and classes of images, from a .npdc file",
+                       description="Run the compressed model on images (N x C x H x W or N x H x W, "
+                                   "uint8 or float, in a .npz as x, x_test or images), normalised "
+                                   "as the model stores; writes logits and classes to a .npz.")
+    s.add_argument("model", help="compressed model (.npdc)")
+    s.add_argument("input", help="images (.npz)")
+    s.add_argument("--out", required=True, help="predictions to write (.npz)")
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    weights_arg(s)
+    threads_args(s)
+    s.set_defaults(func=cmd_infer)
+
+
+def cmd_infer(args):
+    from npdc.evaluate import predict_file
+
+    use_threads(args.threads)
+    n = predict_file(args.model, args.input, args.out, args.weights, args.batch_size)
+    print(f"wrote logits and classes of {n} images to {args.out}")
+
+
+# -- info --------------------------------------------------------------------------------------
+
+def info_arguments(sub):
+    s = sub.add_parser("info", help="per-layer table of a model file")
+    s.add_argument("model")
+    s.set_defaults(func=cmd_info)
+
+
+def cmd_info(args):
+    from npdc.io.modelfile import load_model, read_meta
+
+    from npdc.compress.prune import sparsity_table
+
+    net = load_model(args.model)
+    meta = read_meta(args.model)
+    pruned, total = sparsity_table(net)
+    by_layer = {r["layer"]: r for r in pruned}
+    rows = []
+    for r in net.summary():
+        p = by_layer.get(r["name"])
+        rows.append({**r, "shape": "x".join(str(d) for d in r["shape"]),
+                     "nonzero": f"{p['nonzero']:,}" if p else "",
+                     "sparsity": f"{100 * p['sparsity']:.1f}%" if p else ""})
+    print(table(rows, [("layer", "name", "{}"), ("kind", "kind", "{}"), ("output", "shape", "{}"),
+                        ("params", "params", "{:,}"), ("non-zero W", "nonzero", "{}"),
+                        ("sparsity", "sparsity", "{}"), ("MACs", "macs", "{:,}")]))
+    print(f"\n{net.spec['arch']}: {net.num_params():,} parameters, {net.macs():,} MACs per image; "
+          f"conv/linear weights {total['nonzero']:,} of {total['weights']:,} non-zero "
+          f"({100 * total['sparsity']:.1f}% sparse)")
+    if "test_accuracy" in meta:
+        print(f"test accuracy at save: {meta['test_accuracy']:.4f} ({meta.get('dataset', '?')})")
+
+
+# -- speed -------------------------------------------------------------------------------------
+
+def speed_arguments(sub):
+    s = sub.add_parser("speed", help="time a training step and inference on random data")
+    s.add_argument("--arch", default=None)
+    s.add_argument("--model", default=None, help="a model file instead of --arch (uses its conv plan)")
+    s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: the architecture's)")
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--repeats", type=positive_int, default=5, help="timed runs after warm-up (median)")
+    s.add_argument("--json", action="store_true")
+    threads_args(s)
+    s.set_defaults(func=cmd_speed)
+
+
+def cmd_speed(args):
+    from npdc.engine.conv_plan import conv_layers
+    from npdc.engine.resnet import build_net
+    from npdc.engine.speed import measure_speed
+    from npdc.io.modelfile import load_model
+
+    if bool(args.arch) == bool(args.model):
+        raise UserError("give either --arch or --model")
+    spec = {"arch": args.arch}
+    if args.input_shape:
+        spec["input_shape"] = args.input_shape
+    net = load_model(args.model) if args.model else build_net(spec)
+    arch = net.spec["arch"]
+    threads = use_threads(args.threads)
+    r = measure_speed(net, args.batch_size, args.repeats)
+    r.update(arch=arch, threads=threads, primitives={n: layer.ran for n, layer in conv_layers(net)})
+    print(f"{arch}, batch {args.batch_size}, {threads} threads")
+    print(f"train {r['train_img_s']:.1f} images/s  inference {r['infer_img_s']:.1f} images/s  "
+          f"batch-1 latency {r['b1_latency_ms']:.2f} ms")
+    print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
+    if args.json:
+        print_json(r)
+
+
+# -- tune --------------------------------------------------------------------------------------
+
+def tune_arguments(sub):
+    s = sub.add_parser("tune", help="time the conv primitives per layer and store the best plan in the model")
+    s.add_argument("model", help="model file (.h5), rewritten with its conv plan")
+    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--mode", choices=("train", "infer"), default="train", help="what to optimise")
+    s.add_argument("--no-cache", action="store_true", help="re-time instead of reading the timing cache")
+    s.add_argument("--json", action="store_true")
+    threads_args(s)
+    s.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args):
+    from npdc.engine.conv_plan import tune_net
+    from npdc.io.modelfile import load_model, write_plan
+
+    net = load_model(args.model)
+    threads = use_threads(args.threads)
+    plan, timings = tune_net(net, args.batch_size, args.mode, cache=not args.no_cache)
+    names = sorted({p for t in timings.values() for p in t})
+    rows = [{"layer": n, "plan": plan[n], **{p: f"{1e3 * t[p]:.2f}" if p in t else "-" for p in names}}
+            for n, t in timings.items()]
+    print(f"{args.mode} time per layer (ms), batch {args.batch_size}, {threads} threads")
+    print(table(rows, [("layer", "layer", "{}")] + [(p, p, "{}") for p in names] + [("plan", "plan", "{}")]))
+    write_plan(args.model, plan)
+    print(f"wrote the plan into {args.model}")
+    if args.json:
+        print_json({"plan": plan, "timings": timings})
+
+
+# -- import ------------------------------------------------------------------------------------
+
+def import_arguments(sub):
+    s = sub.add_parser("import", help="import a PyTorch ResNet checkpoint (.pt/.pth/.th) as a model",
+                       description="Read a PyTorch checkpoint without PyTorch (zip or legacy format; "
+                                   "only tensors and plain containers are unpickled, never code), "
+                                   "map torchvision / CIFAR ResNet names onto ARCH, check every "
+                                   "shape, and write an npdc model file.")
+    s.add_argument("checkpoint", help="PyTorch checkpoint holding a state_dict (possibly nested)")
+    s.add_argument("--arch", required=True, help="npdc architecture, e.g. cifar-resnet20")
+    s.add_argument("--out", required=True, help="model file to write (.h5)")
+    s.add_argument("--mean", type=floats, default=None, help="input mean per channel, [0,1] scale: R,G,B")
+    s.add_argument("--std", type=floats, default=None, help="input std per channel, [0,1] scale: R,G,B")
+    s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: 32x32 for CIFAR)")
+    s.add_argument("--data", default=None, help="evaluate the imported model on this test split")
+    threads_args(s)
+    s.set_defaults(func=cmd_import)
+
+
+def cmd_import(args):
+    from npdc.engine.images import check_fits
+    from npdc.io.modelfile import save_model
+    from npdc.io.torch_import import import_checkpoint
+
+    net = import_checkpoint(args.checkpoint, args.arch, args.mean, args.std, args.input_shape)
+    meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
+            "imported_from": str(args.checkpoint)}
+    print(f"{args.checkpoint} -> {net.spec['arch']}: {net.num_params():,} parameters, "
+          f"input {'x'.join(map(str, net.in_shape))}, {net.shapes[net.output][0]} classes")
+    if args.mean is None and args.std is None:
+        print("no --mean/--std given: the model sees pixels scaled to [0, 1]")
+    if args.data:
+        from npdc.engine.train import evaluate
+        from npdc.io.datasets import load_dataset
+
+        x, y = load_dataset(args.data).require("test")
+        check_fits(net, x, y)
+        use_threads(args.threads)
+        meta["test_accuracy"] = evaluate(net, x, y)["accuracy"]
+        print(f"test accuracy {meta['test_accuracy']:.4f} on {len(y)} images")
+    save_model(args.out, net, meta)
+    print(f"wrote {args.out}")
+
+
+def cmd_export(args):
+    from npdc.io.export import EXPORTERS
+    from npdc.io.modelfile import load_model
+
+    net = load_model(args.model)
+    EXPORTERS[args.format](net, args.out)
+    print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
+
+
+# -- export ------------------------------------------------------------------------------------
+
+def export_arguments(sub):
+    s = sub.add_parser("export", help="write a model's arrays for use outside npdc",
+                       description="Export the parameters, BN statistics and input normalisation "
+                                   "of a model file, one plain array per path (res2a_2a.W, ...).")
+    s.add_argument("model", help="model file (.h5)")
+    s.add_argument("--format", choices=["npz"], default="npz", help="output format (default npz)")
+    s.add_argument("--out", required=True, help="file to write, e.g. MODEL.npz")
+    s.set_defaults(func=cmd_export)
+
+
+# -- decompress --------------------------------------------------------------------------------
+
+def decompress_arguments(sub):
+    s = sub.add_parser("decompress", help="restore a dense .h5 model from a .npdc file")
+    s.add_argument("model", help="compressed model (.npdc)")
+    s.add_argument("--out", required=True, help="model file to write (.h5)")
+    s.set_defaults(func=cmd_decompress)
+
+
+def cmd_decompress(args):
+    from npdc.codec.model import load_compressed
+    from npdc.io.modelfile import save_model
+
+    net, _ = load_compressed(args.model)
+    save_model(args.out, net, {"decompressed_from": str(args.model), "npdc_version": __version__})
+    print(f"wrote {args.out}")

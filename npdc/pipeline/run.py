@@ -1,0 +1,121 @@
+"""The compress run: the stages of npdc.pipeline.stages in order, each checkpointed.
+
+baseline -> prune -> quantize -> encode -> verify. Each finished stage writes its products into
+the work folder and its record into `state.json` (atomically, with the schedule's digest), so the
+same command after a kill resumes after the last finished stage, and a changed schedule starts
+over.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npdc.atomic import atomic_path, write_text
+from npdc.engine.train import evaluate
+from npdc.io.modelfile import load_model, save_model
+from npdc.pipeline.stages import encode_stage, prune_stage, quantize_stage, verify_stage
+
+
+class Checkpoints:
+    """Finished stages in a work folder: state.json names them, with the schedule digest."""
+
+    def __init__(self, folder, digest):
+        self.folder, self.digest = Path(folder), digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state_path = self.folder / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        self.done = state.get("done", {}) if state.get("digest") == digest else {}
+
+    def mark(self, stage, record):
+        self.done[stage] = record
+        write_text(self.folder / "state.json", json.dumps({"digest": self.digest, "done": self.done}, indent=1))
+
+
+@dataclass
+class _Run:
+    """What every stage of one run may read: the teacher, the splits, the schedule, the paths."""
+    teacher: object
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    schedule: object
+    work: Path
+    out: Path
+    progress: bool
+
+    @property
+    def hyper(self):
+        return {"batch_size": self.schedule.batch_size, "seed": self.schedule.seed,
+                "progress": self.progress}
+
+
+def _baseline(r):
+    return {"accuracy": evaluate(r.teacher, r.x_test, r.y_test, progress=r.progress)["accuracy"]}
+
+
+def _prune(r):
+    student, record = prune_stage(r.teacher, r.x, r.y, r.schedule.prune, **r.hyper)
+    save_model(r.work / "pruned.h5", student, {"stage": "prune"})
+    return {"accuracy": evaluate(student, r.x_test, r.y_test)["accuracy"], "sparsity": record["sparsity"]}
+
+
+def _quantize(r):
+    student, codes, record = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, r.x, r.y,
+                                            r.schedule.quantize, **r.hyper)
+    save_model(r.work / "quantized.h5", student, {"stage": "quantize"})
+    save_codes(r.work / "codes.npz", codes)
+    return record
+
+
+def _encode(r):
+    return encode_stage(load_model(r.work / "quantized.h5"), load_codes(r.work / "codes.npz"),
+                        r.schedule.encode, r.out)
+
+
+def _verify(r):
+    return verify_stage(r.out, r.x_test, r.y_test, r.progress)
+
+
+STAGES = (("baseline", _baseline), ("prune", _prune), ("quantize", _quantize), ("encode", _encode),
+          ("verify", _verify))
+_LOGGED = {"baseline": "baseline accuracy", "prune": "pruned accuracy"}
+
+
+def run(model_path, data, schedule, out, workdir, progress=True, log=print):
+    """Compress the model at `model_path` on dataset `data`; returns the result dict."""
+    x, y = data.require("train")
+    x_test, y_test = data.require("test")
+    r = _Run(load_model(model_path), x, y, x_test, y_test, schedule, Path(workdir), Path(out), progress)
+    ck = Checkpoints(workdir, schedule.digest())
+    for name, stage in STAGES:
+        if name not in ck.done:
+            ck.mark(name, stage(r))
+        if name in _LOGGED:
+            log(f"{_LOGGED[name]} {ck.done[name]['accuracy']:.4f}")
+    teacher = r.teacher
+    size_before = 4 * (teacher.num_params() + sum(b.size for b in teacher.buffers().values()))
+    size_after = r.out.stat().st_size
+    return {"accuracy_before": ck.done["baseline"]["accuracy"], "accuracy_pruned": ck.done["prune"]["accuracy"],
+            "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
+            "size_after_bytes": size_after, "ratio": size_before / size_after,
+            "schedule": dataclasses.asdict(schedule)}
+
+
+def save_codes(path, codes):
+    """The quantize stage's result, {path: (indices, codebook, sparse)}, as plain arrays."""
+    arrays = {}
+    for p, (indices, codebook, sparse) in codes.items():
+        arrays[f"indices:{p}"], arrays[f"codebook:{p}"] = indices, codebook
+        arrays[f"sparse:{p}"] = np.bool_(sparse)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_codes(path):
+    with np.load(path, allow_pickle=False) as f:
+        paths = [k.split(":", 1)[1] for k in f.files if k.startswith("indices:")]
+        return {p: (f[f"indices:{p}"], f[f"codebook:{p}"], bool(f[f"sparse:{p}"]) or None) for p in paths}

@@ -1,0 +1,157 @@
+"""The compression schedule: typed stage settings, the presets, and a TOML file over them.
+
+A schedule is TOML (stdlib tomllib) read into dataclasses with typed, validated fields; an unknown
+key, a wrong type or a value out of range is a UserError that names it. `digest()` identifies a
+schedule, so checkpoints made under another one are not reused.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+
+from npdc.errors import UserError
+
+PRUNE_METHODS = ("agp", "std", "percent")
+GRANULARITIES = ("element", "vector", "kernel", "filter")
+KD_LOSSES = ("kl", "l2", "cosine", "none")
+
+
+@dataclass
+class PruneStage:
+    method: str = "agp"           # agp: gradual, during retraining; std: |w| < std(W)*s; percent
+    target: float = 80.0          # agp and percent: sparsity in percent
+    s: float = 0.0                # std: the threshold multiplier
+    layer_s: str = "conv1=0"      # per-layer overrides; with agp only 0 (kept dense) is allowed
+    granularity: str = "element"
+    agp_scope: str = "global"     # agp: one cut across layers, or every layer to the target
+    epochs: int = 1
+    lr: float = 0.005
+    kd: str = "kl"                # distillation loss from the unpruned model; none = labels only
+    tau: float = 4.0
+    hard_weight: float = 0.0
+    on: str = "logits"            # distil on the logits or on a named layer's output
+    labels: bool = True           # false: ignore the training labels
+    train_images: int = 0         # 0 = the whole training split
+
+
+@dataclass
+class QuantizeStage:
+    method: str = "kmeans"
+    conv_bits: int = 7
+    fc_bits: int = 4
+    layer_bits: dict = field(default_factory=dict)
+    epochs: int = 1               # centroid retraining
+    lr: float = 0.001
+    kd: str = "kl"
+    tau: float = 4.0
+    hard_weight: float = 0.0
+    train_images: int = 0
+
+
+@dataclass
+class EncodeStage:
+    raw_dtype: str = "float16"
+    codebook_dtype: str = "float32"
+
+
+@dataclass
+class Schedule:
+    seed: int = 0
+    batch_size: int = 128
+    prune: PruneStage = field(default_factory=PruneStage)
+    quantize: QuantizeStage = field(default_factory=QuantizeStage)
+    encode: EncodeStage = field(default_factory=EncodeStage)
+
+    def digest(self):
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS = {
+    "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
+             "quantize": {"epochs": 1, "train_images": 10000}},
+    "full": {"prune": {"target": 91.0, "epochs": 6, "lr": 0.02, "hard_weight": 1.0},
+             "quantize": {"conv_bits": 5, "fc_bits": 4, "epochs": 2, "hard_weight": 1.0}},
+}
+
+
+def _fill(cls, table, where):
+    """Build dataclass `cls` from a TOML table, checking names and types."""
+    if not isinstance(table, dict):
+        raise UserError(f"schedule: [{where}] must be a table")
+    kinds = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        name = f"{where}.{key}" if where else key
+        if key not in kinds:
+            raise UserError(f"schedule: unknown key {name!r}; known: {', '.join(kinds)}")
+        default = kinds[key].default if kinds[key].default is not dataclasses.MISSING else kinds[key].default_factory()
+        if dataclasses.is_dataclass(default):
+            values[key] = _fill(type(default), value, name)
+            continue
+        want = type(default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise UserError(f"schedule: {name} must be {want.__name__}, not {type(value).__name__}")
+        values[key] = value
+    return cls(**values)
+
+
+def _merge(base, extra):
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_schedule(path=None, preset="fast"):
+    """The preset's schedule, overridden by the TOML file at `path` if given."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    table = PRESETS[preset]
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                table = _merge(table, tomllib.load(f))
+        except FileNotFoundError:
+            raise UserError(f"no schedule file at {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+    schedule = _fill(Schedule, table, "")
+    _validate(schedule)
+    return schedule
+
+
+def _validate(s):
+    checks = [(s.prune.method in PRUNE_METHODS, f"prune.method: {', '.join(PRUNE_METHODS)}"),
+              (s.prune.method == "std" or 0 < s.prune.target < 100,
+               "prune.target must be between 0 and 100"),
+              (s.prune.granularity in GRANULARITIES, f"prune.granularity: {', '.join(GRANULARITIES)}"),
+              (s.prune.agp_scope in ("global", "layer"), "prune.agp_scope: global or layer"),
+              (s.batch_size >= 1, "batch_size must be >= 1"),
+              (s.prune.epochs >= 0, "prune.epochs must be >= 0"),
+              (s.prune.s >= 0, "prune.s must be >= 0"),
+              (s.prune.train_images >= 0, "prune.train_images must be >= 0"),
+              (s.quantize.train_images >= 0, "quantize.train_images must be >= 0"),
+              (s.quantize.epochs >= 0, "quantize.epochs must be >= 0"),
+              (s.quantize.method in ("linear", "kmeans", "optimal"), "quantize.method: linear, kmeans or optimal"),
+              (s.prune.kd in KD_LOSSES, f"prune.kd: {', '.join(KD_LOSSES)}"),
+              (s.prune.kd != "none" or s.prune.labels, "prune.kd = none needs labels = true"),
+              (s.quantize.kd in ("kl", "l2", "cosine"), "quantize.kd: kl, l2 or cosine"),
+              (s.encode.raw_dtype in ("float16", "float32"), "encode.raw_dtype: float16 or float32"),
+              (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32")]
+    for bits in [s.quantize.conv_bits, s.quantize.fc_bits, *s.quantize.layer_bits.values()]:
+        checks.append((isinstance(bits, int) and 1 <= bits <= 16, "quantize bits must be integers 1..16"))
+    for stage in (s.prune, s.quantize):
+        for f in dataclasses.fields(stage):
+            value = getattr(stage, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                checks.append((False, f"{type(stage).__name__.removesuffix('Stage').lower()}.{f.name} "
+                                      f"must be finite, not {value}"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"schedule: {message}")

@@ -1,0 +1,127 @@
+"""The stages of Deep Compression (Han, Mao & Dally 2016) as functions: each takes its inputs and
+its settings from the schedule (npdc.pipeline.schedule) and returns its result and a record, a
+small JSON-able dict of what it measured. `npdc.pipeline.run` chains and checkpoints them; the
+`prune` command calls `prune_stage` alone.
+
+prune_stage    -> (pruned and retrained student, record): AGP during retraining, or a one-shot
+                  std(W)*s or percentage cut before it; distillation from the unpruned model
+quantize_stage -> (student with shared weights, {path: codes}, record): k-means (or linear)
+                  per layer, then the centroids retrained with distillation
+encode_stage   -> record: the Huffman-coded .npdc file (npdc.codec.model)
+verify_stage   -> record: the written file decoded and evaluated
+"""
+
+import functools
+
+import numpy as np
+
+from npdc.codec.model import load_compressed, save_compressed
+from npdc.compress.agp import GradualPruner
+from npdc.compress.distill import Distillation, prune_and_retrain
+from npdc.compress.prune import (check_layer_names, filter_masks_complete, masks_from_zeros,
+                                 parse_layer_s, percentage_masks, prunable_layers, sparsity_table,
+                                 threshold_masks)
+from npdc.compress.quantize import CentroidSGD, quantize_net
+from npdc.compress.thin import thin_filters
+from npdc.engine.layers import Conv2d
+from npdc.engine.train import evaluate, fit
+from npdc.errors import UserError
+
+
+def training_subset(x, y, n, seed):
+    """n training images drawn without replacement (in their stored order), or all when n is 0."""
+    if not n or n >= len(x):
+        return x, y
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
+    return x[pick], y[pick]
+
+
+def _masks_or_gradual(teacher, stage, steps):
+    """(fixed masks, None) for a one-shot cut, or (None, GradualPruner factory) for AGP."""
+    overrides = parse_layer_s(stage.layer_s)
+    check_layer_names(teacher, overrides)
+    if stage.method == "agp":
+        kept = [n for n, (v, _) in overrides.items() if v == 0]
+        others = sorted(set(overrides) - set(kept))
+        if others:
+            raise UserError(f"AGP prunes to one target: layer_s may only keep layers dense (=0), "
+                            f"not set {', '.join(others)}; use method std or percent for those")
+        return None, functools.partial(GradualPruner, target=stage.target / 100, total_steps=steps,
+                                       per_layer=stage.agp_scope == "layer", exclude=kept,
+                                       granularity=stage.granularity)
+    if stage.method == "std":
+        masks = threshold_masks(teacher, stage.s, overrides, stage.granularity)
+    else:
+        masks = percentage_masks(teacher, stage.target, overrides, stage.granularity)
+    if stage.granularity == "filter":
+        masks = filter_masks_complete(teacher, masks)
+    return masks, None
+
+
+def prune_stage(teacher, x, y, stage, batch_size=128, seed=0, progress=True):
+    """Prune a copy of `teacher` as `stage` (a schedule's PruneStage) says and retrain it on
+    (x, y), distilling from the teacher. Filter pruning then removes the empty filters.
+    Returns (student, record with sparsity, per-layer rows, thinned filters and history)."""
+    xs, ys = training_subset(x, y, stage.train_images, seed)
+    steps = stage.epochs * -(-len(xs) // batch_size)
+    masks, gradual = _masks_or_gradual(teacher, stage, steps)
+    student, _, history = prune_and_retrain(
+        teacher, xs, ys if stage.labels else None, masks, gradual,
+        kd=None if stage.kd == "none" else stage.kd, tau=stage.tau, hard_weight=stage.hard_weight,
+        on=stage.on, epochs=stage.epochs, lr=stage.lr, progress=progress,
+        batch_size=batch_size, seed=seed)
+    thinned = {}
+    if stage.granularity == "filter":
+        student, thinned = thin_filters(student)
+    rows, total = sparsity_table(student)
+    return student, {"sparsity": total["sparsity"], "layers": rows, "thinned": thinned,
+                     "history": history}
+
+
+def layer_bits(net, stage):
+    """{prunable layer: bits}: the stage's per-layer setting, else its conv or fc default."""
+    return {n: stage.layer_bits.get(n, stage.conv_bits if isinstance(net.layers[n], Conv2d)
+                                    else stage.fc_bits)
+            for n in prunable_layers(net)}
+
+
+def quantize_stage(student, teacher, x, y, stage, batch_size=128, seed=0, progress=True):
+    """Quantize the pruned `student` in place (its zeros stay pruned) and retrain the shared
+    centroids for stage.epochs with distillation from `teacher`. Returns (student, codes, record)
+    with codes as npdc.compress.quantize.quantize_net gives them, codebooks as trained."""
+    check_layer_names(student, stage.layer_bits)
+    masks = masks_from_zeros(student)
+    codes = quantize_net(student, layer_bits(student, stage), stage.method, masks)
+    if stage.epochs:
+        shared = {p: (full[full > 0] - 1, cb, masks[p]) for p, (full, cb, _) in codes.items()}
+        xs, ys = training_subset(x, y, stage.train_images, seed + 1)
+        fit(student, xs, ys, stage.epochs, lr=stage.lr, weight_decay=0.0, progress=progress,
+            objective=Distillation(teacher, stage.kd, stage.tau, hard_weight=stage.hard_weight),
+            optimizer=functools.partial(CentroidSGD, shared=shared), batch_size=batch_size, seed=seed)
+        codes = {p: (full, trained_codebook(student.params()[p], full, cb), sparse)
+                 for p, (full, cb, sparse) in codes.items()}
+    return student, codes, {}
+
+
+def trained_codebook(W, full, before):
+    """The centroids after retraining, read back from the weights that share them (a centroid
+    nobody uses keeps its old value)."""
+    codebook = np.array(before, np.float32)
+    flat = W.reshape(-1)
+    member = np.full(len(codebook), -1)
+    positions = np.flatnonzero(full)
+    member[full[positions] - 1] = positions  # any member will do: they all hold the centroid
+    used = member >= 0
+    codebook[used] = flat[member[used]]
+    return codebook
+
+
+def encode_stage(net, codes, stage, out):
+    """Write the .npdc file for `net` and its codes at `out` (atomically)."""
+    return {"size_bytes": save_compressed(out, net, codes, stage.raw_dtype, stage.codebook_dtype)}
+
+
+def verify_stage(out, x_test, y_test, progress=True):
+    """Decode the written file and evaluate it: what the file holds, not what was meant."""
+    net, _ = load_compressed(out)
+    return {"accuracy": evaluate(net, x_test, y_test, progress=progress)["accuracy"]}
