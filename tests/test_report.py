@@ -13,7 +13,7 @@ from npdc.codec.container import (FormatError, decode_header, encode_header, rea
                                   write_container)
 from npdc.codec.model import model_sections, save_compressed
 from npdc.compress.prune import apply_masks, percentage_masks
-from npdc.compress.quantize import quantize_net
+from npdc.compress.quantize import QuantizedLayer, quantize_net
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 from npdc.report import build_report, format_markdown, layer_table, totals
@@ -71,11 +71,11 @@ def test_fixed_widths_follow_the_codebook_and_the_gap_width(tmp_path, percent):
     path = tmp_path / "m.npdc"
     save_compressed(path, net, codes)
     rows = rows_by_layer(path)
-    assert rows["conv1.W"]["kind"] == "dense" and len(codes["conv1.W"][1]) == 4
+    assert rows["conv1.W"]["kind"] == "dense" and len(codes["conv1.W"].codebook) == 4
     # lightly pruned layers code smaller dense, heavily pruned ones by relative indices
     assert {r["kind"] for r in rows.values()} == ({"dense"} if percent == 60 else {"dense", "sparse"})
     for p, r in rows.items():
-        indices, codebook, _ = codes[p]
+        indices, codebook = codes[p].indices, codes[p].codebook
         if r["kind"] == "dense":  # ceil(log2 k) with k = 2^2 for conv1; k = 7 plus exact zeros else
             symbols = len(codebook) + int(r["nonzero"] < r["weights"])
             assert r["weight_bits"] == math.ceil(math.log2(symbols))
@@ -94,7 +94,7 @@ def test_huffman_never_costs_more_than_the_fixed_width(compressed):
 
 def test_a_dense_layers_huffman_bits_lie_within_one_bit_of_its_entropy(compressed):
     path, _, _, codes = compressed
-    counts = np.bincount(codes["conv1.W"][0])
+    counts = np.bincount(codes["conv1.W"].indices)
     p = counts[counts > 0] / counts.sum()
     entropy = float(-(p * np.log2(p)).sum())
     bits = rows_by_layer(path)["conv1.W"]["huffman_weight_bits"]
@@ -131,12 +131,12 @@ def test_a_hand_worked_sparse_and_dense_layer(tmp_path):
     # sparse res3b_2a.W with k = 4 values: 5 symbols with the zero index, so 3 fixed bits
     four = np.zeros(144, np.int64)
     four[::2] = np.arange(72) % 4 + 1
-    quantized = {"res3a_2b.W": (sparse, np.array([-1.0, 0.5, 2.0], np.float32), 2),
-                 "res3a_2a.W": (dense, np.array([-1.0, -0.5, 0.5, 1.0], np.float32), None),
-                 "res3b_2a.W": (four, np.array([-1.0, -0.5, 0.5, 1.0], np.float32), 1),
+    quantized = {"res3a_2b.W": QuantizedLayer(sparse, np.array([-1.0, 0.5, 2.0], np.float32), True),
+                 "res3a_2a.W": QuantizedLayer(dense, np.array([-1.0, -0.5, 0.5, 1.0], np.float32)),
+                 "res3b_2a.W": QuantizedLayer(four, np.array([-1.0, -0.5, 0.5, 1.0], np.float32), True),
                  # dense with exact zeros (index 0 at every 5th of 144 positions: 29 of them):
                  # 4 values + zero = 5 symbols, so 3 fixed bits
-                 "res3b_2b.W": (np.arange(144) % 5, np.arange(4, dtype=np.float32), None)}
+                 "res3b_2b.W": QuantizedLayer(np.arange(144) % 5, np.arange(4, dtype=np.float32))}
     sections = model_sections(net, quantized)
     s, d, f, z = layer_table(sections)
     assert (f["weight_bits"], f["index_bits"], f["entries"], f["nonzero"]) == (3, 1, 72, 72)
@@ -164,7 +164,7 @@ def test_a_hand_worked_sparse_and_dense_layer(tmp_path):
 def test_a_header_claiming_a_huge_layer_is_refused_before_decoding():
     net = build_net(SPEC, seed=0)
     layer = np.ones(144, np.int64)
-    sections = model_sections(net, {"res3a_2b.W": (layer, np.ones(1, np.float32), None)})
+    sections = model_sections(net, {"res3a_2b.W": QuantizedLayer(layer, np.ones(1, np.float32))})
     header = decode_header(sections[0][1])
     header["layers"][0]["shape"] = [1 << 20, 1 << 20]
     sections[0] = ("HEAD", encode_header(header))
@@ -341,8 +341,7 @@ def test_xz_yardstick_compresses_what_the_file_holds(tmp_path):
     path = tmp_path / "m.npdc"
     save_compressed(path, net, codes, codebook_dtype="float16")
     sections = read_container(path)
-    layers = [(indices.astype(np.uint8).tobytes(), codebook)
-              for indices, codebook, _ in codes.values()]
+    layers = [(q.indices.astype(np.uint8).tobytes(), q.codebook) for q in codes.values()]
     parts = [idx + cb.astype(np.float16).tobytes() for idx, cb in layers]
     parts += [payload for tag, payload in sections if tag == "PARM"]
     assert xz_bytes(path) == len(lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME))

@@ -26,6 +26,7 @@ import numpy as np
 from npdc.codec.container import (FormatError, choose_gap_bits, decode_header, decode_layer, decode_raw,
                                   dequantize, encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
                                   read_container, write_container)
+from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
 from npdc.engine.resnet import build_net
@@ -35,14 +36,15 @@ MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions
 
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
-    """Sections of the file for `net`, whose weights at the paths of `quantized` are replaced by
-    their codes: quantized[path] = (indices over all positions, 0 = zero, codebook, sparse). A
-    pruned layer (true `sparse`) is stored by relative indices, with the gap width that codes
-    smallest (choose_gap_bits), unless coding every position (zeros as index 0) is smaller, as it
-    is for a lightly pruned layer; a layer with None or False is always stored dense."""
+    """Sections of the file for `net`, whose weights at the paths of `quantized` ({path:
+    npdc.compress.quantize.QuantizedLayer}) are replaced by their codes. A pruned layer (`sparse`)
+    is stored by relative indices, with the gap width that codes smallest (choose_gap_bits),
+    unless coding every position (zeros as index 0) is smaller, as it is for a lightly pruned
+    layer; a dense layer is always stored dense."""
     state = net.state_dict()
     layers, payloads = [], []
-    for path, (indices, codebook, sparse) in quantized.items():
+    for path, q in quantized.items():
+        indices, codebook = q.indices, q.codebook
         if path not in state:
             raise UserError(f"no parameter {path} to quantize")
         indices = np.asarray(indices).reshape(-1)
@@ -50,7 +52,7 @@ def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"
             raise UserError(f"{path}: {indices.size} indices for {state[path].size} weights")
         payload = encode_dense_layer(indices, codebook, codebook_dtype)
         kind = "dense"
-        if sparse:
+        if q.sparse:
             relative = encode_sparse_layer(indices, codebook, choose_gap_bits(indices, len(codebook)),
                                            codebook_dtype)
             if len(relative) < len(payload):
@@ -102,7 +104,8 @@ def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="f
 
 
 def load_compressed(path):
-    """(net with dequantized weights, {path: (indices, codebook)}) from a .npdc file."""
+    """(net with dequantized weights, {path: QuantizedLayer}) from a .npdc file; a layer stored by
+    relative index comes back with sparse = True."""
     sections = read_container(path)
     name = Path(path).name
     tags = [t for t, _ in sections]
@@ -132,7 +135,7 @@ def load_compressed(path):
         except FormatError as e:
             raise e.at(file=name, index=i, tag="LAYR") from None
         state[layer["path"]] = dequantize(indices, codebook, shape)
-        codes[layer["path"]] = (indices, codebook)
+        codes[layer["path"]] = QuantizedLayer(indices, codebook, layer.get("kind") == "sparse")
     for i in range(1 + len(layers), len(sections)):
         try:
             state.update(decode_raw(sections[i][1]))

@@ -15,12 +15,51 @@ index 0 means "pruned" (see npdc.codec.relindex), so b bits give 2^b - 1 centroi
 gets 2^b.
 """
 
+from dataclasses import dataclass, replace
+
 import numba
 import numpy as np
 
+from npdc.compress.prune import prunable_layers
+from npdc.engine.optim import SGD
 from npdc.errors import UserError
 
 INITS = ("linear", "density", "random")
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedLayer:
+    """One quantized weight tensor, the same record from quantization through the .npdc file
+    (npdc.codec.model) to the runtime (npdc.runtime.weights).
+
+    indices: int64, one per position of W in C order; 0 = pruned (zero), i > 0 = codebook[i - 1].
+    codebook: float32 (k,), the shared values. sparse: the layer is pruned, so the codec may store
+    it by relative index (it keeps whichever coding is smaller); a dense layer is stored dense.
+    """
+
+    indices: np.ndarray
+    codebook: np.ndarray
+    sparse: bool = False
+
+    @classmethod
+    def from_assign(cls, assign, codebook, mask):
+        """The record of a layer whose surviving weights W[mask] (C order) are codebook[assign]."""
+        mask = np.asarray(mask, bool)
+        indices = np.zeros(mask.size, np.int64)
+        indices[mask.reshape(-1)] = np.asarray(assign) + 1
+        return cls(indices, codebook, not mask.all())
+
+    @property
+    def assign(self):
+        """Index into the codebook of every surviving weight, in C order."""
+        return self.indices[self.indices > 0] - 1
+
+    def mask(self, shape):
+        """Keep-mask of W's shape: true where a weight survives."""
+        return (self.indices > 0).reshape(shape)
+
+    def with_codebook(self, codebook):
+        return replace(self, codebook=np.asarray(codebook, np.float32))
 
 
 def linear_quantize(w, bits):
@@ -179,18 +218,14 @@ class CentroidSGD:
     Every other parameter takes an ordinary npdc.engine.optim.SGD step.
 
     Build with functools.partial(CentroidSGD, shared=...) and hand it to fit(optimizer=...);
-    shared: {path: (assign, codebook, mask)} with assign over W[mask] (quantize_weights' output).
-    Weight decay is not applied to centroids.
+    shared: {path: QuantizedLayer}. Weight decay is not applied to centroids.
     """
 
     def __init__(self, params, grads, lr, momentum, nesterov, weight_decay, masks=None, shared=None):
-        from npdc.engine.optim import SGD
-
         self.shared = {}
-        for path, (idx, codebook, mask) in (shared or {}).items():
-            mask = np.ones(params[path].shape, bool) if mask is None else mask
-            self.shared[path] = (np.asarray(idx), np.array(codebook, np.float64), mask,
-                                 np.zeros(len(codebook)))
+        for path, q in (shared or {}).items():
+            self.shared[path] = (q.assign, np.array(q.codebook, np.float64), q.mask(params[path].shape),
+                                 np.zeros(len(q.codebook)))
         rest = {k: v for k, v in params.items() if k not in self.shared}
         self.inner = SGD(rest, {k: grads[k] for k in rest}, lr, momentum, nesterov, weight_decay,
                          {k: m for k, m in (masks or {}).items() if k in rest})
@@ -227,12 +262,9 @@ def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=
     """Quantize every prunable layer's weights in place (weights become their centroids).
 
     bits: {layer name: bits}, others get default_bits; masks: {path: keep} of a pruned net (a
-    layer without one is taken as dense unless it has exact zeros). Returns {path: (indices over
-    all positions with 0 = zero, codebook, True for a pruned layer or None for a dense one)}, what
-    npdc.codec.model stores (its encoder picks a pruned layer's gap width).
+    layer without one is taken as dense unless it has exact zeros). Returns {path:
+    QuantizedLayer}, what npdc.codec.model stores.
     """
-    from npdc.compress.prune import prunable_layers
-
     out = {}
     for name in layers or prunable_layers(net):
         path = f"{name}.W"
@@ -242,9 +274,7 @@ def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=
             keep = W != 0
         sparse = not np.all(keep)
         idx, codebook = quantize_weights(W, bits.get(name, default_bits), method, keep if sparse else None)
-        full = np.zeros(W.size, np.int64)
-        full[keep.reshape(-1)] = idx + 1
         W[...] = 0
         W[keep] = codebook[idx]
-        out[path] = (full, codebook, True if sparse else None)
+        out[path] = QuantizedLayer.from_assign(idx, codebook, keep)
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from npdc.atomic import atomic_path, write_text
+from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
 from npdc.pipeline.stages import encode_stage, prune_stage, quantize_stage, verify_stage
@@ -64,15 +65,15 @@ def _prune(r):
 
 
 def _quantize(r):
-    student, codes, record = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, r.x, r.y,
+    student, quantized, record = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, r.x, r.y,
                                             r.schedule.quantize, **r.hyper)
     save_model(r.work / "quantized.h5", student, {"stage": "quantize"})
-    save_codes(r.work / "codes.npz", codes)
+    save_quantized(r.work / "quantized.npz", quantized)
     return record
 
 
 def _encode(r):
-    return encode_stage(load_model(r.work / "quantized.h5"), load_codes(r.work / "codes.npz"),
+    return encode_stage(load_model(r.work / "quantized.h5"), load_quantized(r.work / "quantized.npz"),
                         r.schedule.encode, r.out)
 
 
@@ -105,17 +106,18 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
             "schedule": dataclasses.asdict(schedule)}
 
 
-def save_codes(path, codes):
-    """The quantize stage's result, {path: (indices, codebook, sparse)}, as plain arrays."""
+def save_quantized(path, quantized):
+    """The quantize stage's result, {path: QuantizedLayer}, as plain arrays in an .npz."""
     arrays = {}
-    for p, (indices, codebook, sparse) in codes.items():
-        arrays[f"indices:{p}"], arrays[f"codebook:{p}"] = indices, codebook
-        arrays[f"sparse:{p}"] = np.bool_(sparse)
+    for p, q in quantized.items():
+        arrays[f"indices:{p}"], arrays[f"codebook:{p}"] = q.indices, q.codebook
+        arrays[f"sparse:{p}"] = np.bool_(q.sparse)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
 
-def load_codes(path):
+def load_quantized(path):
     with np.load(path, allow_pickle=False) as f:
         paths = [k.split(":", 1)[1] for k in f.files if k.startswith("indices:")]
-        return {p: (f[f"indices:{p}"], f[f"codebook:{p}"], bool(f[f"sparse:{p}"]) or None) for p in paths}
+        return {p: QuantizedLayer(f[f"indices:{p}"], f[f"codebook:{p}"], bool(f[f"sparse:{p}"]))
+                for p in paths}

@@ -5,7 +5,7 @@ small JSON-able dict of what it measured. `npdc.pipeline.run` chains and checkpo
 
 prune_stage    -> (pruned and retrained student, record): AGP during retraining, or a one-shot
                   std(W)*s or percentage cut before it; distillation from the unpruned model
-quantize_stage -> (student with shared weights, {path: codes}, record): k-means (or linear)
+quantize_stage -> (student with shared weights, {path: QuantizedLayer}, record): k-means (or linear)
                   per layer, then the centroids retrained with distillation
 encode_stage   -> record: the Huffman-coded .npdc file (npdc.codec.model)
 verify_stage   -> record: the written file decoded and evaluated
@@ -87,38 +87,36 @@ def layer_bits(net, stage):
 
 def quantize_stage(student, teacher, x, y, stage, batch_size=128, seed=0, progress=True):
     """Quantize the pruned `student` in place (its zeros stay pruned) and retrain the shared
-    centroids for stage.epochs with distillation from `teacher`. Returns (student, codes, record)
-    with codes as npdc.compress.quantize.quantize_net gives them, codebooks as trained."""
+    centroids for stage.epochs with distillation from `teacher`. Returns (student,
+    {path: QuantizedLayer} with the codebooks as trained, record)."""
     check_layer_names(student, stage.layer_bits)
-    masks = masks_from_zeros(student)
-    codes = quantize_net(student, layer_bits(student, stage), stage.method, masks)
+    quantized = quantize_net(student, layer_bits(student, stage), stage.method, masks_from_zeros(student))
     if stage.epochs:
-        shared = {p: (full[full > 0] - 1, cb, masks[p]) for p, (full, cb, _) in codes.items()}
         xs, ys = training_subset(x, y, stage.train_images, seed + 1)
         fit(student, xs, ys, stage.epochs, lr=stage.lr, weight_decay=0.0, progress=progress,
             objective=Distillation(teacher, stage.kd, stage.tau, hard_weight=stage.hard_weight),
-            optimizer=functools.partial(CentroidSGD, shared=shared), batch_size=batch_size, seed=seed)
-        codes = {p: (full, trained_codebook(student.params()[p], full, cb), sparse)
-                 for p, (full, cb, sparse) in codes.items()}
-    return student, codes, {}
+            optimizer=functools.partial(CentroidSGD, shared=quantized), batch_size=batch_size, seed=seed)
+        quantized = {p: q.with_codebook(trained_codebook(student.params()[p], q))
+                     for p, q in quantized.items()}
+    return student, quantized, {}
 
 
-def trained_codebook(W, full, before):
-    """The centroids after retraining, read back from the weights that share them (a centroid
-    nobody uses keeps its old value)."""
-    codebook = np.array(before, np.float32)
+def trained_codebook(W, q):
+    """The centroids of QuantizedLayer q after retraining, read back from the weights W that
+    share them (a centroid nobody uses keeps its old value)."""
+    codebook = np.array(q.codebook, np.float32)
     flat = W.reshape(-1)
     member = np.full(len(codebook), -1)
-    positions = np.flatnonzero(full)
-    member[full[positions] - 1] = positions  # any member will do: they all hold the centroid
+    positions = np.flatnonzero(q.indices)
+    member[q.indices[positions] - 1] = positions  # any member will do: they all hold the centroid
     used = member >= 0
     codebook[used] = flat[member[used]]
     return codebook
 
 
-def encode_stage(net, codes, stage, out):
-    """Write the .npdc file for `net` and its codes at `out` (atomically)."""
-    return {"size_bytes": save_compressed(out, net, codes, stage.raw_dtype, stage.codebook_dtype)}
+def encode_stage(net, quantized, stage, out):
+    """Write the .npdc file for `net` and its quantized layers at `out` (atomically)."""
+    return {"size_bytes": save_compressed(out, net, quantized, stage.raw_dtype, stage.codebook_dtype)}
 
 
 def verify_stage(out, x_test, y_test, progress=True):

@@ -196,7 +196,7 @@ def load_runtime(path, weights="sparse", batch=1):
 
 
 def build_runtime(net, codes, weights="sparse", batch=1, path=None):
-    """A Runtime from a decoded net and its codes ({path: (indices, codebook)}); stream mode
+    """A Runtime from a decoded net and its quantized layers ({path: QuantizedLayer}); stream mode
     rereads the coded layer payloads from `path`."""
     plan = Plan(net, batch)
     steps = [s for s in plan.steps if s.kind in ("conv", "linear")]

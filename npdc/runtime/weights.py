@@ -84,8 +84,8 @@ class SparseWeights:
         for s in steps:
             path = f"{s.name}.W"
             if path in codes:
-                indices, codebook = codes[path]
-                self.csr[s.name] = _csr(indices, _table(codebook), s.w_shape)
+                q = codes[path]
+                self.csr[s.name] = _csr(q.indices, _table(q.codebook), s.w_shape)
             else:
                 self.csr[s.name] = _float_csr(params[path])
 
@@ -109,11 +109,11 @@ class StreamWeights:
             path = f"{s.name}.W"
             if path in payloads:
                 self.payloads[s.name], self.shapes[s.name] = payloads[path], s.w_shape
-                indices, codebook = codes[path]
+                q = codes[path]
                 rows, n_cols = _rows(s.w_shape)
                 most_rows, most_cols = max(most_rows, rows), max(most_cols, n_cols)
-                most_nnz = max(most_nnz, int(np.count_nonzero(indices)))
-                most_table = max(most_table, int(np.asarray(codebook).size) + 1)
+                most_nnz = max(most_nnz, int(np.count_nonzero(q.indices)))
+                most_table = max(most_table, int(q.codebook.size) + 1)
             else:
                 self.fixed[s.name] = _float_csr(params[path])
         self.rowptr = np.zeros(most_rows + 1, np.int32)

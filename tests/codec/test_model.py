@@ -28,19 +28,22 @@ def test_round_trip_gives_identical_outputs(tmp_path, quantized_net):
     loaded, read_codes = load_compressed(tmp_path / "m.npdc")
     x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(loaded.forward(x), net.forward(x))
-    for path, (indices, codebook, _) in codes.items():
-        np.testing.assert_array_equal(read_codes[path][0], indices)
+    for path, q in codes.items():
+        np.testing.assert_array_equal(read_codes[path].indices, q.indices)
+        np.testing.assert_array_equal(read_codes[path].codebook, q.codebook)
 
 
 def test_quantize_net_keeps_pruned_weights_zero_and_uses_the_codebook(quantized_net):
     net, codes, masks = quantized_net
-    for path, (indices, codebook, gap) in codes.items():
+    for path, q in codes.items():
         W = net.params()[path]
         assert np.all(W[~masks[path]] == 0)
-        assert np.all(np.isin(W[masks[path]], codebook))
-        assert (gap is None) == bool(np.all(masks[path]))
-    assert len(codes["fc5.W"][1]) == 15 and len(codes["res2a_2a.W"][1]) == 31
-    assert codes["conv1.W"][2] is None and len(codes["conv1.W"][1]) == 32
+        assert np.all(np.isin(W[masks[path]], q.codebook))
+        assert q.sparse == (not np.all(masks[path]))
+        np.testing.assert_array_equal(q.mask(W.shape), masks[path])
+        np.testing.assert_array_equal(q.codebook[q.assign], W[masks[path]])
+    assert len(codes["fc5.W"].codebook) == 15 and len(codes["res2a_2a.W"].codebook) == 31
+    assert not codes["conv1.W"].sparse and len(codes["conv1.W"].codebook) == 32
 
 
 def test_float16_parameters_are_smaller(tmp_path, quantized_net):

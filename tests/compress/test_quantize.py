@@ -106,7 +106,7 @@ def test_quantize_weights_rejects_bad_settings():
 def test_centroid_sgd_moves_each_centroid_by_the_sum_of_its_members_gradients():
     from functools import partial
 
-    from npdc.compress.quantize import CentroidSGD
+    from npdc.compress.quantize import CentroidSGD, QuantizedLayer
 
     rng = np.random.default_rng(4)
     W = rng.standard_normal((3, 4))
@@ -115,7 +115,7 @@ def test_centroid_sgd_moves_each_centroid_by_the_sum_of_its_members_gradients():
     b = rng.standard_normal(3)
     params = {"fc.W": W.copy(), "fc.b": b.copy()}
     grads = {"fc.W": rng.standard_normal(W.shape), "fc.b": rng.standard_normal(3)}
-    opt = partial(CentroidSGD, shared={"fc.W": (idx, codebook, mask)})(
+    opt = partial(CentroidSGD, shared={"fc.W": QuantizedLayer.from_assign(idx, codebook, mask)})(
         params, grads, 0.1, 0.0, False, 0.0)
     # constructing it snaps the weights onto the codebook, zeros where pruned
     np.testing.assert_allclose(params["fc.W"][mask], codebook[idx], rtol=1e-6)
@@ -132,7 +132,7 @@ def test_centroid_sgd_moves_each_centroid_by_the_sum_of_its_members_gradients():
 def test_trained_quantization_in_fit_keeps_sharing_and_zeros():
     from functools import partial
 
-    from npdc.compress.quantize import CentroidSGD
+    from npdc.compress.quantize import CentroidSGD, QuantizedLayer
     from npdc.engine.resnet import build_net
     from npdc.engine.train import fit
 
@@ -146,7 +146,7 @@ def test_trained_quantization_in_fit_keeps_sharing_and_zeros():
     x = (rng.random((32, 1, 8, 8)) * 255).astype(np.uint8)
     y = rng.integers(0, 3, 32)
     fit(net, x, y, 1, batch_size=8, lr=0.05, progress=False,
-        optimizer=partial(CentroidSGD, shared={"fc5.W": (idx, codebook, mask)}))
+        optimizer=partial(CentroidSGD, shared={"fc5.W": QuantizedLayer.from_assign(idx, codebook, mask)}))
     W = net.layers["fc5"].params["W"]
     assert np.all(W[~mask] == 0)
     assert len(np.unique(W[mask])) <= len(codebook)
