@@ -12,6 +12,8 @@ import numpy as np
 
 from npdc.compress.prune import apply_masks
 from npdc.engine.losses import cross_entropy, log_softmax
+from npdc.engine.resnet import clone_net
+from npdc.engine.train import fit
 from npdc.errors import UserError
 
 
@@ -104,9 +106,6 @@ def prune_and_retrain(teacher, x, y, masks=None, gradual=None, kd="kl", tau=4.0,
     GradualPruner that prunes during it. kd=None retrains on labels alone. hyper: fit's keyword
     arguments (batch_size, lr, seed, ...). Returns (student, masks, history).
     """
-    from npdc.engine.resnet import clone_net
-    from npdc.engine.train import fit
-
     student = clone_net(teacher)
     masks = dict(masks or {})
     apply_masks(student, masks)

@@ -16,6 +16,8 @@ weight and the same std(W) * s threshold applies to every granularity.
 
 import numpy as np
 
+from npdc.compress.thin import filter_bn_masks
+from npdc.engine.layers import Conv2d, Linear
 from npdc.errors import UserError
 
 GRANULARITIES = ("element", "vector", "kernel", "filter")
@@ -107,8 +109,6 @@ def layer_s(name, s, overrides):
 # -- applying criteria to a net ------------------------------------------------------------------
 def prunable_layers(net):
     """Names of the layers whose weight `W` is pruned: every convolution and linear layer."""
-    from npdc.engine.layers import Conv2d, Linear
-
     return [name for name, layer, _ in net.nodes if isinstance(layer, (Conv2d, Linear))]
 
 
@@ -122,8 +122,6 @@ def check_layer_names(net, names):
 def layer_granularity(net, name, granularity):
     """Structured granularities apply to convolutions; linear layers are pruned element-wise
     (a "filter" of the classifier would be a whole class)."""
-    from npdc.engine.layers import Conv2d
-
     return granularity if isinstance(net.layers[name], Conv2d) else "element"
 
 
@@ -196,6 +194,4 @@ def masks_from_zeros(net):
 def filter_masks_complete(net, masks):
     """With filter granularity, also mask the BN entries of removed filters (npdc.compress.thin),
     so the masked model computes exactly what the thinned one will."""
-    from npdc.compress.thin import filter_bn_masks
-
     return {**masks, **filter_bn_masks(net, masks)}

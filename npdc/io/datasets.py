@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from npdc.errors import UserError
+from npdc.io.safe_pickle import restricted_loads
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -175,8 +176,6 @@ def _load_idx_dir(folder: Path, name: str) -> Dataset:
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch: a pickled dict with b'data' (N, 3072) uint8, channel-major
     32x32 RGB, and b'labels'. Read by npdc's restricted unpickler, so it never runs code."""
-    from npdc.io.safe_pickle import restricted_loads
-
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
