@@ -21,6 +21,8 @@ from npdc.io.safe_pickle import restricted_loads
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 SPLITS = ("train", "test")
+VAL_FRACTION = 0.1  # of the training split, held out for decisions unless a caller says otherwise
+VAL_SEED = 0
 _IDX_DTYPES = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
@@ -71,6 +73,24 @@ class Dataset:
         if images is None or labels is None:
             raise UserError(f"dataset '{self.name}' has no {split} split")
         return images, labels
+
+    def held_out(self, fraction: float = VAL_FRACTION, seed: int = VAL_SEED):
+        """(x_fit, y_fit, x_val, y_val): the training split without, and with only, a seeded
+        `fraction` of its images. The same fraction and seed always hold out the same images, so
+        a model trained on x_fit can be judged on x_val; the test split is never touched."""
+        x, y = self.require("train")
+        fit, val = holdout_indices(len(x), fraction, seed)
+        return x[fit], y[fit], x[val], y[val]
+
+
+def holdout_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) sorted indices of n images: round(n * fraction) of them drawn by a
+    permutation seeded with `seed`."""
+    if not 0 <= fraction < 1:
+        raise UserError(f"the held-out fraction must be in [0, 1), not {fraction}")
+    k = int(round(n * fraction))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[k:]), np.sort(order[:k])
 
 
 def shipped_names() -> list[str]:
