@@ -95,16 +95,6 @@ def test_a_tiny_run_compresses_and_verifies(tiny):
     assert set(state["done"]) == {"baseline", "prune", "quantize", "encode", "verify"}
 
 
-def test_rerun_resumes_without_redoing_finished_stages(tiny):
-    folder, data, schedule = tiny
-    out = folder / "r.npdc"
-    run(folder / "m.h5", data, schedule, out, folder / "work2", progress=False, log=lambda *_: None)
-    first = out.read_bytes()
-    (folder / "work2" / "pruned.h5").unlink()  # a redone prune or quantize stage would need it
-    again = run(folder / "m.h5", data, schedule, out, folder / "work2", progress=False, log=lambda *_: None)
-    assert out.read_bytes() == first and again["accuracy_after"] >= 0
-
-
 def test_same_seed_same_bytes(tiny):
     folder, data, schedule = tiny
     outs = []
@@ -137,3 +127,112 @@ def test_compress_and_report_commands(tiny, capsys):
     code, _, err = run_cli(["compress", str(folder / "m.h5"), "--data", str(folder / "d.npz"), "--config",
                             str(bad), "--report", str(folder / "rep2")], capsys)
     assert "prune.what" in assert_one_line_error(code, err)
+
+
+def _stages(**replace):
+    """run.STAGES with some stage functions replaced by name."""
+    from npdc.pipeline import run as run_module
+
+    return tuple((name, replace.get(name, fn)) for name, fn in run_module.STAGES)
+
+
+def _must_not_run(name):
+    def refuse(_):
+        raise AssertionError(f"the finished stage {name!r} ran again")
+    return refuse
+
+
+class Killed(Exception):
+    pass
+
+
+def _killed(_):
+    raise Killed
+
+
+def test_a_resumed_run_calls_no_finished_stage_again(tiny, monkeypatch):
+    from npdc.pipeline import run as run_module
+
+    folder, data, schedule = tiny
+    out = folder / "resume.npdc"
+    first = run(folder / "m.h5", data, schedule, out, folder / "wresume", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(run_module, "STAGES", _stages(**{n: _must_not_run(n) for n, _ in run_module.STAGES}))
+    again = run(folder / "m.h5", data, schedule, out, folder / "wresume", progress=False, log=lambda *_: None)
+    assert again == first
+
+
+@pytest.mark.parametrize("killed_at", ["quantize", "encode"])
+def test_a_run_killed_after_a_stage_resumes_there_and_writes_the_same_bytes(tiny, monkeypatch, killed_at):
+    """Killed while quantizing (after prune) or while encoding (after quantize): the next run does
+    only the stages that had not finished and writes the file an uninterrupted run writes."""
+    from npdc.pipeline import run as run_module
+
+    folder, data, schedule = tiny
+    whole = folder / "whole.npdc"
+    if not whole.is_file():
+        run(folder / "m.h5", data, schedule, whole, folder / "wwhole", progress=False, log=lambda *_: None)
+    out, work = folder / f"k-{killed_at}.npdc", folder / f"wk-{killed_at}"
+    real = dict(run_module.STAGES)
+    monkeypatch.setattr(run_module, "STAGES", _stages(**{killed_at: _killed}))
+    with pytest.raises(Killed):
+        run(folder / "m.h5", data, schedule, out, work, progress=False, log=lambda *_: None)
+    finished = list(json.loads((work / "state.json").read_text())["done"])
+    names = [n for n, _ in run_module.STAGES]
+    assert finished == names[:names.index(killed_at)]
+    monkeypatch.setattr(run_module, "STAGES", _stages(**{n: _must_not_run(n) for n in finished},
+                                                      **{n: real[n] for n in names if n not in finished}))
+    run(folder / "m.h5", data, schedule, out, work, progress=False, log=lambda *_: None)
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_the_file_holds_the_retrained_centroids(tiny):
+    """After centroid retraining the .npdc decodes to exactly the quantized model's weights, and
+    its codebooks are the trained ones, not those k-means started from."""
+    from npdc.codec.model import load_compressed
+    from npdc.compress.prune import masks_from_zeros
+    from npdc.compress.quantize import quantize_net
+    from npdc.io.modelfile import load_model
+    from npdc.pipeline.run import load_quantized
+    from npdc.pipeline.stages import layer_bits
+
+    folder, data, schedule = tiny
+    out = folder / "held.npdc"
+    run(folder / "m.h5", data, schedule, out, folder / "wheld", progress=False, log=lambda *_: None)
+    quantized_net = load_model(folder / "wheld" / "quantized.h5")
+    decoded, stored = load_compressed(out)
+    checkpoint = load_quantized(folder / "wheld" / "quantized.npz")
+    assert set(stored) == set(checkpoint)
+    for path, q in stored.items():
+        np.testing.assert_array_equal(decoded.params()[path], quantized_net.params()[path])
+        np.testing.assert_array_equal(q.indices, checkpoint[path].indices)
+        np.testing.assert_array_equal(q.codebook, checkpoint[path].codebook)
+    pruned = load_model(folder / "wheld" / "pruned.h5")
+    before = quantize_net(pruned, layer_bits(pruned, schedule.quantize), schedule.quantize.method,
+                          masks_from_zeros(pruned))
+    moved = [p for p in stored if not np.array_equal(stored[p].codebook, before[p].codebook)]
+    assert len(moved) == len(stored)  # every layer's centroids were retrained
+
+
+def test_trained_codebook_reads_each_centroid_back_from_its_members():
+    from npdc.compress.quantize import QuantizedLayer
+    from npdc.pipeline.stages import trained_codebook
+
+    mask = np.array([[True, False, True], [True, True, False]])
+    q = QuantizedLayer.from_assign(np.array([0, 2, 0, 2]), np.array([1.0, 2.0, 3.0], np.float32), mask)
+    W = np.array([[1.5, 0.0, 3.5], [1.5, 3.5, 0.0]], np.float32)
+    np.testing.assert_array_equal(trained_codebook(W, q), [1.5, 2.0, 3.5])  # centroid 1 has no member
+
+
+def test_the_quantize_checkpoint_round_trips(tmp_path):
+    from npdc.compress.quantize import QuantizedLayer
+    from npdc.pipeline.run import load_quantized, save_quantized
+
+    layers = {"a.W": QuantizedLayer(np.array([0, 1, 2, 0]), np.array([0.5, -1.0], np.float32), True),
+              "b.W": QuantizedLayer(np.array([1, 1, 2]), np.array([0.25, 4.0], np.float32), False)}
+    save_quantized(tmp_path / "q.npz", layers)
+    back = load_quantized(tmp_path / "q.npz")
+    assert list(back) == list(layers)
+    for p, q in layers.items():
+        np.testing.assert_array_equal(back[p].indices, q.indices)
+        np.testing.assert_array_equal(back[p].codebook, q.codebook)
+        assert back[p].sparse == q.sparse and back[p].codebook.dtype == np.float32
