@@ -15,7 +15,6 @@ DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
 
 
 # -- sensitivity -------------------------------------------------------------------------------
-
 def sensitivity_arguments(sub):
     s = sub.add_parser("sensitivity", help="per-layer pruning sensitivity sweep",
                        description="Prune each layer alone at a sweep of s (or sparsity), evaluate on "
@@ -76,7 +75,6 @@ def cmd_sensitivity(args):
 
 
 # -- prune -------------------------------------------------------------------------------------
-
 def prune_arguments(sub):
     s = sub.add_parser("prune", help="prune a model and retrain it with distillation",
                        description="Prune by threshold std(W)*s, by percentage, or gradually (AGP), "
@@ -160,7 +158,6 @@ def sparsity_lines(record):
 
 
 # -- compress ----------------------------------------------------------------------------------
-
 def compress_arguments(sub):
     s = sub.add_parser("compress", help="prune, quantize and encode a model into a .npdc file",
                        description="Deep Compression in one command: baseline -> gradual pruning with "
@@ -211,7 +208,6 @@ def cmd_compress(args):
 
 
 # -- report ------------------------------------------------------------------------------------
-
 def report_arguments(sub):
     s = sub.add_parser("report", help="per-layer table, sizes and score of a .npdc file")
     s.add_argument("model", help="compressed model (.npdc)")

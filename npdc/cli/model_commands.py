@@ -13,7 +13,6 @@ from npdc.errors import UserError
 
 
 # -- train -------------------------------------------------------------------------------------
-
 def train_arguments(sub):
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")
@@ -75,7 +74,6 @@ def cmd_train(args):
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-
 def evaluate_arguments(sub):
     s = sub.add_parser("evaluate", help="accuracy and figures of a model on a test split",
                        description="A .h5 model runs in the engine; a .npdc file runs in the "
@@ -141,7 +139,6 @@ def _evaluate_npdc(args):
 
 
 # -- infer -------------------------------------------------------------------------------------
-
 def infer_arguments(sub):
     s = sub.add_parser("infer", help="logits and classes of images, from a .npdc file",
                        description="Run the compressed model on images (N x C x H x W or N x H x W, "
@@ -165,7 +162,6 @@ def cmd_infer(args):
 
 
 # -- info --------------------------------------------------------------------------------------
-
 def info_arguments(sub):
     s = sub.add_parser("info", help="per-layer table of a model file")
     s.add_argument("model")
@@ -198,7 +194,6 @@ def cmd_info(args):
 
 
 # -- speed -------------------------------------------------------------------------------------
-
 def speed_arguments(sub):
     s = sub.add_parser("speed", help="time a training step and inference on random data")
     s.add_argument("--arch", default=None)
@@ -236,7 +231,6 @@ def cmd_speed(args):
 
 
 # -- tune --------------------------------------------------------------------------------------
-
 def tune_arguments(sub):
     s = sub.add_parser("tune", help="time the conv primitives per layer and store the best plan in the model")
     s.add_argument("model", help="model file (.h5), rewritten with its conv plan")
@@ -267,7 +261,6 @@ def cmd_tune(args):
 
 
 # -- import ------------------------------------------------------------------------------------
-
 def import_arguments(sub):
     s = sub.add_parser("import", help="import a PyTorch ResNet checkpoint (.pt/.pth/.th) as a model",
                        description="Read a PyTorch checkpoint without PyTorch (zip or legacy format; "
@@ -320,7 +313,6 @@ def cmd_export(args):
 
 
 # -- export ------------------------------------------------------------------------------------
-
 def export_arguments(sub):
     s = sub.add_parser("export", help="write a model's arrays for use outside npdc",
                        description="Export the parameters, BN statistics and input normalisation "
@@ -332,7 +324,6 @@ def export_arguments(sub):
 
 
 # -- decompress --------------------------------------------------------------------------------
-
 def decompress_arguments(sub):
     s = sub.add_parser("decompress", help="restore a dense .h5 model from a .npdc file")
     s.add_argument("model", help="compressed model (.npdc)")
