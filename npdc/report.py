@@ -4,7 +4,7 @@ The per-layer table follows the one of the seed design (REFERENCES.md: "P+Q 85.9
 90.81 % per-layer saving overall"): for every quantized layer of a .npdc file, its sparsity, the
 bits per stored value and per relative index before and after Huffman coding (Han, Mao & Dally
 2016, "Deep Compression", sections 2-4), and the fraction of its float32 size saved. Bit counts
-come from npdc.codec.container.layer_bit_stats on the decoded layer, so the table measures the
+come from npdc.codec.payload.layer_bit_stats on the decoded layer, so the table measures the
 coding the file actually uses.
 
 The score weighs memory saved and size saved and gates them by accuracy and size (`score`).
@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from npdc.codec import huffman, relindex
-from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_header,
-                                  decode_layer, layer_bit_stats, pack_container, read_container)
+from npdc.codec.container import pack_container, read_container
+from npdc.codec.errors import FormatError
+from npdc.codec.header import decode_header
+from npdc.codec.payload import DENSE, MAX_CODE_LEN, decode_layer, layer_bit_stats
 from npdc.codec.model import MAX_LAYER_WEIGHTS, load_compressed
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError

@@ -1,2 +1,4 @@
-"""Entropy coding of compressed layers: bit fields, relative sparse indices, canonical Huffman
-codes. The .npdc container builds on these."""
+"""The .npdc format. Entropy coding of compressed layers (bitio: bit fields, relindex: relative
+sparse indices, huffman: canonical Huffman codes); payload and header: what a section holds;
+container: the CRC-checked sections of a file, with upgrade for older versions; model: a
+compressed model's sections (docs/format.md)."""

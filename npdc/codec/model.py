@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from npdc.codec.container import (FormatError, choose_gap_bits, decode_header, decode_layer, decode_raw,
-                                  dequantize, encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
-                                  read_container, write_container)
+from npdc.codec.container import read_container, write_container
+from npdc.codec.errors import FormatError
+from npdc.codec.header import decode_header, encode_header
+from npdc.codec.payload import (choose_gap_bits, decode_layer, decode_raw, dequantize, encode_dense_layer,
+                                encode_raw, encode_sparse_layer)
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
 from npdc.engine.resnet import build_net

@@ -15,7 +15,8 @@ import functools
 import numba
 import numpy as np
 
-from npdc.codec.container import decode_header, read_container
+from npdc.codec.container import read_container
+from npdc.codec.header import decode_header
 from npdc.codec.model import load_compressed
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
