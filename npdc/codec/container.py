@@ -23,13 +23,20 @@ from npdc.codec.errors import FormatError
 from npdc.codec.upgrade import UPGRADES
 from npdc.errors import UserError
 
-# Re-exported: the payload and header codecs lived in this module, and callers outside the codec
-# import them from here.
-from npdc.codec.header import decode_header, encode_header  # noqa: F401
-from npdc.codec.payload import (DENSE, MAX_CODE_LEN, choose_gap_bits, decode_dense_layer,  # noqa: F401
+# Re-exported (see __all__): the payload and header codecs lived in this module, and callers
+# outside the codec import them from here.
+from npdc.codec.header import decode_header, encode_header
+from npdc.codec.payload import (DENSE, MAX_CODE_LEN, choose_gap_bits, decode_dense_layer,
                                 decode_layer, decode_raw, decode_sparse_layer, dequantize,
                                 encode_dense_layer, encode_raw, encode_sparse_layer,
                                 layer_bit_stats, table_bits)
+
+__all__ = ["FormatError", "MAGIC", "FORMAT_VERSION", "END_TAG", "pack_container", "write_container",
+           "read_container", "unpack_container",
+           # re-exported
+           "decode_header", "encode_header", "DENSE", "MAX_CODE_LEN", "choose_gap_bits",
+           "decode_dense_layer", "decode_layer", "decode_raw", "decode_sparse_layer", "dequantize",
+           "encode_dense_layer", "encode_raw", "encode_sparse_layer", "layer_bit_stats", "table_bits"]
 
 MAGIC = b"NPDC"
 FORMAT_VERSION = 2

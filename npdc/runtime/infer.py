@@ -15,9 +15,7 @@ import functools
 import numba
 import numpy as np
 
-from npdc.codec.container import read_container
-from npdc.codec.header import decode_header
-from npdc.codec.model import load_compressed
+from npdc.codec.model import load_compressed, read_model_file
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.engine.images import as_float
@@ -212,8 +210,6 @@ def build_runtime(net, codes, weights="sparse", batch=1, path=None):
 
 
 def layer_payloads(path):
-    """{parameter path: LAYR payload} of a .npdc file, through the container's readers (the
-    file was checked by load_compressed before this is called)."""
-    sections = read_container(path)
-    layers = decode_header(sections[0][1])["layers"]
-    return {layer["path"]: bytes(sections[i][1]) for i, layer in enumerate(layers, start=1)}
+    """{parameter path: LAYR payload} of a .npdc file, its section layout checked by the codec's
+    one model-file reader."""
+    return read_model_file(path).payloads

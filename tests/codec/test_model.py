@@ -190,3 +190,54 @@ def test_a_bad_conv_plan_in_the_header_is_refused(tmp_path, quantized_net, plan,
     write_container(tmp_path / "m.npdc", [("HEAD", encode_header(header))] + sections[1:])
     with pytest.raises(UserError, match=f"m.npdc: .*{message}"):
         load_compressed(tmp_path / "m.npdc")
+
+
+def _bad_layouts(sections, header):
+    """(name, sections, message) of model files whose section layout is wrong."""
+    from npdc.codec.header import encode_header
+
+    def with_header(**change):
+        return [("HEAD", encode_header({**header, **change}))] + sections[1:]
+
+    n = len(header["layers"])
+    return [
+        ("layer first", sections[1:], "section 0 'LAYR': the first section must be HEAD"),
+        ("one LAYR missing", sections[:n] + sections[n + 1:], f"expected {n} LAYR sections"),
+        ("no PARM", sections[:n + 1], "then PARM sections"),
+        ("no spec", [("HEAD", encode_header({k: v for k, v in header.items() if k != "spec"}))]
+         + sections[1:], "section 0 'HEAD': header lacks or garbles 'spec'"),
+        ("layers not a list", with_header(layers={"a": 1}), "'layers' is not a list"),
+        ("negative dimension", with_header(layers=[{**header["layers"][0], "shape": [-1, 2]}]
+                                           + header["layers"][1:]), "negative dimension"),
+        ("huge layer", with_header(layers=[{**header["layers"][0], "shape": [1 << 20, 1 << 20]}]
+                                   + header["layers"][1:]), "section 1 'LAYR': layer .* claims"),
+    ]
+
+
+def test_one_reader_checks_the_layout_for_loading_the_report_and_the_runtime(tmp_path, quantized_net):
+    """load_compressed, the report and the runtime's streamed payloads read a model file through
+    read_model_file, so a bad layout gets the same one-line error, naming the file, from each."""
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header
+    from npdc.codec.model import model_sections, read_model_file
+    from npdc.report import layer_table, totals, xz_bytes
+    from npdc.runtime.infer import layer_payloads
+
+    net, codes, _ = quantized_net
+    sections = model_sections(net, codes)
+    header = decode_header(sections[0][1])
+    model = read_model_file(sections)
+    assert [layer.path for layer in model.layers] == list(codes) == list(model.payloads)
+    assert [layer.index for layer in model.layers] == list(range(1, len(codes) + 1))
+    assert model.header == header and model.path is None and model.name == "<sections>"
+    assert read_model_file(model) is model
+    for what, bad, message in _bad_layouts(sections, header):
+        path = tmp_path / "bad.npdc"
+        write_container(path, bad)
+        errors = []
+        for read in (load_compressed, layer_table, totals, xz_bytes, layer_payloads, read_model_file):
+            with pytest.raises(FormatError, match=message) as caught:
+                read(path)
+            errors.append(str(caught.value))
+        assert len(set(errors)) == 1, what
+        assert errors[0].startswith("bad.npdc: ") and "\n" not in errors[0], what
