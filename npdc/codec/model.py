@@ -36,6 +36,7 @@ from npdc.codec.payload import (choose_gap_bits, decode_layer, decode_raw, dequa
                                 encode_raw, encode_sparse_layer)
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
+from npdc.engine.layers.batchnorm import inference_affine
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 
@@ -84,12 +85,9 @@ def fold_batch_norms(net, raw):
     returns the names of the folded layers."""
     folded = [name for name, layer in net.layers.items() if isinstance(layer, BatchNorm2d)]
     for name in folded:
-        eps = net.layers[name].eps
-        mean = raw.pop(f"{name}.running_mean").astype(np.float64)
-        var = raw.pop(f"{name}.running_var").astype(np.float64)
-        scale = raw[f"{name}.gamma"] / np.sqrt(var + eps)
-        raw[f"{name}.gamma"] = scale.astype(np.float32)
-        raw[f"{name}.beta"] = (raw[f"{name}.beta"] - mean * scale).astype(np.float32)
+        mean, var = raw.pop(f"{name}.running_mean"), raw.pop(f"{name}.running_var")
+        raw[f"{name}.gamma"], raw[f"{name}.beta"] = inference_affine(
+            raw[f"{name}.gamma"], raw[f"{name}.beta"], mean, var, net.layers[name].eps)
     return folded
 
 
