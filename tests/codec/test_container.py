@@ -780,3 +780,10 @@ def test_code_length_tables_round_trip(used):
     assert r.left() == 1
     full = np.full(40, 3)
     assert P.table_bits(full) == 8 * (1 + 5 * 40 // 8)
+
+
+def test_the_moved_codecs_stay_importable_from_the_container():
+    for name in C.__all__:
+        assert getattr(C, name) is getattr(P, name, getattr(H, name, getattr(C, name)))
+    assert C.decode_layer is P.decode_layer and C.decode_header is H.decode_header
+    assert C.FormatError is FormatError

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npdc.codec.container import FormatError
+from npdc.codec.errors import FormatError
 from npdc.codec.model import load_compressed, save_compressed
 from npdc.compress.prune import apply_masks, percentage_masks
 from npdc.compress.quantize import quantize_net
@@ -101,7 +101,8 @@ def _randomise_batch_norms(net, seed=0):
 
 
 def test_batch_norms_are_stored_folded_and_compute_the_same(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, decode_raw
+    from npdc.codec.header import decode_header
+    from npdc.codec.payload import decode_raw
     from npdc.codec.model import model_sections
 
     net, codes, _ = quantized_net
@@ -122,7 +123,8 @@ def test_batch_norms_are_stored_folded_and_compute_the_same(tmp_path, quantized_
 
 
 def test_a_folded_name_that_is_no_batch_norm_is_refused(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header, encode_header
     from npdc.codec.model import model_sections
     from npdc.errors import UserError
 
@@ -162,7 +164,8 @@ def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
 
 
 def test_a_tuned_models_conv_plan_travels_in_the_file(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, read_container
+    from npdc.codec.container import read_container
+    from npdc.codec.header import decode_header
     from npdc.engine.conv_plan import apply_plan, net_plan
 
     net, codes, _ = quantized_net
@@ -179,7 +182,8 @@ def test_a_tuned_models_conv_plan_travels_in_the_file(tmp_path, quantized_net):
                                            ({"fc6": "im2col"}, "not a conv layer"),
                                            (["conv1"], "conv_plan is not an object")])
 def test_a_bad_conv_plan_in_the_header_is_refused(tmp_path, quantized_net, plan, message):
-    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header, encode_header
     from npdc.codec.model import model_sections
     from npdc.errors import UserError
 
@@ -241,3 +245,28 @@ def test_one_reader_checks_the_layout_for_loading_the_report_and_the_runtime(tmp
             errors.append(str(caught.value))
         assert len(set(errors)) == 1, what
         assert errors[0].startswith("bad.npdc: ") and "\n" not in errors[0], what
+
+
+def test_folded_batch_norms_store_the_inference_affine_map(quantized_net):
+    from npdc.codec.header import decode_header
+    from npdc.codec.model import model_sections
+    from npdc.codec.payload import decode_raw
+    from npdc.engine.layers.batchnorm import inference_affine
+
+    net, codes, _ = quantized_net
+    _randomise_batch_norms(net, seed=5)
+    sections = model_sections(net, codes)
+    raw = {}
+    for tag, payload in sections[1:]:
+        if tag == "PARM":
+            raw.update(decode_raw(payload))
+    for name in decode_header(sections[0][1])["folded_bn"]:
+        bn = net.layers[name]
+        scale, shift = inference_affine(bn.params["gamma"], bn.params["beta"], bn.buffers["running_mean"],
+                                        bn.buffers["running_var"], bn.eps)
+        # float64 all through, one rounding to float32 at the end
+        var = bn.buffers["running_var"].astype(np.float64)
+        by_hand = bn.params["gamma"].astype(np.float64) / np.sqrt(var + bn.eps)
+        np.testing.assert_array_equal(scale, by_hand.astype(np.float32))
+        np.testing.assert_array_equal(raw[f"{name}.gamma"], scale)
+        np.testing.assert_array_equal(raw[f"{name}.beta"], shift)

@@ -75,7 +75,10 @@ class BatchNorm2d(Layer):
         return x
 
     def _scale_shift(self, dtype):
-        """The running statistics and affine parameters as one per-channel y = x * scale + shift."""
+        """The running statistics and affine parameters as one per-channel y = x * scale + shift,
+        worked out in float32. Not inference_affine (float64): compress's distillation teacher
+        runs in eval mode, so these roundings reach the weights a compress run writes, and
+        changing them would change the bytes of every .npdc file compress writes."""
         inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = (self.params["gamma"] * inv).astype(dtype)
         return scale, (self.params["beta"] - self.buffers["running_mean"] * scale).astype(dtype)
