@@ -4,7 +4,7 @@ The per-layer table follows the one of the seed design (REFERENCES.md: "P+Q 85.9
 90.81 % per-layer saving overall"): for every quantized layer of a .npdc file, its sparsity, the
 bits per stored value and per relative index before and after Huffman coding (Han, Mao & Dally
 2016, "Deep Compression", sections 2-4), and the fraction of its float32 size saved. Bit counts
-come from npdc.codec.container.layer_bit_stats on the decoded layer, so the table measures the
+come from npdc.codec.payload.layer_bit_stats on the decoded layer, so the table measures the
 coding the file actually uses.
 
 The score weighs memory saved and size saved and gates them by accuracy and size (`score`).
@@ -15,15 +15,13 @@ kept), m the same image through the npdc runtime from the .npdc file with sparse
 """
 
 import lzma
-import math
-from pathlib import Path
 
 import numpy as np
 
 from npdc.codec import huffman, relindex
-from npdc.codec.container import (DENSE, MAX_CODE_LEN, FormatError, decode_header,
-                                  decode_layer, layer_bit_stats, pack_container, read_container)
-from npdc.codec.model import MAX_LAYER_WEIGHTS, load_compressed
+from npdc.codec.container import pack_container
+from npdc.codec.model import load_compressed, read_model_file
+from npdc.codec.payload import DENSE, MAX_CODE_LEN, layer_bit_stats
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 from npdc.runtime.infer import build_runtime
@@ -32,30 +30,6 @@ from npdc.score import PRESETS, accuracy_fraction, score
 
 
 # -- per-layer table -----------------------------------------------------------------------------
-def _model_sections(source):
-    """(sections, name) of a path or of a list of (tag, payload) already read."""
-    if isinstance(source, (str, Path)):
-        return read_container(source), Path(source).name
-    return list(source), "<sections>"
-
-
-def _header(sections, name):
-    """The HEAD dict, after checking that one LAYR section follows it per listed layer."""
-    tags = [tag for tag, _ in sections]
-    if not tags or tags[0] != "HEAD":
-        raise FormatError("the first section must be HEAD", file=name, index=0)
-    try:
-        header = decode_header(sections[0][1])
-    except FormatError as e:
-        raise e.at(file=name, index=0, tag="HEAD") from None
-    layers = header.get("layers")
-    if not isinstance(layers, list) or "spec" not in header:
-        raise FormatError("the header lacks its spec or layer list", file=name, index=0, tag="HEAD")
-    if tags[1:1 + len(layers)] != ["LAYR"] * len(layers):
-        raise FormatError(f"expected {len(layers)} LAYR sections after HEAD", file=name)
-    return header
-
-
 def _huffman_bits(symbols):
     """Bits of the stream the codec writes for these symbols (same length limit as the codec)."""
     counts = np.bincount(np.asarray(symbols, np.int64))
@@ -76,24 +50,20 @@ def xz_bytes(source):
     preset 9 extreme), the general-purpose yardstick for the .npdc coding: every layer's value
     indices over all positions (one byte each, two when the codebook is larger than 255),
     its codebook, and the other parameters as the file stores them."""
-    sections, name = _model_sections(source)
-    header = _header(sections, name)
+    model = read_model_file(source)
     parts = []
-    for i, layer in enumerate(header["layers"], start=1):
-        indices, codebook = decode_layer(sections[i][1], math.prod(int(d) for d in layer["shape"]))
-        stored = np.float16 if sections[i][1][1] == 2 else np.float32  # the value width byte
+    for layer in model.layers:
+        indices, codebook = model.decode(layer)
+        stored = np.float16 if layer.payload[1] == 2 else np.float32  # the value width byte
         parts += [indices.astype(np.uint8 if codebook.size < 256 else np.uint16).tobytes(),
                   codebook.astype(stored).tobytes()]
-    parts += [payload for tag, payload in sections if tag == "PARM"]
+    parts += [payload for _, payload in model.params]
     return len(lzma.compress(b"".join(parts), preset=9 | lzma.PRESET_EXTREME))
 
 
-def _layer_row(path, shape, payload):
-    """One table row from a LAYR payload; see layer_table for the meaning of the fields."""
-    weights = math.prod(shape)
-    if weights > MAX_LAYER_WEIGHTS:  # a corrupt header must not make the decoder allocate it
-        raise ValueError(f"{path} claims {weights} weights")
-    indices, codebook = decode_layer(payload, weights)
+def _layer_row(layer, indices, codebook):
+    """One table row of a LayerSection decoded; see layer_table for the meaning of the fields."""
+    path, weights, payload = layer.path, layer.size, layer.payload
     k, gap_bits = int(codebook.size), payload[0]
     codebook_bits = 8 * k * payload[1]  # the byte after the gap width is the value width
     nonzero = int(np.count_nonzero(indices))
@@ -120,7 +90,8 @@ def _layer_row(path, shape, payload):
 
 
 def layer_table(source):
-    """One dict per quantized layer of a .npdc file (a path, or its sections), in file order.
+    """One dict per quantized layer of a .npdc file (a path, its sections or its ModelSections from
+    npdc.codec.model.read_model_file), in file order.
 
     layer, kind ("sparse"/"dense"), weights (positions), nonzero, sparsity = 1 - nonzero/weights,
     codebook = k values, entries = stored values (sparse: non-zeros plus filler zeros; dense: every
@@ -132,18 +103,8 @@ def layer_table(source):
       rate_pq  = 1 - (entries * (weight_bits + index_bits) + codebook bits) / (32 * weights)
       rate_pqh = 1 - 8 * bytes / (32 * weights)   (the payload: codebook, code tables, streams)
     A layer smaller than its codebook saves nothing and gets a negative rate."""
-    sections, name = _model_sections(source)
-    header = _header(sections, name)
-    rows = []
-    for i, layer in enumerate(header["layers"], start=1):
-        try:
-            shape = [int(d) for d in layer["shape"]]
-            rows.append(_layer_row(str(layer["path"]), shape, sections[i][1]))
-        except FormatError as e:
-            raise e.at(file=name, index=i, tag="LAYR") from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise FormatError(f"layer entry garbled: {e}", file=name, index=0, tag="HEAD") from None
-    return rows
+    model = read_model_file(source)
+    return [_layer_row(layer, *model.decode(layer)) for layer in model.layers]
 
 
 # -- totals -------------------------------------------------------------------------------------
@@ -155,13 +116,12 @@ def totals(source, rows=None, baseline=None):
     them too; the input normalisation (a few values per channel) is left out. The net is
     `baseline` if given, else the file's architecture. size_after_bytes = the whole .npdc file,
     ratio = before / after. rate_pq and rate_pqh as in layer_table over all quantized layers."""
-    sections, name = _model_sections(source)
-    rows = layer_table(sections) if rows is None else rows
-    net = baseline if baseline is not None else build_net(_header(sections, name)["spec"])
+    model = read_model_file(source)
+    rows = layer_table(model) if rows is None else rows
+    net = baseline if baseline is not None else build_net(model.header["spec"])
     params = sum(int(p.size) for p in net.params().values())
     buffers = sum(int(b.size) for b in net.buffers().values())
-    path = isinstance(source, (str, Path))
-    after = Path(source).stat().st_size if path else len(pack_container(sections))
+    after = model.path.stat().st_size if model.path else len(pack_container(model.sections))
     weights, nonzero = sum(r["weights"] for r in rows), sum(r["nonzero"] for r in rows)
     original_bits = 32 * max(weights, 1)
     return {"parameters": params, "buffer_values": buffers,
@@ -189,12 +149,12 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     for value, what in ((accuracy_before, "accuracy before"), (accuracy_after, "accuracy after")):
         if value is not None:
             accuracy_fraction(value, what)
-    sections = read_container(path)
-    rows = layer_table(sections)
+    model = read_model_file(path)
+    rows = layer_table(model)
     if baseline is None:
-        baseline = build_net(_header(sections, Path(path).name)["spec"])
-    total = totals(path, rows, baseline)
-    total["xz_bytes"] = xz_bytes(sections)
+        baseline = build_net(model.header["spec"])
+    total = totals(model, rows, baseline)
+    total["xz_bytes"] = xz_bytes(model)
     if memory is None:
         compressed, codes = load_compressed(path)
         memory = memory_figures(baseline, build_runtime(compressed, codes))

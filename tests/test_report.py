@@ -9,8 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from npdc.codec.container import (FormatError, decode_header, encode_header, read_container,
-                                  write_container)
+from npdc.codec.container import read_container, write_container
+from npdc.codec.errors import FormatError
+from npdc.codec.header import decode_header, encode_header
 from npdc.codec.model import model_sections, save_compressed
 from npdc.compress.prune import apply_masks, percentage_masks
 from npdc.compress.quantize import QuantizedLayer, quantize_net
@@ -62,7 +63,7 @@ def test_bytes_are_the_layer_payloads(compressed):
 
 @pytest.mark.parametrize("percent", [60, 95])
 def test_fixed_widths_follow_the_codebook_and_the_gap_width(tmp_path, percent):
-    from npdc.codec.container import choose_gap_bits
+    from npdc.codec.payload import choose_gap_bits
 
     net = build_net({**SPEC, "width": 4, "embedding": 32}, seed=4)
     masks = percentage_masks(net, percent, {"conv1": (0.0, False)})

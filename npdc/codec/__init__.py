@@ -1,4 +1,4 @@
-"""The .npdc file: bit I/O, relative sparse indices, canonical Huffman codes, the checksummed
-container of sections, and the whole-model layout over it (model.py). May import every floor up
-to compress; docs/format.md is the specification it implements.
-"""
+"""The .npdc format. Entropy coding of compressed layers (bitio: bit fields, relindex: relative
+sparse indices, huffman: canonical Huffman codes); payload and header: what a section holds;
+container: the CRC-checked sections of a file, with upgrade for older versions; model: a
+compressed model's sections (docs/format.md)."""

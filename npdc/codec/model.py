@@ -17,18 +17,27 @@ key `folded_bn`; a reader restores running_mean = 0 and running_var = 1 - eps, w
 same map up to float rounding. The scale is not multiplied into the preceding convolution's weights
 here because that would give every output channel its own codebook; the runtime does it after
 decoding.
+
+read_model_file is the one reader of that layout: loading, the report and the runtime's streamed
+weights all take a file's sections from it, checked the same way.
 """
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from npdc.codec.container import (FormatError, choose_gap_bits, decode_header, decode_layer, decode_raw,
-                                  dequantize, encode_dense_layer, encode_header, encode_raw, encode_sparse_layer,
-                                  read_container, write_container)
+from npdc.codec.container import read_container, write_container
+from npdc.codec.errors import FormatError
+from npdc.codec.header import decode_header, encode_header
+from npdc.codec.payload import (DENSE, choose_gap_bits, decode_layer, decode_raw, dequantize, encode_dense_layer,
+                                encode_raw, encode_sparse_layer)
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
+from npdc.engine.layers.batchnorm import inference_affine
 from npdc.engine.resnet import build_net
 from npdc.errors import UserError
 
@@ -78,12 +87,9 @@ def fold_batch_norms(net, raw):
     returns the names of the folded layers."""
     folded = [name for name, layer in net.layers.items() if isinstance(layer, BatchNorm2d)]
     for name in folded:
-        eps = net.layers[name].eps
-        mean = raw.pop(f"{name}.running_mean").astype(np.float64)
-        var = raw.pop(f"{name}.running_var").astype(np.float64)
-        scale = raw[f"{name}.gamma"] / np.sqrt(var + eps)
-        raw[f"{name}.gamma"] = scale.astype(np.float32)
-        raw[f"{name}.beta"] = (raw[f"{name}.beta"] - mean * scale).astype(np.float32)
+        mean, var = raw.pop(f"{name}.running_mean"), raw.pop(f"{name}.running_var")
+        raw[f"{name}.gamma"], raw[f"{name}.beta"] = inference_affine(
+            raw[f"{name}.gamma"], raw[f"{name}.beta"], mean, var, net.layers[name].eps)
     return folded
 
 
@@ -106,41 +112,17 @@ def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="f
 def load_compressed(path):
     """(net with dequantized weights, {path: QuantizedLayer}) from a .npdc file; a layer stored by
     relative index comes back with sparse = True."""
-    sections = read_container(path)
-    name = Path(path).name
-    tags = [t for t, _ in sections]
-    if not tags or tags[0] != "HEAD":
-        raise FormatError("the first section must be HEAD", file=name, index=0, tag=tags[0] if tags else None)
-    try:
-        header = decode_header(sections[0][1])
-        spec, layers = header["spec"], header["layers"]
-        shapes = [tuple(int(d) for d in layer["shape"]) for layer in layers]
-    except FormatError as e:
-        raise e.at(file=name, index=0, tag="HEAD") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"header lacks or garbles {e}", file=name, index=0, tag="HEAD") from None
-    n_parm = len(tags) - 1 - len(layers)
-    if n_parm < 1 or tags[1:] != ["LAYR"] * len(layers) + ["PARM"] * n_parm:
-        raise FormatError(f"expected {len(layers)} LAYR sections, then PARM sections, after HEAD; "
-                          f"found {' '.join(tags[1:])}", file=name)
-    net = build_net(spec)
+    model = read_model_file(path)
+    name = model.name
+    net = build_net(model.header["spec"])
     state = {}
     codes = {}
-    for i, (layer, shape) in enumerate(zip(layers, shapes), start=1):
-        size = int(np.prod(shape))
-        if size > MAX_LAYER_WEIGHTS:
-            raise FormatError(f"layer {layer.get('path')} claims {size} weights", file=name, index=i, tag="LAYR")
-        try:
-            indices, codebook = decode_layer(sections[i][1], size)
-        except FormatError as e:
-            raise e.at(file=name, index=i, tag="LAYR") from None
-        state[layer["path"]] = dequantize(indices, codebook, shape)
-        codes[layer["path"]] = QuantizedLayer(indices, codebook, layer.get("kind") == "sparse")
-    for i in range(1 + len(layers), len(sections)):
-        try:
-            state.update(decode_raw(sections[i][1]))
-        except FormatError as e:
-            raise e.at(file=name, index=i, tag="PARM") from None
+    for layer in model.layers:
+        indices, codebook = model.decode(layer)
+        state[layer.path] = dequantize(indices, codebook, layer.shape)
+        codes[layer.path] = QuantizedLayer(indices, codebook, layer.payload[0] != DENSE)
+    state.update(model.raw())
+    header = model.header
     try:
         folded = header.get("folded_bn", [])
         if not isinstance(folded, list):
@@ -154,3 +136,111 @@ def load_compressed(path):
     except UserError as e:
         raise UserError(f"{name}: {e}") from None
     return net, codes
+
+
+# -- the section layout --------------------------------------------------------------------------
+class LayerSection(NamedTuple):
+    """One quantized layer of a model file: its parameter path and shape (from the header), the
+    index of its LAYR section and that section's payload, still coded."""
+    path: str
+    shape: tuple
+    index: int
+    payload: bytes
+
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class ModelSections:
+    """A model file's sections with their layout checked (read_model_file): the decoded header,
+    one LayerSection per header layer in file order, the PARM sections as (index, payload)."""
+    name: str  # how errors name the file: its file name, or "<sections>"
+    path: Path  # the file read, None for sections handed in
+    sections: list  # every (tag, payload) of the file, as read
+    header: dict
+    layers: list
+    params: list
+
+    @property
+    def payloads(self):
+        """{parameter path: LAYR payload} of the quantized layers."""
+        return {layer.path: layer.payload for layer in self.layers}
+
+    def decode(self, layer):
+        """(indices, float32 codebook) of a LayerSection; a bad payload's FormatError names the
+        file and the section."""
+        try:
+            return decode_layer(layer.payload, layer.size)
+        except FormatError as e:
+            raise e.at(file=self.name, index=layer.index, tag="LAYR") from None
+
+    def raw(self):
+        """{name: float32 array} of every PARM section."""
+        arrays = {}
+        for index, payload in self.params:
+            try:
+                arrays.update(decode_raw(payload))
+            except FormatError as e:
+                raise e.at(file=self.name, index=index, tag="PARM") from None
+        return arrays
+
+
+def read_model_file(source):
+    """The ModelSections of a model file: `source` is its path, the list of (tag, payload) it holds
+    (named "<sections>" in errors) or a ModelSections (returned as it is).
+
+    Checks the layout once for every reader: HEAD first, holding a spec and a list of layers each
+    with a path and a shape; then exactly one LAYR per listed layer, in that order; then one or
+    more PARM. No layer may claim more than MAX_LAYER_WEIGHTS weights, so a corrupt header cannot
+    make a decoder allocate it. Anything else is a one-line FormatError naming the file and, where
+    there is one, the section. Payloads are not decoded here (ModelSections.decode and .raw do)."""
+    if isinstance(source, ModelSections):
+        return source
+    path = Path(source) if isinstance(source, (str, Path)) else None
+    sections = read_container(path) if path else list(source)
+    name = path.name if path else "<sections>"
+    tags = [t for t, _ in sections]
+    if not tags or tags[0] != "HEAD":
+        raise FormatError("the first section must be HEAD", file=name, index=0, tag=tags[0] if tags else None)
+    try:
+        header = decode_header(sections[0][1])
+        entries = [(_layer_path(e["path"]), _layer_shape(e["shape"])) for e in _listed(header)]
+    except FormatError as e:
+        raise e.at(file=name, index=0, tag="HEAD") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"header lacks or garbles {e}", file=name, index=0, tag="HEAD") from None
+    n_parm = len(tags) - 1 - len(entries)
+    if n_parm < 1 or tags[1:] != ["LAYR"] * len(entries) + ["PARM"] * n_parm:
+        raise FormatError(f"expected {len(entries)} LAYR sections, then PARM sections, after HEAD; "
+                          f"found {' '.join(tags[1:])}", file=name)
+    layers = [LayerSection(p, shape, i, sections[i][1]) for i, (p, shape) in enumerate(entries, start=1)]
+    for layer in layers:
+        if layer.size > MAX_LAYER_WEIGHTS:
+            raise FormatError(f"layer {layer.path} claims {layer.size} weights", file=name, index=layer.index,
+                              tag="LAYR")
+    params = [(i, sections[i][1]) for i in range(1 + len(layers), len(sections))]
+    return ModelSections(name, path, sections, header, layers, params)
+
+
+def _listed(header):
+    """The header's layer list, after checking that it has a spec."""
+    if "spec" not in header:
+        raise KeyError("spec")
+    if not isinstance(header["layers"], list):
+        raise TypeError("'layers' is not a list")
+    return header["layers"]
+
+
+def _layer_path(path):
+    if not isinstance(path, str):
+        raise TypeError(f"layer path {path!r} is not a string")
+    return path
+
+
+def _layer_shape(shape):
+    dims = tuple(int(d) for d in shape)
+    if any(d < 0 for d in dims):
+        raise ValueError(f"layer shape {list(dims)} has a negative dimension")
+    return dims

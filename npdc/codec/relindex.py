@@ -18,7 +18,7 @@ Departures from the paper: the paper's figure counts the difference of positions
 the stored number is the zeros skipped, so 2**b different gaps fit b bits. The decoder accepts any
 entry with value 0 as a stored zero, filler or not.
 
-A wider b needs fewer fillers but more bits per gap; npdc.codec.container.choose_gap_bits picks
+A wider b needs fewer fillers but more bits per gap; npdc.codec.payload.choose_gap_bits picks
 the b whose Huffman-coded layer is smallest.
 """
 

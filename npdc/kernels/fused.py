@@ -9,6 +9,8 @@ tile is bounded by a float budget so it stays in cache and the workspace stays s
 buffer (columns, accumulators, outputs) is handed in; nothing is allocated per call.
 """
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
@@ -17,6 +19,23 @@ from npdc.threads import single_thread_numba_blas
 single_thread_numba_blas()
 
 RES_NONE, RES_IDENTITY, RES_ZEROPAD = 0, 1, 2
+
+
+class Tail(NamedTuple):
+    """The fused tail of a conv step, y = act(acc * scale + shift + residual), as one argument
+    (Numba types a NamedTuple as a heterogeneous tuple; kernels read its fields by name): per
+    output channel scale, shift (O,) float32; act with slopes (O,) (ReLU: zeros,
+    PReLU: its slopes); res (N, C, H, W) read as res_mode says (RES_NONE: unused, RES_IDENTITY:
+    added as it is, RES_ZEROPAD: channel o - res_front of every res_stride-th row and column).
+    The fields are in the order finish_tile and the sparse kernels take them one by one."""
+    scale: np.ndarray
+    shift: np.ndarray
+    act: bool
+    slopes: np.ndarray
+    res: np.ndarray
+    res_mode: int
+    res_front: int
+    res_stride: int
 
 
 @numba.njit(cache=True)
@@ -65,11 +84,17 @@ def finish_tile(acc, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res
             y[n, o, p, q] = v
 
 
+@numba.njit(cache=True)
+def finish_tail(acc, pitch, y, n, o, p0, p1, tail):
+    """finish_tile with its tail given as one Tail."""
+    finish_tile(acc, pitch, y, n, o, p0, p1, tail.scale, tail.shift, tail.act, tail.slopes,
+                tail.res, tail.res_mode, tail.res_front, tail.res_stride)
+
+
 @numba.njit(parallel=True, cache=True)
-def conv_dense(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_mode, res_front,
-               res_stride, y, cols, acc):
-    """x: (N, C, H, W), W2: (O, C*kh*kw) -> y: (N, O, Ho, Wo) with the fused tail, by im2col +
-    GEMM on tiles of output rows, the (image, tile) pairs shared among threads.
+def conv_dense(x, W2, kh, kw, stride, pad, tail, y, cols, acc):
+    """x: (N, C, H, W), W2: (O, C*kh*kw) -> y: (N, O, Ho, Wo) with the fused tail (a Tail), by
+    im2col + GEMM on tiles of output rows, the (image, tile) pairs shared among threads.
     cols: (threads, budget floats for one column tile), acc: (threads, >= O * tile) scratch
     (scratch_sizes gives both)."""
     n_img = x.shape[0]
@@ -87,8 +112,7 @@ def conv_dense(x, W2, kh, kw, stride, pad, scale, shift, act, slopes, res, res_m
         im2col_rows(x[n], kh, kw, stride, pad, p0, p1, wo, col)
         np.dot(W2, col, out)
         for o in range(o_out):
-            finish_tile(out[o], wo, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
-                        res_front, res_stride)
+            finish_tail(out[o], wo, y, n, o, p0, p1, tail)
 
 
 @numba.njit(cache=True)
@@ -117,8 +141,7 @@ def pad_input(x, pad, xp):
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_dense_s1(x, pad, xp, W2, kh, kw, scale, shift, act, slopes, res, res_mode, res_front,
-                  res_stride, y, acc_ws):
+def conv_dense_s1(x, pad, xp, W2, kh, kw, tail, y, acc_ws):
     """Stride-1 convolution of an already padded xp: (N, C, Hp, Wp) -> y. For tap (c, i, j) the
     inputs of all outputs, laid out with row pitch Wp, are one contiguous run of xp starting at
     (c, i, j): each weight is one long multiply-add loop, no lowering. Parallel over (image,
@@ -140,20 +163,18 @@ def conv_dense_s1(x, pad, xp, W2, kh, kw, scale, shift, act, slopes, res, res_mo
             src = xf[base:base + span]  # a slice: indexing it by k vectorises, xf[base + k] did not
             for k in range(span):
                 acc[k] += w * src[k]
-        finish_tile(acc, wp, y, n, o, 0, ho, scale, shift, act, slopes, res, res_mode, res_front,
-                    res_stride)
+        finish_tail(acc, wp, y, n, o, 0, ho, tail)
 
 
 @numba.njit(parallel=True, cache=True)
-def finish_planes(z, scale, shift, act, slopes, res, res_mode, res_front, res_stride, y):
-    """The tail over a whole conv output z (N, O, Ho, Wo) computed elsewhere, written into y
-    (which may be the identity residual itself), parallel over planes."""
+def finish_planes(z, tail, y):
+    """The tail (a Tail) over a whole conv output z (N, O, Ho, Wo) computed elsewhere, written
+    into y (which may be the identity residual itself), parallel over planes."""
     n_img, n_out, plane = z.shape[0], z.shape[1], z.shape[2] * z.shape[3]
     flat = z.reshape(z.size)
     for t in numba.prange(n_img * n_out):
         n, o = t // n_out, t % n_out
-        finish_tile(flat[t * plane:(t + 1) * plane], z.shape[3], y, n, o, 0, z.shape[2], scale,
-                    shift, act, slopes, res, res_mode, res_front, res_stride)
+        finish_tail(flat[t * plane:(t + 1) * plane], z.shape[3], y, n, o, 0, z.shape[2], tail)
 
 
 def scratch_sizes(convs, budget):

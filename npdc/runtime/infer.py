@@ -15,14 +15,13 @@ import functools
 import numba
 import numpy as np
 
-from npdc.codec.container import decode_header, read_container
-from npdc.codec.model import load_compressed
+from npdc.codec.model import load_compressed, read_model_file
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.engine.images import as_float
 from npdc.kernels.conv import choose_primitive, conv2d_forward
-from npdc.kernels.fused import (conv_dense, conv_dense_s1, finish_planes, finish_rows, global_avg_pool,
-                               linear_direct, pad_input, scratch_sizes)
+from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, finish_rows,
+                               global_avg_pool, linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
@@ -92,14 +91,16 @@ class Runtime:
             return functools.partial(self._linear, s, x.reshape(n, -1), y)
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
-        tail = (s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride, y)
+        tail = Tail(s.scale, s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride)
         mode = self.weights.mode
-        if self.throughput:
+        if mode == "dense":
             W2, ones = self.weights.get(s)
+            tail = tail._replace(scale=ones)  # the scale is in the weights
+        if self.throughput:
             W = W2.reshape(s.w_shape)
             primitive = choose_primitive(s.primitive, x.shape, W.shape, s.stride, s.pad, 1)
             self.primitives[s.name] = primitive
-            return functools.partial(_conv_planned, x, W, s.stride, s.pad, primitive, ones, *tail)
+            return functools.partial(_conv_planned, x, W, s.stride, s.pad, primitive, tail, y)
         span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
         if s.stride == 1 and span >= LONG_SPAN:
             xp, pad = x, s.pad
@@ -108,19 +109,17 @@ class Runtime:
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
             inner = 0 if n > 1 else pad  # one image: the kernel pads it; a batch: pad_input
             if mode == "dense":
-                W2, ones = self.weights.get(s)
-                kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, ones, *tail, self.acc)
+                kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, tail, y, self.acc)
             else:
-                kernel = lambda: conv_sparse_s1(x, inner, xp, *self.weights.get(s), kh, kw, s.scale,
-                                                *tail, self.acc)
+                kernel = lambda: conv_sparse_s1(x, inner, xp, *self.weights.get(s), kh, kw, *tail, y,
+                                                self.acc)
             if inner == pad:
                 return kernel
             return lambda: (pad_input(x, pad, xp), kernel())
         if mode == "dense":
-            W2, ones = self.weights.get(s)
-            return functools.partial(conv_dense, x, W2, kh, kw, s.stride, s.pad, ones, *tail,
-                                     self.cols, self.acc)
-        return lambda: conv_sparse(x, *self.weights.get(s), kh, kw, s.stride, s.pad, s.scale, *tail,
+            return functools.partial(conv_dense, x, W2, kh, kw, s.stride, s.pad, tail, y, self.cols,
+                                     self.acc)
+        return lambda: conv_sparse(x, *self.weights.get(s), kh, kw, s.stride, s.pad, *tail, y,
                                    self.cols, self.acc)
 
     def _linear(self, s, x, y):
@@ -167,8 +166,8 @@ class Runtime:
         return out
 
 
-def _conv_planned(x, W, stride, pad, primitive, *tail):
-    finish_planes(conv2d_forward(x, W, stride, pad, 1, primitive), *tail)
+def _conv_planned(x, W, stride, pad, primitive, tail, y):
+    finish_planes(conv2d_forward(x, W, stride, pad, 1, primitive), tail, y)
 
 
 def _generic(layer, xs, y):
@@ -211,8 +210,6 @@ def build_runtime(net, codes, weights="sparse", batch=1, path=None):
 
 
 def layer_payloads(path):
-    """{parameter path: LAYR payload} of a .npdc file, through the container's readers (the
-    file was checked by load_compressed before this is called)."""
-    sections = read_container(path)
-    layers = decode_header(sections[0][1])["layers"]
-    return {layer["path"]: bytes(sections[i][1]) for i, layer in enumerate(layers, start=1)}
+    """{parameter path: LAYR payload} of a .npdc file, its section layout checked by the codec's
+    one model-file reader."""
+    return read_model_file(path).payloads

@@ -3,7 +3,8 @@ and where in one activation arena each step writes.
 
 Fusion. A batch norm after a conv or linear layer is folded into it (Ioffe & Szegedy 2015: in
 eval mode BN is the per-channel affine map y = x*scale + shift, with scale = gamma/sqrt(var+eps),
-shift = beta - mean*scale); a residual add is folded into the conv that produces one of its
+shift = beta - mean*scale, from npdc.engine.layers.batchnorm.inference_affine; the plan composes
+it with the layer's bias in float64 and rounds the result to float32 once); a residual add is folded into the conv that produces one of its
 inputs, the other becoming a residual read in the conv's tail (the option-A zero-pad shortcut of
 He et al. 2016 is folded into that read, so it never gets a buffer); a ReLU or PReLU after either
 becomes the tail's activation. Flatten is a view. Any other layer runs as a generic step that
@@ -25,6 +26,7 @@ import numpy as np
 
 from npdc.engine.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Linear, PReLU,
                                 ReLU, ZeroPadShortcut)
+from npdc.engine.layers.batchnorm import inference_affine
 from npdc.engine.net import INPUT
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
 
@@ -100,12 +102,6 @@ class Plan:
 
 
 # -- fusion -------------------------------------------------------------------------------------
-def _bn_affine(bn):
-    inv = 1.0 / np.sqrt(bn.buffers["running_var"].astype(np.float64) + bn.eps)
-    scale = bn.params["gamma"] * inv
-    return scale, bn.params["beta"] - bn.buffers["running_mean"] * scale
-
-
 def _consumers(net):
     count = {INPUT: 0}
     for name, _, inputs in net.nodes:
@@ -149,7 +145,9 @@ def _fuse(net):
             continue
         step = sole(ins[0], ("conv", "linear"))
         if isinstance(layer, BatchNorm2d) and step and not step.act and not step.residual:
-            scale, shift = _bn_affine(layer)
+            scale, shift = inference_affine(layer.params["gamma"], layer.params["beta"],
+                                            layer.buffers["running_mean"], layer.buffers["running_var"],
+                                            layer.eps)
             step.scale, step.shift = step.scale * scale, step.shift * scale + shift
             rename(step, name, name)
             continue

@@ -11,7 +11,7 @@
 
 import numpy as np
 
-from npdc.codec.container import decode_layer
+from npdc.codec.payload import decode_layer
 from npdc.kernels.sparse import check_csr, csr_from_indices
 
 MODES = ("dense", "stream", "sparse")

@@ -1,4 +1,5 @@
-"""Tests for npdc.codec.container: the file framing against hand-built bytes, the layer payloads
+"""Tests for npdc.codec.container (the file framing against hand-built bytes), npdc.codec.payload
+and npdc.codec.header: the layer payloads
 against a pure-Python reader written from docs/format.md (its own canonical-code builder and
 bit-by-bit decoder), round trips, every single-byte flip and every truncation of a file, crafted
 payloads with valid CRCs, and the per-layer bit counts against independent counts."""
@@ -15,11 +16,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import optimal_huffman_bits
 from npdc.codec import container as C
-from npdc.codec.container import (FormatError, decode_dense_layer, decode_header, decode_layer,
-                                  decode_raw, decode_sparse_layer, dequantize, encode_dense_layer,
-                                  encode_header, encode_raw, encode_sparse_layer, layer_bit_stats,
-                                  pack_container, read_container, unpack_container,
-                                  write_container)
+from npdc.codec import header as H
+from npdc.codec import payload as P
+from npdc.codec.container import pack_container, read_container, unpack_container, write_container
+from npdc.codec.errors import FormatError
+from npdc.codec.header import decode_header, encode_header
+from npdc.codec.payload import (decode_dense_layer, decode_layer, decode_raw, decode_sparse_layer,
+                                dequantize, encode_dense_layer, encode_raw, encode_sparse_layer,
+                                layer_bit_stats)
 from npdc.errors import UserError
 
 HYPO = settings(max_examples=30, deadline=None)
@@ -343,8 +347,16 @@ def test_unknown_versions_are_refused(version):
 
 def test_a_registered_upgrade_is_applied(monkeypatch):
     old = ref_file([("OLD!", b"abc")], version=0)
-    monkeypatch.setitem(C._UPGRADES, 0, lambda data, name: ref_file([("HEAD", data[-19:-16])]))
-    assert unpack_container(old) == [("HEAD", b"abc")]
+    monkeypatch.setitem(C.UPGRADES, 0, lambda sections, name: [("HEAD", sections[0][1])])
+    assert unpack_container(old) == [("HEAD", b"abc")]  # then version 1's upgrade, in order
+
+
+def test_a_version_whose_upgrade_chain_has_a_gap_is_refused(monkeypatch):
+    monkeypatch.setitem(C.UPGRADES, 0, lambda sections, name: sections)
+    monkeypatch.delitem(C.UPGRADES, 1)
+    for version in (0, 1):
+        with pytest.raises(FormatError, match=f"file header: version {version}, this npdc reads 2"):
+            unpack_container(ref_file([("HEAD", b"x")], version=version), "v.npdc")
 
 
 def test_trailing_bytes_name_the_place_after_the_end_marker():
@@ -397,8 +409,8 @@ def test_corrupt_lengths_never_allocate_or_hang():
                                          (300, "ac02"), (624485, "e58e26"),
                                          (2**64 - 1, "ffffffffffffffffff01")])
 def test_varint_known_bytes(n, expected):
-    assert C._varint(n) == bytes.fromhex(expected) == ref_varint(n)
-    r = C._Reader(bytes.fromhex(expected), "test")
+    assert P.varint(n) == bytes.fromhex(expected) == ref_varint(n)
+    r = P.Reader(bytes.fromhex(expected), "test")
     assert r.varint("v", 2**64) == n and r.left() == 0
 
 
@@ -407,7 +419,7 @@ def test_varint_known_bytes(n, expected):
                                           ("e58e26", "over the limit")])
 def test_bad_varints(raw, problem):
     with pytest.raises(FormatError, match=problem):
-        C._Reader(bytes.fromhex(raw), "test").varint("v", 1000)
+        P.Reader(bytes.fromhex(raw), "test").varint("v", 1000)
 
 
 # ---- layer payloads --------------------------------------------------------------------------
@@ -646,6 +658,8 @@ def test_raw_layout():
     (b"\x04\x02\x01a\x00\x00\x00\x80\x3f\x01a\x00\x00\x00\x80\x3f", "appears twice"),
     (b"\x04\x01\x01\xff\x00\x00\x00\x80\x3f", "not UTF-8|utf-8"),
     (b"\x04\x01\x01a\x02" + ref_varint(2**40) * 2, "needs .* bytes"),
+    # empty, but numpy could not even describe the shape (found by the fuzz test above)
+    (b"\x04\x01\x01a\x03" + ref_varint(2**40) + b"\x00" + ref_varint(2**40), "larger than any parameter"),
     (b"\x04\x01\x01a\x21", "ndim 33 is over"),
     (b"\x03\x00", "dtype code 3"),
     (b"\x04\x00\x00", "stray"),
@@ -689,7 +703,7 @@ def test_crafted_headers(payload, problem):
 
 
 def test_header_inflation_is_bounded(monkeypatch):
-    monkeypatch.setattr(C, "MAX_HEADER_JSON", 1000)
+    monkeypatch.setattr(H, "MAX_HEADER_JSON", 1000)
     with pytest.raises(FormatError, match="inflates past 1000"):
         decode_header(zlib.compress(b'{"a":"' + b" " * 5000 + b'"}'))
 
@@ -744,7 +758,7 @@ def test_examples_in_docs_format_md():
 
 @pytest.mark.parametrize("density", [0.002, 0.05, 0.3, 0.9])
 def test_chosen_gap_width_gives_the_smallest_payload(density):
-    from npdc.codec.container import choose_gap_bits
+    from npdc.codec.payload import choose_gap_bits
 
     rng = np.random.default_rng(int(density * 1000))
     indices = np.where(rng.random(20000) < density, rng.integers(1, 16, 20000), 0)
@@ -761,10 +775,10 @@ def test_code_length_tables_round_trip(used):
     table costs 5 bits a symbol when the alphabet is full."""
     lengths = np.zeros(max(used, default=-1) + 1, np.int64)
     lengths[list(used)] = list(used.values())
-    payload = C._length_table(lengths) + b"\xff"
+    payload = P.length_table(lengths) + b"\xff"
     assert payload[:-1] == ref_table(lengths.tolist())
-    r = C._Reader(payload, "test")
+    r = P.Reader(payload, "test")
     assert r.length_table("t", 1 << 16).tolist() == lengths.tolist()
     assert r.left() == 1
     full = np.full(40, 3)
-    assert C.table_bits(full) == 8 * (1 + 5 * 40 // 8)
+    assert P.table_bits(full) == 8 * (1 + 5 * 40 // 8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npdc.codec.container import FormatError
+from npdc.codec.errors import FormatError
 from npdc.codec.model import load_compressed, save_compressed
 from npdc.compress.prune import apply_masks, percentage_masks
 from npdc.compress.quantize import quantize_net
@@ -104,7 +104,8 @@ def _randomise_batch_norms(net, seed=0):
 
 
 def test_batch_norms_are_stored_folded_and_compute_the_same(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, decode_raw
+    from npdc.codec.header import decode_header
+    from npdc.codec.payload import decode_raw
     from npdc.codec.model import model_sections
 
     net, codes, _ = quantized_net
@@ -125,7 +126,8 @@ def test_batch_norms_are_stored_folded_and_compute_the_same(tmp_path, quantized_
 
 
 def test_a_folded_name_that_is_no_batch_norm_is_refused(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header, encode_header
     from npdc.codec.model import model_sections
     from npdc.errors import UserError
 
@@ -165,7 +167,8 @@ def test_a_version_1_file_is_upgraded_and_computes_what_it_did():
 
 
 def test_a_tuned_models_conv_plan_travels_in_the_file(tmp_path, quantized_net):
-    from npdc.codec.container import decode_header, read_container
+    from npdc.codec.container import read_container
+    from npdc.codec.header import decode_header
     from npdc.engine.conv_plan import apply_plan, net_plan
 
     net, codes, _ = quantized_net
@@ -182,7 +185,8 @@ def test_a_tuned_models_conv_plan_travels_in_the_file(tmp_path, quantized_net):
                                            ({"fc6": "im2col"}, "not a conv layer"),
                                            (["conv1"], "conv_plan is not an object")])
 def test_a_bad_conv_plan_in_the_header_is_refused(tmp_path, quantized_net, plan, message):
-    from npdc.codec.container import decode_header, encode_header, write_container
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header, encode_header
     from npdc.codec.model import model_sections
     from npdc.errors import UserError
 
@@ -193,3 +197,79 @@ def test_a_bad_conv_plan_in_the_header_is_refused(tmp_path, quantized_net, plan,
     write_container(tmp_path / "m.npdc", [("HEAD", encode_header(header))] + sections[1:])
     with pytest.raises(UserError, match=f"m.npdc: .*{message}"):
         load_compressed(tmp_path / "m.npdc")
+
+
+def _bad_layouts(sections, header):
+    """(name, sections, message) of model files whose section layout is wrong."""
+    from npdc.codec.header import encode_header
+
+    def with_header(**change):
+        return [("HEAD", encode_header({**header, **change}))] + sections[1:]
+
+    n = len(header["layers"])
+    return [
+        ("layer first", sections[1:], "section 0 'LAYR': the first section must be HEAD"),
+        ("one LAYR missing", sections[:n] + sections[n + 1:], f"expected {n} LAYR sections"),
+        ("no PARM", sections[:n + 1], "then PARM sections"),
+        ("no spec", [("HEAD", encode_header({k: v for k, v in header.items() if k != "spec"}))]
+         + sections[1:], "section 0 'HEAD': header lacks or garbles 'spec'"),
+        ("layers not a list", with_header(layers={"a": 1}), "'layers' is not a list"),
+        ("negative dimension", with_header(layers=[{**header["layers"][0], "shape": [-1, 2]}]
+                                           + header["layers"][1:]), "negative dimension"),
+        ("huge layer", with_header(layers=[{**header["layers"][0], "shape": [1 << 20, 1 << 20]}]
+                                   + header["layers"][1:]), "section 1 'LAYR': layer .* claims"),
+    ]
+
+
+def test_one_reader_checks_the_layout_for_loading_the_report_and_the_runtime(tmp_path, quantized_net):
+    """load_compressed, the report and the runtime's streamed payloads read a model file through
+    read_model_file, so a bad layout gets the same one-line error, naming the file, from each."""
+    from npdc.codec.container import write_container
+    from npdc.codec.header import decode_header
+    from npdc.codec.model import model_sections, read_model_file
+    from npdc.report import layer_table, totals, xz_bytes
+    from npdc.runtime.infer import layer_payloads
+
+    net, codes, _ = quantized_net
+    sections = model_sections(net, codes)
+    header = decode_header(sections[0][1])
+    model = read_model_file(sections)
+    assert [layer.path for layer in model.layers] == list(codes) == list(model.payloads)
+    assert [layer.index for layer in model.layers] == list(range(1, len(codes) + 1))
+    assert model.header == header and model.path is None and model.name == "<sections>"
+    assert read_model_file(model) is model
+    for what, bad, message in _bad_layouts(sections, header):
+        path = tmp_path / "bad.npdc"
+        write_container(path, bad)
+        errors = []
+        for read in (load_compressed, layer_table, totals, xz_bytes, layer_payloads, read_model_file):
+            with pytest.raises(FormatError, match=message) as caught:
+                read(path)
+            errors.append(str(caught.value))
+        assert len(set(errors)) == 1, what
+        assert errors[0].startswith("bad.npdc: ") and "\n" not in errors[0], what
+
+
+def test_folded_batch_norms_store_the_inference_affine_map(quantized_net):
+    from npdc.codec.header import decode_header
+    from npdc.codec.model import model_sections
+    from npdc.codec.payload import decode_raw
+    from npdc.engine.layers.batchnorm import inference_affine
+
+    net, codes, _ = quantized_net
+    _randomise_batch_norms(net, seed=5)
+    sections = model_sections(net, codes)
+    raw = {}
+    for tag, payload in sections[1:]:
+        if tag == "PARM":
+            raw.update(decode_raw(payload))
+    for name in decode_header(sections[0][1])["folded_bn"]:
+        bn = net.layers[name]
+        scale, shift = inference_affine(bn.params["gamma"], bn.params["beta"], bn.buffers["running_mean"],
+                                        bn.buffers["running_var"], bn.eps)
+        # float64 all through, one rounding to float32 at the end
+        var = bn.buffers["running_var"].astype(np.float64)
+        by_hand = bn.params["gamma"].astype(np.float64) / np.sqrt(var + bn.eps)
+        np.testing.assert_array_equal(scale, by_hand.astype(np.float32))
+        np.testing.assert_array_equal(raw[f"{name}.gamma"], scale)
+        np.testing.assert_array_equal(raw[f"{name}.beta"], shift)

@@ -83,3 +83,32 @@ def test_a_later_step_never_reads_a_value_that_was_overwritten():
         v = plan.values[step.output]
         arena[v.offset:v.offset + v.size] = t
         writer_tag[step.output] = t
+
+
+def test_a_folded_batch_norm_scales_and_shifts_as_the_file_stores_it():
+    """A conv without bias followed by a BN gets exactly inference_affine's float32 scale and
+    shift, the values npdc.codec.model.fold_batch_norms writes into a .npdc file."""
+    from npdc.engine.layers import BatchNorm2d
+    from npdc.engine.layers.batchnorm import inference_affine
+
+    net = build_net(NETS["cifar-resnet20"], seed=1)
+    rng = np.random.default_rng(2)
+    for layer in net.layers.values():
+        if isinstance(layer, BatchNorm2d):
+            c = layer.params["gamma"].shape
+            layer.params["gamma"][:] = rng.uniform(0.5, 2.0, c)
+            layer.params["beta"][:] = rng.normal(0, 0.5, c)
+            layer.buffers["running_mean"][:] = rng.normal(0, 1.0, c)
+            layer.buffers["running_var"][:] = rng.uniform(0.01, 3.0, c)
+    checked = 0
+    for step in Plan(net).steps:
+        bns = [n for n in step.nodes if isinstance(net.layers.get(n), BatchNorm2d)]
+        if step.kind == "conv" and bns and "b" not in net.layers[step.name].params:
+            bn = net.layers[bns[0]]
+            scale, shift = inference_affine(bn.params["gamma"], bn.params["beta"],
+                                            bn.buffers["running_mean"], bn.buffers["running_var"], bn.eps)
+            assert step.scale.dtype == step.shift.dtype == np.float32
+            np.testing.assert_array_equal(step.scale, scale)
+            np.testing.assert_array_equal(step.shift, shift)
+            checked += 1
+    assert checked > 10

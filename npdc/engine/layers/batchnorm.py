@@ -11,6 +11,17 @@ from npdc.engine.layers.base import Layer
 from npdc.kernels.batchnorm import bn_backward_train, bn_forward_eval, bn_forward_train
 
 
+def inference_affine(gamma, beta, mean, var, eps):
+    """Eval-mode batch norm as one per-channel affine map y = x * scale + shift (Ioffe & Szegedy
+    2015, section 3.1): (scale, shift) as float32, with scale = gamma / sqrt(var + eps) and
+    shift = beta - mean * scale worked out in float64 so each is rounded to float32 once. The
+    .npdc file stores exactly these values for a folded batch norm (npdc.codec.model), and the
+    runtime's plan folds the same map into the layer before it."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    shift = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
 class BatchNorm2d(Layer):
     """x: (N, C, H, W) or (N, C) -> y, same shape; params gamma, beta: (C,); buffers
     running_mean, running_var: (C,). A 2-D input is treated as (N, C, 1, 1)."""
@@ -64,7 +75,10 @@ class BatchNorm2d(Layer):
         return x
 
     def _scale_shift(self, dtype):
-        """The running statistics and affine parameters as one per-channel y = x * scale + shift."""
+        """The running statistics and affine parameters as one per-channel y = x * scale + shift,
+        worked out in float32. Not inference_affine (float64): compress's distillation teacher
+        runs in eval mode, so these roundings reach the weights a compress run writes, and
+        changing them would change the bytes of every .npdc file compress writes."""
         inv = 1.0 / np.sqrt(self.buffers["running_var"] + self.eps)
         scale = (self.params["gamma"] * inv).astype(dtype)
         return scale, (self.params["beta"] - self.buffers["running_mean"] * scale).astype(dtype)
