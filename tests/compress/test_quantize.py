@@ -151,3 +151,96 @@ def test_trained_quantization_in_fit_keeps_sharing_and_zeros():
     assert np.all(W[~mask] == 0)
     assert len(np.unique(W[mask])) <= len(codebook)
     assert not np.allclose(W[mask], before[idx])  # the centroids did move
+
+
+def _shared_linear(seed=6, bits=2):
+    """A float64 Linear(5 -> 3) whose weights are k-means quantized (about 30 % pruned), a batch
+    and its labels: (layer, x, labels, QuantizedLayer)."""
+    from npdc.compress.quantize import QuantizedLayer
+    from npdc.engine.layers.linear import Linear
+
+    rng = np.random.default_rng(seed)
+    layer = Linear(3)
+    layer.build((5,), rng)
+    layer.astype(np.float64)
+    layer.params["b"][...] = rng.standard_normal(3)
+    W = layer.params["W"]
+    mask = rng.random(W.shape) > 0.3
+    idx, codebook = quantize_weights(W * mask, bits, "kmeans", mask)
+    return layer, rng.standard_normal((7, 5)), rng.integers(0, 3, 7), QuantizedLayer.from_assign(idx, codebook, mask)
+
+
+def test_centroid_step_is_the_finite_difference_derivative_of_the_loss():
+    """float64: moving centroid j (all its member weights with it) changes the cross-entropy of a
+    quantized Linear at the rate CentroidSGD's step uses: with lr 1 and no momentum the centroid
+    moves by exactly -d loss / d centroid, compared with central differences."""
+    from npdc.compress.quantize import CentroidSGD
+    from npdc.engine.gradcheck import compare
+    from npdc.engine.losses import cross_entropy
+
+    layer, x, labels, q = _shared_linear()
+    mask, idx = q.mask(layer.params["W"].shape), q.assign
+    assert np.bincount(idx).max() > 1  # a centroid with several members: sum and mean differ
+    params = {"fc.W": layer.params["W"], "fc.b": layer.params["b"]}
+    grads = {"fc.W": layer.grads["W"], "fc.b": layer.grads["b"]}
+    opt = CentroidSGD(params, grads, 1.0, 0.0, False, 0.0, shared={"fc.W": q})
+    centroids = np.zeros(len(q.codebook))
+    for j in range(len(centroids)):  # the float64 centroids the weights were snapped onto
+        centroids[j] = params["fc.W"][mask][idx == j][0]
+
+    def loss():
+        layer.params["W"][mask] = centroids[idx]
+        return cross_entropy(layer.forward(x, False), labels)[0]
+
+    layer.zero_grad()
+    layer.backward(cross_entropy(layer.forward(x, True), labels)[1])
+    before, bias = params["fc.W"][mask].copy(), params["fc.b"].copy()
+    opt.step()
+    params["fc.b"][...] = bias  # the bias stepped too: differentiate at the point the step saw
+    moved = before - params["fc.W"][mask]  # = lr * the centroid gradient, per member weight
+    step = np.array([moved[idx == j][0] for j in range(len(centroids))])
+    for j in range(len(centroids)):
+        np.testing.assert_array_equal(moved[idx == j], step[j])  # members move together
+    err, skipped = compare(loss, centroids, step)
+    assert err < 1e-7 and skipped == 0
+    assert np.abs(step).max() > 1e-3  # not a vacuous zero gradient
+
+
+def test_centroid_sgd_nesterov_momentum_matches_a_hand_computed_reference():
+    """The production setting (momentum 0.9, Nesterov, weight decay on the other weights) over three
+    steps: v <- 0.9 v + g, c <- c - lr (g + 0.9 v) per centroid with g the sum of its members'
+    gradients, written out step by step; no weight decay on the centroids, pruned weights stay
+    zero whatever their gradient, the bias follows plain Nesterov SGD."""
+    from npdc.compress.quantize import CentroidSGD
+
+    layer, _, _, q = _shared_linear(seed=7)
+    W, b = layer.params["W"], layer.params["b"]
+    mask, idx = q.mask(W.shape), q.assign
+    params, grads = {"fc.W": W, "fc.b": b}, {"fc.W": layer.grads["W"], "fc.b": layer.grads["b"]}
+    lr, m = 0.05, 0.9
+    opt = CentroidSGD(params, grads, lr, m, True, 0.1, shared={"fc.W": q})
+    c0 = np.array([W[mask][idx == j][0] for j in range(len(q.codebook))])
+    b0 = b.copy()
+    rng = np.random.default_rng(8)
+    gW = [rng.standard_normal(W.shape) * 10 for _ in range(3)]  # large where pruned too
+    gb = [rng.standard_normal(3) for _ in range(3)]
+    for t in range(3):
+        grads["fc.W"][...], grads["fc.b"][...] = gW[t], gb[t]
+        opt.step()
+    members = [[k for k in range(len(idx)) if idx[k] == j] for j in range(len(c0))]
+    g = [np.array([G[mask][members_j].sum() for members_j in members]) for G in gW]
+    v1 = g[0]
+    c1 = c0 - lr * (g[0] + m * v1)
+    v2 = m * v1 + g[1]
+    c2 = c1 - lr * (g[1] + m * v2)
+    v3 = m * v2 + g[2]
+    c3 = c2 - lr * (g[2] + m * v3)
+    np.testing.assert_allclose(W[mask], c3[idx], rtol=1e-12, atol=1e-12)
+    assert np.all(W[~mask] == 0)
+    np.testing.assert_allclose(opt.codebooks()["fc.W"], c3.astype(np.float32), rtol=1e-6)
+    u1 = gb[0]
+    b1 = b0 - lr * (gb[0] + m * u1)
+    u2 = m * u1 + gb[1]
+    b2 = b1 - lr * (gb[1] + m * u2)
+    u3 = m * u2 + gb[2]
+    np.testing.assert_allclose(b, b2 - lr * (gb[2] + m * u3), rtol=1e-12)
