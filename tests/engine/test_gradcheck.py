@@ -1,9 +1,11 @@
 """Tests for the shared finite-difference checker itself: every gradient test in the suite is
-only as good as its verdicts (it must flag wrong gradients, pass right ones, skip kinks)."""
+only as good as its verdicts (it must flag wrong gradients, pass right ones, skip kinks, and refuse
+when kinks leave too little checked)."""
 
 import numpy as np
+import pytest
 
-from npdc.engine.gradcheck import check_module, compare, numeric_grad
+from npdc.engine.gradcheck import TooManyKinks, check_module, compare, numeric_grad
 from npdc.engine.layers import BatchNorm2d
 
 
@@ -26,14 +28,50 @@ def test_compare_passes_a_right_gradient_and_flags_a_wrong_one():
 
 def test_kinks_are_skipped_only_with_kinks_true():
     """max(x, 0) just beside its kink (x = 3e-7 < eps) has straddling differences; kinks=True
-    skips that entry and reports it, kinks=False scores it as an error."""
-    x = np.array([3e-7, 1.5, -2.0])
+    skips that entry and reports it (1 of 10: at the default bound), kinks=False scores it as an
+    error."""
+    x = np.array([3e-7, 1.5, -2.0, 0.5, -0.7, 1.1, 2.2, -0.3, 0.9, -1.4])
     loss = lambda: float(np.sum(np.maximum(x, 0)))   # noqa: E731
     analytic = (x > 0).astype(np.float64)
     err, skipped = compare(loss, x, analytic, kinks=True)
     assert skipped == 1 and err < 1e-8
     err, skipped = compare(loss, x, analytic, kinks=False)
     assert skipped == 0 and err > 0.1
+
+
+def test_more_kinks_than_the_bound_are_refused():
+    """Two kinks in ten entries is more than the default 10 %: refused, not passed on the rest;
+    a larger max_skipped lets the same check through."""
+    x = np.array([3e-7, -2e-7, -2.0, 0.5, -0.7, 1.1, 2.2, -0.3, 0.9, -1.4])
+    loss = lambda: float(np.sum(np.maximum(x, 0)))   # noqa: E731
+    analytic = (x > 0).astype(np.float64)
+    with pytest.raises(TooManyKinks, match="2 of 10"):
+        compare(loss, x, analytic, kinks=True)
+    err, skipped = compare(loss, x, analytic, kinks=True, max_skipped=0.2)
+    assert skipped == 2 and err < 1e-8
+
+
+def test_a_function_non_smooth_almost_everywhere_is_refused():
+    """|sin(1e8 x)| has a kink every 3e-8, far inside eps = 1e-6: both central differences are
+    noise and disagree at every entry. Skipping them all used to pass with error 0 whatever the
+    gradient; the checker now refuses, through compare and through check_module."""
+    x = np.random.default_rng(2).standard_normal(20)
+    loss = lambda: float(np.sum(np.abs(np.sin(1e8 * x))))   # noqa: E731
+    analytic = 1e8 * np.cos(1e8 * x) * np.sign(np.sin(1e8 * x))  # right wherever it exists
+    with pytest.raises(TooManyKinks):
+        compare(loss, x, analytic, kinks=True)
+    with pytest.raises(TooManyKinks):
+        compare(loss, x, np.zeros_like(x), kinks=True)
+
+    def forward(a):
+        forward.a = a
+        return np.abs(np.sin(1e8 * a))
+
+    def backward(dy):
+        return dy * 1e8 * np.cos(1e8 * forward.a) * np.sign(np.sin(1e8 * forward.a))
+
+    with pytest.raises(TooManyKinks):
+        check_module(forward, backward, x.reshape(4, 5), {}, kinks=True)
 
 
 def test_max_entries_samples_that_many():
