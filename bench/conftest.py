@@ -4,6 +4,10 @@ Run with `python -m pytest bench/ --benchmark-only`. Cases that compare two thin
 the same run (a kernel against numpy's matmul, npdc against PyTorch when it is installed) fail
 when the ratio falls below the floor written beside the case. Every case warms up first, so
 Numba compilation is never timed.
+
+A gate (a case marked `gate`) that cannot run, PyTorch's when torch is not installed, is skipped;
+the terminal summary then names every skipped gate and why, so a run without the comparisons
+never reads as a pass of them (`pip install -e ".[bench]"` installs them).
 """
 
 import time
@@ -15,6 +19,22 @@ from npdc.engine.conv_select import best_seconds  # noqa: F401  (the benches' ti
 from npdc.threads import set_threads
 
 THREADS = 2
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gate: the case fails when its same-run ratio drops below a floor")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One block naming the gates that were skipped (their floors were not checked) and why."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "gate" in getattr(r, "keywords", {})]
+    if not skipped:
+        return
+    terminalreporter.write_sep("=", f"{len(skipped)} bench gate(s) skipped: their floors were NOT checked",
+                               yellow=True)
+    for r in skipped:
+        reason = r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+        terminalreporter.write_line(f"GATE SKIPPED {r.nodeid}: {reason.removeprefix('Skipped: ')}")
 
 
 @pytest.fixture(autouse=True, scope="session")

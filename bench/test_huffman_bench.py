@@ -37,6 +37,7 @@ def one_thread():
     numba.set_num_threads(before)
 
 
+@pytest.mark.gate
 def test_huffman_decode(benchmark, stream, one_thread):
     symbols, lengths, data, n_bits, deflated = stream
     assert np.array_equal(decode(data, n_bits, lengths, N), symbols)  # also compiles

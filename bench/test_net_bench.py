@@ -69,12 +69,14 @@ def test_inference(benchmark, arch, shape):
     benchmark.extra_info["images_per_s"] = round(BATCH / benchmark.stats.stats.min, 1)
 
 
+@pytest.mark.gate
 def test_train_vs_torch(benchmark):
     torch_step, _ = _torch_pair()
     _, _, step = _npdc()
     versus(benchmark, "train_vs_torch", step, torch_step, TRAIN_FLOOR, BATCH)
 
 
+@pytest.mark.gate
 def test_inference_vs_torch(benchmark):
     _, torch_infer = _torch_pair()
     net, x, _ = _npdc()
