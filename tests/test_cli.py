@@ -125,14 +125,30 @@ def test_info_table(trained, capsys):
 
 
 def test_speed_json(capsys):
-    """speed --json reports positive training and inference rates and batch-1 latency."""
+    """speed --json: positive rates, the settings asked for, and for every conv layer of the net
+    (no other key) the primitive it ran, a real registry entry that accepts the layer's shape
+    (the default choice, as no plan or --primitive was given); the printed lines agree."""
+    from npdc.engine.conv_plan import conv_layers
+    from npdc.engine.resnet import build_net
+    from npdc.kernels.conv import PRIMITIVES, default_primitive
+
     code, out, _ = run(["speed", "--arch", "cifar-resnet20", "--input-shape", "3,8,8",
                         "--batch-size", "4", "--repeats", "1", "--json", "--threads", "1"], capsys)
     assert code == 0
     report = json.loads(out.strip().splitlines()[-1])
     for key in ("train_img_s", "infer_img_s", "b1_latency_ms"):
-        assert report[key] > 0, key
-    assert report["arch"] == "cifar-resnet20" and report["batch_size"] == 4
+        assert isinstance(report[key], float) and report[key] > 0, key
+    assert report["arch"] == "cifar-resnet20" and report["batch_size"] == 4 and report["threads"] == 1
+    net = build_net({"arch": "cifar-resnet20", "input_shape": [3, 8, 8]})
+    layers = dict(conv_layers(net))
+    assert set(report["primitives"]) == set(layers)
+    for name, primitive in report["primitives"].items():
+        layer = layers[name]
+        shape = ((4,) + layer.in_shape, layer.params["W"].shape, layer.stride, layer.padding, layer.groups)
+        assert primitive in PRIMITIVES and PRIMITIVES[primitive].refuse(*shape) is None, name
+        assert primitive == default_primitive(*shape), name
+    assert f"train {report['train_img_s']:.1f} images/s" in out
+    assert "conv primitives: " + ", ".join(f"{n} {p}" for n, p in report["primitives"].items()) in out
 
 
 # -- user mistakes -------------------------------------------------------------------------------

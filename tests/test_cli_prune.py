@@ -145,11 +145,31 @@ def test_prune_filters_makes_a_smaller_model(trained, tmp_path, capsys):
 
 
 def test_prune_kd_on_fc5_unlabeled(trained, tmp_path, capsys):
-    """--kd l2 --on fc5 --unlabeled retrains from the teacher's embedding alone."""
-    argv, out = _prune(trained, tmp_path, "--sparsity", "30", "--kd", "l2", "--on", "fc5",
-                       "--unlabeled")
-    code, _, _ = run(argv, capsys)
-    assert code == 0 and out.is_file()
+    """--kd l2 --on fc5 --unlabeled retrains from the teacher's embedding alone: the same images
+    with every label changed give the very same student, which did move from the pruned teacher
+    (the retraining ran); with the labels used (--hard-weight 1, no --unlabeled) they matter."""
+    folder, model, data = trained
+    with np.load(data) as d:
+        arrays = dict(d)
+    arrays["y_train"] = (arrays["y_train"] + 1) % 3
+    np.savez(tmp_path / "relabeled.npz", **arrays)
+    students = []
+    for i, (path, extra) in enumerate([(data, ["--unlabeled"]), (str(tmp_path / "relabeled.npz"), ["--unlabeled"]),
+                                       (data, ["--hard-weight", "1"]),
+                                       (str(tmp_path / "relabeled.npz"), ["--hard-weight", "1"])]):
+        out = tmp_path / f"s{i}.h5"
+        code, _, _ = run(["prune", str(model), "--data", path, "--out", str(out), "--epochs", "1",
+                          "--batch-size", "32", "--threads", "1", "--sparsity", "30", "--kd", "l2",
+                          "--on", "fc5", *extra], capsys)
+        assert code == 0
+        students.append(load_model(out).params())
+    unlabeled, relabeled, labeled, labeled_other = students
+    assert all(np.array_equal(unlabeled[k], relabeled[k]) for k in unlabeled)
+    assert any(not np.array_equal(labeled[k], labeled_other[k]) for k in labeled)
+    teacher = load_model(model).params()
+    moved = [k for k in unlabeled if k.endswith(".W") and
+             not np.array_equal(unlabeled[k][unlabeled[k] != 0], teacher[k][unlabeled[k] != 0])]
+    assert "fc5.W" in moved
 
 
 @pytest.mark.parametrize("extra, needle", [

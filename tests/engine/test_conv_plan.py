@@ -30,16 +30,22 @@ def test_conv_edges_follow_the_residual_graph():
     assert ("conv1", "res2a_1") in edges and ("conv1", "res2a_2b") not in edges
 
 
-def test_tune_picks_a_legal_fastest_primitive_per_layer():
+def test_tune_picks_a_legal_fastest_primitive_per_layer(tmp_path, monkeypatch):
+    """The plan is each layer's fastest primitive by the timings stored in the cache (read back
+    from the file, keyed by the layer's shape), every legal primitive timed."""
+    from npdc.engine.conv_select import cache_file, shape_key
+
+    monkeypatch.setenv("NPDC_CACHE_DIR", str(tmp_path))
     net = build_net(TINY_CIFAR)
-    plan, timings = tune_net(net, batch_size=2, mode="infer")
+    plan, _ = tune_net(net, batch_size=2, mode="infer")
+    stored = json.loads(cache_file().read_text())
     assert set(plan) == {n for n, _ in conv_layers(net)}
     for name, layer in conv_layers(net):
         shape = ((2,) + layer.in_shape, layer.params["W"].shape, layer.stride, layer.padding, layer.groups)
-        assert set(timings[name]) == set(legal_primitives(*shape))
-        assert plan[name] in timings[name]
-    # edges carry no cost while every primitive is NCHW, so the choice is each layer's minimum
-    assert all(timings[n][plan[n]] == min(timings[n].values()) for n in plan)
+        timings = stored[shape_key(*shape, np.float32, "infer")]
+        assert set(timings) == set(legal_primitives(*shape))
+        # edges carry no cost while every primitive is NCHW, so the choice is each layer's minimum
+        assert timings[plan[name]] == min(timings.values()), name
 
 
 def test_plan_round_trips_through_the_model_file(tmp_path):

@@ -30,14 +30,15 @@ def expected():
 
 @pytest.mark.parametrize("name,file,arch,options", NETWORKS)
 def test_imported_logits_match_pytorch(name, file, arch, options, expected):
-    """npdc's logits for the stored images are PyTorch's within 1e-4, and the architecture
+    """npdc's logits for the stored images are PyTorch's within 1e-6 (float32; the README's claim,
+    measured up to 1.2e-7), and the architecture
     options (width, shortcut kind) were read off the checkpoint."""
     net = import_checkpoint(DATA / file, arch, expected[f"{name}.mean"], expected[f"{name}.std"])
     assert {k: net.spec.get(k) for k in options} == options
     logits = net.predict(expected[f"{name}.x"])
     ref = expected[f"{name}.logits"]
     assert logits.shape == ref.shape
-    assert np.abs(logits - ref).max() <= 1e-4
+    assert np.abs(logits - ref).max() <= 1e-6
     assert (logits.argmax(1) == ref.argmax(1)).all()
 
 
