@@ -147,7 +147,8 @@ def test_prune_filters_makes_a_smaller_model(trained, tmp_path, capsys):
 def test_prune_kd_on_fc5_unlabeled(trained, tmp_path, capsys):
     """--kd l2 --on fc5 --unlabeled retrains from the teacher's embedding alone: the same images
     with every label changed give the very same student, which did move from the pruned teacher
-    (the retraining ran); with the labels used (--hard-weight 1, no --unlabeled) they matter."""
+    (the retraining ran) except after fc5; with the labels used (--hard-weight 1, no
+    --unlabeled) they matter, and fc6 is trained by them."""
     folder, model, data = trained
     with np.load(data) as d:
         arrays = dict(d)
@@ -170,6 +171,10 @@ def test_prune_kd_on_fc5_unlabeled(trained, tmp_path, capsys):
     moved = [k for k in unlabeled if k.endswith(".W") and
              not np.array_equal(unlabeled[k][unlabeled[k] != 0], teacher[k][unlabeled[k] != 0])]
     assert "fc5.W" in moved
+    # the loss is on fc5's output: fc6, after it, gets no gradient (only weight decay, ~1e-5 here)
+    kept = unlabeled["fc6.W"] != 0
+    np.testing.assert_allclose(unlabeled["fc6.W"], teacher["fc6.W"] * kept, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(labeled["fc6.W"], teacher["fc6.W"] * (labeled["fc6.W"] != 0), rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("extra, needle", [
