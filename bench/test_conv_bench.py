@@ -30,7 +30,8 @@ MATMUL = 1024
 def forward_floor(c, h, o, k, stride):
     """3x3 forward over matmul, about 70 % of the lower of two machines' figures: README, Speed
     (AVX-512, c833f75): stride 1 with 16 or more input channels 0.77-1.38, stride 2 0.43-0.56,
-    c1h28 0.31, c3h32 0.53; the 2-core machine without AVX-512 below: c1h28 0.19, c3h32 0.45."""
+    c1h28 0.31, c3h32 0.53; the loaded run below (same kind of machine, matmul ~90-110 GFLOP/s
+    instead of ~300 as other work shared its cores): c1h28 0.19, c3h32 0.45."""
     if stride == 2:
         return 0.32
     if c >= 16:
@@ -38,9 +39,10 @@ def forward_floor(c, h, o, k, stride):
     return {1: 0.13, 3: 0.32}[c]
 
 
-# Backward and train-pass floors: from one whole-bench run on a loaded 2-core machine (matmul 90
-# GFLOP/s, no AVX-512; its forward ratios: stride 1 0.90-1.40, stride 2 0.59-0.85, c3h32 0.45,
-# c1h28 0.19), so set at half the measured ratio: a 2x regression trips them, noise should not.
+# Backward and train-pass floors: from one whole-bench run on the 2-core AVX-512 machine while a
+# training run shared it (matmul 90-110 GFLOP/s instead of ~300; its forward ratios: stride 1
+# 0.90-1.40, stride 2 0.59-0.85, c3h32 0.45, c1h28 0.19), so set at half the measured ratio: a 2x
+# regression against that run trips them, noise should not.
 # Re-derive them on a quiet machine (bench JSON: extra_info vs_matmul).
 def backward_floor(c, h, o, k, stride):
     """Both backward products of the default primitive over matmul."""

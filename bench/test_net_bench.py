@@ -5,7 +5,8 @@ Without torch the same cases are still gated against numpy's 1024^3 matmul timed
 the net's FLOPs (2 per MAC forward, 6 for a training step, from Net.macs()) per second over the
 matmul's. Floors at half the lower of two machines' figures (AVX-512, README Speed at c833f75,
 matmul ~300 GFLOP/s: training 0.59 / 0.43, inference 0.70 / 0.58 for cifar-resnet20 / resnet18;
-a loaded 2-core machine without AVX-512, matmul ~100 GFLOP/s: 0.51 / 0.27 and 0.51 / 0.21)."""
+the same kind of machine shared with a training run, matmul ~100 GFLOP/s: 0.51 / 0.27 and
+0.51 / 0.21; a later, quieter run there: 0.62 / 0.46 and 0.77 / 0.59)."""
 
 import numpy as np
 import pytest
