@@ -32,7 +32,7 @@ import numpy as np
 from npdc.codec.container import read_container, write_container
 from npdc.codec.errors import FormatError
 from npdc.codec.header import decode_header, encode_header
-from npdc.codec.payload import (DENSE, choose_gap_bits, decode_layer, decode_raw, dequantize, encode_dense_layer,
+from npdc.codec.payload import (choose_gap_bits, decode_layer, decode_raw, dequantize, encode_dense_layer,
                                 encode_raw, encode_sparse_layer)
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.conv_plan import apply_plan, net_plan
@@ -110,8 +110,8 @@ def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="f
 
 
 def load_compressed(path):
-    """(net with dequantized weights, {path: QuantizedLayer}) from a .npdc file; a layer stored by
-    relative index comes back with sparse = True."""
+    """(net with dequantized weights, {path: QuantizedLayer}) from a .npdc file; a layer with
+    pruned positions comes back with sparse = True, however the file stored it."""
     model = read_model_file(path)
     name = model.name
     net = build_net(model.header["spec"])
@@ -120,7 +120,7 @@ def load_compressed(path):
     for layer in model.layers:
         indices, codebook = model.decode(layer)
         state[layer.path] = dequantize(indices, codebook, layer.shape)
-        codes[layer.path] = QuantizedLayer(indices, codebook, layer.payload[0] != DENSE)
+        codes[layer.path] = QuantizedLayer(indices, codebook, bool((indices == 0).any()))
     state.update(model.raw())
     header = model.header
     try:

@@ -31,6 +31,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, quantized_net):
     for path, q in codes.items():
         np.testing.assert_array_equal(read_codes[path].indices, q.indices)
         np.testing.assert_array_equal(read_codes[path].codebook, q.codebook)
+        assert read_codes[path].sparse == q.sparse  # pruned or not, however the file coded it
 
 
 def test_quantize_net_keeps_pruned_weights_zero_and_uses_the_codebook(quantized_net):
