@@ -25,37 +25,13 @@ plane, added in plane order. Reductions are vectorised with reassociation allowe
 differently from a sequential sum but identically from run to run.
 """
 
-from contextlib import contextmanager
-
 import numba
 import numpy as np
 
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 BLOCK = 8  # output channels per register block
-
-
-@contextmanager
-def straight_line_vectorised():
-    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
-    kernels that keep a row of scalar sums (_rows here, the GEMMs of winograd4 and polyphase)
-    only get vector registers with it. Numba reads the switch when it compiles, so those
-    kernels are compiled eagerly, inside this block, from explicit signatures."""
-    old = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = old
-
-
-def straight_line_compiled(body, args, parallel=False):
-    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
-    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
-    with straight_line_vectorised():
-        return numba.njit([f"void({args.replace('F', t)})" for t in ("f4", "f8")], parallel=parallel,
-                          cache=True, fastmath={"contract"})(body)
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):

@@ -22,9 +22,9 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_compiled
+from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
-from npdc.kernels.simd import deinterleave16, fma16, ld16, prefer_512_bit_vectors, st16
+from npdc.kernels.simd import deinterleave16, fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):

@@ -31,10 +31,9 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
-from npdc.kernels.conv_flat import straight_line_compiled
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.im2col import out_size
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, transpose8
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
 
 BUDGET = 96 * 1024  # floats of V and M per chunk (measured: 96-192 Ki best, 384-768 Ki 5-15 % slower)
 ROWS = 8  # tiles per GEMM register block: chunks are computed in whole multiples of it

@@ -8,11 +8,36 @@ transpose into shuffles (the tuple version of the transpose stayed scalar, measu
 17), so those steps are written in IR here.
 """
 
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
+
+
+@contextmanager
+def straight_line_vectorised():
+    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
+    kernels that keep a row of scalar sums (flat's few-channel rows, the GEMMs of winograd4 and
+    polyphase) only get vector registers with it. The switch is process-wide and Numba reads it
+    when it compiles, so those kernels are compiled eagerly, inside this block, from explicit
+    signatures, and the old value comes back even if a compilation fails."""
+    old = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = old
+
+
+def straight_line_compiled(body, args, parallel=False):
+    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
+    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
+    with straight_line_vectorised():
+        return numba.njit([f"void({args.replace('F', t)})" for t in ("f4", "f8")], parallel=parallel,
+                          cache=True, fastmath={"contract"})(body)
 
 
 @intrinsic
