@@ -9,8 +9,7 @@ transform to memory in its own pass and loses that gain to memory traffic at Res
 Why channels innermost: a tile's transform is a handful of adds per value, so its cost is loads
 and stores. Kept in NCHW, each tile-channel's 36 transformed values went to 36 scattered places
 one scalar at a time; with channels innermost, the same step moves eight channels per vector
-instruction (measured at cifar-resnet20's shapes, batch 128, 2 threads: 1.2-1.6x the NCHW
-version's forward).
+instruction (measured faster than the NCHW version at every cifar-resnet20 shape).
 
 How: each parallel task copies its run of images into a zero-padded plane per thread with the
 channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes through its tiles a
@@ -24,7 +23,8 @@ and M together hold about BUDGET floats, so they stay in the core's caches.
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
 so the result does not depend on the thread count. The data gradient is the same convolution on
 dy with the kernels flipped and transposed (padding 2 - pad). The weight gradient is Winograd
-too, on the same tiles and transforms (see weight_gradient): 1.4-2.4x flat's speed at cifar shapes.
+too, on the same tiles and transforms (see weight_gradient), measured faster than flat's at
+cifar-resnet20's shapes. Figures for all of these in docs/perf.md.
 
 This module holds the kernel transform, the GEMMs, the chunk and task loops and the weight
 gradient's sums; the tile transforms and the copies into and out of the channels-innermost
@@ -41,7 +41,7 @@ from npdc.kernels.conv_winograd4_transforms import (cols_dy, cols_in, fill, stor
 from npdc.kernels.im2col import out_size
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
-BUDGET = 96 * 1024  # floats of V and M per chunk (measured: 96-192 Ki best, 384-768 Ki 5-15 % slower)
+BUDGET = 96 * 1024  # floats of V and M per chunk: they stay in a core's L2 (the best size measured)
 ROWS = 8  # tiles per GEMM register block: chunks are computed in whole multiples of it
 LANES = 8  # channels per vector step of the transforms (C is padded to a multiple)
 OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a multiple)
@@ -51,8 +51,8 @@ OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a mult
 GRAD_TASKS = 2
 GRAD_BUDGET = 96 * 1024  # floats of V and Y per weight-gradient chunk
 # above this many (o, c) pairs, a chunk's sums into all 36 of them outweigh the saving and the
-# weight gradient is flat's (measured, batch 32, 2 threads: 256 channels 1.6-1.8x flat's speed,
-# 384 1.03x, 512 0.93-0.95x)
+# weight gradient is flat's (measured: faster than flat's at 256 channels, even at 384, slower at
+# 512; docs/perf.md)
 GRAD_MAX_PAIRS = 256 * 256
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
@@ -62,7 +62,8 @@ refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data 
 def _kernels(W, G, U):
     """U[a*6 + b, c, o] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded.
     Each task owns an input channel's rows U[:, c] and fills them along o, so the inner loops are
-    contiguous vector loops (kernel by kernel, scattered over U: 6x slower at c64 and c128)."""
+    contiguous vector loops (kernel by kernel, scattered over U, measured several times slower at
+    64 and 128 channels)."""
     o, c = W.shape[0], W.shape[1]
     for ch in numba.prange(c):
         g = np.empty((9, o))  # g[3*i + j, k] = W[k, ch, i, j]
@@ -88,11 +89,11 @@ def _gemm_body(V, U, M, T):
 
     A block of eight tiles by sixteen output channels is summed over all c in eight 16-tuples,
     which the SLP vectoriser packs into eight 512-bit registers; per c, one vector load of U and
-    eight broadcasts of V feed eight multiply-adds, and M is written once. With the block before,
-    four tiles in eight 8-lane registers under LLVM's 256-bit preference, whole forwards were as
-    fast at 16 channels and 8-20 % slower at 32 and 64 (batch 128, 2 threads; at 128 within the
-    noise). (A vectorised loop would pay LLVM's alias checks on every entry; twelve tiles were no
-    faster.)"""
+    eight broadcasts of V feed eight multiply-adds, and M is written once. It pays at 32 and 64
+    input channels, where it measured faster than four tiles in eight 8-lane registers under
+    LLVM's 256-bit preference; at 16 and 128 the two are even, and twelve tiles were no faster
+    (docs/perf.md). Straight-line code rather than a vectorised loop, which would pay LLVM's alias
+    checks on every entry."""
     prefer_512_bit_vectors()
     n_xi, n_c, o16 = U.shape
     z = np.zeros(1, V.dtype)[0]
@@ -195,8 +196,8 @@ def _correlate(x, W, pad):
 
 def _gemm_dw_body(Y, V, P, T):
     """P[xi, o, c] += sum_{t < T} Y[xi, t, o] V[xi, t, c], O a multiple of 4, C of 16: a block
-    of four rows by sixteen lanes, summed over tiles (eight rows in 512-bit registers, as the
-    forward GEMM now takes them, were within 5 % here, measured)."""
+    of four rows by sixteen lanes, summed over tiles (the forward's block, eight rows in 512-bit
+    registers, measured no faster here)."""
     n_xi, o8, c16 = P.shape
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)

@@ -192,8 +192,8 @@ def fill(x, first, count, pad, plane, run, lanes, xp):
     """xp[k*plane + (r + pad)*run + (col + pad)*lanes + ch] = x[first + k, ch, r, col]: images
     in NCHW to a plane with the channels innermost; its padding and channels >= C stay zero.
     Blocks of eight channels by eight columns go through transpose8, the rest one value at a time
-    (64 images, one thread: 0.50 -> 0.23 ms at c16h32, 0.32 -> 0.13 at c32h16; the same at rows
-    narrower than eight)."""
+    (the blocks measured about twice as fast at 16 and 32 channels; rows narrower than eight have
+    no blocks and run as before; docs/perf.md)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
     for k in range(count):
@@ -213,7 +213,7 @@ def store_rows(R, rows, o, y, image, oy):
     into y's NCHW rows, blocks of eight columns by eight channels through transpose8."""
     o16, ho, wo = R.shape[2], y.shape[2], y.shape[3]
     hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
-    for k0 in range(0, o8, 8):  # channel blocks outermost: 1.6x rows outermost at c16h32 (measured)
+    for k0 in range(0, o8, 8):  # channel blocks outermost: measured faster than rows outermost
         for i in range(rows):
             src, dst = i * R.shape[1] * o16, (image * y.shape[1] * ho + oy + i) * wo
             for col0 in range(0, w8, 8):

@@ -1,11 +1,13 @@
-"""Vector building blocks the convolution kernels share: a switch to 512-bit vectors, an 8 x 8
-block transpose, an even/odd split, and 16-lane tuple helpers for register blocks the SLP
-vectoriser packs.
+"""Vector building blocks the convolution kernels share.
 
-The first three are Numba intrinsics, i.e. LLVM IR emitted at the call site: Numba has no vector
-types, and LLVM's vectorisers neither widen past their preferred width nor turn a scalar
-transpose into shuffles (the tuple version of the transpose stayed scalar, measured in session
-17), so those steps are written in IR here.
+- straight_line_vectorised, straight_line_compiled: LLVM's SLP (straight-line) vectoriser, a
+  process-wide Numba setting, turned on only while the kernels that need it compile.
+- prefer_512_bit_vectors, transpose8, deinterleave16: Numba intrinsics, i.e. LLVM IR emitted at
+  the call site. Numba has no vector types, and LLVM's vectorisers neither widen past their
+  preferred width nor turn a scalar 8 x 8 transpose into shuffles (a version over tuples stayed
+  scalar in the compiled code), so those steps are written in IR here. The two that move data
+  load and store whole vectors without bounds checks: the caller keeps every index in range.
+- ld16, fma16, st16: 16-lane tuple helpers for the register blocks the SLP vectoriser packs.
 """
 
 from contextlib import contextmanager
@@ -44,9 +46,10 @@ def straight_line_compiled(body, args, parallel=False):
 def prefer_512_bit_vectors(typingctx):
     """Called first in a kernel: its vectorisers may use 512-bit registers. LLVM's tuning for
     AVX-512 CPUs asks for 256-bit vectors (older ones lowered their clock for wider ones), which
-    halves the multiply-add peak here (measured: 220 GFLOP/s on one core with 512-bit registers).
-    Only kernels whose register block is sized for them opt in; a CPU without AVX-512 keeps its
-    own widest vectors."""
+    halves the multiply-add peak of a register-blocked kernel. Only kernels whose register block
+    is sized for 16-lane float32 vectors opt in (flat's few-channel rows, polyphase's and
+    winograd4's GEMMs); a CPU without AVX-512 keeps its own widest vectors. The one-core peak
+    measured with it is in docs/perf.md."""
     def codegen(context, builder, signature, args):
         # llvmlite's attribute set takes only the flag names it lists; LLVM reads this key=value one
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
