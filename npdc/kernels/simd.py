@@ -6,7 +6,8 @@
   the call site. Numba has no vector types, and LLVM's vectorisers neither widen past their
   preferred width nor turn a scalar 8 x 8 transpose into shuffles (a version over tuples stayed
   scalar in the compiled code), so those steps are written in IR here. The two that move data
-  load and store whole vectors without bounds checks: the caller keeps every index in range.
+  load and store whole vectors without bounds checks; transpose8_checked and
+  deinterleave16_checked are their bounds-checked twins, for tests.
 - ld16, fma16, st16: 16-lane tuple helpers for the register blocks the SLP vectoriser packs.
 """
 
@@ -68,7 +69,8 @@ _ROUNDS = ([0, 8, 1, 9, 2, 10, 3, 11], [4, 12, 5, 13, 6, 14, 7, 15],
 def transpose8(typingctx, src, s, s_step, dst, d, d_step):
     """dst.flat[d + j*d_step + i] = src.flat[s + i*s_step + j] for i, j < 8, both arrays
     C-contiguous of one float type: eight vector loads, 24 shuffles, eight vector stores. The
-    caller keeps every index in bounds (no checks here; the kernels derive them from shapes)."""
+    caller keeps every index in bounds (no checks here; the kernels derive them from shapes;
+    transpose8_checked is the checked twin)."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
             and src.dtype in (types.float32, types.float64) and src.layout == dst.layout == "C"):
         return None
@@ -107,7 +109,7 @@ def transpose8(typingctx, src, s, s_step, dst, d, d_step):
 def deinterleave16(typingctx, src, s, evens, e, odds, o):
     """evens.flat[e + k] = src.flat[s + 2k] and odds.flat[o + k] = src.flat[s + 2k + 1] for
     k < 8, arrays C-contiguous of one float type: one vector load, two shuffles, two stores. The
-    caller keeps every index in bounds."""
+    caller keeps every index in bounds (deinterleave16_checked is the checked twin)."""
     arrays = (src, evens, odds)
     if not (all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == src.dtype for a in arrays)
             and src.dtype in (types.float32, types.float64)):
@@ -128,6 +130,53 @@ def deinterleave16(typingctx, src, s, evens, e, odds, o):
         return context.get_dummy_value()
 
     return types.void(src, s, evens, e, odds, o), codegen
+
+
+# Bounds-checked twins of the two intrinsics that move data, for tests: the same arguments and
+# the same result, but every index range is checked against its array before anything is read or
+# written (IndexError otherwise), and the values move one at a time. Numba's own bounds checking
+# (NUMBA_BOUNDSCHECK=1) cannot see inside the intrinsics' vector loads and stores, so a test that
+# wants the kernels' index arithmetic checked compiles them with these in their place.
+
+
+@numba.njit(cache=True)
+def _check_span(first, step, count, width, size, what):
+    """Raise IndexError unless first + k*step + l lies in 0 .. size-1 for all k < count, l < width."""
+    low, high = first + min(0, (count - 1) * step), first + max(0, (count - 1) * step) + width - 1
+    if low < 0 or high >= size:
+        raise IndexError(what)
+
+
+@numba.njit(cache=True)
+def transpose8_checked(src, s, s_step, dst, d, d_step):
+    """transpose8 with its index ranges checked: all 64 values are read before any is written,
+    as the vector loads come before the stores there."""
+    _check_span(s, s_step, 8, 8, src.size, "transpose8: source block out of range")
+    _check_span(d, d_step, 8, 8, dst.size, "transpose8: destination block out of range")
+    a, b = src.reshape(src.size), dst.reshape(dst.size)
+    block = np.empty((8, 8), src.dtype)
+    for i in range(8):
+        for j in range(8):
+            block[i, j] = a[s + i * s_step + j]
+    for j in range(8):
+        for i in range(8):
+            b[d + j * d_step + i] = block[i, j]
+
+
+@numba.njit(cache=True)
+def deinterleave16_checked(src, s, evens, e, odds, o):
+    """deinterleave16 with its index ranges checked: the sixteen values are read before any is
+    written, as the one vector load comes before the two stores there."""
+    _check_span(s, 0, 1, 16, src.size, "deinterleave16: source run out of range")
+    _check_span(e, 0, 1, 8, evens.size, "deinterleave16: even run out of range")
+    _check_span(o, 0, 1, 8, odds.size, "deinterleave16: odd run out of range")
+    a = src.reshape(src.size)
+    run = a[s:s + 16].copy()
+    ev, od = evens.reshape(evens.size), odds.reshape(odds.size)
+    for k in range(8):
+        ev[e + k] = run[2 * k]
+    for k in range(8):
+        od[o + k] = run[2 * k + 1]
 
 
 J16 = tuple(np.uint64(j) for j in range(16))  # unsigned offsets: no wraparound tests
