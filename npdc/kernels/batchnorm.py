@@ -11,9 +11,9 @@ saving that layer's passes over the tensor.
 The sums run image by image over contiguous (H, W) planes, each of BLOCKS fixed runs of images
 keeping its own per-channel sums, added in run order at the end: the rounding does not depend on
 the thread count. (Summing channel by channel instead jumps C*H*W floats from one image's plane
-to the next; measured in cifar-resnet20's training step, the batch-norm layers took 42.8 ms that
-way and 32 ms this way.) The per-plane sums may be reassociated so they vectorise (a sequential
-float64 sum waits on the adder's latency at every element: 2x slower forward).
+to the next, and measured slower in cifar-resnet20's training step.) The per-plane sums may be
+reassociated so they vectorise (a sequential float64 sum waits on the adder's latency at every
+element and measured about half as fast). Figures in docs/perf.md.
 """
 
 import numba

@@ -25,37 +25,13 @@ plane, added in plane order. Reductions are vectorised with reassociation allowe
 differently from a sequential sum but identically from run to run.
 """
 
-from contextlib import contextmanager
-
 import numba
 import numpy as np
 
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 BLOCK = 8  # output channels per register block
-
-
-@contextmanager
-def straight_line_vectorised():
-    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
-    kernels that keep a row of scalar sums (_rows here, the GEMMs of winograd4 and polyphase)
-    only get vector registers with it. Numba reads the switch when it compiles, so those
-    kernels are compiled eagerly, inside this block, from explicit signatures."""
-    old = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = old
-
-
-def straight_line_compiled(body, args, parallel=False):
-    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
-    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
-    with straight_line_vectorised():
-        return numba.njit([f"void({args.replace('F', t)})" for t in ("f4", "f8")], parallel=parallel,
-                          cache=True, fastmath={"contract"})(body)
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
@@ -212,17 +188,21 @@ def _rows_image_body(plane, W8, starts, shift, yi):
     broadcasts feed sixteen multiply-adds) and written to yi once. A row's chunks start at
     `starts` (pairs; the last chunk ends at the row's end and may overlap the one before, or be
     repeated to fill a pair). A tap's columns are read through views that start `shift[j]` = j
-    columns in: with the shifts constant, the SLP vectoriser built the overlapping vectors of the
-    three column taps from gathers and permutes (c3h32o16 0.78 -> 0.60 ms with them opaque).
-    Against the version before (one 8-column vector per output channel, a chain of nine dependent
-    multiply-adds), batch 128, 2 threads, warm: c3h32o16 0.99 -> 0.58 ms, c3h32o64 4.00 -> 1.81,
-    c1h28o16 0.30 -> 0.28 (its 6.4 MB of output, more than its sums, bounds that one)."""
+    columns in, with the shifts passed as data: with them as constants the SLP vectoriser builds
+    the three overlapping column vectors out of gathers and permutes instead of plain loads, which
+    measured slower.
+
+    Why this block: one 8-column vector per output channel makes a chain of nine dependent
+    multiply-adds per channel; sixteen independent sums hide that latency and fill the 512-bit
+    registers. It pays with 3 input channels at 16 and 64 output channels; with 1 input channel
+    the layer's output traffic, not its sums, bounds the time, and it is as fast as before.
+    Figures in docs/perf.md."""
     prefer_512_bit_vectors()
     o, ho = yi.shape[0], yi.shape[1]
     n_b, c = W8.shape[0], W8.shape[1]
     z = np.zeros(1, plane.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    for b in range(n_b):  # blocks outside rows: 1.4x at 64 output channels, the same at 16
+    for b in range(n_b):  # blocks outside rows: measured faster at 64 output channels, even at 16
         Wb = W8[b]
         for r in range(ho):
             for k in range(0, starts.size, 2):

@@ -22,9 +22,9 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_flat, conv_im2col
-from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE, straight_line_compiled
+from npdc.kernels.conv_flat import GRAD_PLANE_FLOATS, PLANE_FLOATS, TILE
 from npdc.kernels.im2col import out_size, refuse_unless_dense_3x3
-from npdc.kernels.simd import deinterleave16, fma16, ld16, prefer_512_bit_vectors, st16
+from npdc.kernels.simd import deinterleave16, fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
@@ -52,9 +52,10 @@ def _fill_phases(x, first, images, pad, wq, period, xp):
     xp[2a + b, c, (k*period + u)*wq + v] = x[first + k, c, 2u + a - pad, 2v + b - pad]. Positions
     no pixel lands on are left as they are (zero in a zeroed plane). One pass over each input row
     writes both column phases: pixel 2v goes to column v of phase `pad`, pixel 2v + 1 to column
-    v + pad of the other, sixteen pixels at a time through deinterleave16 (64 images, one thread:
-    c16h32 0.43 -> 0.21 ms, c32h16 0.28 -> 0.14; scratch stage2.py), the last sixteen overlapping
-    the ones before, and rows narrower than sixteen one pixel at a time."""
+    v + pad of the other, sixteen pixels at a time through deinterleave16 (one vector load and
+    two shuffles where scalar code moves one pixel at a time: measured about twice as fast on
+    16- and 32-channel layers, docs/perf.md), the last sixteen overlapping the ones before, and
+    rows narrower than sixteen one pixel at a time."""
     _, c, h, w = x.shape
     half, hw, size = w // 2, h * w, xp.shape[2]
     for k in range(images):
@@ -117,13 +118,14 @@ def _taps_gemm_body(xp, Wb, wq, start, T, acc):
 
     A block of eight output channels by 32 positions is summed in 256 scalars that the SLP
     vectoriser packs into sixteen 512-bit registers; per (channel, tap), two vector loads and
-    eight broadcasts feed sixteen multiply-adds. Measured on whole forwards, two threads: six
-    outputs by 32 were 1.04-1.13x slower, and three by 32 in twelve 8-lane registers under LLVM's
-    default 256-bit preference 1.2-1.5x slower than six by 32. The nine taps are written out, so
-    their offsets are additions, not table lookups (measured 1.05-1.5x). Positions go in runs of
+    eight broadcasts feed sixteen multiply-adds. The block is sized for AVX-512's 32 vector
+    registers (sixteen sums, two loads, eight broadcasts); with 256-bit vectors it would need more
+    registers than AVX2 has. Six outputs by 32, and three by 32 in 8-lane registers under LLVM's
+    default 256-bit preference, measured slower on whole forwards. The nine taps are written out,
+    so their offsets are additions, not table lookups (measured faster). Positions go in runs of
     COLUMNS and channels in groups of CHANNELS, each run and group swept by every block of
     outputs, so what a block reads stays in L1 while the weights stream through; the sums go back
-    to acc between groups."""
+    to acc between groups. Figures in docs/perf.md."""
     prefer_512_bit_vectors()
     n_b, n_c = Wb.shape[0], Wb.shape[1]
     zeros = _lanes(np.zeros(LANES, xp.dtype), numba.uint64(0))
@@ -168,7 +170,8 @@ _taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, :
 def _store(acc, first, lines, wq, period, images, i0, y):
     """Copy the output lines among plane lines first .. first+lines-1 (line = k*period + r for
     image i0 + k, row r; the rest are padding) from the tile acc (O4, lines*wq) into y. Lines
-    outer: one division per line, not per line and channel (measured 2.8-5.2x at 4-16 columns)."""
+    outer: one division per line, not per line and channel (measured faster at rows of 4-16
+    columns, where the divisions weigh most; docs/perf.md)."""
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     for line in range(first, first + lines):
         k, r = line // period, line % period

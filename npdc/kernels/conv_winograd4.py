@@ -9,8 +9,7 @@ transform to memory in its own pass and loses that gain to memory traffic at Res
 Why channels innermost: a tile's transform is a handful of adds per value, so its cost is loads
 and stores. Kept in NCHW, each tile-channel's 36 transformed values went to 36 scattered places
 one scalar at a time; with channels innermost, the same step moves eight channels per vector
-instruction (measured at cifar-resnet20's shapes, batch 128, 2 threads: 1.2-1.6x the NCHW
-version's forward).
+instruction (measured faster than the NCHW version at every cifar-resnet20 shape).
 
 How: each parallel task copies its run of images into a zero-padded plane per thread with the
 channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes through its tiles a
@@ -24,19 +23,25 @@ and M together hold about BUDGET floats, so they stay in the core's caches.
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
 so the result does not depend on the thread count. The data gradient is the same convolution on
 dy with the kernels flipped and transposed (padding 2 - pad). The weight gradient is Winograd
-too, on the same tiles and transforms (see weight_gradient): 1.4-2.4x flat's speed at cifar shapes.
+too, on the same tiles and transforms (see weight_gradient), measured faster than flat's at
+cifar-resnet20's shapes. Figures for all of these in docs/perf.md.
+
+This module holds the kernel transform, the GEMMs, the chunk and task loops and the weight
+gradient's sums; the tile transforms and the copies into and out of the channels-innermost
+planes are in conv_winograd4_transforms.
 """
 
 import numba
 import numpy as np
 
 from npdc.kernels import conv_flat
-from npdc.kernels.conv_flat import straight_line_compiled
 from npdc.kernels.conv_winograd import matrices
+from npdc.kernels.conv_winograd4_transforms import (cols_dy, cols_in, fill, store_rows, strip_dy, strip_in, tile_out,
+                                                    transform_rows)
 from npdc.kernels.im2col import out_size
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, transpose8
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
-BUDGET = 96 * 1024  # floats of V and M per chunk (measured: 96-192 Ki best, 384-768 Ki 5-15 % slower)
+BUDGET = 96 * 1024  # floats of V and M per chunk: they stay in a core's L2 (the best size measured)
 ROWS = 8  # tiles per GEMM register block: chunks are computed in whole multiples of it
 LANES = 8  # channels per vector step of the transforms (C is padded to a multiple)
 OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a multiple)
@@ -46,8 +51,8 @@ OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a mult
 GRAD_TASKS = 2
 GRAD_BUDGET = 96 * 1024  # floats of V and Y per weight-gradient chunk
 # above this many (o, c) pairs, a chunk's sums into all 36 of them outweigh the saving and the
-# weight gradient is flat's (measured, batch 32, 2 threads: 256 channels 1.6-1.8x flat's speed,
-# 384 1.03x, 512 0.93-0.95x)
+# weight gradient is flat's (measured: faster than flat's at 256 channels, even at 384, slower at
+# 512; docs/perf.md)
 GRAD_MAX_PAIRS = 256 * 256
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
@@ -57,7 +62,8 @@ refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data 
 def _kernels(W, G, U):
     """U[a*6 + b, c, o] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded.
     Each task owns an input channel's rows U[:, c] and fills them along o, so the inner loops are
-    contiguous vector loops (kernel by kernel, scattered over U: 6x slower at c64 and c128)."""
+    contiguous vector loops (kernel by kernel, scattered over U, measured several times slower at
+    64 and 128 channels)."""
     o, c = W.shape[0], W.shape[1]
     for ch in numba.prange(c):
         g = np.empty((9, o))  # g[3*i + j, k] = W[k, ch, i, j]
@@ -78,142 +84,16 @@ def _kernels(W, G, U):
                     u[k] = h0[k] * G[b, 0] + h1[k] * G[b, 1] + h2[k] * G[b, 2]
 
 
-@numba.njit(cache=True, inline="always")
-def _bt(d0, d1, d2, d3, d4, d5, k2, k4, k5):
-    """B^T d for one 6-vector d (F(4x4, 3x3) input transform along one axis)."""
-    return (k4 * d0 - k5 * d2 + d4, (d3 + d4) - k4 * (d1 + d2), k4 * (d1 - d2) + (d4 - d3),
-            k2 * (d3 - d1) + (d4 - d2), k2 * (d1 - d3) + (d4 - d2), k4 * d1 - k5 * d3 + d5)
-
-
-@numba.njit(cache=True, inline="always")
-def _at(m0, m1, m2, m3, m4, m5, k2, k4, k8):
-    """A^T m for one 6-vector m (F(4x4, 3x3) output transform along one axis)."""
-    s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
-    return m0 + s12 + s34, d12 + k2 * d34, s12 + k4 * s34, d12 + k8 * d34 + m5
-
-
-J = tuple(np.uint64(j) for j in range(8))  # unsigned offsets, so indexing emits no wraparound test
-
-
-@numba.njit(cache=True, fastmath={"contract"})
-def _strip_in(xp, p, run, Z, K):
-    """Z[a, i] = (B^T d)[a] for d the six values xp[p + r*run + i], r = 0..5: one tile row's
-    input transform down the columns, over whole padded rows of all channels (contiguous)."""
-    k2, k4, k5 = K[0], K[1], K[2]
-    x0, x1, x2 = xp[p:p + run], xp[p + run:p + 2 * run], xp[p + 2 * run:p + 3 * run]
-    x3, x4, x5 = xp[p + 3 * run:p + 4 * run], xp[p + 4 * run:p + 5 * run], xp[p + 5 * run:p + 6 * run]
-    z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
-    for i in range(numba.uint64(run)):
-        z0[i], z1[i], z2[i], z3[i], z4[i], z5[i] = _bt(x0[i], x1[i], x2[i], x3[i], x4[i], x5[i], k2, k4, k5)
-
-
-@numba.njit(cache=True, inline="always")
-def _ld8(v, q):
-    """v[q .. q+7] as a tuple: all loads of a step come before its stores, so the SLP vectoriser
-    may pack them without knowing that the arrays do not overlap."""
-    return v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]], v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]]
-
-
-@numba.njit(cache=True, inline="always")
-def _st8(v, q, s):
-    """v[q .. q+7] = the 8-tuple s."""
-    v[q], v[q + J[1]], v[q + J[2]], v[q + J[3]] = s[0], s[1], s[2], s[3]
-    v[q + J[4]], v[q + J[5]], v[q + J[6]], v[q + J[7]] = s[4], s[5], s[6], s[7]
-
-
-@numba.njit(cache=True, inline="always")
-def _st8x6(rows, q, e):
-    """rows[i][q .. q+7] = e[i] for six rows and six 8-tuples."""
-    _st8(rows[0], q, e[0])
-    _st8(rows[1], q, e[1])
-    _st8(rows[2], q, e[2])
-    _st8(rows[3], q, e[3])
-    _st8(rows[4], q, e[4])
-    _st8(rows[5], q, e[5])
-
-
-@numba.njit(cache=True, inline="always")
-def _map8(f, d0, d1, d2, d3, d4, d5, k0, k1, k2):
-    """f(d0[l], ..., d5[l], k0, k1, k2) for the eight lanes l of six 8-tuples, lane by lane."""
-    return (f(d0[0], d1[0], d2[0], d3[0], d4[0], d5[0], k0, k1, k2),
-            f(d0[1], d1[1], d2[1], d3[1], d4[1], d5[1], k0, k1, k2),
-            f(d0[2], d1[2], d2[2], d3[2], d4[2], d5[2], k0, k1, k2),
-            f(d0[3], d1[3], d2[3], d3[3], d4[3], d5[3], k0, k1, k2),
-            f(d0[4], d1[4], d2[4], d3[4], d4[4], d5[4], k0, k1, k2),
-            f(d0[5], d1[5], d2[5], d3[5], d4[5], d5[5], k0, k1, k2),
-            f(d0[6], d1[6], d2[6], d3[6], d4[6], d5[6], k0, k1, k2),
-            f(d0[7], d1[7], d2[7], d3[7], d4[7], d5[7], k0, k1, k2))
-
-
-@numba.njit(cache=True, inline="always")
-def _row(ls, i):
-    """Element i of each of the eight lanes' results: one 8-tuple."""
-    return ls[0][i], ls[1][i], ls[2][i], ls[3][i], ls[4][i], ls[5][i], ls[6][i], ls[7][i]
-
-
-@numba.njit(cache=True, inline="always")
-def _bt8(d0, d1, d2, d3, d4, d5, k2, k4, k5):
-    """_bt lane by lane on six 8-tuples: six 8-tuples."""
-    ls = _map8(_bt, d0, d1, d2, d3, d4, d5, k2, k4, k5)
-    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3), _row(ls, 4), _row(ls, 5)
-
-
-@numba.njit(cache=True, inline="always")
-def _at8(m0, m1, m2, m3, m4, m5, k2, k4, k8):
-    """_at lane by lane on six 8-tuples: four 8-tuples."""
-    ls = _map8(_at, m0, m1, m2, m3, m4, m5, k2, k4, k8)
-    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3)
-
-
-@numba.njit(cache=True, inline="always")
-def _a(e0, e1, e2, e3, k2, k4, k8):
-    """A e for one 4-vector e (A is the transpose of A^T): the weight gradient's transform of dy."""
-    s02, s13 = e0 + e2, e1 + e3
-    t02, t13 = e0 + k4 * e2, k2 * e1 + k8 * e3
-    return e0, s02 + s13, s02 - s13, t02 + t13, t02 - t13, e3
-
-
-@numba.njit(cache=True, inline="always")
-def _a_of_four(e0, e1, e2, e3, unused0, unused1, k2, k4, k8):
-    """_a in _map8's form (six values, the last two unused)."""
-    return _a(e0, e1, e2, e3, k2, k4, k8)
-
-
-@numba.njit(cache=True, inline="always")
-def _a8(e0, e1, e2, e3, k2, k4, k8):
-    """_a lane by lane on four 8-tuples: six 8-tuples."""
-    ls = _map8(_a_of_four, e0, e1, e2, e3, e0, e0, k2, k4, k8)
-    return _row(ls, 0), _row(ls, 1), _row(ls, 2), _row(ls, 3), _row(ls, 4), _row(ls, 5)
-
-
-def _cols_in_body(Z, tw, c8, t0, V, K):
-    """V[a*6 + b, t0 + tx, c] = (B^T d)[b] for d = Z[a] at columns 4*tx .. 4*tx + 5, channel c:
-    the input transform along the rows, tile by tile, eight channels per step."""
-    k2, k4, k5 = K[0], K[1], K[2]
-    for a in range(6):
-        z = Z[a]
-        for tx in range(tw):
-            q = 4 * tx * c8
-            d0, d1, d2 = z[q:q + c8], z[q + c8:q + 2 * c8], z[q + 2 * c8:q + 3 * c8]
-            d3, d4, d5 = z[q + 3 * c8:q + 4 * c8], z[q + 4 * c8:q + 5 * c8], z[q + 5 * c8:q + 6 * c8]
-            v0, v1, v2 = V[6 * a, t0 + tx], V[6 * a + 1, t0 + tx], V[6 * a + 2, t0 + tx]
-            v3, v4, v5 = V[6 * a + 3, t0 + tx], V[6 * a + 4, t0 + tx], V[6 * a + 5, t0 + tx]
-            for c0 in range(0, c8, 8):
-                ch = numba.uint64(c0)
-                _st8x6((v0, v1, v2, v3, v4, v5), ch, _bt8(_ld8(d0, ch), _ld8(d1, ch), _ld8(d2, ch), _ld8(d3, ch),
-                                                          _ld8(d4, ch), _ld8(d5, ch), k2, k4, k5))
-
-
 def _gemm_body(V, U, M, T):
     """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 8), O a multiple of 16.
 
     A block of eight tiles by sixteen output channels is summed over all c in eight 16-tuples,
     which the SLP vectoriser packs into eight 512-bit registers; per c, one vector load of U and
-    eight broadcasts of V feed eight multiply-adds, and M is written once. With the block before,
-    four tiles in eight 8-lane registers under LLVM's 256-bit preference, whole forwards were as
-    fast at 16 channels and 8-20 % slower at 32 and 64 (batch 128, 2 threads; at 128 within the
-    noise). (A vectorised loop would pay LLVM's alias checks on every entry; twelve tiles were no
-    faster.)"""
+    eight broadcasts of V feed eight multiply-adds, and M is written once. It pays at 32 and 64
+    input channels, where it measured faster than four tiles in eight 8-lane registers under
+    LLVM's 256-bit preference; at 16 and 128 the two are even, and twelve tiles were no faster
+    (docs/perf.md). Straight-line code rather than a vectorised loop, which would pay LLVM's alias
+    checks on every entry."""
     prefer_512_bit_vectors()
     n_xi, n_c, o16 = U.shape
     z = np.zeros(1, V.dtype)[0]
@@ -245,83 +125,6 @@ def _gemm_body(V, U, M, T):
 _gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
 
 
-@numba.njit(cache=True, inline="always")
-def _at_rows(m, s, o16, k2, k4, k8):
-    """s[i][o] = (A^T (m[0][o], ..., m[5][o]))[i] for the six rows m, four rows s and all o."""
-    for o0 in range(0, o16, 8):
-        o = numba.uint64(o0)
-        e = _at8(_ld8(m[0], o), _ld8(m[1], o), _ld8(m[2], o), _ld8(m[3], o), _ld8(m[4], o), _ld8(m[5], o),
-                 k2, k4, k8)
-        _st8(s[0], o, e[0])
-        _st8(s[1], o, e[1])
-        _st8(s[2], o, e[2])
-        _st8(s[3], o, e[3])
-
-
-def _tile_out_body(M, t, o16, Q, R, q0x, K):
-    """R[i, q0x + j, o] = (A^T m A)[i, j] for tile t's products m = M[:, t, o], eight output
-    channels per step (Q holds A^T m)."""
-    k2, k4, k8 = K[0], K[1], K[3]
-    for b in range(6):
-        _at_rows((M[b, t], M[6 + b, t], M[12 + b, t], M[18 + b, t], M[24 + b, t], M[30 + b, t]),
-                 (Q[0, b], Q[1, b], Q[2, b], Q[3, b]), o16, k2, k4, k8)
-    for i in range(4):
-        _at_rows((Q[i, 0], Q[i, 1], Q[i, 2], Q[i, 3], Q[i, 4], Q[i, 5]),
-                 (R[i, q0x], R[i, q0x + 1], R[i, q0x + 2], R[i, q0x + 3]), o16, k2, k4, k8)
-
-
-_cols_in = straight_line_compiled(_cols_in_body, "F[:, ::1], i8, i8, i8, F[:, :, ::1], F[::1]")
-_tile_out = straight_line_compiled(_tile_out_body, "F[:, :, ::1], i8, i8, F[:, :, ::1], F[:, :, ::1], i8, F[::1]")
-
-
-@numba.njit(cache=True, inline="always")
-def _transform_rows(strip, cols, xp, r0, rows, th, tw, plane, run, lanes, Z, V, K):
-    """V[:, r*tw + tx] = the transforms (strip down the columns, then cols along the rows) of the
-    tiles of tile rows r0 .. r0 + rows - 1, counted image by image over the planes xp (th tile
-    rows an image): x's through _strip_in and _cols_in, dy's through _strip_dy and _cols_dy."""
-    for r in range(rows):
-        image, tile_row = (r0 + r) // th, (r0 + r) % th
-        strip(xp, image * plane + 4 * tile_row * run, run, Z, K)
-        cols(Z, tw, lanes, r * tw, V, K)
-
-
-@numba.njit(cache=True)
-def _fill(x, first, count, pad, plane, run, lanes, xp):
-    """xp[k*plane + (r + pad)*run + (col + pad)*lanes + ch] = x[first + k, ch, r, col]: images
-    in NCHW to a plane with the channels innermost; its padding and channels >= C stay zero.
-    Blocks of eight channels by eight columns go through transpose8, the rest one value at a time
-    (64 images, one thread: 0.50 -> 0.23 ms at c16h32, 0.32 -> 0.13 at c32h16; the same at rows
-    narrower than eight)."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
-    for k in range(count):
-        for r in range(h):
-            base, src = k * plane + (r + pad) * run + pad * lanes, (first + k) * c * hw + r * w
-            for c0 in range(0, c8, 8):
-                for col0 in range(0, w8, 8):
-                    transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
-            for col in range(w):
-                for ch in range(c8 if col < w8 else 0, c):
-                    xp[base + col * lanes + ch] = x[first + k, ch, r, col]
-
-
-@numba.njit(cache=True)
-def _store_rows(R, rows, o, y, image, oy):
-    """y[image, k, oy + i, col] = R[i, col, k] for i < rows: a tile row's (W, O16) output rows
-    into y's NCHW rows, blocks of eight columns by eight channels through transpose8."""
-    o16, ho, wo = R.shape[2], y.shape[2], y.shape[3]
-    hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
-    for k0 in range(0, o8, 8):  # channel blocks outermost: 1.6x rows outermost at c16h32 (measured)
-        for i in range(rows):
-            src, dst = i * R.shape[1] * o16, (image * y.shape[1] * ho + oy + i) * wo
-            for col0 in range(0, w8, 8):
-                transpose8(R, src + col0 * o16 + k0, o16, y, dst + k0 * hw + col0, hw)
-    for i in range(rows):
-        for k in range(o):
-            for col in range(w8 if k < o8 else 0, wo):
-                y[image, k, oy + i, col] = R[i, col, k]
-
-
 @numba.njit(parallel=True, cache=True)
 def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
     """y = the valid 3x3 correlation of x zero-padded by `pad`, the batch split evenly into
@@ -350,16 +153,16 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
         xp, V, M, Z, Q, R = planes[tid], Vs[tid], Ms[tid], Zs[tid], Qs[tid], Rs[tid]
         first = task * n // n_tasks
         count = (task + 1) * n // n_tasks - first
-        _fill(x, first, count, pad, plane, run, c8, xp)
+        fill(x, first, count, pad, plane, run, c8, xp)
         for r0 in range(0, count * th, rows_per_chunk):
             rows = min(rows_per_chunk, count * th - r0)
-            _transform_rows(_strip_in, _cols_in, xp, r0, rows, th, tw, plane, run, c8, Z, V, K)
+            transform_rows(strip_in, cols_in, xp, r0, rows, th, tw, plane, run, c8, Z, V, K)
             _gemm(V, U, M, -(-rows * tw // ROWS) * ROWS)
             for r in range(rows):
                 image, tile_row = (r0 + r) // th, (r0 + r) % th
                 for tx in range(tw):
-                    _tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
-                _store_rows(R, min(4, ho - 4 * tile_row), o, y, first + image, 4 * tile_row)
+                    tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
+                store_rows(R, min(4, ho - 4 * tile_row), o, y, first + image, 4 * tile_row)
 
 
 def _layout(n, c8, o16, th, tw, threads):
@@ -391,36 +194,10 @@ def _correlate(x, W, pad):
     return y
 
 
-@numba.njit(cache=True, fastmath={"contract"})
-def _strip_dy(dp, p, run, Z, K):
-    """Z[a, i] = (A e)[a] for e the four values dp[p + r*run + i], r = 0..3: one tile row of dy
-    transformed down the columns, over whole rows of all output channels (contiguous)."""
-    k2, k4, k8 = K[0], K[1], K[3]
-    e0, e1, e2, e3 = dp[p:p + run], dp[p + run:p + 2 * run], dp[p + 2 * run:p + 3 * run], dp[p + 3 * run:p + 4 * run]
-    z0, z1, z2, z3, z4, z5 = Z[0], Z[1], Z[2], Z[3], Z[4], Z[5]
-    for i in range(numba.uint64(run)):
-        z0[i], z1[i], z2[i], z3[i], z4[i], z5[i] = _a(e0[i], e1[i], e2[i], e3[i], k2, k4, k8)
-
-
-def _cols_dy_body(Z, tw, o8, t0, Y, K):
-    """Y[a*6 + b, t0 + tx, o] = (A e)[b] for e = Z[a] at columns 4*tx .. 4*tx + 3, channel o."""
-    k2, k4, k8 = K[0], K[1], K[3]
-    for a in range(6):
-        z = Z[a]
-        for tx in range(tw):
-            q = 4 * tx * o8
-            e0, e1, e2, e3 = z[q:q + o8], z[q + o8:q + 2 * o8], z[q + 2 * o8:q + 3 * o8], z[q + 3 * o8:q + 4 * o8]
-            y0, y1, y2 = Y[6 * a, t0 + tx], Y[6 * a + 1, t0 + tx], Y[6 * a + 2, t0 + tx]
-            y3, y4, y5 = Y[6 * a + 3, t0 + tx], Y[6 * a + 4, t0 + tx], Y[6 * a + 5, t0 + tx]
-            for o0 in range(0, o8, 8):
-                o = numba.uint64(o0)
-                _st8x6((y0, y1, y2, y3, y4, y5), o, _a8(_ld8(e0, o), _ld8(e1, o), _ld8(e2, o), _ld8(e3, o), k2, k4, k8))
-
-
 def _gemm_dw_body(Y, V, P, T):
     """P[xi, o, c] += sum_{t < T} Y[xi, t, o] V[xi, t, c], O a multiple of 4, C of 16: a block
-    of four rows by sixteen lanes, summed over tiles (eight rows in 512-bit registers, as the
-    forward GEMM now takes them, were within 5 % here, measured)."""
+    of four rows by sixteen lanes, summed over tiles (the forward's block, eight rows in 512-bit
+    registers, measured no faster here)."""
     n_xi, o8, c16 = P.shape
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
@@ -440,7 +217,6 @@ def _gemm_dw_body(Y, V, P, T):
                     st16(row, p, fma16(s, one, ld16(row, p)))  # row += s
 
 
-_cols_dy = straight_line_compiled(_cols_dy_body, "F[:, ::1], i8, i8, i8, F[:, :, ::1], F[::1]")
 _gemm_dw = straight_line_compiled(_gemm_dw_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
 
 
@@ -469,12 +245,12 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
         start, end = task * n // n_tasks, (task + 1) * n // n_tasks
         for first in range(start, end, g):
             count = min(g, end - first)
-            _fill(x, first, count, pad, plane, run, c16, xp)
-            _fill(dy, first, count, 0, plane_d, run_d, o8, dp)
+            fill(x, first, count, pad, plane, run, c16, xp)
+            fill(dy, first, count, 0, plane_d, run_d, o8, dp)
             for r0 in range(0, count * th, rows_per_chunk):
                 rows = min(rows_per_chunk, count * th - r0)
-                _transform_rows(_strip_in, _cols_in, xp, r0, rows, th, tw, plane, run, c16, Z, V, K)
-                _transform_rows(_strip_dy, _cols_dy, dp, r0, rows, th, tw, plane_d, run_d, o8, Zd, Y, K)
+                transform_rows(strip_in, cols_in, xp, r0, rows, th, tw, plane, run, c16, Z, V, K)
+                transform_rows(strip_dy, cols_dy, dp, r0, rows, th, tw, plane_d, run_d, o8, Zd, Y, K)
                 _gemm_dw(Y, V, parts[task], rows * tw)
 
 

@@ -1,12 +1,17 @@
-"""Vector building blocks the convolution kernels share: a switch to 512-bit vectors, an 8 x 8
-block transpose, an even/odd split, and 16-lane tuple helpers for register blocks the SLP
-vectoriser packs.
+"""Vector building blocks the convolution kernels share.
 
-The first three are Numba intrinsics, i.e. LLVM IR emitted at the call site: Numba has no vector
-types, and LLVM's vectorisers neither widen past their preferred width nor turn a scalar
-transpose into shuffles (the tuple version of the transpose stayed scalar, measured in session
-17), so those steps are written in IR here.
+- straight_line_vectorised, straight_line_compiled: LLVM's SLP (straight-line) vectoriser, a
+  process-wide Numba setting, turned on only while the kernels that need it compile.
+- prefer_512_bit_vectors, transpose8, deinterleave16: Numba intrinsics, i.e. LLVM IR emitted at
+  the call site. Numba has no vector types, and LLVM's vectorisers neither widen past their
+  preferred width nor turn a scalar 8 x 8 transpose into shuffles (a version over tuples stayed
+  scalar in the compiled code), so those steps are written in IR here. The two that move data
+  load and store whole vectors without bounds checks; transpose8_checked and
+  deinterleave16_checked are their bounds-checked twins, for tests.
+- ld16, fma16, st16: 16-lane tuple helpers for the register blocks the SLP vectoriser packs.
 """
+
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -15,13 +20,42 @@ from numba.core import types
 from numba.extending import intrinsic
 
 
+@contextmanager
+def straight_line_vectorised():
+    """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
+    kernels that keep a row of scalar sums (flat's few-channel rows, the GEMMs of winograd4 and
+    polyphase) only get vector registers with it. The switch is process-wide and Numba reads it
+    when it compiles, so those kernels are compiled eagerly, inside this block, from explicit
+    signatures, and the old value comes back even if a compilation fails."""
+    old = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = old
+
+
+# the float types (Numba's names) straight_line_compiled builds each kernel for; a subprocess test
+# that runs float32 only narrows it before the kernel modules load, halving its compile time
+SLP_FLOAT_TYPES = ("f4", "f8")
+
+
+def straight_line_compiled(body, args, parallel=False):
+    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
+    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
+    with straight_line_vectorised():
+        return numba.njit([f"void({args.replace('F', t)})" for t in SLP_FLOAT_TYPES], parallel=parallel,
+                          cache=True, fastmath={"contract"})(body)
+
+
 @intrinsic
 def prefer_512_bit_vectors(typingctx):
     """Called first in a kernel: its vectorisers may use 512-bit registers. LLVM's tuning for
     AVX-512 CPUs asks for 256-bit vectors (older ones lowered their clock for wider ones), which
-    halves the multiply-add peak here (measured: 220 GFLOP/s on one core with 512-bit registers).
-    Only kernels whose register block is sized for them opt in; a CPU without AVX-512 keeps its
-    own widest vectors."""
+    halves the multiply-add peak of a register-blocked kernel. Only kernels whose register block
+    is sized for 16-lane float32 vectors opt in (flat's few-channel rows, polyphase's and
+    winograd4's GEMMs); a CPU without AVX-512 keeps its own widest vectors. The one-core peak
+    measured with it is in docs/perf.md."""
     def codegen(context, builder, signature, args):
         # llvmlite's attribute set takes only the flag names it lists; LLVM reads this key=value one
         set.add(builder.function.attributes, '"prefer-vector-width"="512"')
@@ -40,7 +74,8 @@ _ROUNDS = ([0, 8, 1, 9, 2, 10, 3, 11], [4, 12, 5, 13, 6, 14, 7, 15],
 def transpose8(typingctx, src, s, s_step, dst, d, d_step):
     """dst.flat[d + j*d_step + i] = src.flat[s + i*s_step + j] for i, j < 8, both arrays
     C-contiguous of one float type: eight vector loads, 24 shuffles, eight vector stores. The
-    caller keeps every index in bounds (no checks here; the kernels derive them from shapes)."""
+    caller keeps every index in bounds (no checks here; the kernels derive them from shapes;
+    transpose8_checked is the checked twin)."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
             and src.dtype in (types.float32, types.float64) and src.layout == dst.layout == "C"):
         return None
@@ -79,7 +114,7 @@ def transpose8(typingctx, src, s, s_step, dst, d, d_step):
 def deinterleave16(typingctx, src, s, evens, e, odds, o):
     """evens.flat[e + k] = src.flat[s + 2k] and odds.flat[o + k] = src.flat[s + 2k + 1] for
     k < 8, arrays C-contiguous of one float type: one vector load, two shuffles, two stores. The
-    caller keeps every index in bounds."""
+    caller keeps every index in bounds (deinterleave16_checked is the checked twin)."""
     arrays = (src, evens, odds)
     if not (all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == src.dtype for a in arrays)
             and src.dtype in (types.float32, types.float64)):
@@ -100,6 +135,53 @@ def deinterleave16(typingctx, src, s, evens, e, odds, o):
         return context.get_dummy_value()
 
     return types.void(src, s, evens, e, odds, o), codegen
+
+
+# Bounds-checked twins of the two intrinsics that move data, for tests: the same arguments and
+# the same result, but every index range is checked against its array before anything is read or
+# written (IndexError otherwise), and the values move one at a time. Numba's own bounds checking
+# (NUMBA_BOUNDSCHECK=1) cannot see inside the intrinsics' vector loads and stores, so a test that
+# wants the kernels' index arithmetic checked compiles them with these in their place.
+
+
+@numba.njit(cache=True)
+def _check_span(first, step, count, width, size, what):
+    """Raise IndexError unless first + k*step + l lies in 0 .. size-1 for all k < count, l < width."""
+    low, high = first + min(0, (count - 1) * step), first + max(0, (count - 1) * step) + width - 1
+    if low < 0 or high >= size:
+        raise IndexError(what)
+
+
+@numba.njit(cache=True)
+def transpose8_checked(src, s, s_step, dst, d, d_step):
+    """transpose8 with its index ranges checked: all 64 values are read before any is written,
+    as the vector loads come before the stores there."""
+    _check_span(s, s_step, 8, 8, src.size, "transpose8: source block out of range")
+    _check_span(d, d_step, 8, 8, dst.size, "transpose8: destination block out of range")
+    a, b = src.reshape(src.size), dst.reshape(dst.size)
+    block = np.empty((8, 8), src.dtype)
+    for i in range(8):
+        for j in range(8):
+            block[i, j] = a[s + i * s_step + j]
+    for j in range(8):
+        for i in range(8):
+            b[d + j * d_step + i] = block[i, j]
+
+
+@numba.njit(cache=True)
+def deinterleave16_checked(src, s, evens, e, odds, o):
+    """deinterleave16 with its index ranges checked: the sixteen values are read before any is
+    written, as the one vector load comes before the two stores there."""
+    _check_span(s, 0, 1, 16, src.size, "deinterleave16: source run out of range")
+    _check_span(e, 0, 1, 8, evens.size, "deinterleave16: even run out of range")
+    _check_span(o, 0, 1, 8, odds.size, "deinterleave16: odd run out of range")
+    a = src.reshape(src.size)
+    run = a[s:s + 16].copy()
+    ev, od = evens.reshape(evens.size), odds.reshape(odds.size)
+    for k in range(8):
+        ev[e + k] = run[2 * k]
+    for k in range(8):
+        od[o + k] = run[2 * k + 1]
 
 
 J16 = tuple(np.uint64(j) for j in range(16))  # unsigned offsets: no wraparound tests

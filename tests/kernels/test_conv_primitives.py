@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat, conv_polyphase, conv_winograd4
+from npdc.kernels import conv_flat, conv_polyphase, conv_winograd4, simd
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -228,7 +228,7 @@ def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
     """Numba reads its SLP switch at every compilation; the GEMM's must not leak into the rest."""
     before = numba.config.SLP_VECTORIZE
     with pytest.raises(RuntimeError):
-        with conv_flat.straight_line_vectorised():
+        with simd.straight_line_vectorised():
             assert numba.config.SLP_VECTORIZE == 1
             raise RuntimeError("a failed compilation")
     assert numba.config.SLP_VECTORIZE == before

@@ -1,10 +1,11 @@
-"""The vector building blocks in npdc.kernels.simd, against plain numpy."""
+"""The vector building blocks in npdc.kernels.simd, against plain numpy, and the intrinsics
+against their bounds-checked twins."""
 
 import numba
 import numpy as np
 import pytest
 
-from npdc.kernels.simd import deinterleave16, transpose8
+from npdc.kernels.simd import deinterleave16, deinterleave16_checked, transpose8, transpose8_checked
 
 
 @numba.njit(cache=True)
@@ -43,3 +44,81 @@ def test_deinterleave16_splits_even_and_odd_places(dtype):
     want_e[4:12], want_o[9:17] = src.flat[7:23:2], src.flat[8:24:2]
     np.testing.assert_array_equal(evens, want_e)
     np.testing.assert_array_equal(odds.ravel(), want_o)
+
+
+@numba.njit(cache=True)
+def _transpose_checked(src, s, s_step, dst, d, d_step):
+    transpose8_checked(src, s, s_step, dst, d, d_step)
+
+
+@numba.njit(cache=True)
+def _split_checked(src, s, evens, e, odds, o):
+    deinterleave16_checked(src, s, evens, e, odds, o)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose8_equals_its_checked_twin(dtype):
+    """Random arrays, offsets and steps (steps of 8 and more, so the rows do not overlap, as in
+    the kernels; offsets up to the last block that fits): the same bits from both."""
+    r = np.random.default_rng(11)
+    for _ in range(40):
+        s_step, d_step = int(r.integers(8, 40)), int(r.integers(8, 40))
+        src = r.standard_normal((int(r.integers(8 * s_step, 12 * s_step)),)).astype(dtype).reshape(-1, 1)
+        dst = r.standard_normal((int(r.integers(8 * d_step, 12 * d_step)),)).astype(dtype).reshape(1, -1)
+        s = int(r.integers(0, src.size - 7 * s_step - 7))
+        d = int(r.integers(0, dst.size - 7 * d_step - 7))
+        fast, checked = dst.copy(), dst.copy()
+        _transpose(src, s, s_step, fast, d, d_step)
+        _transpose_checked(src, s, s_step, checked, d, d_step)
+        np.testing.assert_array_equal(fast, checked)
+        assert not np.array_equal(fast, dst)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_deinterleave16_equals_its_checked_twin(dtype):
+    """Random offsets into separate arrays and, as polyphase's phase fill does, both halves into
+    one array: the same bits from both."""
+    r = np.random.default_rng(12)
+    for trial in range(40):
+        src = r.standard_normal((3, int(r.integers(6, 20)))).astype(dtype)
+        out = r.standard_normal((2, int(r.integers(8, 30)))).astype(dtype)
+        s, e, o = int(r.integers(0, src.size - 15)), int(r.integers(0, out.size - 7)), int(r.integers(0, out.size - 7))
+        fast, checked = out.copy(), out.copy()
+        if trial % 2:
+            _split(src, s, fast, e, fast, o)
+            _split_checked(src, s, checked, e, checked, o)
+        else:
+            odds = out[::-1].copy()
+            fast_odds, checked_odds = odds.copy(), odds.copy()
+            _split(src, s, fast, e, fast_odds, o)
+            _split_checked(src, s, checked, e, checked_odds, o)
+            np.testing.assert_array_equal(fast_odds, checked_odds)
+        np.testing.assert_array_equal(fast, checked)
+
+
+@pytest.mark.parametrize("s, s_step, d, d_step, side", [
+    (-1, 8, 0, 8, "source"),  # starts before the array
+    (37, 8, 0, 8, "source"),  # the last row runs one value past the end (100 values)
+    (0, 14, 0, 8, "source"),  # a step that carries row 7 past the end (7*14 + 7 = 105)
+    (0, 8, -3, 8, "destination"),
+    (0, 8, 0, 12, "destination"),  # 7*12 + 7 = 91 past the 80 values
+])
+def test_transpose8_checked_twin_refuses_out_of_range(s, s_step, d, d_step, side):
+    """Any index of the 8 x 8 block outside its array: IndexError naming the side, nothing written."""
+    src, dst = np.ones((10, 10), np.float32), np.zeros((8, 10), np.float32)
+    with pytest.raises(IndexError, match=side):
+        _transpose_checked(src, s, s_step, dst, d, d_step)
+    assert not dst.any()
+
+
+@pytest.mark.parametrize("s, e, o, side", [
+    (-1, 0, 0, "source"), (5, 0, 0, "source"),  # 5 + 15 = 20 past the 20 values
+    (0, -1, 0, "even"), (0, 23, 0, "even"),  # 23 + 7 = 30 past the 30 values
+    (0, 0, -2, "odd"), (0, 0, 8, "odd"),  # 8 + 7 = 15 past the 15 values
+])
+def test_deinterleave16_checked_twin_refuses_out_of_range(s, e, o, side):
+    """A run of the source, the evens or the odds outside its array: IndexError, nothing written."""
+    src, evens, odds = np.ones(20), np.zeros(30), np.zeros(15)
+    with pytest.raises(IndexError, match=side):
+        _split_checked(src, s, evens, e, odds, o)
+    assert not evens.any() and not odds.any()

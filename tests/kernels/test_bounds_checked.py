@@ -1,0 +1,74 @@
+"""Every convolution primitive through the conv-primitive test helper once, compiled with Numba's
+bounds checking (NUMBA_BOUNDSCHECK=1), in a subprocess: Numba reads that variable when it is
+imported, and a separate cache directory keeps the checked builds out of the normal cache.
+
+The intrinsics transpose8 and deinterleave16 do work under bounds checking, but their vector
+loads and stores are raw LLVM pointer arithmetic that Numba's checks never see. So the script
+puts their bounds-checked twins (simd.transpose8_checked, simd.deinterleave16_checked) in their
+place before any kernel module imports them: then the index arithmetic of winograd4's plane
+fill and output rows and of polyphase's phase fill is checked too. The intrinsics themselves are
+compared with the twins in test_simd.
+
+Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of one core; most of
+it the register-blocked SLP kernels, built for float32 only here since the helper runs float32).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# one small case per primitive, with the shapes that reach each kernel's special paths
+CASES = [
+    ("flat", ((1, 2, 4, 18), (9, 2, 3, 3), 1, 1, 1)),  # few channels: the row path, chunks at 0 and 2
+    ("flat", ((2, 9, 6, 7), (10, 9, 3, 3), 1, 1, 1)),  # the stacked-plane path, two blocks of outputs
+    ("winograd4", ((2, 11, 10, 10), (13, 11, 3, 3), 1, 1, 1)),  # 8 x 8 transposes and their leftovers
+    ("polyphase", ((2, 3, 17, 18), (9, 3, 3, 3), 2, 1, 1)),  # deinterleave16, the last run overlapping
+    ("polyphase", ((1, 2, 16, 17), (3, 2, 3, 3), 2, 0, 1)),  # an odd row: its last pixel on its own
+    ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
+    ("kn2row", ((2, 3, 7, 7), (4, 3, 3, 3), 2, 1, 1)),
+    ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
+    ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
+    ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
+]
+
+SCRIPT = f'''
+import numba
+import numpy as np
+
+assert numba.config.BOUNDSCHECK, "NUMBA_BOUNDSCHECK was not read"
+
+from npdc.kernels import simd
+simd.transpose8, simd.deinterleave16 = simd.transpose8_checked, simd.deinterleave16_checked
+simd.SLP_FLOAT_TYPES = ("f4",)  # the helper runs float32 only
+from npdc.kernels import conv_polyphase, conv_winograd4_transforms
+assert conv_winograd4_transforms.transpose8 is simd.transpose8_checked
+assert conv_polyphase.deinterleave16 is simd.deinterleave16_checked
+
+
+@numba.njit
+def past_the_end(a):
+    return a[a.size]
+
+
+try:
+    past_the_end(np.zeros(3))
+except IndexError:
+    pass
+else:
+    raise SystemExit("an out-of-range read was not caught: bounds checking is off")
+
+from tests.kernels.test_conv_primitives import _check_all_three
+for name, case in {CASES!r}:
+    _check_all_three(name, case, seed=1)
+print("ok")
+'''
+
+
+def test_every_primitive_passes_the_helper_with_bounds_checking(tmp_path):
+    """Forward, both gradients and the refusals of every primitive on a small case each, with
+    every array index checked (a fresh cache: the bounds-checked build compiles from scratch)."""
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-4000:]
