@@ -2,15 +2,15 @@
 
 Two thread pools share the cores here: OpenBLAS (numpy's matmul) and Numba's OpenMP workers.
 Both spin-wait after a call by default, and on a 2-core machine each pool's spinning steals the
-cores the other needs (measured: a 3x3 conv ran 5-8x slower). So OpenBLAS's workers hardly spin
+cores the other needs (a 3x3 conv ran several times slower; docs/perf.md, Process settings). So OpenBLAS's workers hardly spin
 and OpenMP's wait passively, except that GNU OpenMP's spin count is set short rather than zero:
 a network runs hundreds of parallel loops in a row, and waking sleeping workers for each one
-cost cifar-resnet20 a tenth of its training speed and doubled its batch-1 latency (measured).
+cost cifar-resnet20 much of its training speed and batch-1 latency (docs/perf.md).
 All of this is set before numpy or numba is loaded, unless the user has chosen otherwise.
 
 A training step allocates and frees a few hundred megabytes of tensors. glibc's malloc hands
 large blocks back to the kernel when they are freed, so every step faulted fresh zeroed pages in
-again (about 6,600 page faults and 5 % of a cifar-resnet20 step, measured); with glibc, freed
+again (docs/perf.md has the count); with glibc, freed
 blocks are kept in the heap instead, unless the user has tuned malloc through its own variables.
 
 These are process-wide settings made on import. A program that embeds npdc and wants none of
@@ -37,7 +37,7 @@ def _keep_freed_blocks():
         return
     m_trim_threshold, m_mmap_threshold = -1, -3
     # the trim threshold only after a larger mmap threshold is taken: setting either alone
-    # turns off glibc's own threshold adjustment (measured: 1.9x slower training steps)
+    # turns off glibc's own threshold adjustment, which slowed training steps (docs/perf.md)
     if mallopt(m_mmap_threshold, 1 << 30) or mallopt(m_mmap_threshold, 32 << 20):
         mallopt(m_trim_threshold, 1 << 30)
 
