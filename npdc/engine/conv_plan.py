@@ -73,6 +73,8 @@ def apply_plan(net, plan):
     """Set each conv layer's primitive from `plan`; an unknown layer or primitive is a UserError."""
     convs = dict(conv_layers(net))
     for name, prim in plan.items():
+        if not isinstance(prim, str):
+            raise UserError(f"conv plan: the entry for {str(name)[:40]} is a {type(prim).__name__}, not a primitive's name")
         if name not in convs:
             raise UserError(f"conv plan names {name!r}, which is not a conv layer of this net")
         if prim not in PRIMITIVES:

@@ -13,8 +13,13 @@ Two families, in the explicit registry ARCHITECTURES:
 
 A spec is a JSON-able dict {"arch": name, ...hyper-parameters}; build_net(spec, seed) rebuilds it.
 Its optional "channels" maps a conv's name to a smaller output width, written by filter pruning.
+check_spec is the one schema of a spec (types, signs, ranges), checked by build_net before anything
+is built; spec_cost works out from a checked spec, without building it, how many bytes building
+the net allocates, so that a reader can take them from its file's npdc.limits.Budget first.
 """
 
+import inspect
+import numbers
 import string
 
 import numpy as np
@@ -117,6 +122,7 @@ ARCHITECTURES = {"resnet18": resnet18, **{f"cifar-resnet{d}": _cifar(d) for d in
 
 def build_net(spec, seed=0):
     """Rebuild a net from its spec; parameters drawn from a generator seeded with `seed`."""
+    check_spec(spec)
     spec = dict(spec)
     arch = spec.pop("arch", None)
     if arch not in ARCHITECTURES:
@@ -133,3 +139,115 @@ def clone_net(net):
     copy.load_state_dict(net.state_dict())
     apply_plan(copy, net_plan(net))
     return copy
+
+
+# -- the schema of a spec, and what building it costs -------------------------------------------
+MAX_SIDE = 1 << 16  # channels, widths and image sides a spec may declare
+MAX_UNITS = 1 << 20  # classes and embedding size
+
+
+def _count(limit):
+    def check(v):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            return f"is not a whole number ({v!r})"
+        return None if 1 <= v <= limit else f"must be between 1 and {limit:,}, not {v}"
+    return check
+
+
+def _ints(n, limit, noun="whole numbers"):
+    def check(v):
+        if not isinstance(v, (list, tuple)) or len(v) != n:
+            return f"is not a list of {n} {noun} ({str(v)[:40]})"
+        return next((f"[{i}] {p}" for i, p in enumerate(map(_count(limit), v)) if p), None)
+    return check
+
+
+def _one_of(*choices):
+    return lambda v: None if isinstance(v, str) and v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _channels(v):
+    if not isinstance(v, dict):
+        return "is not an object"
+    for name, n in v.items():
+        problem = _count(MAX_SIDE)(n)
+        if problem:
+            return f"[{name!r}] {problem}"
+    return None
+
+
+_COMMON = {"input_shape": _ints(3, MAX_SIDE), "num_classes": _count(MAX_UNITS), "width": _count(MAX_SIDE),
+           "activation": _one_of("relu", "prelu"), "channels": _channels}
+SCHEMA = {"resnet18": {**_COMMON, "embedding": _count(MAX_UNITS), "strides": _ints(5, 64, "strides")},
+          "cifar-resnet": {**_COMMON, "shortcut": _one_of("zeropad", "projection")}}
+
+
+def check_spec(spec):
+    """UserError (one line) unless `spec` is an object naming a known architecture whose
+    hyper-parameters all have the right type, sign and range: the one schema of a spec."""
+    if not isinstance(spec, dict):
+        raise UserError(f"the architecture spec is a {type(spec).__name__}, not an object")
+    arch = spec.get("arch")
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {str(arch)[:40]!r}; known: {', '.join(ARCHITECTURES)}")
+    schema = SCHEMA["resnet18" if arch == "resnet18" else "cifar-resnet"]
+    for key, value in spec.items():
+        if key == "arch":
+            continue
+        if key not in schema:
+            raise UserError(f"{arch} has no hyper-parameter {str(key)[:40]!r}")
+        problem = schema[key](value)
+        if problem:
+            raise UserError(f"{arch}: {key} {problem}")
+    return spec
+
+
+def _defaults(arch):
+    builder = resnet18 if arch == "resnet18" else cifar_resnet
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def spec_cost(spec):
+    """Bytes that building the net of a checked spec allocates, worked out from the spec alone:
+    its float32 parameters and buffers plus one image's activations (conv, BN and activation
+    outputs), counted with Python integers so no size wraps. An estimate from above: filter
+    pruning only thins what it counts, and gradients are allocated later, by training."""
+    check_spec(spec)
+    arch = spec["arch"]
+    h = {**_defaults(arch), **spec}
+    thin = h.get("channels") or {}
+    acts = 1 if h["activation"] == "prelu" else 0
+    c, y, x = h["input_shape"]
+    total = {"params": 0, "acts": 0}
+
+    def conv(name, cin, side, out, k, stride):
+        out = thin.get(name, out)
+        side = ((side[0] - 1) // stride + 1, (side[1] - 1) // stride + 1)
+        total["params"] += out * cin * k * k + 4 * out + acts * out
+        total["acts"] += 3 * out * side[0] * side[1]
+        return out, side
+
+    if arch == "resnet18":
+        strides, width, side = h["strides"], h["width"], (y, x)
+        c, side = conv("conv1", c, side, width, 3, strides[0])
+        for stage, stride in zip(range(2, 6), strides[1:]):
+            out = width * 2 ** (stage - 2)
+            conv(f"res{stage}a_1", c, side, out, 1, stride)
+            c, side = conv(f"res{stage}a_2a", c, side, out, 3, stride)
+            for name in (f"res{stage}a_2b", f"res{stage}b_2a", f"res{stage}b_2b"):
+                c, side = conv(name, c, side, out, 3, 1)
+        features, classes = c * side[0] * side[1], h["num_classes"]
+        total["params"] += features * h["embedding"] + 4 * h["embedding"] + (h["embedding"] + 1) * classes
+    else:
+        width, side, n = h["width"], (y, x), (int(arch[len("cifar-resnet"):]) - 2) // 6
+        c, side = conv("conv1", c, side, width, 3, 1)
+        for stage, out in zip(range(2, 5), (width, 2 * width, 4 * width)):
+            for b in range(n):
+                stride, name = (2 if (b == 0 and stage > 2) else 1), f"res{stage}{_letters(b)}"
+                if h["shortcut"] == "projection" and (stride != 1 or c != out):
+                    conv(f"{name}_1", c, side, out, 1, stride)
+                c, side = conv(f"{name}_2a", c, side, out, 3, stride)
+                c, side = conv(f"{name}_2b", c, side, out, 3, 1)
+        total["params"] += (c + 1) * h["num_classes"]
+    return 4 * (total["params"] + total["acts"])
