@@ -38,10 +38,13 @@ from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
 from npdc.engine.layers.batchnorm import inference_affine
-from npdc.engine.resnet import build_net
+from npdc.engine.resnet import build_net, check_spec, spec_cost
 from npdc.errors import UserError
+from npdc.limits import Budget
 
 MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions than this
+MAX_DIM = 1 << 31  # a layer shape's dimensions are below this
+INDEX_BYTES = 4  # what one decoded position costs a reader, taken from the file's Budget
 
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
@@ -117,6 +120,15 @@ def load_compressed(path):
     net = build_net(model.header["spec"])
     state = {}
     codes = {}
+    params = net.state_dict()
+    for layer in model.layers:  # every claim matches the net before anything is decoded
+        if layer.path not in params:
+            raise FormatError(f"layer {layer.path[:60]!r} is not a parameter of {net.spec['arch']}",
+                              file=name, index=layer.index, tag="LAYR")
+        if tuple(params[layer.path].shape) != layer.shape:
+            raise FormatError(f"layer {layer.path} has shape {list(layer.shape)}, the net's parameter "
+                              f"{list(params[layer.path].shape)}", file=name, index=layer.index, tag="LAYR")
+    del params
     for layer in model.layers:
         indices, codebook = model.decode(layer)
         state[layer.path] = dequantize(indices, codebook, layer.shape)
@@ -191,36 +203,47 @@ def read_model_file(source):
     """The ModelSections of a model file: `source` is its path, the list of (tag, payload) it holds
     (named "<sections>" in errors) or a ModelSections (returned as it is).
 
-    Checks the layout once for every reader: HEAD first, holding a spec and a list of layers each
-    with a path and a shape; then exactly one LAYR per listed layer, in that order; then one or
-    more PARM. No layer may claim more than MAX_LAYER_WEIGHTS weights, so a corrupt header cannot
-    make a decoder allocate it. Anything else is a one-line FormatError naming the file and, where
-    there is one, the section. Payloads are not decoded here (ModelSections.decode and .raw do)."""
+    Checks the layout once for every reader: HEAD first, holding a spec (npdc.engine.resnet.
+    check_spec) and a list of layers each with a path and a shape; then exactly one LAYR per listed
+    layer, in that order; then one or more PARM. Sections whose tag starts with a lower-case letter
+    are optional (docs/format.md, "Unknown tags") and skipped. No layer may claim more than
+    MAX_LAYER_WEIGHTS weights, and the file's npdc.limits.Budget must hold the parsed header, the
+    network its spec declares (spec_cost, worked out without building it) and every layer's
+    decoded positions, so a crafted header cannot make a reader allocate them. Anything else is a
+    one-line FormatError naming the file and, where there is one, the section. Payloads are not
+    decoded here (ModelSections.decode and .raw do)."""
     if isinstance(source, ModelSections):
         return source
     path = Path(source) if isinstance(source, (str, Path)) else None
     sections = read_container(path) if path else list(source)
     name = path.name if path else "<sections>"
-    tags = [t for t, _ in sections]
+    budget = Budget(name, path.stat().st_size if path else sum(len(p) for _, p in sections))
+    kept = [i for i, (t, _) in enumerate(sections) if not t[:1].islower()]
+    tags = [sections[i][0] for i in kept]
     if not tags or tags[0] != "HEAD":
         raise FormatError("the first section must be HEAD", file=name, index=0, tag=tags[0] if tags else None)
     try:
-        header = decode_header(sections[0][1])
-        entries = [(_layer_path(e["path"]), _layer_shape(e["shape"])) for e in _listed(header)]
+        header = decode_header(sections[kept[0]][1], budget)
+        entries = [_layer_entry(e) for e in _listed(header)]
+        check_spec(header["spec"])
     except FormatError as e:
-        raise e.at(file=name, index=0, tag="HEAD") from None
+        raise e.at(file=name, index=kept[0], tag="HEAD") from None
+    except UserError as e:
+        raise FormatError(e, file=name, index=kept[0], tag="HEAD") from None
     except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"header lacks or garbles {e}", file=name, index=0, tag="HEAD") from None
+        raise FormatError(f"header lacks or garbles {e}", file=name, index=kept[0], tag="HEAD") from None
     n_parm = len(tags) - 1 - len(entries)
     if n_parm < 1 or tags[1:] != ["LAYR"] * len(entries) + ["PARM"] * n_parm:
         raise FormatError(f"expected {len(entries)} LAYR sections, then PARM sections, after HEAD; "
-                          f"found {' '.join(tags[1:])}", file=name)
-    layers = [LayerSection(p, shape, i, sections[i][1]) for i, (p, shape) in enumerate(entries, start=1)]
+                          f"found {' '.join(tags[1:])[:200]}", file=name)
+    layers = [LayerSection(p, shape, kept[i], sections[kept[i]][1]) for i, (p, shape) in enumerate(entries, start=1)]
+    budget.take(spec_cost(header["spec"]), f"the {header['spec']['arch']} its header declares")
     for layer in layers:
         if layer.size > MAX_LAYER_WEIGHTS:
             raise FormatError(f"layer {layer.path} claims {layer.size} weights", file=name, index=layer.index,
                               tag="LAYR")
-    params = [(i, sections[i][1]) for i in range(1 + len(layers), len(sections))]
+        budget.take(INDEX_BYTES * layer.size, f"layer {layer.path[:60]} ({layer.size:,} weights)")
+    params = [(i, sections[i][1]) for i in kept[1 + len(layers):]]
     return ModelSections(name, path, sections, header, layers, params)
 
 
@@ -233,14 +256,17 @@ def _listed(header):
     return header["layers"]
 
 
-def _layer_path(path):
+def _layer_entry(entry):
+    """(path, shape) of one entry of the header's layer list, of the right types and signs."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"a layer entry is a {type(entry).__name__}, not an object")
+    path, shape = entry["path"], entry["shape"]
     if not isinstance(path, str):
-        raise TypeError(f"layer path {path!r} is not a string")
-    return path
-
-
-def _layer_shape(shape):
-    dims = tuple(int(d) for d in shape)
-    if any(d < 0 for d in dims):
-        raise ValueError(f"layer shape {list(dims)} has a negative dimension")
-    return dims
+        raise TypeError(f"layer path {str(path)[:40]} is not a string")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"layer {path[:40]}: shape {str(shape)[:40]} is not a list of whole numbers")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"layer {path[:40]}: shape {str(shape)[:60]} has a negative dimension")
+    if any(d >= MAX_DIM for d in shape):
+        raise ValueError(f"layer {path[:40]}: shape {str(shape)[:60]} has a dimension of {MAX_DIM} or more")
+    return path, tuple(shape)

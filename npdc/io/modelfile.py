@@ -1,5 +1,7 @@
 """The .h5 model file: architecture spec (JSON), parameters, BN buffers, input normalisation and
-training metadata. Loading rebuilds the net from its spec and checks every name and shape.
+training metadata. Loading checks the spec (npdc.engine.resnet.check_spec), takes what the net
+costs (spec_cost) from the file's npdc.limits.Budget before building it, then reads only the
+arrays whose name and shape match the net's, so a crafted file cannot make it allocate much.
 An optional `conv_plan` attribute (JSON {conv layer: primitive}, written by `npdc tune`) is
 applied on load; files written before it existed simply have none (same format version)."""
 
@@ -9,8 +11,9 @@ from pathlib import Path
 import h5py
 
 from npdc.engine.conv_plan import apply_plan, net_plan
-from npdc.engine.resnet import build_net
+from npdc.engine.resnet import build_net, check_spec, spec_cost
 from npdc.errors import UserError
+from npdc.limits import Budget
 from npdc.atomic import atomic_path
 
 FORMAT = "npdc-model"
@@ -44,16 +47,19 @@ def read_meta(path):
 
 def load_model(path):
     """Rebuild the net stored in `path`; any problem with the file is a one-line UserError."""
+    budget = Budget.for_path(path) if Path(path).is_file() else None
     with _open(path) as f:
         try:
-            spec = json.loads(f.attrs["spec"])
-            state = {k: f["state"][k][()] for k in f["state"]}
-            plan = json.loads(f.attrs.get("conv_plan", "{}"))
-        except (KeyError, OSError, ValueError, TypeError) as e:
-            raise UserError(f"{path}: damaged model file ({e})") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{path}: the architecture spec is not an object")
-    net = build_net(spec)
+            spec = _json_attr(f, "spec", None, budget)
+            plan = _json_attr(f, "conv_plan", "{}", budget)
+            check_spec(spec)
+            budget.take(spec_cost(spec), f"the {spec['arch']} its spec declares")
+            net = build_net(spec)
+            state = _read_state(f["state"], net.state_dict(), budget)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        except (KeyError, OSError, ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"{path}: damaged model file ({str(e)[:200]})") from None
     try:
         net.load_state_dict(state)
         if not isinstance(plan, dict):
@@ -62,6 +68,33 @@ def load_model(path):
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     return net
+
+
+def _json_attr(f, key, default, budget):
+    """The JSON attribute `key`, its text taken from the budget first (16 B per parsed value)."""
+    text = f.attrs[key] if default is None else f.attrs.get(key, default)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if not isinstance(text, str):
+        raise TypeError(f"the {key} attribute is not text")
+    budget.take(len(text) * 16, f"the {key} attribute")
+    return json.loads(text)
+
+
+def _read_state(group, expected, budget):
+    """{name: array} of the state group, reading only arrays whose name and shape match the
+    net's (`expected`), each taken from the budget before it is read."""
+    state = {}
+    for name in group:
+        if name not in expected:
+            raise UserError(f"the file holds {str(name)[:60]!r}, which the net does not have")
+        data = group[name]
+        if not hasattr(data, "shape") or tuple(data.shape) != expected[name].shape:
+            raise UserError(f"{name}: shape {getattr(data, 'shape', None)} in the file, "
+                            f"{expected[name].shape} in the net")
+        budget.take(data.size * data.dtype.itemsize, f"array {name}")
+        state[name] = data[()]
+    return state
 
 
 def write_plan(path, plan):
