@@ -1,5 +1,6 @@
 """Training and evaluation loops: seeded shuffling and augmentation, SGD, a progress bar."""
 
+import math
 import time
 
 import numpy as np
@@ -9,6 +10,7 @@ from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SCHEDULES, SGD
 from npdc.engine.resnet import build_net
 from npdc.engine.images import channel_stats
+from npdc.errors import UserError
 
 
 def augment(x, rng, pad):
@@ -76,6 +78,11 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
             yb = None if y is None else y[idx]
             net.zero_grad()
             logits, terms = objective(net, net.preprocess(xb), yb)
+            if not all(math.isfinite(v) for v in terms.values()):
+                bar.close()
+                raise UserError(f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is not "
+                                f"finite ({', '.join(f'{k} {v}' for k, v in terms.items())}); try a lower "
+                                "learning rate")
             opt.step()
             if hook is not None:
                 hook(epoch * steps_per_epoch + step + 1, opt)

@@ -1,12 +1,16 @@
 """The compress run: the stages of npdc.pipeline.stages in order, each checkpointed.
 
 baseline -> prune -> quantize -> encode -> verify. Each finished stage writes its products into
-the work folder and its record into `state.json` (atomically, with the schedule's digest), so the
-same command after a kill resumes after the last finished stage, and a changed schedule starts
-over.
+the work folder and its record into `state.json` (atomically, with the run's key), so the
+same command after a kill resumes after the last finished stage. The key (run_key) is the
+schedule's digest and a sha256 of the input model file's bytes and of the dataset's arrays, so a
+changed schedule, model or dataset starts over, with a one-line notice; so does a damaged
+state.json. The encode and verify stages re-run when the output file is missing or another
+`out` is asked for.
 """
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +24,58 @@ from npdc.io.modelfile import load_model, save_model
 from npdc.pipeline.stages import encode_stage, prune_stage, quantize_stage, verify_stage
 
 
-class Checkpoints:
-    """Finished stages in a work folder: state.json names them, with the schedule digest."""
+def run_key(schedule, model_path, data):
+    """What a checkpoint must match to be resumed: the schedule's digest and the sha256 of the
+    model file and of the dataset's arrays (shape, dtype and bytes of each split)."""
+    model = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    arrays = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        a = getattr(data, name, None)
+        arrays.update(f"{name}:{None if a is None else (a.shape, a.dtype.str)};".encode())
+        if a is not None:
+            arrays.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return {"schedule": schedule.digest(), "model": model, "data": arrays.hexdigest()}
 
-    def __init__(self, folder, digest):
-        self.folder, self.digest = Path(folder), digest
+
+class Checkpoints:
+    """Finished stages in a work folder: state.json names them, with the run's key (run_key).
+    A state of another key, or one that cannot be read, is a fresh start, told through `log`."""
+
+    def __init__(self, folder, key, log=print):
+        self.folder, self.key = Path(folder), key
         self.folder.mkdir(parents=True, exist_ok=True)
         state_path = self.folder / "state.json"
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-        self.done = state.get("done", {}) if state.get("digest") == digest else {}
+        self.done, self.out = {}, None
+        if not state_path.is_file():
+            return
+        try:
+            state = json.loads(state_path.read_text())
+            done, out = state["done"], state.get("out")
+            if not isinstance(done, dict) or not all(isinstance(r, dict) for r in done.values()):
+                raise ValueError("its stages are not records")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log(f"starting over: {state_path} is damaged ({str(e).splitlines()[0][:80]})")
+            return
+        if state.get("key") != key:
+            old = state.get("key") if isinstance(state.get("key"), dict) else {}
+            changed = [k for k in key if old.get(k) != key[k]] if isinstance(key, dict) else []
+            log(f"starting over: the {' and '.join(changed) or 'run'} changed since the checkpoint in {self.folder}")
+            return
+        self.done, self.out = done, out
 
-    def mark(self, stage, record):
+    def mark(self, stage, record, out=None):
         self.done[stage] = record
-        write_text(self.folder / "state.json", json.dumps({"digest": self.digest, "done": self.done}, indent=1))
+        self.out = out if out is not None else self.out
+        write_text(self.folder / "state.json",
+                   json.dumps({"key": self.key, "out": self.out, "done": self.done}, indent=1))
+
+    def need_output(self, out, log=print):
+        """Forget encode and verify when the output they made is missing or another is asked for."""
+        out = str(Path(out).resolve())
+        if "encode" in self.done and (self.out != out or not Path(out).is_file()):
+            log(f"re-encoding from the last checkpoint: {out} is missing or new")
+            self.done.pop("encode", None)
+            self.done.pop("verify", None)
 
 
 @dataclass
@@ -91,10 +134,11 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
     x, y = data.require("train")
     x_test, y_test = data.require("test")
     r = _Run(load_model(model_path), x, y, x_test, y_test, schedule, Path(workdir), Path(out), progress)
-    ck = Checkpoints(workdir, schedule.digest())
+    ck = Checkpoints(workdir, run_key(schedule, model_path, data), log)
+    ck.need_output(out, log)
     for name, stage in STAGES:
         if name not in ck.done:
-            ck.mark(name, stage(r))
+            ck.mark(name, stage(r), str(r.out.resolve()))
         if name in _LOGGED:
             log(f"{_LOGGED[name]} {ck.done[name]['accuracy']:.4f}")
     teacher = r.teacher

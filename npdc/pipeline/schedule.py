@@ -119,8 +119,12 @@ def load_schedule(path=None, preset="fast"):
                 table = _merge(table, tomllib.load(f))
         except FileNotFoundError:
             raise UserError(f"no schedule file at {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML ({e})") from None
+        except IsADirectoryError:
+            raise UserError(f"{path}: a directory, not a schedule file") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read the schedule ({e.strerror or e})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
     schedule = _fill(Schedule, table, "")
     _validate(schedule)
     return schedule
@@ -133,6 +137,7 @@ def _validate(s):
               (s.prune.granularity in GRANULARITIES, f"prune.granularity: {', '.join(GRANULARITIES)}"),
               (s.prune.agp_scope in ("global", "layer"), "prune.agp_scope: global or layer"),
               (s.batch_size >= 1, "batch_size must be >= 1"),
+              (s.seed >= 0, f"seed must be >= 0, not {s.seed}"),
               (s.prune.epochs >= 0, "prune.epochs must be >= 0"),
               (s.prune.s >= 0, "prune.s must be >= 0"),
               (s.prune.train_images >= 0, "prune.train_images must be >= 0"),
