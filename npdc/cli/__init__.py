@@ -42,6 +42,7 @@ def main(argv=None):
             _force_primitive(primitive)
         args.func(args)
     except UserError as e:
+        _close_progress_bars()
         print(f"npdc {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -51,6 +52,13 @@ def main(argv=None):
         if primitive:  # in-process callers (tests) must not inherit it
             _force_primitive(None)
     return 0
+
+
+def _close_progress_bars():
+    """Close any tqdm bar left open, so that an error line starts on a line of its own."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", None) or ()):
+        bar.close()
 
 
 def _force_primitive(name):

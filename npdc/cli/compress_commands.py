@@ -7,8 +7,8 @@ import json
 import sys
 
 from npdc import __version__
-from npdc.cli.common import (GRANULARITY_CHOICES, floats, non_negative_int, positive_int, print_json,
-                             table, threads_args, use_threads)
+from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, finite_float, floats, non_negative_int,
+                             positive_int, print_json, table, threads_args, use_threads)
 from npdc.errors import UserError
 
 DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
@@ -29,7 +29,7 @@ def sensitivity_arguments(sub):
     s.add_argument("--split", choices=["train", "test"], default="train",
                    help="evaluate on the last --val-size training images (default) or the test split")
     s.add_argument("--val-size", type=positive_int, default=2000)
-    s.add_argument("--budget", type=float, default=0.005,
+    s.add_argument("--budget", type=finite_float, default=0.005,
                    help="accuracy drop allowed per layer for the suggestion (fraction, default 0.005)")
     s.add_argument("--out", default=None, help="write the sweep as JSON here")
     s.add_argument("--json", action="store_true")
@@ -54,6 +54,7 @@ def cmd_sensitivity(args):
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
 
+    check_paths([args.model, args.data], [("--out", args.out)])
     net = load_model(args.model)
     x, y = _held_out(load_dataset(args.data), args.split, args.val_size)
     check_fits(net, x, y)
@@ -83,10 +84,10 @@ def prune_arguments(sub):
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     rule = s.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--s", type=float, help="threshold = std(W) * s in every layer")
-    rule.add_argument("--sparsity", type=float, help="prune this percentage of every layer")
+    rule.add_argument("--s", type=finite_float, help="threshold = std(W) * s in every layer")
+    rule.add_argument("--sparsity", type=finite_float, help="prune this percentage of every layer")
     rule.add_argument("--schedule", choices=["agp"], help="prune gradually during retraining")
-    s.add_argument("--target", type=float, help="AGP: final sparsity in percent")
+    s.add_argument("--target", type=finite_float, help="AGP: final sparsity in percent")
     s.add_argument("--agp-scope", choices=["layer", "global"], default="global",
                    help="AGP: every layer to the target, or one cut across layers (default)")
     s.add_argument("--layer-s", default="",
@@ -94,14 +95,14 @@ def prune_arguments(sub):
     s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element")
     s.add_argument("--kd", choices=["kl", "l2", "cosine", "none"], default="kl",
                    help="distillation loss (default kl; none = labels only)")
-    s.add_argument("--tau", type=float, default=4.0, help="distillation temperature (default 4)")
-    s.add_argument("--hard-weight", type=float, default=0.0, help="weight of the label loss")
+    s.add_argument("--tau", type=finite_float, default=4.0, help="distillation temperature (default 4)")
+    s.add_argument("--hard-weight", type=finite_float, default=0.0, help="weight of the label loss")
     s.add_argument("--on", default="logits", help="distil on logits (default) or a layer, e.g. fc5")
     s.add_argument("--unlabeled", action="store_true", help="ignore the training labels")
     s.add_argument("--epochs", type=non_negative_int, default=2)
     s.add_argument("--batch-size", type=positive_int, default=128)
-    s.add_argument("--lr", type=float, default=0.005, help="retraining learning rate (default 0.005)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=finite_float, default=0.005, help="retraining learning rate (default 0.005)")
+    s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--json", action="store_true")
     threads_args(s)
     s.set_defaults(func=cmd_prune)
@@ -115,6 +116,7 @@ def cmd_prune(args):
     from npdc.pipeline.schedule import PruneStage
     from npdc.pipeline.stages import prune_stage
 
+    check_paths([args.model, args.data], [("--out", args.out)])
     teacher = load_model(args.model)
     data = load_dataset(args.data)
     x, y = data.require("train")
@@ -181,6 +183,7 @@ def cmd_compress(args):
     from npdc.pipeline.run import run
     from npdc.pipeline.schedule import load_schedule
     from npdc.atomic import write_text
+    from npdc.engine.images import check_fits
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
     from npdc.report import build_report, format_markdown
@@ -188,13 +191,19 @@ def cmd_compress(args):
     model = Path(args.model)
     if args.model == DEFAULT_MODEL and not model.is_file():
         model = Path(__file__).resolve().parents[2] / DEFAULT_MODEL  # run from anywhere
-    schedule = load_schedule(args.config, args.preset)
-    data = load_dataset(args.data)
     report_dir = Path(args.report)
     out = Path(args.out) if args.out else report_dir / f"{model.stem}.npdc"
+    check_paths([model, args.data, args.config],
+                [("--out", out)] + [("--report", report_dir / n) for n in ("report.json", "report.md")],
+                [("--report", report_dir)])
+    schedule = load_schedule(args.config, args.preset)
+    data = load_dataset(args.data)
+    teacher = load_model(model)
+    for split in ("train", "test"):
+        check_fits(teacher, *data.require(split))
     use_threads(args.threads)
     result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
-    report = build_report(out, load_model(model), result["accuracy_before"], result["accuracy_after"])
+    report = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"])
     result.update(score=report["score"]["score"], layers=report["layers"], totals=report["totals"],
                   memory_method=report["memory_method"])
     report["schedule"] = result["schedule"]
@@ -228,11 +237,16 @@ def cmd_report(args):
     before = after = None
     if args.data:
         from npdc.codec.model import load_compressed
+        from npdc.engine.images import check_fits
         from npdc.engine.train import evaluate
         from npdc.io.datasets import load_dataset
 
         x, y = load_dataset(args.data).require("test")
-        after = evaluate(load_compressed(args.model)[0], x, y)["accuracy"]
+        compressed = load_compressed(args.model)[0]
+        check_fits(compressed, x, y)
+        if baseline is not None:
+            check_fits(baseline, x, y)
+        after = evaluate(compressed, x, y)["accuracy"]
         before = evaluate(baseline, x, y)["accuracy"] if baseline else None
     report = build_report(args.model, baseline, before, after, args.preset)
     print(format_markdown(report))

@@ -7,8 +7,8 @@ import sys
 import time
 
 from npdc import __version__
-from npdc.cli.common import (floats, positive_int, print_json, shape, table, threads_args,
-                             use_threads, weights_arg)
+from npdc.cli.common import (check_paths, finite_float, floats, non_negative_int, positive_int,
+                             print_json, shape, table, threads_args, use_threads, weights_arg)
 from npdc.errors import UserError
 
 
@@ -21,14 +21,14 @@ def train_arguments(sub):
     s.add_argument("--out", required=True, help="model file to write (.h5)")
     s.add_argument("--epochs", type=positive_int, default=10)
     s.add_argument("--batch-size", type=positive_int, default=128)
-    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
-    s.add_argument("--momentum", type=float, default=0.9)
-    s.add_argument("--weight-decay", type=float, default=5e-4)
+    s.add_argument("--lr", type=finite_float, default=0.1, help="peak learning rate (default 0.1)")
+    s.add_argument("--momentum", type=finite_float, default=0.9)
+    s.add_argument("--weight-decay", type=finite_float, default=5e-4)
     s.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
-    s.add_argument("--augment-pad", type=int, default=None,
+    s.add_argument("--augment-pad", type=non_negative_int, default=None,
                    help="random-crop padding in pixels (default H/8; 0 disables crop and flip)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--val-fraction", type=float, default=0.0,
+    s.add_argument("--seed", type=non_negative_int, default=0)
+    s.add_argument("--val-fraction", type=finite_float, default=0.0,
                    help="hold out this fraction of the training split (seeded, the images "
                         "`compress` validates on by default, 0.1) and report accuracy on it; "
                         "default 0: train on every image")
@@ -45,6 +45,7 @@ def cmd_train(args):
 
     if args.arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    check_paths([args.data], [("--out", args.out)])
     data = load_dataset(args.data)
     x, y, x_val, y_val = data.held_out(args.val_fraction)
     spec = {"arch": args.arch, "input_shape": list(data.image_shape), "num_classes": data.num_classes}
@@ -156,6 +157,7 @@ def infer_arguments(sub):
 def cmd_infer(args):
     from npdc.evaluate import predict_file
 
+    check_paths([args.model, args.input], [("--out", args.out)])
     use_threads(args.threads)
     n = predict_file(args.model, args.input, args.out, args.weights, args.batch_size)
     print(f"wrote logits and classes of {n} images to {args.out}")
@@ -283,6 +285,7 @@ def cmd_import(args):
     from npdc.io.modelfile import save_model
     from npdc.io.torch_import import import_checkpoint
 
+    check_paths([args.checkpoint, args.data], [("--out", args.out)])
     net = import_checkpoint(args.checkpoint, args.arch, args.mean, args.std, args.input_shape)
     meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
             "imported_from": str(args.checkpoint)}
@@ -307,6 +310,7 @@ def cmd_export(args):
     from npdc.io.export import EXPORTERS
     from npdc.io.modelfile import load_model
 
+    check_paths([args.model], [("--out", args.out)])
     net = load_model(args.model)
     EXPORTERS[args.format](net, args.out)
     print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
@@ -335,6 +339,7 @@ def cmd_decompress(args):
     from npdc.codec.model import load_compressed
     from npdc.io.modelfile import save_model
 
+    check_paths([args.model], [("--out", args.out)])
     net, _ = load_compressed(args.model)
     save_model(args.out, net, {"decompressed_from": str(args.model), "npdc_version": __version__})
     print(f"wrote {args.out}")

@@ -53,9 +53,14 @@ def channel_stats(x: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndar
 
 
 def check_fits(net, x, y=None):
-    """UserError unless images x (N, C, H, W) match the net's input and labels y its classes."""
+    """UserError unless images x (N, C, H, W) match the net's input and labels y its classes;
+    a split without images is refused too (an accuracy over no images means nothing)."""
+    if len(x) == 0:
+        raise UserError("the dataset split has no images")
     if tuple(x.shape[1:]) != net.in_shape:
         raise UserError(f"dataset images are {tuple(x.shape[1:])}, the model expects {net.in_shape}")
     classes = net.shapes[net.output][0]
     if y is not None and len(y) and int(y.max()) >= classes:
         raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
+    if y is not None and len(y) and int(y.min()) < 0:
+        raise UserError(f"dataset has label {int(y.min())}, labels start at 0")
