@@ -14,7 +14,7 @@ from tests.conftest import assert_one_line_error, run_cli
 
 # a valid command-line value for each argument type the parser uses (by the type's name); a new
 # type makes test_every_option_type_has_a_sample fail until a sample is added here
-SAMPLES = {"int": "3", "float": "0.25", "positive_int": "3", "non_negative_int": "0",
+SAMPLES = {"int": "3", "float": "0.25", "finite_float": "0.25", "positive_int": "3", "non_negative_int": "0",
            "floats": "0.5,1", "shape": "1,8,8"}
 # required string options whose value must name something that exists in npdc
 KNOWN = {"arch": "resnet18"}

@@ -44,7 +44,7 @@ from npdc.limits import Budget
 
 MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions than this
 MAX_DIM = 1 << 31  # a layer shape's dimensions are below this
-INDEX_BYTES = 4  # what one decoded position costs a reader, taken from the file's Budget
+INDEX_BYTES = 8  # what one decoded position (an int64 index) costs a reader, taken from the Budget
 
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):

@@ -56,8 +56,8 @@ def load_model(path):
             budget.take(spec_cost(spec), f"the {spec['arch']} its spec declares")
             net = build_net(spec)
             state = _read_state(f["state"], net.state_dict(), budget)
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
+        except UserError as e:  # a Budget's refusal names the file already
+            raise UserError(e if str(e).startswith(f"{path}:") else f"{path}: {e}") from None
         except (KeyError, OSError, ValueError, TypeError, AttributeError) as e:
             raise UserError(f"{path}: damaged model file ({str(e)[:200]})") from None
     try:
