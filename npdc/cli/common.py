@@ -75,6 +75,11 @@ def check_paths(inputs=(), outputs=(), folders=()):
     under a regular file or in a place this user cannot write; no folder option may name a file.
     `inputs` may hold None and names that are not files (a shipped dataset's name), skipped."""
     inputs = [p for p in inputs if p is not None and Path(p).exists()]
+    for option, folder in folders:
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise UserError(f"{option} {folder} is a file, not a folder")
+        if folder is not None:
+            _writable(option, Path(folder))
     for option, out in outputs:
         if out is None:
             continue
@@ -84,11 +89,6 @@ def check_paths(inputs=(), outputs=(), folders=()):
         if Path(out).is_dir():
             raise UserError(f"{option} {out} is a directory; give a file name")
         _writable(option, Path(out).parent)
-    for option, folder in folders:
-        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
-            raise UserError(f"{option} {folder} is a file, not a folder")
-        if folder is not None:
-            _writable(option, Path(folder))
 
 
 def _writable(option, folder):
