@@ -44,7 +44,7 @@ from npdc.limits import Budget
 
 MAX_LAYER_WEIGHTS = 1 << 28  # a header may not ask a decoder for more positions than this
 MAX_DIM = 1 << 31  # a layer shape's dimensions are below this
-INDEX_BYTES = 8  # what one decoded position (an int64 index) costs a reader, taken from the Budget
+INDEX_BYTES = 4  # taken from the Budget per claimed weight: its float32 once decoded (see read_model_file)
 
 
 def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
@@ -209,7 +209,9 @@ def read_model_file(source):
     are optional (docs/format.md, "Unknown tags") and skipped. No layer may claim more than
     MAX_LAYER_WEIGHTS weights, and the file's npdc.limits.Budget must hold the parsed header, the
     network its spec declares (spec_cost, worked out without building it) and every layer's
-    decoded positions, so a crafted header cannot make a reader allocate them. Anything else is a
+    decoded positions (INDEX_BYTES each: the float32 a weight becomes, not the transient int64
+    index, so that a real file decoding to 35-50x its size still fits the default ratio of 100),
+    so a crafted header cannot make a reader allocate them. Anything else is a
     one-line FormatError naming the file and, where there is one, the section. Payloads are not
     decoded here (ModelSections.decode and .raw do)."""
     if isinstance(source, ModelSections):
