@@ -227,6 +227,8 @@ def read_model_file(source):
     try:
         header = decode_header(sections[kept[0]][1], budget)
         entries = [_layer_entry(e) for e in _listed(header)]
+        if len({p for p, _ in entries}) != len(entries):
+            raise ValueError("a layer path is listed twice")
         check_spec(header["spec"])
     except FormatError as e:
         raise e.at(file=name, index=kept[0], tag="HEAD") from None

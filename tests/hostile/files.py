@@ -83,6 +83,15 @@ def huge_layer_claim(folder):
     return write_npdc(folder / "huge-claim.npdc", sections)
 
 
+def duplicate_layer(folder):
+    """The one quantized layer listed twice, with two LAYR sections."""
+    sections = valid_sections()
+    header = header_of(sections)
+    header["layers"] = header["layers"] * 2
+    sections = with_header(sections, **header)
+    return write_npdc(folder / "duplicate.npdc", sections[:2] + sections[1:])
+
+
 def h5_case(name, spec=None, state=None, spec_text=None):
     """A .h5 model file with a given spec (or raw spec text) and state arrays."""
     def make(folder):
@@ -142,6 +151,7 @@ CASES = {
         ("decompress", layer_case("not-a-parameter", {"path": "fc7.W"})),
         ("decompress", layer_case("wrong-shape", {"shape": [8, 3]})),
         ("decompress", npdc_case("entry-number", layers=[3])),
+        ("decompress", duplicate_layer),
         ("info", h5_case("h5-extra-array", spec=SPEC, state={"zz.W": np.zeros(3, np.float32)})),
     ],
     "other header fields": [
