@@ -54,6 +54,10 @@ class _open:
 
     def __enter__(self):
         try:
+            with open(self.path, "rb") as f:
+                if f.read(6) == npy_format.MAGIC_PREFIX:
+                    raise UserError(f"{self.path}: holds a single array (.npy), expected an .npz "
+                                    "archive of named arrays")
             self.archive = zipfile.ZipFile(self.path)
         except ZIP_DAMAGE as e:
             raise UserError(f"{self.path}: not a readable .npz archive ({type(e).__name__}: "
