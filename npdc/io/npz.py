@@ -76,7 +76,7 @@ def _read_npy(archive, name, source, budget):
         if reader is None:
             raise UserError(f"{source}: member {name!r} is .npy version {version}, npdc reads 1.0 and 2.0")
         shape, fortran, dtype = reader(f)
-        shape = check_shape(shape, f"{name} shape")
+        shape = check_shape(shape, f"{source}: member {name!r} shape")
         if dtype.kind not in SAFE_KINDS or dtype.names or dtype.subdtype:
             raise UserError(f"{source}: member {name!r} holds {dtype}; only numbers and booleans are read")
         count = int(np.prod(shape, dtype=object))
