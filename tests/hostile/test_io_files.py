@@ -96,7 +96,7 @@ def test_peak_memory_under_limit(generated, tmp_path):
     """Every case, one after another in one process, grows its peak RSS by under 256 MB."""
     _, argv = generated
     images = tmp_path / "images.npz"
-    np.savez(images, x=np.zeros((1, 1, 28, 28), np.float32))
+    np.savez(images, x=np.zeros((2, 1, 8, 8), np.float32))
     warm = ["infer", str(files.NPDC), str(images), "--out", str(tmp_path / "p.npz")]
     cases = [(kind, name, argv[(kind, name)]) for kind, name in CASE_IDS]
     done = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(cases), json.dumps(warm)],
