@@ -25,6 +25,7 @@ from collections import OrderedDict
 import numpy as np
 
 from npdc.errors import UserError
+from npdc.limits import Budget
 
 # Element types a pickle may ask for: numbers and booleans only, never Python objects.
 SAFE_KINDS = set("biuf")
@@ -32,6 +33,10 @@ SAFE_KINDS = set("biuf")
 MAX_DIMS = 32
 # A dimension no array can have (NumPy's sizes are signed 64-bit).
 MAX_DIM = (1 << 63) - 1
+# What one opcode may make Python allocate, at most about: an empty set (EMPTY_SET, one byte) is
+# 216 bytes, a dict or list 56-64 plus its slot in a container. Charged to the stream's Budget
+# before loading, so a 2 MB pickle of two million empty sets is refused, not grown to 450 MB.
+OPCODE_BYTES = 256
 _LOAD_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, OverflowError, UnicodeDecodeError, struct.error, MemoryError,
                 zipfile.BadZipFile, zlib.error)
@@ -85,19 +90,24 @@ def restricted_load(file, source, table=None, encoding="utf-8", unpickler=Restri
 
 
 def check_memo_indices(file, source):
-    """Refuse a pickle that stores into a memo slot no pickler would use.
+    """Refuse a pickle that stores into a memo slot no pickler would use, or whose opcodes could
+    build more objects than the stream's Budget allows (OPCODE_BYTES each).
 
     A pickler numbers its memo slots 0, 1, 2, ... as it goes, so a slot is never beyond the number
     of opcodes before it. The C unpickler grows and zero-fills its memo up to twice any index it
     is given, so one damaged PUT index could claim gigabytes; the opcodes are scanned first.
     """
     start = file.tell()
+    budget = Budget(source, file.seek(0, io.SEEK_END) - start)
+    file.seek(start)
+    count = 0
     try:
         for count, (op, arg, _) in enumerate(pickletools.genops(file)):
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
                 raise UserError(f"{source}: damaged pickle (memo slot {arg} after {count} opcodes)")
     except _LOAD_ERRORS as e:
         raise damaged(e, source) from None
+    budget.take((count + 1) * OPCODE_BYTES, f"a pickle of {count + 1:,} opcodes")
     file.seek(start)
 
 

@@ -178,6 +178,11 @@ def bytes_call(d):
     return _cifar(d, "bytes_call", _batch(glob("__builtin__", "bytes") + tup(num(1 << 30)) + b"R"))
 
 
+def many_sets(d):
+    """1.9 million EMPTY_SET opcodes in a list: one byte each in the file, 216 in memory."""
+    return _cifar(d, "many_sets", b"\x80\x04(" + b"\x8f" * 1_900_000 + b"l.")
+
+
 def memo_slot(d):
     return _cifar(d, "memo_slot", b"\x80\x02N" + b"r" + struct.pack("<I", 1 << 30) + b".")
 
@@ -348,7 +353,7 @@ CASES = {
         tensor_65_dims, zip_bomb_storage, zip_bomb_pickle, zip_declared_lie,
         zip_longer_than_declared, newobj_dtype_checkpoint)},
     "unpickler": {f.__name__: f for f in (
-        newobj_dtype, newobj_reconstruct, shape_2_64, shape_65_dims, bytes_call, memo_slot)},
+        newobj_dtype, newobj_reconstruct, shape_2_64, shape_65_dims, bytes_call, many_sets, memo_slot)},
     "dataset": {f.__name__: f for f in (
         npz_claims_2_48, npz_bomb, npz_65_dims, npz_object, h5_unwritten, idx_65_dims,
         idx_wrapping_dims, idx_gzip_bomb, labels_2_63, npz_truncated, npz_damaged_deflate)},
