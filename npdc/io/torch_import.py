@@ -123,7 +123,8 @@ def implied_params(spec):
     """The number of parameters and buffers of the network `spec` describes (arch `resnet18` or
     `cifar-resnetN`, the defaults of npdc.engine.resnet), counted without building it."""
     arch = spec["arch"]
-    channels, height, width_px = (int(d) for d in spec.get("input_shape", (1, 28, 28) if arch == "resnet18" else (3, 32, 32)))
+    default = (1, 28, 28) if arch == "resnet18" else (3, 32, 32)
+    channels, height, width_px = (int(d) for d in spec.get("input_shape", default))
     classes, w = int(spec.get("num_classes", 10)), int(spec.get("width", 16))
 
     def conv_bn(cin, cout, k):
@@ -192,9 +193,9 @@ def import_checkpoint(path, arch, mean=None, std=None, input_shape=None):
     [0, 1] scale of the images) become the model's input normalisation."""
     for label, values in (("mean", mean), ("std", std)):
         if values is not None and not np.all(np.isfinite(np.asarray(values, np.float64))):
-            raise UserError(f"--{label} values must be finite numbers, got {list(values)}")
+            raise UserError(f"--{label} values must be finite numbers, got {np.asarray(values).tolist()}")
         if label == "std" and values is not None and not np.all(np.asarray(values, np.float64) > 0):
-            raise UserError(f"--std values must be positive, got {list(values)}")
+            raise UserError(f"--std values must be positive, got {np.asarray(values).tolist()}")
     state = find_state_dict(load_checkpoint(path), path)
     net = state_to_net(state, arch, path, input_shape, Budget.for_path(path))
     channels = net.in_shape[0]

@@ -88,7 +88,8 @@ def zip_bomb_storage(d):
     path = d / "bomb.pt"
     count = BOMB_BYTES // 4
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("archive/data.pkl", state_pickle({"w": tensor(storage("0", count=count), 0, (count,), (1,))}))
+        state = {"w": tensor(storage("0", count=count), 0, (count,), (1,))}
+        z.writestr("archive/data.pkl", state_pickle(state))
         _zeros_member(z, "archive/data/0", BOMB_BYTES)
     return _import(path)
 
@@ -148,7 +149,8 @@ def _array_pickle(shape_ops):
     dtype('u1'), False, b'') where the shape is written by `shape_ops`."""
     dtype = glob("numpy", "dtype") + tup(text("u1"), b"\x89", b"\x88") + b"R" \
         + tup(num(3), text("|"), b"NNN", num(-1), num(-1), num(0)) + b"b"
-    head = glob("numpy.core.multiarray", "_reconstruct") + tup(glob("numpy", "ndarray"), tup(num(0)), b"C\x01b") + b"R"
+    head = (glob("numpy.core.multiarray", "_reconstruct")
+            + tup(glob("numpy", "ndarray"), tup(num(0)), b"C\x01b") + b"R")
     return head + tup(num(1), shape_ops, dtype, b"\x89", b"C\x00") + b"b"
 
 
@@ -219,7 +221,8 @@ def npz_bomb(d):
     """x_test honestly 96 MiB of zeros, deflated to ~100 KB."""
     path = d / "npz_bomb.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        _zeros_member(z, "x_test.npy", BOMB_BYTES, prefix=_npy_header("|u1", (BOMB_BYTES // 1024, 1, 32, 32)))
+        header = _npy_header("|u1", (BOMB_BYTES // 1024, 1, 32, 32))
+        _zeros_member(z, "x_test.npy", BOMB_BYTES, prefix=header)
         z.writestr("y_test.npy", _labels())
     return _evaluate(path)
 

@@ -18,7 +18,8 @@ from npdc.limits import Budget
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
 def test_npz_reader_matches_numpy(tmp_path, save):
-    arrays = {"a": np.arange(24, dtype=">f8").reshape(2, 3, 4), "b": np.asfortranarray(np.eye(3, dtype=np.int16)),
+    arrays = {"a": np.arange(24, dtype=">f8").reshape(2, 3, 4),
+              "b": np.asfortranarray(np.eye(3, dtype=np.int16)),
               "c": np.array([True, False]), "d": np.zeros((0, 5), np.uint8), "e": np.float32(7)}
     save(tmp_path / "a.npz", **arrays)
     got = read_npz(tmp_path / "a.npz")
