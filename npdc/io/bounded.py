@@ -53,7 +53,8 @@ def read_member(archive, name, source, budget, count=None):
 
 
 def gunzip(raw, source, budget):
-    """The bytes of the gzip stream `raw`, inflated at most to what `budget` has left."""
+    """The bytes of the gzip stream `raw` (one member or several in a row, as gzip.decompress
+    reads them), inflated at most to what `budget` has left."""
     out, inflater = [], zlib.decompressobj(16 + zlib.MAX_WBITS)
     total, data = 0, raw
     try:
@@ -64,7 +65,9 @@ def gunzip(raw, source, budget):
                 budget.take(total, "the gzip stream")  # refuses, naming the limits
             out.append(chunk)
             data = inflater.unconsumed_tail
-            if inflater.eof:
+            if inflater.eof and inflater.unused_data.strip(b"\0"):  # the next member
+                data, inflater = inflater.unused_data, zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif inflater.eof:
                 break
     except zlib.error as e:
         raise UserError(f"{source}: corrupt gzip data ({e})") from None

@@ -55,6 +55,7 @@ def test_gunzip_is_bounded_and_exact():
 
     packed = gzip.compress(b"abc" * 1000)
     assert gunzip(packed, "f.gz", Budget("f.gz", 0)) == b"abc" * 1000
+    assert gunzip(packed + gzip.compress(b"de") + bytes(8), "f.gz", Budget("f.gz", 0)) == b"abc" * 1000 + b"de"
     small = Budget("f.gz", 0)
     small.left = 2000
     with pytest.raises(UserError, match="gzip stream"):
