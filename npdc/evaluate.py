@@ -9,6 +9,8 @@ import numpy as np
 from npdc.atomic import atomic_path
 from npdc.codec.model import load_compressed
 from npdc.errors import UserError
+from npdc.io.datasets import check_finite
+from npdc.io.npz import npz_names, read_npz
 from npdc.report import totals
 from npdc.runtime.infer import build_runtime
 from npdc.runtime.measure import latency_ms, memory_figures, peak_rss_bytes
@@ -43,21 +45,19 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
 
 
 def read_images(path):
-    """Images from a .npz file: the array `x`, else `x_test`, else its only array."""
+    """Images from a .npz file: the array `x`, else `x_test`, else its only array. The array's
+    .npy header is checked against the file's allocation budget before it is read, and float
+    images must be finite; anything else is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            names = list(f.files)
-            key = next((k for k in ("x", "x_test", "images") if k in names), None)
-            if key is None and len(names) == 1:
-                key = names[0]
-            if key is None:
-                raise UserError(f"{path}: expected an array x, x_test or images, found {', '.join(names)}")
-            return f[key]
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+    names = npz_names(path)
+    key = next((k for k in ("x", "x_test", "images") if k in names), None)
+    if key is None and len(names) == 1:
+        key = names[0]
+    if key is None:
+        raise UserError(f"{path}: expected an array x, x_test or images, found {', '.join(names) or 'none'}")
+    return check_finite(read_npz(path, [key])[key], path)
 
 
 def predict_file(model, images_path, out, weights="sparse", batch_size=128):

@@ -3,20 +3,24 @@
 Images keep their stored dtype (usually uint8) so 60k images cost 47 MB instead of 188 MB as
 float32; training code converts one batch at a time with `npdc.engine.images.as_float`. Every malformed input is
 reported as a one-line UserError naming the file, never as a raw parser traceback.
+
+What a file's headers ask for (IDX dimensions, .npy headers inside an .npz, HDF5 dataset shapes,
+the inflated size of a gzip stream) is taken from the file's Budget (npdc.limits) before it is
+allocated; float images must be finite, labels non-negative and below 2**31.
 """
 
 from __future__ import annotations
 
-import gzip
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from npdc.errors import UserError
-from npdc.io.safe_pickle import restricted_loads
+from npdc.io.bounded import gunzip
+from npdc.io.npz import read_npz
+from npdc.io.safe_pickle import MAX_DIMS, SAFE_KINDS, check_shape, restricted_loads
+from npdc.limits import Budget
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
@@ -38,7 +42,8 @@ _IDX_NAMES = {
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = "test_batch"
 _GZIP_MAGIC = b"\x1f\x8b"
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+MAX_LABEL = (1 << 31) - 1
+_FINITE_CHUNK = 1 << 22  # elements checked at a time, so the check costs no copy of the images
 
 
 @dataclass
@@ -137,11 +142,9 @@ def read_idx(path: Path) -> np.ndarray:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    budget = Budget(path, len(raw))
     if str(path).lower().endswith(".gz") or raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise UserError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+        raw = gunzip(raw, path, budget)
     if len(raw) < 4:
         raise UserError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     if raw[0] != 0 or raw[1] != 0:
@@ -150,17 +153,20 @@ def read_idx(path: Path) -> np.ndarray:
     if dtype is None:
         raise UserError(f"{path}: unknown IDX type code 0x{raw[2]:02x}")
     ndim = raw[3]
+    if ndim > MAX_DIMS:
+        raise UserError(f"{path}: IDX header declares {ndim} dimensions, more than {MAX_DIMS}")
     data_start = 4 + 4 * ndim
     if len(raw) < data_start:
         raise UserError(f"{path}: IDX header truncated ({ndim} dimensions need {data_start} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(shape, dtype=np.int64))
+    count = int(np.prod(shape, dtype=object))  # Python ints: a product cannot wrap
     expected = count * dtype.itemsize
     actual = len(raw) - data_start
     if actual != expected:
         problem = "truncated" if actual < expected else "has trailing bytes"
         raise UserError(f"{path}: IDX data {problem} ({actual} bytes, {shape} needs {expected})")
     values = np.frombuffer(raw, dtype=dtype, count=count, offset=data_start)
+    budget.take(expected, f"IDX array of shape {shape}")
     return values.reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -228,27 +234,13 @@ def _load_cifar_dir(folder: Path, name: str) -> Dataset:
 
 
 def _load_npz(path: Path) -> Dataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as exc:
-        raise UserError(f"{path}: not a readable .npz archive ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise UserError(f"{path}: holds a single array, expected an .npz archive of named arrays")
-    arrays = {}
-    with archive:
-        for key in ("x_train", "y_train", "x_test", "y_test"):
-            if key in archive.files:
-                try:
-                    arrays[key] = archive[key]
-                except _NPZ_ERRORS as exc:
-                    raise UserError(f"{path}: cannot load array '{key}' ({exc})") from None
-    return _assemble_keyed(path, arrays)
+    return _assemble_keyed(path, read_npz(path, ("x_train", "y_train", "x_test", "y_test")))
 
 
 def _load_h5(path: Path) -> Dataset:
     import h5py
 
-    arrays = {}
+    arrays, budget = {}, Budget.for_path(path)
     try:
         with h5py.File(path, "r") as handle:
             for key in ("x_train", "y_train", "x_test", "y_test"):
@@ -257,6 +249,12 @@ def _load_h5(path: Path) -> Dataset:
                 node = handle[key]
                 if not isinstance(node, h5py.Dataset):
                     raise UserError(f"{path}: '{key}' is an HDF5 group, expected an array")
+                if node.dtype.kind not in SAFE_KINDS or node.dtype.names or node.dtype.subdtype:
+                    raise UserError(f"{path}: '{key}' holds {node.dtype}, expected numbers")
+                shape = check_shape(node.shape or (), f"{path}: '{key}' shape")
+                # An unwritten dataset stores nothing yet reads as its full shape of fill values.
+                budget.take(int(np.prod(shape, dtype=object)) * node.dtype.itemsize,
+                            f"'{key}' of shape {shape} ({node.id.get_storage_size():,} bytes stored)")
                 arrays[key] = np.asarray(node[()])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a readable HDF5 file ({exc})") from None
@@ -296,8 +294,23 @@ def _checked_images(images: np.ndarray, source: Path, split: str) -> np.ndarray:
     if images.dtype == np.uint8:
         return images
     if np.issubdtype(images.dtype, np.floating):
-        return images.astype(np.float32, copy=False)
+        return check_finite(images.astype(np.float32, copy=False), source, f"{split} images")
     raise UserError(f"{source}: {split} images have dtype {images.dtype}, expected uint8 or float")
+
+
+def check_finite(images: np.ndarray, source: object, what: str = "images") -> np.ndarray:
+    """`images`, refused in one line if they are floats holding NaN or infinity (checked a chunk
+    at a time, so no image-sized mask is allocated)."""
+    if not np.issubdtype(images.dtype, np.floating):
+        return images
+    flat = images.reshape(-1)
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk = flat[start:start + _FINITE_CHUNK]
+        if not np.isfinite(chunk).all():
+            bad = start + int(np.argmin(np.isfinite(chunk)))
+            raise UserError(f"{source}: {what} hold {flat[bad]} at element {bad:,}; "
+                            "images must be finite numbers")
+    return images
 
 
 def _checked_labels(labels: np.ndarray, count: int, source: Path, split: str) -> np.ndarray:
@@ -307,6 +320,8 @@ def _checked_labels(labels: np.ndarray, count: int, source: Path, split: str) ->
         raise UserError(f"{source}: {split} labels have shape {labels.shape}, expected 1-D")
     if len(labels) != count:
         raise UserError(f"{source}: {count} {split} images but {len(labels)} {split} labels")
-    if labels.size and labels.min() < 0:
+    if labels.size and int(labels.min()) < 0:
         raise UserError(f"{source}: {split} labels contain negative value {int(labels.min())}")
+    if labels.size and int(labels.max()) > MAX_LABEL:  # compared before a cast could wrap it
+        raise UserError(f"{source}: {split} labels contain {int(labels.max())}, above {MAX_LABEL}")
     return labels.astype(np.int64, copy=False)

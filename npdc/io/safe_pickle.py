@@ -25,9 +25,18 @@ from collections import OrderedDict
 import numpy as np
 
 from npdc.errors import UserError
+from npdc.limits import Budget
 
 # Element types a pickle may ask for: numbers and booleans only, never Python objects.
 SAFE_KINDS = set("biuf")
+# NumPy 1 arrays have at most 32 dimensions (NumPy 2: 64); no tensor npdc reads needs more.
+MAX_DIMS = 32
+# A dimension no array can have (NumPy's sizes are signed 64-bit).
+MAX_DIM = (1 << 63) - 1
+# What one opcode may make Python allocate, at most about: an empty set (EMPTY_SET, one byte) is
+# 216 bytes, a dict or list 56-64 plus its slot in a container. Charged to the stream's Budget
+# before loading, so a 2 MB pickle of two million empty sets is refused, not grown to 450 MB.
+OPCODE_BYTES = 256
 _LOAD_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, OverflowError, UnicodeDecodeError, struct.error, MemoryError,
                 zipfile.BadZipFile, zlib.error)
@@ -57,6 +66,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         if stand_in is None:
             raise UserError(f"{self.source}: refused to load global {module}.{name}; npdc reads "
                             "only tensors, arrays and plain containers and never runs code from a file")
+        if isinstance(stand_in, type):
+            # NEWOBJ would call `stand_in.__new__` and skip `__init__`'s checks; a plain function
+            # is not a class, so the unpickler refuses NEWOBJ on it as a damaged pickle.
+            return _called(stand_in)
         return stand_in
 
     def persistent_load(self, pid):
@@ -77,20 +90,32 @@ def restricted_load(file, source, table=None, encoding="utf-8", unpickler=Restri
 
 
 def check_memo_indices(file, source):
-    """Refuse a pickle that stores into a memo slot no pickler would use.
+    """Refuse a pickle that stores into a memo slot no pickler would use, or whose opcodes could
+    build more objects than the stream's Budget allows (OPCODE_BYTES each).
 
     A pickler numbers its memo slots 0, 1, 2, ... as it goes, so a slot is never beyond the number
     of opcodes before it. The C unpickler grows and zero-fills its memo up to twice any index it
     is given, so one damaged PUT index could claim gigabytes; the opcodes are scanned first.
     """
     start = file.tell()
+    budget = Budget(source, file.seek(0, io.SEEK_END) - start)
+    file.seek(start)
+    count = 0
     try:
         for count, (op, arg, _) in enumerate(pickletools.genops(file)):
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg <= count:
                 raise UserError(f"{source}: damaged pickle (memo slot {arg} after {count} opcodes)")
     except _LOAD_ERRORS as e:
         raise damaged(e, source) from None
+    budget.take((count + 1) * OPCODE_BYTES, f"a pickle of {count + 1:,} opcodes")
     file.seek(start)
+
+
+def _called(cls):
+    def make(*args, **kwargs):
+        return cls(*args, **kwargs)
+    make.__qualname__ = make.__name__ = cls.__name__
+    return make
 
 
 def restricted_loads(data, source, table=None, encoding="utf-8"):
@@ -127,8 +152,9 @@ def resolve(obj, source):
         raise with_source(e, source) from None
     except RecursionError:
         raise UserError(f"{source}: pickle nested too deeply") from None
-    except TypeError as e:  # e.g. an array used as a dict key
-        raise UserError(f"{source}: unusable pickled data ({one_line(e)})") from None
+    except (TypeError, ValueError, AttributeError, OverflowError, MemoryError) as e:
+        # e.g. an array used as a dict key, a stand-in whose state never arrived
+        raise UserError(f"{source}: unusable pickled data ({type(e).__name__}: {one_line(e)})") from None
 
 
 def damaged(error, source):
@@ -161,9 +187,24 @@ def check_int(value, what, low=0):
 
 
 def check_shape(shape, what):
+    """`shape` as a tuple of ints: at most MAX_DIMS of them, each a size an array can have."""
     if not isinstance(shape, (tuple, list)):
         raise UserError(f"{what} must be a tuple of sizes, got {_short(shape)}")
-    return tuple(check_int(d, what) for d in shape)
+    if len(shape) > MAX_DIMS:
+        raise UserError(f"{what} has {len(shape)} dimensions, more than {MAX_DIMS}")
+    dims = tuple(check_int(d, what) for d in shape)
+    if nonzero_product(dims) > MAX_DIM:
+        raise UserError(f"{what} {_short(dims)} has sizes no array can have")
+    return dims
+
+
+def nonzero_product(shape):
+    """The product of the non-zero sizes of `shape`: what an empty array's shape still claims
+    (a (4000000, 0) classifier decides a network's width although it holds nothing)."""
+    count = 1
+    for d in shape:
+        count *= max(int(d), 1)
+    return count
 
 
 # -- NumPy as NumPy pickles it (ndarray.__reduce__, dtype.__reduce__, numpy scalars) ---------------
@@ -258,6 +299,14 @@ def _latin1_encode(text, encoding="latin1"):
     return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+    """Stand-in for `builtins.bytes`, which protocol 2 calls with no arguments for b"" (longer
+    bytes go through `_codecs.encode`); `bytes(n)` would allocate n bytes, so it is refused."""
+    if args:
+        raise UserError(f"refused builtins.bytes{_short(args)}: only the empty bytes are read")
+    return b""
+
+
 class _NdarrayClass:
     """Stands for `numpy.ndarray` as the first argument of `_reconstruct`; builds nothing."""
 
@@ -267,6 +316,7 @@ BASE_GLOBALS = {
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("_codecs", "encode"): _latin1_encode,
+    ("builtins", "bytes"): _empty_bytes,
     ("numpy", "ndarray"): _NdarrayClass,
     ("numpy", "dtype"): _DtypeSpec,
     **{(module, name): stand_in

@@ -18,6 +18,9 @@ A tensor is pickled as `torch._utils._rebuild_tensor_v2(storage, offset, size, s
 element i is storage[offset + sum_k i_k * stride_k]. It is rebuilt with
 `np.lib.stride_tricks.as_strided` on the storage's array once the whole extent is checked to lie
 inside the storage, then copied; views into one storage (slices, transposes) read the same array.
+Every copy is taken from the file's Budget (npdc.limits) first, so views that repeat a few stored
+elements (stride 0) cannot together grow past what the file may ask for; zip members are read
+through npdc.io.bounded, which refuses a member that declares or yields more than that.
 Only the globals in TORCH_GLOBALS exist for the pickle (npdc.io.safe_pickle); a pickled
 `nn.Module`, an optimizer class or `os.system` is refused by name and never run.
 """
@@ -31,13 +34,13 @@ from pathlib import Path
 import numpy as np
 
 from npdc.errors import UserError
+from npdc.io.bounded import member_size, read_member
 from npdc.io.safe_pickle import (BASE_GLOBALS, Placeholder, RestrictedUnpickler, check_int,
-                                 check_shape, one_line, resolve, restricted_load)
+                                 check_shape, nonzero_product, one_line, resolve, restricted_load)
+from npdc.limits import Budget
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_VERSION = 1001
-# A view may hold more elements than its storage only by repeating some (stride 0); cap that.
-MAX_BROADCAST_ELEMENTS = 1 << 24
 
 _CODES = {"float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "bf16", "int64": "i8",
           "int32": "i4", "int16": "i2", "int8": "i1", "uint8": "u1", "bool": "?"}
@@ -64,11 +67,11 @@ class ElementType:
 class Storage:
     """One storage: `count` elements of `kind`; `array` is filled from the file (or a parent)."""
 
-    def __init__(self, kind, count, key):
+    def __init__(self, kind, count, key, budget):
         if not isinstance(kind, ElementType):
             raise UserError(f"storage {key!r} has unknown type {kind!r}")
         self.kind, self.count, self.key = kind, check_int(count, f"storage {key!r} size"), key
-        self.array = None
+        self.budget, self.array = budget, None
 
     def data(self):
         if self.array is None:
@@ -80,7 +83,7 @@ class StorageView(Storage):
     """A legacy-format storage that is a window [offset, offset + count) of another storage."""
 
     def __init__(self, base, offset, count, key):
-        super().__init__(base.kind, count, key)
+        super().__init__(base.kind, count, key, base.budget)
         self.base, self.offset = base, check_int(offset, f"storage view {key!r} offset")
 
     def data(self):
@@ -108,15 +111,20 @@ class TensorSpec(Placeholder):
             usable = flat.nbytes - flat.nbytes % self.kind.dtype.itemsize
             flat = flat.view(np.uint8)[:usable].view(self.kind.dtype.newbyteorder(flat.dtype.byteorder))
         count = int(np.prod(self.size, dtype=object))
+        itemsize = 4 if self.kind.bfloat16 else self.kind.dtype.itemsize  # widened to float32
+        budget = self.storage.budget
         if count == 0:
+            claimed = nonzero_product(self.size) * itemsize  # the sizes still shape a network
+            if claimed > budget.total:
+                raise UserError(f"empty tensor of size {self.size} claims {claimed:,} bytes of "
+                                f"sizes, more than the file may ask for ({budget.total:,})")
             return np.zeros(self.size, self.kind.dtype.newbyteorder("="))
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if last >= len(flat):
             raise UserError(f"tensor of size {self.size}, stride {self.stride} at offset "
                             f"{self.offset} reaches element {last} of a storage of {len(flat)}")
-        if count > max(len(flat), MAX_BROADCAST_ELEMENTS):
-            raise UserError(f"tensor of size {self.size} repeats its {len(flat)} stored elements "
-                            "too often; refusing to expand it")
+        # Every tensor is a copy, however few elements it stores (stride 0 repeats them).
+        budget.take(count * itemsize * (2 if self.kind.bfloat16 else 1), f"tensor of size {self.size}")
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], shape=self.size,
             strides=[s * flat.dtype.itemsize for s in self.stride], writeable=False)
@@ -202,14 +210,14 @@ ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, Ove
               RuntimeError)
 
 
-def _load_zip(data, source):
+def _load_zip(data, source, budget):
     try:
-        return _read_zip(data, source)
+        return _read_zip(data, source, budget)
     except ZIP_DAMAGE as e:
         raise UserError(f"{source}: damaged zip checkpoint ({one_line(e)})") from None
 
 
-def _read_zip(data, source):
+def _read_zip(data, source, budget):
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = set(archive.namelist())
@@ -223,7 +231,7 @@ def _read_zip(data, source):
     prefix = tops[0]
     order = "<"
     if f"{prefix}byteorder" in names:
-        text = archive.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+        text = read_member(archive, f"{prefix}byteorder", source, budget).decode("ascii", "replace").strip()
         if text not in ("little", "big"):
             raise UserError(f"{source}: unknown byte order {text!r}")
         order = "<" if text == "little" else ">"
@@ -232,27 +240,24 @@ def _read_zip(data, source):
     def lookup(pid):
         _, kind, key, _location, count = pid[:5]
         if key not in storages:
-            storage = Storage(kind, count, key)
+            storage = Storage(kind, count, key, budget)
             name = f"{prefix}data/{key}"
             if name not in names:
                 raise UserError(f"{source}: storage {key!r} is missing from the archive")
             need = storage.count * kind.dtype.itemsize
-            if archive.getinfo(name).file_size < need:
+            if member_size(archive, name, source) < need:
                 raise UserError(f"{source}: storage {key!r} holds fewer than {need} bytes (truncated?)")
-            with archive.open(name) as f:
-                raw = f.read(need)
-            if len(raw) < need:
-                raise UserError(f"{source}: storage {key!r} is truncated")
+            raw = read_member(archive, name, source, budget, need)
             storage.array = np.frombuffer(raw, kind.dtype.newbyteorder(order), storage.count)
             storages[key] = storage
         return storages[key]
 
-    with archive.open(f"{prefix}data.pkl") as pickled:
-        return _load_with_storages(pickled, source, lookup)
+    pickled = read_member(archive, f"{prefix}data.pkl", source, budget)
+    return _load_with_storages(io.BytesIO(pickled), source, lookup)
 
 
 # -- legacy format -------------------------------------------------------------------------------
-def _load_legacy(data, source):
+def _load_legacy(data, source, budget):
     f = io.BytesIO(data)
     if restricted_load(f, source, {}) != LEGACY_MAGIC:
         raise UserError(f"{source}: not a PyTorch checkpoint (wrong magic number)")
@@ -266,7 +271,7 @@ def _load_legacy(data, source):
     def lookup(pid):
         _, kind, key, _location, count = pid[:5]
         if key not in storages:
-            storages[key] = Storage(kind, count, key)
+            storages[key] = Storage(kind, count, key, budget)
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return storages[key]
@@ -311,10 +316,11 @@ def load_checkpoint(path):
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    budget = Budget(path, len(data))
     if data[:4] == b"PK\x03\x04":
-        obj = _load_zip(data, path)
+        obj = _load_zip(data, path, budget)
     elif data[:1] == b"\x80":
-        obj = _load_legacy(data, path)
+        obj = _load_legacy(data, path, budget)
     elif not data:
         raise UserError(f"{path}: empty file")
     elif _is_tar(data):

@@ -8,15 +8,20 @@ block `res{S+1}{letter of B}` (`res2a`, `res2b`, ...) is PyTorch's `layerS.B`; c
 `conv1`/`conv2`, `_1` the shortcut, `..._bn` the batch norm after it. BatchNorm's
 `num_batches_tracked` is a training counter and is dropped. Any other name is used as it is
 (a model already named like npdc's `fc5`, `fc5_bn`, `fc6`).
+
+The sizes that decide the network (classes, width, input channels, embedding) come from tensor
+shapes, which an empty tensor can set to anything; the parameters the implied network would
+hold are counted (`implied_params`) and taken from the checkpoint's Budget before it is built.
 """
 
 import re
 
 import numpy as np
 
-from npdc.engine.resnet import build_net
+from npdc.engine.resnet import ARCHITECTURES, build_net
 from npdc.errors import UserError
 from npdc.io.torch_checkpoint import load_checkpoint
+from npdc.limits import Budget
 
 # Where training scripts commonly nest the state_dict inside a checkpoint dict.
 NESTING_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network",
@@ -110,12 +115,57 @@ def _infer_spec(arch, state, input_shape):
     return spec
 
 
-def state_to_net(state, arch, source, input_shape=None):
+def _conv_out(size, stride):
+    return (size - 1) // stride + 1  # a 3x3 conv with padding 1
+
+
+def implied_params(spec):
+    """The number of parameters and buffers of the network `spec` describes (arch `resnet18` or
+    `cifar-resnetN`, the defaults of npdc.engine.resnet), counted without building it."""
+    arch = spec["arch"]
+    default = (1, 28, 28) if arch == "resnet18" else (3, 32, 32)
+    channels, height, width_px = (int(d) for d in spec.get("input_shape", default))
+    classes, w = int(spec.get("num_classes", 10)), int(spec.get("width", 16))
+
+    def conv_bn(cin, cout, k):
+        return cin * cout * k * k + 4 * cout  # weights; BN gamma, beta, mean, variance
+
+    total = conv_bn(channels, w, 3)
+    if arch == "resnet18":
+        strides = spec.get("strides", (1, 1, 2, 2, 2))
+        height, width_px = _conv_out(height, strides[0]), _conv_out(width_px, strides[0])
+        cin = w
+        for stage, stride in zip(range(4), strides[1:]):
+            out = w << stage
+            total += conv_bn(cin, out, 3) + 3 * conv_bn(out, out, 3) + conv_bn(cin, out, 1)
+            height, width_px, cin = _conv_out(height, stride), _conv_out(width_px, stride), out
+        embedding = int(spec.get("embedding", 512))
+        return total + cin * height * width_px * embedding + 4 * embedding + embedding * classes + classes
+    blocks = (int(arch[len("cifar-resnet"):]) - 2) // 6
+    cin = w
+    for out in (w, 2 * w, 4 * w):
+        for _ in range(blocks):
+            total += conv_bn(cin, out, 3) + conv_bn(out, out, 3) + (conv_bn(cin, out, 1) if cin != out else 0)
+            cin = out
+    return total + cin * classes + classes
+
+
+def state_to_net(state, arch, source, input_shape=None, budget=None):
     """An npdc net of `arch` holding the tensors of a PyTorch `state` (name -> array).
 
     The first npdc parameter with no tensor, or with a tensor of the wrong shape, is a UserError
-    naming both sides; so is a tensor the architecture has no place for."""
-    net = build_net(_infer_spec(arch, state, input_shape))
+    naming both sides; so is a tensor the architecture has no place for. With a `budget`, the
+    network the tensors' shapes imply is taken from it before it is built: float32 parameters,
+    held by the net, by its state_dict and by the converted copies (three times)."""
+    spec = _infer_spec(arch, state, input_shape)
+    if budget is not None and spec.get("arch") in ARCHITECTURES:
+        try:
+            params = implied_params(spec)
+        except (ValueError, TypeError, IndexError):
+            params = 0  # a malformed spec: build_net names the problem
+        budget.take(3 * 4 * params, f"the {arch} network its tensor shapes imply "
+                                    f"({params:,} parameters)")
+    net = build_net(spec)
     loaded, used = net.state_dict(), set()
     for path, ref in {**net.params(), **net.buffers()}.items():
         names = torch_candidates(path)
@@ -141,7 +191,13 @@ def state_to_net(state, arch, source, input_shape=None):
 def import_checkpoint(path, arch, mean=None, std=None, input_shape=None):
     """Read a PyTorch checkpoint into an npdc net of `arch`; `mean`/`std` (per channel, in the
     [0, 1] scale of the images) become the model's input normalisation."""
-    net = state_to_net(find_state_dict(load_checkpoint(path), path), arch, path, input_shape)
+    for label, values in (("mean", mean), ("std", std)):
+        if values is not None and not np.all(np.isfinite(np.asarray(values, np.float64))):
+            raise UserError(f"--{label} values must be finite numbers, got {np.asarray(values).tolist()}")
+        if label == "std" and values is not None and not np.all(np.asarray(values, np.float64) > 0):
+            raise UserError(f"--std values must be positive, got {np.asarray(values).tolist()}")
+    state = find_state_dict(load_checkpoint(path), path)
+    net = state_to_net(state, arch, path, input_shape, Budget.for_path(path))
     channels = net.in_shape[0]
     for label, values in (("mean", mean), ("std", std)):
         if values is None:
@@ -149,7 +205,7 @@ def import_checkpoint(path, arch, mean=None, std=None, input_shape=None):
         values = np.asarray(values, np.float32)
         if values.shape != (channels,):
             raise UserError(f"--{label} needs {channels} values (one per input channel), got {values.size}")
-        if label == "std" and not np.all(values > 0):
-            raise UserError("--std values must be positive")
+        if not np.all(np.isfinite(values)) or (label == "std" and not np.all(values > 0)):
+            raise UserError(f"--{label} values must be finite (and --std positive) in float32")
         setattr(net, label, values)
     return net

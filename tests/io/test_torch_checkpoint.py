@@ -165,7 +165,7 @@ def test_huge_broadcast_is_refused(tmp_path):
     """A stride-0 view may not turn one stored element into millions."""
     path = _zip_with(tmp_path, tensor(storage("0", count=1), 0, (1 << 13, 1 << 13), (0, 0)),
                      b"\0" * 4)
-    with pytest.raises(UserError, match="repeats"):
+    with pytest.raises(UserError, match="asks for .* more than a"):
         load_checkpoint(path)
 
 
