@@ -22,9 +22,9 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
     takes the file's own accuracy as the reference (the accuracy gate passes)."""
-    runtime = build_runtime(net, codes, weights, batch_size, path)
     if len(x) == 0:
         raise UserError("the test split is empty")
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(x)), path)  # arrays for a batch
     t0 = time.perf_counter()
     logits = runtime.predict(x)
     seconds = time.perf_counter() - t0
@@ -64,8 +64,11 @@ def predict_file(model, images_path, out, weights="sparse", batch_size=128):
     """Logits and predicted classes of the images in images_path, written atomically to out
     (.npz with `logits` and `classes`); returns the number of images."""
     net, codes = load_compressed(model)
-    runtime = build_runtime(net, codes, weights, batch_size, model)
-    logits = runtime.predict(read_images(images_path))
+    images = read_images(images_path)
+    if len(images) == 0:
+        raise UserError(f"{images_path}: no images")
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(images)), model)
+    logits = runtime.predict(images)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, logits=logits, classes=logits.argmax(axis=1).astype(np.int64))
     return len(logits)

@@ -79,3 +79,22 @@ def test_evaluate_npdc_with_dense_batches_names_the_primitives_and_obeys_primiti
     assert code == 0 and set(json.loads(out.strip().splitlines()[-1])["primitives"].values()) == {"im2col"}
     code, out, _ = run_cli(args[:4] + ["--json"], capsys)  # the defaults: sparse weights
     assert json.loads(out.strip().splitlines()[-1])["primitives"] == {}
+
+
+@pytest.mark.parametrize("command", ["infer", "evaluate"])
+def test_a_huge_batch_size_costs_no_more_than_the_images(model_and_data, capsys, command):
+    """--batch-size 1000000 on 12 images: the runtime is built for the 12 images it runs, so
+    the command allocates a few megabytes, not the 10+ GB a million-image arena would take."""
+    import tracemalloc
+
+    d, net, x = model_and_data
+    argv = (["infer", str(d / "m.npdc"), str(d / "images.npz"), "--out", str(d / "p.npz")]
+            if command == "infer" else ["evaluate", str(d / "m.npdc"), "--data", str(d / "data.npz")])
+    tracemalloc.start()
+    try:
+        code, _, err = run_cli(argv + ["--batch-size", "1000000", "--weights", "dense"], capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert peak < 64 << 20
