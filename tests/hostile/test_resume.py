@@ -4,13 +4,13 @@ a missing or new output re-encodes from the last checkpoint."""
 
 import json
 
-import numpy as np
 import pytest
 
 from npdc.io.datasets import load_dataset
 from npdc.io.modelfile import save_model
 from npdc.pipeline.run import Checkpoints, run, run_key
 from npdc.pipeline.schedule import load_schedule
+from tests.conftest import write_tiny_dataset
 from tests.hostile import files
 
 
@@ -19,14 +19,7 @@ def tiny(tmp_path_factory):
     from npdc.engine.train import train_model
 
     folder = tmp_path_factory.mktemp("resume")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 96), ("test", 30)):
-        y = np.arange(n) % 3
-        arrays[f"x_{split}"] = np.clip(y[:, None, None, None] * 80 + 40 + rng.normal(0, 15, (n, 1, 8, 8)),
-                                       0, 255).astype(np.uint8)
-        arrays[f"y_{split}"] = y
-    np.savez(folder / "d.npz", **arrays)
+    write_tiny_dataset(folder / "d.npz", 96, 30)
     data = load_dataset(str(folder / "d.npz"))
     net, _ = train_model(files.SPEC, data.x_train, data.y_train, 1, batch_size=16, progress=False)
     save_model(folder / "m.h5", net)

@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from npdc.pipeline.run import Checkpoints, run
-from npdc.pipeline.schedule import load_schedule
 from npdc.engine.train import train_model
 from npdc.errors import UserError
 from npdc.io.datasets import load_dataset
 from npdc.io.modelfile import save_model
+from npdc.pipeline.run import Checkpoints, run
+from npdc.pipeline.schedule import load_schedule
+from tests.conftest import write_tiny_dataset
 
 
 def write(tmp_path, text):
@@ -61,14 +62,7 @@ def test_checkpoints_forget_a_different_schedule(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, n in (("train", 192), ("test", 60)):
-        y = np.arange(n) % 3
-        arrays[f"x_{split}"] = np.clip(y[:, None, None, None] * 80 + 40 + rng.normal(0, 15, (n, 1, 8, 8)),
-                                       0, 255).astype(np.uint8)
-        arrays[f"y_{split}"] = y
-    np.savez(folder / "d.npz", **arrays)
+    write_tiny_dataset(folder / "d.npz", 192, 60)
     data = load_dataset(str(folder / "d.npz"))
     net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
                          data.x_train, data.y_train, 2, batch_size=16, progress=False)
