@@ -183,7 +183,6 @@ def cmd_compress(args):
     from npdc.pipeline.run import run
     from npdc.pipeline.schedule import load_schedule
     from npdc.atomic import write_text
-    from npdc.compress.prune import check_layer_names
     from npdc.engine.images import check_fits
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
@@ -202,7 +201,6 @@ def cmd_compress(args):
     teacher = load_model(model)
     for split in ("train", "test"):
         check_fits(teacher, *data.require(split))
-    check_layer_names(teacher, schedule.quantize.layer_bits)  # before pruning, not after
     use_threads(args.threads)
     result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
     report = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"])

@@ -266,7 +266,7 @@ def quantize_net(net, bits, method="kmeans", masks=None, default_bits=8, layers=
     QuantizedLayer}, what npdc.codec.model stores.
     """
     out = {}
-    for name in layers or prunable_layers(net):
+    for name in prunable_layers(net) if layers is None else layers:
         path = f"{name}.W"
         W = net.layers[name].params["W"]
         keep = masks.get(path) if masks else None

@@ -21,7 +21,8 @@ from npdc.atomic import atomic_path, write_text
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
-from npdc.pipeline.stages import encode_stage, prune_stage, quantize_stage, verify_stage
+from npdc.pipeline.stages import (check_schedule_names, encode_stage, prune_stage, quantize_stage,
+                                  verify_stage)
 
 
 def run_key(schedule, model_path, data):
@@ -94,7 +95,7 @@ class _Run:
     @property
     def hyper(self):
         return {"batch_size": self.schedule.batch_size, "seed": self.schedule.seed,
-                "progress": self.progress}
+                "progress": self.progress, "keep": tuple(self.schedule.keep)}
 
 
 def _baseline(r):
@@ -134,6 +135,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=print):
     x, y = data.require("train")
     x_test, y_test = data.require("test")
     r = _Run(load_model(model_path), x, y, x_test, y_test, schedule, Path(workdir), Path(out), progress)
+    check_schedule_names(r.teacher, schedule)
     ck = Checkpoints(workdir, run_key(schedule, model_path, data), log)
     ck.need_output(out, log)
     for name, stage in STAGES:

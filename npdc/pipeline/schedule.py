@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 
 from npdc.errors import UserError
 
-PRUNE_METHODS = ("agp", "std", "percent")
+PRUNE_METHODS = ("agp", "std", "percent", "none")
 GRANULARITIES = ("element", "vector", "kernel", "filter")
 KD_LOSSES = ("kl", "l2", "cosine", "none")
 
 
 @dataclass
 class PruneStage:
-    method: str = "agp"           # agp: gradual, during retraining; std: |w| < std(W)*s; percent
+    method: str = "agp"           # agp: gradual, during retraining; std: |w| < std(W)*s; percent;
+                                  # none: no pruning (quantize and encode only)
     target: float = 80.0          # agp and percent: sparsity in percent
     s: float = 0.0                # std: the threshold multiplier
     layer_s: str = "conv1=0"      # per-layer overrides; with agp only 0 (kept dense) is allowed
@@ -64,6 +65,7 @@ class Schedule:
     prune: PruneStage = field(default_factory=PruneStage)
     quantize: QuantizeStage = field(default_factory=QuantizeStage)
     encode: EncodeStage = field(default_factory=EncodeStage)
+    keep: list = field(default_factory=list)  # layers left unpruned and unquantized (float)
 
     def digest(self):
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -149,6 +151,7 @@ def _validate(s):
               (s.quantize.kd in ("kl", "l2", "cosine"), "quantize.kd: kl, l2 or cosine"),
               (s.encode.raw_dtype in ("float16", "float32"), "encode.raw_dtype: float16 or float32"),
               (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32")]
+    checks.append((all(isinstance(name, str) for name in s.keep), "keep must be a list of layer names"))
     for bits in [s.quantize.conv_bits, s.quantize.fc_bits, *s.quantize.layer_bits.values()]:
         checks.append((isinstance(bits, int) and 1 <= bits <= 16, "quantize bits must be integers 1..16"))
     for stage in (s.prune, s.quantize):

@@ -24,6 +24,7 @@ from npdc.compress.prune import (check_layer_names, filter_masks_complete, masks
 from npdc.compress.quantize import CentroidSGD, quantize_net
 from npdc.compress.thin import thin_filters
 from npdc.engine.layers import Conv2d
+from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.errors import UserError
 
@@ -36,10 +37,19 @@ def training_subset(x, y, n, seed):
     return x[pick], y[pick]
 
 
-def _masks_or_gradual(teacher, stage, steps):
-    """(fixed masks, None) for a one-shot cut, or (None, GradualPruner factory) for AGP."""
+def check_schedule_names(net, schedule):
+    """UserError naming any layer a schedule's per-layer settings name that `net` does not have
+    (layer_s, quantize.layer_bits, keep), before any stage spends time."""
+    for names in (parse_layer_s(schedule.prune.layer_s), schedule.quantize.layer_bits, schedule.keep):
+        check_layer_names(net, names)
+
+
+def _masks_or_gradual(teacher, stage, steps, keep=()):
+    """(fixed masks, None) for a one-shot cut, or (None, GradualPruner factory) for AGP; the
+    layers in `keep` stay dense whatever layer_s says."""
     overrides = parse_layer_s(stage.layer_s)
     check_layer_names(teacher, overrides)
+    overrides.update({name: (0.0, False) for name in keep})
     if stage.method == "agp":
         kept = [n for n, (v, _) in overrides.items() if v == 0]
         others = sorted(set(overrides) - set(kept))
@@ -58,13 +68,19 @@ def _masks_or_gradual(teacher, stage, steps):
     return masks, None
 
 
-def prune_stage(teacher, x, y, stage, batch_size=128, seed=0, progress=True):
+def prune_stage(teacher, x, y, stage, batch_size=128, seed=0, progress=True, keep=()):
     """Prune a copy of `teacher` as `stage` (a schedule's PruneStage) says and retrain it on
-    (x, y), distilling from the teacher. Filter pruning then removes the empty filters.
-    Returns (student, record with sparsity, per-layer rows, thinned filters and history)."""
+    (x, y), distilling from the teacher; method "none" copies it untouched. Layers in `keep` stay
+    dense. Filter pruning then removes the empty filters. Returns (student, record with
+    sparsity, per-layer rows, thinned filters and history)."""
+    check_layer_names(teacher, keep)
+    if stage.method == "none":
+        student, history = clone_net(teacher), []
+        rows, total = sparsity_table(student)
+        return student, {"sparsity": total["sparsity"], "layers": rows, "thinned": {}, "history": []}
     xs, ys = training_subset(x, y, stage.train_images, seed)
     steps = stage.epochs * -(-len(xs) // batch_size)
-    masks, gradual = _masks_or_gradual(teacher, stage, steps)
+    masks, gradual = _masks_or_gradual(teacher, stage, steps, keep)
     student, _, history = prune_and_retrain(
         teacher, xs, ys if stage.labels else None, masks, gradual,
         kd=None if stage.kd == "none" else stage.kd, tau=stage.tau, hard_weight=stage.hard_weight,
@@ -85,12 +101,16 @@ def layer_bits(net, stage):
             for n in prunable_layers(net)}
 
 
-def quantize_stage(student, teacher, x, y, stage, batch_size=128, seed=0, progress=True):
-    """Quantize the pruned `student` in place (its zeros stay pruned) and retrain the shared
-    centroids for stage.epochs with distillation from `teacher`. Returns (student,
-    {path: QuantizedLayer} with the codebooks as trained, record)."""
+def quantize_stage(student, teacher, x, y, stage, batch_size=128, seed=0, progress=True, keep=()):
+    """Quantize the pruned `student` in place (its zeros stay pruned), except the layers in
+    `keep`, which stay float, and retrain the shared centroids for stage.epochs with
+    distillation from `teacher`. Returns (student, {path: QuantizedLayer} with the codebooks as
+    trained, record)."""
     check_layer_names(student, stage.layer_bits)
-    quantized = quantize_net(student, layer_bits(student, stage), stage.method, masks_from_zeros(student))
+    check_layer_names(student, keep)
+    layers = [name for name in prunable_layers(student) if name not in keep]
+    quantized = quantize_net(student, layer_bits(student, stage), stage.method, masks_from_zeros(student),
+                             layers=layers)
     if stage.epochs:
         xs, ys = training_subset(x, y, stage.train_images, seed + 1)
         fit(student, xs, ys, stage.epochs, lr=stage.lr, weight_decay=0.0, progress=progress,

@@ -230,3 +230,61 @@ def test_the_quantize_checkpoint_round_trips(tmp_path):
         np.testing.assert_array_equal(back[p].indices, q.indices)
         np.testing.assert_array_equal(back[p].codebook, q.codebook)
         assert back[p].sparse == q.sparse and back[p].codebook.dtype == np.float32
+
+
+def test_the_seed_recipe_cuts_exactly_at_std_times_s():
+    """method = std, s = 1, layer_s = conv1=0,fc5=2x, no retraining: every layer keeps exactly the
+    weights with |w| >= std(W) * s_layer (conv1 all, fc5 at twice the threshold)."""
+    from npdc.engine.resnet import build_net
+    from npdc.pipeline.schedule import PruneStage
+    from npdc.pipeline.stages import prune_stage
+
+    teacher = build_net({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2}, seed=3)
+    x = np.zeros((4, 1, 8, 8), np.uint8)
+    stage = PruneStage(method="std", s=1.0, layer_s="conv1=0,fc5=2x", epochs=0)
+    student, record = prune_stage(teacher, x, np.zeros(4, np.int64), stage, progress=False)
+    for name, layer in teacher.layers.items():
+        if "W" not in layer.params or name not in {r["layer"] for r in record["layers"]}:
+            continue
+        W = layer.params["W"].astype(np.float64)
+        s = {"conv1": 0.0, "fc5": 2.0}.get(name, 1.0)
+        expected = np.where(np.abs(W) >= np.std(W) * s, W, 0).astype(np.float32)
+        np.testing.assert_array_equal(student.layers[name].params["W"], expected, err_msg=name)
+
+
+def test_keep_leaves_a_layer_float_and_method_none_skips_pruning(tiny, tmp_path):
+    """keep = [conv1]: the file stores conv1 as a float array, not a quantized layer; with
+    method = none no weight is pruned."""
+    from npdc.codec.model import load_compressed, read_model_file
+    from npdc.io.modelfile import load_model
+
+    folder, data, _ = tiny
+    config = write(tmp_path, "batch_size = 16\nkeep = ['conv1']\n[prune]\nmethod = 'none'\n"
+                             "[quantize]\nepochs = 0\n[encode]\nraw_dtype = 'float32'\n")
+    out = tmp_path / "kept.npdc"
+    run(folder / "m.h5", data, load_schedule(config), out, tmp_path / "w", progress=False,
+        log=lambda *_: None)
+    stored = {layer.path for layer in read_model_file(out).layers}
+    assert "conv1.W" not in stored and "fc5.W" in stored
+    teacher, (decoded, codes) = load_model(folder / "m.h5"), load_compressed(out)
+    np.testing.assert_array_equal(decoded.params()["conv1.W"], teacher.params()["conv1.W"])
+    for path, q in codes.items():
+        assert np.count_nonzero(q.indices == 0) == np.count_nonzero(teacher.params()[path] == 0)
+
+
+@pytest.mark.parametrize("text, name", [("keep = ['convX']\n", "convX"),
+                                        ("[quantize]\nlayer_bits = { fcZ = 4 }\n", "fcZ"),
+                                        ("[prune]\nlayer_s = 'res9z=0'\n", "res9z")])
+def test_unknown_layer_names_are_refused_before_any_stage(tiny, tmp_path, text, name):
+    folder, data, _ = tiny
+    with pytest.raises(UserError, match=name):
+        run(folder / "m.h5", data, load_schedule(write(tmp_path, text)), tmp_path / "o.npdc", tmp_path / "w",
+            progress=False, log=lambda *_: None)
+    assert not (tmp_path / "w" / "state.json").exists() or "baseline" not in (tmp_path / "w" / "state.json").read_text()
+
+
+def test_agp_refuses_per_layer_values_it_cannot_honour(tiny, tmp_path):
+    folder, data, _ = tiny
+    with pytest.raises(UserError, match="fc5"):
+        run(folder / "m.h5", data, load_schedule(write(tmp_path, "[prune]\nlayer_s = 'fc5=2x'\n")),
+            tmp_path / "o.npdc", tmp_path / "w", progress=False, log=lambda *_: None)
