@@ -15,6 +15,7 @@ kept), m the same image through the npdc runtime from the .npdc file with sparse
 """
 
 import lzma
+import math
 
 import numpy as np
 
@@ -137,13 +138,15 @@ def totals(source, rows=None, baseline=None):
 
 # -- the whole report ---------------------------------------------------------------------------
 def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
-                 preset="relative", memory=None):
+                 preset="relative", memory=None, images=None):
     """The report dict of a .npdc file (JSON-able): layers, totals, accuracies, memory, score.
 
     baseline: the uncompressed Net (S and M come from it; else a net of the file's architecture
     stands in, which has the same sizes). memory: (M, m, method) measured elsewhere; else M is
     the baseline run naively and m the runtime on the file (npdc.runtime.measure.memory_figures).
-    The score needs accuracy_after, and accuracy_before for the relative preset; without them it is None."""
+    The score needs accuracy_after, and accuracy_before for the relative preset; without them it is None.
+    images: how many images the accuracies were measured on; the report then gives each one's
+    standard error, sqrt(z (1 - z) / images), so a reader can tell a drop from noise."""
     if preset not in PRESETS:
         raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
     for value, what in ((accuracy_before, "accuracy before"), (accuracy_after, "accuracy after")):
@@ -163,10 +166,21 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     if accuracy_after is not None and (preset == "zte" or accuracy_before is not None):
         result = score(total["size_before_bytes"], total["size_after_bytes"], M, m,
                        accuracy_after, preset, accuracy_before)
-    return {"file": str(path), "layers": rows, "totals": total,
-            "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
-            "memory_before_bytes": M, "memory_after_bytes": m, "memory_method": method,
-            "score": result}
+    report = {"file": str(path), "layers": rows, "totals": total,
+              "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
+              "memory_before_bytes": M, "memory_after_bytes": m, "memory_method": method,
+              "score": result}
+    if images:
+        report["accuracy_images"] = int(images)
+        for key in ("accuracy_before", "accuracy_after"):
+            if report[key] is not None:
+                report[f"{key}_se"] = standard_error(report[key], images)
+    return report
+
+
+def standard_error(accuracy, images):
+    """Standard error of an accuracy measured on `images` independent images (binomial)."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / images)
 
 
 def _percent(x):
@@ -202,8 +216,12 @@ def format_markdown(report):
                  f"{100 * (t['stream_bits'] / max(t['entropy_bits'], 1) - 1):.2f} % above their "
                  f"entropy ({t['entropy_bits']:,.0f} bits)")
     if report.get("accuracy_before") is not None or report.get("accuracy_after") is not None:
-        lines += [f"- accuracy before: {_percent(report.get('accuracy_before'))}, "
-                  f"after: {_percent(report.get('accuracy_after'))}"]
+        def figure(key):
+            se = report.get(f"{key}_se")
+            return _percent(report.get(key)) + ("" if se is None else f" ± {100 * se:.2f}")
+        on = f" (on {report['accuracy_images']:,} test images; ± one standard error)" \
+            if report.get("accuracy_images") else ""
+        lines += [f"- accuracy before: {figure('accuracy_before')}, after: {figure('accuracy_after')}{on}"]
     lines += [f"- inference memory before: {report['memory_before_bytes']:,} bytes, after: "
               f"{report['memory_after_bytes']:,} bytes",
               f"- memory method: {report['memory_method']}", "", "## Score", ""]

@@ -367,3 +367,17 @@ def test_on_the_shipped_model_the_file_beats_xz_and_huffman_nears_the_entropy(tm
     t = totals(path)
     assert path.stat().st_size < xz_bytes(path)
     assert t["entropy_bits"] <= t["stream_bits"] <= 1.01 * t["entropy_bits"]
+
+
+def test_the_report_gives_each_accuracy_its_standard_error(compressed):
+    """With the number of images, each accuracy carries sqrt(z (1 - z) / n): 0.9 on 10,000
+    images is 0.9 +- 0.30 points."""
+    path, net, _, _ = compressed
+    report = build_report(path, net, 0.9, 0.8, images=10_000)
+    assert report["accuracy_images"] == 10_000
+    assert report["accuracy_before_se"] == pytest.approx(0.003)
+    assert report["accuracy_after_se"] == pytest.approx(0.004)
+    page = format_markdown(report)
+    assert "90.00 % ± 0.30" in page and "80.00 % ± 0.40" in page and "10,000 test images" in page
+    plain = build_report(path, net, 0.9, 0.8)
+    assert "accuracy_images" not in plain and "±" not in format_markdown(plain)

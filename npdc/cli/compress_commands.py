@@ -203,9 +203,11 @@ def cmd_compress(args):
         check_fits(teacher, *data.require(split))
     use_threads(args.threads)
     result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
-    report = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"])
+    report = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"],
+                          images=len(data.require("test")[1]))
     result.update(score=report["score"]["score"], layers=report["layers"], totals=report["totals"],
-                  memory_method=report["memory_method"])
+                  memory_method=report["memory_method"],
+                  **{k: report[k] for k in ("accuracy_images", "accuracy_before_se", "accuracy_after_se")})
     report["schedule"] = result["schedule"]
     write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True, default=float))
     write_text(report_dir / "report.md", format_markdown(report))
@@ -248,7 +250,8 @@ def cmd_report(args):
             check_fits(baseline, x, y)
         after = evaluate(compressed, x, y)["accuracy"]
         before = evaluate(baseline, x, y)["accuracy"] if baseline else None
-    report = build_report(args.model, baseline, before, after, args.preset)
+    report = build_report(args.model, baseline, before, after, args.preset,
+                          images=len(y) if args.data else None)
     print(format_markdown(report))
     if args.json:
         print_json(report)

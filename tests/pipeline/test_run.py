@@ -112,6 +112,9 @@ def test_compress_and_report_commands(tiny, capsys):
                 "score", "layers"):
         assert key in report
     assert "fc5.W" in (folder / "rep" / "report.md").read_text()
+    z = report["accuracy_after"]
+    assert report["accuracy_images"] == 60  # the tiny dataset's test split
+    assert report["accuracy_after_se"] == pytest.approx((z * (1 - z) / 60) ** 0.5)
     code, out, _ = run_cli(["report", str(folder / "rep" / "m.npdc"), "--baseline", str(folder / "m.h5"),
                             "--data", str(folder / "d.npz"), "--json", "--threads", "1"], capsys)
     assert code == 0
