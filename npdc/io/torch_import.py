@@ -10,15 +10,16 @@ block `res{S+1}{letter of B}` (`res2a`, `res2b`, ...) is PyTorch's `layerS.B`; c
 (a model already named like npdc's `fc5`, `fc5_bn`, `fc6`).
 
 The sizes that decide the network (classes, width, input channels, embedding) come from tensor
-shapes, which an empty tensor can set to anything; the parameters the implied network would
-hold are counted (`implied_params`) and taken from the checkpoint's Budget before it is built.
+shapes, which an empty tensor can set to anything; what building the implied network costs is
+worked out from its spec (npdc.engine.resnet.spec_cost) and taken from the checkpoint's Budget
+before it is built.
 """
 
 import re
 
 import numpy as np
 
-from npdc.engine.resnet import ARCHITECTURES, build_net
+from npdc.engine.resnet import build_net, check_spec, spec_cost
 from npdc.errors import UserError
 from npdc.io.torch_checkpoint import load_checkpoint
 from npdc.limits import Budget
@@ -115,56 +116,19 @@ def _infer_spec(arch, state, input_shape):
     return spec
 
 
-def _conv_out(size, stride):
-    return (size - 1) // stride + 1  # a 3x3 conv with padding 1
-
-
-def implied_params(spec):
-    """The number of parameters and buffers of the network `spec` describes (arch `resnet18` or
-    `cifar-resnetN`, the defaults of npdc.engine.resnet), counted without building it."""
-    arch = spec["arch"]
-    default = (1, 28, 28) if arch == "resnet18" else (3, 32, 32)
-    channels, height, width_px = (int(d) for d in spec.get("input_shape", default))
-    classes, w = int(spec.get("num_classes", 10)), int(spec.get("width", 16))
-
-    def conv_bn(cin, cout, k):
-        return cin * cout * k * k + 4 * cout  # weights; BN gamma, beta, mean, variance
-
-    total = conv_bn(channels, w, 3)
-    if arch == "resnet18":
-        strides = spec.get("strides", (1, 1, 2, 2, 2))
-        height, width_px = _conv_out(height, strides[0]), _conv_out(width_px, strides[0])
-        cin = w
-        for stage, stride in zip(range(4), strides[1:]):
-            out = w << stage
-            total += conv_bn(cin, out, 3) + 3 * conv_bn(out, out, 3) + conv_bn(cin, out, 1)
-            height, width_px, cin = _conv_out(height, stride), _conv_out(width_px, stride), out
-        embedding = int(spec.get("embedding", 512))
-        return total + cin * height * width_px * embedding + 4 * embedding + embedding * classes + classes
-    blocks = (int(arch[len("cifar-resnet"):]) - 2) // 6
-    cin = w
-    for out in (w, 2 * w, 4 * w):
-        for _ in range(blocks):
-            total += conv_bn(cin, out, 3) + conv_bn(out, out, 3) + (conv_bn(cin, out, 1) if cin != out else 0)
-            cin = out
-    return total + cin * classes + classes
-
-
 def state_to_net(state, arch, source, input_shape=None, budget=None):
     """An npdc net of `arch` holding the tensors of a PyTorch `state` (name -> array).
 
     The first npdc parameter with no tensor, or with a tensor of the wrong shape, is a UserError
     naming both sides; so is a tensor the architecture has no place for. With a `budget`, the
-    network the tensors' shapes imply is taken from it before it is built: float32 parameters,
-    held by the net, by its state_dict and by the converted copies (three times)."""
+    network the tensors' shapes imply is taken from it before it is built: what building it
+    costs (spec_cost), held by the net, by its state_dict and by the converted copies (three
+    times)."""
     spec = _infer_spec(arch, state, input_shape)
-    if budget is not None and spec.get("arch") in ARCHITECTURES:
-        try:
-            params = implied_params(spec)
-        except (ValueError, TypeError, IndexError):
-            params = 0  # a malformed spec: build_net names the problem
-        budget.take(3 * 4 * params, f"the {arch} network its tensor shapes imply "
-                                    f"({params:,} parameters)")
+    if budget is not None:
+        check_spec(spec)  # the one schema names a bad size before it is priced
+        cost = spec_cost(spec)
+        budget.take(3 * cost, f"the {arch} network its tensor shapes imply ({cost:,} bytes)")
     net = build_net(spec)
     loaded, used = net.state_dict(), set()
     for path, ref in {**net.params(), **net.buffers()}.items():

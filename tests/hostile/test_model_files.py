@@ -90,8 +90,10 @@ def test_a_valid_file_still_loads_and_optional_sections_are_skipped(tmp_path, ca
 def test_spec_cost_bounds_what_building_allocates():
     from npdc.engine.resnet import build_net, spec_cost
 
-    for spec in (files.SPEC, {"arch": "cifar-resnet20", "width": 4},
-                 {"arch": "cifar-resnet32", "width": 4, "shortcut": "projection", "activation": "prelu"}):
+    for spec in (files.SPEC, {"arch": "cifar-resnet20", "width": 4}, {"arch": "cifar-resnet20", "num_classes": 7},
+                 {"arch": "cifar-resnet32", "width": 4, "shortcut": "projection", "activation": "prelu"},
+                 {"arch": "cifar-resnet32", "width": 8, "shortcut": "projection", "input_shape": [1, 16, 16]},
+                 {"arch": "resnet18", "input_shape": [1, 12, 10], "width": 2, "embedding": 4, "num_classes": 3}):
         net = build_net(spec)
         floats = net.num_params() + sum(b.size for b in net.buffers().values())
         activations = sum(math.prod(shape) for shape in net.shapes.values())
