@@ -233,4 +233,50 @@ def format_markdown(report):
         lines += [f"- preset: {sc['preset']}",
                   f"- score: {sc['score']:.4f} = ({sc['memory_term']:.4f} memory + "
                   f"{sc['size_term']:.4f} size) x A {sc['A']} x B {sc['B']}"]
+    if report.get("search"):
+        lines += search_lines(report["search"])
     return "\n".join(lines) + "\n"
+
+
+STOPPED = {"accuracy": "a step and its half-way retry both lost more than the budget allows",
+           "steps": "it took the most steps allowed (search.max_steps)",
+           "time": "the time budget ran out", "curves": "the next step was beyond the swept levels"}
+
+
+def search_lines(search):
+    """The markdown section of an accuracy-budgeted search (npdc.pipeline.auto): the budget,
+    the per-layer choices, every candidate measured and why the search stopped."""
+    n, before, after = search["val_images"], search["val_accuracy_before"], search["val_accuracy_after"]
+    cfg = search.get("settings", {})
+    climb, bits = search["prune"]["climb"], search["bits"]
+    lines = ["", "## Search", "",
+             f"Decisions on {n:,} validation images held out of the training split; the test split "
+             f"only reports. Validation accuracy {_percent(before)} -> {_percent(after)} "
+             f"({100 * (after - before):+.2f} points; budget -{cfg.get('max_drop', '?')} points, of "
+             f"which pruning may spend {cfg.get('prune_share', '?')} and "
+             f"{cfg.get('margin', '?')} is held back).", "",
+             "| layer | sparsity | equivalent s | bits |", "| --- | ---: | ---: | ---: |"]
+    for row in search["layers"]:
+        lines.append(f"| {row['layer']} | {_percent(row['sparsity'])} | {row['s']:.2f} | "
+                     f"{row['bits'] if row['bits'] is not None else 'float'} |")
+    lines += ["", "### Pruning steps", "", "| step | target | sparsity | validation | drop (points) | "
+              "seconds | kept |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for i, t in enumerate(climb.get("tried", []), 1):
+        lines.append(f"| {i} | {_percent(t['target'])} | {_percent(t['sparsity'])} | "
+                     f"{_percent(t['val_accuracy'])} | {t['drop_points']:+.2f} | {t['seconds']:.0f} | "
+                     f"{'yes' if t['passed'] else 'no'} |")
+    lines += ["", f"Pruning stopped because {STOPPED.get(climb.get('stopped'), climb.get('stopped'))}.",
+              "", "### Bit-width candidates", "",
+              "| candidate | mean bits | validation | drop (points) | seconds | passed |",
+              "| ---: | ---: | ---: | ---: | ---: | --- |"]
+    for t in sorted(bits.get("tried", []), key=lambda t: t["candidate"]):
+        mark = " (chosen)" if t["candidate"] == bits.get("chosen") else ""
+        lines.append(f"| {t['candidate'] + 1}{mark} | {t['mean_bits']:.2f} | {_percent(t['val_accuracy'])} | "
+                     f"{t['drop_points']:+.2f} | {t['seconds']:.1f} | {'yes' if t['passed'] else 'no'} |")
+    lines += ["", f"{len(bits.get('candidates', []))} candidates from the widest to the narrowest; "
+              f"the most aggressive that passed was kept."]
+    for figure, what in search.get("figures", {}).items():
+        lines += ["", f"![{what}]({figure})"]
+    if search.get("figures_missing"):
+        lines += ["", search["figures_missing"]]
+    return lines

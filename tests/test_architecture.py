@@ -22,7 +22,7 @@ FLOORS = (
     ("codec", ("npdc.codec",)),
     ("runtime", ("npdc.runtime",)),
     ("score", ("npdc.score",)),
-    ("report", ("npdc.report",)),
+    ("report", ("npdc.report", "npdc.plots")),
     ("evaluate", ("npdc.evaluate",)),
     ("pipeline", ("npdc.pipeline",)),
     ("cli", ("npdc.cli", "npdc.__main__")),

@@ -79,7 +79,7 @@ def test_sensitivity_prune_compress_run_on_the_imported_model(imported, capsys):
     config.write_text("batch_size = 8\n[prune]\ntarget = 50.0\nepochs = 1\ntrain_images = 8\n"
                       "[quantize]\nepochs = 1\ntrain_images = 8\n")
     npdc_file = folder / "r20.npdc"
-    code, out, _ = run_cli(["compress", str(model), "--data", data, "--config", str(config),
+    code, out, _ = run_cli(["compress", str(model), "--data", data, "--config", str(config), "--preset", "fast",
                             "--out", str(npdc_file), "--report", str(folder / "report"),
                             "--threads", "1"], capsys)
     assert code == 0, out

@@ -162,14 +162,27 @@ def sparsity_lines(record):
 # -- compress ----------------------------------------------------------------------------------
 def compress_arguments(sub):
     s = sub.add_parser("compress", help="prune, quantize and encode a model into a .npdc file",
-                       description="Deep Compression in one command: baseline -> gradual pruning with "
+                       description="Deep Compression in one command: baseline -> pruning with "
                                    "distillation -> k-means quantization with centroid retraining -> "
-                                   "Huffman-coded .npdc -> decode and verify. Re-running the same "
-                                   "command after a kill resumes after the last finished stage.")
+                                   "Huffman-coded .npdc -> decode and verify. The default preset "
+                                   "(auto) chooses each layer's sparsity and bit width itself on "
+                                   "images held out of the training split, so that their accuracy "
+                                   "stays within --max-drop points of the baseline; the test split "
+                                   "only reports. Re-running the same command after a kill resumes "
+                                   "where it stopped.")
     s.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"model file (default {DEFAULT_MODEL})")
     s.add_argument("--data", default="fashion-mnist", help="dataset (default fashion-mnist)")
     s.add_argument("--config", default=None, help="TOML schedule overriding the preset")
-    s.add_argument("--preset", choices=["fast", "full"], default="fast")
+    s.add_argument("--preset", choices=["auto", "fast", "full"], default="auto",
+                   help="auto (default): search per-layer sparsity and bits within --max-drop; "
+                        "fast and full: fixed recipes (80 %% or 91 %% gradual pruning, conv 7 or 5 "
+                        "bits, fc 4 bits)")
+    s.add_argument("--max-drop", type=finite_float, default=None,
+                   help="accuracy points the compressed model may lose on the validation images "
+                        "(default 0.3; auto preset or [search] schedules)")
+    s.add_argument("--time-budget", type=finite_float, default=None,
+                   help="minutes the search may take before it settles for the best found "
+                        "(default: the preset's, 15 for auto; 0 = no limit)")
     s.add_argument("--out", default=None, help="compressed file (default REPORT/MODEL.npdc)")
     s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
     threads_args(s)
@@ -196,7 +209,9 @@ def cmd_compress(args):
     check_paths([model, args.data, args.config],
                 [("--out", out)] + [("--report", report_dir / n) for n in ("report.json", "report.md")],
                 [("--report", report_dir)])
-    schedule = load_schedule(args.config, args.preset)
+    search = {k: v for k, v in (("max_drop", args.max_drop), ("time_budget", args.time_budget))
+              if v is not None}
+    schedule = load_schedule(args.config, args.preset, {"search": search} if search else None)
     data = load_dataset(args.data)
     teacher = load_model(model)
     for split in ("train", "test"):
@@ -209,6 +224,13 @@ def cmd_compress(args):
                   memory_method=report["memory_method"],
                   **{k: report[k] for k in ("accuracy_images", "accuracy_before_se", "accuracy_after_se")})
     report["schedule"] = result["schedule"]
+    if "search" in result:
+        from npdc import plots
+
+        result["search"]["figures"] = plots.search_figures(result["search"], report_dir)
+        if plots.missing():
+            result["search"]["figures_missing"] = plots.missing()
+        report["search"] = result["search"]
     write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True, default=float))
     write_text(report_dir / "report.md", format_markdown(report))
     print(format_markdown(report))

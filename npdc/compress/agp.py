@@ -64,3 +64,27 @@ class GradualPruner:
         if self.is_pruning_step(t):
             optimizer.masks.update(self.masks_at(t))
             optimizer.apply_masks()
+
+
+class LayerwisePruner(GradualPruner):
+    """AGP with a final sparsity of its own for each layer, as an allocation over sensitivity
+    curves chooses them (npdc.compress.allocate): layer l goes from `initial[l]` (its sparsity
+    when retraining starts, 0 by default) to `targets[l]` on the cubic schedule above; layers not
+    in `targets` keep their weights. Fractions in [0, 1)."""
+
+    def __init__(self, net, targets, total_steps, initial=None, granularity="element"):
+        initial = dict(initial or {})
+        for name, target in targets.items():
+            if not 0 <= initial.get(name, 0.0) <= target < 1:
+                raise UserError(f"{name}: AGP needs 0 <= initial <= target < 1, got "
+                                f"{initial.get(name, 0.0)} and {target}")
+        super().__init__(net, 0.0, total_steps, granularity=granularity)
+        self.targets, self.initials = dict(targets), initial
+
+    def masks_at(self, t):
+        percents = {name: (100.0 * agp_sparsity(t, self.initials.get(name, 0.0), target, self.start,
+                                                self.n, self.interval), False)
+                    for name, target in self.targets.items()}
+        masks = percentage_masks(self.net, 0.0, percents, self.granularity)
+        masks = {path: keep for path, keep in masks.items() if path[:-2] in self.targets}
+        return filter_masks_complete(self.net, masks) if self.granularity == "filter" else masks

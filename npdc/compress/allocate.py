@@ -24,22 +24,17 @@ def drop_units(accuracies, baseline, images):
     return np.maximum.accumulate(np.maximum(units, 0))
 
 
-def allocate(curves, sizes, budget):
-    """{layer: index of the chosen level} maximising the weights removed, sum of drops <= budget.
-
-    curves: {layer: (levels, drops)}, levels as sparsity fractions (ascending, the first usually
-    0) and drops as whole numbers (drop_units); sizes: {layer: number of weights}; budget: the
-    total drop allowed, a whole number. Ties go to the smaller total drop, then the lower level.
-    """
+def _table(curves, sizes, budget):
+    """The knapsack's dynamic programme: best[b], the most weights removed with a total drop of
+    exactly b (-1: not reachable), and per layer the level chosen at each b."""
     budget = int(budget)
     if budget < 0:
         raise UserError(f"the allocation budget must be >= 0, not {budget}")
-    names = list(curves)
     NEG = -1.0
-    best = np.full(budget + 1, NEG)  # best[b]: most weights removed with total drop exactly b
+    best = np.full(budget + 1, NEG)
     best[0] = 0.0
     choice = []
-    for name in names:
+    for name in curves:
         levels, drops = (np.asarray(a) for a in curves[name])
         if levels.shape != drops.shape or levels.size == 0:
             raise UserError(f"{name}: a curve needs as many drops as levels, and at least one")
@@ -58,10 +53,43 @@ def allocate(curves, sizes, budget):
             raise UserError(f"{name}: no level of this layer fits the budget of {budget}")
         best = new
         choice.append(pick)
-    b = int(np.argmax(best))  # argmax takes the smallest total drop among equal gains
+    return best, choice
+
+
+def _trace(curves, choice, b):
+    """The levels chosen, layer by layer, that make up best[b]."""
     result = {}
-    for name, pick in zip(reversed(names), reversed(choice)):
+    for name, pick in zip(reversed(list(curves)), reversed(choice)):
         j = int(pick[b])
         result[name] = j
         b -= int(np.asarray(curves[name][1])[j])
     return dict(reversed(list(result.items())))
+
+
+def allocate(curves, sizes, budget):
+    """{layer: index of the chosen level} maximising the weights removed, sum of drops <= budget.
+
+    curves: {layer: (levels, drops)}, levels as sparsity fractions (ascending, the first usually
+    0) and drops as whole numbers (drop_units); sizes: {layer: number of weights}; budget: the
+    total drop allowed, a whole number. Ties go to the smaller total drop, then the lower level.
+    """
+    best, choice = _table(curves, sizes, budget)
+    return _trace(curves, choice, int(np.argmax(best)))  # argmax: the smallest drop among equals
+
+
+def cheapest(curves, sizes, gains):
+    """For each wanted gain (weights removed), the allocation that reaches it with the smallest
+    total predicted drop, or None when no allocation reaches it: a ladder of ever more
+    aggressive allocations, each as cheap as the curves allow."""
+    cap = sum(int(np.max(np.asarray(d))) for _, d in curves.values())
+    best, choice = _table(curves, sizes, cap)
+    reach = np.maximum.accumulate(best)
+    out = []
+    for gain in gains:
+        hits = np.flatnonzero(reach >= gain)
+        if hits.size == 0:
+            out.append(None)
+            continue
+        b = int(hits[0])
+        out.append(_trace(curves, choice, b))
+    return out

@@ -24,7 +24,7 @@ from npdc.limits import Budget
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.1  # of the training split, held out for decisions unless a caller says otherwise
 VAL_SEED = 0
 _IDX_DTYPES = {
@@ -48,13 +48,16 @@ _FINITE_CHUNK = 1 << 22  # elements checked at a time, so the check costs no cop
 
 @dataclass
 class Dataset:
-    """Train and test splits of one dataset; a split that was not supplied is None."""
+    """Train and test splits of one dataset, and a validation split when the dataset has its own
+    (x_val/y_val); a split that was not supplied is None."""
 
     name: str
     x_train: np.ndarray | None
     y_train: np.ndarray | None
     x_test: np.ndarray | None
     y_test: np.ndarray | None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -82,8 +85,11 @@ class Dataset:
     def held_out(self, fraction: float = VAL_FRACTION, seed: int = VAL_SEED):
         """(x_fit, y_fit, x_val, y_val): the training split without, and with only, a seeded
         `fraction` of its images. The same fraction and seed always hold out the same images, so
-        a model trained on x_fit can be judged on x_val; the test split is never touched."""
+        a model trained on x_fit can be judged on x_val; the test split is never touched. A
+        dataset with its own validation split gives the whole training split and that one."""
         x, y = self.require("train")
+        if self.x_val is not None:
+            return x, y, self.x_val, self.y_val
         fit, val = holdout_indices(len(x), fraction, seed)
         return x[fit], y[fit], x[val], y[val]
 
@@ -114,7 +120,7 @@ def load_dataset(spec: str) -> Dataset:
     """Load a dataset from a path (IDX or CIFAR-10 batch directory, .npz, .h5/.hdf5) or a
     shipped dataset name.
 
-    Array files hold x_train/y_train/x_test/y_test; 4-D images are taken as (N, C, H, W), since
+    Array files hold x_train/y_train/x_test/y_test (and x_val/y_val, a validation split); 4-D images are taken as (N, C, H, W), since
     channels-last cannot be told apart reliably, so transpose NHWC data before saving it.
     """
     path = Path(spec).expanduser()
@@ -234,7 +240,7 @@ def _load_cifar_dir(folder: Path, name: str) -> Dataset:
 
 
 def _load_npz(path: Path) -> Dataset:
-    return _assemble_keyed(path, read_npz(path, ("x_train", "y_train", "x_test", "y_test")))
+    return _assemble_keyed(path, read_npz(path, ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")))
 
 
 def _load_h5(path: Path) -> Dataset:
@@ -243,7 +249,7 @@ def _load_h5(path: Path) -> Dataset:
     arrays, budget = {}, Budget.for_path(path)
     try:
         with h5py.File(path, "r") as handle:
-            for key in ("x_train", "y_train", "x_test", "y_test"):
+            for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
                 if key not in handle:
                     continue
                 node = handle[key]
@@ -277,11 +283,14 @@ def _assemble(name: str, source: Path, splits: dict[str, tuple[np.ndarray, np.nd
     for split, (images, labels) in splits.items():
         checked[f"x_{split}"] = _checked_images(images, source, split)
         checked[f"y_{split}"] = _checked_labels(labels, len(checked[f"x_{split}"]), source, split)
-    if "x_train" in checked and "x_test" in checked:
-        train_shape, test_shape = checked["x_train"].shape[1:], checked["x_test"].shape[1:]
-        if train_shape != test_shape:
-            raise UserError(f"{source}: train images are {train_shape} but test are {test_shape}")
-    return Dataset(name, *(checked.get(key) for key in ("x_train", "y_train", "x_test", "y_test")))
+    shapes = {split: checked[f"x_{split}"].shape[1:] for split in SPLITS if f"x_{split}" in checked}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"{source}: the splits' images differ in shape: "
+                        + ", ".join(f"{split} {shape}" for split, shape in shapes.items()))
+    if "x_val" in checked and "x_train" not in checked:
+        raise UserError(f"{source}: a validation split (x_val) needs a training split (x_train)")
+    return Dataset(name, *(checked.get(key) for key in ("x_train", "y_train", "x_test", "y_test")),
+                   x_val=checked.get("x_val"), y_val=checked.get("y_val"))
 
 
 def _checked_images(images: np.ndarray, source: Path, split: str) -> np.ndarray:

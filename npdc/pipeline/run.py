@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from npdc.atomic import atomic_path, write_text
+from npdc.compress.prune import sparsity_table
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
-from npdc.pipeline.stages import (check_schedule_names, encode_stage, prune_stage, quantize_stage,
+from npdc.pipeline.auto_stages import Clock, auto_bits, auto_prune, layer_choices, searching
+from npdc.pipeline.stages import (check_schedule_names, layer_bits, encode_stage, prune_stage, quantize_stage,
                                   verify_stage)
 
 
@@ -46,14 +48,16 @@ class Checkpoints:
         self.folder, self.key = Path(folder), key
         self.folder.mkdir(parents=True, exist_ok=True)
         state_path = self.folder / "state.json"
-        self.done, self.out = {}, None
+        self.done, self.out, self.partial = {}, None, {}
         if not state_path.is_file():
             return
         try:
             state = json.loads(state_path.read_text())
-            done, out = state["done"], state.get("out")
+            done, out, partial = state["done"], state.get("out"), state.get("partial", {})
             if not isinstance(done, dict) or not all(isinstance(r, dict) for r in done.values()):
                 raise ValueError("its stages are not records")
+            if not isinstance(partial, dict) or not all(isinstance(r, dict) for r in partial.values()):
+                raise ValueError("its unfinished stages are not records")
         except (OSError, ValueError, KeyError, TypeError) as e:
             log(f"starting over: {state_path} is damaged ({str(e).splitlines()[0][:80]})")
             return
@@ -62,13 +66,23 @@ class Checkpoints:
             changed = [k for k in key if old.get(k) != key[k]] if isinstance(key, dict) else []
             log(f"starting over: the {' and '.join(changed) or 'run'} changed since the checkpoint in {self.folder}")
             return
-        self.done, self.out = done, out
+        self.done, self.out, self.partial = done, out, partial
 
     def mark(self, stage, record, out=None):
         self.done[stage] = record
+        self.partial.pop(stage, None)
         self.out = out if out is not None else self.out
+        self._write()
+
+    def mark_partial(self, stage, record):
+        """How far an unfinished stage got, for it to go on from there after a kill."""
+        self.partial[stage] = record
+        self._write()
+
+    def _write(self):
         write_text(self.folder / "state.json",
-                   json.dumps({"key": self.key, "out": self.out, "done": self.done}, indent=1))
+                   json.dumps({"key": self.key, "out": self.out, "done": self.done,
+                               "partial": self.partial}, indent=1))
 
     def need_output(self, out, log=print):
         """Forget encode and verify when the output they made is missing or another is asked for."""
@@ -81,16 +95,24 @@ class Checkpoints:
 
 @dataclass
 class _Run:
-    """What every stage of one run may read: the teacher, the splits, the schedule, the paths."""
+    """What every stage of one run may read: the teacher, the splits, the schedule, the paths,
+    the checkpoints, the clock. The searching schedules train on x, y without the validation
+    images x_val, y_val (held out of the training split); the others train on all of it."""
     teacher: object
     x: np.ndarray
     y: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     schedule: object
     work: Path
     out: Path
     progress: bool
+    ck: object = None
+    clock: object = None
+    executor: object = None
+    log: object = print
 
     @property
     def hyper(self):
@@ -99,21 +121,36 @@ class _Run:
 
 
 def _baseline(r):
-    return {"accuracy": evaluate(r.teacher, r.x_test, r.y_test, progress=r.progress)["accuracy"]}
+    record = {"accuracy": evaluate(r.teacher, r.x_test, r.y_test, progress=r.progress)["accuracy"]}
+    if searching(r.schedule):
+        record["val_accuracy"] = evaluate(r.teacher, r.x_val, r.y_val)["accuracy"]
+        record["val_images"] = len(r.y_val)
+    return record
 
 
 def _prune(r):
-    student, record = prune_stage(r.teacher, r.x, r.y, r.schedule.prune, **r.hyper)
+    if r.schedule.prune.method == "auto":
+        student, record = auto_prune(r)
+    else:
+        student, record = prune_stage(r.teacher, r.x, r.y, r.schedule.prune, **r.hyper)
     save_model(r.work / "pruned.h5", student, {"stage": "prune"})
-    return {"accuracy": evaluate(student, r.x_test, r.y_test)["accuracy"], "sparsity": record["sparsity"]}
+    return {**record, "accuracy": evaluate(student, r.x_test, r.y_test)["accuracy"],
+            "sparsity": sparsity_table(student)[1]["sparsity"]}
+
+
+def _bits(r):
+    return auto_bits(r) if r.schedule.quantize.widths == "auto" else {"layer_bits": {}}
 
 
 def _quantize(r):
-    student, quantized, record = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, r.x, r.y,
-                                            r.schedule.quantize, **r.hyper)
+    stage = r.schedule.quantize
+    stage = dataclasses.replace(stage, layer_bits={**r.ck.done["bits"]["layer_bits"], **stage.layer_bits})
+    student = load_model(r.work / "pruned.h5")
+    bits = {n: b for n, b in layer_bits(student, stage).items() if n not in r.schedule.keep}
+    student, quantized, record = quantize_stage(student, r.teacher, r.x, r.y, stage, **r.hyper)
     save_model(r.work / "quantized.h5", student, {"stage": "quantize"})
     save_quantized(r.work / "quantized.npz", quantized)
-    return record
+    return {**record, "layer_bits": bits}
 
 
 def _encode(r):
@@ -122,34 +159,53 @@ def _encode(r):
 
 
 def _verify(r):
-    return verify_stage(r.out, r.x_test, r.y_test, r.progress)
+    record = verify_stage(r.out, r.x_test, r.y_test, r.progress)
+    if searching(r.schedule):
+        record["val_accuracy"] = verify_stage(r.out, r.x_val, r.y_val, False)["accuracy"]
+    return record
 
 
-STAGES = (("baseline", _baseline), ("prune", _prune), ("quantize", _quantize), ("encode", _encode),
-          ("verify", _verify))
+STAGES = (("baseline", _baseline), ("prune", _prune), ("bits", _bits), ("quantize", _quantize),
+          ("encode", _encode), ("verify", _verify))
 _LOGGED = {"baseline": "baseline accuracy", "prune": "pruned accuracy"}
 
 
-def run(model_path, data, schedule, out, workdir, progress=True, log=print):
-    """Compress the model at `model_path` on dataset `data`; returns the result dict."""
-    x, y = data.require("train")
+def run(model_path, data, schedule, out, workdir, progress=True, log=print, executor=None):
+    """Compress the model at `model_path` on dataset `data`; returns the result dict. The
+    searching schedules decide on images held out of the training split (data.held_out) and
+    run `executor`'s jobs (npdc.jobs); the test split only reports."""
+    if searching(schedule):
+        x, y, x_val, y_val = data.held_out(schedule.search.val_fraction, schedule.seed)
+    else:
+        (x, y), x_val, y_val = data.require("train"), None, None
     x_test, y_test = data.require("test")
-    r = _Run(load_model(model_path), x, y, x_test, y_test, schedule, Path(workdir), Path(out), progress)
-    check_schedule_names(r.teacher, schedule)
     ck = Checkpoints(workdir, run_key(schedule, model_path, data), log)
+    r = _Run(load_model(model_path), x, y, x_val, y_val, x_test, y_test, schedule, Path(workdir),
+             Path(out), progress, ck, Clock(schedule.search.time_budget, ck), executor, log)
+    check_schedule_names(r.teacher, schedule)
     ck.need_output(out, log)
     for name, stage in STAGES:
         if name not in ck.done:
             ck.mark(name, stage(r), str(r.out.resolve()))
+            r.clock.save()
         if name in _LOGGED:
             log(f"{_LOGGED[name]} {ck.done[name]['accuracy']:.4f}")
     teacher = r.teacher
     size_before = 4 * (teacher.num_params() + sum(b.size for b in teacher.buffers().values()))
     size_after = r.out.stat().st_size
-    return {"accuracy_before": ck.done["baseline"]["accuracy"], "accuracy_pruned": ck.done["prune"]["accuracy"],
-            "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
-            "size_after_bytes": size_after, "ratio": size_before / size_after,
-            "schedule": dataclasses.asdict(schedule)}
+    result = {"accuracy_before": ck.done["baseline"]["accuracy"], "accuracy_pruned": ck.done["prune"]["accuracy"],
+              "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
+              "size_after_bytes": size_after, "ratio": size_before / size_after,
+              "schedule": dataclasses.asdict(schedule), "minutes": r.clock.elapsed() / 60}
+    if searching(schedule):
+        result["search"] = {"val_images": len(r.y_val), "settings": dataclasses.asdict(schedule.search),
+                            "val_accuracy_before": ck.done["baseline"]["val_accuracy"],
+                            "val_accuracy_after": ck.done["verify"]["val_accuracy"],
+                            "prune": {k: v for k, v in ck.done["prune"].items() if k != "accuracy"},
+                            "bits": ck.done["bits"],
+                            "layers": layer_choices(teacher, load_model(r.work / "pruned.h5"),
+                                                    ck.done["quantize"]["layer_bits"], schedule.keep)}
+    return result
 
 
 def save_quantized(path, quantized):

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 
 from npdc.errors import UserError
 
-PRUNE_METHODS = ("agp", "std", "percent", "none")
+PRUNE_METHODS = ("auto", "agp", "std", "percent", "none")
 GRANULARITIES = ("element", "vector", "kernel", "filter")
 KD_LOSSES = ("kl", "l2", "cosine", "none")
 
 
 @dataclass
 class PruneStage:
-    method: str = "agp"           # agp: gradual, during retraining; std: |w| < std(W)*s; percent;
-                                  # none: no pruning (quantize and encode only)
+    method: str = "agp"           # auto: per-layer sparsity searched within [search]'s budget
+                                  # (npdc.pipeline.auto); agp: gradual, during retraining;
+                                  # std: |w| < std(W)*s; percent; none: quantize and encode only
     target: float = 80.0          # agp and percent: sparsity in percent
     s: float = 0.0                # std: the threshold multiplier
     layer_s: str = "conv1=0"      # per-layer overrides; with agp only 0 (kept dense) is allowed
@@ -41,6 +42,8 @@ class PruneStage:
 @dataclass
 class QuantizeStage:
     method: str = "kmeans"
+    widths: str = "fixed"         # fixed: conv_bits, fc_bits and layer_bits; auto: per-layer bits
+                                  # searched within [search]'s budget (layer_bits still win)
     conv_bits: int = 7
     fc_bits: int = 4
     layer_bits: dict = field(default_factory=dict)
@@ -59,12 +62,34 @@ class EncodeStage:
 
 
 @dataclass
+class SearchStage:
+    """What prune.method = "auto" and quantize.widths = "auto" search within (npdc.pipeline.auto)."""
+    max_drop: float = 0.3         # points of validation accuracy the compressed model may lose
+    margin: float = 0.1           # share of max_drop held back for the noise of other images
+    prune_share: float = 0.6      # share of max_drop the pruning may spend
+    allocation: str = "global"    # global: one magnitude cut, fragile layers kept dense;
+                                  # knapsack: per-layer levels from the sweep (npdc.compress.allocate)
+    protect_drop: float = 1.0     # global: a layer losing more points alone at the lowest level stays dense
+    val_fraction: float = 0.1     # training images held out for the decisions (seeded)
+    sensitivity_images: int = 1000  # validation images of the sweeps (the checks use them all)
+    levels: list = field(default_factory=lambda: [50.0, 70.0, 85.0, 95.0, 98.0])
+    first_sparsity: float = 0.5   # the climb's first step; then each keeps density_ratio of the rest
+    density_ratio: float = 0.6
+    max_steps: int = 8
+    step_images: int = 27000      # retraining images per climb step
+    bits: list = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
+    bits_train_images: int = 0    # centroid retraining images of each bit-width candidate (0: none)
+    time_budget: float = 0.0      # minutes for the whole run; 0 = no limit
+
+
+@dataclass
 class Schedule:
     seed: int = 0
     batch_size: int = 128
     prune: PruneStage = field(default_factory=PruneStage)
     quantize: QuantizeStage = field(default_factory=QuantizeStage)
     encode: EncodeStage = field(default_factory=EncodeStage)
+    search: SearchStage = field(default_factory=SearchStage)
     keep: list = field(default_factory=list)  # layers left unpruned and unquantized (float)
 
     def digest(self):
@@ -72,6 +97,9 @@ class Schedule:
 
 
 PRESETS = {
+    "auto": {"prune": {"method": "auto"},
+             "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000},
+             "search": {"time_budget": 15.0}},
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
              "quantize": {"epochs": 1, "train_images": 10000}},
     "full": {"prune": {"target": 91.0, "epochs": 6, "lr": 0.02, "hard_weight": 1.0},
@@ -110,7 +138,7 @@ def _merge(base, extra):
     return out
 
 
-def load_schedule(path=None, preset="fast"):
+def load_schedule(path=None, preset="auto", overrides=None):
     """The preset's schedule, overridden by the TOML file at `path` if given."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -127,6 +155,7 @@ def load_schedule(path=None, preset="fast"):
             raise UserError(f"{path}: cannot read the schedule ({e.strerror or e})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
+    table = _merge(table, overrides or {})
     schedule = _fill(Schedule, table, "")
     _validate(schedule)
     return schedule
@@ -152,9 +181,26 @@ def _validate(s):
               (s.encode.raw_dtype in ("float16", "float32"), "encode.raw_dtype: float16 or float32"),
               (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32")]
     checks.append((all(isinstance(name, str) for name in s.keep), "keep must be a list of layer names"))
+    q = s.search
+    checks += [(s.quantize.widths in ("fixed", "auto"), "quantize.widths: fixed or auto"),
+               (0 <= q.max_drop <= 100, f"search.max_drop must be 0..100 points, not {q.max_drop}"),
+               (0 <= q.margin < 1 and 0 < q.prune_share <= 1, "search.margin in [0, 1), prune_share in (0, 1]"),
+               (0 < q.val_fraction < 1, "search.val_fraction must be between 0 and 1"),
+               (min(q.sensitivity_images, q.step_images) >= 1 and min(q.max_steps, q.bits_train_images) >= 0,
+                "search.sensitivity_images and step_images must be >= 1, max_steps and "
+                "bits_train_images >= 0"),
+               (q.allocation in ("global", "knapsack"), "search.allocation: global or knapsack"),
+               (q.protect_drop >= 0, "search.protect_drop must be >= 0 points"),
+               (0 < q.first_sparsity < 1 and 0 < q.density_ratio < 1,
+                "search.first_sparsity and density_ratio must be between 0 and 1"),
+               (q.time_budget >= 0, "search.time_budget must be >= 0 minutes"),
+               (bool(q.levels) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 100
+                                       for v in q.levels), "search.levels: sparsities in percent, 0 < v < 100"),
+               (bool(q.bits) and all(isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16
+                                     for b in q.bits), "search.bits: integers 1..16")]
     for bits in [s.quantize.conv_bits, s.quantize.fc_bits, *s.quantize.layer_bits.values()]:
         checks.append((isinstance(bits, int) and 1 <= bits <= 16, "quantize bits must be integers 1..16"))
-    for stage in (s.prune, s.quantize):
+    for stage in (s.prune, s.quantize, s.search):
         for f in dataclasses.fields(stage):
             value = getattr(stage, f.name)
             if isinstance(value, float) and not math.isfinite(value):

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from npdc.compress.allocate import allocate, drop_units
+from npdc.compress.allocate import allocate, cheapest, drop_units
 from npdc.errors import UserError
 
 
@@ -71,3 +71,23 @@ def test_bad_curves_and_budgets_are_user_errors():
         allocate({"a": (np.array([0.0, 0.5]), np.array([0]))}, {"a": 1}, 1)
     with pytest.raises(UserError, match="no level"):
         allocate({"a": (np.array([0.5]), np.array([3]))}, {"a": 1}, 1)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cheapest_reaches_each_gain_at_the_brute_force_least_drop(seed):
+    rng = np.random.default_rng(100 + seed)
+    levels = np.array([0.0, 0.3, 0.5, 0.7, 0.9])
+    curves = {f"l{i}": (levels, np.cumsum(rng.integers(0, 5, levels.size)) * (levels > 0))
+              for i in range(int(rng.integers(1, 4)))}
+    sizes = {n: int(rng.integers(10, 3000)) for n in curves}
+    total = sum(sizes.values())
+    wants = [0.0, 0.2 * total, 0.5 * total, 0.8 * total, 0.95 * total]
+    for want, chosen in zip(wants, cheapest(curves, sizes, wants)):
+        combos = [dict(zip(curves, c)) for c in itertools.product(range(levels.size), repeat=len(curves))]
+        reaching = [gain_and_drop(curves, sizes, c)[1] for c in combos
+                    if gain_and_drop(curves, sizes, c)[0] >= want - 1e-9]
+        if not reaching:
+            assert chosen is None
+            continue
+        gain, drop = gain_and_drop(curves, sizes, chosen)
+        assert gain >= want - 1e-9 and drop == min(reaching)

@@ -24,7 +24,7 @@ def tiny(tmp_path_factory):
     net, _ = train_model(files.SPEC, data.x_train, data.y_train, 1, batch_size=16, progress=False)
     save_model(folder / "m.h5", net)
     (folder / "s.toml").write_text("batch_size = 16\n[prune]\ntarget = 50\nepochs = 1\n[quantize]\nepochs = 1\n")
-    return folder, data, load_schedule(folder / "s.toml")
+    return folder, data, load_schedule(folder / "s.toml", "fast")
 
 
 def test_the_key_changes_with_the_model_bytes_and_the_dataset(tiny, tmp_path):
@@ -66,7 +66,7 @@ def test_a_missing_or_new_output_is_encoded_again(tiny, tmp_path):
     run(folder / "m.h5", data, schedule, out, work, progress=False, log=notes.append)
     first = out.read_bytes()
     state = json.loads((work / "state.json").read_text())
-    assert set(state["done"]) == {"baseline", "prune", "quantize", "encode", "verify"}
+    assert set(state["done"]) == {"baseline", "prune", "bits", "quantize", "encode", "verify"}
     out.unlink()
     notes.clear()
     run(folder / "m.h5", data, schedule, out, work, progress=False, log=notes.append)

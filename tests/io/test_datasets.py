@@ -279,9 +279,24 @@ BAD_ARRAYS = {
     "no_keys": ({"images": FLAT}, "none of the keys"),
     "shape_mismatch": (
         {**train_pair(FLAT, np.zeros(2, int)), "x_test": FLAT[:, :3], "y_test": np.zeros(2, int)},
-        "train images are",
+        "differ in shape",
     ),
+    "val_shape": ({**train_pair(FLAT, np.zeros(2, int)), "x_val": FLAT[:, :3], "y_val": np.zeros(2, int)},
+                  "differ in shape"),
+    "val_alone": ({"x_val": FLAT, "y_val": np.zeros(2, int), "x_test": FLAT, "y_test": np.zeros(2, int)},
+                  "needs a training split"),
 }
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_a_dataset_with_its_own_validation_split_holds_nothing_out(tmp_path, suffix):
+    """x_val/y_val are the validation images as given; the whole training split is kept."""
+    arrays = {**train_pair(FLAT, np.zeros(2, int)), "x_val": FLAT[:1] + 1, "y_val": np.array([1])}
+    path = tmp_path / f"d{suffix}"
+    save_arrays(path, arrays)
+    data = load_dataset(str(path))
+    x, y, x_val, y_val = data.held_out(0.5, 0)
+    assert len(x) == 2 and np.array_equal(y_val, [1]) and np.array_equal(x_val, data.x_val)
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])

@@ -69,7 +69,7 @@ def tiny(tmp_path_factory):
     save_model(folder / "m.h5", net)
     schedule = write(folder, "batch_size = 16\n[prune]\ntarget = 60\nepochs = 1\n"
                              "[quantize]\nepochs = 1\nconv_bits = 5\n")
-    return folder, data, load_schedule(schedule)
+    return folder, data, load_schedule(schedule, "fast")
 
 
 def test_a_tiny_run_compresses_and_verifies(tiny):
@@ -86,7 +86,7 @@ def test_a_tiny_run_compresses_and_verifies(tiny):
     weights = sum(net.params()[p].size for p in codes)
     assert zeros / weights >= 0.55  # 60 % target with conv1 dense
     state = json.loads((folder / "work" / "state.json").read_text())
-    assert set(state["done"]) == {"baseline", "prune", "quantize", "encode", "verify"}
+    assert set(state["done"]) == {"baseline", "prune", "bits", "quantize", "encode", "verify"}
 
 
 def test_same_seed_same_bytes(tiny):
@@ -105,7 +105,8 @@ def test_compress_and_report_commands(tiny, capsys):
     folder, _, _ = tiny
     config = write(folder, "batch_size = 16\n[prune]\ntarget = 60\nepochs = 1\n[quantize]\nepochs = 0\n")
     code, out, _ = run_cli(["compress", str(folder / "m.h5"), "--data", str(folder / "d.npz"), "--config",
-                            str(config), "--report", str(folder / "rep"), "--threads", "1"], capsys)
+                            str(config), "--preset", "fast", "--report", str(folder / "rep"), "--threads", "1"],
+                           capsys)
     assert code == 0, out
     report = json.loads((folder / "rep" / "report.json").read_text())
     for key in ("accuracy_before", "accuracy_after", "size_before_bytes", "size_after_bytes", "ratio",
@@ -155,6 +156,7 @@ def test_a_resumed_run_calls_no_finished_stage_again(tiny, monkeypatch):
     first = run(folder / "m.h5", data, schedule, out, folder / "wresume", progress=False, log=lambda *_: None)
     monkeypatch.setattr(run_module, "STAGES", _stages(**{n: _must_not_run(n) for n, _ in run_module.STAGES}))
     again = run(folder / "m.h5", data, schedule, out, folder / "wresume", progress=False, log=lambda *_: None)
+    assert again.pop("minutes") >= 0 and first.pop("minutes") >= 0  # the clock goes on; the rest is settled
     assert again == first
 
 
@@ -265,7 +267,7 @@ def test_keep_leaves_a_layer_float_and_method_none_skips_pruning(tiny, tmp_path)
     config = write(tmp_path, "batch_size = 16\nkeep = ['conv1']\n[prune]\nmethod = 'none'\n"
                              "[quantize]\nepochs = 0\n[encode]\nraw_dtype = 'float32'\n")
     out = tmp_path / "kept.npdc"
-    run(folder / "m.h5", data, load_schedule(config), out, tmp_path / "w", progress=False,
+    run(folder / "m.h5", data, load_schedule(config, "fast"), out, tmp_path / "w", progress=False,
         log=lambda *_: None)
     stored = {layer.path for layer in read_model_file(out).layers}
     assert "conv1.W" not in stored and "fc5.W" in stored
@@ -281,7 +283,7 @@ def test_keep_leaves_a_layer_float_and_method_none_skips_pruning(tiny, tmp_path)
 def test_unknown_layer_names_are_refused_before_any_stage(tiny, tmp_path, text, name):
     folder, data, _ = tiny
     with pytest.raises(UserError, match=name):
-        run(folder / "m.h5", data, load_schedule(write(tmp_path, text)), tmp_path / "o.npdc", tmp_path / "w",
+        run(folder / "m.h5", data, load_schedule(write(tmp_path, text), "fast"), tmp_path / "o.npdc", tmp_path / "w",
             progress=False, log=lambda *_: None)
     assert not (tmp_path / "w" / "state.json").exists() or "baseline" not in (tmp_path / "w" / "state.json").read_text()
 
@@ -289,5 +291,5 @@ def test_unknown_layer_names_are_refused_before_any_stage(tiny, tmp_path, text, 
 def test_agp_refuses_per_layer_values_it_cannot_honour(tiny, tmp_path):
     folder, data, _ = tiny
     with pytest.raises(UserError, match="fc5"):
-        run(folder / "m.h5", data, load_schedule(write(tmp_path, "[prune]\nlayer_s = 'fc5=2x'\n")),
+        run(folder / "m.h5", data, load_schedule(write(tmp_path, "[prune]\nlayer_s = 'fc5=2x'\n"), "fast"),
             tmp_path / "o.npdc", tmp_path / "w", progress=False, log=lambda *_: None)

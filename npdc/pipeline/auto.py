@@ -1,0 +1,290 @@
+"""The accuracy-budgeted search behind `compress`'s default mode: per-layer sparsity and bit widths
+chosen on held-out validation images so that the compressed model stays within `max_drop`
+points of the baseline there. The test split is never read here.
+
+1. Pruning sensitivity (Han et al. 2015, "Learning both Weights and Connections"): each layer
+   pruned alone at a sweep of sparsities, validation accuracy measured, nothing retrained.
+2. Allocation (npdc.compress.allocate): for an overall sparsity, the per-layer sparsities the
+   curves predict to cost the least accuracy (an exact multiple-choice knapsack).
+3. The climb: iterative pruning (Han et al. 2015 prune and retrain, repeated), each step a
+   gradual cut (Zhu & Gupta 2017) from the current per-layer sparsities to the next
+   allocation's while retraining with distillation from the baseline (Hinton et al. 2015), then
+   a validation check. A step that fails is retried once from the last passing model at half
+   its distance (the back-off); a second failure ends the climb. The last passing model is kept.
+   Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
+4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
+   Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
+   are then taken together in order of insensitivity, and npdc.compress.backoff searches that
+   ladder for the most aggressive candidate whose validation drop, after a brief centroid
+   retraining, fits; the candidates of a round are independent jobs (npdc.jobs). Departure from
+   a knapsack over the per-layer costs (as for pruning): measured here, quantization costs of
+   separate layers did not add up (each layer alone at 2 bits cost nothing on ResNet-20, all
+   together broke it), so every candidate is measured whole.
+
+The pruning phase may spend `prune_share` of the budget; quantization the rest.
+"""
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from npdc.compress.agp import LayerwisePruner
+from npdc.compress.allocate import cheapest, drop_units
+from npdc.compress.backoff import search
+from npdc.compress.distill import Distillation
+from npdc.compress.prune import global_percentage_masks, masks_from_zeros, prunable_layers, sparsity_table
+from npdc.compress.quantize import quantize_net
+from npdc.compress.sensitivity import sweep
+from npdc.engine.resnet import clone_net
+from npdc.engine.train import evaluate, fit
+from npdc.jobs import run_jobs
+from npdc.pipeline.stages import quantize_stage, training_subset
+
+
+class Gate:
+    """Passing or not: a validation accuracy against the baseline's, within a drop in points."""
+
+    def __init__(self, correct, images, max_drop):
+        self.correct, self.images, self.max_drop = int(correct), int(images), float(max_drop)
+
+    @property
+    def baseline(self):
+        return self.correct / self.images
+
+    def allowed(self, share=1.0):
+        """Images the model may lose against the baseline: floor(share * max_drop % of them)."""
+        return int(math.floor(share * self.max_drop / 100 * self.images + 1e-9))
+
+    def passes(self, accuracy, share=1.0):
+        return self.correct - round(accuracy * self.images) <= self.allowed(share)
+
+    def drop_points(self, accuracy):
+        return 100 * (self.baseline - accuracy)
+
+
+# -- 1. and 2.: sensitivity and allocation -------------------------------------------------------
+def pruning_curves(teacher, x, y, levels, layers, progress=True):
+    """The sensitivity sweep (percent levels) as {layer: (sparsity fractions from 0, accuracies)}
+    plus the baseline accuracy on the same images."""
+    result = sweep(teacher, x, y, values=levels, by="sparsity", layers=layers, progress=progress)
+    curves = {name: ([0.0] + [r["sparsity"] for r in rows],
+                     [result["baseline"]["accuracy"]] + [r["accuracy"] for r in rows])
+              for name, rows in result["layers"].items()}
+    return curves, result["baseline"]["accuracy"]
+
+
+class Ladder:
+    """Overall sparsity -> {layer: sparsity} (None when out of reach): the cheapest allocation on
+    a grid of levels, each layer's measured accuracy interpolated between its swept levels
+    (never beyond the last). Where the curves leave several allocations equally cheap (flat
+    stretches), the one returned removes about what was asked, not more: levels are lowered,
+    highest first, while the allocation still reaches the sparsity."""
+
+    def __init__(self, curves, baseline, images, sizes, grid_step=0.025):
+        self.layers, self.sizes = list(curves), dict(sizes)
+        self.curves = {}
+        for name, (levels, accs) in curves.items():
+            grid = np.union1d(np.arange(0.0, max(levels) + 1e-9, grid_step), levels)
+            self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, images))
+
+    def __call__(self, sparsity):
+        want = sparsity * sum(self.sizes.values())
+        picks = cheapest(self.curves, self.sizes, [want])[0]
+        if picks is None:
+            return None
+        gain = sum(self.curves[n][0][j] * self.sizes[n] for n, j in picks.items())
+        while True:
+            movable = [n for n, j in picks.items() if j > 0 and
+                       gain - (self.curves[n][0][j] - self.curves[n][0][j - 1]) * self.sizes[n] >= want]
+            if not movable:
+                break
+            n = max(movable, key=lambda n: (self.curves[n][0][picks[n]], -self.layers.index(n)))
+            gain -= (self.curves[n][0][picks[n]] - self.curves[n][0][picks[n] - 1]) * self.sizes[n]
+            picks[n] -= 1
+        return {name: float(self.curves[name][0][j]) for name, j in picks.items()}
+
+
+class GlobalCut:
+    """Overall sparsity -> {layer: sparsity}: one magnitude threshold across the layers (the cut
+    of global magnitude pruning), on the weights the net holds when asked, so weights pruned
+    before (zero) go first. Layers in `protect` stay dense and do not count towards the cut.
+    The sweep decides what to protect (fragile_layers); the retraining decides the rest, which
+    one-shot curves do not foresee: measured on the shipped ResNet-18, a step to the knapsack's
+    82 % allocation lost 0.75 points on validation where fc5, whose one-shot curve falls fast
+    past 85 %, is pruned to over 99 % by a global cut and recovers in retraining."""
+
+    def __init__(self, layers, protect=()):
+        self.layers, self.protect = list(layers), [n for n in layers if n in set(protect)]
+        self.net = None  # the net to cut, set before each call
+
+    def __call__(self, sparsity):
+        free = [n for n in self.layers if n not in self.protect]
+        sizes = {n: self.net.layers[n].params["W"].size for n in self.layers}
+        share = sparsity * sum(sizes.values()) / max(1, sum(sizes[n] for n in free))
+        if not free or share >= 0.995:
+            return None
+        others = [n for n in prunable_layers(self.net) if n not in free]
+        masks = global_percentage_masks(self.net, 100 * share, others)
+        return {n: float(1.0 - masks[f"{n}.W"].mean()) for n in free}
+
+
+def fragile_layers(curves, baseline, drop_points):
+    """Layers that lose more than `drop_points` of one-shot accuracy at their lowest swept level."""
+    return [n for n, (levels, accs) in curves.items() if 100 * (baseline - accs[1]) > drop_points]
+
+
+# -- 3.: the climb -------------------------------------------------------------------------------
+def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+    """Prune `student` in place gradually from its current per-layer sparsity to `targets`
+    while it retrains on (x, y) for one pass with distillation from `teacher`."""
+    rows, _ = sparsity_table(student)
+    now = {r["layer"]: r["sparsity"] for r in rows}
+    targets = {name: max(t, now[name]) for name, t in targets.items()}
+    steps = -(-len(x) // batch_size)
+    hook = LayerwisePruner(student, targets, steps, initial=now)
+    fit(student, x, y if settings.labels else None, 1, batch_size=batch_size, lr=settings.lr,
+        masks=masks_from_zeros(student), hook=hook, progress=progress, seed=seed,
+        objective=Distillation(teacher, settings.kd, settings.tau, hard_weight=settings.hard_weight))
+    final = hook.masks_at(hook.start + hook.n * hook.interval)
+    for path, keep in final.items():
+        student.params()[path] *= keep
+
+
+def equivalent_s(W, sparsity):
+    """The seed's per-layer s that prunes this fraction of W: the magnitude cut over std(W)."""
+    std = float(np.std(W))
+    if sparsity <= 0 or std == 0:
+        return 0.0
+    return float(np.quantile(np.abs(W), sparsity)) / std
+
+
+def sparsity_of(net, layers):
+    weights = [net.layers[n].params["W"] for n in layers]
+    return 1.0 - sum(int(np.count_nonzero(W)) for W in weights) / max(1, sum(W.size for W in weights))
+
+
+def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, save, time_left,
+          best=None, batch_size=128, seed=0, log=print, progress=True):
+    """The climb of step 3 on training images (x, y), checked on (x_val, y_val). `state` (a
+    JSON-able dict, {} to start) records every step; `save(state, best)` is called after each,
+    with the best model so far (None when unchanged), so that a killed run resumes from `state`
+    and `best`. Returns (best net, state with "stopped" saying why)."""
+    layers = allocation.layers
+    best = best or clone_net(teacher)
+    state.setdefault("tried", [])
+    state.setdefault("failures", 0)
+    state.setdefault("sparsity", sparsity_of(best, layers))
+    while "stopped" not in state:
+        step = len(state["tried"])
+        s = state["sparsity"]
+        ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
+        target = 1.0 - (1.0 - s) * ratio
+        allocation.net = best
+        targets = allocation(target)
+        last = state["tried"][-1]["seconds"] if state["tried"] else 0.0
+        why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
+               "curves" if targets is None or target >= 0.995 else None)
+        if why:
+            state["stopped"] = why
+            save(state, None)
+            break
+        started = time.perf_counter()
+        candidate = clone_net(best)
+        xs, ys = training_subset(x, y, cfg.step_images, seed + 1000 + step)
+        retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size, seed + step, progress)
+        accuracy = evaluate(candidate, x_val, y_val)["accuracy"]
+        reached = sparsity_of(candidate, layers)
+        ok = gate.passes(accuracy, cfg.prune_share)
+        state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
+                               "drop_points": gate.drop_points(accuracy), "passed": ok,
+                               "seconds": time.perf_counter() - started, "layers": targets})
+        log(f"climb step {step + 1}: {100 * reached:.1f} % sparse, validation accuracy "
+            f"{accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), {'kept' if ok else 'backed off'}")
+        if ok:
+            best, state["sparsity"] = candidate, reached
+            save(state, best)
+            continue
+        state["failures"] += 1
+        state["ratio"] = math.sqrt(ratio)  # half the way, in log density
+        if state["failures"] >= 2:
+            state["stopped"] = "accuracy"
+        save(state, None)
+    return best, state
+
+
+# -- 4.: bits per layer ---------------------------------------------------------------------------
+def _layer_at_bits(shared, job):
+    """A job: validation images right with layer `name` alone quantized to `bits`."""
+    net, x, y = shared
+    name, bits = job
+    copy = clone_net(net)
+    quantize_net(copy, {name: bits}, layers=[name])
+    return round(evaluate(copy, x, y)["accuracy"] * len(y))
+
+
+def _candidate(shared, layer_bits):
+    """A job: validation images right once every layer is quantized as `layer_bits` says and
+    the centroids are retrained briefly (one pass over the few training images in `shared`)
+    with distillation, as the quantize stage will do at length."""
+    net, teacher, x, y, x_val, y_val, settings = shared
+    copy = clone_net(net)
+    quantize_stage(copy, teacher, x, y, replace(settings, layer_bits=dict(layer_bits), train_images=0),
+                   batch_size=128, seed=0, progress=False)
+    return round(evaluate(copy, x_val, y_val)["accuracy"] * len(y_val))
+
+
+def bits_ladder(net, x, y, layers, options, executor=None, progress=True, most=32):
+    """Per-layer bit sensitivity on (x, y) and the candidates it suggests, gentlest first.
+
+    Each layer's width can step down the options (8 -> 6 -> 5 -> ...). The steps of all layers
+    are put in order of how little each cost when its layer was quantized alone (ties: the step
+    that saves the most bits first); candidate k takes the first k steps together. Costs
+    measured one layer at a time do not add up (many layers each harmless alone can break the
+    network together), so the ladder only orders the steps; the back-off (choose_bits) measures
+    the candidates whole. At most `most` candidates, evenly spread over the steps, the first
+    with every layer at the widest option. Returns (candidates, {layer: {bits: images right}})."""
+    options = sorted(set(options), reverse=True)
+    top = options[0]
+    jobs = [(name, b) for name in layers for b in options[1:]]  # the widest is taken as lossless
+    right = run_jobs(_layer_at_bits, (net, x, y), jobs, executor, progress, desc="bit widths")
+    baseline = round(evaluate(net, x, y)["accuracy"] * len(y))
+    table = {name: {top: baseline} for name in layers}
+    for (name, b), r in zip(jobs, right):
+        table[name][b] = r
+    nonzero = {name: int(np.count_nonzero(net.layers[name].params["W"])) for name in layers}
+    steps = []
+    for name in layers:
+        drops = drop_units([table[name][b] / len(y) for b in options], baseline / len(y), len(y))
+        for k in range(1, len(options)):
+            saved = (options[k - 1] - options[k]) * nonzero[name]
+            steps.append((int(drops[k]), -options[k], -saved, layers.index(name), name, options[k]))
+    steps.sort()
+    picks = sorted({round(i * len(steps) / (most - 1)) for i in range(most)}) if len(steps) >= most \
+        else list(range(len(steps) + 1))
+    candidates, bits = [], {name: top for name in layers}
+    done = 0
+    for k in picks:
+        for *_, name, b in steps[done:k]:
+            bits[name] = min(bits[name], b)
+        done = k
+        candidates.append(dict(bits))
+    return candidates, {name: {str(b): r for b, r in t.items()} for name, t in table.items()}
+
+
+def choose_bits(net, teacher, x, y, x_val, y_val, candidates, gate, share, settings, executor=None,
+                state=None, rounds=None):
+    """The most aggressive candidate whose validation accuracy, after a brief centroid
+    retraining on (x, y) (settings: the QuantizeStage), passes the gate: a back-off search over
+    the ladder, two candidates a round. Returns (index or None, Backoff)."""
+    shared = (net, teacher, x, y, x_val, y_val, settings)
+
+    def measure(indices):
+        started = time.perf_counter()
+        right = run_jobs(_candidate, shared, [candidates[i] for i in indices], executor)
+        seconds = (time.perf_counter() - started) / max(1, len(indices))
+        return [(r / len(y_val), seconds) for r in right]
+    found = search(len(candidates), measure, lambda result: gate.passes(result[0], share), width=2,
+                   rounds=rounds, start=state)
+    return found.best, found

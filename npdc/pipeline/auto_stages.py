@@ -1,0 +1,157 @@
+"""The searching stages of a compress run (prune.method = "auto", quantize.widths = "auto"):
+npdc.pipeline.auto's search wired to the run's splits, checkpoints and clock.
+
+The pruning sensitivity sweep is cached in the work folder under a name made of what it depends
+on (the model's bytes, the validation images, the levels), so a second run on the same model,
+with another budget or schedule, does not sweep again. The climb saves every passing step's
+model and its state, so a killed run goes on from its last step.
+"""
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from npdc.atomic import write_text
+from npdc.compress.prune import prunable_layers
+from npdc.io.modelfile import load_model, save_model
+from npdc.pipeline.auto import (Gate, GlobalCut, Ladder, bits_ladder, choose_bits, climb, equivalent_s,
+                               fragile_layers, pruning_curves)
+from npdc.pipeline.stages import training_subset
+
+
+def searching(schedule):
+    return schedule.prune.method == "auto" or schedule.quantize.widths == "auto"
+
+
+class Clock:
+    """The run's time against schedule.search.time_budget (minutes, 0 = none), counted across
+    resumed runs: the time already spent is kept with the checkpoints."""
+
+    def __init__(self, budget_minutes, ck):
+        self.budget, self.ck = 60.0 * budget_minutes, ck
+        self.before = float(ck.partial.get("_clock", {}).get("elapsed", 0.0))
+        self.start = time.monotonic()
+
+    def elapsed(self):
+        return self.before + time.monotonic() - self.start
+
+    def left(self):
+        return self.budget - self.elapsed() if self.budget else float("inf")
+
+    def save(self):
+        self.ck.mark_partial("_clock", {"elapsed": self.elapsed()})
+
+
+def _gate(r):
+    base = r.ck.done["baseline"]
+    return Gate(round(base["val_accuracy"] * base["val_images"]), base["val_images"],
+                r.schedule.search.max_drop)
+
+
+def _searched_layers(r):
+    return [n for n in prunable_layers(r.teacher) if n not in set(r.schedule.keep)]
+
+
+def _digest(*parts):
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else json.dumps(p, sort_keys=True).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def cached_curves(r, layers):
+    """The pruning sensitivity of `layers` on the first search.sensitivity_images validation
+    images, from the work folder's cache when it holds this sweep."""
+    cfg = r.schedule.search
+    xs, ys = r.x_val[:cfg.sensitivity_images], r.y_val[:cfg.sensitivity_images]
+    key = _digest(r.ck.key.get("model", "") if isinstance(r.ck.key, dict) else "",
+                  hashlib.sha256(np.ascontiguousarray(xs).tobytes()).hexdigest(),
+                  ys.tolist(), sorted(cfg.levels), layers)
+    path = r.work / f"sensitivity-{key}.json"
+    try:
+        cached = json.loads(path.read_text())
+        curves = {n: (list(map(float, c[0])), list(map(float, c[1]))) for n, c in cached["curves"].items()}
+        if list(curves) == layers:
+            return curves, float(cached["baseline"]), len(ys)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass  # no cache, or one that cannot be trusted: sweep again
+    curves, baseline = pruning_curves(r.teacher, xs, ys, sorted(cfg.levels), layers, r.progress)
+    write_text(path, json.dumps({"curves": curves, "baseline": baseline}))
+    return curves, baseline, len(ys)
+
+
+def auto_prune(r):
+    """(pruned student, record): the sensitivity sweep, then the climb, resumed if it was cut."""
+    cfg, layers = r.schedule.search, _searched_layers(r)
+    curves, baseline, images = cached_curves(r, layers)
+    if cfg.allocation == "knapsack":
+        sizes = {n: r.teacher.layers[n].params["W"].size for n in layers}
+        allocation = Ladder(curves, baseline, images, sizes)
+    else:
+        allocation = GlobalCut(layers, fragile_layers(curves, baseline, cfg.protect_drop))
+    state = dict(r.ck.partial.get("prune", {}))
+    best = load_model(r.work / state["best_file"]) if state.get("best_file") else None
+
+    def save(state, net):
+        if net is not None:
+            state["best_file"] = f"climb-{len(state['tried'])}.h5"
+            save_model(r.work / state["best_file"], net, {"stage": "climb"})
+        r.ck.mark_partial("prune", state)
+        r.clock.save()
+
+    def time_left():  # the climb leaves a quarter of the budget to the stages after it
+        return r.clock.left() - 0.25 * r.clock.budget
+
+    student, state = climb(r.teacher, r.x, r.y, r.x_val, r.y_val, allocation, _gate(r), cfg,
+                           r.schedule.prune, state, save, time_left, best, r.schedule.batch_size,
+                           r.schedule.seed, r.log, r.progress)
+    return student, {"curves": curves, "curve_images": images, "climb": state,
+                     "protected": list(getattr(allocation, "protect", []))}
+
+
+def _mean_bits(layer_bits, nonzero):
+    """Bits per surviving weight, weighted by how many survive in each layer."""
+    return sum(layer_bits[n] * nonzero[n] for n in layer_bits) / max(1, sum(nonzero.values()))
+
+
+def layer_choices(teacher, student, layer_bits, keep):
+    """The seed's per-layer table of a searched run: sparsity, the equivalent s and bits."""
+    rows = []
+    for name in prunable_layers(teacher):
+        W, kept = teacher.layers[name].params["W"], student.layers[name].params["W"]
+        sparsity = 1.0 - np.count_nonzero(kept) / kept.size
+        rows.append({"layer": name, "sparsity": sparsity, "s": equivalent_s(W, sparsity),
+                     "bits": None if name in keep else layer_bits.get(name)})
+    return rows
+
+
+def auto_bits(r):
+    """{"layer_bits": the chosen bits, "candidates": the ladder, "tried": measured candidates}."""
+    cfg = r.schedule.search
+    student = load_model(r.work / "pruned.h5")
+    fixed = r.schedule.quantize.layer_bits
+    layers = [n for n in _searched_layers(r) if n not in fixed]
+    xs, ys = r.x_val[:cfg.sensitivity_images], r.y_val[:cfg.sensitivity_images]
+    candidates, table = bits_ladder(student, xs, ys, layers, cfg.bits, r.executor, r.progress)
+    candidates = [{**c, **fixed} for c in candidates]
+    gate = _gate(r)
+    settings = r.schedule.quantize if cfg.bits_train_images else replace(r.schedule.quantize, epochs=0)
+    xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
+    index, found = choose_bits(student, r.teacher, xs, ys, r.x_val, r.y_val, candidates, gate,
+                               1.0 - cfg.margin, settings, r.executor)
+    nonzero = {n: int(np.count_nonzero(student.layers[n].params["W"])) for n in candidates[0]}
+    tried = [{"candidate": c, "mean_bits": _mean_bits(candidates[c], nonzero), "val_accuracy": acc,
+              "drop_points": gate.drop_points(acc), "passed": ok, "seconds": seconds}
+             for c, (acc, seconds), ok in found.tried]
+    if index is None:
+        r.log(f"no bit allocation passed on validation; keeping the widest ({max(cfg.bits)} bits)")
+        index = 0
+    chosen = candidates[index]
+    r.log(f"bit widths: candidate {index + 1} of {len(candidates)} "
+          f"({', '.join(f'{b} bits x{list(chosen.values()).count(b)}' for b in sorted(set(chosen.values())))})")
+    return {"layer_bits": chosen, "candidates": candidates, "tried": tried, "curves": table,
+            "chosen": index}

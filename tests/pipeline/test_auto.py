@@ -1,0 +1,225 @@
+"""The accuracy-budgeted search: the gate, the allocation ladder, the climb's back-off on a fake
+evaluator, and a tiny searching run (decisions on validation images only, same seed same bytes,
+a kill mid-climb resumed to the same bytes)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from npdc.compress.prune import percentage_masks, prunable_layers
+from npdc.engine.train import train_model
+from npdc.io.datasets import load_dataset
+from npdc.io.modelfile import save_model
+from npdc.pipeline import auto
+from npdc.pipeline.auto import Gate, GlobalCut, Ladder, climb, fragile_layers, sparsity_of
+from npdc.pipeline.run import run
+from npdc.pipeline.schedule import PruneStage, SearchStage, load_schedule
+from tests.conftest import write_tiny_dataset
+
+
+def test_the_gate_counts_whole_images_within_the_budget():
+    gate = Gate(correct=5400, images=6000, max_drop=0.3)  # 0.3 points of 6000 = 18 images
+    assert gate.allowed() == 18 and gate.allowed(0.5) == 9
+    assert gate.passes(5382 / 6000) and not gate.passes(5381 / 6000)
+    assert gate.passes(5391 / 6000, 0.5) and not gate.passes(5390 / 6000, 0.5)
+    assert gate.passes(5500 / 6000)  # better than the baseline passes
+    assert gate.drop_points(5382 / 6000) == pytest.approx(0.3)
+
+
+def test_the_ladder_spares_the_sensitive_layer_and_removes_what_is_asked():
+    levels = [0.0, 0.5, 0.9]
+    curves = {"tough": (levels, [1.0, 0.7, 0.2]), "easy": (levels, [1.0, 1.0, 0.99]),
+              "flat": (levels, [1.0, 1.0, 1.0])}
+    sizes = {"tough": 1000, "easy": 1000, "flat": 1000}
+    ladder = Ladder(curves, 1.0, 100, sizes)
+    for want in (0.3, 0.5, 0.6):
+        got = ladder(want)
+        removed = sum(got[n] * sizes[n] for n in sizes) / sum(sizes.values())
+        assert want <= removed <= want + 0.025 / 3 + 1e-9  # not more than one grid step of a layer
+        assert got["tough"] == 0.0  # the others reach it without touching the sensitive layer
+    assert ladder(0.95) is None  # beyond the last swept level of every layer
+
+
+def test_fragile_layers_are_those_hurt_at_the_lowest_level():
+    curves = {"a": ([0.0, 0.5, 0.9], [0.9, 0.85, 0.5]), "b": ([0.0, 0.5, 0.9], [0.9, 0.895, 0.2])}
+    assert fragile_layers(curves, 0.9, 1.0) == ["a"] and fragile_layers(curves, 0.9, 10.0) == []
+
+
+def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weights(tiny):
+    folder, data, net, _ = tiny
+    layers = prunable_layers(net)
+    cut = GlobalCut(layers, protect=["conv1"])
+    cut.net = net
+    targets = cut(0.6)
+    assert "conv1" not in targets and set(targets) == set(layers) - {"conv1"}
+    sizes = {n: net.layers[n].params["W"].size for n in layers}
+    overall = sum(targets[n] * sizes[n] for n in targets) / sum(sizes.values())
+    assert overall == pytest.approx(0.6, abs=0.01)
+    # one threshold: every weight kept in any layer is at least as large as any weight cut
+    kept_min = min(np.sort(np.abs(net.layers[n].params["W"]).ravel())[int(round(t * sizes[n]))]
+                   for n, t in targets.items() if t < 1)
+    cut_max = max(np.sort(np.abs(net.layers[n].params["W"]).ravel())[int(round(t * sizes[n])) - 1]
+                  for n, t in targets.items() if t > 0)
+    assert cut_max <= kept_min
+    assert cut(0.999) is None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("auto")
+    write_tiny_dataset(folder / "d.npz", 240, 60)
+    data = load_dataset(str(folder / "d.npz"))
+    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
+                         data.x_train, data.y_train, 2, batch_size=16, progress=False)
+    save_model(folder / "m.h5", net)
+    schedule = folder / "s.toml"
+    schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nlevels = [50.0, 90.0]\n"
+                        "bits = [3, 8]\nstep_images = 48\nsensitivity_images = 24\nmax_steps = 3\n"
+                        "[quantize]\nepochs = 0\n")
+    return folder, data, net, load_schedule(schedule)
+
+
+def _fake_training(monkeypatch, limit):
+    """retrain_step prunes straight to the targets; the evaluator passes while the net is at
+    most `limit` sparse, losing one image in ten beyond it."""
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+        masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
+        for path, keep in masks.items():
+            student.params()[path] *= keep
+
+    def evaluate(net, x, y, *a, **k):
+        s = sparsity_of(net, prunable_layers(net))
+        return {"accuracy": 1.0 if s <= limit else 0.9, "loss": 0.0}
+    monkeypatch.setattr(auto, "retrain_step", retrain)
+    monkeypatch.setattr(auto, "evaluate", evaluate)
+
+
+def _flat_ladder(net):
+    layers = prunable_layers(net)
+    sizes = {n: net.layers[n].params["W"].size for n in layers}
+    return Ladder({n: ([0.0, 0.5, 0.98], [1.0, 1.0, 1.0]) for n in layers}, 1.0, 100, sizes)
+
+
+def test_the_climb_keeps_the_last_passing_step_and_halves_a_failing_one(tiny, monkeypatch):
+    folder, data, net, _ = tiny
+    _fake_training(monkeypatch, limit=0.85)
+    cfg = SearchStage(max_drop=1.0, first_sparsity=0.5, density_ratio=0.5, max_steps=10)
+    saved = []
+    best, state = climb(net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10],
+                        _flat_ladder(net), Gate(10, 10, 1.0), cfg, PruneStage(), {},
+                        lambda s, b: saved.append(b is not None), lambda: 1.0, progress=False)
+    t = state["tried"]
+    # about 0.5 and 0.75 pass, 0.875 fails, then half the way in log density from 0.75
+    assert t[0]["target"] == 0.5
+    assert t[1]["target"] == pytest.approx(1 - (1 - t[0]["sparsity"]) * 0.5)
+    assert t[2]["target"] == pytest.approx(1 - (1 - t[1]["sparsity"]) * 0.5)
+    assert t[3]["target"] == pytest.approx(1 - (1 - t[1]["sparsity"]) * 0.5 ** 0.5)
+    assert [t["passed"] for t in state["tried"]][:4] == [True, True, False, True]
+    assert state["stopped"] == "accuracy" and state["failures"] == 2
+    passed = [t["sparsity"] for t in state["tried"] if t["passed"]]
+    assert sparsity_of(best, prunable_layers(best)) == pytest.approx(max(passed)) and max(passed) <= 0.85
+    assert saved == [t["passed"] for t in state["tried"]] + [False] * (len(saved) - len(state["tried"]))
+
+
+def test_the_climb_stops_on_time_and_on_its_step_count(tiny, monkeypatch):
+    folder, data, net, _ = tiny
+    _fake_training(monkeypatch, limit=0.99)
+    args = (net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10], _flat_ladder(net),
+            Gate(10, 10, 1.0))
+    _, state = climb(*args, SearchStage(max_steps=2), PruneStage(), {}, lambda s, b: None, lambda: 1.0,
+                     progress=False)
+    assert len(state["tried"]) == 2 and state["stopped"] == "steps"
+    _, state = climb(*args, SearchStage(), PruneStage(), {}, lambda s, b: None, lambda: 0.0, progress=False)
+    assert state["tried"] == [] and state["stopped"] == "time"
+
+
+def test_a_searching_run_decides_on_validation_images_only(tiny, monkeypatch):
+    """Every evaluation the search makes (sensitivity, climb, bits) reads training images held
+    out from retraining; the test split is only read for the report."""
+    from npdc.pipeline import auto_stages
+
+    folder, data, net, schedule = tiny
+    test_rows = {row.tobytes() for row in data.x_test}
+    seen = []
+
+    def spy(fn):
+        def wrapped(net, x, *a, **k):
+            seen.append(any(row.tobytes() in test_rows for row in x))
+            return fn(net, x, *a, **k)
+        return wrapped
+    import npdc.compress.sensitivity as sens
+    monkeypatch.setattr(auto, "evaluate", spy(auto.evaluate))
+    monkeypatch.setattr(sens, "evaluate", spy(sens.evaluate))
+    run(folder / "m.h5", data, schedule, folder / "v.npdc", folder / "wv", progress=False, log=lambda *_: None)
+    assert len(seen) > 10 and not any(seen)
+    assert auto_stages.searching(schedule)
+
+
+def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes(tiny, monkeypatch):
+    from npdc.pipeline import auto_stages
+
+    folder, data, net, schedule = tiny
+    whole = folder / "whole.npdc"
+    result = run(folder / "m.h5", data, schedule, whole, folder / "ww", progress=False, log=lambda *_: None)
+    again = folder / "again.npdc"
+    run(folder / "m.h5", data, schedule, again, folder / "wa", progress=False, log=lambda *_: None)
+    assert whole.read_bytes() == again.read_bytes()
+    steps = result["search"]["prune"]["climb"]["tried"]
+    assert steps and result["search"]["bits"]["layer_bits"]
+
+    calls = []
+    real_climb = auto_stages.climb
+
+    def killed_after_one_step(*a, **k):
+        state, save = a[9], a[10]
+
+        def save_then_die(s, best):
+            save(s, best)
+            calls.append(len(s["tried"]))
+            if len(s["tried"]) == 1:
+                raise KeyboardInterrupt
+        return real_climb(*a[:10], save_then_die, *a[11:], **k)
+    monkeypatch.setattr(auto_stages, "climb", killed_after_one_step)
+    cut = folder / "cut.npdc"
+    with pytest.raises(KeyboardInterrupt):
+        run(folder / "m.h5", data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
+    state = json.loads((folder / "wc" / "state.json").read_text())
+    assert len(state["partial"]["prune"]["tried"]) == 1 and "prune" not in state["done"]
+    monkeypatch.setattr(auto_stages, "climb", real_climb)
+    resumed = run(folder / "m.h5", data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
+    assert cut.read_bytes() == whole.read_bytes()
+    def measured(tried):  # what was measured, without how long it took
+        return [{k: v for k, v in t.items() if k != "seconds"} for t in tried]
+    assert measured(resumed["search"]["prune"]["climb"]["tried"]) == measured(steps)
+
+
+def test_max_drop_and_time_budget_reach_the_schedule_and_bad_values_are_refused(tmp_path, capsys):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    s = load_schedule(None, "auto", {"search": {"max_drop": 1.0, "time_budget": 3.0}})
+    assert s.search.max_drop == 1.0 and s.search.time_budget == 3.0 and s.prune.method == "auto"
+    assert load_schedule(None, "auto").search.max_drop == 0.3
+    for flag, value in (("--max-drop", "-1"), ("--time-budget", "-5"), ("--max-drop", "nan")):
+        code, _, err = run_cli(["compress", flag, value, "--report", str(tmp_path / "r")], capsys)
+        assert assert_one_line_error(code, err)
+
+
+def test_the_bits_ladder_takes_the_cheapest_steps_first_and_only_narrows(tiny, monkeypatch):
+    """Layers alone: 'res5b_2b' costs nothing down to 2 bits, 'conv1' loses images at every
+    step. The candidates narrow monotonically, the first all at 8 bits, the last all at 2, and
+    the harmless layer reaches 2 bits before conv1 leaves 8."""
+    folder, data, net, _ = tiny
+    layers = ["conv1", "res5b_2b", "fc6"]
+    cost = {"conv1": {6: 3, 5: 6, 4: 9, 3: 12, 2: 15}, "res5b_2b": {b: 0 for b in (2, 3, 4, 5, 6)},
+            "fc6": {6: 0, 5: 0, 4: 1, 3: 2, 2: 8}}
+    monkeypatch.setattr(auto, "run_jobs", lambda fn, shared, jobs, *a, **k: [100 - cost[n][b] for n, b in jobs])
+    monkeypatch.setattr(auto, "evaluate", lambda *a, **k: {"accuracy": 1.0, "loss": 0.0})
+    candidates, table = auto.bits_ladder(net, data.x_train[:100], data.y_train[:100], layers,
+                                        [2, 3, 4, 5, 6, 8], progress=False)
+    assert candidates[0] == {n: 8 for n in layers} and candidates[-1] == {n: 2 for n in layers}
+    for before, after in zip(candidates, candidates[1:]):
+        assert all(after[n] <= before[n] for n in layers) and after != before
+    first_conv1_step = next(i for i, c in enumerate(candidates) if c["conv1"] < 8)
+    assert candidates[first_conv1_step - 1]["res5b_2b"] == 2 and candidates[first_conv1_step - 1]["fc6"] <= 3
+    assert table["conv1"]["6"] == 97 and table["conv1"]["8"] == 100
