@@ -51,3 +51,19 @@ def test_the_search_section_lists_every_candidate_and_why_it_stopped():
     assert "| fc | 50.00 % | 0.61 | 4 |" in text and "| conv1 | 0.00 % | 0.00 | float |" in text
     assert text.count("| yes |") == 2 and text.count("| no |") == 2
     assert "2 (chosen)" in text and "half-way retry" in text and "![the candidates](candidates.png)" in text
+
+
+def test_sensitivity_draws_its_curves(tmp_path, capsys):
+    from tests.conftest import run_cli, write_tiny_dataset
+    from npdc.engine.train import train_model
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import save_model
+
+    write_tiny_dataset(tmp_path / "d.npz", 64, 32)
+    data = load_dataset(str(tmp_path / "d.npz"))
+    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
+                         data.x_train, data.y_train, 1, batch_size=16, progress=False)
+    save_model(tmp_path / "m.h5", net)
+    code, out, _ = run_cli(["sensitivity", str(tmp_path / "m.h5"), "--data", str(tmp_path / "d.npz"),
+                            "--val-size", "32", "--values", "50,90", "--plot", str(tmp_path / "s.png")], capsys)
+    assert code == 0 and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -32,6 +32,7 @@ def sensitivity_arguments(sub):
     s.add_argument("--budget", type=finite_float, default=0.005,
                    help="accuracy drop allowed per layer for the suggestion (fraction, default 0.005)")
     s.add_argument("--out", default=None, help="write the sweep as JSON here")
+    s.add_argument("--plot", default=None, help="draw the curves into this PNG file (needs npdc[plots])")
     s.add_argument("--json", action="store_true")
     threads_args(s)
     s.set_defaults(func=cmd_sensitivity)
@@ -49,12 +50,17 @@ def _held_out(data, split, size):
 def cmd_sensitivity(args):
     from npdc.engine.images import check_fits
     from npdc.compress.prune import check_layer_names
-    from npdc.compress.sensitivity import format_table, suggest, sweep
+    from npdc.compress.sensitivity import curves_of, format_table, suggest, sweep
     from npdc.atomic import write_text
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
 
-    check_paths([args.model, args.data], [("--out", args.out)])
+    check_paths([args.model, args.data], [("--out", args.out), ("--plot", args.plot)])
+    if args.plot:
+        from npdc import plots
+
+        if plots.missing():
+            raise UserError(plots.missing())
     net = load_model(args.model)
     x, y = _held_out(load_dataset(args.data), args.split, args.val_size)
     check_fits(net, x, y)
@@ -71,6 +77,10 @@ def cmd_sensitivity(args):
     if args.out:
         write_text(args.out, json.dumps(result, indent=1, sort_keys=True))
         print(f"wrote {args.out}")
+    if args.plot:
+        plots.sensitivity_figure(curves_of(result), result["baseline"]["accuracy"], args.plot,
+                                 f"Sensitivity by {args.by} (each layer alone)")
+        print(f"wrote {args.plot}")
     if args.json:
         print_json(result)
 

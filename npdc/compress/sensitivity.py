@@ -59,3 +59,11 @@ def format_table(result):
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [head] + rows]
     lines.append(f"baseline accuracy {result['baseline']['accuracy']:.4f}")
     return "\n".join(lines)
+
+
+def curves_of(result):
+    """A sweep's result as {layer: (sparsities, accuracies)}, each starting at the unpruned
+    layer (sparsity 0, the baseline accuracy)."""
+    base = result["baseline"]["accuracy"]
+    return {name: ([0.0] + [r["sparsity"] for r in rows], [base] + [r["accuracy"] for r in rows])
+            for name, rows in result["layers"].items()}

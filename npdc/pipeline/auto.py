@@ -36,7 +36,7 @@ from npdc.compress.backoff import search
 from npdc.compress.distill import Distillation
 from npdc.compress.prune import global_percentage_masks, masks_from_zeros, prunable_layers, sparsity_table
 from npdc.compress.quantize import quantize_net
-from npdc.compress.sensitivity import sweep
+from npdc.compress.sensitivity import curves_of, sweep
 from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.jobs import run_jobs
@@ -69,10 +69,7 @@ def pruning_curves(teacher, x, y, levels, layers, progress=True):
     """The sensitivity sweep (percent levels) as {layer: (sparsity fractions from 0, accuracies)}
     plus the baseline accuracy on the same images."""
     result = sweep(teacher, x, y, values=levels, by="sparsity", layers=layers, progress=progress)
-    curves = {name: ([0.0] + [r["sparsity"] for r in rows],
-                     [result["baseline"]["accuracy"]] + [r["accuracy"] for r in rows])
-              for name, rows in result["layers"].items()}
-    return curves, result["baseline"]["accuracy"]
+    return curves_of(result), result["baseline"]["accuracy"]
 
 
 class Ladder:
