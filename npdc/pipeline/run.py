@@ -21,6 +21,7 @@ from npdc.atomic import atomic_path, write_text
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
+from npdc.progress import say
 from npdc.pipeline.stages import (check_schedule_names, encode_stage, prune_stage, quantize_stage,
                                   verify_stage)
 
@@ -42,7 +43,7 @@ class Checkpoints:
     """Finished stages in a work folder: state.json names them, with the run's key (run_key).
     A state of another key, or one that cannot be read, is a fresh start, told through `log`."""
 
-    def __init__(self, folder, key, log=print):
+    def __init__(self, folder, key, log=say):
         self.folder, self.key = Path(folder), key
         self.folder.mkdir(parents=True, exist_ok=True)
         state_path = self.folder / "state.json"
@@ -70,7 +71,7 @@ class Checkpoints:
         write_text(self.folder / "state.json",
                    json.dumps({"key": self.key, "out": self.out, "done": self.done}, indent=1))
 
-    def need_output(self, out, log=print):
+    def need_output(self, out, log=say):
         """Forget encode and verify when the output they made is missing or another is asked for."""
         out = str(Path(out).resolve())
         if "encode" in self.done and (self.out != out or not Path(out).is_file()):
@@ -130,7 +131,7 @@ STAGES = (("baseline", _baseline), ("prune", _prune), ("quantize", _quantize), (
 _LOGGED = {"baseline": "baseline accuracy", "prune": "pruned accuracy"}
 
 
-def run(model_path, data, schedule, out, workdir, progress=True, log=print):
+def run(model_path, data, schedule, out, workdir, progress=True, log=say):
     """Compress the model at `model_path` on dataset `data`; returns the result dict."""
     x, y = data.require("train")
     x_test, y_test = data.require("test")
