@@ -9,7 +9,7 @@ stderr (results and `--json` lines go to stdout, printed by the command line).
   figures (count, elapsed, rate and the postfix: loss, accuracy, learning rate), and, while it
   runs, one every LINE_SECONDS with the ETA. No carriage returns.
 - Messages and bars are shown at level info; the command line sets the level (`--log-level`,
-  `--quiet` = warning) with `configure`, a library caller with `shown(True/False)` around a call
+  `--quiet` = warning) with `output`, a library caller with `shown(True/False)` around a call
   (the API's `progress=`). A program that configures the `npdc` logger itself keeps its setting.
 """
 
@@ -23,8 +23,9 @@ from tqdm import tqdm
 logger = logging.getLogger("npdc")
 LEVELS = ("debug", "info", "warning", "error")
 LINE_SECONDS = 30.0
-_LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
-_LINE_FORMAT_OPEN = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"  # no total known
+_RUNNING = "{desc}: {percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+_DONE = "{desc}: {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+_OPEN = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"  # no total known
 
 
 class _Stderr(logging.Handler):
@@ -38,39 +39,45 @@ class _Stderr(logging.Handler):
             self.handleError(record)
 
 
-def _our_handler():
-    return next((h for h in logger.handlers if isinstance(h, _Stderr)), None)
-
-
-def configure(level="info"):
-    """The command line's set-up: messages at `level` and above on stderr, as plain lines."""
-    if _our_handler() is None:
-        logger.addHandler(_Stderr())
+@contextlib.contextmanager
+def output(level="info"):
+    """The command line's set-up while a command runs: messages at `level` and above on stderr,
+    as plain lines; the logger is left as it was afterwards (tests run many commands in one
+    process)."""
+    before = logger.level, logger.propagate, logger.disabled
+    handler = _Stderr()
+    logger.addHandler(handler)
     logger.setLevel(level.upper())
-    logger.propagate = False
-    logger.disabled = False
+    logger.propagate, logger.disabled = False, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate, logger.disabled = before[1], before[2]
 
 
 @contextlib.contextmanager
 def shown(enabled):
-    """Within the block, show bars and messages (enabled: at info on stderr, unless the program
-    has configured logging for npdc) or none at all (not enabled)."""
-    before = logger.level, logger.disabled
+    """Within the block, show bars and messages (enabled) or none at all (not enabled). Enabled
+    means: at info, as plain lines on stderr, unless handlers are set on the `npdc` logger (by the
+    command line or by the program), which then decide."""
+    before = logger.level, logger.propagate, logger.disabled
     added = None
     if not enabled:
         logger.disabled = True
-    elif not logger.hasHandlers():
+    elif not logger.handlers:
         added = _Stderr()
         logger.addHandler(added)
-        if logger.getEffectiveLevel() > logging.INFO:
-            logger.setLevel(logging.INFO)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     try:
         yield
     finally:
         if added is not None:
             logger.removeHandler(added)
         logger.setLevel(before[0])
-        logger.disabled = before[1]
+        logger.propagate, logger.disabled = before[1], before[2]
 
 
 def say(text):
@@ -138,6 +145,6 @@ class LineProgress:
         return self.total is not None and self.n >= self.total
 
     def _line(self):
-        form = _LINE_FORMAT if self.total else _LINE_FORMAT_OPEN
+        form = _OPEN if not self.total else _DONE if self._complete() else _RUNNING
         logger.info(tqdm.format_meter(self.n, self.total, time.monotonic() - self.start, prefix=self.desc,
                                       unit=self.unit, postfix=self.postfix or None, bar_format=form))

@@ -19,7 +19,7 @@ from npdc.cli import compress_commands, model_commands
 from npdc.cli.common import Parser
 from npdc.errors import UserError
 from npdc.process import opted_out, tune_process
-from npdc.progress import LEVELS, configure
+from npdc.progress import LEVELS, output
 
 SUBCOMMANDS = (
     model_commands.train_arguments, model_commands.evaluate_arguments, model_commands.infer_arguments,
@@ -54,12 +54,13 @@ def main(argv=None):
     if not opted_out():
         tune_process()  # before a command loads NumPy: thread settings act only then
     args = build_parser().parse_args(argv)
-    configure("warning" if args.quiet and args.log_level in ("debug", "info") else args.log_level)
+    level = "warning" if args.quiet and args.log_level in ("debug", "info") else args.log_level
     primitive = getattr(args, "primitive", None)
     try:
         if primitive:
             _force_primitive(primitive)
-        args.func(args)
+        with output(level):
+            args.func(args)
     except UserError as e:
         _close_progress_bars()
         print(f"npdc {args.command}: error: {e}", file=sys.stderr)
