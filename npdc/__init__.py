@@ -39,6 +39,8 @@ class _FunctionOverModule:
         return self.__wrapped__(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name == "_module_name":  # not set yet (a copy being built): no module to ask
+            raise AttributeError(name)
         return getattr(importlib.import_module(self._module_name), name)
 
     def __repr__(self):
