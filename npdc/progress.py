@@ -21,7 +21,6 @@ import time
 from tqdm import tqdm
 
 logger = logging.getLogger("npdc")
-LEVELS = ("debug", "info", "warning", "error")
 LINE_SECONDS = 30.0
 _RUNNING = "{desc}: {percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _DONE = "{desc}: {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"

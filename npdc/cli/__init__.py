@@ -16,10 +16,9 @@ import sys
 
 from npdc import __version__
 from npdc.cli import compress_commands, model_commands
-from npdc.cli.common import Parser
+from npdc.cli.common import LOG_LEVELS, Parser
 from npdc.errors import UserError
 from npdc.process import opted_out, tune_process
-from npdc.progress import LEVELS, output
 
 SUBCOMMANDS = (
     model_commands.train_arguments, model_commands.evaluate_arguments, model_commands.infer_arguments,
@@ -46,7 +45,7 @@ def output_args(s):
     """--quiet and --log-level, which every subcommand takes."""
     s.add_argument("--quiet", action="store_true", help="no progress and no messages on stderr, "
                    "only errors and warnings (the same as --log-level warning)")
-    s.add_argument("--log-level", choices=LEVELS, default="info",
+    s.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                    help="the least important stderr messages shown (default info; progress is info)")
 
 
@@ -54,6 +53,7 @@ def main(argv=None):
     if not opted_out():
         tune_process()  # before a command loads NumPy: thread settings act only then
     args = build_parser().parse_args(argv)
+    from npdc.progress import output  # here, not at the top: tqdm and logging cost --help 25 ms
     level = "warning" if args.quiet and args.log_level in ("debug", "info") else args.log_level
     primitive = getattr(args, "primitive", None)
     try:

@@ -9,6 +9,7 @@ from npdc.errors import UserError
 from npdc.paths import check_paths  # noqa: F401  (the commands' one check of their paths)
 
 GRANULARITY_CHOICES = ["element", "vector", "kernel", "filter"]
+LOG_LEVELS = ("debug", "info", "warning", "error")  # --log-level: names of the logging levels
 
 
 class Parser(argparse.ArgumentParser):
