@@ -12,8 +12,11 @@ never reads as a pass of them (`pip install -e ".[bench]"` installs them).
 
 import time
 
-import npdc  # noqa: F401  (sets the thread-pool wait policy before numpy loads)
-import pytest
+import npdc
+
+npdc.tune_process()  # the benches run as the command line does: set before numpy loads
+
+import pytest  # noqa: E402
 
 from npdc.engine.conv_select import best_seconds  # noqa: F401  (the benches' timer)
 from npdc.threads import set_threads

@@ -1,49 +1,76 @@
 """npdc: NumPy Deep Compression, a framework-free toolkit that makes trained ResNets small.
 
-Two thread pools share the cores here: OpenBLAS (numpy's matmul) and Numba's OpenMP workers.
-Both spin-wait after a call by default, and on a 2-core machine each pool's spinning steals the
-cores the other needs (a 3x3 conv ran several times slower; docs/perf.md, Process settings). So OpenBLAS's workers hardly spin
-and OpenMP's wait passively, except that GNU OpenMP's spin count is set short rather than zero:
-a network runs hundreds of parallel loops in a row, and waking sleeping workers for each one
-cost cifar-resnet20 much of its training speed and batch-1 latency (docs/perf.md).
-All of this is set before numpy or numba is loaded, unless the user has chosen otherwise.
+The public Python API (npdc/api.py) is re-exported here lazily: `import npdc` loads neither NumPy
+nor Numba and changes nothing in the process; the first use of `npdc.compress`, `npdc.evaluate`,
+... loads the library. Process-wide speed settings are `npdc.tune_process()` (npdc/process.py),
+which the command line calls and a script may call; importing npdc never applies them.
 
-A training step allocates and frees a few hundred megabytes of tensors. glibc's malloc hands
-large blocks back to the kernel when they are freed, so every step faulted fresh zeroed pages in
-again (docs/perf.md has the count); with glibc, freed
-blocks are kept in the heap instead, unless the user has tuned malloc through its own variables.
-
-These are process-wide settings made on import. A program that embeds npdc and wants none of
-them sets NPDC_NO_PROCESS_TUNING=1 in the environment before importing it.
+Two API names are also the names of submodules (npdc/compress/ and npdc/evaluate.py). On this
+package they stay the API functions even after those submodules are imported, and anything the
+function does not have is looked up on the submodule, so `npdc.compress(...)` runs a compression
+and `import npdc.compress.prune as prune` still finds the module.
 """
 
-import ctypes
-import os
+import functools
+import importlib
+import importlib.util
+import sys
+import types
 
-
-def _tune_thread_pools():
-    """Short spinning for OpenMP and OpenBLAS workers (see above); the user's values win."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("GOMP_SPINCOUNT", "30000")  # a tenth of GNU OpenMP's default without a policy
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-
-def _keep_freed_blocks():
-    """Serve blocks up to 1 GiB (or glibc's 32 MiB cap) from the heap and never trim it."""
-    if any(name.startswith("MALLOC_") for name in os.environ):
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc and a few others; not macOS
-    if mallopt is None:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    # the trim threshold only after a larger mmap threshold is taken: setting either alone
-    # turns off glibc's own threshold adjustment, which slowed training steps (docs/perf.md)
-    if mallopt(m_mmap_threshold, 1 << 30) or mallopt(m_mmap_threshold, 32 << 20):
-        mallopt(m_trim_threshold, 1 << 30)
-
-
-if os.environ.get("NPDC_NO_PROCESS_TUNING", "") in ("", "0"):
-    _tune_thread_pools()
-    _keep_freed_blocks()
+from npdc.errors import UserError
+from npdc.process import tune_process
 
 __version__ = "0.1.0"
+
+API = ("load_model", "load_dataset", "save_model", "evaluate", "sensitivity", "prune", "compress",
+       "decompress", "import_checkpoint", "export")
+__all__ = [*API, "tune_process", "UserError", "__version__"]
+
+
+class _FunctionOverModule:
+    """An API function published under the name of a submodule: calling it runs the function,
+    and an attribute it lacks is the submodule's."""
+
+    def __init__(self, function, module_name):
+        functools.update_wrapper(self, function)
+        self._module_name = module_name
+
+    def __call__(self, *args, **kwargs):
+        return self.__wrapped__(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name == "_module_name":  # not set yet (a copy being built): no module to ask
+            raise AttributeError(name)
+        return getattr(importlib.import_module(self._module_name), name)
+
+    def __repr__(self):
+        return f"<npdc API function {self.__name__} (also the module {self._module_name})>"
+
+
+class _Package(types.ModuleType):
+    """The npdc package: an import of npdc.compress or npdc.evaluate does not displace the API
+    function of that name."""
+
+    def __setattr__(self, name, value):
+        if name in API and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable in sys.modules and through the function
+        super().__setattr__(name, value)
+
+
+def __getattr__(name):
+    if name not in API:
+        raise AttributeError(f"module 'npdc' has no attribute {name!r}")
+    from npdc import api  # the one import of a higher floor: lazy, so `import npdc` stays light
+
+    value = getattr(api, name)
+    if importlib.util.find_spec(f"npdc.{name}") is not None:
+        value = _FunctionOverModule(value, f"npdc.{name}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+sys.modules[__name__].__class__ = _Package

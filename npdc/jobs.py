@@ -8,7 +8,7 @@ module-level function so that an executor in other processes can find it by name
 The executor here is the in-process one; another (a cluster's) provides the same `map`.
 """
 
-from tqdm import tqdm
+from npdc.progress import progress_bar
 
 
 class InProcess:
@@ -28,7 +28,7 @@ def run_jobs(fn, shared, jobs, executor=None, progress=False, desc="jobs"):
     progress bar over finished jobs when `progress`."""
     jobs = list(jobs)
     executor = executor or InProcess()
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=desc, unit="job", enabled=progress)
     try:
         results = executor.map(fn, shared, jobs, bar)
     finally:

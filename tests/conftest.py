@@ -4,8 +4,12 @@ The convolution references walk the output pixels one by one (the textbook defin
 share no code and no lowering with npdc.kernels. Tests import them as `tests.conftest`.
 """
 
-import numpy as np
-import pytest
+import npdc
+
+npdc.tune_process()  # the suite runs as the command line does: set before numpy loads (npdc.process)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
                  "num_classes": 3, "strides": [1, 2, 1, 2, 1]}

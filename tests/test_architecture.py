@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npdc"
 
 # bottom to top: a module may import its own floor and the floors before it
 FLOORS = (
-    ("ground", ("npdc", "npdc.errors", "npdc.threads", "npdc.atomic", "npdc.limits", "npdc.jobs")),
+    ("ground", ("npdc", "npdc.errors", "npdc.threads", "npdc.atomic", "npdc.limits", "npdc.jobs",
+                "npdc.process", "npdc.paths", "npdc.progress")),
     ("kernels", ("npdc.kernels",)),
     ("engine", ("npdc.engine",)),
     ("io", ("npdc.io",)),
@@ -25,9 +26,13 @@ FLOORS = (
     ("report", ("npdc.report", "npdc.plots")),
     ("evaluate", ("npdc.evaluate",)),
     ("pipeline", ("npdc.pipeline",)),
+    ("api", ("npdc.api",)),
     ("cli", ("npdc.cli", "npdc.__main__")),
 )
 MAX_LINES = 400
+# the one import that points up: the package re-exports the public API lazily, inside its module
+# __getattr__, so `import npdc` loads nothing above the ground (tests/test_api.py checks that)
+LAZY_REEXPORT = ("npdc", "npdc.api")
 
 
 def module_name(path):
@@ -96,7 +101,8 @@ def test_every_module_is_on_a_floor():
 def test_no_import_points_up_a_floor():
     upward = [f"{m}:{line} imports {target} ({FLOORS[floor(target)][0]} is above "
               f"{FLOORS[floor(m)][0]})"
-              for m, edges in graph().items() for target, line in edges if floor(target) > floor(m)]
+              for m, edges in graph().items() for target, line in edges
+              if floor(target) > floor(m) and (m, target) != LAZY_REEXPORT]
     assert not upward, "\n".join(upward)
 
 

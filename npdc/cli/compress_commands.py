@@ -9,7 +9,6 @@ import sys
 from npdc import __version__
 from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, finite_float, floats, non_negative_int,
                              positive_int, print_json, table, threads_args, use_threads)
-from npdc.errors import UserError
 
 DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
 
@@ -38,22 +37,10 @@ def sensitivity_arguments(sub):
     s.set_defaults(func=cmd_sensitivity)
 
 
-def _held_out(data, split, size):
-    """The evaluation images of a sweep: the last `size` of the training split (default), or the
-    test split."""
-    if split == "test":
-        return data.require("test")
-    x, y = data.require("train")
-    return x[-size:], y[-size:]
-
-
 def cmd_sensitivity(args):
-    from npdc.engine.images import check_fits
-    from npdc.compress.prune import check_layer_names
-    from npdc.compress.sensitivity import curves_of, format_table, suggest, sweep
+    from npdc import api
     from npdc.atomic import write_text
-    from npdc.io.datasets import load_dataset
-    from npdc.io.modelfile import load_model
+    from npdc.compress.sensitivity import curves_of, format_table
 
     check_paths([args.model, args.data], [("--out", args.out), ("--plot", args.plot)])
     if args.plot:
@@ -61,16 +48,11 @@ def cmd_sensitivity(args):
 
         if plots.missing():
             raise UserError(plots.missing())
-    net = load_model(args.model)
-    x, y = _held_out(load_dataset(args.data), args.split, args.val_size)
-    check_fits(net, x, y)
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
-    if layers:
-        check_layer_names(net, layers)
     use_threads(args.threads)
-    result = sweep(net, x, y, args.values, args.by, layers, args.granularity, progress=not args.json)
-    result["suggested"] = suggest(result, args.budget)
-    result["budget"] = args.budget
+    result = api.sensitivity(args.model, args.data, by=args.by, values=args.values, layers=layers,
+                             granularity=args.granularity, split=args.split, val_size=args.val_size,
+                             budget=args.budget, progress=not args.json)
     print(format_table(result))
     print("suggested per-layer " + args.by + ": " +
           ",".join(f"{k}={v:g}" for k, v in result["suggested"].items()))
@@ -119,41 +101,24 @@ def prune_arguments(sub):
 
 
 def cmd_prune(args):
-    from npdc.engine.images import check_fits
-    from npdc.engine.train import evaluate
-    from npdc.io.datasets import load_dataset
-    from npdc.io.modelfile import load_model, save_model
-    from npdc.pipeline.schedule import PruneStage
-    from npdc.pipeline.stages import prune_stage
+    from npdc import api
 
     check_paths([args.model, args.data], [("--out", args.out)])
-    teacher = load_model(args.model)
-    data = load_dataset(args.data)
-    x, y = data.require("train")
-    check_fits(teacher, x, y)
-    if args.schedule == "agp":
-        if args.target is None:
-            raise UserError("--schedule agp needs --target P (the final sparsity in percent)")
-        if not 0 < args.target < 100:
-            raise UserError(f"--target must be between 0 and 100 (percent), not {args.target}")
-    method = "std" if args.s is not None else "percent" if args.sparsity is not None else "agp"
-    stage = PruneStage(method=method, target=args.sparsity if method == "percent" else args.target or 0.0,
-                       s=args.s or 0.0, layer_s=args.layer_s, granularity=args.granularity,
-                       agp_scope=args.agp_scope, epochs=args.epochs, lr=args.lr, kd=args.kd, tau=args.tau,
-                       hard_weight=args.hard_weight, on=args.on, labels=not args.unlabeled)
     use_threads(args.threads)
-    student, result = prune_stage(teacher, x, y, stage, args.batch_size, args.seed)
+    student, result = api.prune(args.model, args.data, s=args.s, sparsity=args.sparsity, schedule=args.schedule,
+                                target=args.target, layer_s=args.layer_s, granularity=args.granularity,
+                                agp_scope=args.agp_scope, kd=args.kd, tau=args.tau, hard_weight=args.hard_weight,
+                                on=args.on, labels=not args.unlabeled, epochs=args.epochs,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=True)
     for name, what in result["thinned"].items():
         print(f"{name}: {what if isinstance(what, str) else f'{what[0]} of {what[1]} filters kept'}")
     print(sparsity_lines(result))
-    if data.x_test is not None:
-        result["accuracy_before"] = evaluate(teacher, data.x_test, data.y_test)["accuracy"]
-        result["accuracy_after"] = evaluate(student, data.x_test, data.y_test)["accuracy"]
+    if "accuracy_after" in result:
         print(f"test accuracy: baseline {result['accuracy_before']:.4f}, "
               f"pruned {result['accuracy_after']:.4f}")
     meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
             "pruned_from": str(args.model), **{k: v for k, v in result.items() if k != "layers"}}
-    save_model(args.out, student, meta)
+    api.save_model(args.out, student, meta)
     print(f"wrote {args.out}")
     if args.json:
         print_json({k: v for k, v in result.items() if k != "history"})
@@ -203,51 +168,21 @@ def compress_arguments(sub):
 def cmd_compress(args):
     from pathlib import Path
 
-    from npdc.pipeline.run import run
-    from npdc.pipeline.schedule import load_schedule
-    from npdc.atomic import write_text
-    from npdc.engine.images import check_fits
-    from npdc.io.datasets import load_dataset
-    from npdc.io.modelfile import load_model
-    from npdc.report import build_report, format_markdown
+    from npdc import api
 
     model = Path(args.model)
     if args.model == DEFAULT_MODEL and not model.is_file():
         model = Path(__file__).resolve().parents[2] / DEFAULT_MODEL  # run from anywhere
-    report_dir = Path(args.report)
-    out = Path(args.out) if args.out else report_dir / f"{model.stem}.npdc"
-    check_paths([model, args.data, args.config],
-                [("--out", out)] + [("--report", report_dir / n) for n in ("report.json", "report.md")],
-                [("--report", report_dir)])
-    search = {k: v for k, v in (("max_drop", args.max_drop), ("time_budget", args.time_budget))
-              if v is not None}
-    schedule = load_schedule(args.config, args.preset, {"search": search} if search else None)
-    data = load_dataset(args.data)
-    teacher = load_model(model)
-    for split in ("train", "test"):
-        check_fits(teacher, *data.require(split))
     use_threads(args.threads)
-    result = run(model, data, schedule, out, report_dir / f".work-{model.stem}")
-    report = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"],
-                          images=len(data.require("test")[1]))
-    result.update(score=report["score"]["score"], layers=report["layers"], totals=report["totals"],
-                  memory_method=report["memory_method"],
-                  **{k: report[k] for k in ("accuracy_images", "accuracy_before_se", "accuracy_after_se")})
-    report["schedule"] = result["schedule"]
-    if "search" in result:
-        from npdc import plots
-
-        result["search"]["figures"] = plots.search_figures(result["search"], report_dir)
-        if plots.missing():
-            result["search"]["figures_missing"] = plots.missing()
-        report["search"] = result["search"]
-    write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True, default=float))
-    write_text(report_dir / "report.md", format_markdown(report))
-    print(format_markdown(report))
+    result = api.compress(model, args.data, schedule=args.config, preset=args.preset, out=args.out,
+                          report=args.report, progress=True, max_drop=args.max_drop,
+                          time_budget=args.time_budget)
+    report_dir = Path(args.report)
+    print((report_dir / "report.md").read_text())
     print(f"accuracy {result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}; "
           f"size {result['size_before_bytes']:,} -> {result['size_after_bytes']:,} B "
           f"({result['ratio']:.1f}x smaller); score {result['score']:.1f}")
-    print(f"wrote {out}, {report_dir / 'report.md'} and {report_dir / 'report.json'}")
+    print(f"wrote {result['file']}, {report_dir / 'report.md'} and {report_dir / 'report.json'}")
 
 
 # -- report ------------------------------------------------------------------------------------

@@ -92,19 +92,13 @@ def evaluate_arguments(sub):
 
 
 def cmd_evaluate(args):
-    from npdc.engine.images import check_fits
-    from npdc.engine.train import evaluate_model
-    from npdc.io.datasets import load_dataset
-    from npdc.io.modelfile import load_model
+    from npdc import api
 
-    if str(args.model).endswith(".npdc"):
-        return _evaluate_npdc(args)
-    net = load_model(args.model)
-    data = load_dataset(args.data)
-    x, y = data.require("test")
-    check_fits(net, x, y)
     use_threads(args.threads)
-    r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
+    r = api.evaluate(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
+                     baseline=args.baseline, progress=not args.json)
+    if str(args.model).endswith(".npdc"):
+        return _print_npdc_figures(r, args)
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
     print(f"parameters {r['params']:,}  float32 size {r['size_bytes']:,} B  MACs/image {r['macs']:,}")
     print(f"{r['images_per_s']:.0f} images/s")
@@ -112,21 +106,7 @@ def cmd_evaluate(args):
         print_json(r)
 
 
-def _evaluate_npdc(args):
-    from npdc.engine.images import check_fits
-    from npdc.codec.model import load_compressed
-    from npdc.engine.train import evaluate
-    from npdc.io.datasets import load_dataset
-    from npdc.io.modelfile import load_model
-    from npdc.evaluate import evaluate_compressed
-
-    data = load_dataset(args.data)
-    x, y = data.require("test")
-    net, codes = load_compressed(args.model)
-    check_fits(net, x, y)
-    use_threads(args.threads)
-    before = evaluate(load_model(args.baseline), x, y)["accuracy"] if args.baseline else None
-    r = evaluate_compressed(args.model, net, codes, x, y, args.weights, args.batch_size, before)
+def _print_npdc_figures(r, args):
     print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
     print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
           f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
@@ -281,12 +261,11 @@ def import_arguments(sub):
 
 
 def cmd_import(args):
-    from npdc.engine.images import check_fits
-    from npdc.io.modelfile import save_model
-    from npdc.io.torch_import import import_checkpoint
+    from npdc import api
 
     check_paths([args.checkpoint, args.data], [("--out", args.out)])
-    net = import_checkpoint(args.checkpoint, args.arch, args.mean, args.std, args.input_shape)
+    net = api.import_checkpoint(args.checkpoint, args.arch, mean=args.mean, std=args.std,
+                                input_shape=args.input_shape)
     meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
             "imported_from": str(args.checkpoint)}
     print(f"{args.checkpoint} -> {net.spec['arch']}: {net.num_params():,} parameters, "
@@ -294,26 +273,19 @@ def cmd_import(args):
     if args.mean is None and args.std is None:
         print("no --mean/--std given: the model sees pixels scaled to [0, 1]")
     if args.data:
-        from npdc.engine.train import evaluate
-        from npdc.io.datasets import load_dataset
-
-        x, y = load_dataset(args.data).require("test")
-        check_fits(net, x, y)
         use_threads(args.threads)
-        meta["test_accuracy"] = evaluate(net, x, y)["accuracy"]
-        print(f"test accuracy {meta['test_accuracy']:.4f} on {len(y)} images")
-    save_model(args.out, net, meta)
+        r = api.evaluate(net, args.data)
+        meta["test_accuracy"] = r["accuracy"]
+        print(f"test accuracy {meta['test_accuracy']:.4f} on {r['images']} images")
+    api.save_model(args.out, net, meta)
     print(f"wrote {args.out}")
 
 
 def cmd_export(args):
-    from npdc.io.export import EXPORTERS
-    from npdc.io.modelfile import load_model
+    from npdc import api
 
-    check_paths([args.model], [("--out", args.out)])
-    net = load_model(args.model)
-    EXPORTERS[args.format](net, args.out)
-    print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
+    count = api.export(args.model, args.out, args.format)
+    print(f"wrote {args.out} ({count} arrays)")
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -336,10 +308,7 @@ def decompress_arguments(sub):
 
 
 def cmd_decompress(args):
-    from npdc.codec.model import load_compressed
-    from npdc.io.modelfile import save_model
+    from npdc import api
 
-    check_paths([args.model], [("--out", args.out)])
-    net, _ = load_compressed(args.model)
-    save_model(args.out, net, {"decompressed_from": str(args.model), "npdc_version": __version__})
+    api.decompress(args.model, args.out)
     print(f"wrote {args.out}")

@@ -3,10 +3,9 @@ prune one layer alone at a sweep of thresholds s (or sparsities), evaluate, rest
 show which layers tolerate pruning and suggest a per-layer s for an accuracy budget.
 """
 
-from tqdm import tqdm
-
 from npdc.compress.prune import layer_granularity, percentage_mask, prunable_layers, threshold_mask
 from npdc.engine.train import evaluate
+from npdc.progress import progress_bar
 
 DEFAULT_S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 DEFAULT_SPARSITY = (30.0, 50.0, 70.0, 80.0, 90.0, 95.0)
@@ -22,7 +21,7 @@ def sweep(net, x, y, values=None, by="s", layers=None, granularity="element", ba
     values = tuple(values or (DEFAULT_S if by == "s" else DEFAULT_SPARSITY))
     layers = list(layers or prunable_layers(net))
     result = {"by": by, "baseline": evaluate(net, x, y, batch_size), "layers": {}}
-    bar = tqdm(total=len(layers) * len(values), desc="sensitivity", unit="eval", disable=not progress)
+    bar = progress_bar(total=len(layers) * len(values), desc="sensitivity", unit="eval", enabled=progress)
     for name in layers:
         W = net.layers[name].params["W"]
         original = W.copy()

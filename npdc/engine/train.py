@@ -4,13 +4,13 @@ import math
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SCHEDULES, SGD
 from npdc.engine.resnet import build_net
 from npdc.engine.images import channel_stats
 from npdc.errors import UserError
+from npdc.progress import progress_bar
 
 
 def augment(x, rng, pad):
@@ -30,7 +30,7 @@ def evaluate(net, x, y, batch_size=256, progress=False):
     """Accuracy and mean cross-entropy of `net` (eval mode) on raw images x and labels y."""
     correct, total_loss = 0, 0.0
     starts = range(0, len(x), batch_size)
-    for i in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for i in progress_bar(starts, desc="evaluate", unit="batch", enabled=progress, leave=False):
         logits = net.forward(net.preprocess(x[i:i + batch_size]))
         yb = y[i:i + batch_size]
         total_loss += cross_entropy(logits, yb)[0] * len(yb)
@@ -69,8 +69,8 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
     for epoch in range(epochs):
         order = rng.permutation(len(x))
         seen, correct, sums, t0 = 0, 0, {}, time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   unit="batch", leave=True)
+        bar = progress_bar(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", enabled=progress,
+                           unit="batch")
         for step in bar:
             opt.lr = lr_at(lr, (epoch + step / steps_per_epoch) / epochs)
             idx = order[step * batch_size:(step + 1) * batch_size]

@@ -40,6 +40,7 @@ from npdc.compress.sensitivity import curves_of, sweep
 from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.jobs import run_jobs
+from npdc.progress import say
 from npdc.pipeline.stages import quantize_stage, training_subset
 
 
@@ -163,7 +164,7 @@ def sparsity_of(net, layers):
 
 
 def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, save, time_left,
-          best=None, batch_size=128, seed=0, log=print, progress=True):
+          best=None, batch_size=128, seed=0, log=say, progress=True):
     """The climb of step 3 on training images (x, y), checked on (x_val, y_val). `state` (a
     JSON-able dict, {} to start) records every step; `save(state, best)` is called after each,
     with the best model so far (None when unchanged), so that a killed run resumes from `state`

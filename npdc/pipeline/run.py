@@ -22,8 +22,9 @@ from npdc.compress.prune import sparsity_table
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
+from npdc.progress import say
 from npdc.pipeline.auto_stages import Clock, auto_bits, auto_prune, layer_choices, searching
-from npdc.pipeline.stages import (check_schedule_names, layer_bits, encode_stage, prune_stage, quantize_stage,
+from npdc.pipeline.stages import (check_schedule_names, encode_stage, layer_bits, prune_stage, quantize_stage,
                                   verify_stage)
 
 
@@ -44,7 +45,7 @@ class Checkpoints:
     """Finished stages in a work folder: state.json names them, with the run's key (run_key).
     A state of another key, or one that cannot be read, is a fresh start, told through `log`."""
 
-    def __init__(self, folder, key, log=print):
+    def __init__(self, folder, key, log=say):
         self.folder, self.key = Path(folder), key
         self.folder.mkdir(parents=True, exist_ok=True)
         state_path = self.folder / "state.json"
@@ -84,7 +85,7 @@ class Checkpoints:
                    json.dumps({"key": self.key, "out": self.out, "done": self.done,
                                "partial": self.partial}, indent=1))
 
-    def need_output(self, out, log=print):
+    def need_output(self, out, log=say):
         """Forget encode and verify when the output they made is missing or another is asked for."""
         out = str(Path(out).resolve())
         if "encode" in self.done and (self.out != out or not Path(out).is_file()):
@@ -112,7 +113,7 @@ class _Run:
     ck: object = None
     clock: object = None
     executor: object = None
-    log: object = print
+    log: object = say
 
     @property
     def hyper(self):
@@ -170,7 +171,7 @@ STAGES = (("baseline", _baseline), ("prune", _prune), ("bits", _bits), ("quantiz
 _LOGGED = {"baseline": "baseline accuracy", "prune": "pruned accuracy"}
 
 
-def run(model_path, data, schedule, out, workdir, progress=True, log=print, executor=None):
+def run(model_path, data, schedule, out, workdir, progress=True, log=say, executor=None):
     """Compress the model at `model_path` on dataset `data`; returns the result dict. The
     searching schedules decide on images held out of the training split (data.held_out) and
     run `executor`'s jobs (npdc.jobs); the test split only reports."""

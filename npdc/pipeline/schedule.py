@@ -157,11 +157,12 @@ def load_schedule(path=None, preset="auto", overrides=None):
             raise UserError(f"{path}: not valid TOML ({str(e).splitlines()[0]})") from None
     table = _merge(table, overrides or {})
     schedule = _fill(Schedule, table, "")
-    _validate(schedule)
+    validate_schedule(schedule)
     return schedule
 
 
-def _validate(s):
+def validate_schedule(s):
+    """UserError naming the first setting of `s` out of range; nothing when all are valid."""
     checks = [(s.prune.method in PRUNE_METHODS, f"prune.method: {', '.join(PRUNE_METHODS)}"),
               (s.prune.method == "std" or 0 < s.prune.target < 100,
                "prune.target must be between 0 and 100"),

@@ -1,0 +1,247 @@
+"""The public Python API: what the command line does, as functions (objects in, objects out).
+
+This is npdc's stable surface, re-exported as `npdc.load_model`, `npdc.compress`, ... (see
+npdc/__init__.py); every other module is internal and may change. Each subcommand of the command
+line is a thin layer over one of these functions, so the two give the same results.
+
+- A model is a Net (from `load_model`) or the path of a model file; `.npdc` files are read where
+  a function can use one. Data is a Dataset (from `load_dataset`), anything `load_dataset`
+  accepts (a shipped name, an IDX or CIFAR folder, a .npz or .h5 path) or, where one split is
+  read, an (images, labels) pair.
+- Nothing is printed unless `progress=True`; then progress and stage messages go to stderr
+  (npdc/progress.py decides how: bars on a terminal, one line per stage or epoch elsewhere).
+- A user mistake raises npdc.UserError with the one-line message the command line prints;
+  anything else is a bug.
+- Files are written atomically and never over an input (npdc/paths.py).
+"""
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from npdc import __version__, plots
+from npdc.atomic import write_text
+from npdc.codec.model import load_compressed
+from npdc.compress.prune import check_layer_names
+from npdc.compress.sensitivity import suggest, sweep
+from npdc.engine.images import check_fits
+from npdc.engine.net import Net
+from npdc.engine.train import evaluate as accuracy_of, evaluate_model
+from npdc.errors import UserError
+from npdc.evaluate import evaluate_compressed
+from npdc.io import datasets, modelfile, torch_import
+from npdc.io.export import EXPORTERS
+from npdc.paths import check_paths
+from npdc.pipeline.run import run
+from npdc.pipeline.schedule import PruneStage, Schedule, load_schedule, validate_schedule
+from npdc.pipeline.stages import prune_stage
+from npdc.progress import shown
+from npdc.report import build_report, format_markdown
+
+
+# -- models and data ---------------------------------------------------------------------------
+def load_model(path):
+    """The Net stored at `path`: a model file (.h5), or a .npdc file decoded to dense weights."""
+    if _is_npdc(path):
+        return load_compressed(path)[0]
+    return modelfile.load_model(path)
+
+
+def save_model(path, model, meta=None):
+    """Write the Net `model` to `path` (.h5, atomically); `meta`: a JSON-able dict kept with it."""
+    modelfile.save_model(path, _net(model), meta)
+    return Path(path)
+
+
+def load_dataset(spec):
+    """A Dataset (x_train, y_train, x_test, y_test; a missing split is None) from a shipped name,
+    an IDX or CIFAR-10 folder, or a .npz / .h5 file; a Dataset is returned as it is."""
+    if isinstance(spec, datasets.Dataset):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise UserError(f"a dataset is a name, a path or a Dataset, not {type(spec).__name__}")
+    return datasets.load_dataset(str(spec))
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, progress=False):
+    """Figures of a model on a test split, as a dict.
+
+    A Net or .h5 file runs in the engine: accuracy, loss, images, params, size_bytes, macs,
+    images_per_s. A .npdc file runs in the small-memory runtime with `weights` (dense, stream or
+    sparse) and also gives size, peak memory (M and m), batch-1 latency, the score (against the
+    accuracy of `baseline`, a Net or .h5 file, when given) and the conv primitives it ran.
+    """
+    if _is_npdc(model):
+        x, y = _split(data, "test")
+        net, codes = load_compressed(model)
+        check_fits(net, x, y)
+        with shown(progress):
+            before = accuracy_of(_net(baseline), x, y)["accuracy"] if baseline is not None else None
+            return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before)
+    net = _net(model)
+    x, y = _split(data, "test")
+    check_fits(net, x, y)
+    with shown(progress):
+        return evaluate_model(net, x, y, batch_size, progress=progress)
+
+
+def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="element", split="train",
+                val_size=2000, budget=0.005, progress=False):
+    """Prune each layer alone at each of `values` (of s, or of sparsity in percent: `by`),
+    evaluate, restore; returns {"baseline", "by", "layers": {name: [{value, sparsity, accuracy,
+    loss}]}, "suggested": {name: largest value within `budget`}, "budget"}.
+
+    Evaluated on the last `val_size` training images (split="train") or the test split.
+    """
+    net = _net(model)
+    if isinstance(data, tuple) or split == "test":
+        x, y = _split(data, split)
+    else:
+        x, y = load_dataset(data).require("train")
+        x, y = x[-val_size:], y[-val_size:]
+    check_fits(net, x, y)
+    if layers:
+        check_layer_names(net, layers)
+    with shown(progress):
+        result = sweep(net, x, y, values, by, layers, granularity, progress=progress)
+    result["suggested"] = suggest(result, budget)
+    result["budget"] = budget
+    return result
+
+
+# -- compressing -------------------------------------------------------------------------------
+def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, layer_s="",
+          granularity="element", agp_scope="global", kd="kl", tau=4.0, hard_weight=0.0, on="logits",
+          labels=True, epochs=2, batch_size=128, lr=0.005, seed=0, progress=False):
+    """Prune a copy of `model` and retrain it with the original as teacher; returns (pruned Net,
+    record). The rule is one of: s (threshold std(W)*s per layer), sparsity (that percentage of
+    every layer), schedule="agp" with target (gradual pruning to `target` percent). The record
+    has the per-layer sparsity and, when the data has a test split, accuracy_before and
+    accuracy_after on it."""
+    if sum(v is not None for v in (s, sparsity, schedule)) != 1:
+        raise UserError("give exactly one pruning rule: s, sparsity or schedule='agp'")
+    if schedule is not None and schedule != "agp":
+        raise UserError(f"unknown pruning schedule {schedule!r}; known: agp")
+    if schedule == "agp":
+        if target is None:
+            raise UserError("--schedule agp needs --target P (the final sparsity in percent)")
+        if not 0 < target < 100:
+            raise UserError(f"--target must be between 0 and 100 (percent), not {target}")
+    teacher = _net(model)
+    data = load_dataset(data)
+    x, y = data.require("train")
+    check_fits(teacher, x, y)
+    method = "std" if s is not None else "percent" if sparsity is not None else "agp"
+    stage = PruneStage(method=method, target=sparsity if method == "percent" else target or 0.0,
+                       s=s or 0.0, layer_s=layer_s, granularity=granularity, agp_scope=agp_scope,
+                       epochs=epochs, lr=lr, kd=kd, tau=tau, hard_weight=hard_weight, on=on,
+                       labels=labels)
+    with shown(progress):
+        student, record = prune_stage(teacher, x, y, stage, batch_size, seed, progress=progress)
+        if data.x_test is not None:
+            record["accuracy_before"] = accuracy_of(teacher, data.x_test, data.y_test)["accuracy"]
+            record["accuracy_after"] = accuracy_of(student, data.x_test, data.y_test)["accuracy"]
+    return student, record
+
+
+def compress(model, data="fashion-mnist", *, schedule=None, preset="auto", out=None, report="compressed",
+             progress=False, max_drop=None, time_budget=None, executor=None):
+    """Deep Compression of `model` (a model file, or a Net, which is first written to
+    REPORT/model.h5): pruning with distillation, quantization, Huffman coding into the .npdc file
+    `out` (default REPORT/MODEL.npdc), then decoding and evaluating that file.
+
+    schedule: a TOML schedule file overriding `preset` ("auto", the accuracy-budgeted search,
+    or the fixed "fast" and "full") key by key, or a Schedule. max_drop (points) and time_budget
+    (minutes) override the schedule's [search] settings. Each finished stage is checkpointed in
+    REPORT/.work-MODEL/, so the same call after a kill resumes. Writes REPORT/report.json and
+    REPORT/report.md (and the search's PNG figures when matplotlib is installed) and returns the
+    report.json dict (accuracies before, pruned and after, sizes, ratio, score, per-layer table,
+    totals, schedule, the search's record under "search", and `file`, the .npdc written).
+    """
+    report_dir = Path(report)
+    model_path = report_dir / "model.h5" if isinstance(model, Net) else Path(model)
+    out = Path(out) if out else report_dir / f"{model_path.stem}.npdc"
+    config = schedule if isinstance(schedule, (str, os.PathLike)) else None
+    check_paths([model_path, data if isinstance(data, (str, os.PathLike)) else None, config],
+                [("--out", out)] + [("--report", report_dir / n) for n in ("report.json", "report.md")],
+                [("--report", report_dir)])
+    if isinstance(model, Net):
+        save_model(model_path, model)
+    search = {k: v for k, v in (("max_drop", max_drop), ("time_budget", time_budget)) if v is not None}
+    if not isinstance(schedule, Schedule):
+        schedule = load_schedule(config, preset, {"search": search} if search else None)
+    elif search:
+        schedule = replace(schedule, search=replace(schedule.search, **search))
+        validate_schedule(schedule)
+    data = load_dataset(data)
+    teacher = modelfile.load_model(model_path)
+    for split in ("train", "test"):
+        check_fits(teacher, *data.require(split))
+    with shown(progress):
+        result = run(model_path, data, schedule, out, report_dir / f".work-{model_path.stem}",
+                     progress=progress, executor=executor)
+    page = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"],
+                        images=len(data.require("test")[1]))
+    result.update(score=page["score"]["score"], layers=page["layers"], totals=page["totals"],
+                  memory_method=page["memory_method"], file=str(out),
+                  **{k: page[k] for k in ("accuracy_images", "accuracy_before_se", "accuracy_after_se")})
+    page["schedule"] = result["schedule"]
+    if "search" in result:
+        result["search"]["figures"] = plots.search_figures(result["search"], report_dir)
+        if plots.missing():
+            result["search"]["figures_missing"] = plots.missing()
+        page["search"] = result["search"]
+    write_text(report_dir / "report.json", json.dumps(result, indent=1, sort_keys=True, default=float))
+    write_text(report_dir / "report.md", format_markdown(page))
+    return result
+
+
+def decompress(path, out=None):
+    """The dense Net of the .npdc file at `path`; also written to `out` (.h5) when given."""
+    if out is not None:
+        check_paths([path], [("--out", out)])
+    net, _ = load_compressed(path)
+    if out is not None:
+        modelfile.save_model(out, net, {"decompressed_from": str(path), "npdc_version": __version__})
+    return net
+
+
+# -- other formats -----------------------------------------------------------------------------
+def import_checkpoint(path, arch, *, mean=None, std=None, input_shape=None):
+    """A Net of architecture `arch` from a PyTorch checkpoint (zip or legacy; only tensors and
+    plain containers are unpickled). mean and std (per channel, images on the [0, 1] scale)
+    become its input normalisation; input_shape is (C, H, W)."""
+    return torch_import.import_checkpoint(path, arch, mean, std, input_shape)
+
+
+def export(model, out, format="npz"):
+    """Write the model's parameters, buffers and input normalisation to `out`, one plain array
+    per path (`res2a_2a.W`, ...); returns the number of arrays."""
+    if format not in EXPORTERS:
+        raise UserError(f"unknown export format {format!r}; known: {', '.join(EXPORTERS)}")
+    check_paths([model if isinstance(model, (str, os.PathLike)) else None], [("--out", out)])
+    net = _net(model)
+    EXPORTERS[format](net, out)
+    return len(net.state_dict())
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _is_npdc(model):
+    return isinstance(model, (str, os.PathLike)) and str(model).endswith(".npdc")
+
+
+def _net(model):
+    if isinstance(model, Net):
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise UserError(f"a model is a Net or the path of a model file, not {type(model).__name__}")
+    return load_model(model)
+
+
+def _split(data, split):
+    """(images, labels) of one split: a pair is taken as it is."""
+    if isinstance(data, tuple) and len(data) == 2:
+        return data
+    return load_dataset(data).require(split)
