@@ -8,6 +8,7 @@ The .npz holds what `Net.state_dict` holds -- `res2a_2a.W`, `res2a_2a_bn.running
 import numpy as np
 
 from npdc.atomic import atomic_path
+from npdc.io.torch_import import torch_candidates
 
 
 def export_npz(net, path):
@@ -18,3 +19,17 @@ def export_npz(net, path):
 
 
 EXPORTERS = {"npz": export_npz}
+
+
+def torch_names(net):
+    """{PyTorch name: array} of a net's parameters and buffers, named as torchvision (or the CIFAR
+    ResNet code) names them -- the first name npdc.io.torch_import would look for -- with the
+    `num_batches_tracked` counter PyTorch's batch norms carry (zero), so that a strict
+    `load_state_dict` finds every key it expects."""
+    state = {}
+    for path, arr in {**net.params(), **net.buffers()}.items():
+        name = torch_candidates(path)[0]
+        state[name] = arr
+        if path.endswith(".running_var"):
+            state[name.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
+    return state
