@@ -309,22 +309,26 @@ def cmd_import(args):
 
 
 def cmd_export(args):
+    from npdc.codec.model import load_compressed
     from npdc.io.export import EXPORTERS
     from npdc.io.modelfile import load_model
 
     check_paths([args.model], [("--out", args.out)])
-    net = load_model(args.model)
+    net = load_compressed(args.model)[0] if str(args.model).endswith(".npdc") else load_model(args.model)
     EXPORTERS[args.format](net, args.out)
     print(f"wrote {args.out} ({len(net.state_dict())} arrays)")
 
 
 # -- export ------------------------------------------------------------------------------------
 def export_arguments(sub):
-    s = sub.add_parser("export", help="write a model's arrays for use outside npdc",
+    s = sub.add_parser("export", help="write a model for use outside npdc",
                        description="Export the parameters, BN statistics and input normalisation "
-                                   "of a model file, one plain array per path (res2a_2a.W, ...).")
-    s.add_argument("model", help="model file (.h5)")
-    s.add_argument("--format", choices=["npz"], default="npz", help="output format (default npz)")
+                                   "of a model file, one plain array per path (res2a_2a.W, ...) "
+                                   "with --format npz, or as a PyTorch state_dict with "
+                                   "torchvision's names (written without PyTorch) with --format "
+                                   "torch. A .npdc file is decoded to its quantized weights.")
+    s.add_argument("model", help="model file (.h5) or compressed model (.npdc)")
+    s.add_argument("--format", choices=["npz", "torch"], default="npz", help="output format (default npz)")
     s.add_argument("--out", required=True, help="file to write, e.g. MODEL.npz")
     s.set_defaults(func=cmd_export)
 

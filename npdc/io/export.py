@@ -1,4 +1,5 @@
-"""Export a model's arrays for use outside npdc: one plain array per parameter path.
+"""Export a model's arrays for use outside npdc: one plain array per parameter path (npz), or
+a PyTorch state_dict with torchvision's names (torch).
 
 The .npz holds what `Net.state_dict` holds -- `res2a_2a.W`, `res2a_2a_bn.running_var`, ...,
 `fc.b`, and the input normalisation `input.mean`, `input.std` -- readable with `np.load` alone
@@ -9,6 +10,7 @@ import numpy as np
 
 from npdc.atomic import atomic_path
 from npdc.io.torch_import import torch_candidates
+from npdc.io.torch_writer import save_torch_state
 
 
 def export_npz(net, path):
@@ -18,7 +20,9 @@ def export_npz(net, path):
             np.savez(f, **net.state_dict())
 
 
-EXPORTERS = {"npz": export_npz}
+def export_torch(net, path):
+    """Write `net` as a PyTorch state_dict with torchvision's names, in PyTorch's zip format."""
+    save_torch_state(torch_names(net), path)
 
 
 def torch_names(net):
@@ -33,3 +37,6 @@ def torch_names(net):
         if path.endswith(".running_var"):
             state[name.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
     return state
+
+
+EXPORTERS = {"npz": export_npz, "torch": export_torch}
