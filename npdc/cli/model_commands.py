@@ -326,9 +326,11 @@ def export_arguments(sub):
                                    "of a model file, one plain array per path (res2a_2a.W, ...) "
                                    "with --format npz, or as a PyTorch state_dict with "
                                    "torchvision's names (written without PyTorch) with --format "
-                                   "torch. A .npdc file is decoded to its quantized weights.")
+                                   "torch, or as an ONNX model (opset 13, input: pixels in [0, 1]) "
+                                   "with --format onnx. A .npdc file is decoded to its quantized "
+                                   "weights.")
     s.add_argument("model", help="model file (.h5) or compressed model (.npdc)")
-    s.add_argument("--format", choices=["npz", "torch"], default="npz", help="output format (default npz)")
+    s.add_argument("--format", choices=["npz", "torch", "onnx"], default="npz", help="output format (default npz)")
     s.add_argument("--out", required=True, help="file to write, e.g. MODEL.npz")
     s.set_defaults(func=cmd_export)
 

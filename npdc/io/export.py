@@ -1,5 +1,5 @@
 """Export a model's arrays for use outside npdc: one plain array per parameter path (npz), or
-a PyTorch state_dict with torchvision's names (torch).
+a PyTorch state_dict with torchvision's names (torch), or an ONNX model (onnx, npdc.io.onnx_export).
 
 The .npz holds what `Net.state_dict` holds -- `res2a_2a.W`, `res2a_2a_bn.running_var`, ...,
 `fc.b`, and the input normalisation `input.mean`, `input.std` -- readable with `np.load` alone
@@ -9,6 +9,7 @@ The .npz holds what `Net.state_dict` holds -- `res2a_2a.W`, `res2a_2a_bn.running
 import numpy as np
 
 from npdc.atomic import atomic_path
+from npdc.io.onnx_export import export_onnx
 from npdc.io.torch_import import torch_candidates
 from npdc.io.torch_writer import save_torch_state
 
@@ -39,4 +40,4 @@ def torch_names(net):
     return state
 
 
-EXPORTERS = {"npz": export_npz, "torch": export_torch}
+EXPORTERS = {"npz": export_npz, "torch": export_torch, "onnx": export_onnx}
