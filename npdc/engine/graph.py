@@ -35,12 +35,25 @@ def _whole(lo, hi):
     return check
 
 
-def _real(lo, hi):
+def real(lo, hi):
     def check(v):
         if not isinstance(v, numbers.Real) or isinstance(v, bool) or not lo <= v <= hi:
             return f"must be a number between {lo:g} and {hi:g}, not {str(v)[:40]}"
         return None
     return check
+
+
+def check_settings(values, schema, skip, where, unknown):
+    """UserError for the first key of `values` (other than `skip`) that `schema` ({key: check
+    returning a problem or None}) does not have or whose value its check refuses."""
+    for key, value in values.items():
+        if key in skip:
+            continue
+        if key not in schema:
+            raise UserError(f"{unknown} {str(key)[:40]!r}")
+        problem = schema[key](value)
+        if problem:
+            raise UserError(f"{where}: {key} {problem}")
 
 
 def _flag(v):
@@ -55,16 +68,16 @@ _POOL = {"k": _whole(1, MAX_KERNEL), "stride": _whole(1, MAX_KERNEL), "pad": _wh
 # op -> (settings with their checks, required settings, number of inputs (None: two or more))
 OPS = {
     "conv": (_CONV, ("out", "k"), 1),
-    "bn": ({"eps": _real(1e-12, 1.0)}, (), 1),
+    "bn": ({"eps": real(1e-12, 1.0)}, (), 1),
     "relu": ({}, (), 1),
     "prelu": ({}, (), 1),
-    "clip": ({"lo": _real(-1e6, 1e6), "hi": _real(-1e6, 1e6)}, ("lo", "hi"), 1),
+    "clip": ({"lo": real(-1e6, 1e6), "hi": real(-1e6, 1e6)}, ("lo", "hi"), 1),
     "maxpool": (_POOL, ("k",), 1),
     "avgpool": (_POOL, ("k",), 1),
     "gap": ({}, (), 1),
     "flatten": ({}, (), 1),
     "linear": ({"out": _whole(1, 1 << 20), "bias": _flag}, ("out",), 1),
-    "dropout": ({"p": _real(0.0, 1.0)}, (), 1),
+    "dropout": ({"p": real(0.0, 1.0)}, (), 1),
     "add": ({}, (), 2),
     "concat": ({}, (), None),
 }
@@ -133,14 +146,7 @@ def check_nodes(input_shape, nodes, channels=None):
         if (not isinstance(inputs, list) or not all(isinstance(s, str) and s in shapes for s in inputs)
                 or len(inputs) != (arity or max(2, len(inputs))) or len(set(inputs)) != len(inputs)):
             raise UserError(f"{where}: inputs must be {arity or 'two or more'} distinct earlier nodes")
-        for key, value in node.items():
-            if key in ("name", "op", "inputs"):
-                continue
-            if key not in settings:
-                raise UserError(f"{where}: {op} has no setting {str(key)[:40]!r}")
-            problem = settings[key](value)
-            if problem:
-                raise UserError(f"{where}: {key} {problem}")
+        check_settings(node, settings, ("name", "op", "inputs"), where, f"{where}: {op} has no setting")
         missing = [k for k in required if k not in node]
         if missing:
             raise UserError(f"{where}: {op} needs {', '.join(missing)}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from npdc.engine import torchvision
 from npdc.engine.conv_plan import apply_plan, net_plan
-from npdc.engine.graph import check_nodes, graph, graph_cost
+from npdc.engine.graph import check_nodes, check_settings, graph, graph_cost, real
 from npdc.engine.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Linear, PReLU,
                                 ReLU, ZeroPadShortcut)
 from npdc.engine.net import Net
@@ -183,11 +183,6 @@ def _channels(v):
 
 _COMMON = {"input_shape": _ints(3, MAX_SIDE), "num_classes": _count(MAX_UNITS), "width": _count(MAX_SIDE),
            "activation": _one_of("relu", "prelu"), "channels": _channels}
-def _real(lo, hi):
-    return lambda v: (None if isinstance(v, numbers.Real) and not isinstance(v, bool) and lo <= v <= hi
-                      else f"must be a number between {lo} and {hi}, not {str(v)[:40]}")
-
-
 def _list(v):
     return None if isinstance(v, list) else "is not a list"
 
@@ -196,7 +191,7 @@ _SIZES = {k: _COMMON[k] for k in ("input_shape", "num_classes", "channels")}
 SCHEMA = {"resnet18": {**_COMMON, "embedding": _count(MAX_UNITS), "strides": _ints(5, 64, "strides")},
           "cifar-resnet": {**_COMMON, "shortcut": _one_of("zeropad", "projection")},
           "tv-resnet": {**_SIZES, "width": _count(MAX_SIDE)},
-          "mobilenet_v2": {**_SIZES, "width_mult": _real(0.01, 16.0)},
+          "mobilenet_v2": {**_SIZES, "width_mult": real(0.01, 16.0)},
           "squeezenet1_1": {**_SIZES, "width": _count(MAX_SIDE)},
           "graph": {**_SIZES, "nodes": _list}}
 
@@ -221,14 +216,7 @@ def check_spec(spec):
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {str(arch)[:40]!r}; known: {', '.join(ARCHITECTURES)}")
     schema = SCHEMA[_family(arch)]
-    for key, value in spec.items():
-        if key == "arch":
-            continue
-        if key not in schema:
-            raise UserError(f"{arch} has no hyper-parameter {str(key)[:40]!r}")
-        problem = schema[key](value)
-        if problem:
-            raise UserError(f"{arch}: {key} {problem}")
+    check_settings(spec, schema, ("arch",), arch, f"{arch} has no hyper-parameter")
     if arch == "graph" and ("input_shape" not in spec or "nodes" not in spec):
         raise UserError("graph: the spec needs input_shape and nodes")
     if arch in GRAPH_BUILT:
