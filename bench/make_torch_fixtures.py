@@ -1,6 +1,7 @@
 """Write the PyTorch checkpoint fixtures in tests/data/torch/ (needs torch; the tests do not).
 
     python bench/make_torch_fixtures.py            # torch 2.13.0 CPU was used for the committed files
+    python bench/make_torch_fixtures.py torchvision   # only the torchvision-named nets below
 
 Seeded, so a rerun with the same torch writes the same tensors. What it writes:
 - cifar_resnet20.pt: a CIFAR ResNet-20 (option-A shortcuts, classifier `linear`) in the zip
@@ -16,16 +17,23 @@ Seeded, so a rerun with the same torch writes the same tensors. What it writes:
 - expected.npz: for each network, 4 uint8 test images, the normalisation and the logits PyTorch
   computes in eval mode (`<name>.x`, `.mean`, `.std`, `.logits`); for the tensors, every tensor
   as torch's own `.numpy()` gives it (`tensors.<key>`; bfloat16 widened to float32).
+- torchvision/: torchvision-named nets (bench/torchvision_twins.py) at reduced width, 10 classes,
+  for 32x32 inputs: tv_resnet18_w2.pt (float16, plain state_dict), tv_resnet50_w2.pt (float16,
+  nested under "state_dict"), mobilenet_v2_w010.pt (width multiplier 0.1, float16) and
+  squeezenet1_1_w8.pt (width 8, float32); their expected.npz as above.
 The batch-norm statistics are set by running random batches in train mode, then every
 batch-norm scale and shift is perturbed, so importing BN wrongly changes the logits.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torchvision_twins import MobileNetV2, ResNet, SqueezeNet11
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "torch"
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -96,8 +104,8 @@ def settle_batchnorm(model, gen):
     model.eval()
 
 
-def make_network(name, expected, gen, dtype=torch.float32, **kw):
-    model = CifarResNet(**kw)
+def make_network(name, expected, gen, dtype=torch.float32, model=None, **kw):
+    model = model or CifarResNet(**kw)
     settle_batchnorm(model, gen)
     model = model.to(dtype).to(torch.float32)  # the logits of exactly the weights that are saved
     x = torch.randint(0, 256, (4, 3, 32, 32), generator=gen, dtype=torch.uint8)
@@ -134,7 +142,32 @@ def make_tensors(expected, gen):
     return tensors
 
 
+TORCHVISION = {  # file stem -> (model, storage dtype, nesting key or None)
+    "tv_resnet18_w2": (lambda: ResNet(18, 10, width=2), torch.float16, None),
+    "tv_resnet50_w2": (lambda: ResNet(50, 10, width=2), torch.float16, "state_dict"),
+    "mobilenet_v2_w010": (lambda: MobileNetV2(10, width_mult=0.1), torch.float16, None),
+    "squeezenet1_1_w8": (lambda: SqueezeNet11(10, width=8), torch.float32, None),
+}
+
+
+def make_torchvision():
+    out = OUT / "torchvision"
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(20261206)
+    torch.manual_seed(1)
+    expected = {}
+    for name, (model, dtype, nest) in TORCHVISION.items():
+        state = make_network(name, expected, gen, dtype=dtype, model=model())
+        torch.save({nest: state} if nest else state, out / f"{name}.pt")
+    np.savez(out / "expected.npz", **expected)
+    for f in sorted(out.iterdir()):
+        print(f"{f.stat().st_size:>9,} B  {f.relative_to(OUT.parents[2])}")
+
+
 def main():
+    if sys.argv[1:] == ["torchvision"]:
+        make_torchvision()
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(20240607)
     torch.manual_seed(0)

@@ -209,16 +209,18 @@ def decompress(path, out=None):
 
 
 # -- other formats -----------------------------------------------------------------------------
-def import_checkpoint(path, arch, *, mean=None, std=None, input_shape=None):
-    """A Net of architecture `arch` from a PyTorch checkpoint (zip or legacy; only tensors and
-    plain containers are unpickled). mean and std (per channel, images on the [0, 1] scale)
+def import_checkpoint(path, arch=None, *, mean=None, std=None, input_shape=None):
+    """A Net of architecture `arch` (None: recognised from the checkpoint's names and shapes)
+    from a PyTorch checkpoint (zip or legacy; only tensors and plain containers are unpickled). mean and std (per channel, images on the [0, 1] scale)
     become its input normalisation; input_shape is (C, H, W)."""
     return torch_import.import_checkpoint(path, arch, mean, std, input_shape)
 
 
 def export(model, out, format="npz"):
-    """Write the model's parameters, buffers and input normalisation to `out`, one plain array
-    per path (`res2a_2a.W`, ...); returns the number of arrays."""
+    """Write `model` (a Net, a model file, or a .npdc file, decoded to its quantized weights) to
+    `out` as `format` says: "npz", one plain array per path (`res2a_2a.W`, ...); "onnx", a graph
+    ONNX Runtime and other runtimes load (needs npdc[onnx]); "torch", a state_dict with
+    torchvision's names in PyTorch's zip format. Returns the number of arrays."""
     if format not in EXPORTERS:
         raise UserError(f"unknown export format {format!r}; known: {', '.join(EXPORTERS)}")
     check_paths([model if isinstance(model, (str, os.PathLike)) else None], [("--out", out)])
@@ -237,7 +239,7 @@ def _net(model):
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise UserError(f"a model is a Net or the path of a model file, not {type(model).__name__}")
-    return load_model(model)
+    return load_compressed(model)[0] if _is_npdc(model) else load_model(model)
 
 
 def _split(data, split):

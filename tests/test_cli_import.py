@@ -99,7 +99,7 @@ def test_help(sub, capsys):
     (["import", CHECKPOINT, "--arch", "resnet99", "--out", "x.h5"], "unknown architecture"),
     (["import", CHECKPOINT, "--arch", "cifar-resnet20", "--out", "x.h5", "--mean", "0.5"], "--mean needs 3"),
     (["export", "absent.h5", "--out", "x.npz"], "no model file"),
-    (["export", "absent.h5", "--format", "onnx", "--out", "x.npz"], "invalid choice"),
+    (["export", "absent.h5", "--format", "tflite", "--out", "x.npz"], "invalid choice"),
 ])
 def test_user_mistakes_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -244,17 +244,19 @@ def cmd_tune(args):
 
 # -- import ------------------------------------------------------------------------------------
 def import_arguments(sub):
-    s = sub.add_parser("import", help="import a PyTorch ResNet checkpoint (.pt/.pth/.th) as a model",
+    s = sub.add_parser("import", help="import a PyTorch checkpoint (.pt/.pth/.th) as a model",
                        description="Read a PyTorch checkpoint without PyTorch (zip or legacy format; "
                                    "only tensors and plain containers are unpickled, never code), "
-                                   "map torchvision / CIFAR ResNet names onto ARCH, check every "
+                                   "map torchvision / CIFAR ResNet names onto ARCH (recognised from "
+                                   "the names and shapes when --arch is left out), check every "
                                    "shape, and write an npdc model file.")
     s.add_argument("checkpoint", help="PyTorch checkpoint holding a state_dict (possibly nested)")
-    s.add_argument("--arch", required=True, help="npdc architecture, e.g. cifar-resnet20")
+    s.add_argument("--arch", default=None, help="npdc architecture, e.g. cifar-resnet20, tv-resnet50, "
+                   "mobilenet_v2, squeezenet1_1 (default: recognised from the checkpoint)")
     s.add_argument("--out", required=True, help="model file to write (.h5)")
     s.add_argument("--mean", type=floats, default=None, help="input mean per channel, [0,1] scale: R,G,B")
     s.add_argument("--std", type=floats, default=None, help="input std per channel, [0,1] scale: R,G,B")
-    s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: 32x32 for CIFAR)")
+    s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: 32x32 for CIFAR, 224x224 for ImageNet nets)")
     s.add_argument("--data", default=None, help="evaluate the imported model on this test split")
     threads_args(s)
     s.set_defaults(func=cmd_import)
@@ -290,11 +292,16 @@ def cmd_export(args):
 
 # -- export ------------------------------------------------------------------------------------
 def export_arguments(sub):
-    s = sub.add_parser("export", help="write a model's arrays for use outside npdc",
+    s = sub.add_parser("export", help="write a model for use outside npdc",
                        description="Export the parameters, BN statistics and input normalisation "
-                                   "of a model file, one plain array per path (res2a_2a.W, ...).")
-    s.add_argument("model", help="model file (.h5)")
-    s.add_argument("--format", choices=["npz"], default="npz", help="output format (default npz)")
+                                   "of a model file, one plain array per path (res2a_2a.W, ...) "
+                                   "with --format npz, or as a PyTorch state_dict with "
+                                   "torchvision's names (written without PyTorch) with --format "
+                                   "torch, or as an ONNX model (opset 13, input: pixels in [0, 1]) "
+                                   "with --format onnx. A .npdc file is decoded to its quantized "
+                                   "weights.")
+    s.add_argument("model", help="model file (.h5) or compressed model (.npdc)")
+    s.add_argument("--format", choices=["npz", "torch", "onnx"], default="npz", help="output format (default npz)")
     s.add_argument("--out", required=True, help="file to write, e.g. MODEL.npz")
     s.set_defaults(func=cmd_export)
 

@@ -24,7 +24,9 @@ import string
 
 import numpy as np
 
+from npdc.engine import torchvision
 from npdc.engine.conv_plan import apply_plan, net_plan
+from npdc.engine.graph import check_nodes, check_settings, graph, graph_cost, real
 from npdc.engine.layers import (Add, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, Linear, PReLU,
                                 ReLU, ZeroPadShortcut)
 from npdc.engine.net import Net
@@ -117,7 +119,10 @@ def _cifar(depth):
     return lambda rng, **kw: cifar_resnet(rng, depth=depth, **kw)
 
 
-ARCHITECTURES = {"resnet18": resnet18, **{f"cifar-resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110)}}
+ARCHITECTURES = {"resnet18": resnet18, **{f"cifar-resnet{d}": _cifar(d) for d in (20, 32, 44, 56, 110)},
+                 **torchvision.BUILDERS, "graph": graph}
+
+GRAPH_BUILT = {*torchvision.BUILDERS, "graph"}  # architectures built from a node list
 
 
 def build_net(spec, seed=0):
@@ -178,8 +183,28 @@ def _channels(v):
 
 _COMMON = {"input_shape": _ints(3, MAX_SIDE), "num_classes": _count(MAX_UNITS), "width": _count(MAX_SIDE),
            "activation": _one_of("relu", "prelu"), "channels": _channels}
+def _list(v):
+    return None if isinstance(v, list) else "is not a list"
+
+
+_SIZES = {k: _COMMON[k] for k in ("input_shape", "num_classes", "channels")}
 SCHEMA = {"resnet18": {**_COMMON, "embedding": _count(MAX_UNITS), "strides": _ints(5, 64, "strides")},
-          "cifar-resnet": {**_COMMON, "shortcut": _one_of("zeropad", "projection")}}
+          "cifar-resnet": {**_COMMON, "shortcut": _one_of("zeropad", "projection")},
+          "tv-resnet": {**_SIZES, "width": _count(MAX_SIDE)},
+          "mobilenet_v2": {**_SIZES, "width_mult": real(0.01, 16.0)},
+          "squeezenet1_1": {**_SIZES, "width": _count(MAX_SIDE)},
+          "graph": {**_SIZES, "nodes": _list}}
+
+
+def _family(arch):
+    if arch.startswith("cifar-resnet"):
+        return "cifar-resnet"
+    return "tv-resnet" if arch.startswith("tv-resnet") else arch
+
+
+def _nodes(spec):
+    """The node list of a checked graph-built spec (a torchvision architecture or a graph)."""
+    return spec["nodes"] if spec["arch"] == "graph" else torchvision.arch_nodes(spec)
 
 
 def check_spec(spec):
@@ -190,15 +215,13 @@ def check_spec(spec):
     arch = spec.get("arch")
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {str(arch)[:40]!r}; known: {', '.join(ARCHITECTURES)}")
-    schema = SCHEMA["resnet18" if arch == "resnet18" else "cifar-resnet"]
-    for key, value in spec.items():
-        if key == "arch":
-            continue
-        if key not in schema:
-            raise UserError(f"{arch} has no hyper-parameter {str(key)[:40]!r}")
-        problem = schema[key](value)
-        if problem:
-            raise UserError(f"{arch}: {key} {problem}")
+    schema = SCHEMA[_family(arch)]
+    check_settings(spec, schema, ("arch",), arch, f"{arch} has no hyper-parameter")
+    if arch == "graph" and ("input_shape" not in spec or "nodes" not in spec):
+        raise UserError("graph: the spec needs input_shape and nodes")
+    if arch in GRAPH_BUILT:
+        spec = torchvision.spec_with_defaults(spec) if arch != "graph" else spec
+        check_nodes(spec["input_shape"], _nodes(spec), spec.get("channels"))
     return spec
 
 
@@ -215,6 +238,9 @@ def spec_cost(spec):
     pruning only thins what it counts, and gradients are allocated later, by training."""
     check_spec(spec)
     arch = spec["arch"]
+    if arch in GRAPH_BUILT:
+        spec = torchvision.spec_with_defaults(spec) if arch != "graph" else spec
+        return graph_cost(spec["input_shape"], _nodes(spec), spec.get("channels"))
     h = {**_defaults(arch), **spec}
     thin = h.get("channels") or {}
     acts = 1 if h["activation"] == "prelu" else 0

@@ -21,6 +21,7 @@ import numpy as np
 
 from npdc.engine.resnet import build_net, check_spec, spec_cost
 from npdc.errors import UserError
+from npdc.io.torch_arch import hyper_parameters, recognise, unrecognised
 from npdc.io.torch_checkpoint import load_checkpoint
 from npdc.limits import Budget
 
@@ -92,8 +93,14 @@ def torch_candidates(path):
 
 
 def _infer_spec(arch, state, input_shape):
-    """The npdc spec implied by the checkpoint: classes, input channels, width, shortcut kind."""
+    """The npdc spec implied by the checkpoint: classes, input channels, width, shortcut kind;
+    the torchvision architectures' sizes come from npdc.io.torch_arch."""
     spec = {"arch": arch}
+    if arch not in ("resnet18",) and not arch.startswith("cifar-resnet"):
+        spec.update(hyper_parameters(arch, state))
+        if input_shape is not None:
+            spec["input_shape"] = list(input_shape)
+        return spec
     classifier = next((state[f"{c}.weight"] for c in ("fc6", *_CLASSIFIERS)
                        if state.get(f"{c}.weight") is not None and state[f"{c}.weight"].ndim == 2), None)
     if classifier is not None:
@@ -117,13 +124,18 @@ def _infer_spec(arch, state, input_shape):
 
 
 def state_to_net(state, arch, source, input_shape=None, budget=None):
-    """An npdc net of `arch` holding the tensors of a PyTorch `state` (name -> array).
+    """An npdc net of `arch` (None: recognised from the names and shapes) holding the tensors
+    of a PyTorch `state` (name -> array).
 
     The first npdc parameter with no tensor, or with a tensor of the wrong shape, is a UserError
     naming both sides; so is a tensor the architecture has no place for. With a `budget`, the
     network the tensors' shapes imply is taken from it before it is built: what building it
     costs (spec_cost), held by the net, by its state_dict and by the converted copies (three
     times)."""
+    if arch is None:
+        arch = recognise(state)
+        if arch is None:
+            raise unrecognised(state, source)
     spec = _infer_spec(arch, state, input_shape)
     if budget is not None:
         check_spec(spec)  # the one schema names a bad size before it is priced

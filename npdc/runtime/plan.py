@@ -132,7 +132,8 @@ def _fuse(net):
             alias[name] = ins[0]
             consumers[ins[0]] += consumers[name] - 1
             continue
-        if isinstance(layer, Linear) or (isinstance(layer, Conv2d) and layer.groups == 1):
+        plain_conv = isinstance(layer, Conv2d) and layer.groups == 1 and layer.dilation == 1
+        if isinstance(layer, Linear) or plain_conv:  # grouped and dilated convs run as layers
             o = layer.params["W"].shape[0]
             b = layer.params.get("b", np.zeros(o, np.float32))
             step = Step("conv" if isinstance(layer, Conv2d) else "linear", name, None, ins, name,

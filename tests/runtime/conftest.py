@@ -15,6 +15,12 @@ NETS = {
     "resnet18-prelu": {"arch": "resnet18", "input_shape": [2, 7, 7], "width": 2, "embedding": 4,
                        "num_classes": 5, "strides": [2, 1, 1, 2, 1], "activation": "prelu"},
     "cifar-resnet20": {"arch": "cifar-resnet20", "input_shape": [3, 8, 8], "num_classes": 4},
+    # graph-built nets: 7x7 stem, max-pool, bottlenecks; depthwise convs, ReLU6, linear
+    # bottlenecks; ceil-mode pools, concat
+    "tv-resnet50": {"arch": "tv-resnet50", "input_shape": [3, 32, 32], "num_classes": 4, "width": 2},
+    "mobilenet_v2": {"arch": "mobilenet_v2", "input_shape": [3, 16, 16], "num_classes": 3,
+                     "width_mult": 0.1},
+    "squeezenet1_1": {"arch": "squeezenet1_1", "input_shape": [3, 20, 20], "num_classes": 3, "width": 8},
 }
 
 
@@ -37,7 +43,7 @@ def make_npdc(path, spec, sparsity=80, seed=0):
     randomise_bn(net, rng)
     net.mean = rng.uniform(0.2, 0.6, net.in_shape[0]).astype(np.float32)
     net.std = rng.uniform(0.2, 0.5, net.in_shape[0]).astype(np.float32)
-    masks = percentage_masks(net, sparsity, {"conv1": (0.0, False)})
+    masks = percentage_masks(net, sparsity, {"conv1": (0.0, False)} if "conv1" in net.layers else {})
     apply_masks(net, masks)
     save_compressed(path, net, quantize_net(net, {}, "kmeans", masks, default_bits=5))
     return load_compressed(path)[0]

@@ -60,3 +60,26 @@ class PReLU(Layer):
         axes = (0,) + tuple(range(2, x.ndim))
         self.grads["slope"] += (dy * x * neg).sum(axis=axes)
         return np.where(neg, dy * _channel_view(self.params["slope"], x), dy)
+
+
+class Clip(Layer):
+    """y = min(max(x, lo), hi), any shape; ReLU6 is Clip(0, 6) (Sandler et al. 2018, MobileNetV2).
+    The gradient passes where lo < x < hi."""
+
+    def __init__(self, lo=0.0, hi=6.0):
+        super().__init__()
+        self.lo, self.hi = float(lo), float(hi)
+        if not self.lo < self.hi:
+            raise ValueError(f"clip needs lo < hi, not {self.lo} and {self.hi}")
+
+    def forward(self, x, train):
+        y = np.clip(x, self.lo, self.hi)
+        if train:
+            self.cache["inside"] = (x > self.lo) & (x < self.hi)
+        return y
+
+    def backward(self, dy):
+        return np.where(self.cache.pop("inside"), dy, 0).astype(dy.dtype, copy=False)
+
+    def describe(self):
+        return f"Clip [{self.lo:g}, {self.hi:g}]"
