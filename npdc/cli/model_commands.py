@@ -9,6 +9,7 @@ import time
 from npdc import __version__
 from npdc.cli.common import (check_paths, finite_float, floats, non_negative_int, positive_int,
                              print_json, shape, table, threads_args, use_threads, weights_arg)
+from npdc.cli.verify_commands import read_test_pairs, verification_args, verification_lines
 from npdc.errors import UserError
 
 
@@ -87,6 +88,7 @@ def evaluate_arguments(sub):
     weights_arg(s)
     s.add_argument("--baseline", default=None,
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
+    verification_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_evaluate)
 
@@ -99,13 +101,20 @@ def cmd_evaluate(args):
 
     if str(args.model).endswith(".npdc"):
         return _evaluate_npdc(args)
+    from npdc.engine.verification import verify_net
+
     net = load_model(args.model)
     data = load_dataset(args.data)
     x, y = data.require("test")
     check_fits(net, x, y)
+    pairs = read_test_pairs(args, x, y)
     use_threads(args.threads)
     r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
+    if pairs is not None:
+        r.update(verify_net(net, x, pairs, args.embedding, args.batch_size))
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
+    if pairs is not None:
+        print(verification_lines(r))
     print(f"parameters {r['params']:,}  float32 size {r['size_bytes']:,} B  MACs/image {r['macs']:,}")
     print(f"{r['images_per_s']:.0f} images/s")
     if args.json:
@@ -118,16 +127,26 @@ def _evaluate_npdc(args):
     from npdc.engine.train import evaluate
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import load_model
+    from npdc.engine.verification import verify_net
     from npdc.evaluate import evaluate_compressed
 
     data = load_dataset(args.data)
     x, y = data.require("test")
     net, codes = load_compressed(args.model)
     check_fits(net, x, y)
+    pairs = read_test_pairs(args, x, y)
     use_threads(args.threads)
-    before = evaluate(load_model(args.baseline), x, y)["accuracy"] if args.baseline else None
-    r = evaluate_compressed(args.model, net, codes, x, y, args.weights, args.batch_size, before)
+    before = None
+    if args.baseline:
+        baseline = load_model(args.baseline)
+        check_fits(baseline, x, y)
+        before = evaluate(baseline, x, y)["accuracy"] if pairs is None else \
+            verify_net(baseline, x, pairs, args.embedding)["verification_accuracy"]
+    r = evaluate_compressed(args.model, net, codes, x, y, args.weights, args.batch_size, before,
+                            pairs=pairs, layer=args.embedding)
     print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
+    if pairs is not None:
+        print(verification_lines(r) + f"  (embeddings from the {r['embedding_source']}; the score's z)")
     print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
           f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
           f"peak RSS {r['peak_rss_bytes']:,} B")
