@@ -28,10 +28,12 @@ from npdc.compress.sensitivity import suggest, sweep
 from npdc.engine.images import check_fits
 from npdc.engine.net import Net
 from npdc.engine.train import evaluate as accuracy_of, evaluate_model
+from npdc.engine.verification import verify_net
 from npdc.errors import UserError
 from npdc.evaluate import evaluate_compressed
 from npdc.io import datasets, modelfile, torch_import
 from npdc.io.export import EXPORTERS
+from npdc.io.pairs import read_pairs
 from npdc.paths import check_paths
 from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, Schedule, load_schedule, validate_schedule
@@ -65,26 +67,47 @@ def load_dataset(spec):
 
 
 # -- measuring ---------------------------------------------------------------------------------
-def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, progress=False):
+def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pairs=None, embedding=None,
+             progress=False):
     """Figures of a model on a test split, as a dict.
 
     A Net or .h5 file runs in the engine: accuracy, loss, images, params, size_bytes, macs,
     images_per_s. A .npdc file runs in the small-memory runtime with `weights` (dense, stream or
     sparse) and also gives size, peak memory (M and m), batch-1 latency, the score (against the
     accuracy of `baseline`, a Net or .h5 file, when given) and the conv primitives it ran.
+    pairs (a pairs file of the test split, or Pairs) adds verification accuracy by LFW's 10-fold
+    protocol on the embeddings of layer `embedding` (default: the classifier's input), and
+    makes it the score's z.
     """
-    if _is_npdc(model):
-        x, y = _split(data, "test")
-        net, codes = load_compressed(model)
-        check_fits(net, x, y)
-        with shown(progress):
-            before = accuracy_of(_net(baseline), x, y)["accuracy"] if baseline is not None else None
-            return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before)
-    net = _net(model)
     x, y = _split(data, "test")
+    if _is_npdc(model):
+        net, codes = load_compressed(model)
+    else:
+        net = _net(model)
     check_fits(net, x, y)
+    pairs = _test_pairs(pairs, embedding, x, y)
     with shown(progress):
-        return evaluate_model(net, x, y, batch_size, progress=progress)
+        if not _is_npdc(model):
+            r = evaluate_model(net, x, y, batch_size, progress=progress)
+            return {**r, **verify_net(net, x, pairs, embedding, batch_size)} if pairs is not None else r
+        before = None
+        if baseline is not None:
+            base = _net(baseline)
+            check_fits(base, x, y)
+            before = accuracy_of(base, x, y)["accuracy"] if pairs is None else \
+                verify_net(base, x, pairs, embedding)["verification_accuracy"]
+        return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before,
+                                   pairs=pairs, layer=embedding)
+
+
+def _test_pairs(pairs, embedding, x, y):
+    """Pairs as given, or read from a pairs file and checked against the test split; None
+    without pairs (when an embedding without pairs is a mistake)."""
+    if pairs is None:
+        if embedding is not None:
+            raise UserError("--embedding needs --pairs")
+        return None
+    return read_pairs(pairs, len(x), y) if isinstance(pairs, (str, os.PathLike)) else pairs
 
 
 def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="element", split="train",
@@ -114,10 +137,13 @@ def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="e
 # -- compressing -------------------------------------------------------------------------------
 def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, layer_s="",
           granularity="element", agp_scope="global", kd="kl", tau=4.0, hard_weight=0.0, on="logits",
-          labels=True, epochs=2, batch_size=128, lr=0.005, seed=0, progress=False):
+          labels=True, kd_layer="", kd_layer_loss="cosine", kd_layer_weight=1.0, epochs=2, batch_size=128,
+          lr=0.005, seed=0, progress=False):
     """Prune a copy of `model` and retrain it with the original as teacher; returns (pruned Net,
     record). The rule is one of: s (threshold std(W)*s per layer), sparsity (that percentage of
-    every layer), schedule="agp" with target (gradual pruning to `target` percent). The record
+    every layer), schedule="agp" with target (gradual pruning to `target` percent). kd_layer
+    (e.g. "fc5") adds a distillation term on that layer's output (kd_layer_loss l2 or cosine,
+    weighted by kd_layer_weight) beside the logit loss. The record
     has the per-layer sparsity and, when the data has a test split, accuracy_before and
     accuracy_after on it."""
     if sum(v is not None for v in (s, sparsity, schedule)) != 1:
@@ -137,6 +163,7 @@ def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, lay
     stage = PruneStage(method=method, target=sparsity if method == "percent" else target or 0.0,
                        s=s or 0.0, layer_s=layer_s, granularity=granularity, agp_scope=agp_scope,
                        epochs=epochs, lr=lr, kd=kd, tau=tau, hard_weight=hard_weight, on=on,
+                       kd_layer=kd_layer, kd_layer_loss=kd_layer_loss, kd_layer_weight=kd_layer_weight,
                        labels=labels)
     with shown(progress):
         student, record = prune_stage(teacher, x, y, stage, batch_size, seed, progress=progress)

@@ -1,5 +1,6 @@
-"""The figures of a .npdc file run by the runtime: accuracy, speed, memory and the score, and
-prediction from an image file. What the `evaluate` and `infer` commands print and write."""
+"""The figures of a .npdc file run by the runtime: accuracy (top-1, or verification on pairs),
+speed, memory and the score, and prediction from an image file. What the `evaluate` and `infer`
+commands print and write."""
 
 import time
 from pathlib import Path
@@ -8,6 +9,8 @@ import numpy as np
 
 from npdc.atomic import atomic_path
 from npdc.codec.model import load_compressed
+from npdc.engine.verification import (check_embedding, cosine_similarity, default_embedding, embed,
+                                      protocol, used_images)
 from npdc.errors import UserError
 from npdc.io.datasets import check_finite
 from npdc.io.npz import npz_names, read_npz
@@ -17,11 +20,30 @@ from npdc.runtime.measure import latency_ms, memory_figures, peak_rss_bytes
 from npdc.score import score
 
 
+def verify_compressed(path, net, codes, x, pairs, layer=None, weights="sparse", batch_size=128):
+    """The verification figures (npdc.engine.verification.protocol) of the .npdc file at `path`
+    (decoded: net, codes) on the images x the pairs index. Embeddings come from the runtime when
+    its plan writes `layer` (default: the classifier's input, fc5_bn in resnet18), else from the
+    decoded net in the engine (e.g. fc5, which the runtime fuses with its batch norm);
+    `embedding_source` says which."""
+    layer = check_embedding(net, layer or default_embedding(net))
+    used, local = used_images(pairs)
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(used)), path)
+    if runtime.writer(layer) is not None:
+        embeddings, source = runtime.features(x[used], layer), "runtime"
+    else:
+        embeddings, source = embed(net, x[used], layer, batch_size), "decoded net"
+    return {**protocol(cosine_similarity(embeddings, local), pairs), "embedding": layer,
+            "embedding_source": source}
+
+
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
-                        baseline_accuracy=None, preset="relative"):
+                        baseline_accuracy=None, preset="relative", pairs=None, layer=None):
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
-    takes the file's own accuracy as the reference (the accuracy gate passes)."""
+    takes the file's own accuracy as the reference (the accuracy gate passes). With `pairs` the
+    verification figures join the result and the score's accuracy z is the verification
+    accuracy (baseline_accuracy then is the baseline's verification accuracy)."""
     if len(x) == 0:
         raise UserError("the test split is empty")
     runtime = build_runtime(net, codes, weights, min(batch_size, len(x)), path)  # arrays for a batch
@@ -29,19 +51,23 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     logits = runtime.predict(x)
     seconds = time.perf_counter() - t0
     accuracy = float((logits.argmax(axis=1) == y).mean())
+    verification = verify_compressed(path, net, codes, x, pairs, layer, weights, batch_size) \
+        if pairs is not None else {}
+    z = verification.get("verification_accuracy", accuracy)
     single = build_runtime(net, codes, weights, 1, path)
     M, m, method = memory_figures(net, single)
     latency = latency_ms(single)
     sizes = totals(path, baseline=net)
-    z0 = accuracy if baseline_accuracy is None else baseline_accuracy
-    result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, accuracy, preset, z0)
+    z0 = z if baseline_accuracy is None else baseline_accuracy
+    result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, z, preset, z0)
     return {"accuracy": accuracy, "images": int(len(x)), "weights": weights,
             "size_bytes": sizes["size_after_bytes"], "size_before_bytes": sizes["size_before_bytes"],
             "peak_memory_bytes": int(m), "baseline_peak_memory_bytes": int(M),
             "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
             "images_per_s": len(x) / seconds if seconds > 0 else 0.0, "latency_ms_b1": latency,
             "score": result["score"], "score_parts": result, "primitives": runtime.primitives,
-            "accuracy_reference": "baseline" if baseline_accuracy is not None else "self"}
+            "accuracy_reference": "baseline" if baseline_accuracy is not None else "self",
+            "score_accuracy": "top-1" if pairs is None else "verification", **verification}
 
 
 def read_images(path):

@@ -138,7 +138,7 @@ def totals(source, rows=None, baseline=None):
 
 # -- the whole report ---------------------------------------------------------------------------
 def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
-                 preset="relative", memory=None, images=None):
+                 preset="relative", memory=None, images=None, metric="top-1"):
     """The report dict of a .npdc file (JSON-able): layers, totals, accuracies, memory, score.
 
     baseline: the uncompressed Net (S and M come from it; else a net of the file's architecture
@@ -146,7 +146,9 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     the baseline run naively and m the runtime on the file (npdc.runtime.measure.memory_figures).
     The score needs accuracy_after, and accuracy_before for the relative preset; without them it is None.
     images: how many images the accuracies were measured on; the report then gives each one's
-    standard error, sqrt(z (1 - z) / images), so a reader can tell a drop from noise."""
+    standard error, sqrt(z (1 - z) / images), so a reader can tell a drop from noise.
+    metric: what the accuracies are, "top-1" or "verification" (on pairs; `images` then counts
+    the pairs), recorded as accuracy_metric."""
     if preset not in PRESETS:
         raise UserError(f"unknown score preset {preset!r}; known: {', '.join(PRESETS)}")
     for value, what in ((accuracy_before, "accuracy before"), (accuracy_after, "accuracy after")):
@@ -169,7 +171,7 @@ def build_report(path, baseline=None, accuracy_before=None, accuracy_after=None,
     report = {"file": str(path), "layers": rows, "totals": total,
               "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
               "memory_before_bytes": M, "memory_after_bytes": m, "memory_method": method,
-              "score": result}
+              "score": result, "accuracy_metric": metric}
     if images:
         report["accuracy_images"] = int(images)
         for key in ("accuracy_before", "accuracy_after"):
@@ -219,9 +221,12 @@ def format_markdown(report):
         def figure(key):
             se = report.get(f"{key}_se")
             return _percent(report.get(key)) + ("" if se is None else f" ± {100 * se:.2f}")
-        on = f" (on {report['accuracy_images']:,} test images; ± one standard error)" \
+        verification = report.get("accuracy_metric") == "verification"
+        counted = "pairs of test images" if verification else "test images"
+        on = f" (on {report['accuracy_images']:,} {counted}; ± one standard error)" \
             if report.get("accuracy_images") else ""
-        lines += [f"- accuracy before: {figure('accuracy_before')}, after: {figure('accuracy_after')}{on}"]
+        lines += [f"- {'verification ' if verification else ''}accuracy before: "
+                  f"{figure('accuracy_before')}, after: {figure('accuracy_after')}{on}"]
     lines += [f"- inference memory before: {report['memory_before_bytes']:,} bytes, after: "
               f"{report['memory_after_bytes']:,} bytes",
               f"- memory method: {report['memory_method']}", "", "## Score", ""]

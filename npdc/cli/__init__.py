@@ -3,7 +3,8 @@
 A user mistake (a UserError, or bad arguments) is one line on stderr and exit code 2. Each
 subcommand has an `X_arguments(sub)` function that declares its options and a `cmd_X(args)` that
 runs it, in model_commands.py (train, evaluate, infer, info, speed, tune, import, export,
-decompress) or compress_commands.py (sensitivity, prune, compress, report). The commands import
+decompress), compress_commands.py (sensitivity, prune, compress, report) or verify_commands.py
+(pairs, and the --pairs options of evaluate and report). The commands import
 the library inside their functions, not at the top, so that `--help` and argument errors answer
 without loading NumPy, Numba and the kernels; for the same reason `main` applies the process
 settings (npdc.tune_process) before any command loads NumPy.
@@ -15,7 +16,7 @@ npdc.progress; results, tables and --json lines to stdout.
 import sys
 
 from npdc import __version__
-from npdc.cli import compress_commands, model_commands
+from npdc.cli import compress_commands, model_commands, verify_commands
 from npdc.cli.common import LOG_LEVELS, Parser
 from npdc.errors import UserError
 from npdc.process import opted_out, tune_process
@@ -26,7 +27,7 @@ SUBCOMMANDS = (
     compress_commands.prune_arguments, compress_commands.compress_arguments,
     compress_commands.report_arguments, model_commands.decompress_arguments,
     model_commands.import_arguments, model_commands.export_arguments, model_commands.speed_arguments,
-    model_commands.tune_arguments)
+    model_commands.tune_arguments, verify_commands.pairs_arguments)
 
 
 def build_parser():

@@ -9,6 +9,8 @@ import sys
 from npdc import __version__
 from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, finite_float, floats, non_negative_int,
                              positive_int, print_json, table, threads_args, use_threads)
+from npdc.cli.verify_commands import read_test_pairs, verification_args
+from npdc.errors import UserError
 
 DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
 
@@ -90,6 +92,13 @@ def prune_arguments(sub):
     s.add_argument("--tau", type=finite_float, default=4.0, help="distillation temperature (default 4)")
     s.add_argument("--hard-weight", type=finite_float, default=0.0, help="weight of the label loss")
     s.add_argument("--on", default="logits", help="distil on logits (default) or a layer, e.g. fc5")
+    s.add_argument("--kd-layer", default="",
+                   help="also distil this layer's output (e.g. fc5, the embedding) beside --kd; "
+                        "with --kd none, alone")
+    s.add_argument("--kd-layer-loss", choices=["l2", "cosine"], default="cosine",
+                   help="loss of the --kd-layer term (default cosine)")
+    s.add_argument("--kd-layer-weight", type=finite_float, default=1.0,
+                   help="weight of the --kd-layer term (default 1)")
     s.add_argument("--unlabeled", action="store_true", help="ignore the training labels")
     s.add_argument("--epochs", type=non_negative_int, default=2)
     s.add_argument("--batch-size", type=positive_int, default=128)
@@ -108,7 +117,9 @@ def cmd_prune(args):
     student, result = api.prune(args.model, args.data, s=args.s, sparsity=args.sparsity, schedule=args.schedule,
                                 target=args.target, layer_s=args.layer_s, granularity=args.granularity,
                                 agp_scope=args.agp_scope, kd=args.kd, tau=args.tau, hard_weight=args.hard_weight,
-                                on=args.on, labels=not args.unlabeled, epochs=args.epochs,
+                                on=args.on, labels=not args.unlabeled, kd_layer=args.kd_layer,
+                                kd_layer_loss=args.kd_layer_loss, kd_layer_weight=args.kd_layer_weight,
+                                epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=True)
     for name, what in result["thinned"].items():
         print(f"{name}: {what if isinstance(what, str) else f'{what[0]} of {what[1]} filters kept'}")
@@ -193,6 +204,7 @@ def report_arguments(sub):
     s.add_argument("--data", default=None, help="evaluate both models on this dataset's test split")
     s.add_argument("--preset", choices=["relative", "zte"], default="relative", help="score preset")
     s.add_argument("--json", action="store_true")
+    verification_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_report)
 
@@ -203,11 +215,14 @@ def cmd_report(args):
 
     baseline = load_model(args.baseline) if args.baseline else None
     use_threads(args.threads)
-    before = after = None
+    before = after = pairs = None
+    if (args.pairs or args.embedding) and not args.data:
+        raise UserError("--pairs and --embedding need --data (the split the pairs index)")
     if args.data:
         from npdc.codec.model import load_compressed
         from npdc.engine.images import check_fits
         from npdc.engine.train import evaluate
+        from npdc.engine.verification import verify_net
         from npdc.io.datasets import load_dataset
 
         x, y = load_dataset(args.data).require("test")
@@ -215,10 +230,18 @@ def cmd_report(args):
         check_fits(compressed, x, y)
         if baseline is not None:
             check_fits(baseline, x, y)
-        after = evaluate(compressed, x, y)["accuracy"]
-        before = evaluate(baseline, x, y)["accuracy"] if baseline else None
+        pairs = read_test_pairs(args, x, y)
+        if pairs is None:
+            def accuracy(net):
+                return evaluate(net, x, y)["accuracy"]
+        else:
+            def accuracy(net):
+                return verify_net(net, x, pairs, args.embedding)["verification_accuracy"]
+        after = accuracy(compressed)
+        before = accuracy(baseline) if baseline else None
     report = build_report(args.model, baseline, before, after, args.preset,
-                          images=len(y) if args.data else None)
+                          images=(len(y) if pairs is None else len(pairs.same)) if args.data else None,
+                          metric="top-1" if pairs is None else "verification")
     print(format_markdown(report))
     if args.json:
         print_json(report)

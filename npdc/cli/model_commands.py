@@ -9,6 +9,7 @@ import time
 from npdc import __version__
 from npdc.cli.common import (check_paths, finite_float, floats, non_negative_int, positive_int,
                              print_json, shape, table, threads_args, use_threads, weights_arg)
+from npdc.cli.verify_commands import verification_args, verification_lines
 from npdc.errors import UserError
 
 
@@ -87,6 +88,7 @@ def evaluate_arguments(sub):
     weights_arg(s)
     s.add_argument("--baseline", default=None,
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
+    verification_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_evaluate)
 
@@ -96,10 +98,13 @@ def cmd_evaluate(args):
 
     use_threads(args.threads)
     r = api.evaluate(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
-                     baseline=args.baseline, progress=not args.json)
+                     baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
+                     progress=not args.json)
     if str(args.model).endswith(".npdc"):
         return _print_npdc_figures(r, args)
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
+    if "verification_accuracy" in r:
+        print(verification_lines(r))
     print(f"parameters {r['params']:,}  float32 size {r['size_bytes']:,} B  MACs/image {r['macs']:,}")
     print(f"{r['images_per_s']:.0f} images/s")
     if args.json:
@@ -108,6 +113,8 @@ def cmd_evaluate(args):
 
 def _print_npdc_figures(r, args):
     print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
+    if "verification_accuracy" in r:
+        print(verification_lines(r) + f"  (embeddings from the {r['embedding_source']}; the score's z)")
     print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
           f"{r['peak_memory_bytes']:,} B (naive float32 {r['baseline_peak_memory_bytes']:,} B)  "
           f"peak RSS {r['peak_rss_bytes']:,} B")

@@ -4,8 +4,8 @@ Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network": sof
 with a temperature tau and minimise KL(teacher || student), scaled by tau**2 so its gradients keep
 their size as tau changes. As in the seed design, two alternatives compare the raw outputs
 instead: half the mean squared difference (L2) and the cosine distance. The targets are the
-logits or the `fc5` embedding; a hard-label cross-entropy term is optional, so unlabeled data
-works too. Each loss returns (value, gradient with respect to the student's output).
+logits or the `fc5` embedding, or both at once (the logit KL beside an L2 or cosine term on fc5);
+a hard-label cross-entropy term is optional, so unlabeled data works too. Each loss returns (value, gradient with respect to the student's output).
 """
 
 import numpy as np
@@ -50,69 +50,89 @@ KD_LOSSES = {"kl": kl_loss, "l2": l2_loss, "cosine": cosine_loss}
 
 class Distillation:
     """A training objective for npdc.engine.train.fit: the teacher (eval mode) labels each batch
-    once, the student learns from soft_weight * KD + hard_weight * cross-entropy.
+    once, the student learns from soft_weight * KD + hard_weight * cross-entropy
+    (+ layer_weight * KD on a layer).
 
     on: "logits" or the name of a node whose output is matched (e.g. "fc5", the embedding).
+    layer: a node matched beside `on` with its own loss `layer_kind` (l2 or cosine, as the seed
+    design compared them on fc5) and weight: e.g. the logit KL and the fc5 cosine distance at once.
     """
 
-    def __init__(self, teacher, kind="kl", tau=4.0, soft_weight=1.0, hard_weight=0.0, on="logits"):
-        if kind not in KD_LOSSES:
-            raise UserError(f"unknown distillation loss {kind!r}; known: {', '.join(KD_LOSSES)}")
+    def __init__(self, teacher, kind="kl", tau=4.0, soft_weight=1.0, hard_weight=0.0, on="logits",
+                 layer=None, layer_kind="cosine", layer_weight=1.0):
+        for loss in (kind, layer_kind):
+            if loss not in KD_LOSSES:
+                raise UserError(f"unknown distillation loss {loss!r}; known: {', '.join(KD_LOSSES)}")
         if tau <= 0:
             raise UserError(f"the temperature must be positive, not {tau}")
-        if on != "logits" and on not in teacher.layers:
-            raise UserError(f"cannot distil on {on!r}: the model has no such layer")
-        self.teacher, self.loss, self.tau = teacher, KD_LOSSES[kind], tau
-        self.soft_weight, self.hard_weight, self.on = soft_weight, hard_weight, on
+        for node in (on, layer):
+            if node not in ("logits", None) and node not in teacher.layers:
+                raise UserError(f"cannot distil on {node!r}: the model has no such layer")
+        if layer is not None and layer == on:
+            raise UserError(f"{layer!r} is distilled on already; give the layer term another layer")
+        self.teacher, self.tau, self.hard_weight = teacher, tau, hard_weight
+        self.on = on  # (node, loss, weight, name of the term) for each soft target:
+        self.soft = [(on, KD_LOSSES[kind], soft_weight, "kd")]
+        if layer is not None:
+            self.soft.append((layer, KD_LOSSES[layer_kind], layer_weight, "kd_layer"))
+        self.keep = tuple(node for node, _, _, _ in self.soft if node != "logits")
 
-    def _targets(self, x):
-        if self.on == "logits":
-            return self.teacher.forward(x)
-        return self.teacher.forward(x, keep=(self.on,))[1][self.on]
+    def _outputs(self, net, x, train):
+        """{node: output} of the soft targets' nodes and the logits."""
+        if not self.keep:
+            logits = net.forward(x, train=train)
+            return {"logits": logits}
+        logits, kept = net.forward(x, train=train, keep=self.keep)
+        return {"logits": logits, **kept}
 
     def __call__(self, net, x, y):
         if y is None and self.hard_weight:
             raise UserError("hard-label weight needs labels; this data has none")
-        target = self._targets(x)
-        terms, extra = {}, None
-        if self.on == "logits":
-            logits = out = net.forward(x, train=True)
-        else:
-            logits, kept = net.forward(x, train=True, keep=(self.on,))
-            out = kept[self.on]
+        target = self._outputs(self.teacher, x, False)
+        out = self._outputs(net, x, True)
+        logits, terms, extra = out["logits"], {}, {}
         dlogits = np.zeros_like(logits)
-        if self.soft_weight:
-            kd, d_out = self.loss(out, target, self.tau)
-            terms["kd"] = kd
-            d_out = d_out * self.soft_weight
-            if self.on == "logits":
+        total = 0.0
+        for node, loss, weight, name in self.soft:
+            if not weight:
+                continue
+            terms[name], d_out = loss(out[node], target[node], self.tau)
+            total += weight * terms[name]
+            d_out = (d_out * weight).astype(out[node].dtype, copy=False)
+            if node == "logits":
                 dlogits += d_out
             else:
-                extra = {self.on: d_out.astype(out.dtype, copy=False)}
+                extra[node] = d_out
         if self.hard_weight:
             ce, dce = cross_entropy(logits, y)
             terms["ce"] = ce
+            total += self.hard_weight * ce
             dlogits += self.hard_weight * dce
-        net.backward(dlogits, extra=extra)
-        terms["loss"] = self.soft_weight * terms.get("kd", 0.0) + self.hard_weight * terms.get("ce", 0.0)
+        net.backward(dlogits, extra=extra or None)
+        terms["loss"] = total
         return logits, terms
 
 
 def prune_and_retrain(teacher, x, y, masks=None, gradual=None, kd="kl", tau=4.0, hard_weight=0.0,
-                      on="logits", epochs=2, progress=True, **hyper):
+                      on="logits", epochs=2, progress=True, kd_layer=None, kd_layer_loss="cosine",
+                      kd_layer_weight=1.0, **hyper):
     """Prune a copy of `teacher` and retrain it with the teacher's guidance.
 
     masks: fixed keep-masks applied before retraining, or gradual: a function net ->
-    GradualPruner that prunes during it. kd=None retrains on labels alone. hyper: fit's keyword
-    arguments (batch_size, lr, seed, ...). Returns (student, masks, history).
+    GradualPruner that prunes during it. kd: the loss on `on`; None drops it, leaving the
+    layer term (kd_layer, matched with kd_layer_loss and weighted kd_layer_weight; see
+    Distillation) with hard_weight of labels, or labels alone without kd_layer. hyper: fit's
+    keyword arguments (batch_size, lr, seed, ...). Returns (student, masks, history).
     """
     student = clone_net(teacher)
     masks = dict(masks or {})
     apply_masks(student, masks)
     hook = gradual(student) if gradual else None
     objective = None
-    if kd:
-        objective = Distillation(teacher, kd, tau, soft_weight=1.0, hard_weight=hard_weight, on=on)
+    if kd or kd_layer:
+        objective = Distillation(teacher, kd or "kl", tau, soft_weight=1.0 if kd else 0.0,
+                                 hard_weight=hard_weight, on=on, layer=kd_layer,
+                                 layer_kind=kd_layer_loss, layer_weight=kd_layer_weight)
     elif y is None:
         raise UserError("retraining without distillation needs labels")
     history = fit(student, x, y, epochs, masks=masks, objective=objective, hook=hook,

@@ -35,6 +35,9 @@ class PruneStage:
     tau: float = 4.0
     hard_weight: float = 0.0
     on: str = "logits"            # distil on the logits or on a named layer's output
+    kd_layer: str = ""            # also match this layer's output (e.g. fc5) beside `kd`
+    kd_layer_loss: str = "cosine"  # l2 or cosine
+    kd_layer_weight: float = 1.0
     labels: bool = True           # false: ignore the training labels
     train_images: int = 0         # 0 = the whole training split
 
@@ -177,7 +180,9 @@ def validate_schedule(s):
               (s.quantize.epochs >= 0, "quantize.epochs must be >= 0"),
               (s.quantize.method in ("linear", "kmeans", "optimal"), "quantize.method: linear, kmeans or optimal"),
               (s.prune.kd in KD_LOSSES, f"prune.kd: {', '.join(KD_LOSSES)}"),
-              (s.prune.kd != "none" or s.prune.labels, "prune.kd = none needs labels = true"),
+              (s.prune.kd != "none" or s.prune.labels or s.prune.kd_layer,
+               "prune.kd = none needs labels = true or a kd_layer"),
+              (s.prune.kd_layer_loss in ("l2", "cosine"), "prune.kd_layer_loss: l2 or cosine"),
               (s.quantize.kd in ("kl", "l2", "cosine"), "quantize.kd: kl, l2 or cosine"),
               (s.encode.raw_dtype in ("float16", "float32"), "encode.raw_dtype: float16 or float32"),
               (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32")]

@@ -157,12 +157,31 @@ class Runtime:
 
     def predict(self, images):
         """Logits (N, classes) of raw images (N, C, H, W) or (N, H, W), in batches of the plan."""
+        return self._run(images, len(self.plan.steps) - 1)
+
+    def writer(self, node):
+        """Index of the step whose output is the net's node `node`, or None when the plan has no
+        such value (a node fused inside a step, like fc5 before its batch norm, or a view)."""
+        return next((k for k, s in enumerate(self.plan.steps) if s.output == node), None)
+
+    def features(self, images, node):
+        """Outputs of node `node` for raw images (e.g. an embedding), running only the steps up to
+        the one that writes it; UserError when the plan has no such value (see `writer`)."""
+        last = self.writer(node)
+        if last is None:
+            raise UserError(f"the runtime has no output {node!r} (fused into another step or not a node)")
+        return self._run(images, last)
+
+    def _run(self, images, last):
+        """The output of step `last` for raw images, in batches of the plan."""
         images = check_images(images, self.plan.in_shape)
-        B = self.plan.batch
-        out = np.empty((len(images),) + self.plan.values[self.plan.output].shape, np.float32)
+        B, name = self.plan.batch, self.plan.steps[last].output
+        out = np.empty((len(images),) + self.plan.values[name].shape, np.float32)
         for i in range(0, len(images), B):
             n = self.load_input(images[i:i + B])
-            out[i:i + n] = self.forward(n)
+            for call in (self.calls if n == B else self._bind(n))[:last + 1]:
+                call()
+            out[i:i + n] = self.view(name, n)
         return out
 
 

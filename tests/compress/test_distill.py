@@ -193,6 +193,72 @@ def test_distillation_gradient_passes_gradcheck():
         assert err < 1e-5, path
 
 
+@pytest.mark.parametrize("layer_kind", ["l2", "cosine"])
+def test_layer_term_beside_the_logit_kl_passes_gradcheck(layer_kind):
+    """KL on the logits plus 0.7 x (L2 or cosine distance) on fc5, and labels: the student's
+    parameter gradients agree with finite differences of the total loss (float64, ReLU kinks
+    skipped), fc5's own weights and a conv's before it included."""
+    student, teacher = _nets(np.float64, seed=3)  # seed 4 leaves res5b_2a dead: all at the noise floor
+    x, y = _images(8, 3)
+    x = x.astype(np.float64)
+    objective = Distillation(teacher, "kl", tau=2.0, hard_weight=0.5, layer="fc5",
+                             layer_kind=layer_kind, layer_weight=0.7)
+    student.zero_grad()
+    _, terms = objective(student, x, y)
+    assert set(terms) == {"kd", "kd_layer", "ce", "loss"} and terms["kd_layer"] > 0
+    analytic = {k: g.copy() for k, g in student.grads().items()}
+    params = student.params()
+
+    def loss():
+        return objective(student, x, y)[1]["loss"]
+
+    for path in ("fc5.W", "fc5_bn.gamma", "fc6.W", "res5b_2a.W", "conv1.W"):
+        err, _ = compare(loss, params[path], analytic[path], kinks=True, max_entries=12)
+        assert err < 1e-5, path
+
+
+@pytest.mark.parametrize("layer_kind", ["l2", "cosine"])
+def test_layer_term_is_the_sum_of_the_two_losses(layer_kind):
+    """The objective with a layer term equals, in loss and gradients, a backward pass seeded with
+    the logit KL at the logits and 0.7 x the layer loss's gradient at fc5."""
+    student, teacher = _nets(np.float64, seed=5)
+    twin = clone_net(student).astype(np.float64)
+    x, _ = _images(10, 5)
+    x = x.astype(np.float64)
+    student.zero_grad()
+    _, terms = Distillation(teacher, "kl", tau=3.0, layer="fc5", layer_kind=layer_kind,
+                            layer_weight=0.7)(student, x, None)
+    t_logits, t_kept = teacher.forward(x, keep=("fc5",))
+    twin.zero_grad()
+    logits, kept = twin.forward(x, train=True, keep=("fc5",))
+    kd, d_kd = kl_loss(logits, t_logits, 3.0)
+    layer_loss, d_layer = (l2_loss if layer_kind == "l2" else cosine_loss)(kept["fc5"], t_kept["fc5"])
+    twin.backward(d_kd, extra={"fc5": 0.7 * d_layer})
+    assert terms["kd"] == pytest.approx(kd) and terms["kd_layer"] == pytest.approx(layer_loss)
+    assert terms["loss"] == pytest.approx(kd + 0.7 * layer_loss, rel=1e-12)
+    ga, gb = student.grads(), twin.grads()
+    for path in gb:
+        np.testing.assert_allclose(ga[path], gb[path], rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+def test_kd_layer_alone_retrains_without_labels():
+    """kd=None with kd_layer: only the fc5 term (no labels needed); the student's fc5 moves
+    towards the teacher's in cosine distance."""
+    teacher = build_net(TINY, seed=12)
+    x, _ = _labelled_images(32, 12)
+    masks = percentage_masks(teacher, 60)
+    objective = Distillation(teacher, "kl", soft_weight=0.0, layer="fc5")
+    start = clone_net(teacher)
+    apply = __import__("npdc.compress.prune", fromlist=["apply_masks"]).apply_masks
+    apply(start, masks)
+    xn = start.preprocess(x)
+    before = objective(start, xn, None)[1]["kd_layer"]
+    student, _, history = prune_and_retrain(teacher, x, None, masks, kd=None, kd_layer="fc5",
+                                            epochs=3, batch_size=16, lr=0.05, progress=False)
+    assert set(history[0]) >= {"kd_layer", "loss"} and "kd" not in history[0]
+    assert objective(student, xn, None)[1]["kd_layer"] < before
+
+
 def test_unlabeled_data():
     """y=None works when hard_weight=0 (soft targets only) and is a UserError when
     hard_weight > 0; fit runs a whole unlabeled epoch with it."""
@@ -210,7 +276,8 @@ def test_unlabeled_data():
 
 
 @pytest.mark.parametrize("kwargs", [{"kind": "kld"}, {"tau": 0.0}, {"tau": -1.0}, {"on": "fc7"},
-                                    {"on": "res9a_2a"}])
+                                    {"on": "res9a_2a"}, {"layer": "fc7"}, {"layer": "fc5", "on": "fc5"},
+                                    {"layer": "fc5", "layer_kind": "dot"}])
 def test_bad_settings_are_user_errors(kwargs):
     _, teacher = _nets()
     with pytest.raises(UserError):
