@@ -7,8 +7,9 @@ import json
 import sys
 
 from npdc import __version__
-from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, finite_float, floats, non_negative_int,
-                             positive_int, print_json, table, threads_args, use_threads)
+from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, executor_args, executor_from_args,
+                             finite_float, floats, non_negative_int, positive_int, print_json,
+                             shared_inputs, table, threads_args, use_threads)
 from npdc.errors import UserError
 
 DEFAULT_MODEL = "data/models/fmnist-resnet18.h5"
@@ -34,16 +35,8 @@ def sensitivity_arguments(sub):
     s.add_argument("--out", default=None, help="write the sweep as JSON here")
     s.add_argument("--json", action="store_true")
     threads_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_sensitivity)
-
-
-def _held_out(data, split, size):
-    """The evaluation images of a sweep: the last `size` of the training split (default), or the
-    test split."""
-    if split == "test":
-        return data.require("test")
-    x, y = data.require("train")
-    return x[-size:], y[-size:]
 
 
 def cmd_sensitivity(args):
@@ -52,17 +45,21 @@ def cmd_sensitivity(args):
     from npdc.compress.sensitivity import format_table, suggest, sweep
     from npdc.atomic import write_text
     from npdc.io.datasets import load_dataset
+    from npdc.io.job_inputs import evaluation_images
     from npdc.io.modelfile import load_model
 
     check_paths([args.model, args.data], [("--out", args.out)])
     net = load_model(args.model)
-    x, y = _held_out(load_dataset(args.data), args.split, args.val_size)
+    x, y = evaluation_images(load_dataset(args.data), args.split, args.val_size)
     check_fits(net, x, y)
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
     if layers:
         check_layer_names(net, layers)
     use_threads(args.threads)
-    result = sweep(net, x, y, args.values, args.by, layers, args.granularity, progress=not args.json)
+    with executor_from_args(args) as executor:
+        result = sweep(net, x, y, args.values, args.by, layers, args.granularity,
+                       progress=not args.json, executor=executor,
+                       shared=shared_inputs(args, args.model, args.split, args.val_size))
     result["suggested"] = suggest(result, args.budget)
     result["budget"] = args.budget
     print(format_table(result))

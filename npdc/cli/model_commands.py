@@ -7,8 +7,9 @@ import sys
 import time
 
 from npdc import __version__
-from npdc.cli.common import (check_paths, finite_float, floats, non_negative_int, positive_int,
-                             print_json, shape, table, threads_args, use_threads, weights_arg)
+from npdc.cli.common import (check_paths, executor_args, executor_from_args, finite_float, floats,
+                             non_negative_int, positive_int, print_json, shape, shared_inputs, table,
+                             threads_args, use_threads, weights_arg)
 from npdc.errors import UserError
 
 
@@ -88,6 +89,7 @@ def evaluate_arguments(sub):
     s.add_argument("--baseline", default=None,
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
     threads_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_evaluate)
 
 
@@ -98,13 +100,18 @@ def cmd_evaluate(args):
     from npdc.io.modelfile import load_model
 
     if str(args.model).endswith(".npdc"):
+        if args.workers or args.scheduler:
+            raise UserError("--workers and --scheduler share out a .h5 model's test set; a .npdc "
+                            "file is measured on this machine")
         return _evaluate_npdc(args)
     net = load_model(args.model)
     data = load_dataset(args.data)
     x, y = data.require("test")
     check_fits(net, x, y)
     use_threads(args.threads)
-    r = evaluate_model(net, x, y, args.batch_size, progress=not args.json)
+    with executor_from_args(args) as executor:
+        r = evaluate_model(net, x, y, args.batch_size, progress=not args.json, executor=executor,
+                           shared=shared_inputs(args, args.model, "test"))
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")
     print(f"parameters {r['params']:,}  float32 size {r['size_bytes']:,} B  MACs/image {r['macs']:,}")
     print(f"{r['images_per_s']:.0f} images/s")
