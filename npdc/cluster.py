@@ -86,7 +86,7 @@ class DaskExecutor:
 
     def map(self, fn, shared, jobs, progress=None):
         distributed = _distributed()
-        client, futures, failed = self.client, [], None
+        client, futures, error = self.client, [], None
         try:
             [remote] = client.scatter([shared], broadcast=True, hash=False)
             futures = [client.submit(_run_job, fn, remote, job, pure=False) for job in jobs]
@@ -94,22 +94,20 @@ class DaskExecutor:
                 if future.status == "cancelled":
                     raise self._lost("its jobs were cancelled")
                 if future.status == "error":
-                    failed = future
+                    error = future.exception()
                     break
                 if progress is not None:
                     progress.update()
-            if failed is None:
+            if error is None:
                 return client.gather(futures)
         except (OSError, TimeoutError, distributed.comm.CommClosedError,
                 distributed.client.FutureCancelledError) as e:
             raise self._lost(e) from None
         finally:
-            if futures or failed is not None:
-                try:
-                    client.cancel(futures)
-                except Exception:  # the scheduler is gone; nothing to release
-                    pass
-        error = failed.exception()
+            try:
+                client.cancel(futures)
+            except Exception:  # the scheduler is gone; nothing to release
+                pass
         if isinstance(error, distributed.KilledWorker):
             raise UserError(f"a job killed every worker that ran it (out of memory?): {error}")
         raise error
