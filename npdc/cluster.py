@@ -20,13 +20,16 @@ that cannot be reached, or goes away mid-run, is a one-line UserError; commands 
 outputs only after the jobs return, so nothing is written half-way.
 """
 
+import logging
 import socket
 import sys
 import threading
+from concurrent.futures import CancelledError
 from urllib.parse import urlsplit
 
 from npdc.errors import UserError
 from npdc.jobs import resolve
+from npdc.threads import set_threads
 
 INSTALL = 'install npdc[distributed]: pip install -e ".[distributed]"'
 CONNECT_SECONDS = 10
@@ -49,8 +52,6 @@ def _run_job(fn, shared, job):
     even when it has several threads: jobs may borrow the shared model (prune a layer, evaluate,
     restore), and each job keeps one core busy."""
     if not getattr(_job_thread, "single", False):
-        from npdc.threads import set_threads
-
         set_threads(1)
         _job_thread.single = True
     with _one_job_at_a_time:
@@ -100,8 +101,7 @@ class DaskExecutor:
                     progress.update()
             if error is None:
                 return client.gather(futures)
-        except (OSError, TimeoutError, distributed.comm.CommClosedError,
-                distributed.client.FutureCancelledError) as e:
+        except (OSError, TimeoutError, CancelledError, distributed.comm.CommClosedError) as e:
             raise self._lost(e) from None
         finally:
             try:
@@ -119,10 +119,8 @@ class DaskExecutor:
 
 def _quiet():
     """Dask logs at INFO and warns about ports; keep the terminal to npdc's lines."""
-    import logging
-
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def local_executor(workers, announce=True):
@@ -132,7 +130,7 @@ def local_executor(workers, announce=True):
     _quiet()
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                       silence_logs=40)
+                                       silence_logs=logging.CRITICAL)
     executor = DaskExecutor(distributed.Client(cluster), cluster)
     if announce:
         _announce(executor, f"a local Dask cluster of {workers} single-threaded workers")

@@ -1,9 +1,11 @@
 """One way to run independent jobs: `run_jobs(fn, shared, jobs, executor)` returns
 [fn(shared, job) for job in jobs], in the order of `jobs`, whatever order they finish in.
 
-`shared` is what every job reads and none changes (a model, a dataset); it is handed to each
-executor once per call, not once per job, so a job itself is a few numbers. `fn` is a
-module-level function so that an executor in other processes can find it by name.
+`shared` is what every job reads (a model, a dataset); it is handed to each executor once per
+call, not once per job, so a job itself is a few numbers. A job may borrow it (prune a layer,
+evaluate, put the layer back) but leaves it as it found it: an executor runs one job at a time
+per process. `fn` is a module-level function so that an executor in other processes can find it
+by name.
 
 `shared` may also be a `Loaded(loader, *args)` recipe: then each process that runs jobs calls
 loader(*args) itself, once, and the jobs get what it returns. With paths as the arguments, that

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npdc"
 
 # bottom to top: a module may import its own floor and the floors before it
 FLOORS = (
-    ("ground", ("npdc", "npdc.errors", "npdc.threads", "npdc.atomic", "npdc.limits", "npdc.jobs")),
+    ("ground", ("npdc", "npdc.errors", "npdc.threads", "npdc.atomic", "npdc.limits", "npdc.jobs",
+                "npdc.cluster")),
     ("kernels", ("npdc.kernels",)),
     ("engine", ("npdc.engine",)),
     ("io", ("npdc.io",)),
