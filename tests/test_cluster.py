@@ -220,6 +220,13 @@ def test_without_distributed_the_error_says_how_to_install(files, monkeypatch, c
     assert err.count("\n") == 1 and INSTALL in err
 
 
+def test_evaluate_npdc_on_a_cluster_is_refused(tmp_path, capsys):
+    """A .npdc file is measured on the client: --workers with it is one line, exit 2."""
+    assert main(["evaluate", str(tmp_path / "m.npdc"), "--data", "x", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "measured on this machine" in err
+
+
 def test_cli_local_cluster_matches_in_process(files, tmp_path, capsys):
     """`sensitivity --workers 2` writes the in-process sweep byte for byte, and prints the local
     cluster's dashboard."""
