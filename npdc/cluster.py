@@ -113,8 +113,7 @@ class DaskExecutor:
         raise error
 
     def _lost(self, why):
-        return UserError(f"lost the Dask scheduler at {self.address} mid-run ({why}); "
-                         "nothing was written")
+        return UserError(f"lost the Dask scheduler at {self.address} mid-run ({why})")
 
 
 def _quiet():
@@ -128,9 +127,15 @@ def local_executor(workers, announce=True):
     processes on 127.0.0.1, its dashboard (when bokeh is installed) on a free port."""
     distributed = _distributed()
     _quiet()
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                       silence_logs=logging.CRITICAL)
+    import dask
+
+    # Dask's nannies set glibc's trim threshold for their workers, which turns off glibc's own
+    # mmap threshold adjustment and npdc's malloc settings (npdc/__init__.py); leave it unset
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                           processes=True, host="127.0.0.1",
+                                           dashboard_address="127.0.0.1:0",
+                                           silence_logs=logging.CRITICAL)
     executor = DaskExecutor(distributed.Client(cluster), cluster)
     if announce:
         _announce(executor, f"a local Dask cluster of {workers} single-threaded workers")
