@@ -68,7 +68,7 @@ def load_dataset(spec):
 
 # -- measuring ---------------------------------------------------------------------------------
 def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pairs=None, embedding=None,
-             progress=False):
+             progress=False, executor=None, shared=None):
     """Figures of a model on a test split, as a dict.
 
     A Net or .h5 file runs in the engine: accuracy, loss, images, params, size_bytes, macs,
@@ -77,7 +77,8 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
     accuracy of `baseline`, a Net or .h5 file, when given) and the conv primitives it ran.
     pairs (a pairs file of the test split, or Pairs) adds verification accuracy by LFW's 10-fold
     protocol on the embeddings of layer `embedding` (default: the classifier's input), and
-    makes it the score's z.
+    makes it the score's z. executor (npdc.cluster) shares a Net's test set out over a cluster,
+    with `shared` (a npdc.jobs.Loaded recipe) in place of the arrays when given.
     """
     x, y = _split(data, "test")
     if _is_npdc(model):
@@ -88,7 +89,7 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
     pairs = _test_pairs(pairs, embedding, x, y)
     with shown(progress):
         if not _is_npdc(model):
-            r = evaluate_model(net, x, y, batch_size, progress=progress)
+            r = evaluate_model(net, x, y, batch_size, progress=progress, executor=executor, shared=shared)
             return {**r, **verify_net(net, x, pairs, embedding, batch_size)} if pairs is not None else r
         before = None
         if baseline is not None:
@@ -111,12 +112,13 @@ def _test_pairs(pairs, embedding, x, y):
 
 
 def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="element", split="train",
-                val_size=2000, budget=0.005, progress=False):
+                val_size=2000, budget=0.005, progress=False, executor=None, shared=None):
     """Prune each layer alone at each of `values` (of s, or of sparsity in percent: `by`),
     evaluate, restore; returns {"baseline", "by", "layers": {name: [{value, sparsity, accuracy,
     loss}]}, "suggested": {name: largest value within `budget`}, "budget"}.
 
-    Evaluated on the last `val_size` training images (split="train") or the test split.
+    Evaluated on the last `val_size` training images (split="train") or the test split; executor
+    (npdc.cluster) runs the sweep's points as jobs on a cluster, shared a Loaded recipe for them.
     """
     net = _net(model)
     if isinstance(data, tuple) or split == "test":
@@ -128,7 +130,8 @@ def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="e
     if layers:
         check_layer_names(net, layers)
     with shown(progress):
-        result = sweep(net, x, y, values, by, layers, granularity, progress=progress)
+        result = sweep(net, x, y, values, by, layers, granularity, progress=progress, executor=executor,
+                       shared=shared)
     result["suggested"] = suggest(result, budget)
     result["budget"] = budget
     return result

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npdc"
 # bottom to top: a module may import its own floor and the floors before it
 FLOORS = (
     ("ground", ("npdc", "npdc.errors", "npdc.threads", "npdc.atomic", "npdc.limits", "npdc.jobs",
-                "npdc.process", "npdc.paths", "npdc.progress")),
+                "npdc.process", "npdc.paths", "npdc.progress", "npdc.cluster")),
     ("kernels", ("npdc.kernels",)),
     ("engine", ("npdc.engine",)),
     ("io", ("npdc.io",)),

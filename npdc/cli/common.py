@@ -1,7 +1,8 @@
-"""What every subcommand shares: the one-line-error parser, argument types, the thread and weight
-options, JSON output and the plain-text table."""
+"""What every subcommand shares: the one-line-error parser, argument types, the thread, weight
+and cluster options, JSON output and the plain-text table."""
 
 import argparse
+import contextlib
 import json
 import math
 
@@ -78,6 +79,52 @@ def weights_arg(s):
                    help=".npdc runtime: weights decoded to float32 once (dense), decoded layer by "
                         "layer as the pass reaches them (stream), or used as non-zeros and "
                         "codebook indices (sparse, default)")
+
+
+def executor_args(s):
+    """--workers N / --scheduler ADDRESS: where a command's independent jobs run (in-process by
+    default); --share: how the model and images reach the workers."""
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None,
+                       help="run the jobs on a local Dask cluster of N single-threaded worker "
+                            "processes (needs npdc[distributed])")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:8786",
+                       help="run the jobs on the Dask cluster of this scheduler (needs npdc[distributed])")
+    s.add_argument("--share", choices=["scatter", "files"], default="scatter",
+                   help="with a cluster: send the model and images to every worker once "
+                        "(scatter, default), or let each worker read them from the same paths "
+                        "(files: the workers must see this machine's files)")
+
+
+@contextlib.contextmanager
+def executor_from_args(args):
+    """`with executor_from_args(args) as executor:` the executor that --workers/--scheduler ask
+    for (None: in-process), its cluster closed when the block ends."""
+    if getattr(args, "workers", None):
+        from npdc.cluster import local_executor
+
+        executor = local_executor(args.workers)
+    elif getattr(args, "scheduler", None):
+        from npdc.cluster import scheduler_executor
+
+        executor = scheduler_executor(args.scheduler)
+    else:
+        yield None
+        return
+    with executor:
+        yield executor
+
+
+def shared_inputs(args, model, split, size=None):
+    """What the jobs of a command that evaluates `model` share: None (the command sends the
+    arrays it loaded) or, with --share files and a cluster, a recipe that has each worker read
+    the model and the dataset from the same paths."""
+    if args.share != "files" or not (args.workers or args.scheduler):
+        return None
+    from npdc.io.job_inputs import absolute, model_and_images
+    from npdc.jobs import Loaded
+
+    return Loaded(model_and_images, absolute(str(model)), absolute(args.data), split, size)
 
 
 def use_threads(value):

@@ -7,8 +7,9 @@ import json
 import sys
 
 from npdc import __version__
-from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, finite_float, floats, non_negative_int,
-                             positive_int, print_json, table, threads_args, use_threads)
+from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, executor_args, executor_from_args,
+                             finite_float, floats, non_negative_int, positive_int, print_json,
+                             shared_inputs, table, threads_args, use_threads)
 from npdc.cli.verify_commands import read_test_pairs, verification_args
 from npdc.errors import UserError
 
@@ -36,6 +37,7 @@ def sensitivity_arguments(sub):
     s.add_argument("--plot", default=None, help="draw the curves into this PNG file (needs npdc[plots])")
     s.add_argument("--json", action="store_true")
     threads_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_sensitivity)
 
 
@@ -52,9 +54,11 @@ def cmd_sensitivity(args):
             raise UserError(plots.missing())
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
     use_threads(args.threads)
-    result = api.sensitivity(args.model, args.data, by=args.by, values=args.values, layers=layers,
-                             granularity=args.granularity, split=args.split, val_size=args.val_size,
-                             budget=args.budget, progress=not args.json)
+    with executor_from_args(args) as executor:
+        result = api.sensitivity(args.model, args.data, by=args.by, values=args.values, layers=layers,
+                                 granularity=args.granularity, split=args.split, val_size=args.val_size,
+                                 budget=args.budget, progress=not args.json, executor=executor,
+                                 shared=shared_inputs(args, args.model, args.split, args.val_size))
     print(format_table(result))
     print("suggested per-layer " + args.by + ": " +
           ",".join(f"{k}={v:g}" for k, v in result["suggested"].items()))

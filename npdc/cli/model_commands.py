@@ -7,8 +7,9 @@ import sys
 import time
 
 from npdc import __version__
-from npdc.cli.common import (check_paths, finite_float, floats, non_negative_int, positive_int,
-                             print_json, shape, table, threads_args, use_threads, weights_arg)
+from npdc.cli.common import (check_paths, executor_args, executor_from_args, finite_float, floats,
+                             non_negative_int, positive_int, print_json, shape, shared_inputs, table,
+                             threads_args, use_threads, weights_arg)
 from npdc.cli.verify_commands import verification_args, verification_lines
 from npdc.errors import UserError
 
@@ -90,16 +91,22 @@ def evaluate_arguments(sub):
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
     verification_args(s)
     threads_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args):
     from npdc import api
 
+    if str(args.model).endswith(".npdc") and (args.workers or args.scheduler):
+        raise UserError("--workers and --scheduler share out a .h5 model's test set; a .npdc "
+                        "file is measured on this machine")
     use_threads(args.threads)
-    r = api.evaluate(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
-                     baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
-                     progress=not args.json)
+    with executor_from_args(args) as executor:
+        r = api.evaluate(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
+                         baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
+                         progress=not args.json, executor=executor,
+                         shared=shared_inputs(args, args.model, "test"))
     if str(args.model).endswith(".npdc"):
         return _print_npdc_figures(r, args)
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  on {r['images']} test images")

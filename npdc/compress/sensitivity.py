@@ -5,39 +5,50 @@ show which layers tolerate pruning and suggest a per-layer s for an accuracy bud
 
 from npdc.compress.prune import layer_granularity, percentage_mask, prunable_layers, threshold_mask
 from npdc.engine.train import evaluate
-from npdc.progress import progress_bar
+from npdc.jobs import run_jobs
 
 DEFAULT_S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 DEFAULT_SPARSITY = (30.0, 50.0, 70.0, 80.0, 90.0, 95.0)
 
 
 def sweep(net, x, y, values=None, by="s", layers=None, granularity="element", batch_size=256,
-          progress=True):
+          progress=True, executor=None, shared=None):
     """{"baseline": {...}, "by": by, "layers": {name: [{"value", "sparsity", "accuracy", "loss"}]}}
 
-    Evaluation runs the engine's kernels on every core; each layer's weights are restored after
-    its sweep, so the net is unchanged on return.
+    Each evaluation (the baseline, then every layer × value) is one job of npdc.jobs.run_jobs on
+    `executor` (in-process when None), the net and images shared by all; the results are the
+    same on any executor. `shared` replaces (net, x, y) as what the jobs receive, e.g. a
+    npdc.jobs.Loaded recipe that builds them from paths on each worker. Each job restores the
+    layer it pruned, so the net is unchanged on return.
     """
     values = tuple(values or (DEFAULT_S if by == "s" else DEFAULT_SPARSITY))
     layers = list(layers or prunable_layers(net))
-    result = {"by": by, "baseline": evaluate(net, x, y, batch_size), "layers": {}}
-    bar = progress_bar(total=len(layers) * len(values), desc="sensitivity", unit="eval", enabled=progress)
-    for name in layers:
-        W = net.layers[name].params["W"]
-        original = W.copy()
-        g = layer_granularity(net, name, granularity)
-        rows = []
-        for v in values:
-            keep = threshold_mask(original, v, g) if by == "s" else percentage_mask(original, v, g)
-            W[...] = original * keep
-            r = evaluate(net, x, y, batch_size)
-            rows.append({"value": v, "sparsity": 1.0 - keep.mean(), **r})
-            bar.update()
-            bar.set_postfix(layer=name)
-        W[...] = original
-        result["layers"][name] = rows
-    bar.close()
+    jobs = [(None, None, by, granularity, batch_size)]
+    jobs += [(name, v, by, granularity, batch_size) for name in layers for v in values]
+    shared = (net, x, y) if shared is None else shared
+    rows = run_jobs(sweep_point, shared, jobs, executor, progress, desc="sensitivity")
+    result = {"by": by, "baseline": rows[0], "layers": {}}
+    for i, name in enumerate(layers):
+        result["layers"][name] = rows[1 + i * len(values):1 + (i + 1) * len(values)]
     return result
+
+
+def sweep_point(shared, job):
+    """One job of a sweep: evaluate the net with layer `name` alone pruned at `value` (the
+    unpruned net when name is None), then put the layer's weights back."""
+    net, x, y = shared
+    name, value, by, granularity, batch_size = job
+    if name is None:
+        return evaluate(net, x, y, batch_size)
+    W = net.layers[name].params["W"]
+    original = W.copy()
+    g = layer_granularity(net, name, granularity)
+    keep = threshold_mask(original, value, g) if by == "s" else percentage_mask(original, value, g)
+    try:
+        W[...] = original * keep
+        return {"value": value, "sparsity": 1.0 - keep.mean(), **evaluate(net, x, y, batch_size)}
+    finally:
+        W[...] = original
 
 
 def suggest(result, budget):

@@ -10,6 +10,7 @@ from npdc.engine.optim import SCHEDULES, SGD
 from npdc.engine.resnet import build_net
 from npdc.engine.images import channel_stats
 from npdc.errors import UserError
+from npdc.jobs import run_jobs
 from npdc.progress import progress_bar
 
 
@@ -26,16 +27,51 @@ def augment(x, rng, pad):
     return out
 
 
-def evaluate(net, x, y, batch_size=256, progress=False):
-    """Accuracy and mean cross-entropy of `net` (eval mode) on raw images x and labels y."""
+def evaluate(net, x, y, batch_size=256, progress=False, executor=None, shard_batches=4,
+             shared=None):
+    """Accuracy and mean cross-entropy of `net` (eval mode) on raw images x and labels y.
+
+    With an `executor` (npdc.jobs), the batches are shared out as jobs of `shard_batches`
+    batches each; the shards' correct counts are summed and their per-batch losses added in
+    batch order, so the result is the in-process one bit for bit. `shared` replaces (net, x, y)
+    as what the jobs receive (a npdc.jobs.Loaded recipe that gives the same arrays).
+    """
+    if executor is None:
+        return _combine(len(x), [_count(net, x, y, (0, len(x), batch_size), progress)])
+    step = batch_size * shard_batches
+    shards = [(i, min(i + step, len(x)), batch_size) for i in range(0, len(x), step)]
+    shared = (net, x, y) if shared is None else shared
+    return _combine(len(x), run_jobs(evaluate_shard, shared, shards, executor, progress,
+                                     desc="evaluate"))
+
+
+def evaluate_shard(shared, shard):
+    """One job of a sharded evaluation: shared = (net, x, y), shard = (start, stop, batch_size)."""
+    net, x, y = shared
+    return _count(net, x, y, shard)
+
+
+def _count(net, x, y, shard, progress=False):
+    """(correct, [loss × images of each batch]) on the batches of x[start:stop]."""
+    start, stop, batch_size = shard
+    correct, losses = 0, []
+    for i in progress_bar(range(start, stop, batch_size), desc="evaluate", unit="batch",
+                          enabled=progress, leave=False):
+        j = min(i + batch_size, stop)
+        logits = net.forward(net.preprocess(x[i:j]))
+        losses.append(cross_entropy(logits, y[i:j])[0] * (j - i))
+        correct += int((logits.argmax(axis=1) == y[i:j]).sum())
+    return correct, losses
+
+
+def _combine(n, parts):
+    """Accuracy and mean loss from the shards' counts, the losses added in batch order."""
     correct, total_loss = 0, 0.0
-    starts = range(0, len(x), batch_size)
-    for i in progress_bar(starts, desc="evaluate", unit="batch", enabled=progress, leave=False):
-        logits = net.forward(net.preprocess(x[i:i + batch_size]))
-        yb = y[i:i + batch_size]
-        total_loss += cross_entropy(logits, yb)[0] * len(yb)
-        correct += int((logits.argmax(axis=1) == yb).sum())
-    n = max(len(x), 1)
+    for shard_correct, losses in parts:
+        correct += shard_correct
+        for loss in losses:
+            total_loss += loss
+    n = max(n, 1)
     return {"accuracy": correct / n, "loss": total_loss / n}
 
 
@@ -108,10 +144,11 @@ def model_figures(net):
     return {"params": int(params), "size_bytes": int(params) * 4, "macs": int(net.macs())}
 
 
-def evaluate_model(net, x, y, batch_size=256, progress=False):
-    """Accuracy and loss on (x, y) with the static figures and the measured images/s."""
+def evaluate_model(net, x, y, batch_size=256, progress=False, executor=None, shared=None):
+    """Accuracy and loss on (x, y) with the static figures and the measured images/s (of the
+    whole cluster when `executor` shares the test set out)."""
     t0 = time.perf_counter()
-    result = evaluate(net, x, y, batch_size, progress)
+    result = evaluate(net, x, y, batch_size, progress, executor, shared=shared)
     seconds = time.perf_counter() - t0
     return {**result, **model_figures(net), "images": int(len(x)),
             "images_per_s": len(x) / seconds if seconds > 0 else 0.0}

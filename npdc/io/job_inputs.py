@@ -1,0 +1,30 @@
+"""What a command's jobs share, read from paths: a model and the images it is judged on.
+
+`model_and_images` is the loader of a npdc.jobs.Loaded recipe (`--share files`): each worker of
+a cluster that sees the client's files reads the model and dataset itself, and gets exactly the
+arrays that the client would have sent.
+"""
+
+import os
+
+from npdc.io.datasets import load_dataset
+from npdc.io.modelfile import load_model
+
+
+def evaluation_images(data, split, size=None):
+    """(x, y) a model is judged on: the test split, or the last `size` training images."""
+    if split == "test":
+        return data.require("test")
+    x, y = data.require("train")
+    return x[-size:], y[-size:]
+
+
+def model_and_images(model, data, split, size=None):
+    """(net, x, y) from a model file and a dataset (a path or a shipped name)."""
+    return load_model(model), *evaluation_images(load_dataset(data), split, size)
+
+
+def absolute(spec):
+    """A path as the workers must get it (absolute: their working folder differs); a shipped
+    dataset's name is left as it is."""
+    return os.path.abspath(spec) if os.path.exists(spec) else spec
