@@ -248,3 +248,31 @@ def test_shared_by_path_matches_scattered(cluster, files):
 def test_in_process_run_jobs_keeps_order():
     """The default executor returns fn(shared, job) in the order of the jobs."""
     assert run_jobs(_slow_identity, None, [3, 1, 2]) == [3, 1, 2]
+
+
+def test_a_searching_compress_on_two_workers_writes_the_in_process_file(cluster, tmp_path, capsys):
+    """The search's sweeps and bit-width candidates run as jobs on the cluster; the file is the
+    one the in-process run writes, byte for byte."""
+    from npdc.engine.train import train_model
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import save_model
+    from npdc.pipeline.run import run
+    from npdc.pipeline.schedule import load_schedule
+    from tests.conftest import write_tiny_dataset
+
+    write_tiny_dataset(tmp_path / "d.npz", 160, 40)
+    data = load_dataset(str(tmp_path / "d.npz"))
+    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
+                         data.x_train, data.y_train, 1, batch_size=16, progress=False)
+    save_model(tmp_path / "m.h5", net)
+    (tmp_path / "s.toml").write_text("batch_size = 16\n[search]\nlevels = [50.0, 90.0]\nbits = [3, 8]\n"
+                                     "step_images = 32\nsensitivity_images = 16\nmax_steps = 2\n"
+                                     "[quantize]\nepochs = 0\n")
+    schedule = load_schedule(tmp_path / "s.toml")
+    run(tmp_path / "m.h5", data, schedule, tmp_path / "a.npdc", tmp_path / "wa", progress=False,
+        log=lambda *_: None)
+    with scheduler_executor(cluster.address) as executor:
+        run(tmp_path / "m.h5", data, schedule, tmp_path / "b.npdc", tmp_path / "wb", progress=False,
+            log=lambda *_: None, executor=executor)
+    assert "(2 workers now)" in capsys.readouterr().err  # the jobs went to the cluster
+    assert (tmp_path / "a.npdc").read_bytes() == (tmp_path / "b.npdc").read_bytes()

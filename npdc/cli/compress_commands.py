@@ -176,6 +176,7 @@ def compress_arguments(sub):
     s.add_argument("--out", default=None, help="compressed file (default REPORT/MODEL.npdc)")
     s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
     threads_args(s)
+    executor_args(s)
     s.set_defaults(func=cmd_compress)
 
 
@@ -188,10 +189,13 @@ def cmd_compress(args):
     model = Path(args.model)
     if args.model == DEFAULT_MODEL and not model.is_file():
         model = Path(__file__).resolve().parents[2] / DEFAULT_MODEL  # run from anywhere
+    if args.share == "files" and (args.workers or args.scheduler):
+        raise UserError("compress sends its model and images to the workers itself: use --share scatter")
     use_threads(args.threads)
-    result = api.compress(model, args.data, schedule=args.config, preset=args.preset, out=args.out,
-                          report=args.report, progress=True, max_drop=args.max_drop,
-                          time_budget=args.time_budget)
+    with executor_from_args(args) as executor:
+        result = api.compress(model, args.data, schedule=args.config, preset=args.preset, out=args.out,
+                              report=args.report, progress=True, max_drop=args.max_drop,
+                              time_budget=args.time_budget, executor=executor)
     report_dir = Path(args.report)
     print((report_dir / "report.md").read_text())
     print(f"accuracy {result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}; "

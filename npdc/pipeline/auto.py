@@ -66,10 +66,11 @@ class Gate:
 
 
 # -- 1. and 2.: sensitivity and allocation -------------------------------------------------------
-def pruning_curves(teacher, x, y, levels, layers, progress=True):
+def pruning_curves(teacher, x, y, levels, layers, progress=True, executor=None):
     """The sensitivity sweep (percent levels) as {layer: (sparsity fractions from 0, accuracies)}
-    plus the baseline accuracy on the same images."""
-    result = sweep(teacher, x, y, values=levels, by="sparsity", layers=layers, progress=progress)
+    plus the baseline accuracy on the same images; its points are jobs on `executor`."""
+    result = sweep(teacher, x, y, values=levels, by="sparsity", layers=layers, progress=progress,
+                   executor=executor)
     return curves_of(result), result["baseline"]["accuracy"]
 
 

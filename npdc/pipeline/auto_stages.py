@@ -79,7 +79,7 @@ def cached_curves(r, layers):
             return curves, float(cached["baseline"]), len(ys)
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass  # no cache, or one that cannot be trusted: sweep again
-    curves, baseline = pruning_curves(r.teacher, xs, ys, sorted(cfg.levels), layers, r.progress)
+    curves, baseline = pruning_curves(r.teacher, xs, ys, sorted(cfg.levels), layers, r.progress, r.executor)
     write_text(path, json.dumps({"curves": curves, "baseline": baseline}))
     return curves, baseline, len(ys)
 
