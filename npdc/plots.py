@@ -36,8 +36,10 @@ def sensitivity_figure(curves, baseline, path, title="Pruning sensitivity (each 
     if plt is None:
         raise UserError(INSTALL)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (levels, accs) in curves.items():
-        ax.plot([100 * v for v in levels], [100 * a for a in accs], marker=".", linewidth=1, label=name)
+    colours = plt.cm.tab20.colors
+    for i, (name, (levels, accs)) in enumerate(curves.items()):  # 20 colours, then dashed
+        ax.plot([100 * v for v in levels], [100 * a for a in accs], marker=".", linewidth=1, label=name,
+                color=colours[i % 20], linestyle="-" if i < 20 else "--")
     ax.axhline(100 * baseline, color="black", linewidth=0.8, linestyle=":")
     ax.set_xlabel("sparsity of the layer (%)")
     ax.set_ylabel("validation accuracy (%)")
@@ -49,12 +51,16 @@ def sensitivity_figure(curves, baseline, path, title="Pruning sensitivity (each 
 
 def candidates_figure(search, path):
     """Left: the pruning steps, validation accuracy against the weights kept; right: the bit-width
-    candidates against their mean bits. The budget's floor dashed, the kept ones filled."""
+    candidates against their mean bits. Dotted: the baseline; dashed: the floor each had to
+    stay above (a step's share of the budget, then the whole budget less the margin); the kept
+    ones filled."""
     plt = _pyplot()
     if plt is None:
         raise UserError(INSTALL)
     before, cfg = search["val_accuracy_before"], search.get("settings", {})
-    floor = 100 * before - float(cfg.get("max_drop", 0))
+    budget = float(cfg.get("max_drop", 0))
+    floors = (100 * before - float(cfg.get("prune_share", 1)) * budget,   # what a step may lose
+              100 * before - (1 - float(cfg.get("margin", 0))) * budget)  # what the whole may lose
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     steps = search["prune"]["climb"].get("tried", [])
     for t in steps:
@@ -71,7 +77,7 @@ def candidates_figure(search, path):
                    color="tab:green" if t["passed"] else "tab:red", fillstyle="full" if t["passed"] else "none")
     right.set_xlabel("mean bits per kept weight")
     right.set_title("bit-width candidates (star: chosen)")
-    for ax in (left, right):
+    for ax, floor in zip((left, right), floors):
         ax.axhline(100 * before, color="black", linewidth=0.8, linestyle=":")
         ax.axhline(floor, color="tab:red", linewidth=0.8, linestyle="--")
     _save(fig, path)
