@@ -243,7 +243,7 @@ def format_markdown(report):
     return "\n".join(lines) + "\n"
 
 
-STOPPED = {"accuracy": "a step and its half-way retry both lost more than the budget allows",
+STOPPED = {"accuracy": "two steps lost more than a step may (after the first, steps went half as far)",
            "steps": "it took the most steps allowed (search.max_steps)",
            "time": "the time budget ran out", "curves": "the next step was beyond the swept levels"}
 

@@ -50,7 +50,7 @@ def test_the_search_section_lists_every_candidate_and_why_it_stopped():
     text = "\n".join(search_lines({**SEARCH, "figures": {"candidates.png": "the candidates"}}))
     assert "| fc | 50.00 % | 0.61 | 4 |" in text and "| conv1 | 0.00 % | 0.00 | float |" in text
     assert text.count("| yes |") == 2 and text.count("| no |") == 2
-    assert "2 (chosen)" in text and "half-way retry" in text and "![the candidates](candidates.png)" in text
+    assert "2 (chosen)" in text and "two steps lost more" in text and "![the candidates](candidates.png)" in text
 
 
 def test_sensitivity_draws_its_curves(tmp_path, capsys):

@@ -9,8 +9,9 @@ points of the baseline there. The test split is never read here.
 3. The climb: iterative pruning (Han et al. 2015 prune and retrain, repeated), each step a
    gradual cut (Zhu & Gupta 2017) from the current per-layer sparsities to the next
    allocation's while retraining with distillation from the baseline (Hinton et al. 2015), then
-   a validation check. A step that fails is retried once from the last passing model at half
-   its distance (the back-off); a second failure ends the climb. The last passing model is kept.
+   a validation check. After a step that fails, the climb goes on from the last passing model
+   with steps half as far, in log density (the back-off); a second failure ends it. The last
+   passing model is kept.
    Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
 4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
    Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
