@@ -141,3 +141,18 @@ def write_tiny_dataset(path, train=192, test=60):
     np.savez(path, **arrays)
     return path
 
+
+def tiny_model_and_data(folder, train=192, test=60, epochs=2):
+    """A width-2 resnet18 trained for `epochs` on write_tiny_dataset's images, saved as
+    folder/m.h5 beside folder/d.npz; returns (net, the loaded Dataset)."""
+    from npdc.engine.train import train_model
+    from npdc.io.datasets import load_dataset
+    from npdc.io.modelfile import save_model
+
+    write_tiny_dataset(folder / "d.npz", train, test)
+    data = load_dataset(str(folder / "d.npz"))
+    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
+                         data.x_train, data.y_train, epochs, batch_size=16, progress=False)
+    save_model(folder / "m.h5", net)
+    return net, data
+

@@ -6,7 +6,7 @@ of tensors pickled with protocol 2), `byteorder` ("little"), one `data/<key>` pe
 raw little-endian elements, and `version`. Each tensor is pickled as the call
 `torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())` whose storage
 is the persistent id ('storage', torch.FloatStorage or LongStorage, key, 'cpu', element count),
-the few globals `torch.load(..., weights_only=True)` allows. The pickle is written opcode by
+the few globals PyTorch's loader allows with weights_only=True. The pickle is written opcode by
 opcode (PEP 307), so nothing is imported from torch and no object of ours is pickled. Member data
 start on 64-byte boundaries (padding in a local header's extra field, as PyTorch's writer does),
 so that readers may map them. Same arrays, same bytes: no timestamps, no random ids.

@@ -18,9 +18,9 @@ points of the baseline there. The test split is never read here.
    are then taken together in order of insensitivity, and npdc.compress.backoff searches that
    ladder for the most aggressive candidate whose validation drop, after a brief centroid
    retraining, fits; the candidates of a round are independent jobs (npdc.jobs). Departure from
-   a knapsack over the per-layer costs (as for pruning): measured here, quantization costs of
-   separate layers did not add up (each layer alone at 2 bits cost nothing on ResNet-20, all
-   together broke it), so every candidate is measured whole.
+   a knapsack over the per-layer costs (as for pruning): the quantization costs of separate
+   layers do not add up (layers harmless alone at 2 bits break the network together; see
+   docs/perf.md), so every candidate is measured whole.
 
 The pruning phase may spend `prune_share` of the budget; quantization the rest.
 """
@@ -111,9 +111,10 @@ class GlobalCut:
     of global magnitude pruning), on the weights the net holds when asked, so weights pruned
     before (zero) go first. Layers in `protect` stay dense and do not count towards the cut.
     The sweep decides what to protect (fragile_layers); the retraining decides the rest, which
-    one-shot curves do not foresee: measured on the shipped ResNet-18, a step to the knapsack's
-    82 % allocation lost 0.75 points on validation where fc5, whose one-shot curve falls fast
-    past 85 %, is pruned to over 99 % by a global cut and recovers in retraining."""
+    one-shot curves do not foresee: a large fully-connected layer whose curve falls fast alone
+    recovers from a deep global cut in retraining, where the knapsack over the curves spares it
+    and cuts the convolutions instead (the comparison that made this the default is in
+    docs/perf.md)."""
 
     def __init__(self, layers, protect=()):
         self.layers, self.protect = list(layers), [n for n in layers if n in set(protect)]

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 
 from npdc.compress.prune import percentage_masks, prunable_layers
-from npdc.engine.train import train_model
-from npdc.io.datasets import load_dataset
-from npdc.io.modelfile import save_model
 from npdc.pipeline import auto
 from npdc.pipeline.auto import Gate, GlobalCut, Ladder, climb, fragile_layers, sparsity_of
 from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, SearchStage, load_schedule
-from tests.conftest import write_tiny_dataset
+from tests.conftest import tiny_model_and_data
 
 
 def test_the_gate_counts_whole_images_within_the_budget():
@@ -68,11 +65,7 @@ def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weigh
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("auto")
-    write_tiny_dataset(folder / "d.npz", 240, 60)
-    data = load_dataset(str(folder / "d.npz"))
-    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
-                         data.x_train, data.y_train, 2, batch_size=16, progress=False)
-    save_model(folder / "m.h5", net)
+    net, data = tiny_model_and_data(folder, 240, 60)
     schedule = folder / "s.toml"
     schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nlevels = [50.0, 90.0]\n"
                         "bits = [3, 8]\nstep_images = 48\nsensitivity_images = 24\nmax_steps = 3\n"
@@ -172,7 +165,7 @@ def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes
     real_climb = auto_stages.climb
 
     def killed_after_one_step(*a, **k):
-        state, save = a[9], a[10]
+        save = a[10]
 
         def save_then_die(s, best):
             save(s, best)
@@ -184,6 +177,7 @@ def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes
     cut = folder / "cut.npdc"
     with pytest.raises(KeyboardInterrupt):
         run(folder / "m.h5", data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
+    assert calls == [1]  # killed right after the first step was saved
     state = json.loads((folder / "wc" / "state.json").read_text())
     assert len(state["partial"]["prune"]["tried"]) == 1 and "prune" not in state["done"]
     monkeypatch.setattr(auto_stages, "climb", real_climb)

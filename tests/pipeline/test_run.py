@@ -5,13 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from npdc.engine.train import train_model
 from npdc.errors import UserError
-from npdc.io.datasets import load_dataset
-from npdc.io.modelfile import save_model
 from npdc.pipeline.run import Checkpoints, run
 from npdc.pipeline.schedule import load_schedule
-from tests.conftest import write_tiny_dataset
+from tests.conftest import tiny_model_and_data
 
 
 def write(tmp_path, text):
@@ -62,11 +59,7 @@ def test_checkpoints_forget_a_different_schedule(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
-    write_tiny_dataset(folder / "d.npz", 192, 60)
-    data = load_dataset(str(folder / "d.npz"))
-    net, _ = train_model({"arch": "resnet18", "input_shape": [1, 8, 8], "num_classes": 3, "width": 2},
-                         data.x_train, data.y_train, 2, batch_size=16, progress=False)
-    save_model(folder / "m.h5", net)
+    net, data = tiny_model_and_data(folder, 192, 60)
     schedule = write(folder, "batch_size = 16\n[prune]\ntarget = 60\nepochs = 1\n"
                              "[quantize]\nepochs = 1\nconv_bits = 5\n")
     return folder, data, load_schedule(schedule, "fast")
