@@ -75,7 +75,8 @@ def cached_curves(r, layers):
     try:
         cached = json.loads(path.read_text())
         curves = {n: (list(map(float, c[0])), list(map(float, c[1]))) for n, c in cached["curves"].items()}
-        if list(curves) == layers:
+        values = [float(cached["baseline"])] + [v for c in curves.values() for part in c for v in part]
+        if list(curves) == layers and all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
             return curves, float(cached["baseline"]), len(ys)
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass  # no cache, or one that cannot be trusted: sweep again

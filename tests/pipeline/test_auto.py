@@ -217,3 +217,32 @@ def test_the_bits_ladder_takes_the_cheapest_steps_first_and_only_narrows(tiny, m
     first_conv1_step = next(i for i, c in enumerate(candidates) if c["conv1"] < 8)
     assert candidates[first_conv1_step - 1]["res5b_2b"] == 2 and candidates[first_conv1_step - 1]["fc6"] <= 3
     assert table["conv1"]["6"] == 97 and table["conv1"]["8"] == 100
+
+
+def test_the_sweep_cache_is_reused_and_a_damaged_one_is_swept_again(tiny, monkeypatch):
+    """A second run with another budget reads the cached sweep; a cache holding NaN (or anything
+    out of [0, 1]) is not trusted and the layers are swept again."""
+    import dataclasses
+
+    from npdc.pipeline import auto_stages
+
+    folder, data, net, schedule = tiny
+    sweeps = []
+    real = auto_stages.pruning_curves
+    monkeypatch.setattr(auto_stages, "pruning_curves", lambda *a, **k: sweeps.append(1) or real(*a, **k))
+    work = folder / "wcache"
+
+    def compress(max_drop):
+        s = dataclasses.replace(schedule, search=dataclasses.replace(schedule.search, max_drop=max_drop))
+        run(folder / "m.h5", data, s, folder / "c.npdc", work, progress=False, log=lambda *_: None)
+    compress(5.0)
+    compress(4.0)
+    assert len(sweeps) == 1
+    cache = next(work.glob("sensitivity-*.json"))
+    text = json.loads(cache.read_text())
+    first = next(iter(text["curves"]))
+    text["curves"][first][1][1] = float("nan")
+    cache.write_text(json.dumps(text))
+    compress(3.0)
+    assert len(sweeps) == 2
+    assert all(v == v for c in json.loads(cache.read_text())["curves"].values() for v in c[1])
