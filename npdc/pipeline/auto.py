@@ -89,7 +89,8 @@ class Ladder:
             grid = np.union1d(np.arange(0.0, max(levels) + 1e-9, grid_step), levels)
             self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, images))
 
-    def __call__(self, sparsity):
+    def __call__(self, sparsity, net=None):
+        """(`net` is not read: the curves decide; GlobalCut's signature.)"""
         want = sparsity * sum(self.sizes.values())
         picks = cheapest(self.curves, self.sizes, [want])[0]
         if picks is None:
@@ -108,7 +109,7 @@ class Ladder:
 
 class GlobalCut:
     """Overall sparsity -> {layer: sparsity}: one magnitude threshold across the layers (the cut
-    of global magnitude pruning), on the weights the net holds when asked, so weights pruned
+    of global magnitude pruning), on the weights `net` holds when asked, so weights pruned
     before (zero) go first. Layers in `protect` stay dense and do not count towards the cut.
     The sweep decides what to protect (fragile_layers); the retraining decides the rest, which
     one-shot curves do not foresee: a large fully-connected layer whose curve falls fast alone
@@ -118,16 +119,15 @@ class GlobalCut:
 
     def __init__(self, layers, protect=()):
         self.layers, self.protect = list(layers), [n for n in layers if n in set(protect)]
-        self.net = None  # the net to cut, set before each call
 
-    def __call__(self, sparsity):
+    def __call__(self, sparsity, net):
         free = [n for n in self.layers if n not in self.protect]
-        sizes = {n: self.net.layers[n].params["W"].size for n in self.layers}
+        sizes = {n: net.layers[n].params["W"].size for n in self.layers}
         share = sparsity * sum(sizes.values()) / max(1, sum(sizes[n] for n in free))
         if not free or share >= 0.995:
             return None
-        others = [n for n in prunable_layers(self.net) if n not in free]
-        masks = global_percentage_masks(self.net, 100 * share, others)
+        others = [n for n in prunable_layers(net) if n not in free]
+        masks = global_percentage_masks(net, 100 * share, others)
         return {n: float(1.0 - masks[f"{n}.W"].mean()) for n in free}
 
 
@@ -162,8 +162,9 @@ def equivalent_s(W, sparsity):
 
 
 def sparsity_of(net, layers):
-    weights = [net.layers[n].params["W"] for n in layers]
-    return 1.0 - sum(int(np.count_nonzero(W)) for W in weights) / max(1, sum(W.size for W in weights))
+    """The share of zeros among the weights of `layers` (sparsity_table's count, on a subset)."""
+    rows = [r for r in sparsity_table(net)[0] if r["layer"] in set(layers)]
+    return 1.0 - sum(r["nonzero"] for r in rows) / max(1, sum(r["weights"] for r in rows))
 
 
 def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, save, time_left,
@@ -182,8 +183,7 @@ def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, s
         s = state["sparsity"]
         ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
         target = 1.0 - (1.0 - s) * ratio
-        allocation.net = best
-        targets = allocation(target)
+        targets = allocation(target, best)
         last = state["tried"][-1]["seconds"] if state["tried"] else 0.0
         why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)
@@ -229,10 +229,10 @@ def _candidate(shared, layer_bits):
     """A job: validation images right once every layer is quantized as `layer_bits` says and
     the centroids are retrained briefly (one pass over the few training images in `shared`)
     with distillation, as the quantize stage will do at length."""
-    net, teacher, x, y, x_val, y_val, settings = shared
+    net, teacher, x, y, x_val, y_val, settings, batch_size = shared
     copy = clone_net(net)
     quantize_stage(copy, teacher, x, y, replace(settings, layer_bits=dict(layer_bits), train_images=0),
-                   batch_size=128, seed=0, progress=False)
+                   batch_size=batch_size, seed=0, progress=False)
     return round(evaluate(copy, x_val, y_val)["accuracy"] * len(y_val))
 
 
@@ -274,18 +274,18 @@ def bits_ladder(net, x, y, layers, options, executor=None, progress=True, most=3
     return candidates, {name: {str(b): r for b, r in t.items()} for name, t in table.items()}
 
 
-def choose_bits(net, teacher, x, y, x_val, y_val, candidates, gate, share, settings, executor=None,
-                state=None, rounds=None):
+def choose_bits(net, teacher, x, y, x_val, y_val, candidates, gate, share, settings, batch_size=128,
+                executor=None):
     """The most aggressive candidate whose validation accuracy, after a brief centroid
-    retraining on (x, y) (settings: the QuantizeStage), passes the gate: a back-off search over
-    the ladder, two candidates a round. Returns (index or None, Backoff)."""
-    shared = (net, teacher, x, y, x_val, y_val, settings)
+    retraining on (x, y) (settings: the QuantizeStage; none when its epochs are 0), passes the
+    gate: a back-off search over the ladder, two candidates a round. Returns (index or None,
+    Backoff)."""
+    shared = (net, teacher, x, y, x_val, y_val, settings, batch_size)
 
     def measure(indices):
         started = time.perf_counter()
         right = run_jobs(_candidate, shared, [candidates[i] for i in indices], executor)
         seconds = (time.perf_counter() - started) / max(1, len(indices))
         return [(r / len(y_val), seconds) for r in right]
-    found = search(len(candidates), measure, lambda result: gate.passes(result[0], share), width=2,
-                   rounds=rounds, start=state)
+    found = search(len(candidates), measure, lambda result: gate.passes(result[0], share), width=2)
     return found.best, found

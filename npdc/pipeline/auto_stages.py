@@ -68,7 +68,7 @@ def cached_curves(r, layers):
     images, from the work folder's cache when it holds this sweep."""
     cfg = r.schedule.search
     xs, ys = r.x_val[:cfg.sensitivity_images], r.y_val[:cfg.sensitivity_images]
-    key = _digest(r.ck.key.get("model", "") if isinstance(r.ck.key, dict) else "",
+    key = _digest(r.ck.key["model"],
                   hashlib.sha256(np.ascontiguousarray(xs).tobytes()).hexdigest(),
                   ys.tolist(), sorted(cfg.levels), layers)
     path = r.work / f"sensitivity-{key}.json"
@@ -143,7 +143,7 @@ def auto_bits(r):
     settings = r.schedule.quantize if cfg.bits_train_images else replace(r.schedule.quantize, epochs=0)
     xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
     index, found = choose_bits(student, r.teacher, xs, ys, r.x_val, r.y_val, candidates, gate,
-                               1.0 - cfg.margin, settings, r.executor)
+                               1.0 - cfg.margin, settings, r.schedule.batch_size, r.executor)
     nonzero = {n: int(np.count_nonzero(student.layers[n].params["W"])) for n in candidates[0]}
     tried = [{"candidate": c, "mean_bits": _mean_bits(candidates[c], nonzero), "val_accuracy": acc,
               "drop_points": gate.drop_points(acc), "passed": ok, "seconds": seconds}

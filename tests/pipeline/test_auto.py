@@ -47,8 +47,7 @@ def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weigh
     folder, data, net, _ = tiny
     layers = prunable_layers(net)
     cut = GlobalCut(layers, protect=["conv1"])
-    cut.net = net
-    targets = cut(0.6)
+    targets = cut(0.6, net)
     assert "conv1" not in targets and set(targets) == set(layers) - {"conv1"}
     sizes = {n: net.layers[n].params["W"].size for n in layers}
     overall = sum(targets[n] * sizes[n] for n in targets) / sum(sizes.values())
@@ -59,7 +58,7 @@ def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weigh
     cut_max = max(np.sort(np.abs(net.layers[n].params["W"]).ravel())[int(round(t * sizes[n])) - 1]
                   for n, t in targets.items() if t > 0)
     assert cut_max <= kept_min
-    assert cut(0.999) is None
+    assert cut(0.999, net) is None
 
 
 @pytest.fixture(scope="module")
