@@ -24,6 +24,20 @@ def test_the_gate_counts_whole_images_within_the_budget():
     assert gate.drop_points(5382 / 6000) == pytest.approx(0.3)
 
 
+def test_a_verification_gate_counts_pairs_not_images(tiny):
+    """30 images, 60 pairs: a 5-point budget is 3 pairs (it would be 1 image)."""
+    from npdc.engine.metrics import PairVerification
+    from npdc.engine.verification import make_pairs
+
+    folder, data, net, _ = tiny
+    x, y = data.x_train[:30], data.y_train[:30]
+    metric = PairVerification(x, y, make_pairs(y, 60, seed=1))
+    gate = Gate.of(metric, 48 / 60, max_drop=5.0)
+    assert (gate.correct, gate.count, gate.units, gate.allowed()) == (48, 60, "pairs", 3)
+    assert gate.passes(45 / 60) and not gate.passes(44 / 60)
+    assert Gate.of(metric, metric.score(net), 5.0).baseline == pytest.approx(metric.score(net))
+
+
 def test_the_ladder_spares_the_sensitive_layer_and_removes_what_is_asked():
     levels = [0.0, 0.5, 0.9]
     curves = {"tough": (levels, [1.0, 0.7, 0.2]), "easy": (levels, [1.0, 1.0, 0.99]),
@@ -203,6 +217,35 @@ def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes
     def measured(tried):  # what was measured, without how long it took
         return [{k: v for k, v in t.items() if k != "seconds"} for t in tried]
     assert measured(resumed["search"]["prune"]["climb"]["tried"]) == measured(steps)
+
+
+def test_a_verification_search_resumed_mid_climb_writes_the_same_bytes(tiny, monkeypatch):
+    import dataclasses
+
+    from npdc.pipeline import auto_stages
+
+    folder, data, net, schedule = tiny
+    schedule = dataclasses.replace(schedule, search=dataclasses.replace(schedule.search, metric="verification"))
+    whole = folder / "vwhole.npdc"
+    result = run(folder / "m.h5", data, schedule, whole, folder / "vww", progress=False, log=lambda *_: None)
+    assert result["search"]["prune"]["climb"]["tried"]
+    real_climb = auto_stages.climb
+
+    def killed_after_one_step(*a, **k):
+        save = a[9]
+
+        def save_then_die(s, best):
+            save(s, best)
+            raise KeyboardInterrupt
+        return real_climb(*a[:9], save_then_die, *a[10:], **k)
+    monkeypatch.setattr(auto_stages, "climb", killed_after_one_step)
+    cut = folder / "vcut.npdc"
+    with pytest.raises(KeyboardInterrupt):
+        run(folder / "m.h5", data, schedule, cut, folder / "vwc", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(auto_stages, "climb", real_climb)
+    resumed = run(folder / "m.h5", data, schedule, cut, folder / "vwc", progress=False, log=lambda *_: None)
+    assert cut.read_bytes() == whole.read_bytes()
+    assert resumed["search"]["val_accuracy_after"] == result["search"]["val_accuracy_after"]
 
 
 def test_max_drop_and_time_budget_reach_the_schedule_and_bad_values_are_refused(tmp_path, capsys):
