@@ -115,9 +115,9 @@ def validation_pairs(labels, seed=0, folds=FOLDS):
     different = int((len(labels) ** 2 - int((counts ** 2).sum())) // 2)
     per_kind = min(len(labels) // 2, same // 2, different // 2) // folds * folds
     if per_kind < folds:
-        raise UserError(f"the validation split ({len(labels):,} images in {len(counts)} classes) is too "
-                        f"small for verification pairs: {folds} folds need a same and a different "
-                        f"pair each; hold out more images (search.val_fraction)")
+        raise UserError(f"{len(labels):,} validation images in {len(counts)} classes are too few for "
+                        f"verification pairs ({folds} folds need a same and a different pair each): hold "
+                        f"out more (search.val_fraction) or sweep on more (search.sensitivity_images)")
     return make_pairs(labels, 2 * per_kind, seed, folds)
 
 

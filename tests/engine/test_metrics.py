@@ -67,9 +67,9 @@ def test_validation_pairs_are_one_per_image_in_whole_balanced_folds():
     assert not np.array_equal(validation_pairs(y, seed=1).first, pairs.first)
     assert len(validation_pairs(np.repeat(np.arange(3), 9)).same) == 20  # 27 images: whole folds of 2
     # two images of each of two classes: 2 same pairs in all, too few for ten folds
-    with pytest.raises(UserError, match="too small for verification pairs"):
+    with pytest.raises(UserError, match="too few for verification pairs"):
         validation_pairs(np.array([0, 0, 1, 1]))
-    with pytest.raises(UserError, match="too small"):
+    with pytest.raises(UserError, match="too few"):
         validation_pairs(np.zeros(100, np.int64))  # one class: no different pairs
 
 
