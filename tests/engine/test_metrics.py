@@ -46,6 +46,8 @@ def test_pair_verification_scores_the_protocol_counts_pairs_and_pickles(problem)
     again = pickle.loads(pickle.dumps(metric))
     assert again.score(net) == expected and again.digest() == metric.digest()
     assert PairVerification(x, y, pairs).digest() != metric.digest()  # another layer
+    with pytest.raises(UserError, match="labelled"):  # pairs checked against the split's labels
+        PairVerification(x, np.zeros(60, np.int64), pairs)
 
 
 def test_a_verification_subset_pairs_only_the_first_images(problem):
