@@ -17,9 +17,10 @@ other nine. Its fraction is the mean over equally large folds, so score * count 
 pairs judged right. Both are plain objects of arrays, picklable, so that a cluster's workers get
 them as the jobs' shared value (npdc.jobs).
 
-Pairs of a held-out split (`validation_pairs`): one pair per image, as LFW's 6,000 pairs over
-about as many images, rounded down to whole folds of equally many same and different pairs, and
-at most half of the same (or different) pairs the split can give, so drawing them stays quick.
+Pairs of a held-out split (`validation_pairs`): one pair per image (6,000 validation images give
+LFW's 6,000 pairs, and one pair weighs in the gate what one image does in top-1), rounded down to
+whole folds of equally many same and different pairs, and at most half of the same (or
+different) pairs the split can give, so drawing them stays quick.
 """
 
 import hashlib
