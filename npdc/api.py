@@ -28,7 +28,7 @@ from npdc.compress.sensitivity import suggest, sweep
 from npdc.engine.images import check_fits
 from npdc.engine.net import Net
 from npdc.engine.train import evaluate as accuracy_of, evaluate_model
-from npdc.engine.verification import check_embedding, verify_net
+from npdc.engine.verification import check_embedding, check_pairs, verify_net
 from npdc.errors import UserError
 from npdc.evaluate import evaluate_compressed, verification_before_after
 from npdc.io import datasets, modelfile, torch_import
@@ -108,7 +108,10 @@ def _test_pairs(pairs, embedding, x, y):
         if embedding is not None:
             raise UserError("--embedding needs --pairs")
         return None
-    return read_pairs(pairs, len(x), y) if isinstance(pairs, (str, os.PathLike)) else pairs
+    if isinstance(pairs, (str, os.PathLike)):
+        return read_pairs(pairs, len(x), y)
+    check_pairs(pairs, len(x), y)
+    return pairs
 
 
 def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="element", split="train",

@@ -279,7 +279,7 @@ def search_lines(search):
     climb, bits = search["prune"]["climb"], search["bits"]
     if search.get("metric") == "verification":
         decided = (f"Decisions by verification accuracy (LFW's 10-fold protocol, embedding "
-                   f"{cfg.get('embedding') or 'the classifier input'}) on {search['val_count']:,} pairs of "
+                   f"{search.get('embedding')}) on {search['val_count']:,} pairs of "
                    f"{n:,} validation images held out of the training split; the budget counts pairs")
         what = "Validation verification accuracy"
     else:

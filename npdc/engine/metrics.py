@@ -130,8 +130,7 @@ def search_metric(kind, net, x, y, layer=None, seed=0):
         return TopOne(x, y)
     if kind != "verification":
         raise UserError(f"unknown metric {kind!r}; known: {', '.join(METRICS)}")
-    check_embedding(net, layer or default_embedding(net))
-    return PairVerification.of_split(x, y, layer or None, seed)
+    return PairVerification.of_split(x, y, check_embedding(net, layer or default_embedding(net)), seed)
 
 
 def judged(shared, batch_size=256):

@@ -208,6 +208,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
     if searching(schedule):
         result["search"] = {"val_images": len(r.y_val), "settings": dataclasses.asdict(schedule.search),
                             "metric": r.metric.name, "val_count": r.metric.count, "val_units": r.metric.units,
+                            "embedding": getattr(r.metric, "layer", None),
                             "val_accuracy_before": ck.done["baseline"]["val_accuracy"],
                             "val_accuracy_after": ck.done["verify"]["val_accuracy"],
                             "prune": {k: v for k, v in ck.done["prune"].items() if k != "accuracy"},
