@@ -92,12 +92,12 @@ class Ladder:
     stretches), the one returned removes about what was asked, not more: levels are lowered,
     highest first, while the allocation still reaches the sparsity."""
 
-    def __init__(self, curves, baseline, images, sizes, grid_step=0.025):
+    def __init__(self, curves, baseline, count, sizes, grid_step=0.025):
         self.layers, self.sizes = list(curves), dict(sizes)
         self.curves = {}
         for name, (levels, accs) in curves.items():
             grid = np.union1d(np.arange(0.0, max(levels) + 1e-9, grid_step), levels)
-            self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, images))
+            self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, count))
 
     def __call__(self, sparsity, net=None):
         """(`net` is not read: the curves decide; GlobalCut's signature.)"""

@@ -86,10 +86,10 @@ def cached_curves(r, layers):
 def auto_prune(r):
     """(pruned student, record): the sensitivity sweep, then the climb, resumed if it was cut."""
     cfg, layers = r.schedule.search, _searched_layers(r)
-    curves, baseline, images = cached_curves(r, layers)
+    curves, baseline, count = cached_curves(r, layers)
     if cfg.allocation == "knapsack":
         sizes = {n: r.teacher.layers[n].params["W"].size for n in layers}
-        allocation = Ladder(curves, baseline, images, sizes)
+        allocation = Ladder(curves, baseline, count, sizes)
     else:
         allocation = GlobalCut(layers, fragile_layers(curves, baseline, cfg.protect_drop))
     state = dict(r.ck.partial.get("prune", {}))
@@ -108,7 +108,7 @@ def auto_prune(r):
     student, state = climb(r.teacher, r.x, r.y, r.metric, allocation, _gate(r), cfg,
                            r.schedule.prune, state, save, time_left, best, r.schedule.batch_size,
                            r.schedule.seed, r.log, r.progress)
-    return student, {"curves": curves, "curve_images": images, "climb": state,
+    return student, {"curves": curves, "curve_count": count, "curve_units": r.metric.units, "climb": state,
                      "protected": list(getattr(allocation, "protect", []))}
 
 
