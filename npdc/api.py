@@ -28,9 +28,9 @@ from npdc.compress.sensitivity import suggest, sweep
 from npdc.engine.images import check_fits
 from npdc.engine.net import Net
 from npdc.engine.train import evaluate as accuracy_of, evaluate_model
-from npdc.engine.verification import verify_net
+from npdc.engine.verification import check_embedding, check_pairs, verify_net
 from npdc.errors import UserError
-from npdc.evaluate import evaluate_compressed
+from npdc.evaluate import evaluate_compressed, verification_before_after
 from npdc.io import datasets, modelfile, torch_import
 from npdc.io.export import EXPORTERS
 from npdc.io.pairs import read_pairs
@@ -39,7 +39,7 @@ from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, Schedule, load_schedule, validate_schedule
 from npdc.pipeline.stages import prune_stage
 from npdc.progress import shown
-from npdc.report import build_report, format_markdown
+from npdc.report import build_report, format_markdown, standard_error
 
 
 # -- models and data ---------------------------------------------------------------------------
@@ -108,7 +108,10 @@ def _test_pairs(pairs, embedding, x, y):
         if embedding is not None:
             raise UserError("--embedding needs --pairs")
         return None
-    return read_pairs(pairs, len(x), y) if isinstance(pairs, (str, os.PathLike)) else pairs
+    if isinstance(pairs, (str, os.PathLike)):
+        return read_pairs(pairs, len(x), y)
+    check_pairs(pairs, len(x), y)
+    return pairs
 
 
 def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="element", split="train",
@@ -177,29 +180,38 @@ def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, lay
 
 
 def compress(model, data="fashion-mnist", *, schedule=None, preset="auto", out=None, report="compressed",
-             progress=False, max_drop=None, time_budget=None, executor=None):
+             progress=False, max_drop=None, time_budget=None, metric=None, pairs=None, embedding=None,
+             executor=None):
     """Deep Compression of `model` (a model file, or a Net, which is first written to
     REPORT/model.h5): pruning with distillation, quantization, Huffman coding into the .npdc file
     `out` (default REPORT/MODEL.npdc), then decoding and evaluating that file.
 
     schedule: a TOML schedule file overriding `preset` ("auto", the accuracy-budgeted search,
     or the fixed "fast" and "full") key by key, or a Schedule. max_drop (points) and time_budget
-    (minutes) override the schedule's [search] settings. Each finished stage is checkpointed in
+    (minutes) override the schedule's [search] settings, and so do metric ("accuracy", top-1 on
+    the validation images, or "verification", LFW's protocol on pairs drawn from them: the budget
+    is then points of verification accuracy) and embedding (the layer verification compares;
+    default the classifier's input). pairs: a pairs file of the test split (or Pairs) that the
+    report measures verification on, before and after, and scores by; it never decides anything.
+    Each finished stage is checkpointed in
     REPORT/.work-MODEL/, so the same call after a kill resumes. Writes REPORT/report.json and
     REPORT/report.md (and the search's PNG figures when matplotlib is installed) and returns the
     report.json dict (accuracies before, pruned and after, sizes, ratio, score, per-layer table,
-    totals, schedule, the search's record under "search", and `file`, the .npdc written).
+    totals, schedule, the search's record under "search", `file`, the .npdc written, and with
+    pairs "verification": the test pairs' figures before and after).
     """
     report_dir = Path(report)
     model_path = report_dir / "model.h5" if isinstance(model, Net) else Path(model)
     out = Path(out) if out else report_dir / f"{model_path.stem}.npdc"
     config = schedule if isinstance(schedule, (str, os.PathLike)) else None
-    check_paths([model_path, data if isinstance(data, (str, os.PathLike)) else None, config],
+    pairs_path = pairs if isinstance(pairs, (str, os.PathLike)) else None
+    check_paths([model_path, data if isinstance(data, (str, os.PathLike)) else None, config, pairs_path],
                 [("--out", out)] + [("--report", report_dir / n) for n in ("report.json", "report.md")],
                 [("--report", report_dir)])
     if isinstance(model, Net):
         save_model(model_path, model)
-    search = {k: v for k, v in (("max_drop", max_drop), ("time_budget", time_budget)) if v is not None}
+    search = {k: v for k, v in (("max_drop", max_drop), ("time_budget", time_budget), ("metric", metric),
+                                ("embedding", embedding)) if v is not None}
     if not isinstance(schedule, Schedule):
         schedule = load_schedule(config, preset, {"search": search} if search else None)
     elif search:
@@ -209,14 +221,31 @@ def compress(model, data="fashion-mnist", *, schedule=None, preset="auto", out=N
     teacher = modelfile.load_model(model_path)
     for split in ("train", "test"):
         check_fits(teacher, *data.require(split))
+    x_test, y_test = data.require("test")
+    layer = schedule.search.embedding or None
+    if layer is not None:
+        check_embedding(teacher, layer)
+        if pairs is None and schedule.search.metric != "verification":
+            raise UserError("--embedding needs --pairs or --metric verification")
+    test_pairs = _test_pairs(pairs, None, x_test, y_test)
     with shown(progress):
         result = run(model_path, data, schedule, out, report_dir / f".work-{model_path.stem}",
                      progress=progress, executor=executor)
-    page = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"],
-                        images=len(data.require("test")[1]))
-    result.update(score=page["score"]["score"], layers=page["layers"], totals=page["totals"],
-                  memory_method=page["memory_method"], file=str(out),
-                  **{k: page[k] for k in ("accuracy_images", "accuracy_before_se", "accuracy_after_se")})
+        verification = None if test_pairs is None else \
+            verification_before_after(out, teacher, x_test, test_pairs, layer)
+    n = len(y_test)
+    result.update(accuracy_images=n, accuracy_before_se=standard_error(result["accuracy_before"], n),
+                  accuracy_after_se=standard_error(result["accuracy_after"], n))
+    if verification is None:
+        page = build_report(out, teacher, result["accuracy_before"], result["accuracy_after"], images=n)
+    else:
+        verification.update(top1_before=result["accuracy_before"], top1_after=result["accuracy_after"])
+        page = build_report(out, teacher, verification["before"]["verification_accuracy"],
+                            verification["after"]["verification_accuracy"], images=verification["pairs"],
+                            metric="verification")
+        result["verification"] = page["verification"] = verification
+    result.update(score=page["score"]["score"], score_accuracy=page["accuracy_metric"], layers=page["layers"],
+                  totals=page["totals"], memory_method=page["memory_method"], file=str(out))
     page["schedule"] = result["schedule"]
     if "search" in result:
         result["search"]["figures"] = plots.search_figures(result["search"], report_dir)

@@ -10,7 +10,7 @@ import numpy as np
 from npdc.atomic import atomic_path
 from npdc.codec.model import load_compressed
 from npdc.engine.verification import (check_embedding, cosine_similarity, default_embedding, embed,
-                                      protocol, used_images)
+                                      protocol, used_images, verify_net)
 from npdc.errors import UserError
 from npdc.io.datasets import check_finite
 from npdc.io.npz import npz_names, read_npz
@@ -35,6 +35,21 @@ def verify_compressed(path, net, codes, x, pairs, layer=None, weights="sparse", 
         embeddings, source = embed(net, x[used], layer, batch_size), "decoded net"
     return {**protocol(cosine_similarity(embeddings, local), pairs), "embedding": layer,
             "embedding_source": source}
+
+
+VERIFICATION_FIGURES = ("verification_accuracy", "verification_std", "auc", "tar_at_far_1e-3", "threshold")
+
+
+def verification_before_after(path, baseline, x, pairs, layer=None):
+    """The verification figures on `pairs` of images x of the uncompressed `baseline` Net (in
+    the engine) and of the .npdc file at `path` (as `evaluate FILE --pairs` takes them):
+    {"before": {...}, "after": {...}, "pairs", "folds", "embedding", "embedding_source"}."""
+    before = verify_net(baseline, x, pairs, layer)
+    after = verify_compressed(path, *load_compressed(path), x, pairs, layer)
+    return {"before": {k: before[k] for k in VERIFICATION_FIGURES},
+            "after": {k: after[k] for k in VERIFICATION_FIGURES}, "pairs": after["pairs"],
+            "folds": after["folds"], "embedding": after["embedding"],
+            "embedding_source": after["embedding_source"]}
 
 
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,

@@ -30,8 +30,13 @@ def _save(fig, path):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def sensitivity_figure(curves, baseline, path, title="Pruning sensitivity (each layer alone)"):
-    """curves: {layer: (sparsity fractions, accuracies)}; one line per layer."""
+def _accuracy_label(metric):
+    return "validation verification accuracy (%)" if metric == "verification" else "validation accuracy (%)"
+
+
+def sensitivity_figure(curves, baseline, path, title="Pruning sensitivity (each layer alone)", metric="accuracy"):
+    """curves: {layer: (sparsity fractions, accuracies)}; one line per layer. metric: what the
+    accuracies are (npdc.engine.metrics: accuracy or verification)."""
     plt = _pyplot()
     if plt is None:
         raise UserError(INSTALL)
@@ -42,7 +47,7 @@ def sensitivity_figure(curves, baseline, path, title="Pruning sensitivity (each 
                 color=colours[i % 20], linestyle="-" if i < 20 else "--")
     ax.axhline(100 * baseline, color="black", linewidth=0.8, linestyle=":")
     ax.set_xlabel("sparsity of the layer (%)")
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(_accuracy_label(metric))
     ax.set_title(title)
     ax.legend(fontsize=6, ncol=2 if len(curves) > 12 else 1, loc="lower left")
     _save(fig, path)
@@ -68,7 +73,7 @@ def candidates_figure(search, path):
                   color="tab:green" if t["passed"] else "tab:red", fillstyle="full" if t["passed"] else "none")
     left.set_xscale("log")
     left.set_xlabel("weights kept (%, log scale)")
-    left.set_ylabel("validation accuracy (%)")
+    left.set_ylabel(_accuracy_label(search.get("metric")))
     left.set_title("pruning steps")
     bits = search["bits"]
     for t in bits.get("tried", []):
@@ -89,7 +94,8 @@ def search_figures(search, folder):
     if _pyplot() is None:
         return {}
     curves = search["prune"]["curves"]
-    sensitivity_figure(curves, next(iter(curves.values()))[1][0], folder / "sensitivity.png")
+    sensitivity_figure(curves, next(iter(curves.values()))[1][0], folder / "sensitivity.png",
+                       metric=search.get("metric", "accuracy"))
     candidates_figure(search, folder / "candidates.png")
     return {"sensitivity.png": "each layer's pruning sensitivity",
             "candidates.png": "the candidates measured on validation images"}

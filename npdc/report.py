@@ -229,7 +229,10 @@ def format_markdown(report):
                   f"{figure('accuracy_before')}, after: {figure('accuracy_after')}{on}"]
     lines += [f"- inference memory before: {report['memory_before_bytes']:,} bytes, after: "
               f"{report['memory_after_bytes']:,} bytes",
-              f"- memory method: {report['memory_method']}", "", "## Score", ""]
+              f"- memory method: {report['memory_method']}"]
+    if report.get("verification"):
+        lines += verification_lines(report["verification"])
+    lines += ["", "## Score", ""]
     sc = report.get("score")
     if sc is None:
         lines.append("No score: it needs the accuracy after compression (and before, for the "
@@ -241,6 +244,26 @@ def format_markdown(report):
     if report.get("search"):
         lines += search_lines(report["search"])
     return "\n".join(lines) + "\n"
+
+
+def verification_lines(v):
+    """The markdown section of verification figures before and after compression on test pairs
+    (npdc.evaluate.verification_before_after), with top-1 beside them when `v` has it."""
+    rows = [("verification accuracy", "verification_accuracy", _percent),
+            ("standard deviation over folds", "verification_std", _percent),
+            ("ROC AUC", "auc", "{:.4f}".format), ("TAR at FAR 1e-3", "tar_at_far_1e-3", _percent)]
+    lines = ["", "## Verification on the test pairs", "",
+             f"{v['pairs']:,} pairs of test images in {v['folds']} folds (LFW's protocol), embedding "
+             f"{v['embedding']} (of the compressed file: from the {v['embedding_source']}).", "",
+             "| figure | before | after | change |", "| --- | ---: | ---: | ---: |"]
+    for name, key, fmt in rows:
+        b, a = v["before"][key], v["after"][key]
+        change = f"{a - b:+.4f}" if key == "auc" else f"{100 * (a - b):+.2f} points"
+        lines.append(f"| {name} | {fmt(b)} | {fmt(a)} | {change} |")
+    if v.get("top1_before") is not None:
+        lines.append(f"| top-1 accuracy (test images) | {_percent(v['top1_before'])} | "
+                     f"{_percent(v['top1_after'])} | {100 * (v['top1_after'] - v['top1_before']):+.2f} points |")
+    return lines
 
 
 STOPPED = {"accuracy": "two steps lost more than a step may, even retrained further (after the first, "
@@ -255,9 +278,16 @@ def search_lines(search):
     n, before, after = search["val_images"], search["val_accuracy_before"], search["val_accuracy_after"]
     cfg = search.get("settings", {})
     climb, bits = search["prune"]["climb"], search["bits"]
+    if search.get("metric") == "verification":
+        decided = (f"Decisions by verification accuracy (LFW's 10-fold protocol, embedding "
+                   f"{search.get('embedding')}) on {search['val_count']:,} pairs of "
+                   f"{n:,} validation images held out of the training split; the budget counts pairs")
+        what = "Validation verification accuracy"
+    else:
+        decided, what = f"Decisions by top-1 accuracy on {n:,} validation images held out of the training split", \
+            "Validation accuracy"
     lines = ["", "## Search", "",
-             f"Decisions on {n:,} validation images held out of the training split; the test split "
-             f"only reports. Validation accuracy {_percent(before)} -> {_percent(after)} "
+             f"{decided}; the test split only reports. {what} {_percent(before)} -> {_percent(after)} "
              f"({100 * (after - before):+.2f} points; budget -{cfg.get('max_drop', '?')} points, of "
              f"which pruning may spend {cfg.get('prune_share', '?')} and "
              f"{cfg.get('margin', '?')} is held back).", "",

@@ -250,9 +250,11 @@ def test_in_process_run_jobs_keeps_order():
     assert run_jobs(_slow_identity, None, [3, 1, 2]) == [3, 1, 2]
 
 
-def test_a_searching_compress_on_two_workers_writes_the_in_process_file(cluster, tmp_path, capsys):
-    """The search's sweeps and bit-width candidates run as jobs on the cluster; the file is the
-    one the in-process run writes, byte for byte."""
+@pytest.mark.parametrize("metric", ["accuracy", "verification"])
+def test_a_searching_compress_on_two_workers_writes_the_in_process_file(cluster, tmp_path, capsys, metric):
+    """The search's sweeps and bit-width candidates run as jobs on the cluster (the metric,
+    with its validation pairs, goes to the workers); the file is the one the in-process run
+    writes, byte for byte."""
     from npdc.engine.train import train_model
     from npdc.io.datasets import load_dataset
     from npdc.io.modelfile import save_model
@@ -266,8 +268,8 @@ def test_a_searching_compress_on_two_workers_writes_the_in_process_file(cluster,
                          data.x_train, data.y_train, 1, batch_size=16, progress=False)
     save_model(tmp_path / "m.h5", net)
     (tmp_path / "s.toml").write_text("batch_size = 16\n[search]\nlevels = [50.0, 90.0]\nbits = [3, 8]\n"
-                                     "step_images = 32\nsensitivity_images = 16\nmax_steps = 2\n"
-                                     "[quantize]\nepochs = 0\n")
+                                     "step_images = 32\nsensitivity_images = 24\nmax_steps = 2\n"
+                                     f"metric = '{metric}'\nval_fraction = 0.2\n[quantize]\nepochs = 0\n")
     schedule = load_schedule(tmp_path / "s.toml")
     run(tmp_path / "m.h5", data, schedule, tmp_path / "a.npdc", tmp_path / "wa", progress=False,
         log=lambda *_: None)

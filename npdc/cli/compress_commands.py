@@ -173,8 +173,14 @@ def compress_arguments(sub):
     s.add_argument("--time-budget", type=finite_float, default=None,
                    help="minutes the search may take before it settles for the best found "
                         "(default: the preset's, 15 for auto; 0 = no limit)")
+    s.add_argument("--metric", choices=["accuracy", "verification"], default=None,
+                   help="what the search's budget is in: top-1 accuracy on the validation images "
+                        "(default), or verification accuracy by LFW's protocol on pairs drawn "
+                        "from them (the budget then counts pairs); with --pairs the report also "
+                        "gives verification on the test pairs")
     s.add_argument("--out", default=None, help="compressed file (default REPORT/MODEL.npdc)")
     s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
+    verification_args(s, "--pairs or --metric verification")
     threads_args(s)
     executor_args(s)
     s.set_defaults(func=cmd_compress)
@@ -195,9 +201,14 @@ def cmd_compress(args):
     with executor_from_args(args) as executor:
         result = api.compress(model, args.data, schedule=args.config, preset=args.preset, out=args.out,
                               report=args.report, progress=True, max_drop=args.max_drop,
-                              time_budget=args.time_budget, executor=executor)
+                              time_budget=args.time_budget, metric=args.metric, pairs=args.pairs,
+                              embedding=args.embedding, executor=executor)
     report_dir = Path(args.report)
     print((report_dir / "report.md").read_text())
+    if "verification" in result:
+        v = result["verification"]
+        print(f"verification accuracy on {v['pairs']:,} test pairs {v['before']['verification_accuracy']:.4f} -> "
+              f"{v['after']['verification_accuracy']:.4f} (the score's z)")
     print(f"accuracy {result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}; "
           f"size {result['size_before_bytes']:,} -> {result['size_after_bytes']:,} B "
           f"({result['ratio']:.1f}x smaller); score {result['score']:.1f}")

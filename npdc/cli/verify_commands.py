@@ -40,12 +40,12 @@ def cmd_pairs(args):
 
 
 # -- what evaluate and report share ------------------------------------------------------------------
-def verification_args(s):
+def verification_args(s, embedding_needs="--pairs"):
     s.add_argument("--pairs", default=None,
                    help="a pairs file (`npdc pairs`) of the test split: measure verification "
                         "accuracy by LFW's 10-fold protocol, and score on it")
     s.add_argument("--embedding", default=None,
-                   help="with --pairs: the layer whose output is the embedding (default: the "
+                   help=f"with {embedding_needs}: the layer whose output is the embedding (default: the "
                         "classifier's input, fc5_bn in resnet18; fc5 is before its batch norm)")
 
 

@@ -1,19 +1,24 @@
 """Per-layer sensitivity analysis (Han et al. 2015, "Learning both Weights and Connections"):
 prune one layer alone at a sweep of thresholds s (or sparsities), evaluate, restore; the curves
-show which layers tolerate pruning and suggest a per-layer s for an accuracy budget.
+show which layers tolerate pruning and suggest a per-layer s for an accuracy budget. Accuracy is
+top-1 on labelled images, or whatever a metric of npdc.engine.metrics measures (verification
+accuracy on pairs, for a budget search on it).
 """
 
 from npdc.compress.prune import layer_granularity, percentage_mask, prunable_layers, threshold_mask
-from npdc.engine.train import evaluate
+from npdc.engine.metrics import judged
 from npdc.jobs import run_jobs
 
 DEFAULT_S = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 DEFAULT_SPARSITY = (30.0, 50.0, 70.0, 80.0, 90.0, 95.0)
 
 
-def sweep(net, x, y, values=None, by="s", layers=None, granularity="element", batch_size=256,
-          progress=True, executor=None, shared=None):
-    """{"baseline": {...}, "by": by, "layers": {name: [{"value", "sparsity", "accuracy", "loss"}]}}
+def sweep(net, x=None, y=None, values=None, by="s", layers=None, granularity="element", batch_size=256,
+          progress=True, executor=None, shared=None, metric=None):
+    """{"baseline": {...}, "by": by, "layers": {name: [{"value", "sparsity", "accuracy", ...}]}}
+
+    Each point is judged by top-1 accuracy (and loss) on images x, labels y, or by `metric`
+    (npdc.engine.metrics; x and y are then not read), whose "accuracy" it records.
 
     Each evaluation (the baseline, then every layer × value) is one job of npdc.jobs.run_jobs on
     `executor` (in-process when None), the net and images shared by all; the results are the
@@ -25,7 +30,8 @@ def sweep(net, x, y, values=None, by="s", layers=None, granularity="element", ba
     layers = list(layers or prunable_layers(net))
     jobs = [(None, None, by, granularity, batch_size)]
     jobs += [(name, v, by, granularity, batch_size) for name in layers for v in values]
-    shared = (net, x, y) if shared is None else shared
+    if shared is None:
+        shared = (net, x, y) if metric is None else (net, metric)
     rows = run_jobs(sweep_point, shared, jobs, executor, progress, desc="sensitivity")
     result = {"by": by, "baseline": rows[0], "layers": {}}
     for i, name in enumerate(layers):
@@ -35,18 +41,19 @@ def sweep(net, x, y, values=None, by="s", layers=None, granularity="element", ba
 
 def sweep_point(shared, job):
     """One job of a sweep: evaluate the net with layer `name` alone pruned at `value` (the
-    unpruned net when name is None), then put the layer's weights back."""
-    net, x, y = shared
+    unpruned net when name is None), then put the layer's weights back. shared: (net, metric)
+    or (net, x, y) for top-1 (npdc.engine.metrics.judged)."""
     name, value, by, granularity, batch_size = job
+    net, metric = judged(shared, batch_size)
     if name is None:
-        return evaluate(net, x, y, batch_size)
+        return metric.evaluate(net)
     W = net.layers[name].params["W"]
     original = W.copy()
     g = layer_granularity(net, name, granularity)
     keep = threshold_mask(original, value, g) if by == "s" else percentage_mask(original, value, g)
     try:
         W[...] = original * keep
-        return {"value": value, "sparsity": 1.0 - keep.mean(), **evaluate(net, x, y, batch_size)}
+        return {"value": value, "sparsity": 1.0 - keep.mean(), **metric.evaluate(net)}
     finally:
         W[...] = original
 

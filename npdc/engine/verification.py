@@ -241,9 +241,3 @@ def verify_net(net, x, pairs, layer=None, batch_size=256):
     result = protocol(cosine_similarity(embed(net, x[used], layer, batch_size), local), pairs)
     return {**result, "embedding": layer}
 
-
-def verification_metric(net, x, y, pairs, layer=None, batch_size=256):
-    """Verification accuracy (mean over folds) of a Net on a labelled split; the pairs are
-    checked against its size and labels first. What a budget search optimises."""
-    check_pairs(pairs, len(x), y)
-    return verify_net(net, x, pairs, layer, batch_size)["verification_accuracy"]

@@ -1,6 +1,9 @@
 """The accuracy-budgeted search behind `compress`'s default mode: per-layer sparsity and bit widths
 chosen on held-out validation images so that the compressed model stays within `max_drop`
-points of the baseline there. The test split is never read here.
+points of the baseline there. The test split is never read here. What "accuracy" means is a
+metric of npdc.engine.metrics, which holds the validation data: top-1 accuracy on the images,
+or verification accuracy on pairs of them (LFW's protocol); every decision below goes through
+its score, and the gate counts its units (images or pairs).
 
 1. Pruning sensitivity (Han et al. 2015, "Learning both Weights and Connections"): each layer
    pruned alone at a sweep of sparsities, validation accuracy measured, nothing retrained.
@@ -41,39 +44,46 @@ from npdc.compress.prune import global_percentage_masks, masks_from_zeros, pruna
 from npdc.compress.quantize import quantize_net
 from npdc.compress.sensitivity import curves_of, sweep
 from npdc.engine.resnet import clone_net
-from npdc.engine.train import evaluate, fit
+from npdc.engine.train import fit
 from npdc.jobs import run_jobs
 from npdc.progress import say
 from npdc.pipeline.stages import quantize_stage, training_subset
 
 
 class Gate:
-    """Passing or not: a validation accuracy against the baseline's, within a drop in points."""
+    """Passing or not: a validation accuracy against the baseline's, within a drop in points,
+    counted in whole units of what the accuracy is a fraction of (images, or pairs for
+    verification): `correct` of `count` right for the baseline."""
 
-    def __init__(self, correct, images, max_drop):
-        self.correct, self.images, self.max_drop = int(correct), int(images), float(max_drop)
+    def __init__(self, correct, count, max_drop, units="images"):
+        self.correct, self.count, self.max_drop, self.units = int(correct), int(count), float(max_drop), units
+
+    @classmethod
+    def of(cls, metric, baseline, max_drop):
+        """The gate of a metric (npdc.engine.metrics) whose baseline score is `baseline`."""
+        return cls(round(baseline * metric.count), metric.count, max_drop, metric.units)
 
     @property
     def baseline(self):
-        return self.correct / self.images
+        return self.correct / self.count
 
     def allowed(self, share=1.0):
-        """Images the model may lose against the baseline: floor(share * max_drop % of them)."""
-        return int(math.floor(share * self.max_drop / 100 * self.images + 1e-9))
+        """Units the model may lose against the baseline: floor(share * max_drop % of them)."""
+        return int(math.floor(share * self.max_drop / 100 * self.count + 1e-9))
 
     def passes(self, accuracy, share=1.0):
-        return self.correct - round(accuracy * self.images) <= self.allowed(share)
+        return self.correct - round(accuracy * self.count) <= self.allowed(share)
 
     def drop_points(self, accuracy):
         return 100 * (self.baseline - accuracy)
 
 
 # -- 1. and 2.: sensitivity and allocation -------------------------------------------------------
-def pruning_curves(teacher, x, y, levels, layers, progress=True, executor=None):
+def pruning_curves(teacher, metric, levels, layers, progress=True, executor=None):
     """The sensitivity sweep (percent levels) as {layer: (sparsity fractions from 0, accuracies)}
-    plus the baseline accuracy on the same images; its points are jobs on `executor`."""
-    result = sweep(teacher, x, y, values=levels, by="sparsity", layers=layers, progress=progress,
-                   executor=executor)
+    plus the baseline's score, all by `metric`; its points are jobs on `executor`."""
+    result = sweep(teacher, values=levels, by="sparsity", layers=layers, progress=progress,
+                   executor=executor, metric=metric)
     return curves_of(result), result["baseline"]["accuracy"]
 
 
@@ -84,12 +94,12 @@ class Ladder:
     stretches), the one returned removes about what was asked, not more: levels are lowered,
     highest first, while the allocation still reaches the sparsity."""
 
-    def __init__(self, curves, baseline, images, sizes, grid_step=0.025):
+    def __init__(self, curves, baseline, count, sizes, grid_step=0.025):
         self.layers, self.sizes = list(curves), dict(sizes)
         self.curves = {}
         for name, (levels, accs) in curves.items():
             grid = np.union1d(np.arange(0.0, max(levels) + 1e-9, grid_step), levels)
-            self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, images))
+            self.curves[name] = (grid, drop_units(np.interp(grid, levels, accs), baseline, count))
 
     def __call__(self, sparsity, net=None):
         """(`net` is not read: the curves decide; GlobalCut's signature.)"""
@@ -169,9 +179,10 @@ def sparsity_of(net, layers):
     return 1.0 - sum(r["nonzero"] for r in rows) / max(1, sum(r["weights"] for r in rows))
 
 
-def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, save, time_left,
+def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, time_left,
           best=None, batch_size=128, seed=0, log=say, progress=True):
-    """The climb of step 3 on training images (x, y), checked on (x_val, y_val). `state` (a
+    """The climb of step 3 on training images (x, y), each step checked by `metric`'s score
+    on the validation data it holds (npdc.engine.metrics) against `gate`. `state` (a
     JSON-able dict, {} to start) records every step; `save(state, best)` is called after each,
     with the best model so far (None when unchanged), so that a killed run resumes from `state`
     and `best`. Returns (best net, state with "stopped" saying why)."""
@@ -202,7 +213,7 @@ def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, s
             xs, ys = training_subset(x, y, images, seed + 1000 + step + 7919 * rounds)
             retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size,
                          seed + step + 7919 * rounds, progress)
-            accuracy = evaluate(candidate, x_val, y_val)["accuracy"]
+            accuracy = metric.score(candidate)
             checks.append(accuracy)
             ok = gate.passes(accuracy, cfg.prune_share)
             spent = (time.perf_counter() - started) / len(checks)
@@ -233,27 +244,27 @@ def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, s
 
 # -- 4.: bits per layer ---------------------------------------------------------------------------
 def _layer_at_bits(shared, job):
-    """A job: validation images right with layer `name` alone quantized to `bits`."""
-    net, x, y = shared
+    """A job: the metric's units (images, pairs) right with layer `name` alone quantized to `bits`."""
+    net, metric = shared
     name, bits = job
     copy = clone_net(net)
     quantize_net(copy, {name: bits}, layers=[name])
-    return round(evaluate(copy, x, y)["accuracy"] * len(y))
+    return round(metric.score(copy) * metric.count)
 
 
 def _candidate(shared, layer_bits):
-    """A job: validation images right once every layer is quantized as `layer_bits` says and
-    the centroids are retrained briefly (one pass over the few training images in `shared`)
-    with distillation, as the quantize stage will do at length."""
-    net, teacher, x, y, x_val, y_val, settings, batch_size = shared
+    """A job: the metric's units right on the validation data once every layer is quantized as
+    `layer_bits` says and the centroids are retrained briefly (one pass over the few training
+    images in `shared`) with distillation, as the quantize stage will do at length."""
+    net, teacher, x, y, metric, settings, batch_size = shared
     copy = clone_net(net)
     quantize_stage(copy, teacher, x, y, replace(settings, layer_bits=dict(layer_bits), train_images=0),
                    batch_size=batch_size, seed=0, progress=False)
-    return round(evaluate(copy, x_val, y_val)["accuracy"] * len(y_val))
+    return round(metric.score(copy) * metric.count)
 
 
-def bits_ladder(net, x, y, layers, options, executor=None, progress=True, most=32):
-    """Per-layer bit sensitivity on (x, y) and the candidates it suggests, gentlest first.
+def bits_ladder(net, metric, layers, options, executor=None, progress=True, most=32):
+    """Per-layer bit sensitivity by `metric` and the candidates it suggests, gentlest first.
 
     Each layer's width can step down the options (8 -> 6 -> 5 -> ...). The steps of all layers
     are put in order of how little each cost when its layer was quantized alone (ties: the step
@@ -261,19 +272,19 @@ def bits_ladder(net, x, y, layers, options, executor=None, progress=True, most=3
     measured one layer at a time do not add up (many layers each harmless alone can break the
     network together), so the ladder only orders the steps; the back-off (choose_bits) measures
     the candidates whole. At most `most` candidates, evenly spread over the steps, the first
-    with every layer at the widest option. Returns (candidates, {layer: {bits: images right}})."""
+    with every layer at the widest option. Returns (candidates, {layer: {bits: units right}})."""
     options = sorted(set(options), reverse=True)
-    top = options[0]
+    top, n = options[0], metric.count
     jobs = [(name, b) for name in layers for b in options[1:]]  # the widest is taken as lossless
-    right = run_jobs(_layer_at_bits, (net, x, y), jobs, executor, progress, desc="bit widths")
-    baseline = round(evaluate(net, x, y)["accuracy"] * len(y))
+    right = run_jobs(_layer_at_bits, (net, metric), jobs, executor, progress, desc="bit widths")
+    baseline = round(metric.score(net) * n)
     table = {name: {top: baseline} for name in layers}
     for (name, b), r in zip(jobs, right):
         table[name][b] = r
     nonzero = {name: int(np.count_nonzero(net.layers[name].params["W"])) for name in layers}
     steps = []
     for name in layers:
-        drops = drop_units([table[name][b] / len(y) for b in options], baseline / len(y), len(y))
+        drops = drop_units([table[name][b] / n for b in options], baseline / n, n)
         for k in range(1, len(options)):
             saved = (options[k - 1] - options[k]) * nonzero[name]
             steps.append((int(drops[k]), -options[k], -saved, layers.index(name), name, options[k]))
@@ -290,18 +301,18 @@ def bits_ladder(net, x, y, layers, options, executor=None, progress=True, most=3
     return candidates, {name: {str(b): r for b, r in t.items()} for name, t in table.items()}
 
 
-def choose_bits(net, teacher, x, y, x_val, y_val, candidates, gate, share, settings, batch_size=128,
+def choose_bits(net, teacher, x, y, metric, candidates, gate, share, settings, batch_size=128,
                 executor=None):
-    """The most aggressive candidate whose validation accuracy, after a brief centroid
+    """The most aggressive candidate whose score by `metric`, after a brief centroid
     retraining on (x, y) (settings: the QuantizeStage; none when its epochs are 0), passes the
     gate: a back-off search over the ladder, two candidates a round. Returns (index or None,
     Backoff)."""
-    shared = (net, teacher, x, y, x_val, y_val, settings, batch_size)
+    shared = (net, teacher, x, y, metric, settings, batch_size)
 
     def measure(indices):
         started = time.perf_counter()
         right = run_jobs(_candidate, shared, [candidates[i] for i in indices], executor)
         seconds = (time.perf_counter() - started) / max(1, len(indices))
-        return [(r / len(y_val), seconds) for r in right]
+        return [(r / metric.count, seconds) for r in right]
     found = search(len(candidates), measure, lambda result: gate.passes(result[0], share), width=2)
     return found.best, found

@@ -46,9 +46,7 @@ class Clock:
 
 
 def _gate(r):
-    base = r.ck.done["baseline"]
-    return Gate(round(base["val_accuracy"] * base["val_images"]), base["val_images"],
-                r.schedule.search.max_drop)
+    return Gate.of(r.metric, r.ck.done["baseline"]["val_accuracy"], r.schedule.search.max_drop)
 
 
 def _searched_layers(r):
@@ -64,34 +62,34 @@ def _digest(*parts):
 
 
 def cached_curves(r, layers):
-    """The pruning sensitivity of `layers` on the first search.sensitivity_images validation
-    images, from the work folder's cache when it holds this sweep."""
+    """The pruning sensitivity of `layers` by the run's metric on the first
+    search.sensitivity_images validation images (for verification, on pairs drawn from them),
+    from the work folder's cache when it holds this sweep. Returns (curves, baseline score,
+    units counted)."""
     cfg = r.schedule.search
-    xs, ys = r.x_val[:cfg.sensitivity_images], r.y_val[:cfg.sensitivity_images]
-    key = _digest(r.ck.key["model"],
-                  hashlib.sha256(np.ascontiguousarray(xs).tobytes()).hexdigest(),
-                  ys.tolist(), sorted(cfg.levels), layers)
+    metric = r.metric.subset(cfg.sensitivity_images)
+    key = _digest(r.ck.key["model"], metric.digest(), sorted(cfg.levels), layers)
     path = r.work / f"sensitivity-{key}.json"
     try:
         cached = json.loads(path.read_text())
         curves = {n: (list(map(float, c[0])), list(map(float, c[1]))) for n, c in cached["curves"].items()}
         values = [float(cached["baseline"])] + [v for c in curves.values() for part in c for v in part]
         if list(curves) == layers and all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
-            return curves, float(cached["baseline"]), len(ys)
+            return curves, float(cached["baseline"]), metric.count
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass  # no cache, or one that cannot be trusted: sweep again
-    curves, baseline = pruning_curves(r.teacher, xs, ys, sorted(cfg.levels), layers, r.progress, r.executor)
+    curves, baseline = pruning_curves(r.teacher, metric, sorted(cfg.levels), layers, r.progress, r.executor)
     write_text(path, json.dumps({"curves": curves, "baseline": baseline}))
-    return curves, baseline, len(ys)
+    return curves, baseline, metric.count
 
 
 def auto_prune(r):
     """(pruned student, record): the sensitivity sweep, then the climb, resumed if it was cut."""
     cfg, layers = r.schedule.search, _searched_layers(r)
-    curves, baseline, images = cached_curves(r, layers)
+    curves, baseline, count = cached_curves(r, layers)
     if cfg.allocation == "knapsack":
         sizes = {n: r.teacher.layers[n].params["W"].size for n in layers}
-        allocation = Ladder(curves, baseline, images, sizes)
+        allocation = Ladder(curves, baseline, count, sizes)
     else:
         allocation = GlobalCut(layers, fragile_layers(curves, baseline, cfg.protect_drop))
     state = dict(r.ck.partial.get("prune", {}))
@@ -107,10 +105,10 @@ def auto_prune(r):
     def time_left():  # the climb leaves a quarter of the budget to the stages after it
         return r.clock.left() - 0.25 * r.clock.budget
 
-    student, state = climb(r.teacher, r.x, r.y, r.x_val, r.y_val, allocation, _gate(r), cfg,
+    student, state = climb(r.teacher, r.x, r.y, r.metric, allocation, _gate(r), cfg,
                            r.schedule.prune, state, save, time_left, best, r.schedule.batch_size,
                            r.schedule.seed, r.log, r.progress)
-    return student, {"curves": curves, "curve_images": images, "climb": state,
+    return student, {"curves": curves, "curve_count": count, "curve_units": r.metric.units, "climb": state,
                      "protected": list(getattr(allocation, "protect", []))}
 
 
@@ -136,13 +134,13 @@ def auto_bits(r):
     student = load_model(r.work / "pruned.h5")
     fixed = r.schedule.quantize.layer_bits
     layers = [n for n in _searched_layers(r) if n not in fixed]
-    xs, ys = r.x_val[:cfg.sensitivity_images], r.y_val[:cfg.sensitivity_images]
-    candidates, table = bits_ladder(student, xs, ys, layers, cfg.bits, r.executor, r.progress)
+    candidates, table = bits_ladder(student, r.metric.subset(cfg.sensitivity_images), layers, cfg.bits,
+                                    r.executor, r.progress)
     candidates = [{**c, **fixed} for c in candidates]
     gate = _gate(r)
     settings = r.schedule.quantize if cfg.bits_train_images else replace(r.schedule.quantize, epochs=0)
     xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
-    index, found = choose_bits(student, r.teacher, xs, ys, r.x_val, r.y_val, candidates, gate,
+    index, found = choose_bits(student, r.teacher, xs, ys, r.metric, candidates, gate,
                                1.0 - cfg.margin, settings, r.schedule.batch_size, r.executor)
     nonzero = {n: int(np.count_nonzero(student.layers[n].params["W"])) for n in candidates[0]}
     tried = [{"candidate": c, "mean_bits": _mean_bits(candidates[c], nonzero), "val_accuracy": acc,

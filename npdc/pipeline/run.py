@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from npdc.atomic import atomic_path, write_text
+from npdc.codec.model import load_compressed
 from npdc.compress.prune import sparsity_table
 from npdc.compress.quantize import QuantizedLayer
+from npdc.engine.metrics import search_metric
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
 from npdc.progress import say
@@ -98,7 +100,8 @@ class Checkpoints:
 class _Run:
     """What every stage of one run may read: the teacher, the splits, the schedule, the paths,
     the checkpoints, the clock. The searching schedules train on x, y without the validation
-    images x_val, y_val (held out of the training split); the others train on all of it."""
+    images x_val, y_val (held out of the training split), and judge by `metric`
+    (npdc.engine.metrics) on them; the others train on all of it."""
     teacher: object
     x: np.ndarray
     y: np.ndarray
@@ -114,6 +117,7 @@ class _Run:
     clock: object = None
     executor: object = None
     log: object = say
+    metric: object = None
 
     @property
     def hyper(self):
@@ -124,8 +128,8 @@ class _Run:
 def _baseline(r):
     record = {"accuracy": evaluate(r.teacher, r.x_test, r.y_test, progress=r.progress)["accuracy"]}
     if searching(r.schedule):
-        record["val_accuracy"] = evaluate(r.teacher, r.x_val, r.y_val)["accuracy"]
-        record["val_images"] = len(r.y_val)
+        record.update(val_accuracy=r.metric.score(r.teacher), val_images=len(r.y_val),
+                      val_count=r.metric.count, val_units=r.metric.units)
     return record
 
 
@@ -162,7 +166,7 @@ def _encode(r):
 def _verify(r):
     record = verify_stage(r.out, r.x_test, r.y_test, r.progress)
     if searching(r.schedule):
-        record["val_accuracy"] = verify_stage(r.out, r.x_val, r.y_val, False)["accuracy"]
+        record["val_accuracy"] = r.metric.score(load_compressed(r.out)[0])
     return record
 
 
@@ -184,6 +188,9 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
     r = _Run(load_model(model_path), x, y, x_val, y_val, x_test, y_test, schedule, Path(workdir),
              Path(out), progress, ck, Clock(schedule.search.time_budget, ck), executor, log)
     check_schedule_names(r.teacher, schedule)
+    if searching(schedule):
+        r.metric = search_metric(schedule.search.metric, r.teacher, x_val, y_val,
+                                 schedule.search.embedding or None, schedule.seed)
     ck.need_output(out, log)
     for name, stage in STAGES:
         if name not in ck.done:
@@ -200,6 +207,8 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
               "schedule": dataclasses.asdict(schedule), "minutes": r.clock.elapsed() / 60}
     if searching(schedule):
         result["search"] = {"val_images": len(r.y_val), "settings": dataclasses.asdict(schedule.search),
+                            "metric": r.metric.name, "val_count": r.metric.count, "val_units": r.metric.units,
+                            "embedding": getattr(r.metric, "layer", None),
                             "val_accuracy_before": ck.done["baseline"]["val_accuracy"],
                             "val_accuracy_after": ck.done["verify"]["val_accuracy"],
                             "prune": {k: v for k, v in ck.done["prune"].items() if k != "accuracy"},

@@ -84,6 +84,9 @@ class SearchStage:
     bits: list = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     bits_train_images: int = 0    # centroid retraining images of each bit-width candidate (0: none)
     time_budget: float = 0.0      # minutes for the whole run; 0 = no limit
+    metric: str = "accuracy"      # accuracy: top-1 on the validation images; verification: LFW's
+                                  # protocol on pairs drawn from them (npdc.engine.metrics)
+    embedding: str = ""           # verification: the embedding layer ("" = the classifier's input)
 
 
 @dataclass
@@ -198,6 +201,10 @@ def validate_schedule(s):
                 "search.sensitivity_images and step_images must be >= 1, max_steps, "
                 "bits_train_images and recoveries >= 0"),
                (q.allocation in ("global", "knapsack"), "search.allocation: global or knapsack"),
+               (q.metric in ("accuracy", "verification"), "search.metric: accuracy or verification"),
+               (q.metric == "accuracy" or s.prune.method == "auto" or s.quantize.widths == "auto",
+                "search.metric = verification judges a search, and this schedule searches nothing "
+                "(prune.method = auto or quantize.widths = auto; the auto preset does both)"),
                (q.protect_drop >= 0, "search.protect_drop must be >= 0 points"),
                (0 < q.first_sparsity < 1 and 0 < q.density_ratio < 1,
                 "search.first_sparsity and density_ratio must be between 0 and 1"),

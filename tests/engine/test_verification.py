@@ -9,7 +9,7 @@ import pytest
 from npdc.engine.resnet import build_net
 from npdc.engine.verification import (Pairs, best_threshold, check_pairs, cosine_similarity,
                                       default_embedding, embed, make_pairs, protocol, roc_auc,
-                                      tar_at_far, verification_metric, verify_net)
+                                      tar_at_far, verify_net)
 from npdc.errors import UserError
 from tests.conftest import TINY_RESNET18
 
@@ -191,18 +191,6 @@ def test_embed_is_the_kept_output_and_default_is_the_classifier_input(tiny_resne
                                         "num_classes": 3})) == "pool"
     with pytest.raises(UserError, match="no layer"):
         embed(net, x, "fc9")
-
-
-def test_verification_metric_is_the_mean_fold_accuracy(tiny_resnet18):
-    rng = np.random.default_rng(8)
-    x = rng.integers(0, 256, (60, 1, 6, 6)).astype(np.uint8)
-    y = np.arange(60) % 3
-    pairs = make_pairs(y, 100, seed=1)
-    value = verification_metric(tiny_resnet18, x, y, pairs)
-    assert value == verify_net(tiny_resnet18, x, pairs)["verification_accuracy"]
-    assert 0 <= value <= 1
-    with pytest.raises(UserError, match="labelled"):
-        verification_metric(tiny_resnet18, x, np.zeros(60, int), pairs)
 
 
 def test_embeddings_that_are_not_finite_are_refused():

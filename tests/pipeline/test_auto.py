@@ -17,12 +17,26 @@ from tests.conftest import tiny_model_and_data
 
 
 def test_the_gate_counts_whole_images_within_the_budget():
-    gate = Gate(correct=5400, images=6000, max_drop=0.3)  # 0.3 points of 6000 = 18 images
+    gate = Gate(correct=5400, count=6000, max_drop=0.3)  # 0.3 points of 6000 = 18 images
     assert gate.allowed() == 18 and gate.allowed(0.5) == 9
     assert gate.passes(5382 / 6000) and not gate.passes(5381 / 6000)
     assert gate.passes(5391 / 6000, 0.5) and not gate.passes(5390 / 6000, 0.5)
     assert gate.passes(5500 / 6000)  # better than the baseline passes
     assert gate.drop_points(5382 / 6000) == pytest.approx(0.3)
+
+
+def test_a_verification_gate_counts_pairs_not_images(tiny):
+    """30 images, 60 pairs: a 5-point budget is 3 pairs (it would be 1 image)."""
+    from npdc.engine.metrics import PairVerification
+    from npdc.engine.verification import make_pairs
+
+    folder, data, net, _ = tiny
+    x, y = data.x_train[:30], data.y_train[:30]
+    metric = PairVerification(x, y, make_pairs(y, 60, seed=1))
+    gate = Gate.of(metric, 48 / 60, max_drop=5.0)
+    assert (gate.correct, gate.count, gate.units, gate.allowed()) == (48, 60, "pairs", 3)
+    assert gate.passes(45 / 60) and not gate.passes(44 / 60)
+    assert Gate.of(metric, metric.score(net), 5.0).baseline == pytest.approx(metric.score(net))
 
 
 def test_the_ladder_spares_the_sensitive_layer_and_removes_what_is_asked():
@@ -73,19 +87,25 @@ def tiny(tmp_path_factory):
     return folder, data, net, load_schedule(schedule)
 
 
-def _fake_training(monkeypatch, limit):
-    """retrain_step prunes straight to the targets; the evaluator passes while the net is at
-    most `limit` sparse, losing one image in ten beyond it."""
+class SparsityMetric:
+    """A metric (npdc.engine.metrics' interface) that scores 1.0 while a net is at most `limit`
+    sparse and loses one unit in ten beyond it."""
+    name, units = "fake", "images"
+
+    def __init__(self, limit, count=10):
+        self.limit, self.count = limit, count
+
+    def score(self, net):
+        return 1.0 if sparsity_of(net, prunable_layers(net)) <= self.limit else 0.9
+
+
+def _fake_training(monkeypatch):
+    """retrain_step prunes straight to the targets."""
     def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
         masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
         for path, keep in masks.items():
             student.params()[path] *= keep
-
-    def evaluate(net, x, y, *a, **k):
-        s = sparsity_of(net, prunable_layers(net))
-        return {"accuracy": 1.0 if s <= limit else 0.9, "loss": 0.0}
     monkeypatch.setattr(auto, "retrain_step", retrain)
-    monkeypatch.setattr(auto, "evaluate", evaluate)
 
 
 def _flat_ladder(net):
@@ -96,10 +116,10 @@ def _flat_ladder(net):
 
 def test_the_climb_keeps_the_last_passing_step_and_halves_a_failing_one(tiny, monkeypatch):
     folder, data, net, _ = tiny
-    _fake_training(monkeypatch, limit=0.85)
+    _fake_training(monkeypatch)
     cfg = SearchStage(max_drop=1.0, first_sparsity=0.5, density_ratio=0.5, max_steps=10)
     saved = []
-    best, state = climb(net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10],
+    best, state = climb(net, data.x_train, data.y_train, SparsityMetric(0.85),
                         _flat_ladder(net), Gate(10, 10, 1.0), cfg, PruneStage(), {},
                         lambda s, b: saved.append(b is not None), lambda: 1.0, progress=False)
     t = state["tried"]
@@ -128,13 +148,12 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
             student.params()[path] *= keep
         rounds.append((round(sparsity_of(student, prunable_layers(student)), 3), len(x)))
 
-    def evaluate(net, x, y, *a, **k):
-        s = round(sparsity_of(net, prunable_layers(net)), 3)
-        return {"accuracy": 1.0 if s <= 0.6 or [r[0] for r in rounds].count(s) >= 2 else 0.9}
+    class SecondRoundMetric(SparsityMetric):
+        def score(self, net):
+            s = round(sparsity_of(net, prunable_layers(net)), 3)
+            return 1.0 if s <= self.limit or [r[0] for r in rounds].count(s) >= 2 else 0.9
     monkeypatch.setattr(auto, "retrain_step", retrain)
-    monkeypatch.setattr(auto, "evaluate", evaluate)
-    args = (net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10], _flat_ladder(net),
-            Gate(10, 10, 1.0))
+    args = (net, data.x_train, data.y_train, SecondRoundMetric(0.6), _flat_ladder(net), Gate(10, 10, 1.0))
     cfg = SearchStage(first_sparsity=0.5, density_ratio=0.5, max_steps=3, step_images=24)
     _, state = climb(*args, cfg, PruneStage(), {}, lambda s, b: None, lambda: 1.0, progress=False)
     t = state["tried"]
@@ -151,9 +170,8 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
 
 def test_the_climb_stops_on_time_and_on_its_step_count(tiny, monkeypatch):
     folder, data, net, _ = tiny
-    _fake_training(monkeypatch, limit=0.99)
-    args = (net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10], _flat_ladder(net),
-            Gate(10, 10, 1.0))
+    _fake_training(monkeypatch)
+    args = (net, data.x_train, data.y_train, SparsityMetric(0.99), _flat_ladder(net), Gate(10, 10, 1.0))
     _, state = climb(*args, SearchStage(max_steps=2), PruneStage(), {}, lambda s, b: None, lambda: 1.0,
                      progress=False)
     assert len(state["tried"]) == 2 and state["stopped"] == "steps"
@@ -161,62 +179,83 @@ def test_the_climb_stops_on_time_and_on_its_step_count(tiny, monkeypatch):
     assert state["tried"] == [] and state["stopped"] == "time"
 
 
-def test_a_searching_run_decides_on_validation_images_only(tiny, monkeypatch):
+@pytest.mark.parametrize("metric", ["accuracy", "verification"])
+def test_a_searching_run_decides_on_validation_images_only(tiny, monkeypatch, metric):
     """Every evaluation the search makes (sensitivity, climb, bits) reads training images held
-    out from retraining; the test split is only read for the report."""
+    out from retraining, by the metric asked for; the test split is only read for the report.
+    Verification's gate counts pairs drawn from the validation images, not the images."""
+    import dataclasses
+
+    from npdc.engine import metrics
     from npdc.pipeline import auto_stages
 
     folder, data, net, schedule = tiny
+    schedule = dataclasses.replace(schedule, search=dataclasses.replace(schedule.search, metric=metric))
     test_rows = {row.tobytes() for row in data.x_test}
-    seen = []
+    seen = {"evaluate": [], "verify_net": []}
 
-    def spy(fn):
+    def spy(name):
+        real = getattr(metrics, name)
+
         def wrapped(net, x, *a, **k):
-            seen.append(any(row.tobytes() in test_rows for row in x))
-            return fn(net, x, *a, **k)
-        return wrapped
-    import npdc.compress.sensitivity as sens
-    monkeypatch.setattr(auto, "evaluate", spy(auto.evaluate))
-    monkeypatch.setattr(sens, "evaluate", spy(sens.evaluate))
-    run(folder / "m.h5", data, schedule, folder / "v.npdc", folder / "wv", progress=False, log=lambda *_: None)
-    assert len(seen) > 10 and not any(seen)
+            seen[name].append(any(row.tobytes() in test_rows for row in x))
+            return real(net, x, *a, **k)
+        monkeypatch.setattr(metrics, name, wrapped)
+    spy("evaluate")
+    spy("verify_net")
+    result = run(folder / "m.h5", data, schedule, folder / f"v-{metric}.npdc", folder / f"wv-{metric}",
+                 progress=False, log=lambda *_: None)
+    used, unused = ("verify_net", "evaluate") if metric == "verification" else ("evaluate", "verify_net")
+    assert len(seen[used]) > 10 and not any(seen[used]) and not seen[unused]
     assert auto_stages.searching(schedule)
+    search = result["search"]
+    assert search["metric"] == metric and search["val_images"] == 24
+    # 24 validation images in 3 classes: one pair per image, in whole folds of a same and a different pair
+    assert (search["val_count"], search["val_units"]) == ((20, "pairs") if metric == "verification" else (24, "images"))
 
 
-def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes(tiny, monkeypatch):
+@pytest.mark.parametrize("metric", ["accuracy", "verification"])
+def test_a_searching_run_is_reproducible_and_resumes_mid_climb_to_the_same_bytes(tiny, monkeypatch, metric):
+    import dataclasses
+
     from npdc.pipeline import auto_stages
 
     folder, data, net, schedule = tiny
+    schedule = dataclasses.replace(schedule, search=dataclasses.replace(schedule.search, metric=metric))
+    folder = folder / f"resume-{metric}"
+    folder.mkdir()
+    model = folder.parent / "m.h5"
     whole = folder / "whole.npdc"
-    result = run(folder / "m.h5", data, schedule, whole, folder / "ww", progress=False, log=lambda *_: None)
+    result = run(model, data, schedule, whole, folder / "ww", progress=False, log=lambda *_: None)
     again = folder / "again.npdc"
-    run(folder / "m.h5", data, schedule, again, folder / "wa", progress=False, log=lambda *_: None)
+    run(model, data, schedule, again, folder / "wa", progress=False, log=lambda *_: None)
     assert whole.read_bytes() == again.read_bytes()
     steps = result["search"]["prune"]["climb"]["tried"]
-    assert steps and result["search"]["bits"]["layer_bits"]
+    assert steps and result["search"]["bits"]["layer_bits"] and result["search"]["metric"] == metric
 
     calls = []
     real_climb = auto_stages.climb
 
     def killed_after_one_step(*a, **k):
-        save = a[10]
+        save = a[9]
 
         def save_then_die(s, best):
             save(s, best)
             calls.append(len(s["tried"]))
             if len(s["tried"]) == 1:
                 raise KeyboardInterrupt
-        return real_climb(*a[:10], save_then_die, *a[11:], **k)
+        return real_climb(*a[:9], save_then_die, *a[10:], **k)
     monkeypatch.setattr(auto_stages, "climb", killed_after_one_step)
     cut = folder / "cut.npdc"
     with pytest.raises(KeyboardInterrupt):
-        run(folder / "m.h5", data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
+        run(model, data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
     assert calls == [1]  # killed right after the first step was saved
     state = json.loads((folder / "wc" / "state.json").read_text())
     assert len(state["partial"]["prune"]["tried"]) == 1 and "prune" not in state["done"]
     monkeypatch.setattr(auto_stages, "climb", real_climb)
-    resumed = run(folder / "m.h5", data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
+    resumed = run(model, data, schedule, cut, folder / "wc", progress=False, log=lambda *_: None)
     assert cut.read_bytes() == whole.read_bytes()
+
     def measured(tried):  # what was measured, without how long it took
         return [{k: v for k, v in t.items() if k != "seconds"} for t in tried]
     assert measured(resumed["search"]["prune"]["climb"]["tried"]) == measured(steps)
@@ -242,9 +281,8 @@ def test_the_bits_ladder_takes_the_cheapest_steps_first_and_only_narrows(tiny, m
     cost = {"conv1": {6: 3, 5: 6, 4: 9, 3: 12, 2: 15}, "res5b_2b": {b: 0 for b in (2, 3, 4, 5, 6)},
             "fc6": {6: 0, 5: 0, 4: 1, 3: 2, 2: 8}}
     monkeypatch.setattr(auto, "run_jobs", lambda fn, shared, jobs, *a, **k: [100 - cost[n][b] for n, b in jobs])
-    monkeypatch.setattr(auto, "evaluate", lambda *a, **k: {"accuracy": 1.0, "loss": 0.0})
-    candidates, table = auto.bits_ladder(net, data.x_train[:100], data.y_train[:100], layers,
-                                        [2, 3, 4, 5, 6, 8], progress=False)
+    candidates, table = auto.bits_ladder(net, SparsityMetric(1.0, count=100), layers, [2, 3, 4, 5, 6, 8],
+                                         progress=False)
     assert candidates[0] == {n: 8 for n in layers} and candidates[-1] == {n: 2 for n in layers}
     for before, after in zip(candidates, candidates[1:]):
         assert all(after[n] <= before[n] for n in layers) and after != before
