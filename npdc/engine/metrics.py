@@ -64,6 +64,10 @@ class TopOne:
     def subset(self, n):
         return TopOne(self.x[:n], self.y[:n], self.batch_size)
 
+    def reads(self, net):
+        """The nodes whose weights this metric's score depends on: all of them."""
+        return {name for name, _, _ in net.nodes}
+
     def digest(self):
         return f"top-1:{_digest(self.x, self.y)}"
 
@@ -95,6 +99,17 @@ class PairVerification:
 
     def score(self, net):
         return self.evaluate(net)["accuracy"]
+
+    def reads(self, net):
+        """The nodes the embedding is computed from (not the classifier after it)."""
+        inputs = {name: ins for name, _, ins in net.nodes}
+        seen, todo = set(), [self.layer or default_embedding(net)]
+        while todo:
+            name = todo.pop()
+            if name in inputs and name not in seen:
+                seen.add(name)
+                todo.extend(inputs[name])
+        return seen
 
     def subset(self, n):
         return PairVerification.of_split(self.x[:n], self.y[:n], self.layer, self.seed, self.pairs.folds,

@@ -132,7 +132,9 @@ def auto_bits(r):
     """{"layer_bits": the chosen bits, "candidates": the ladder, "tried": measured candidates}."""
     cfg = r.schedule.search
     student = load_model(r.work / "pruned.h5")
-    fixed = r.schedule.quantize.layer_bits
+    read = r.metric.reads(student)  # layers the metric cannot see (a classifier after the
+    # embedding it verifies on) keep the widest width: the search could not protect them
+    fixed = {**{n: max(cfg.bits) for n in _searched_layers(r) if n not in read}, **r.schedule.quantize.layer_bits}
     layers = [n for n in _searched_layers(r) if n not in fixed]
     candidates, table = bits_ladder(student, r.metric.subset(cfg.sensitivity_images), layers, cfg.bits,
                                     r.executor, r.progress)

@@ -50,6 +50,18 @@ def test_pair_verification_scores_the_protocol_counts_pairs_and_pickles(problem)
         PairVerification(x, np.zeros(60, np.int64), pairs)
 
 
+def test_a_metric_says_which_layers_it_reads(problem):
+    """Verification reads the layers up to its embedding, not the classifier after it; top-1 reads all."""
+    net, x, y = problem
+    names = [name for name, _, _ in net.nodes]
+    assert TopOne(x, y).reads(net) == set(names)
+    pairs = make_pairs(y, 40, seed=4)
+    on_bn = PairVerification(x, y, pairs).reads(net)  # the classifier's input, fc5_bn
+    assert "fc6" not in on_bn and {"conv1", "fc5", "fc5_bn"} <= on_bn
+    on_fc5 = PairVerification(x, y, pairs, "fc5").reads(net)
+    assert on_fc5 == on_bn - {"fc5_bn"}
+
+
 def test_a_verification_subset_pairs_only_the_first_images(problem):
     net, x, y = problem
     y = np.tile(np.arange(3), 20)

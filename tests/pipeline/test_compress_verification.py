@@ -44,6 +44,9 @@ def test_compress_by_verification_reports_the_test_pairs_before_and_after(tiny, 
     for side in ("before", "after"):
         assert set(v[side]) >= {"verification_accuracy", "auc", "tar_at_far_1e-3", "verification_std"}
     assert report["accuracy_images"] == 60  # top-1 on the test images is still there, with its error
+    # the classifier after the embedding is not searched (the metric cannot see it): widest bits
+    assert all(c["fc6"] == 8 for c in search["bits"]["candidates"])
+    assert {row["layer"]: row["bits"] for row in search["layers"]}["fc6"] == 8
     page = (folder / "rep" / "report.md").read_text()
     assert search["embedding"] == "fc5_bn" and "embedding fc5_bn) on 20 pairs of 24 validation images" in page
     assert "Decisions by verification accuracy" in page and "## Verification on the test pairs" in page
