@@ -24,6 +24,7 @@ from npdc.compress.prune import (check_layer_names, filter_masks_complete, masks
 from npdc.compress.quantize import CentroidSGD, quantize_net
 from npdc.compress.thin import thin_filters
 from npdc.engine.layers import Conv2d
+from npdc.engine.images import take_rows
 from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.errors import UserError
@@ -34,7 +35,7 @@ def training_subset(x, y, n, seed):
     if not n or n >= len(x):
         return x, y
     pick = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
-    return x[pick], y[pick]
+    return take_rows(x, pick), y[pick]
 
 
 def check_schedule_names(net, schedule):
