@@ -170,7 +170,7 @@ def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, lay
                        s=s or 0.0, layer_s=layer_s, granularity=granularity, agp_scope=agp_scope,
                        epochs=epochs, lr=lr, kd=kd, tau=tau, hard_weight=hard_weight, on=on,
                        kd_layer=kd_layer, kd_layer_loss=kd_layer_loss, kd_layer_weight=kd_layer_weight,
-                       labels=labels)
+                       labels=labels, keep_first=False)
     with shown(progress):
         student, record = prune_stage(teacher, x, y, stage, batch_size, seed, progress=progress)
         if data.x_test is not None:

@@ -47,9 +47,12 @@ def check_schedule_names(net, schedule):
 
 def _masks_or_gradual(teacher, stage, steps, keep=()):
     """(fixed masks, None) for a one-shot cut, or (None, GradualPruner factory) for AGP; the
-    layers in `keep` stay dense whatever layer_s says."""
+    layers in `keep` stay dense whatever layer_s says, the first one (keep_first) unless it says."""
     overrides = parse_layer_s(stage.layer_s)
     check_layer_names(teacher, overrides)
+    first = prunable_layers(teacher)[:1]
+    if stage.keep_first and first and first[0] not in overrides:
+        overrides[first[0]] = (0.0, False)
     overrides.update({name: (0.0, False) for name in keep})
     if stage.method == "agp":
         kept = [n for n, (v, _) in overrides.items() if v == 0]
