@@ -223,3 +223,32 @@ def test_train_and_evaluate_commands_read_a_folder(tmp_path, capsys):
     assert '"images": 12' in out
     code, _, err = run_cli(["evaluate", model, "--data", "fashion-mnist", "--resize", "30"], capsys)
     assert "apply to image folders" in assert_one_line_error(code, err)
+
+
+def test_no_loop_reads_the_whole_folder_at_once(tmp_path, monkeypatch):
+    """Training, evaluation, channel statistics, holding out, a run's key and the runtime all
+    go batch by batch: turning the folder into one array fails here."""
+    from npdc.engine.images import channel_stats
+    from npdc.pipeline.run import run_key
+    from npdc.pipeline.schedule import load_schedule
+    from npdc.runtime.infer import load_runtime
+    from tests.runtime.conftest import make_npdc
+
+    data = load_dataset(str(make_folder(tmp_path / "d")), shape=(3, 16, 16))
+    reference = np.asarray(data.x_test)
+    monkeypatch.setattr(FolderImages, "__array__", lambda *a, **k: pytest.fail("decoded all at once"))
+    spec = {"arch": "cifar-resnet20", "input_shape": [3, 16, 16], "num_classes": 3}
+    net = make_npdc(tmp_path / "m.npdc", spec)
+    x, y, x_val, _ = data.held_out(0.25)
+    assert isinstance(x, FolderImages) and isinstance(x_val, FolderImages)
+    fit(net, x, y, 1, batch_size=4, progress=False)
+    assert np.isfinite(channel_stats(x, batch=5)[0]).all()
+    assert 0 <= evaluate(net, data.x_test, data.y_test, batch_size=5)["accuracy"] <= 1
+    runtime = load_runtime(tmp_path / "m.npdc", "sparse", 4)
+    assert np.array_equal(runtime.predict(data.x_test), runtime.predict(reference))
+    key = run_key(load_schedule(None, "fast"), tmp_path / "m.npdc", data)
+    assert key == run_key(load_schedule(None, "fast"), tmp_path / "m.npdc",
+                          load_dataset(str(tmp_path / "d"), shape=(3, 16, 16)))
+    (tmp_path / "d" / "val" / "dog" / "1.png").write_bytes((tmp_path / "d" / "val" / "cat" / "1.png").read_bytes())
+    assert key != run_key(load_schedule(None, "fast"), tmp_path / "m.npdc",
+                          load_dataset(str(tmp_path / "d"), shape=(3, 16, 16)))
