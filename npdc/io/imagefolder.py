@@ -177,7 +177,11 @@ class FolderImages:
         size and modification time (what a resumed run must match)."""
         digest = hashlib.sha256(repr(self.prep).encode())
         for row in self.rows:
-            stat = os.stat(self.files[row])
+            try:
+                stat = os.stat(self.files[row])
+            except OSError as exc:
+                raise UserError(f"{self.files[row]}: {exc.strerror or exc} (was it removed after the "
+                                "folder was scanned?)") from None
             digest.update(f"{self.files[row]}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.digest()
 
@@ -199,6 +203,7 @@ class FolderImages:
             except _Unreadable as exc:
                 raise UserError(f"{path}: {exc}, though it was readable when the folder was "
                                 "scanned (has it changed?)") from None
+            image.flags.writeable = False  # shared with the cache: a caller must copy to change it
             self.cache.put(row, image)
         return image
 
