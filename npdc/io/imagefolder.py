@@ -269,6 +269,14 @@ def decode(path, prep):
     return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
+def _some(names, shown=5):
+    """A few names for a one-line message: 'a, b, c and 997 more'."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _inside(real, root):
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
@@ -315,7 +323,7 @@ def scan(root):
             extra = sorted(set(classes[split]) - set(classes[first]))
             missing = sorted(set(classes[first]) - set(classes[split]))
             raise UserError(f"{root_path}: the class folders of {split}/ differ from {first}/'s "
-                            f"(extra: {', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'})")
+                            f"(extra: {_some(extra)}; missing: {_some(missing)})")
     pillow()
     splits, refused, total = {}, [], 0
     for split in present:

@@ -165,6 +165,15 @@ def test_an_unusable_folder_is_one_line(tmp_path, capsys, case, message):
     assert_one_line_error(code, err)
 
 
+def test_a_flat_val_folder_names_a_few_missing_classes(tmp_path):
+    root = make_folder(tmp_path / "d", ("train",))
+    for i in range(7):
+        (root / "train" / f"more{i}").mkdir()
+    (root / "val").mkdir()
+    with pytest.raises(UserError, match=r"missing: cat, dog, emu, more0, more1 and 5 more\)$"):
+        load_dataset(str(root))
+
+
 def test_without_pillow_one_line_says_what_to_install(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d")
     monkeypatch.setitem(__import__("sys").modules, "PIL", None)
