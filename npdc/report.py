@@ -243,7 +243,8 @@ def format_markdown(report):
     return "\n".join(lines) + "\n"
 
 
-STOPPED = {"accuracy": "two steps lost more than a step may (after the first, steps went half as far)",
+STOPPED = {"accuracy": "two steps lost more than a step may, even retrained further (after the first, "
+                       "steps went half as far)",
            "steps": "it took the most steps allowed (search.max_steps)",
            "time": "the time budget ran out", "curves": "the next step was beyond the swept levels"}
 
@@ -264,12 +265,13 @@ def search_lines(search):
     for row in search["layers"]:
         lines.append(f"| {row['layer']} | {_percent(row['sparsity'])} | {row['s']:.2f} | "
                      f"{row['bits'] if row['bits'] is not None else 'float'} |")
-    lines += ["", "### Pruning steps", "", "| step | target | sparsity | validation | drop (points) | "
-              "seconds | kept |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += ["", "### Pruning steps", "", "| step | target | sparsity | retraining images | validation "
+              "(each round) | drop (points) | seconds | kept |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for i, t in enumerate(climb.get("tried", []), 1):
-        lines.append(f"| {i} | {_percent(t['target'])} | {_percent(t['sparsity'])} | "
-                     f"{_percent(t['val_accuracy'])} | {t['drop_points']:+.2f} | {t['seconds']:.0f} | "
-                     f"{'yes' if t['passed'] else 'no'} |")
+        rounds = ", ".join(_percent(a) for a in t.get("checks", [t["val_accuracy"]]))
+        lines.append(f"| {i} | {_percent(t['target'])} | {_percent(t['sparsity'])} | {t.get('images', 0):,} | "
+                     f"{rounds} | {t['drop_points']:+.2f} | {t['seconds']:.0f} | {'yes' if t['passed'] else 'no'} |")
     lines += ["", f"Pruning stopped because {STOPPED.get(climb.get('stopped'), climb.get('stopped'))}.",
               "", "### Bit-width candidates", "",
               "| candidate | mean bits | validation | drop (points) | seconds | passed |",

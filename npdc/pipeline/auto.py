@@ -9,9 +9,11 @@ points of the baseline there. The test split is never read here.
 3. The climb: iterative pruning (Han et al. 2015 prune and retrain, repeated), each step a
    gradual cut (Zhu & Gupta 2017) from the current per-layer sparsities to the next
    allocation's while retraining with distillation from the baseline (Hinton et al. 2015), then
-   a validation check. After a step that fails, the climb goes on from the last passing model
-   with steps half as far, in log density (the back-off); a second failure ends it. The last
-   passing model is kept.
+   a validation check. A step that fails retrains further at the same masks (up to
+   `recoveries` more rounds, each as long as the step); one that passes only so makes every
+   later step twice as long. A step that still fails is dropped: the climb goes on from the last
+   passing model with steps half as far, in log density (the back-off); a second failure ends
+   it. The last passing model is kept.
    Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
 4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
    Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
@@ -184,7 +186,8 @@ def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, s
         ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
         target = 1.0 - (1.0 - s) * ratio
         targets = allocation(target, best)
-        last = state["tried"][-1]["seconds"] if state["tried"] else 0.0
+        images = cfg.step_images * state.get("scale", 1)
+        last = state["tried"][-1]["seconds"] / state["tried"][-1]["images"] * images if state["tried"] else 0.0
         why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)
         if why:
@@ -193,14 +196,27 @@ def climb(teacher, x, y, x_val, y_val, allocation, gate, cfg, settings, state, s
             break
         started = time.perf_counter()
         candidate = clone_net(best)
-        xs, ys = training_subset(x, y, cfg.step_images, seed + 1000 + step)
-        retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size, seed + step, progress)
-        accuracy = evaluate(candidate, x_val, y_val)["accuracy"]
+        checks = []
+        while True:  # the step, then recovery rounds at the same masks while it fails
+            rounds = len(checks)
+            xs, ys = training_subset(x, y, images, seed + 1000 + step + 7919 * rounds)
+            retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size,
+                         seed + step + 7919 * rounds, progress)
+            accuracy = evaluate(candidate, x_val, y_val)["accuracy"]
+            checks.append(accuracy)
+            ok = gate.passes(accuracy, cfg.prune_share)
+            spent = (time.perf_counter() - started) / len(checks)
+            if ok or len(checks) > cfg.recoveries or time_left() <= spent:
+                break
+            log(f"climb step {step + 1}: validation accuracy {accuracy:.4f} "
+                f"({gate.drop_points(accuracy):+.2f} points); retraining further")
+        if ok and len(checks) > 1:
+            state["scale"] = 2 * state.get("scale", 1)  # the climb got harder: longer steps from here
         reached = sparsity_of(candidate, layers)
-        ok = gate.passes(accuracy, cfg.prune_share)
         state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
                                "drop_points": gate.drop_points(accuracy), "passed": ok,
-                               "seconds": time.perf_counter() - started, "layers": targets})
+                               "seconds": time.perf_counter() - started, "layers": targets,
+                               "images": images * len(checks), "checks": checks})
         log(f"climb step {step + 1}: {100 * reached:.1f} % sparse, validation accuracy "
             f"{accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), {'kept' if ok else 'backed off'}")
         if ok:

@@ -81,7 +81,8 @@ class SearchStage:
     first_sparsity: float = 0.5   # the climb's first step; then each keeps density_ratio of the rest
     density_ratio: float = 0.6
     max_steps: int = 8
-    step_images: int = 27000      # retraining images per climb step
+    step_images: int = 27000      # retraining images per climb step (doubled after a recovered one)
+    recoveries: int = 1           # further rounds of retraining for a step that fails its check
     bits: list = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     bits_train_images: int = 0    # centroid retraining images of each bit-width candidate (0: none)
     time_budget: float = 0.0      # minutes for the whole run; 0 = no limit
@@ -102,7 +103,7 @@ class Schedule:
 
 
 PRESETS = {
-    "auto": {"prune": {"method": "auto"},
+    "auto": {"prune": {"method": "auto", "lr": 0.02, "hard_weight": 1.0},
              "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000},
              "search": {"time_budget": 15.0}},
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
@@ -194,9 +195,10 @@ def validate_schedule(s):
                (0 <= q.max_drop <= 100, f"search.max_drop must be 0..100 points, not {q.max_drop}"),
                (0 <= q.margin < 1 and 0 < q.prune_share <= 1, "search.margin in [0, 1), prune_share in (0, 1]"),
                (0 < q.val_fraction < 1, "search.val_fraction must be between 0 and 1"),
-               (min(q.sensitivity_images, q.step_images) >= 1 and min(q.max_steps, q.bits_train_images) >= 0,
-                "search.sensitivity_images and step_images must be >= 1, max_steps and "
-                "bits_train_images >= 0"),
+               (min(q.sensitivity_images, q.step_images) >= 1
+                and min(q.max_steps, q.bits_train_images, q.recoveries) >= 0,
+                "search.sensitivity_images and step_images must be >= 1, max_steps, "
+                "bits_train_images and recoveries >= 0"),
                (q.allocation in ("global", "knapsack"), "search.allocation: global or knapsack"),
                (q.protect_drop >= 0, "search.protect_drop must be >= 0 points"),
                (0 < q.first_sparsity < 1 and 0 < q.density_ratio < 1,

@@ -3,6 +3,7 @@ evaluator, and a tiny searching run (decisions on validation images only, same s
 a kill mid-climb resumed to the same bytes)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,6 +113,40 @@ def test_the_climb_keeps_the_last_passing_step_and_halves_a_failing_one(tiny, mo
     passed = [t["sparsity"] for t in state["tried"] if t["passed"]]
     assert sparsity_of(best, prunable_layers(best)) == pytest.approx(max(passed)) and max(passed) <= 0.85
     assert saved == [t["passed"] for t in state["tried"]] + [False] * (len(saved) - len(state["tried"]))
+
+
+def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, monkeypatch):
+    """A step beyond 60 % passes only on its second round of retraining at the same sparsity:
+    the climb retrains it again instead of backing off, and every later step gets twice the
+    images; with no recoveries allowed, the same step backs off."""
+    folder, data, net, _ = tiny
+    rounds = []
+
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+        masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
+        for path, keep in masks.items():
+            student.params()[path] *= keep
+        rounds.append((round(sparsity_of(student, prunable_layers(student)), 3), len(x)))
+
+    def evaluate(net, x, y, *a, **k):
+        s = round(sparsity_of(net, prunable_layers(net)), 3)
+        return {"accuracy": 1.0 if s <= 0.6 or [r[0] for r in rounds].count(s) >= 2 else 0.9}
+    monkeypatch.setattr(auto, "retrain_step", retrain)
+    monkeypatch.setattr(auto, "evaluate", evaluate)
+    args = (net, data.x_train, data.y_train, data.x_train[:10], data.y_train[:10], _flat_ladder(net),
+            Gate(10, 10, 1.0))
+    cfg = SearchStage(first_sparsity=0.5, density_ratio=0.5, max_steps=3, step_images=24)
+    _, state = climb(*args, cfg, PruneStage(), {}, lambda s, b: None, lambda: 1.0, progress=False)
+    t = state["tried"]
+    assert [x["passed"] for x in t] == [True, True, True] and state["stopped"] == "steps"
+    assert [len(x["checks"]) for x in t] == [1, 2, 2] and t[1]["checks"][0] < t[1]["checks"][1]
+    assert [n for _, n in rounds] == [24, 24, 24, 48, 48]  # doubled after the recovered step
+    assert [x["images"] for x in t] == [24, 48, 96]
+    rounds.clear()
+    _, state = climb(*args, replace(cfg, recoveries=0), PruneStage(), {}, lambda s, b: None,
+                     lambda: 1.0, progress=False)
+    assert [x["passed"] for x in state["tried"]][:2] == [True, False]
+    assert state["tried"][2]["target"] < state["tried"][1]["target"]  # backed off
 
 
 def test_the_climb_stops_on_time_and_on_its_step_count(tiny, monkeypatch):
