@@ -56,14 +56,17 @@ def save_model(path, model, meta=None):
     return Path(path)
 
 
-def load_dataset(spec):
+def load_dataset(spec, *, shape=None, resize=None):
     """A Dataset (x_train, y_train, x_test, y_test; a missing split is None) from a shipped name,
-    an IDX or CIFAR-10 folder, or a .npz / .h5 file; a Dataset is returned as it is."""
+    an image folder (train/CLASS/*.jpg|png, val/..., needs npdc[images]), an IDX or CIFAR-10
+    folder, or a .npz / .h5 file; a Dataset is returned as it is. For an image folder, shape
+    (C, H, W) fixes the channels and centre crop and resize the shorter side before the crop;
+    left out, they follow the model each function is given (its input, crop * 256/224)."""
     if isinstance(spec, datasets.Dataset):
         return spec
     if not isinstance(spec, (str, os.PathLike)):
         raise UserError(f"a dataset is a name, a path or a Dataset, not {type(spec).__name__}")
-    return datasets.load_dataset(str(spec))
+    return datasets.load_dataset(str(spec), shape, resize)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -80,11 +83,11 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
     makes it the score's z. executor (npdc.cluster) shares a Net's test set out over a cluster,
     with `shared` (a npdc.jobs.Loaded recipe) in place of the arrays when given.
     """
-    x, y = _split(data, "test")
     if _is_npdc(model):
         net, codes = load_compressed(model)
     else:
         net = _net(model)
+    x, y = _split(data, "test", net.in_shape)
     check_fits(net, x, y)
     pairs = _test_pairs(pairs, embedding, x, y)
     with shown(progress):
@@ -125,9 +128,9 @@ def sensitivity(model, data, *, by="s", values=None, layers=None, granularity="e
     """
     net = _net(model)
     if isinstance(data, tuple) or split == "test":
-        x, y = _split(data, split)
+        x, y = _split(data, split, net.in_shape)
     else:
-        x, y = load_dataset(data).require("train")
+        x, y = load_dataset(data).fit_to(net.in_shape).require("train")
         x, y = x[-val_size:], y[-val_size:]
     check_fits(net, x, y)
     if layers:
@@ -162,7 +165,7 @@ def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, lay
         if not 0 < target < 100:
             raise UserError(f"--target must be between 0 and 100 (percent), not {target}")
     teacher = _net(model)
-    data = load_dataset(data)
+    data = load_dataset(data).fit_to(teacher.in_shape)
     x, y = data.require("train")
     check_fits(teacher, x, y)
     method = "std" if s is not None else "percent" if sparsity is not None else "agp"
@@ -170,7 +173,7 @@ def prune(model, data, *, s=None, sparsity=None, schedule=None, target=None, lay
                        s=s or 0.0, layer_s=layer_s, granularity=granularity, agp_scope=agp_scope,
                        epochs=epochs, lr=lr, kd=kd, tau=tau, hard_weight=hard_weight, on=on,
                        kd_layer=kd_layer, kd_layer_loss=kd_layer_loss, kd_layer_weight=kd_layer_weight,
-                       labels=labels)
+                       labels=labels, keep_first=False)
     with shown(progress):
         student, record = prune_stage(teacher, x, y, stage, batch_size, seed, progress=progress)
         if data.x_test is not None:
@@ -217,8 +220,8 @@ def compress(model, data="fashion-mnist", *, schedule=None, preset="auto", out=N
     elif search:
         schedule = replace(schedule, search=replace(schedule.search, **search))
         validate_schedule(schedule)
-    data = load_dataset(data)
     teacher = modelfile.load_model(model_path)
+    data = load_dataset(data).fit_to(teacher.in_shape)
     for split in ("train", "test"):
         check_fits(teacher, *data.require(split))
     x_test, y_test = data.require("test")
@@ -301,8 +304,9 @@ def _net(model):
     return load_compressed(model)[0] if _is_npdc(model) else load_model(model)
 
 
-def _split(data, split):
-    """(images, labels) of one split: a pair is taken as it is."""
+def _split(data, split, shape):
+    """(images, labels) of one split, an image folder's made for a model taking `shape`; a
+    pair is taken as it is."""
     if isinstance(data, tuple) and len(data) == 2:
         return data
-    return load_dataset(data).require(split)
+    return load_dataset(data).fit_to(shape).require(split)

@@ -84,6 +84,12 @@ def say(text):
     logger.info(text)
 
 
+def warn(text):
+    """Something the user should know although the work goes on (a skipped file): one line at
+    level warning, shown even with --quiet."""
+    logger.warning(text)
+
+
 def progress_bar(iterable=None, *, total=None, desc="", unit="it", enabled=True, leave=True):
     """A bar with tqdm's interface (iterate, update, set_postfix, close): tqdm on a terminal,
     LineProgress elsewhere, a silent tqdm when not `enabled` or when info messages are off."""

@@ -124,7 +124,30 @@ def shared_inputs(args, model, split, size=None):
     from npdc.io.job_inputs import absolute, model_and_images
     from npdc.jobs import Loaded
 
-    return Loaded(model_and_images, absolute(str(model)), absolute(args.data), split, size)
+    return Loaded(model_and_images, absolute(str(model)), absolute(args.data), split, size,
+                  getattr(args, "resize", None))
+
+
+def image_args(s, with_shape=False):
+    """--resize (and, where no model decides the images, --input-shape): how an image folder's
+    files become images."""
+    s.add_argument("--resize", type=positive_int, default=None,
+                   help="image folders: the shorter side in pixels before the centre crop "
+                        "(default: the crop's longer side x 256/224)")
+    if with_shape:
+        s.add_argument("--input-shape", type=shape, default=None,
+                       help="image folders: C,H,W of the images (C 1 for grey or 3 for RGB, H,W "
+                            "the centre crop; default 3,224,224)")
+
+
+def data_arg(args):
+    """What --data names, as the API takes it: the name or path, or with --resize the loaded
+    Dataset (an image folder whose images then follow the model in all but the resize)."""
+    if getattr(args, "resize", None) is None:
+        return args.data
+    from npdc.api import load_dataset
+
+    return load_dataset(args.data, resize=args.resize)
 
 
 def use_threads(value):

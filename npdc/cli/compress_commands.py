@@ -7,9 +7,9 @@ import json
 import sys
 
 from npdc import __version__
-from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, executor_args, executor_from_args,
-                             finite_float, floats, non_negative_int, positive_int, print_json,
-                             shared_inputs, table, threads_args, use_threads)
+from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, data_arg, executor_args,
+                             executor_from_args, finite_float, floats, image_args, non_negative_int,
+                             positive_int, print_json, shared_inputs, table, threads_args, use_threads)
 from npdc.cli.verify_commands import read_test_pairs, verification_args
 from npdc.errors import UserError
 
@@ -36,6 +36,7 @@ def sensitivity_arguments(sub):
     s.add_argument("--out", default=None, help="write the sweep as JSON here")
     s.add_argument("--plot", default=None, help="draw the curves into this PNG file (needs npdc[plots])")
     s.add_argument("--json", action="store_true")
+    image_args(s)
     threads_args(s)
     executor_args(s)
     s.set_defaults(func=cmd_sensitivity)
@@ -55,7 +56,7 @@ def cmd_sensitivity(args):
     layers = [n.strip() for n in args.layers.split(",")] if args.layers else None
     use_threads(args.threads)
     with executor_from_args(args) as executor:
-        result = api.sensitivity(args.model, args.data, by=args.by, values=args.values, layers=layers,
+        result = api.sensitivity(args.model, data_arg(args), by=args.by, values=args.values, layers=layers,
                                  granularity=args.granularity, split=args.split, val_size=args.val_size,
                                  budget=args.budget, progress=not args.json, executor=executor,
                                  shared=shared_inputs(args, args.model, args.split, args.val_size))
@@ -109,6 +110,7 @@ def prune_arguments(sub):
     s.add_argument("--lr", type=finite_float, default=0.005, help="retraining learning rate (default 0.005)")
     s.add_argument("--seed", type=non_negative_int, default=0)
     s.add_argument("--json", action="store_true")
+    image_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_prune)
 
@@ -118,7 +120,7 @@ def cmd_prune(args):
 
     check_paths([args.model, args.data], [("--out", args.out)])
     use_threads(args.threads)
-    student, result = api.prune(args.model, args.data, s=args.s, sparsity=args.sparsity, schedule=args.schedule,
+    student, result = api.prune(args.model, data_arg(args), s=args.s, sparsity=args.sparsity, schedule=args.schedule,
                                 target=args.target, layer_s=args.layer_s, granularity=args.granularity,
                                 agp_scope=args.agp_scope, kd=args.kd, tau=args.tau, hard_weight=args.hard_weight,
                                 on=args.on, labels=not args.unlabeled, kd_layer=args.kd_layer,
@@ -181,6 +183,7 @@ def compress_arguments(sub):
     s.add_argument("--out", default=None, help="compressed file (default REPORT/MODEL.npdc)")
     s.add_argument("--report", default="compressed", help="folder for the report and checkpoints")
     verification_args(s, "--pairs or --metric verification")
+    image_args(s)
     threads_args(s)
     executor_args(s)
     s.set_defaults(func=cmd_compress)
@@ -199,7 +202,7 @@ def cmd_compress(args):
         raise UserError("compress sends its model and images to the workers itself: use --share scatter")
     use_threads(args.threads)
     with executor_from_args(args) as executor:
-        result = api.compress(model, args.data, schedule=args.config, preset=args.preset, out=args.out,
+        result = api.compress(model, data_arg(args), schedule=args.config, preset=args.preset, out=args.out,
                               report=args.report, progress=True, max_drop=args.max_drop,
                               time_budget=args.time_budget, metric=args.metric, pairs=args.pairs,
                               embedding=args.embedding, executor=executor)
@@ -224,6 +227,7 @@ def report_arguments(sub):
     s.add_argument("--preset", choices=["relative", "zte"], default="relative", help="score preset")
     s.add_argument("--json", action="store_true")
     verification_args(s)
+    image_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_report)
 
@@ -244,8 +248,8 @@ def cmd_report(args):
         from npdc.engine.verification import verify_net
         from npdc.io.datasets import load_dataset
 
-        x, y = load_dataset(args.data).require("test")
         compressed = load_compressed(args.model)[0]
+        x, y = load_dataset(args.data, resize=args.resize).fit_to(compressed.in_shape).require("test")
         check_fits(compressed, x, y)
         if baseline is not None:
             check_fits(baseline, x, y)

@@ -7,9 +7,9 @@ import sys
 import time
 
 from npdc import __version__
-from npdc.cli.common import (check_paths, executor_args, executor_from_args, finite_float, floats,
-                             non_negative_int, positive_int, print_json, shape, shared_inputs, table,
-                             threads_args, use_threads, weights_arg)
+from npdc.cli.common import (check_paths, data_arg, executor_args, executor_from_args, finite_float,
+                             floats, image_args, non_negative_int, positive_int, print_json, shape,
+                             shared_inputs, table, threads_args, use_threads, weights_arg)
 from npdc.cli.verify_commands import verification_args, verification_lines
 from npdc.errors import UserError
 
@@ -35,6 +35,11 @@ def train_arguments(sub):
                         "`compress` validates on by default, 0.1) and report accuracy on it; "
                         "default 0: train on every image")
     s.add_argument("--width", type=positive_int, default=None, help="resnet18 family: channels of stage 2")
+    s.add_argument("--mean", type=floats, default=None,
+                   help="input mean per channel, [0,1] scale (default: measured on the training images)")
+    s.add_argument("--std", type=floats, default=None,
+                   help="input std per channel, [0,1] scale (default: measured on the training images)")
+    image_args(s, with_shape=True)
     threads_args(s)
     s.set_defaults(func=cmd_train)
 
@@ -48,7 +53,8 @@ def cmd_train(args):
     if args.arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {args.arch!r}; known: {', '.join(ARCHITECTURES)}")
     check_paths([args.data], [("--out", args.out)])
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, args.input_shape, args.resize)
+    data = data.fit_to(data.image_shape)  # an image folder's images as given (or 3x224x224)
     x, y, x_val, y_val = data.held_out(args.val_fraction)
     spec = {"arch": args.arch, "input_shape": list(data.image_shape), "num_classes": data.num_classes}
     if args.width is not None:
@@ -60,7 +66,8 @@ def cmd_train(args):
                  weight_decay=args.weight_decay, schedule=args.schedule,
                  augment_pad=args.augment_pad)
     t0 = time.time()
-    net, history = train_model(spec, x, y, args.epochs, seed=args.seed, **hyper)
+    net, history = train_model(spec, x, y, args.epochs, seed=args.seed, mean=args.mean, std=args.std,
+                               **hyper)
     meta = {"command": "python -m npdc " + " ".join(sys.argv[1:]), "npdc_version": __version__,
             "dataset": data.name, "seed": args.seed, "epochs": args.epochs, "threads": threads,
             "train_seconds": round(time.time() - t0, 1), "history": history, **hyper}
@@ -90,6 +97,7 @@ def evaluate_arguments(sub):
     s.add_argument("--baseline", default=None,
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
     verification_args(s)
+    image_args(s)
     threads_args(s)
     executor_args(s)
     s.set_defaults(func=cmd_evaluate)
@@ -103,7 +111,7 @@ def cmd_evaluate(args):
                         "file is measured on this machine")
     use_threads(args.threads)
     with executor_from_args(args) as executor:
-        r = api.evaluate(args.model, args.data, batch_size=args.batch_size, weights=args.weights,
+        r = api.evaluate(args.model, data_arg(args), batch_size=args.batch_size, weights=args.weights,
                          baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
                          progress=not args.json, executor=executor,
                          shared=shared_inputs(args, args.model, "test"))
@@ -272,6 +280,7 @@ def import_arguments(sub):
     s.add_argument("--std", type=floats, default=None, help="input std per channel, [0,1] scale: R,G,B")
     s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: 32x32 for CIFAR, 224x224 for ImageNet nets)")
     s.add_argument("--data", default=None, help="evaluate the imported model on this test split")
+    image_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_import)
 
@@ -290,7 +299,7 @@ def cmd_import(args):
         print("no --mean/--std given: the model sees pixels scaled to [0, 1]")
     if args.data:
         use_threads(args.threads)
-        r = api.evaluate(net, args.data)
+        r = api.evaluate(net, data_arg(args))
         meta["test_accuracy"] = r["accuracy"]
         print(f"test accuracy {meta['test_accuracy']:.4f} on {r['images']} images")
     api.save_model(args.out, net, meta)

@@ -64,3 +64,24 @@ def check_fits(net, x, y=None):
         raise UserError(f"dataset has label {int(y.max())}, the model has {classes} classes")
     if y is not None and len(y) and int(y.min()) < 0:
         raise UserError(f"dataset has label {int(y.min())}, labels start at 0")
+
+
+def take_rows(x, rows):
+    """x[rows] for an index array; an image array decoded lazily (an image folder's) stays lazy
+    through its `subset`, so holding out or sampling images decodes none of them."""
+    subset = getattr(x, "subset", None)
+    return subset(rows) if subset is not None else x[rows]
+
+
+def set_normalisation(net, mean=None, std=None):
+    """Set the input normalisation of `net` where given: mean and std per channel, on the [0, 1]
+    scale of the images; each needs one finite float32 per input channel, std above 0."""
+    for label, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        values = np.asarray(values, np.float32)
+        if values.shape != (net.in_shape[0],):
+            raise UserError(f"--{label} needs {net.in_shape[0]} values (one per input channel), got {values.size}")
+        if not np.all(np.isfinite(values)) or (label == "std" and not np.all(values > 0)):
+            raise UserError(f"--{label} values must be finite (and --std positive) in float32")
+        setattr(net, label, values)

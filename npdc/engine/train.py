@@ -8,7 +8,7 @@ import numpy as np
 from npdc.engine.losses import cross_entropy
 from npdc.engine.optim import SCHEDULES, SGD
 from npdc.engine.resnet import build_net
-from npdc.engine.images import channel_stats
+from npdc.engine.images import channel_stats, set_normalisation
 from npdc.errors import UserError
 from npdc.jobs import run_jobs
 from npdc.progress import progress_bar
@@ -154,12 +154,15 @@ def evaluate_model(net, x, y, batch_size=256, progress=False, executor=None, sha
             "images_per_s": len(x) / seconds if seconds > 0 else 0.0}
 
 
-def train_model(spec, x, y, epochs, seed=0, progress=True, **hyper):
-    """Build the net from `spec` (seeded), set its input normalisation from x, train it.
+def train_model(spec, x, y, epochs, seed=0, progress=True, mean=None, std=None, **hyper):
+    """Build the net from `spec` (seeded), set its input normalisation (mean and std per channel
+    on the [0, 1] scale, measured on x when not given), train it.
 
     Returns (net, history). hyper: the keyword arguments of fit (batch_size, lr, ...).
     """
     net = build_net(spec, seed=seed)
-    net.mean, net.std = channel_stats(x)
+    if mean is None or std is None:
+        net.mean, net.std = channel_stats(x)
+    set_normalisation(net, mean, std)
     history = fit(net, x, y, epochs, seed=seed, progress=progress, **hyper)
     return net, history

@@ -1,4 +1,5 @@
-"""Load image-classification datasets (IDX, CIFAR-10 python batches, .npz, HDF5) into NumPy arrays.
+"""Load image-classification datasets (IDX, CIFAR-10 python batches, .npz, HDF5) into NumPy arrays,
+and image folders (npdc.io.imagefolder) as arrays decoded batch by batch.
 
 Images keep their stored dtype (usually uint8) so 60k images cost 47 MB instead of 188 MB as
 float32; training code converts one batch at a time with `npdc.engine.images.as_float`. Every malformed input is
@@ -11,13 +12,15 @@ allocated; float images must be finite, labels non-negative and below 2**31.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from npdc.engine.images import take_rows
 from npdc.errors import UserError
 from npdc.io.bounded import gunzip
+from npdc.io.imagefolder import is_image_folder, load_folder
 from npdc.io.npz import read_npz
 from npdc.io.safe_pickle import MAX_DIMS, SAFE_KINDS, check_shape, restricted_loads
 from npdc.limits import Budget
@@ -49,7 +52,8 @@ _FINITE_CHUNK = 1 << 22  # elements checked at a time, so the check costs no cop
 @dataclass
 class Dataset:
     """Train and test splits of one dataset, and a validation split when the dataset has its own
-    (x_val/y_val); a split that was not supplied is None."""
+    (x_val/y_val); a split that was not supplied is None. An image folder's images are
+    FolderImages (decoded when indexed) and its class names are `classes`."""
 
     name: str
     x_train: np.ndarray | None
@@ -58,6 +62,7 @@ class Dataset:
     y_test: np.ndarray | None
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    classes: tuple[str, ...] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -69,6 +74,8 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        if self.classes:
+            return len(self.classes)
         largest = [int(y.max()) for y in (self.y_train, self.y_test) if y is not None and y.size]
         if not largest:
             raise UserError(f"dataset '{self.name}' contains no labels")
@@ -91,7 +98,14 @@ class Dataset:
         if self.x_val is not None:
             return x, y, self.x_val, self.y_val
         fit, val = holdout_indices(len(x), fraction, seed)
-        return x[fit], y[fit], x[val], y[val]
+        return take_rows(x, fit), y[fit], take_rows(x, val), y[val]
+
+    def fit_to(self, shape) -> "Dataset":
+        """This dataset with an image folder's images made as a model taking `shape` (C, H, W)
+        wants them (its channels and crop, unless given when loading); other datasets as they are."""
+        lazy = {k: v.fitted(shape) for k in ("x_train", "x_val", "x_test")
+                if hasattr(v := getattr(self, k), "fitted")}
+        return replace(self, **lazy) if lazy else self
 
 
 def holdout_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,14 +130,24 @@ def shipped_names() -> list[str]:
     )
 
 
-def load_dataset(spec: str) -> Dataset:
-    """Load a dataset from a path (IDX or CIFAR-10 batch directory, .npz, .h5/.hdf5) or a
-    shipped dataset name.
+def load_dataset(spec: str, shape=None, resize=None) -> Dataset:
+    """Load a dataset from a path (an image folder, IDX or CIFAR-10 batch directory, .npz,
+    .h5/.hdf5) or a shipped dataset name.
 
-    Array files hold x_train/y_train/x_test/y_test (and x_val/y_val, a validation split); 4-D images are taken as (N, C, H, W), since
+    An image folder's images are made `shape` (C, H, W; default 3x224x224, refitted to a model
+    by Dataset.fit_to) with the shorter side resized to `resize` first; other datasets refuse
+    both. Array files hold x_train/y_train/x_test/y_test (and x_val/y_val, a validation split); 4-D images are taken as (N, C, H, W), since
     channels-last cannot be told apart reliably, so transpose NHWC data before saving it.
     """
     path = Path(spec).expanduser()
+    if is_image_folder(path):
+        splits, classes = load_folder(path, shape, resize)
+        return Dataset(path.resolve().name, *splits.get("train", (None, None)),
+                       *splits.get("test", (None, None)), *splits.get("val", (None, None)),
+                       classes=tuple(classes))
+    if shape is not None or resize is not None:
+        raise UserError(f"{spec}: --input-shape and --resize apply to image folders "
+                        "(train/CLASS/*.jpg), not to this dataset")
     if path.exists():
         if path.is_dir():
             if any((path / n).is_file() for n in (*_CIFAR_TRAIN, _CIFAR_TEST)):

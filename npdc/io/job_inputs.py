@@ -19,9 +19,11 @@ def evaluation_images(data, split, size=None):
     return x[-size:], y[-size:]
 
 
-def model_and_images(model, data, split, size=None):
-    """(net, x, y) from a model file and a dataset (a path or a shipped name)."""
-    return load_model(model), *evaluation_images(load_dataset(data), split, size)
+def model_and_images(model, data, split, size=None, resize=None):
+    """(net, x, y) from a model file and a dataset (a path or a shipped name; an image folder's
+    images made for the model, their shorter side `resize` when given)."""
+    net = load_model(model)
+    return net, *evaluation_images(load_dataset(data, resize=resize).fit_to(net.in_shape), split, size)
 
 
 def absolute(spec):

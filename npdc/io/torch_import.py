@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from npdc.engine.images import set_normalisation
 from npdc.engine.resnet import build_net, check_spec, spec_cost
 from npdc.errors import UserError
 from npdc.io.torch_arch import hyper_parameters, recognise, unrecognised
@@ -174,14 +175,5 @@ def import_checkpoint(path, arch, mean=None, std=None, input_shape=None):
             raise UserError(f"--std values must be positive, got {np.asarray(values).tolist()}")
     state = find_state_dict(load_checkpoint(path), path)
     net = state_to_net(state, arch, path, input_shape, Budget.for_path(path))
-    channels = net.in_shape[0]
-    for label, values in (("mean", mean), ("std", std)):
-        if values is None:
-            continue
-        values = np.asarray(values, np.float32)
-        if values.shape != (channels,):
-            raise UserError(f"--{label} needs {channels} values (one per input channel), got {values.size}")
-        if not np.all(np.isfinite(values)) or (label == "std" and not np.all(values > 0)):
-            raise UserError(f"--{label} values must be finite (and --std positive) in float32")
-        setattr(net, label, values)
+    set_normalisation(net, mean, std)
     return net

@@ -32,13 +32,16 @@ from npdc.pipeline.stages import (check_schedule_names, encode_stage, layer_bits
 
 def run_key(schedule, model_path, data):
     """What a checkpoint must match to be resumed: the schedule's digest and the sha256 of the
-    model file and of the dataset's arrays (shape, dtype and bytes of each split)."""
+    model file and of the dataset's arrays (shape, dtype and bytes of each split; an image
+    folder's file names, sizes and times)."""
     model = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
     arrays = hashlib.sha256()
     for name in ("x_train", "y_train", "x_test", "y_test"):
         a = getattr(data, name, None)
         arrays.update(f"{name}:{None if a is None else (a.shape, a.dtype.str)};".encode())
-        if a is not None:
+        if hasattr(a, "fingerprint"):  # an image folder: its files, not every decoded image
+            arrays.update(a.fingerprint())
+        elif a is not None:
             arrays.update(memoryview(np.ascontiguousarray(a)).cast("B"))
     return {"schedule": schedule.digest(), "model": model, "data": arrays.hexdigest()}
 

@@ -26,7 +26,9 @@ class PruneStage:
                                   # std: |w| < std(W)*s; percent; none: quantize and encode only
     target: float = 80.0          # agp and percent: sparsity in percent
     s: float = 0.0                # std: the threshold multiplier
-    layer_s: str = "conv1=0"      # per-layer overrides; with agp only 0 (kept dense) is allowed
+    layer_s: str = ""             # per-layer overrides; with agp only 0 (kept dense) is allowed
+    keep_first: bool = True       # the first conv (conv1, features.0.0: it sees the pixels) stays
+                                  # dense unless layer_s names it
     granularity: str = "element"
     agp_scope: str = "global"     # agp: one cut across layers, or every layer to the target
     epochs: int = 1

@@ -24,6 +24,7 @@ from npdc.compress.prune import (check_layer_names, filter_masks_complete, masks
 from npdc.compress.quantize import CentroidSGD, quantize_net
 from npdc.compress.thin import thin_filters
 from npdc.engine.layers import Conv2d
+from npdc.engine.images import take_rows
 from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.errors import UserError
@@ -34,7 +35,7 @@ def training_subset(x, y, n, seed):
     if not n or n >= len(x):
         return x, y
     pick = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
-    return x[pick], y[pick]
+    return take_rows(x, pick), y[pick]
 
 
 def check_schedule_names(net, schedule):
@@ -46,9 +47,12 @@ def check_schedule_names(net, schedule):
 
 def _masks_or_gradual(teacher, stage, steps, keep=()):
     """(fixed masks, None) for a one-shot cut, or (None, GradualPruner factory) for AGP; the
-    layers in `keep` stay dense whatever layer_s says."""
+    layers in `keep` stay dense whatever layer_s says, the first one (keep_first) unless it says."""
     overrides = parse_layer_s(stage.layer_s)
     check_layer_names(teacher, overrides)
+    first = prunable_layers(teacher)[:1]
+    if stage.keep_first and first and first[0] not in overrides:
+        overrides[first[0]] = (0.0, False)
     overrides.update({name: (0.0, False) for name in keep})
     if stage.method == "agp":
         kept = [n for n, (v, _) in overrides.items() if v == 0]

@@ -194,8 +194,10 @@ def _generic(layer, xs, y):
 
 
 def check_images(images, in_shape):
-    """Images as (N, C, H, W) of the model's input shape; (N, H, W) gets a channel axis."""
-    images = np.asarray(images)
+    """Images as (N, C, H, W) of the model's input shape; (N, H, W) gets a channel axis. An
+    array-like with shape and dtype (an image folder's, decoded by batch) is taken as it is."""
+    if not all(hasattr(images, a) for a in ("shape", "ndim", "dtype")):
+        images = np.asarray(images)
     if images.ndim == 3 and len(in_shape) == 3 and in_shape[0] == 1:
         images = images[:, None]
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(in_shape):
