@@ -145,7 +145,8 @@ def _ints(f, where, what):
 
 def _room(shape, dtype, budget, where):
     count = math.prod(shape)
-    budget.take(count * np.dtype(dtype).itemsize, f"{where}'s folded result ({count:,} elements)")
+    node = where.removeprefix(f"{budget.name}: ")
+    budget.take(count * np.dtype(dtype).itemsize, f"the folded result of {node} ({count:,} elements)")
 
 
 def reshape_target(shape, target, allowzero, where):

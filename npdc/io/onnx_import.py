@@ -72,6 +72,18 @@ def _parse(source):
     return model
 
 
+def _check_order(g, source):
+    """ONNX requires nodes in topological order: a node reading a value no earlier node (nor an
+    input or initializer) writes is a cycle or a damaged file."""
+    known = {v.name for v in g.input} | {t.name for t in g.initializer}
+    for i, n in enumerate(g.node):
+        missing = next((v for v in n.input if v and v not in known), None)
+        if missing is not None:
+            raise UserError(f"{source}: node {n.name[:60] or i!r} ({n.op_type}) reads {missing[:60]!r}, which "
+                            "no earlier node writes (a cycle, or nodes out of order)")
+        known.update(n.output)
+
+
 def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
@@ -93,6 +105,7 @@ class _Walk:
             if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED:
                 raise UserError(f"{source}: op {n.domain + '.' if n.domain else ''}{n.op_type[:40]} (node "
                                 f"{n.name[:60]!r}) is not supported; npdc imports {', '.join(SUPPORTED)}")
+        _check_order(g, source)
         self.values = {}  # ONNX value name -> Folded or Act
         for t in g.initializer:
             self.values[t.name] = Folded(tensor_array(t, budget, source, folder))

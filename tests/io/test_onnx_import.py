@@ -14,6 +14,7 @@ from npdc.errors import UserError
 from npdc.io import onnx_export
 from npdc.io.modelfile import load_model
 from tests.conftest import assert_one_line_error, run_cli
+from tests.engine.test_graph import SHORTCUT_SPEC
 from tests.io.test_onnx_export import SPECS, _net, _ort_logits
 
 onnx = pytest.importorskip("onnx")
@@ -68,11 +69,12 @@ def test_the_cli_writes_a_model_file(tmp_path, capsys):
     assert np.abs(load_model(out).predict(x) - logits).max() <= 1e-4
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(SPECS) + ["shortcut"])
 def test_npdcs_own_export_imports_back_to_the_same_net(tmp_path, name):
-    """Every graph op (BN, PReLU, Clip, average pooling, dilation, groups, concat, option A) and
-    the input normalisation the export writes as Sub and Div."""
-    net = _net(SPECS[name])
+    """Every graph op (BN, PReLU, Clip, average pooling, dilation, groups, concat, option A with
+    its zero channels placed evenly or not) and the input normalisation the export writes as Sub
+    and Div."""
+    net = _net(SHORTCUT_SPEC if name == "shortcut" else SPECS[name])
     onnx_export.export_onnx(net, tmp_path / "m.onnx")
     back = api.import_checkpoint(tmp_path / "m.onnx")
     np.testing.assert_allclose(back.mean, net.mean, rtol=1e-6)
