@@ -84,6 +84,22 @@ def _check_order(g, source):
         known.update(n.output)
 
 
+def _scoped(name, weighted):
+    """PyTorch names a node by its module scopes, each the qualified name of a submodule
+    (`/layer1/layer1.0/conv1/Conv`): the innermost qualified name, without the op of a module's
+    own node."""
+    parts = [p for p in name.split("/") if p]
+    if weighted and len(parts) > 1:
+        parts = parts[:-1]
+    out = []
+    for p in parts:
+        if out and p.startswith(out[-1] + "."):
+            out[-1] = p
+        else:
+            out.append(p)
+    return ".".join(out)
+
+
 def _first_line(e):
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
@@ -235,11 +251,13 @@ class _Walk:
         return Act(name, shape_hint or shape)
 
     def name(self, n, op):
-        """The weight's name when the exporter kept the module's (`layer1.0.conv1.weight`), else
-        the node's, made of the characters a graph name allows; unique."""
-        weight = n.input[1] if op in ("conv", "linear", "bn", "prelu") and len(n.input) > 1 else ""
-        base = weight[:-len(".weight")] if weight.endswith(".weight") and "::" not in weight else n.name
-        base = re.sub(r"[^A-Za-z0-9_.:-]", "_", base.strip("/").replace("/", ".")).lstrip(".:-")[:120]
+        """The module's name where the exporter kept it: from the weight (`layer1.0.conv1.weight`)
+        or from PyTorch's scoped node name (`/layer1/layer1.0/conv1/Conv` -> `layer1.0.conv1`),
+        else the node's name; made of the characters a graph name allows, and unique."""
+        weighted = op in ("conv", "linear", "bn", "prelu")
+        weight = n.input[1] if weighted and len(n.input) > 1 else ""
+        base = weight[:-len(".weight")] if weight.endswith(".weight") and "::" not in weight else _scoped(n.name, weighted)
+        base = re.sub(r"[^A-Za-z0-9_.:-]", "_", base).lstrip(".:-")[:120]
         base, name, k = base or op, base or op, 1
         while name in self.shapes:
             k += 1
