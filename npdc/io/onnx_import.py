@@ -130,9 +130,10 @@ class _Walk:
                 t.CopyFrom(onnx.numpy_helper.from_array(self.values[t.name].value, t.name))
         try:
             onnx.checker.check_model(model)
-            self.inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         except Exception as e:  # noqa: BLE001 -- checker and inference raise their own kinds
             raise UserError(f"{source}: {_first_line(e)}") from None
+        self.inferred = {v.name: v for v in inferred.graph.value_info}
         self.graph, self.nodes, self.shapes, self.weights = g, [], {INPUT: None}, {}
         self.mean = self.std = None
         self._input(input_shape)
@@ -158,6 +159,7 @@ class _Walk:
                             f"fixed; give --input-shape C,H,W{' matching the file' if input_shape else ''}")
         if any(not 1 <= d <= 1 << 16 for d in shape):
             raise UserError(f"{self.source}: input shape {shape} is outside 1..65,536 per dimension")
+        self.fixed_batch = dims[0]  # a file exported for one batch size writes it as a number
         self.in_shape = tuple(shape)
         self.shapes[INPUT] = (self.in_shape, 0)
         self.values[inputs[0].name] = Act(INPUT, self.in_shape)
@@ -230,12 +232,11 @@ class _Walk:
         """onnx's shape inference and npdc's own must agree on every activation's static shape."""
         if not isinstance(value, Act):
             return
-        for info in self.inferred.graph.value_info:
-            if info.name == name:
-                dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
-                if len(dims) == len(value.shape) + 1 and any(a is not None and a != b for a, b in zip(dims[1:], value.shape)):
-                    raise UserError(f"{where}: npdc works out shape {value.shape}, ONNX's shape inference {dims[1:]}")
-                return
+        info = self.inferred.get(name)
+        if info is not None:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+            if len(dims) == len(value.shape) + 1 and any(a is not None and a != b for a, b in zip(dims[1:], value.shape)):
+                raise UserError(f"{where}: npdc works out shape {value.shape}, ONNX's shape inference {dims[1:]}")
 
     # -- helpers --------------------------------------------------------------------------------
     def emit(self, n, op, inputs, shape_hint=None, weights=None, **settings):

@@ -168,8 +168,8 @@ def reshape(w, n, ins, a, where):
     t, m, total = [int(v) for v in f.value], list(f.mask()), math.prod(x.shape)
     if any(m[1:]) or len(t) < 2:
         raise UserError(f"{where}: Reshape to {t}: npdc imports Reshape to (batch, features)")
-    batch = m[0] or (t[0] == 0 and not attr(a, "allowzero", "int", 0, where)) or (t[0] == -1 and
-                                                                                   math.prod(t[1:]) == total)
+    batch = (m[0] or t[0] == w.fixed_batch or (t[0] == 0 and not attr(a, "allowzero", "int", 0, where))
+             or (t[0] == -1 and math.prod(t[1:]) == total))
     if batch and t[1:] == list(x.shape):
         return x
     if not batch or len(t) != 2 or t[1] not in (-1, total):
