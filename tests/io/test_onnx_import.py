@@ -85,9 +85,9 @@ def test_npdcs_own_export_imports_back_to_the_same_net(tmp_path, name):
 
 
 # -- hand-written graphs: what other exporters write ----------------------------------------------
-def _model(nodes, inits, in_shape=(1, 2, 6, 6), opset=13, name="y"):
+def _model(nodes, inits, in_shape=("N", 2, 6, 6), opset=13, name="y"):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape[1:]])],
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", "K"])],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -138,6 +138,28 @@ def test_matmul_add_reshape_by_batch_size_reduce_mean_and_clip(tmp_path):
     assert np.abs(net.predict(x) - ref).max() <= 1e-5
 
 
+def _pooled(in_shape, target):
+    nodes = [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["m", "target"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "W"], ["y"], transB=1)]
+    return _model(nodes, {"target": _i64(*target), "W": _w(3, 18)}, in_shape=in_shape)
+
+
+def test_a_symbolic_image_size_is_fixed_by_input_shape_and_a_fixed_batch_by_the_file(tmp_path, capsys):
+    """--input-shape gives the sizes a file leaves open; a file exported for batch 1 writes its
+    reshapes as (1, features), which npdc reads as (batch, features)."""
+    path = _save(_pooled(("N", 2, "H", "W"), (0, -1)), tmp_path / "open.onnx")
+    code, _, err = run_cli(["import", str(path), "--input-shape", "2,6,6", "--out", str(tmp_path / "m.h5")], capsys)
+    assert code == 0, err
+    assert load_model(tmp_path / "m.h5").in_shape == (2, 6, 6)
+    path = _save(_pooled((1, 2, 6, 6), (1, 18)), tmp_path / "one.onnx")
+    net = api.import_checkpoint(path)
+    assert [n["op"] for n in net.spec["nodes"]] == ["maxpool", "flatten", "linear"]
+    x = np.random.default_rng(3).integers(0, 256, (4, 2, 6, 6)).astype(np.uint8)
+    pooled = (x / 255).reshape(4, 2, 3, 2, 3, 2).max(axis=(3, 5)).reshape(4, 18)
+    np.testing.assert_allclose(net.predict(x), pooled @ _w(3, 18).T.astype(np.float64), atol=1e-5)
+
+
 def test_external_data_beside_the_file_is_read(tmp_path):
     model = _model([helper.make_node("Conv", ["x", "W"], ["c"], kernel_shape=[3, 3]),
                     helper.make_node("GlobalAveragePool", ["c"], ["p"]),
@@ -183,7 +205,7 @@ REFUSED = {
         {"i0": np.int64(0), "zeros": np.zeros(8, np.int64)}), "batch size"),
     "a symbolic image size": (_model([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
                                       helper.make_node("Flatten", ["p"], ["y"])], {},
-                                     in_shape=(1, 2, "H", "W")), "--input-shape"),
+                                     in_shape=("N", 2, "H", "W")), "--input-shape"),
     "an old opset": (_conv_model(), "opset 9"),
 }
 

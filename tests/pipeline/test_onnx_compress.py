@@ -11,20 +11,11 @@ from npdc.codec.model import load_compressed
 from npdc.io.modelfile import load_model
 from npdc.runtime.infer import load_runtime
 from tests.conftest import rel_err, run_cli
+from tests.test_cli_import import NORM, _rgb_npz
 
 pytest.importorskip("onnx")
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "torch" / "torchvision"
-NORM = ["--mean", "0.4914,0.4822,0.4465", "--std", "0.2470,0.2435,0.2616"]
-
-
-def _rgb_npz(path, n_train=16, n_test=8):
-    r = np.random.default_rng(0)
-    arrays = {f"x_{s}": r.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-              for s, n in (("train", n_train), ("test", n_test))}
-    arrays.update({f"y_{s}": np.arange(n) % 10 for s, n in (("train", n_train), ("test", n_test))})
-    np.savez(path, **arrays)
-    return str(path)
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet8_w4", "mobilenet_v2_w010", "tv_resnet50_w2"])
