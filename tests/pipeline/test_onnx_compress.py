@@ -42,3 +42,13 @@ def test_an_imported_onnx_model_prunes_compresses_and_runs(tmp_path, capsys, nam
     decoded = load_compressed(npdc_file)[0]
     images = np.load(data)["x_test"]
     assert rel_err(load_runtime(npdc_file, "sparse", 4).predict(images), decoded.predict(images)) < 1e-5
+
+
+def test_sensitivity_sweeps_an_imported_model_by_its_pytorch_names(tmp_path, capsys):
+    data, model = _rgb_npz(tmp_path / "rgb.npz"), tmp_path / "m.h5"
+    code, _, err = run_cli(["import", str(DATA / "cifar_resnet8_w4.onnx"), "--out", str(model), *NORM], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["sensitivity", str(model), "--data", data, "--values", "0,1", "--layers",
+                              "layer2.0.conv1,linear", "--val-size", "8", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "layer2.0.conv1" in out and "linear" in out
