@@ -41,6 +41,8 @@ def import_onnx(path, mean=None, std=None, input_shape=None):
     input normalisation, input_shape (C, H, W) fixes sizes the file leaves symbolic."""
     need_onnx()
     source = str(path)
+    if not os.path.isfile(source):
+        raise UserError(f"no ONNX model file {source}")
     budget = Budget.for_path(path)
     model = _parse(source)
     walk = _Walk(model, source, budget, os.path.dirname(os.path.abspath(source)), input_shape)
@@ -60,8 +62,11 @@ def import_onnx(path, mean=None, std=None, input_shape=None):
 
 
 def _parse(source):
-    with open(source, "rb") as f:
-        data = f.read()
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UserError(f"{source}: cannot be read ({e.strerror})") from None
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)

@@ -221,6 +221,11 @@ def test_what_npdc_cannot_express_is_one_line_and_writes_nothing(tmp_path, capsy
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_a_missing_file_is_one_line(tmp_path, capsys):
+    code, _, err = run_cli(["import", str(tmp_path / "absent.onnx"), "--out", str(tmp_path / "m.h5")], capsys)
+    assert "no ONNX model file" in assert_one_line_error(code, err)
+
+
 def test_arch_is_refused_for_onnx(tmp_path, capsys):
     code, _, err = run_cli(["import", str(DATA / "tv_resnet18_w2.onnx"), "--arch", "tv-resnet18",
                             "--out", str(tmp_path / "m.h5")], capsys)
