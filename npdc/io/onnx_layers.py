@@ -115,8 +115,8 @@ def add(w, n, ins, a, where):
     if node.get("op") not in ("conv", "linear") or node.get("bias") or w.uses.get(source) != 1:
         raise UserError(f"{where}: Add of a constant is imported only as the bias of the Conv, Gemm "
                         "or MatMul before it (read by nothing else)")
-    node["bias"] = True
     w.weights[node["name"]]["b"] = _per_channel(w, c, x.shape, where, "the added bias")
+    node["bias"] = True
     return x
 
 
