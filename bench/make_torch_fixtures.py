@@ -20,12 +20,17 @@ Seeded, so a rerun with the same torch writes the same tensors. What it writes:
 - torchvision/: torchvision-named nets (bench/torchvision_twins.py) at reduced width, 10 classes,
   for 32x32 inputs: tv_resnet18_w2.pt (float16, plain state_dict), tv_resnet50_w2.pt (float16,
   nested under "state_dict"), mobilenet_v2_w010.pt (width multiplier 0.1, float16) and
-  squeezenet1_1_w8.pt (width 8, float32); their expected.npz as above.
+  squeezenet1_1_w8.pt (width 8, float32); their expected.npz as above. Each is also exported
+  to ONNX (`<name>.onnx`: torch's TorchScript exporter, opset 13, eval mode, so batch norm is
+  folded into the conv before it and the convs carry biases; batch size symbolic), with one more
+  net only as ONNX: cifar_resnet8_w4.onnx, a CIFAR ResNet-8 of width 4 whose option-A shortcuts
+  export as Slice and Pad fed by the shape arithmetic exporters write (Shape, Gather, Concat, ...).
 The batch-norm statistics are set by running random batches in train mode, then every
 batch-norm scale and shift is perturbed, so importing BN wrongly changes the logits.
 """
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +109,16 @@ def settle_batchnorm(model, gen):
     model.eval()
 
 
-def make_network(name, expected, gen, dtype=torch.float32, model=None, **kw):
+def export_onnx(model, path):
+    """`model` (eval mode) as an ONNX file of opset 13 with a symbolic batch size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated; the other needs onnxscript
+        torch.onnx.export(model, torch.zeros(1, 3, 32, 32), path, dynamo=False, opset_version=13,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+
+
+def make_network(name, expected, gen, dtype=torch.float32, model=None, onnx_path=None, **kw):
     model = model or CifarResNet(**kw)
     settle_batchnorm(model, gen)
     model = model.to(dtype).to(torch.float32)  # the logits of exactly the weights that are saved
@@ -114,6 +128,8 @@ def make_network(name, expected, gen, dtype=torch.float32, model=None, **kw):
         logits = model((x.float() / 255 - mean) / std)
     expected.update({f"{name}.x": x.numpy(), f"{name}.mean": np.array(MEAN, np.float32),
                      f"{name}.std": np.array(STD, np.float32), f"{name}.logits": logits.numpy()})
+    if onnx_path is not None:
+        export_onnx(model, onnx_path)
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
 
 
@@ -157,8 +173,9 @@ def make_torchvision():
     torch.manual_seed(1)
     expected = {}
     for name, (model, dtype, nest) in TORCHVISION.items():
-        state = make_network(name, expected, gen, dtype=dtype, model=model())
+        state = make_network(name, expected, gen, dtype=dtype, model=model(), onnx_path=out / f"{name}.onnx")
         torch.save({nest: state} if nest else state, out / f"{name}.pt")
+    make_network("cifar_resnet8_w4", expected, gen, depth=8, width=4, onnx_path=out / "cifar_resnet8_w4.onnx")
     np.savez(out / "expected.npz", **expected)
     for f in sorted(out.iterdir()):
         print(f"{f.stat().st_size:>9,} B  {f.relative_to(OUT.parents[2])}")

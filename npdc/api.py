@@ -31,7 +31,7 @@ from npdc.engine.train import evaluate as accuracy_of, evaluate_model
 from npdc.engine.verification import check_embedding, check_pairs, verify_net
 from npdc.errors import UserError
 from npdc.evaluate import evaluate_compressed, verification_before_after
-from npdc.io import datasets, modelfile, torch_import
+from npdc.io import datasets, modelfile, onnx_import, torch_import
 from npdc.io.export import EXPORTERS
 from npdc.io.pairs import read_pairs
 from npdc.paths import check_paths
@@ -273,8 +273,14 @@ def decompress(path, out=None):
 # -- other formats -----------------------------------------------------------------------------
 def import_checkpoint(path, arch=None, *, mean=None, std=None, input_shape=None):
     """A Net of architecture `arch` (None: recognised from the checkpoint's names and shapes)
-    from a PyTorch checkpoint (zip or legacy; only tensors and plain containers are unpickled). mean and std (per channel, images on the [0, 1] scale)
-    become its input normalisation; input_shape is (C, H, W)."""
+    from a PyTorch checkpoint (zip or legacy; only tensors and plain containers are unpickled),
+    or, for a path ending in .onnx, the graph net of an ONNX model (needs npdc[onnx]; no arch).
+    mean and std (per channel, images on the [0, 1] scale) become its input normalisation;
+    input_shape is (C, H, W)."""
+    if str(path).lower().endswith(".onnx"):
+        if arch is not None:
+            raise UserError("an ONNX model brings its own graph: leave out --arch")
+        return onnx_import.import_onnx(path, mean, std, input_shape)
     return torch_import.import_checkpoint(path, arch, mean, std, input_shape)
 
 

@@ -266,13 +266,14 @@ def cmd_tune(args):
 
 # -- import ------------------------------------------------------------------------------------
 def import_arguments(sub):
-    s = sub.add_parser("import", help="import a PyTorch checkpoint (.pt/.pth/.th) as a model",
+    s = sub.add_parser("import", help="import a PyTorch checkpoint (.pt/.pth/.th) or an ONNX model as a model",
                        description="Read a PyTorch checkpoint without PyTorch (zip or legacy format; "
                                    "only tensors and plain containers are unpickled, never code), "
                                    "map torchvision / CIFAR ResNet names onto ARCH (recognised from "
                                    "the names and shapes when --arch is left out), check every "
-                                   "shape, and write an npdc model file.")
-    s.add_argument("checkpoint", help="PyTorch checkpoint holding a state_dict (possibly nested)")
+                                   "shape, and write an npdc model file. A .onnx file becomes a "
+                                   "graph net of its own layers (needs npdc[onnx]).")
+    s.add_argument("checkpoint", help="PyTorch checkpoint holding a state_dict (possibly nested), or MODEL.onnx")
     s.add_argument("--arch", default=None, help="npdc architecture, e.g. cifar-resnet20, tv-resnet50, "
                    "mobilenet_v2, squeezenet1_1 (default: recognised from the checkpoint)")
     s.add_argument("--out", required=True, help="model file to write (.h5)")

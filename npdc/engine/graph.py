@@ -16,7 +16,7 @@ import numbers
 import re
 
 from npdc.engine.layers import (Add, AvgPool2d, BatchNorm2d, Clip, Concat, Conv2d, Dropout, Flatten,
-                                GlobalAvgPool, Linear, MaxPool2d, PReLU, ReLU)
+                                GlobalAvgPool, Linear, MaxPool2d, PReLU, ReLU, ZeroPadShortcut)
 from npdc.engine.layers.pool import pool_size
 from npdc.engine.net import INPUT, Net
 from npdc.errors import UserError
@@ -80,6 +80,10 @@ OPS = {
     "dropout": ({"p": real(0.0, 1.0)}, (), 1),
     "add": ({}, (), 2),
     "concat": ({}, (), None),
+    # every stride-th pixel, the input's channels placed after `front` zero channels, `out` in all:
+    # the option-A shortcut of CIFAR ResNets, and an ONNX Slice (steps) or Pad (channels) alone
+    "shortcut": ({"out": _whole(1, MAX_SIDE), "stride": _whole(1, MAX_KERNEL), "front": _whole(0, MAX_SIDE)},
+                 ("out",), 1),
 }
 
 
@@ -87,7 +91,7 @@ def _shape(node, ins, thin):
     """(output shape, parameters + buffers) of a checked node given its input shapes; a string
     names what does not fit."""
     op, x = node["op"], ins[0]
-    if op in ("conv", "maxpool", "avgpool", "gap") and len(x) != 3:
+    if op in ("conv", "maxpool", "avgpool", "gap", "shortcut") and len(x) != 3:
         return f"needs a (C, H, W) input, not {x}"
     if op == "conv":
         out, k, s, p, d, g = (thin.get(node["name"], node["out"]), node["k"], node.get("stride", 1),
@@ -105,6 +109,11 @@ def _shape(node, ins, thin):
         if min(side) < 1 or p > k // 2 or (ceil and op == "avgpool"):
             return f"a {k}x{k} window with padding {p} does not fit {x[1]}x{x[2]}"
         return (x[0], *side), 0
+    if op == "shortcut":
+        s, front = node.get("stride", 1), node.get("front", (node["out"] - x[0]) // 2)
+        if front + x[0] > node["out"]:
+            return f"cannot place {x[0]} channels after {front} zero ones in {node['out']}"
+        return (node["out"], *(-(-n // s) for n in x[1:])), 0
     if op in ("bn", "prelu"):
         return x, x[0] * (4 if op == "bn" else 1)
     if op == "clip" and not node["lo"] < node["hi"]:
@@ -126,6 +135,32 @@ def _shape(node, ins, thin):
     return x, 0
 
 
+def check_node(node, shapes, thin=None, where=None):
+    """(output shape, parameters) of one node whose inputs are in `shapes` ({name: (shape, params)}),
+    or UserError naming what is wrong with it; the node is not added to `shapes`."""
+    where = where or "graph node"
+    if not isinstance(node, dict):
+        raise UserError(f"{where} is not an object")
+    name, op, inputs = node.get("name"), node.get("op"), node.get("inputs")
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in shapes:
+        raise UserError(f"{where}: name {str(name)[:40]!r} is not a new name of letters, digits and _.:-")
+    where = f"graph node {name!r}"
+    if op not in OPS:
+        raise UserError(f"{where}: unknown op {str(op)[:40]!r}; known: {', '.join(OPS)}")
+    settings, required, arity = OPS[op]
+    if (not isinstance(inputs, list) or not all(isinstance(s, str) and s in shapes for s in inputs)
+            or len(inputs) != (arity or max(2, len(inputs))) or len(set(inputs)) != len(inputs)):
+        raise UserError(f"{where}: inputs must be {arity or 'two or more'} distinct earlier nodes")
+    check_settings(node, settings, ("name", "op", "inputs"), where, f"{where}: {op} has no setting")
+    missing = [k for k in required if k not in node]
+    if missing:
+        raise UserError(f"{where}: {op} needs {', '.join(missing)}")
+    result = _shape(node, [shapes[s][0] for s in inputs], thin or {})
+    if isinstance(result, str):
+        raise UserError(f"{where}: {op} {result}")
+    return result
+
+
 def check_nodes(input_shape, nodes, channels=None):
     """{node: (shape, parameters)} of a node list, or UserError naming the first bad node."""
     if not isinstance(nodes, list) or not 1 <= len(nodes) <= MAX_NODES:
@@ -133,27 +168,7 @@ def check_nodes(input_shape, nodes, channels=None):
     thin = channels or {}
     shapes = {INPUT: (tuple(input_shape), 0)}
     for i, node in enumerate(nodes):
-        where = f"graph node {i}"
-        if not isinstance(node, dict):
-            raise UserError(f"{where} is not an object")
-        name, op, inputs = node.get("name"), node.get("op"), node.get("inputs")
-        if not isinstance(name, str) or not NAME.fullmatch(name) or name in shapes:
-            raise UserError(f"{where}: name {str(name)[:40]!r} is not a new name of letters, digits and _.:-")
-        where = f"graph node {name!r}"
-        if op not in OPS:
-            raise UserError(f"{where}: unknown op {str(op)[:40]!r}; known: {', '.join(OPS)}")
-        settings, required, arity = OPS[op]
-        if (not isinstance(inputs, list) or not all(isinstance(s, str) and s in shapes for s in inputs)
-                or len(inputs) != (arity or max(2, len(inputs))) or len(set(inputs)) != len(inputs)):
-            raise UserError(f"{where}: inputs must be {arity or 'two or more'} distinct earlier nodes")
-        check_settings(node, settings, ("name", "op", "inputs"), where, f"{where}: {op} has no setting")
-        missing = [k for k in required if k not in node]
-        if missing:
-            raise UserError(f"{where}: {op} needs {', '.join(missing)}")
-        result = _shape(node, [shapes[s][0] for s in inputs], thin)
-        if isinstance(result, str):
-            raise UserError(f"{where}: {op} {result}")
-        shapes[name] = result
+        shapes[node["name"]] = check_node(node, shapes, thin, f"graph node {i}")
     unknown = [k for k in thin if shapes.get(k) is None or _op(nodes, k) != "conv"]
     if unknown:
         raise UserError(f"graph: channels names {str(unknown[0])[:40]!r}, which is no conv")
@@ -188,6 +203,8 @@ def _layer(node, thin):
         return Clip(node["lo"], node["hi"])
     if op == "dropout":
         return Dropout(get("p", 0.5))
+    if op == "shortcut":
+        return ZeroPadShortcut(node["out"], get("stride", 1), get("front"))
     return {"relu": ReLU, "prelu": PReLU, "gap": GlobalAvgPool, "flatten": Flatten, "add": Add,
             "concat": Concat}[op]()
 

@@ -44,6 +44,28 @@ def test_a_graph_builds_in_the_order_of_its_nodes():
     assert net.spec == SPEC
 
 
+# the option-A shortcut as an ONNX Slice and Pad write it: every 2nd pixel, zero channels placed unevenly
+SHORTCUT_SPEC = {"arch": "graph", "input_shape": [2, 7, 7], "nodes": [
+    node("a", "conv", ["input"], out=5, k=3, stride=2, pad=1, bias=True),
+    node("a_act", "relu", ["a"]),
+    node("skip", "shortcut", ["input"], out=5, stride=2, front=3),
+    node("sum", "add", ["a_act", "skip"]),
+    node("gap", "gap", ["sum"]),
+    node("fc", "linear", ["gap"], out=2),
+]}
+
+
+def test_a_shortcut_node_places_channels_and_passes_the_gradient_check():
+    net = build_net(SHORTCUT_SPEC, seed=2)
+    assert net.shapes["skip"] == (5, 4, 4) and net.layers["skip"].front == 3
+    x = np.random.default_rng(1).standard_normal((2, 2, 7, 7))
+    errors, _ = check_net(net, x, kinks=True, max_entries=40)
+    assert max(errors.values()) < 1e-5, errors
+    too_far = [dict(n, front=4) if n["name"] == "skip" else n for n in SHORTCUT_SPEC["nodes"]]
+    with pytest.raises(UserError, match="'skip': shortcut cannot place 2 channels after 4"):
+        check_spec({**SHORTCUT_SPEC, "nodes": too_far})
+
+
 def test_a_whole_graph_passes_the_gradient_check():
     net = build_net(SPEC, seed=3)
     x = np.random.default_rng(0).standard_normal((3, 2, 11, 11))

@@ -73,6 +73,24 @@ def test_zero_pad_shortcut_gradcheck():
     assert dx[:, :, ::2, ::2].all() and dx.sum() == 2 * 3 * 9
 
 
+@pytest.mark.parametrize("front", [0, 1, 3])
+def test_zero_pad_shortcut_places_the_input_after_front_zero_channels(front):
+    """An ONNX Pad may add its zero channels unevenly: `front` of them come first."""
+    layer = ZeroPadShortcut(5, 2, front=front)
+    assert layer.build((2, 5, 4), None) == (5, 3, 2)
+    x = np.random.default_rng(4).standard_normal((2, 2, 5, 4)) + 5.0
+    y = layer.forward(x, train=False)
+    np.testing.assert_array_equal(y[:, front:front + 2], x[:, :, ::2, ::2])
+    assert not np.delete(y, [front, front + 1], axis=1).any()
+    errors, _ = check_layer(layer, x)
+    assert errors["x"] < 1e-5
+
+
+def test_zero_pad_shortcut_front_must_fit():
+    with pytest.raises(ValueError, match="front"):
+        ZeroPadShortcut(4, 1, front=3).build((2, 3, 3), None)
+
+
 def test_zero_pad_shortcut_cannot_shrink():
     """Fewer output channels than input channels is refused."""
     with pytest.raises(ValueError):

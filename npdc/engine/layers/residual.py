@@ -54,20 +54,24 @@ class Add(Layer):
 class ZeroPadShortcut(Layer):
     """x: (N, C, H, W) -> (N, O, ceil(H/s), ceil(W/s)): every s-th pixel, the new channels zero.
 
-    The O - C new channels are split between the front and the back (front gets the floor half),
-    the layout of the reference CIFAR ResNets, so their weights import unchanged.
+    The O - C new channels are split between the front and the back: `front` of them before the
+    input's channels (default: the floor half, the layout of the reference CIFAR ResNets, so their
+    weights import unchanged; an ONNX Pad may put them anywhere).
     """
 
-    def __init__(self, out_channels, stride):
+    def __init__(self, out_channels, stride, front=None):
         super().__init__()
         self.out_channels, self.stride = int(out_channels), int(stride)
+        self.front_setting = None if front is None else int(front)
 
     def build(self, in_shape, rng):
         c, h, w = in_shape
         if self.out_channels < c:
             raise ValueError(f"zero-pad shortcut cannot shrink {c} channels to {self.out_channels}")
-        s = self.stride
-        self.front = (self.out_channels - c) // 2
+        s, spare = self.stride, self.out_channels - c
+        self.front = spare // 2 if self.front_setting is None else self.front_setting
+        if not 0 <= self.front <= spare:
+            raise ValueError(f"zero-pad shortcut: {self.front} front channels do not fit {spare} new ones")
         self.in_shape, self.out_shape = tuple(in_shape), (self.out_channels, -(-h // s), -(-w // s))
         return self.out_shape
 
