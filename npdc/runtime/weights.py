@@ -1,4 +1,4 @@
-"""Three ways to hold the weights of a plan's conv and linear steps (`--weights`):
+"""The ways to hold the weights of a plan's conv and linear steps (`--weights`):
 
 - dense:  decoded once to float32, the folded batch-norm scale multiplied in;
 - sparse: the non-zeros as compressed sparse rows of columns and codebook indices with one
@@ -6,6 +6,8 @@
 - stream: the layer payloads stay Huffman-coded as in the file; each is decoded when the forward
           pass reaches it, into one set of sparse-row buffers sized for the largest layer and
           reused by every layer (the decode-on-demand of Deep Compression's storage format).
+- auto:   both dense and sparse until the compiled walk (npdc.runtime.program) has measured
+          each layer both ways; it keeps the faster.
 `arrays()` lists what a store keeps, for the memory figures.
 """
 
@@ -14,7 +16,7 @@ import numpy as np
 from npdc.codec.payload import decode_layer
 from npdc.kernels.sparse import check_csr, csr_from_indices
 
-MODES = ("dense", "stream", "sparse")
+MODES = ("dense", "stream", "sparse", "auto")  # auto: dense or sparse per layer, by measured time
 
 
 def _rows(shape):
@@ -72,6 +74,11 @@ class DenseWeights:
         """(W2 (O, F), tail scale)."""
         return self.W[step.name], self.ones[step.name]
 
+    def drop(self, step):
+        """Forget a layer (the compiled walk holds its own copy, or runs it sparse)."""
+        self.W.pop(step.name, None)
+        self.ones.pop(step.name, None)
+
     def arrays(self):
         return list(self.W.values()) + list(self.ones.values())
 
@@ -92,6 +99,10 @@ class SparseWeights:
     def get(self, step):
         """(rowptr, cols, vidx, table)."""
         return self.csr[step.name]
+
+    def drop(self, step):
+        """Forget a layer (the compiled walk holds its own copy, or runs it dense)."""
+        self.csr.pop(step.name, None)
 
     def arrays(self):
         return [a for parts in self.csr.values() for a in parts]
