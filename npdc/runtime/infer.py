@@ -56,19 +56,7 @@ class Runtime:
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
-        convs, padded = [], 1
-        for s in steps:
-            if s.kind == "conv":
-                c, h, w = plan.values[s.inputs[0]].shape
-                convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
-                              s.stride, w + 2 * s.pad))
-                convs.append(convs[-1][:4] + (2, 0))  # it may take the tiled path
-                if s.stride == 1 and s.pad:
-                    padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
-        cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
-        self.cols = np.zeros((self.threads, cols), np.float32)
-        self.acc = np.zeros((self.threads, acc), np.float32)
-        self.padded = np.zeros(padded, np.float32)
+        self._scratch(lambda s: ("tiled", "runs"))
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
@@ -76,7 +64,29 @@ class Runtime:
         self.program = Program(self, choice) if self.walk == "compiled" else None
         if self.program is not None:
             self._drop_packed()
+            self._scratch(lambda s: (self.program.kernels()[s.name][0],))  # only what runs
         self.calls = self._bind(B)
+
+    def _scratch(self, kernels):
+        """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
+        names them: "tiled", "runs"; "host" needs none)."""
+        plan, convs, padded = self.plan, [], 1
+        for s in plan.steps:
+            if s.kind != "conv":
+                continue
+            c, h, w = plan.values[s.inputs[0]].shape
+            shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
+            if "runs" in kernels(s) and s.stride == 1:
+                convs.append(shape + (1, w + 2 * s.pad))
+                if s.pad:
+                    padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+            if "tiled" in kernels(s):
+                convs.append(shape + (2, 0))
+        budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
+        cols, acc = scratch_sizes(convs, budget)
+        self.cols = np.zeros((self.threads, cols), np.float32)
+        self.acc = np.zeros((self.threads, acc), np.float32)
+        self.padded = np.zeros(padded, np.float32)
 
     def _drop_packed(self):
         """Free each store's copy of what the program packed (host steps keep theirs) and the

@@ -174,8 +174,8 @@ class Program:
 
 
 def sparse_dtypes(runtime, picks, steps=None):
-    """(cols dtype, value-index dtype): the narrowest that hold every sparse layer picked."""
-    cols, vidx = np.uint16, np.uint8
+    """(column-step dtype, value-index dtype): the narrowest that hold every sparse layer picked."""
+    cols, vidx = np.uint8, np.uint8
     for s, (op, kind) in zip(steps or runtime.plan.steps, picks):
         if kind == "sparse" and op != W.OP_HOST:
             _, c, v, _ = runtime.stores["sparse"].get(s)
