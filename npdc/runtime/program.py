@@ -136,6 +136,7 @@ class Program:
         else:
             picks = [reference_choice(runtime, s) for s in steps]
         self.picks = {s.name: p for s, p in zip(steps, picks)}
+        self._segments = {}
         self._pack(picks)
 
     def _pack(self, picks):
@@ -149,6 +150,11 @@ class Program:
 
     def segments(self, last):
         """[(first, stop)] runs of compiled steps and [k] host steps, through step `last`."""
+        if last not in self._segments:
+            self._segments[last] = self._split(last)
+        return self._segments[last]
+
+    def _split(self, last):
         out, start = [], None
         for k in range(last + 1):
             if self.records[k, W.F_OP] == W.OP_HOST:
