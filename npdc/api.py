@@ -71,13 +71,15 @@ def load_dataset(spec, *, shape=None, resize=None):
 
 # -- measuring ---------------------------------------------------------------------------------
 def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pairs=None, embedding=None,
-             progress=False, executor=None, shared=None):
+             progress=False, executor=None, shared=None, walk=None):
     """Figures of a model on a test split, as a dict.
 
     A Net or .h5 file runs in the engine: accuracy, loss, images, params, size_bytes, macs,
-    images_per_s. A .npdc file runs in the small-memory runtime with `weights` (dense, stream or
-    sparse) and also gives size, peak memory (M and m), batch-1 latency, the score (against the
-    accuracy of `baseline`, a Net or .h5 file, when given) and the conv primitives it ran.
+    images_per_s. A .npdc file runs in the small-memory runtime with `weights` (dense, stream,
+    sparse, or auto: each layer dense or sparse, whichever measured faster), walked by `walk`
+    (compiled or python; npdc.runtime.infer.choose_walk) and also gives size, peak memory (M and
+    m), batch-1 latency, the score (against the accuracy of `baseline`, a Net or .h5 file, when
+    given), each layer's kernel, the layers that ran sparse and the conv primitives it ran.
     pairs (a pairs file of the test split, or Pairs) adds verification accuracy by LFW's 10-fold
     protocol on the embeddings of layer `embedding` (default: the classifier's input), and
     makes it the score's z. executor (npdc.cluster) shares a Net's test set out over a cluster,
@@ -101,7 +103,7 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
             before = accuracy_of(base, x, y)["accuracy"] if pairs is None else \
                 verify_net(base, x, pairs, embedding)["verification_accuracy"]
         return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before,
-                                   pairs=pairs, layer=embedding)
+                                   pairs=pairs, layer=embedding, walk=walk)
 
 
 def _test_pairs(pairs, embedding, x, y):

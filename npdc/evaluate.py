@@ -20,7 +20,8 @@ from npdc.runtime.measure import latency_ms, memory_figures, peak_rss_bytes
 from npdc.score import score
 
 
-def verify_compressed(path, net, codes, x, pairs, layer=None, weights="sparse", batch_size=128):
+def verify_compressed(path, net, codes, x, pairs, layer=None, weights="sparse", batch_size=128,
+                      walk=None):
     """The verification figures (npdc.engine.verification.protocol) of the .npdc file at `path`
     (decoded: net, codes) on the images x the pairs index. Embeddings come from the runtime when
     its plan writes `layer` (default: the classifier's input, fc5_bn in resnet18), else from the
@@ -28,7 +29,7 @@ def verify_compressed(path, net, codes, x, pairs, layer=None, weights="sparse", 
     `embedding_source` says which."""
     layer = check_embedding(net, layer or default_embedding(net))
     used, local = used_images(pairs)
-    runtime = build_runtime(net, codes, weights, min(batch_size, len(used)), path)
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(used)), path, walk)
     if runtime.writer(layer) is not None:
         embeddings, source = runtime.features(x[used], layer), "runtime"
     else:
@@ -53,7 +54,7 @@ def verification_before_after(path, baseline, x, pairs, layer=None):
 
 
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
-                        baseline_accuracy=None, preset="relative", pairs=None, layer=None):
+                        baseline_accuracy=None, preset="relative", pairs=None, layer=None, walk=None):
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
     takes the file's own accuracy as the reference (the accuracy gate passes). With `pairs` the
@@ -61,15 +62,15 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     accuracy (baseline_accuracy then is the baseline's verification accuracy)."""
     if len(x) == 0:
         raise UserError("the test split is empty")
-    runtime = build_runtime(net, codes, weights, min(batch_size, len(x)), path)  # arrays for a batch
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(x)), path, walk)  # arrays for a batch
     t0 = time.perf_counter()
     logits = runtime.predict(x)
     seconds = time.perf_counter() - t0
     accuracy = float((logits.argmax(axis=1) == y).mean())
-    verification = verify_compressed(path, net, codes, x, pairs, layer, weights, batch_size) \
+    verification = verify_compressed(path, net, codes, x, pairs, layer, weights, batch_size, walk) \
         if pairs is not None else {}
     z = verification.get("verification_accuracy", accuracy)
-    single = build_runtime(net, codes, weights, 1, path)
+    single = build_runtime(net, codes, weights, 1, path, walk)
     M, m, method = memory_figures(net, single)
     latency = latency_ms(single)
     sizes = totals(path, baseline=net)
@@ -81,6 +82,8 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
             "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
             "images_per_s": len(x) / seconds if seconds > 0 else 0.0, "latency_ms_b1": latency,
             "score": result["score"], "score_parts": result, "primitives": runtime.primitives,
+            "walk": runtime.walk, "kernels": kernel_names(runtime),
+            "sparse_layers": runtime.sparse_layers(), "sparse_layers_b1": single.sparse_layers(),
             "accuracy_reference": "baseline" if baseline_accuracy is not None else "self",
             "score_accuracy": "top-1" if pairs is None else "verification", **verification}
 
@@ -101,15 +104,21 @@ def read_images(path):
     return check_finite(read_npz(path, [key])[key], path)
 
 
-def predict_file(model, images_path, out, weights="sparse", batch_size=128):
+def kernel_names(runtime):
+    """{step: "kernel" or "kernel/storage"}: how each step of the runtime ran."""
+    return {n: op if kind is None else f"{op}/{kind}" for n, (op, kind) in runtime.kernels().items()}
+
+
+def predict_file(model, images_path, out, weights="sparse", batch_size=128, walk=None):
     """Logits and predicted classes of the images in images_path, written atomically to out
-    (.npz with `logits` and `classes`); returns the number of images."""
+    (.npz with `logits` and `classes`); returns (the number of images, the names of the layers
+    that ran with sparse weights)."""
     net, codes = load_compressed(model)
     images = read_images(images_path)
     if len(images) == 0:
         raise UserError(f"{images_path}: no images")
-    runtime = build_runtime(net, codes, weights, min(batch_size, len(images)), model)
+    runtime = build_runtime(net, codes, weights, min(batch_size, len(images)), model, walk)
     logits = runtime.predict(images)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, logits=logits, classes=logits.argmax(axis=1).astype(np.int64))
-    return len(logits)
+    return len(logits), runtime.sparse_layers()

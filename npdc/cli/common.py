@@ -75,10 +75,15 @@ def threads_args(s):
 
 
 def weights_arg(s):
-    s.add_argument("--weights", choices=["dense", "stream", "sparse"], default="sparse",
+    s.add_argument("--weights", choices=["dense", "stream", "sparse", "auto"], default="sparse",
                    help=".npdc runtime: weights decoded to float32 once (dense), decoded layer by "
-                        "layer as the pass reaches them (stream), or used as non-zeros and "
-                        "codebook indices (sparse, default)")
+                        "layer as the pass reaches them (stream), used as non-zeros and "
+                        "codebook indices (sparse, default), or per layer dense or sparse, "
+                        "whichever measured faster (auto)")
+    s.add_argument("--walk", choices=["compiled", "python"], default=None,
+                   help=".npdc runtime: run the whole plan in compiled code (compiled, default; "
+                        "also $NPDC_RUNTIME_WALK) or call each layer's kernel from Python (python, "
+                        "the reference); streamed weights always take the Python walk")
 
 
 def executor_args(s):

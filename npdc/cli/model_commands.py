@@ -112,6 +112,7 @@ def cmd_evaluate(args):
     use_threads(args.threads)
     with executor_from_args(args) as executor:
         r = api.evaluate(args.model, data_arg(args), batch_size=args.batch_size, weights=args.weights,
+                         walk=args.walk,
                          baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
                          progress=not args.json, executor=executor,
                          shared=shared_inputs(args, args.model, "test"))
@@ -137,8 +138,14 @@ def _print_npdc_figures(r, args):
           f"{r['latency_ms_b1']:.2f} ms  score {r['score']:.2f} (accuracy reference: {r['accuracy_reference']})")
     if r["primitives"]:
         print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
+    print(f"{r['walk']} walk; " + sparse_line(r["sparse_layers"], len(r["kernels"])))
     if args.json:
         print_json({k: v for k, v in r.items() if k != "score_parts"})
+
+
+def sparse_line(names, steps):
+    """Which layers ran with sparse weights, in one line."""
+    return f"ran sparse: {', '.join(names)}" if names else f"ran sparse: none of {steps} steps"
 
 
 # -- infer -------------------------------------------------------------------------------------
@@ -161,8 +168,8 @@ def cmd_infer(args):
 
     check_paths([args.model, args.input], [("--out", args.out)])
     use_threads(args.threads)
-    n = predict_file(args.model, args.input, args.out, args.weights, args.batch_size)
-    print(f"wrote logits and classes of {n} images to {args.out}")
+    n, sparse = predict_file(args.model, args.input, args.out, args.weights, args.batch_size, args.walk)
+    print(f"wrote logits and classes of {n} images to {args.out}; " + sparse_line(sparse, "its"))
 
 
 # -- info --------------------------------------------------------------------------------------

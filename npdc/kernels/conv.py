@@ -74,6 +74,11 @@ def force_primitive(name):
     _forced["name"] = name
 
 
+def forced_primitive():
+    """The primitive force_primitive set, or None."""
+    return _forced["name"]
+
+
 @contextmanager
 def primitive_forced(name):
     """force_primitive(name) inside a with block, the previous choice again after it."""

@@ -40,7 +40,8 @@ class Tail(NamedTuple):
 
 @numba.njit(cache=True)
 def tile_rows(ho, wo, rows, budget):
-    """Output rows per tile so that a (rows x tile) column block stays within budget floats."""
+    """Output rows per tile so that a (rows x tile) block stays within budget floats; callers pass
+    the larger of the column block's and the accumulator block's heights, so both fit."""
     return max(1, min(ho, budget // max(rows * wo, 1)))
 
 
@@ -100,7 +101,7 @@ def conv_dense(x, W2, kh, kw, stride, pad, tail, y, cols, acc):
     n_img = x.shape[0]
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     rows = W2.shape[1]
-    per = tile_rows(ho, wo, rows, cols.shape[1])
+    per = tile_rows(ho, wo, max(rows, o_out), cols.shape[1])
     tiles = (ho + per - 1) // per
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * per
@@ -181,16 +182,17 @@ def scratch_sizes(convs, budget):
     """(cols, acc) floats per thread for conv steps given as (rows, O, Ho, Wo, stride, Wp)
     tuples, Wp the padded input width; stride 1 means the long-run kernels (no columns), any
     other stride the tiled kernels. The tiled kernels size their tiles from the cols buffer
-    they get, so acc is sized for that buffer, not for `budget`."""
+    they get, so acc is sized for that buffer, not for `budget`; tiles are bounded by the larger
+    of the column and accumulator heights (tile_rows), so acc <= cols for them."""
     cols = acc = 1
     for rows, o, ho, wo, stride, wp in convs:
         if stride != 1:
-            cols = max(cols, rows * wo * max(1, min(ho, budget // max(rows * wo, 1))))
+            cols = max(cols, rows * wo * max(1, min(ho, budget // max(max(rows, o) * wo, 1))))
     for rows, o, ho, wo, stride, wp in convs:
         if stride == 1:
             acc = max(acc, (ho - 1) * wp + wo)
         else:
-            acc = max(acc, o * wo * max(1, min(ho, cols // max(rows * wo, 1))))
+            acc = max(acc, o * wo * max(1, min(ho, cols // max(max(rows, o) * wo, 1))))
     return cols, acc
 
 

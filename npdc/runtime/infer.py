@@ -11,6 +11,7 @@ with its arena views, so a full batch costs one Python call per step.
 """
 
 import functools
+import os
 
 import numba
 import numpy as np
@@ -23,7 +24,9 @@ from npdc.kernels.conv import choose_primitive, conv2d_forward
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, finish_rows,
                                global_avg_pool, linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
+from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
+from npdc.runtime.program import Program
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
 
 
@@ -31,35 +34,70 @@ from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeigh
 LONG_SPAN = 512  # stride-1 convs with shorter runs per weight (small planes) use tiles of
                  # im2col columns instead
 BATCH_TILE_FLOATS = 1 << 18  # sparse batches: whole-image tiles (memory is not the point there)
+WALKS = ("compiled", "python")
+WALK_ENV = "NPDC_RUNTIME_WALK"
 
 
 class Runtime:
-    """A plan with its weights, arena and workspace; `predict(images)` gives logits."""
+    """A plan with its weights, arena and workspace; `predict(images)` gives logits.
 
-    def __init__(self, plan, weights):
+    `walk` says who walks the steps (choose_walk decides): "compiled" runs the plan's Program
+    (npdc.runtime.program) through npdc.kernels.walk, Python only at host steps; "python" calls
+    one bound kernel per step from Python, the reference the compiled walk is tested against.
+    `stores` are the weight stores by storage ("dense", "sparse"; "auto" holds both until the
+    program picks one per layer)."""
+
+    def __init__(self, plan, weights, walk="compiled", choice="measure", stores=None):
         self.plan, self.weights = plan, weights
+        self.stores = stores or {weights.mode: weights}
+        self.mode = "auto" if len(self.stores) > 1 else weights.mode
         B, steps = plan.batch, plan.steps
         self.arena = np.zeros(B * plan.arena_size, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
-        self.throughput = weights.mode == "dense" and B > 1  # engine conv primitives, GEMM linears
-        self.primitives = {}  # conv step -> the engine primitive it runs (dense batches)
-        convs, padded = [], 1
-        for s in steps:
-            if s.kind == "conv" and not self.throughput:
-                c, h, w = plan.values[s.inputs[0]].shape
-                convs.append((c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape,
-                              s.stride, w + 2 * s.pad))
-                convs.append(convs[-1][:4] + (2, 0))  # it may take the tiled path
-                if s.stride == 1 and s.pad:
-                    padded = max(padded, B * c * (h + 2 * s.pad) * (w + 2 * s.pad))
-        cols, acc = scratch_sizes(convs, plan.tile_floats if B == 1 else BATCH_TILE_FLOATS)
+        self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
+        self.primitives = {}  # conv step -> the engine primitive it runs on the host
+        self._scratch(lambda s: ("tiled", "runs"))
+        linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
+        self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
+        self.no_res = np.zeros((1, 1, 1, 1), np.float32)
+        self.walk = choose_walk(self.mode, walk)
+        self.program = Program(self, choice) if self.walk == "compiled" else None
+        if self.program is not None:
+            self._drop_packed()
+            self._scratch(lambda s: (self.program.kernels()[s.name][0],))  # only what runs
+        self.calls = self._bind(B)
+
+    def _scratch(self, kernels):
+        """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
+        names them: "tiled", "runs"; "host" needs none)."""
+        plan, convs, padded = self.plan, [], 1
+        for s in plan.steps:
+            if s.kind != "conv":
+                continue
+            c, h, w = plan.values[s.inputs[0]].shape
+            shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
+            if "runs" in kernels(s) and s.stride == 1:
+                convs.append(shape + (1, w + 2 * s.pad))
+                if s.pad:
+                    padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+            if "tiled" in kernels(s):
+                convs.append(shape + (2, 0))
+        budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
+        cols, acc = scratch_sizes(convs, budget)
         self.cols = np.zeros((self.threads, cols), np.float32)
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)
-        linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
-        self.rows = np.zeros((B, max(linear, default=1)) if self.throughput else (1, 1), np.float32)
-        self.no_res = np.zeros((1, 1, 1, 1), np.float32)
-        self.calls = self._bind(B)
+
+    def _drop_packed(self):
+        """Free each store's copy of what the program packed (host steps keep theirs) and the
+        stores the program picked for no layer."""
+        for s in self.plan.steps:
+            op, kind = self.program.picks[s.name]
+            for k, store in self.stores.items():
+                if s.kind in ("conv", "linear") and (op != OP_HOST or k != kind):
+                    store.drop(s)
+        self.primitives = {s.name: self.primitives.get(s.name) for s in self.plan.steps
+                           if self.program.picks[s.name] == (OP_HOST, "dense") and s.kind == "conv"}
 
     def view(self, name, n):
         v = self.plan.values[name]
@@ -68,25 +106,70 @@ class Runtime:
 
     def arrays(self):
         """Every array the runtime holds between calls (weights, tails, arena, workspace)."""
-        tails = [a for s in self.plan.steps for a in (s.scale, s.shift, s.slopes) if a is not None]
         own = [self.arena, self.acc, self.cols, self.padded, self.rows, self.no_res,
                self.plan.mean, self.plan.std]
+        if self.program is not None:
+            return own + self.program.arrays() + [a for st in self.stores.values() for a in st.arrays()]
+        tails = [a for s in self.plan.steps for a in (s.scale, s.shift, s.slopes) if a is not None]
         return own + tails + self.weights.arrays()
 
     def static_bytes(self):
         extra = self.weights.payload_bytes() if hasattr(self.weights, "payload_bytes") else 0
         return sum(int(a.nbytes) for a in self.arrays()) + extra
 
-    # -- binding steps to kernels --------------------------------------------------------------
+    def kernels(self):
+        """{step: (kernel, weight storage or None)}: how each step runs ("host": in Python)."""
+        if self.program is not None:
+            return self.program.kernels()
+        return {s.name: (self.python_kernel(s), self.weights.mode if s.kind in ("conv", "linear")
+                         else None) for s in self.plan.steps}
+
+    def sparse_layers(self):
+        """Names of the conv and linear steps whose weights are sparse rows (or streamed)."""
+        return [name for name, (_, kind) in self.kernels().items() if kind in ("sparse", "stream")]
+
+    # -- the Python walk: one bound call per step ------------------------------------------------
+    def python_kernel(self, s):
+        """How the Python walk runs step s: "host" (a generic layer, or an engine conv primitive
+        for a dense batch), "pool", "rows"/"gemm" (linear), "runs"/"tiled" (fused conv)."""
+        if s.kind in ("pool", "layer"):
+            return {"pool": "pool", "layer": "host"}[s.kind]
+        if s.kind == "linear":
+            return "gemm" if self.throughput else "rows"
+        if self.throughput:
+            return "host"
+        c, h, w = self.plan.values[s.inputs[0]].shape
+        ho, wo = self.plan.values[s.output].shape[1:]
+        span = (ho - 1) * (w + 2 * s.pad) + wo
+        return "runs" if s.stride == 1 and span >= LONG_SPAN else "tiled"
+
     def _bind(self, n):
+        if self.program is not None:
+            return [None if len(seg) != 1 else self.host_call(self.plan.steps[seg[0]], n)
+                    for seg in self.program.segments(len(self.plan.steps) - 1)]
         return [self._bind_step(s, n) for s in self.plan.steps]
 
-    def _bind_step(self, s, n):
+    def host_call(self, s, n):
+        """Step s run in Python on n images: a generic layer's forward, or a conv through the
+        engine primitive of its plan (dense weights) and then its tail."""
         x, y = self.view(s.inputs[0], n), self.view(s.output, n)
-        if s.kind == "pool":
-            return functools.partial(global_avg_pool, x, y)
         if s.kind == "layer":
             return functools.partial(_generic, s.layer, [self.view(i, n) for i in s.inputs], y)
+        W2, ones = self.stores["dense"].get(s)
+        res = self.view(s.residual, n) if s.residual else self.no_res
+        tail = Tail(ones, s.shift, s.act, s.slopes, res, s.res_mode, s.res_front, s.res_stride)
+        W = W2.reshape(s.w_shape)
+        primitive = choose_primitive(s.primitive, x.shape, W.shape, s.stride, s.pad, 1)
+        self.primitives[s.name] = primitive
+        return functools.partial(_conv_planned, x, W, s.stride, s.pad, primitive, tail, y)
+
+    def _bind_step(self, s, n):
+        how = self.python_kernel(s)
+        if how == "host":
+            return self.host_call(s, n)
+        x, y = self.view(s.inputs[0], n), self.view(s.output, n)
+        if how == "pool":
+            return functools.partial(global_avg_pool, x, y)
         if s.kind == "linear":
             return functools.partial(self._linear, s, x.reshape(n, -1), y)
         res = self.view(s.residual, n) if s.residual else self.no_res
@@ -96,13 +179,7 @@ class Runtime:
         if mode == "dense":
             W2, ones = self.weights.get(s)
             tail = tail._replace(scale=ones)  # the scale is in the weights
-        if self.throughput:
-            W = W2.reshape(s.w_shape)
-            primitive = choose_primitive(s.primitive, x.shape, W.shape, s.stride, s.pad, 1)
-            self.primitives[s.name] = primitive
-            return functools.partial(_conv_planned, x, W, s.stride, s.pad, primitive, tail, y)
-        span = (y.shape[2] - 1) * (x.shape[3] + 2 * s.pad) + y.shape[3]
-        if s.stride == 1 and span >= LONG_SPAN:
+        if how == "runs":
             xp, pad = x, s.pad
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
@@ -138,10 +215,21 @@ class Runtime:
     def forward(self, n):
         """Run every step on the first n images already in the input view; returns the output
         view (valid until the next call)."""
-        calls = self.calls if n == self.plan.batch else self._bind(n)
-        for call in calls:
-            call()
+        self._steps(n, len(self.plan.steps) - 1)
         return self.view(self.plan.output, n)
+
+    def _steps(self, n, last):
+        """Run steps 0..last on the first n images in the input view."""
+        calls = self.calls if n == self.plan.batch else self._bind(n)
+        if self.program is None:
+            for call in calls[:last + 1]:
+                call()
+            return
+        for seg, call in zip(self.program.segments(last), calls):
+            if call is None:
+                self.program.run(seg[0], seg[1], n)
+            else:
+                call()
 
     def load_input(self, images):
         """Normalise raw images (uint8 scaled to [0, 1], or float) into the input view."""
@@ -179,8 +267,7 @@ class Runtime:
         out = np.empty((len(images),) + self.plan.values[name].shape, np.float32)
         for i in range(0, len(images), B):
             n = self.load_input(images[i:i + B])
-            for call in (self.calls if n == B else self._bind(n))[:last + 1]:
-                call()
+            self._steps(n, last)
             out[i:i + n] = self.view(name, n)
         return out
 
@@ -207,27 +294,45 @@ def check_images(images, in_shape):
     return images
 
 
-def load_runtime(path, weights="sparse", batch=1):
+def choose_walk(mode, walk=None):
+    """The one place that decides who walks a plan: `walk` when given, else $NPDC_RUNTIME_WALK,
+    else "compiled"; streamed weights are decoded in Python between layers, so they always take
+    the Python walk, and mixed ("auto") weights exist only in the compiled one."""
+    walk = walk or os.environ.get(WALK_ENV) or "compiled"
+    if walk not in WALKS:
+        raise UserError(f"unknown runtime walk {walk!r}; known: {', '.join(WALKS)}")
+    if mode == "stream":
+        return "python"
+    if mode == "auto" and walk == "python":
+        raise UserError("weights 'auto' choose per layer in the compiled walk; the Python walk takes dense or sparse")
+    return walk
+
+
+def load_runtime(path, weights="sparse", batch=1, walk=None):
     """A Runtime for the .npdc file at `path`; weights one of MODES."""
     if weights not in MODES:
         raise UserError(f"unknown weight mode {weights!r}; known: {', '.join(MODES)}")
     net, codes = load_compressed(path)
-    return build_runtime(net, codes, weights, batch, path if weights == "stream" else None)
+    return build_runtime(net, codes, weights, batch, path if weights == "stream" else None, walk)
 
 
-def build_runtime(net, codes, weights="sparse", batch=1, path=None):
+def build_runtime(net, codes, weights="sparse", batch=1, path=None, walk=None, choice="measure"):
     """A Runtime from a decoded net and its quantized layers ({path: QuantizedLayer}); stream mode
-    rereads the coded layer payloads from `path`."""
+    rereads the coded layer payloads from `path`. walk: see choose_walk; choice: how the compiled
+    walk picks each layer's kernel ("measure", or "reference": as the Python walk does)."""
+    if weights not in MODES:
+        raise UserError(f"unknown weight mode {weights!r}; known: {', '.join(MODES)}")
     plan = Plan(net, batch)
     steps = [s for s in plan.steps if s.kind in ("conv", "linear")]
     params = net.params()
-    if weights == "dense":
-        store = DenseWeights(steps, params)
-    elif weights == "sparse":
-        store = SparseWeights(steps, params, codes)
-    else:
-        store = StreamWeights(steps, params, codes, layer_payloads(path))
-    return Runtime(plan, store)
+    stores = {}
+    if weights in ("dense", "auto"):
+        stores["dense"] = DenseWeights(steps, params)
+    if weights in ("sparse", "auto"):
+        stores["sparse"] = SparseWeights(steps, params, codes)
+    if weights == "stream":
+        stores["stream"] = StreamWeights(steps, params, codes, layer_payloads(path))
+    return Runtime(plan, next(iter(stores.values())), walk, choice, stores)
 
 
 def layer_payloads(path):

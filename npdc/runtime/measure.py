@@ -22,7 +22,7 @@ MEMORY_METHOD = ("M: naive dense float32 inference of the uncompressed model at 
 def memory_figures(baseline, runtime):
     """(M, m, method): the naive float32 run of `baseline` against a batch-1 `runtime`."""
     return (naive_peak_bytes(baseline), runtime_peak_bytes(runtime),
-            MEMORY_METHOD.format(weights=runtime.weights.mode))
+            MEMORY_METHOD.format(weights=runtime.mode))
 
 
 def _traced_peak(fn):

@@ -30,7 +30,7 @@ from npdc.engine.layers.batchnorm import inference_affine
 from npdc.engine.net import INPUT
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
 
-TILE_FLOATS = 16384  # floats of one im2col tile per thread (64 KiB: stays in L2)
+TILE_FLOATS = 8192  # floats of one im2col or accumulator tile per thread (32 KiB: stays in L1/L2)
 
 
 @dataclass

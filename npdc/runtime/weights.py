@@ -1,44 +1,48 @@
-"""Three ways to hold the weights of a plan's conv and linear steps (`--weights`):
+"""The ways to hold the weights of a plan's conv and linear steps (`--weights`):
 
 - dense:  decoded once to float32, the folded batch-norm scale multiplied in;
-- sparse: the non-zeros as compressed sparse rows of columns and codebook indices with one
-          value table per layer (EIE, Han et al. 2016), scale applied in the kernel tail;
+- sparse: the non-zeros as compressed sparse rows of one-byte column steps and codebook
+          indices with one value table per layer (EIE, Han et al. 2016; npdc.kernels.sparse),
+          scale applied in the kernel tail;
 - stream: the layer payloads stay Huffman-coded as in the file; each is decoded when the forward
           pass reaches it, into one set of sparse-row buffers sized for the largest layer and
           reused by every layer (the decode-on-demand of Deep Compression's storage format).
+- auto:   both dense and sparse until the compiled walk (npdc.runtime.program) has measured
+          each layer both ways; it keeps the faster.
 `arrays()` lists what a store keeps, for the memory figures.
 """
 
 import numpy as np
 
 from npdc.codec.payload import decode_layer
-from npdc.kernels.sparse import check_csr, csr_from_indices
+from npdc.kernels.sparse import check_csr, csr_entries, csr_from_indices
 
-MODES = ("dense", "stream", "sparse")
+MODES = ("dense", "stream", "sparse", "auto")  # auto: dense or sparse per layer, by measured time
 
 
 def _rows(shape):
     return int(shape[0]), int(np.prod(shape[1:]))
 
 
-def _col_dtype(n_cols):
-    return np.uint16 if n_cols <= np.iinfo(np.uint16).max else np.int32
-
-
 def _index_dtype(table_size):
     return np.uint8 if table_size <= 256 else np.uint16
 
 
+def _rows_of(indices, shape, vidx_dtype):
+    """(rowptr, column steps, vidx) of flat value indices over a weight of `shape`."""
+    rows, n_cols = _rows(shape)
+    flat = np.ascontiguousarray(np.asarray(indices).reshape(-1))
+    n = csr_entries(flat, rows)
+    rowptr, cols, vidx = np.zeros(rows + 1, np.int32), np.zeros(n, np.uint8), np.zeros(n, vidx_dtype)
+    csr_from_indices(flat, rows, rowptr, cols, vidx)
+    return rowptr, cols, vidx
+
+
 def _csr(indices, table, shape):
     """(rowptr, cols, vidx, table) of flat value indices over a weight of `shape`."""
-    rows, n_cols = _rows(shape)
-    grid = np.asarray(indices).reshape(rows, n_cols)
-    r, c = np.nonzero(grid)
-    rowptr = np.zeros(rows + 1, np.int32)
-    np.cumsum(np.bincount(r, minlength=rows), out=rowptr[1:])
-    vidx = grid[r, c].astype(_index_dtype(table.size))
-    check_csr(rowptr, c, vidx, rows, n_cols, table.size)
-    return rowptr, c.astype(_col_dtype(n_cols)), vidx, table
+    rowptr, cols, vidx = _rows_of(indices, shape, _index_dtype(table.size))
+    check_csr(rowptr, cols, vidx, *_rows(shape), table.size)
+    return rowptr, cols, vidx, table
 
 
 def _table(codebook):
@@ -48,15 +52,10 @@ def _table(codebook):
 
 def _float_csr(W):
     """A float weight as sparse rows: every non-zero gets its own table entry."""
-    flat = W.reshape(W.shape[0], -1)
-    values = flat[flat != 0]
+    flat = W.reshape(-1)
     indices = np.zeros(flat.shape, np.int64)
-    indices[flat != 0] = np.arange(1, values.size + 1)
-    rows, n_cols = flat.shape
-    r, c = np.nonzero(indices)
-    rowptr = np.zeros(rows + 1, np.int32)
-    np.cumsum(np.bincount(r, minlength=rows), out=rowptr[1:])
-    return rowptr, c.astype(_col_dtype(n_cols)), indices[r, c].astype(np.int32), _table(values)
+    indices[flat != 0] = np.arange(1, np.count_nonzero(flat) + 1)
+    return (*_rows_of(indices, W.shape, np.int32), _table(flat[flat != 0]))
 
 
 class DenseWeights:
@@ -71,6 +70,11 @@ class DenseWeights:
     def get(self, step):
         """(W2 (O, F), tail scale)."""
         return self.W[step.name], self.ones[step.name]
+
+    def drop(self, step):
+        """Forget a layer (the compiled walk holds its own copy, or runs it sparse)."""
+        self.W.pop(step.name, None)
+        self.ones.pop(step.name, None)
 
     def arrays(self):
         return list(self.W.values()) + list(self.ones.values())
@@ -93,6 +97,10 @@ class SparseWeights:
         """(rowptr, cols, vidx, table)."""
         return self.csr[step.name]
 
+    def drop(self, step):
+        """Forget a layer (the compiled walk holds its own copy, or runs it dense)."""
+        self.csr.pop(step.name, None)
+
     def arrays(self):
         return [a for parts in self.csr.values() for a in parts]
 
@@ -104,20 +112,20 @@ class StreamWeights:
         """payloads: {path: LAYR payload bytes} of the quantized layers (kept, still coded);
         layers without one are held as sparse rows for good."""
         self.payloads, self.shapes, self.fixed = {}, {}, {}
-        most_rows = most_nnz = most_table = most_cols = 1
+        most_rows = most_nnz = most_table = 1
         for s in steps:
             path = f"{s.name}.W"
             if path in payloads:
                 self.payloads[s.name], self.shapes[s.name] = payloads[path], s.w_shape
                 q = codes[path]
-                rows, n_cols = _rows(s.w_shape)
-                most_rows, most_cols = max(most_rows, rows), max(most_cols, n_cols)
-                most_nnz = max(most_nnz, int(np.count_nonzero(q.indices)))
+                rows, _ = _rows(s.w_shape)
+                most_rows = max(most_rows, rows)
+                most_nnz = max(most_nnz, csr_entries(np.ascontiguousarray(q.indices).reshape(-1), rows))
                 most_table = max(most_table, int(q.codebook.size) + 1)
             else:
                 self.fixed[s.name] = _float_csr(params[path])
         self.rowptr = np.zeros(most_rows + 1, np.int32)
-        self.cols = np.zeros(most_nnz, _col_dtype(most_cols))
+        self.cols = np.zeros(most_nnz, np.uint8)
         self.vidx = np.zeros(most_nnz, _index_dtype(most_table))
         self.table = np.zeros(most_table, np.float32)
 

@@ -1,14 +1,16 @@
-"""Sparse kernels refuse columns and codebook indices that point outside their arrays."""
+"""Sparse kernels refuse columns and codebook indices that point outside their arrays; columns are
+one-byte steps, with filler entries across gaps wider than a byte."""
 
 import numpy as np
 import pytest
 
-from npdc.kernels.sparse import check_csr, conv_sparse_s1, csr_from_indices, linear_sparse
+from npdc.kernels.sparse import (MAX_STEP, check_csr, conv_sparse_s1, csr_entries, csr_from_indices,
+                                 linear_sparse)
 
 
 def _csr(indices, rows):
-    n = int(np.count_nonzero(indices))
-    rowptr, cols, vidx = np.zeros(rows + 1, np.int32), np.zeros(n, np.uint16), np.zeros(n, np.uint8)
+    n = csr_entries(indices, rows)
+    rowptr, cols, vidx = np.zeros(rows + 1, np.int32), np.zeros(n, np.uint8), np.zeros(n, np.uint8)
     assert csr_from_indices(indices, rows, rowptr, cols, vidx) == n
     return rowptr, cols, vidx
 
@@ -16,7 +18,7 @@ def _csr(indices, rows):
 def test_csr_from_indices_keeps_rows_columns_and_values():
     indices = np.array([0, 2, 0, 1, 0, 0, 3, 0], np.uint8)
     rowptr, cols, vidx = _csr(indices, 2)
-    assert rowptr.tolist() == [0, 2, 3] and cols.tolist() == [1, 3, 2] and vidx.tolist() == [2, 1, 3]
+    assert rowptr.tolist() == [0, 2, 3] and cols.tolist() == [1, 2, 2] and vidx.tolist() == [2, 1, 3]
     with pytest.raises(ValueError, match="buffer"):
         csr_from_indices(indices, 2, rowptr, cols[:2], vidx[:2])
 
@@ -49,3 +51,23 @@ def test_conv_sparse_refuses_a_column_past_the_kernel():
 
 def test_check_csr_accepts_an_empty_layer():
     check_csr(np.zeros(3, np.int32), np.zeros(0, np.uint16), np.zeros(0, np.uint8), 2, 5, 1)
+
+
+def test_gaps_wider_than_a_step_are_crossed_by_fillers_that_add_nothing():
+    n_cols = 3 * MAX_STEP + 40
+    rng = np.random.default_rng(0)
+    indices = np.zeros((2, n_cols), np.uint8)
+    indices[0, [0, MAX_STEP, MAX_STEP + 1, 3 * MAX_STEP + 7]] = [1, 2, 3, 1]  # gaps 255, 1, 766
+    indices[1, [2 * MAX_STEP + 3, n_cols - 1]] = [3, 2]
+    rowptr, cols, vidx = _csr(indices.reshape(-1), 2)
+    assert rowptr.tolist() == [0, 6, 11]  # row 0: 4 non-zeros, its step of 516 two fillers; row 1: 2 and 3
+    assert cols.max() <= MAX_STEP and np.count_nonzero(vidx == 0) == 5
+    table = np.array([0, 0.5, -1, 2], np.float32)
+    x = rng.standard_normal((3, n_cols)).astype(np.float32)
+    y = np.zeros((3, 2), np.float32)
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    linear_sparse(x, rowptr, cols, vidx, table, ones, zeros, False, zeros, y)
+    np.testing.assert_allclose(y, x @ table[indices].T, rtol=1e-6)
+    cols[-1] = MAX_STEP  # the last step of row 1 now lands past its row
+    with pytest.raises(ValueError, match="column"):
+        check_csr(rowptr, cols, vidx, 2, n_cols, table.size)

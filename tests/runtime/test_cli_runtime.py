@@ -71,7 +71,7 @@ def test_evaluate_npdc_with_dense_batches_names_the_primitives_and_obeys_primiti
     d, net, x = model_and_data
     args = ["evaluate", str(d / "m.npdc"), "--data", str(d / "data.npz"), "--weights", "dense",
             "--batch-size", "4", "--json"]
-    code, out, _ = run_cli(args, capsys)
+    code, out, _ = run_cli(args + ["--walk", "python"], capsys)
     primitives = json.loads(out.strip().splitlines()[-1])["primitives"]
     assert code == 0 and "conv primitives: conv1 " in out
     assert set(primitives) == {n for n, layer, _ in net.nodes if type(layer).__name__ == "Conv2d"}

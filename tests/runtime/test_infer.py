@@ -85,8 +85,9 @@ def test_unknown_weight_mode_is_a_user_error(tmp_path):
 
 
 def test_dense_batches_run_the_conv_plan_and_compute_the_same(tmp_path):
-    """With dense weights and a batch plan each conv runs the engine primitive the model's plan
-    names (the engine default where it names none); batch 1 keeps the fused kernels."""
+    """In the Python walk, with dense weights and a batch plan each conv runs the engine primitive
+    the model's plan names (the engine default where it names none); batch 1 keeps the fused
+    kernels."""
     from npdc.codec.model import load_compressed
     from npdc.engine.conv_plan import apply_plan, conv_layers
     from npdc.kernels.conv import default_primitive
@@ -97,10 +98,10 @@ def test_dense_batches_run_the_conv_plan_and_compute_the_same(tmp_path):
     convs = conv_layers(net)
     default = {n: default_primitive((3,) + layer.in_shape, layer.params["W"].shape, layer.stride,
                                     layer.padding, layer.groups) for n, layer in convs}
-    assert build_runtime(net, codes, "dense", 3).primitives == default
+    assert build_runtime(net, codes, "dense", 3, walk="python").primitives == default
     plan = {n: ("kn2row", "im2col", "direct")[i % 3] for i, (n, _) in enumerate(convs[:-1])}
     apply_plan(net, plan)
-    runtime = build_runtime(net, codes, "dense", 3)
+    runtime = build_runtime(net, codes, "dense", 3, walk="python")
     assert runtime.primitives == {**default, **plan}
     assert rel_err(runtime.predict(images), net.predict(images)) < 1e-5
-    assert build_runtime(net, codes, "dense", 1).primitives == {}
+    assert build_runtime(net, codes, "dense", 1, walk="python").primitives == {}

@@ -1,0 +1,251 @@
+"""A plan lowered for the compiled walk (npdc.kernels.walk): one int64 record per step and the
+weights of every conv and linear step packed into a few flat buffers, with each layer's kernel
+(and, in the `auto` weight mode, its storage: dense floats or sparse rows) chosen per layer from
+measured time at the plan's batch size.
+
+Choice by measurement follows the per-layer primitive selection of Anderson & Gregg 2017
+("Optimal DNN Primitive Selection with Partitioned Boolean Quadratic Programming"), as
+npdc.engine.conv_plan does for training; here every candidate keeps the NCHW layout, so there is
+no conversion cost on the edges and the cheapest candidate of each layer alone is the optimum.
+Sparse storage is a candidate like any other: it is kept only where its kernel is faster (EIE's
+premise, Han et al. 2016, that skipping zeros pays, holds on a CPU only for some shapes and
+sparsities). Timings are cached on disk like the conv timings (keyed by shape, non-zeros, batch,
+threads, CPU and the kernels' digest), so the same machine makes the same choices, and so the
+same bytes, run after run.
+"""
+
+import json
+import os
+
+import numba
+import numpy as np
+
+from npdc.atomic import write_text
+from npdc.engine.conv_select import best_seconds, cache_file, cpu_name, kernels_digest
+from npdc.kernels import walk as W
+from npdc.kernels.conv import forced_primitive
+
+TIMINGS_NAME = "runtime_timings.json"
+CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
+
+
+class Packer:
+    """Flat buffers grown one array at a time; `add` returns the array's offset."""
+
+    def __init__(self):
+        self.parts = {"weights": [], "rowptr": [], "cols": [], "vidx": [], "tables": []}
+        self.sizes = dict.fromkeys(self.parts, 0)
+
+    def add(self, buf, array):
+        off = self.sizes[buf]
+        self.parts[buf].append(np.ravel(array))
+        self.sizes[buf] += int(np.size(array))
+        return off
+
+    def arrays(self, cols_dtype, vidx_dtype):
+        """The five buffers, each concatenated (one element at least)."""
+        dtypes = {"weights": np.float32, "rowptr": np.int32, "cols": cols_dtype,
+                  "vidx": vidx_dtype, "tables": np.float32}
+        return {k: np.concatenate([np.zeros(0, dtypes[k])] + [p.astype(dtypes[k]) for p in parts])
+                if parts else np.zeros(1, dtypes[k]) for k, parts in self.parts.items()}
+
+
+def _shape3(shape):
+    s = tuple(int(v) for v in shape)
+    return s + (1,) * (3 - len(s)) if len(s) <= 3 else (int(np.prod(s)), 1, 1)
+
+
+def step_record(runtime, step, op, kind, packer):
+    """The record of `step` run by `op` with `kind` weights ("dense" or "sparse"), its arrays
+    appended to `packer`."""
+    plan, r = runtime.plan, np.zeros(W.N_FIELDS, np.int64)
+    r[W.F_OP] = op
+    if op == W.OP_HOST:
+        return r
+    x, y = plan.values[step.inputs[0]], plan.values[step.output]
+    r[W.F_X], r[W.F_Y] = plan.batch * x.offset, plan.batch * y.offset
+    r[W.F_XC:W.F_XW + 1], r[W.F_YC:W.F_YW + 1] = _shape3(x.shape), _shape3(y.shape)
+    if step.kind == "pool":
+        return r
+    r[W.F_RES] = -1
+    if step.residual:
+        res = plan.values[step.residual]
+        r[W.F_RES], r[W.F_RC:W.F_RW + 1] = plan.batch * res.offset, _shape3(res.shape)
+    r[W.F_RMODE], r[W.F_RFRONT], r[W.F_RSTRIDE] = step.res_mode, step.res_front, step.res_stride
+    if step.kind == "conv":
+        r[W.F_KH], r[W.F_KW] = step.w_shape[2], step.w_shape[3]
+        r[W.F_STRIDE], r[W.F_PAD] = step.stride, step.pad
+    r[W.F_ROWS], r[W.F_COLS] = step.w_shape[0], int(np.prod(step.w_shape[1:]))
+    r[W.F_SPARSE], r[W.F_ACT] = kind == "sparse", step.act
+    parts = runtime.stores[kind].get(step)
+    if kind == "dense":
+        W2, scale = parts
+        r[W.F_W] = packer.add("weights", W2)
+    else:
+        rowptr, cols, vidx, table = parts
+        scale = step.scale
+        r[W.F_ROWPTR], r[W.F_NZ] = packer.add("rowptr", rowptr), packer.add("cols", cols)
+        packer.add("vidx", vidx)
+        r[W.F_NNZ], r[W.F_TABLE], r[W.F_TSIZE] = len(cols), packer.add("tables", table), len(table)
+    r[W.F_SCALE], r[W.F_SHIFT] = packer.add("weights", scale), packer.add("weights", step.shift)
+    r[W.F_SLOPES] = packer.add("weights", step.slopes)
+    return r
+
+
+def candidates(runtime, step):
+    """[(op, kind)] a step may run as: every kernel that computes it, with every weight storage
+    the runtime holds; a dense batch conv may also run the engine's primitive on the host."""
+    if step.kind == "pool":
+        return [(W.OP_POOL, None)]
+    if step.kind == "layer":
+        return [(W.OP_HOST, None)]
+    host = step.kind == "conv" and "dense" in runtime.stores and runtime.plan.batch > 1
+    if host and forced_primitive():  # --primitive: every dense batch conv runs it, as it says
+        return [(W.OP_HOST, "dense")]
+    out = []
+    for kind in runtime.stores:
+        if step.kind == "linear":
+            ops = [W.OP_LINEAR_ROWS] + ([W.OP_LINEAR_GEMM] if kind == "dense" and runtime.plan.batch > 1 else [])
+        else:
+            ops = [W.OP_CONV_TILED] + ([W.OP_CONV_RUNS] if step.stride == 1 else [])
+        out += [(op, kind) for op in ops]
+    if host:
+        out.append((W.OP_HOST, "dense"))
+    return out
+
+
+def reference_choice(runtime, step):
+    """The (op, kind) the Python walk (npdc.runtime.infer) runs a step with."""
+    kind = next(iter(runtime.stores)) if step.kind in ("conv", "linear") else None
+    how = runtime.python_kernel(step)
+    op = {"host": W.OP_HOST, "tiled": W.OP_CONV_TILED, "runs": W.OP_CONV_RUNS, "rows": W.OP_LINEAR_ROWS,
+          "gemm": W.OP_LINEAR_GEMM, "pool": W.OP_POOL}[how]
+    return op, kind
+
+
+class Program:
+    """Records, buffers and segments of a runtime's plan for the compiled walk."""
+
+    def __init__(self, runtime, choice="measure"):
+        if choice not in CHOICES:
+            raise ValueError(f"unknown choice {choice!r}; known: {', '.join(CHOICES)}")
+        self.runtime = runtime
+        steps = runtime.plan.steps
+        if choice == "measure":
+            picks = measured_choices(runtime)
+        else:
+            picks = [reference_choice(runtime, s) for s in steps]
+        self.picks = {s.name: p for s, p in zip(steps, picks)}
+        self._segments = {}
+        self._pack(picks)
+
+    def _pack(self, picks):
+        runtime, packer = self.runtime, Packer()
+        self.records = np.stack([step_record(runtime, s, op, kind, packer)
+                                 for s, (op, kind) in zip(runtime.plan.steps, picks)])
+        self.buffers = packer.arrays(*sparse_dtypes(runtime, picks))
+
+    def arrays(self):
+        return [self.records] + list(self.buffers.values())
+
+    def segments(self, last):
+        """[(first, stop)] runs of compiled steps and [k] host steps, through step `last`."""
+        if last not in self._segments:
+            self._segments[last] = self._split(last)
+        return self._segments[last]
+
+    def _split(self, last):
+        out, start = [], None
+        for k in range(last + 1):
+            if self.records[k, W.F_OP] == W.OP_HOST:
+                if start is not None:
+                    out.append((start, k))
+                out.append((k,))
+                start = None
+            elif start is None:
+                start = k
+        if start is not None:
+            out.append((start, last + 1))
+        return out
+
+    def run(self, first, stop, n, records=None):
+        rt, b = self.runtime, self.buffers
+        W.walk(self.records if records is None else records, first, stop, n, rt.arena,
+               b["weights"], b["rowptr"], b["cols"], b["vidx"], b["tables"], rt.cols, rt.acc,
+               rt.padded, rt.rows.reshape(-1), rt.no_res)
+
+    def kernels(self):
+        """{step name: (kernel, weight storage or None)} of the compiled plan."""
+        return {name: (W.OP_NAMES[op], kind) for name, (op, kind) in self.picks.items()}
+
+
+def sparse_dtypes(runtime, picks, steps=None):
+    """(column-step dtype, value-index dtype): the narrowest that hold every sparse layer picked."""
+    cols, vidx = np.uint8, np.uint8
+    for s, (op, kind) in zip(steps or runtime.plan.steps, picks):
+        if kind == "sparse" and op != W.OP_HOST:
+            _, c, v, _ = runtime.stores["sparse"].get(s)
+            cols = np.promote_types(cols, c.dtype)
+            vidx = np.promote_types(vidx, v.dtype)
+    return cols, vidx
+
+
+# -- measuring ------------------------------------------------------------------------------------
+def _key(runtime, step, op, kind):
+    plan, nnz = runtime.plan, 0
+    if kind == "sparse":
+        nnz = len(runtime.stores["sparse"].get(step)[1])
+    shape = plan.values[step.inputs[0]].shape
+    return (f"{step.kind}-{W.OP_NAMES[op]}-{kind}-b{plan.batch}-x{'x'.join(map(str, shape))}"
+            f"-w{'x'.join(map(str, step.w_shape or ()))}-s{step.stride}-p{step.pad}-nz{nnz}"
+            f"-r{step.res_mode}-t{numba.get_num_threads()}-{cpu_name()}-k{kernels_digest()}")
+
+
+def _timings_file():
+    return cache_file().with_name(TIMINGS_NAME)
+
+
+def _load_timings():
+    try:
+        data = json.loads(_timings_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def measured_choices(runtime, repeats=3):
+    """[(op, kind)] per step: the fastest candidate at the plan's batch, timed on the runtime's own
+    arena (values do not change a kernel's time) or read from the timings cache."""
+    use_cache = os.environ.get("NPDC_RUNTIME_RETIME", "") in ("", "0")
+    cached, fresh, picks = _load_timings() if use_cache else {}, {}, []
+    packer = Packer()
+    steps = runtime.plan.steps
+    options = [candidates(runtime, s) for s in steps]
+    records = [[step_record(runtime, s, op, kind, packer) for op, kind in opts]
+               for s, opts in zip(steps, options)]
+    trial = Program.__new__(Program)
+    trial.runtime = runtime
+    trial.buffers = packer.arrays(*sparse_dtypes(runtime, [o for opts in options for o in opts],
+                                                  [s for s, opts in zip(steps, options) for _ in opts]))
+    B = runtime.plan.batch
+    for s, opts, recs in zip(steps, options, records):
+        if len(opts) == 1:
+            picks.append(opts[0])
+            continue
+        seconds = []
+        for (op, kind), rec in zip(opts, recs):
+            key = _key(runtime, s, op, kind)
+            if key not in cached:
+                if op == W.OP_HOST:
+                    call = runtime.host_call(s, B)
+                else:
+                    one = rec[None]
+                    call = lambda one=one: trial.run(0, 1, B, one)
+                fresh[key] = cached[key] = best_seconds(call, repeats)
+            seconds.append(cached[key])
+        picks.append(opts[int(np.argmin(seconds))])
+    if fresh and use_cache:
+        data = _load_timings()  # another process may have written meanwhile
+        data.update(fresh)
+        write_text(_timings_file(), json.dumps(data, indent=1, sort_keys=True))
+    return picks
