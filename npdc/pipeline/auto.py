@@ -197,7 +197,8 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
         ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
         target = 1.0 - (1.0 - s) * ratio
         targets = allocation(target, best)
-        images = cfg.step_images * state.get("scale", 1)
+        # every step that passed only on a further round doubles the steps after it
+        images = cfg.step_images * 2 ** sum(t["passed"] and len(t["checks"]) > 1 for t in state["tried"])
         last = state["tried"][-1]["seconds"] / state["tried"][-1]["images"] * images if state["tried"] else 0.0
         why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)
@@ -221,8 +222,6 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
                 break
             log(f"climb step {step + 1}: validation accuracy {accuracy:.4f} "
                 f"({gate.drop_points(accuracy):+.2f} points); retraining further")
-        if ok and len(checks) > 1:
-            state["scale"] = 2 * state.get("scale", 1)  # the climb got harder: longer steps from here
         reached = sparsity_of(candidate, layers)
         state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
                                "drop_points": gate.drop_points(accuracy), "passed": ok,

@@ -15,6 +15,7 @@ same bytes, run after run.
 """
 
 import json
+import math
 import os
 
 import numba
@@ -208,9 +209,12 @@ def _timings_file():
 def _load_timings():
     try:
         data = json.loads(_timings_file().read_text())
-        return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    # a damaged entry is measured again rather than trusted (NaN compares false, so it drops out)
+    return {k: v for k, v in data.items() if isinstance(v, (int, float)) and 0 <= v < math.inf}
 
 
 def measured_choices(runtime, repeats=3):
