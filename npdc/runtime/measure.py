@@ -25,16 +25,22 @@ def memory_figures(baseline, runtime):
             MEMORY_METHOD.format(weights=runtime.mode))
 
 
-def _traced_peak(fn):
-    """Peak bytes tracemalloc sees allocated by fn() beyond what was allocated before."""
+def _traced_peak(fn, passes=3):
+    """Peak bytes tracemalloc sees allocated by fn() beyond what was allocated before: the least
+    over a few passes, since tracemalloc also counts what other threads of the process (a
+    progress bar's monitor, a finishing worker) allocate meanwhile, and fn's own need is the same
+    every pass."""
     started = not tracemalloc.is_tracing()
     if started:
         tracemalloc.start()
     try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        return tracemalloc.get_traced_memory()[1] - base
+        peaks = []
+        for _ in range(passes):
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            fn()
+            peaks.append(tracemalloc.get_traced_memory()[1] - base)
+        return min(peaks)
     finally:
         if started:
             tracemalloc.stop()
