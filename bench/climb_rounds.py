@@ -4,7 +4,7 @@ validation drop printed (the measurement behind the search's recovery rounds and
 settings; docs/perf.md).
 
 Run: python bench/climb_rounds.py [MODEL.h5] [--sparsity 0.85] [--images 27000] [--rounds 2]
-     [--lr 0.005] [--hard-weight 0.0]
+     [--lr 0.005] [--hard-weight 0.0] [--no-augment]
 
 Validation images are the search's: 10 % of Fashion-MNIST's training split, seed 0.
 """
@@ -30,6 +30,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--hard-weight", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true",
+                   help="retrain on the images as stored, the teacher's outputs computed once")
     args = p.parse_args()
     teacher = load_model(args.model)
     x, y, x_val, y_val = load_dataset("fashion-mnist").held_out(0.1, 0)
@@ -37,7 +39,7 @@ def main():
     print(f"{args.model}: validation accuracy {base:.4f} on {len(y_val)} images")
     layers = prunable_layers(teacher)
     targets = GlobalCut(layers, ["conv1"])(args.sparsity, teacher)
-    settings = PruneStage(lr=args.lr, hard_weight=args.hard_weight)
+    settings = PruneStage(lr=args.lr, hard_weight=args.hard_weight, augment=not args.no_augment)
     net = clone_net(teacher)
     for r in range(args.rounds + 1):
         started = time.perf_counter()

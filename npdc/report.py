@@ -230,6 +230,10 @@ def format_markdown(report):
     lines += [f"- inference memory before: {report['memory_before_bytes']:,} bytes, after: "
               f"{report['memory_after_bytes']:,} bytes",
               f"- memory method: {report['memory_method']}"]
+    if report.get("stage_seconds"):
+        spent = ", ".join(f"{name} {seconds:.0f}" for name, seconds in report["stage_seconds"].items()
+                          if seconds is not None)
+        lines.append(f"- seconds per stage (in the run that finished it): {spent}")
     if report.get("verification"):
         lines += verification_lines(report["verification"])
     lines += ["", "## Score", ""]

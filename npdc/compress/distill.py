@@ -85,10 +85,19 @@ class Distillation:
         logits, kept = net.forward(x, train=train, keep=self.keep)
         return {"logits": logits, **kept}
 
-    def __call__(self, net, x, y):
+    def outputs_of(self, x, batch_size=256):
+        """The teacher's outputs on raw images x, {node: array aligned with x}: computed once
+        for training without augmentation (fit's `targets`), instead of once per batch."""
+        parts = [self._outputs(self.teacher, self.teacher.preprocess(x[i:i + batch_size]), False)
+                 for i in range(0, len(x), batch_size)]
+        return {node: np.concatenate([p[node] for p in parts]) for node in parts[0]} if parts else {}
+
+    def __call__(self, net, x, y, targets=None):
+        """One training step's forward and backward on normalised x; `targets`: the teacher's
+        outputs on these images when computed beforehand (outputs_of), else computed here."""
         if y is None and self.hard_weight:
             raise UserError("hard-label weight needs labels; this data has none")
-        target = self._outputs(self.teacher, x, False)
+        target = self._outputs(self.teacher, x, False) if targets is None else targets
         out = self._outputs(net, x, True)
         logits, terms, extra = out["logits"], {}, {}
         dlogits = np.zeros_like(logits)
@@ -115,14 +124,15 @@ class Distillation:
 
 def prune_and_retrain(teacher, x, y, masks=None, gradual=None, kd="kl", tau=4.0, hard_weight=0.0,
                       on="logits", epochs=2, progress=True, kd_layer=None, kd_layer_loss="cosine",
-                      kd_layer_weight=1.0, **hyper):
+                      kd_layer_weight=1.0, augment=True, **hyper):
     """Prune a copy of `teacher` and retrain it with the teacher's guidance.
 
     masks: fixed keep-masks applied before retraining, or gradual: a function net ->
     GradualPruner that prunes during it. kd: the loss on `on`; None drops it, leaving the
     layer term (kd_layer, matched with kd_layer_loss and weighted kd_layer_weight; see
-    Distillation) with hard_weight of labels, or labels alone without kd_layer. hyper: fit's
-    keyword arguments (batch_size, lr, seed, ...). Returns (student, masks, history).
+    Distillation) with hard_weight of labels, or labels alone without kd_layer. augment=False:
+    the images as stored, the teacher's outputs on them computed once. hyper: fit's keyword
+    arguments (batch_size, lr, seed, ...). Returns (student, masks, history).
     """
     student = clone_net(teacher)
     masks = dict(masks or {})
@@ -135,6 +145,10 @@ def prune_and_retrain(teacher, x, y, masks=None, gradual=None, kd="kl", tau=4.0,
                                  layer_kind=kd_layer_loss, layer_weight=kd_layer_weight)
     elif y is None:
         raise UserError("retraining without distillation needs labels")
+    if not augment:
+        hyper["augment_pad"] = 0
+        if objective is not None and epochs:
+            hyper.update(augment_pad=None, targets=objective.outputs_of(x))
     history = fit(student, x, y, epochs, masks=masks, objective=objective, hook=hook,
                   progress=progress, **hyper) if epochs else []
     if hook is not None and epochs == 0:

@@ -85,7 +85,7 @@ def cross_entropy_objective(net, x, y):
 
 def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
         schedule="cosine", seed=0, augment_pad=None, masks=None, objective=None, hook=None,
-        optimizer=SGD, progress=True):
+        optimizer=SGD, progress=True, targets=None):
     """Train `net` with SGD on raw images x (N, C, H, W) and labels y (or None); returns the
     per-epoch history.
 
@@ -94,9 +94,15 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
     optimizer) runs after every optimizer step (gradual pruning updates the masks there).
     Everything random (shuffling, crops, flips) comes from one generator seeded with `seed`, so
     the same seed gives the same model. `augment_pad` defaults to H // 8; 0 turns augmentation off.
+    targets: {name: array aligned with x}, per-image values computed once (a teacher's outputs,
+    npdc.compress.distill.Distillation.outputs_of); the objective then gets the batch's rows as a
+    fourth argument. Rows of unaugmented images cannot stand for augmented ones, so with
+    targets augmentation is off unless asked for, and asking for it is refused.
     """
     rng = np.random.default_rng(seed)
-    pad = x.shape[2] // 8 if augment_pad is None else augment_pad
+    if targets is not None and augment_pad:
+        raise ValueError("per-image targets need unaugmented images (augment_pad=0)")
+    pad = 0 if targets is not None else x.shape[2] // 8 if augment_pad is None else augment_pad
     objective = objective or cross_entropy_objective
     opt = optimizer(net.params(), net.grads(), lr, momentum, nesterov, weight_decay, masks)
     lr_at = SCHEDULES[schedule]
@@ -113,7 +119,10 @@ def fit(net, x, y, epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, 
             xb = augment(x[idx], rng, pad) if pad else x[idx]
             yb = None if y is None else y[idx]
             net.zero_grad()
-            logits, terms = objective(net, net.preprocess(xb), yb)
+            if targets is None:
+                logits, terms = objective(net, net.preprocess(xb), yb)
+            else:
+                logits, terms = objective(net, net.preprocess(xb), yb, {k: v[idx] for k, v in targets.items()})
             if not all(math.isfinite(v) for v in terms.values()):
                 bar.close()
                 raise UserError(f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss is not "

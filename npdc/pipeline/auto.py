@@ -14,9 +14,9 @@ its score, and the gate counts its units (images or pairs).
    allocation's while retraining with distillation from the baseline (Hinton et al. 2015), then
    a validation check. A step that fails retrains further at the same masks (up to
    `recoveries` more rounds, each as long as the step); one that passes only so makes every
-   later step twice as long. A step that still fails is dropped: the climb goes on from the last
-   passing model with steps half as far, in log density (the back-off); a second failure ends
-   it. The last passing model is kept.
+   later step twice as long (at most one pass over the training images). A step that still
+   fails is dropped: the climb goes on from the last passing model with steps half as far, in
+   log density (the back-off); a second failure ends it. The last passing model is kept.
    Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
 4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
    Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
@@ -151,15 +151,17 @@ def fragile_layers(curves, baseline, drop_points):
 # -- 3.: the climb -------------------------------------------------------------------------------
 def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress):
     """Prune `student` in place gradually from its current per-layer sparsity to `targets`
-    while it retrains on (x, y) for one pass with distillation from `teacher`."""
+    while it retrains on (x, y) for one pass with distillation from `teacher` (on the images
+    as stored, the teacher's outputs computed once, when settings.augment is false)."""
     rows, _ = sparsity_table(student)
     now = {r["layer"]: r["sparsity"] for r in rows}
     targets = {name: max(t, now[name]) for name, t in targets.items()}
     steps = -(-len(x) // batch_size)
     hook = LayerwisePruner(student, targets, steps, initial=now)
+    objective = Distillation(teacher, settings.kd, settings.tau, hard_weight=settings.hard_weight)
     fit(student, x, y if settings.labels else None, 1, batch_size=batch_size, lr=settings.lr,
-        masks=masks_from_zeros(student), hook=hook, progress=progress, seed=seed,
-        objective=Distillation(teacher, settings.kd, settings.tau, hard_weight=settings.hard_weight))
+        masks=masks_from_zeros(student), hook=hook, progress=progress, seed=seed, objective=objective,
+        targets=None if settings.augment else objective.outputs_of(x))
     final = hook.masks_at(hook.start + hook.n * hook.interval)
     for path, keep in final.items():
         student.params()[path] *= keep
@@ -197,8 +199,10 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
         ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
         target = 1.0 - (1.0 - s) * ratio
         targets = allocation(target, best)
-        # every step that passed only on a further round doubles the steps after it
-        images = cfg.step_images * 2 ** sum(t["passed"] and len(t["checks"]) > 1 for t in state["tried"])
+        # every step that passed only on a further round doubles the steps after it, up to one
+        # pass over the training images
+        images = min(len(x), cfg.step_images * 2 ** sum(t["passed"] and len(t["checks"]) > 1
+                                                         for t in state["tried"]))
         last = state["tried"][-1]["seconds"] / state["tried"][-1]["images"] * images if state["tried"] else 0.0
         why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)

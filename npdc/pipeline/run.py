@@ -12,6 +12,7 @@ state.json. The encode and verify stages re-run when the output file is missing 
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +198,10 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
     ck.need_output(out, log)
     for name, stage in STAGES:
         if name not in ck.done:
-            ck.mark(name, stage(r), str(r.out.resolve()))
+            started = time.monotonic()
+            record = stage(r)
+            record["seconds"] = time.monotonic() - started
+            ck.mark(name, record, str(r.out.resolve()))
             r.clock.save()
         if name in _LOGGED:
             log(f"{_LOGGED[name]} {ck.done[name]['accuracy']:.4f}")
@@ -207,7 +211,8 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
     result = {"accuracy_before": ck.done["baseline"]["accuracy"], "accuracy_pruned": ck.done["prune"]["accuracy"],
               "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
               "size_after_bytes": size_after, "ratio": size_before / size_after,
-              "schedule": dataclasses.asdict(schedule), "minutes": r.clock.elapsed() / 60}
+              "schedule": dataclasses.asdict(schedule), "minutes": r.clock.elapsed() / 60,
+              "stage_seconds": {name: ck.done[name].get("seconds") for name, _ in STAGES}}
     if searching(schedule):
         result["search"] = {"val_images": len(r.y_val), "settings": dataclasses.asdict(schedule.search),
                             "metric": r.metric.name, "val_count": r.metric.count, "val_units": r.metric.units,

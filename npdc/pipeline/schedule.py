@@ -41,6 +41,8 @@ class PruneStage:
     kd_layer_loss: str = "cosine"  # l2 or cosine
     kd_layer_weight: float = 1.0
     labels: bool = True           # false: ignore the training labels
+    augment: bool = True          # false: retrain on the images as stored (no crops, no flips),
+                                  # the teacher's outputs on them computed once (faster)
     train_images: int = 0         # 0 = the whole training split
 
 

@@ -90,7 +90,7 @@ def prune_stage(teacher, x, y, stage, batch_size=128, seed=0, progress=True, kee
         kd=None if stage.kd == "none" else stage.kd, tau=stage.tau, hard_weight=stage.hard_weight,
         on=stage.on, epochs=stage.epochs, lr=stage.lr, progress=progress,
         kd_layer=stage.kd_layer or None, kd_layer_loss=stage.kd_layer_loss,
-        kd_layer_weight=stage.kd_layer_weight,
+        kd_layer_weight=stage.kd_layer_weight, augment=stage.augment,
         batch_size=batch_size, seed=seed)
     thinned = {}
     if stage.granularity == "filter":

@@ -371,3 +371,57 @@ def test_retraining_without_kd_needs_labels():
     with pytest.raises(UserError):
         prune_and_retrain(teacher, x, None, percentage_masks(teacher, 30), kd=None, epochs=1,
                           batch_size=8, progress=False)
+
+
+# -- the teacher's outputs computed once ------------------------------------------------------------
+@pytest.mark.parametrize("layer", [None, "fc5"])
+def test_cached_teacher_outputs_train_as_the_per_batch_teacher_does(layer):
+    """fit with the teacher's outputs computed once (outputs_of, fit's targets) gives the model
+    that the per-batch teacher gives on the same unaugmented images (float64: the teacher's
+    batches differ, its outputs do not), and runs the teacher over the images once, not once
+    per batch and epoch."""
+    student, teacher = _nets(np.float64, seed=21)
+    x, y = _labelled_images(48, 21)
+    objective = Distillation(teacher, "kl", hard_weight=0.5, layer=layer)
+    calls = []
+    forward = teacher.forward
+    teacher.forward = lambda *a, **k: calls.append(len(a[0])) or forward(*a, **k)
+    targets = objective.outputs_of(x, batch_size=32)
+    assert set(targets) == {"logits"} | ({layer} if layer else set())
+    assert calls == [32, 16] and all(len(v) == len(x) for v in targets.values())
+    a, b = clone_net(student), clone_net(student)
+    fit(a, x, y, 2, batch_size=8, lr=0.05, objective=objective, targets=targets, progress=False, seed=3)
+    assert calls == [32, 16]
+    fit(b, x, y, 2, batch_size=8, lr=0.05, objective=objective, augment_pad=0, progress=False, seed=3)
+    assert len(calls) == 2 + 2 * 6
+    moved = False
+    for path, value in a.params().items():
+        np.testing.assert_allclose(value, b.params()[path], rtol=1e-9, atol=1e-12, err_msg=path)
+        moved |= not np.array_equal(value, student.params()[path])
+    assert moved
+
+
+def test_cached_targets_refuse_augmentation():
+    """Outputs of the stored images cannot stand for crops and flips of them."""
+    student, teacher = _nets(seed=22)
+    x, y = _labelled_images(16, 22)
+    objective = Distillation(teacher, "kl")
+    with pytest.raises(ValueError, match="unaugmented"):
+        fit(student, x, y, 1, batch_size=8, objective=objective, targets=objective.outputs_of(x),
+            augment_pad=2, progress=False)
+
+
+def test_prune_and_retrain_without_augmentation_uses_cached_outputs():
+    """augment=False: the student matches a run on the same images with fit's augmentation off
+    and the teacher asked per batch."""
+    teacher = build_net(TINY, seed=23).astype(np.float64)
+    x, y = _labelled_images(32, 23)
+    masks = percentage_masks(teacher, 50)
+    a, _, _ = prune_and_retrain(teacher, x, y, masks, epochs=1, batch_size=16, progress=False,
+                                augment=False, seed=1)
+    b, _, _ = prune_and_retrain(teacher, x, y, masks, epochs=1, batch_size=16, progress=False,
+                                augment_pad=0, seed=1)
+    c, _, _ = prune_and_retrain(teacher, x, y, masks, epochs=1, batch_size=16, progress=False, seed=1)
+    for path, value in a.params().items():
+        np.testing.assert_allclose(value, b.params()[path], rtol=1e-9, atol=1e-12, err_msg=path)
+    assert any(not np.allclose(v, c.params()[p]) for p, v in a.params().items())

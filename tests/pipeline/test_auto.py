@@ -138,7 +138,8 @@ def test_the_climb_keeps_the_last_passing_step_and_halves_a_failing_one(tiny, mo
 def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, monkeypatch):
     """A step beyond 60 % passes only on its second round of retraining at the same sparsity:
     the climb retrains it again instead of backing off, and every later step gets twice the
-    images; with no recoveries allowed, the same step backs off."""
+    images (never more than the training images); with no recoveries allowed, the same step
+    backs off."""
     folder, data, net, _ = tiny
     rounds = []
 
@@ -161,6 +162,12 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
     assert [len(x["checks"]) for x in t] == [1, 2, 2] and t[1]["checks"][0] < t[1]["checks"][1]
     assert [n for _, n in rounds] == [24, 24, 24, 48, 48]  # doubled after the recovered step
     assert [x["images"] for x in t] == [24, 48, 96]
+    rounds.clear()
+    n = len(data.x_train)  # a doubled step never asks for more than one pass over them
+    _, state = climb(*args, replace(cfg, step_images=n - 1), PruneStage(), {}, lambda s, b: None,
+                     lambda: 1.0, progress=False)
+    assert [m for _, m in rounds] == [n - 1, n - 1, n - 1, n, n]
+    assert [x["images"] for x in state["tried"]] == [n - 1, 2 * (n - 1), 2 * n]
     rounds.clear()
     _, state = climb(*args, replace(cfg, recoveries=0), PruneStage(), {}, lambda s, b: None,
                      lambda: 1.0, progress=False)

@@ -105,7 +105,13 @@ def test_compress_and_report_commands(tiny, capsys):
     for key in ("accuracy_before", "accuracy_after", "size_before_bytes", "size_after_bytes", "ratio",
                 "score", "layers"):
         assert key in report
-    assert "fc5.W" in (folder / "rep" / "report.md").read_text()
+    markdown = (folder / "rep" / "report.md").read_text()
+    assert "fc5.W" in markdown
+    spent = report["stage_seconds"]  # where the run's time went, stage by stage
+    assert set(spent) == {"baseline", "prune", "bits", "quantize", "encode", "verify"}
+    assert all(0 <= v < 60 * report["minutes"] + 1 for v in spent.values())
+    line = next(t for t in markdown.splitlines() if t.startswith("- seconds per stage"))
+    assert f"prune {spent['prune']:.0f}" in line and f"verify {spent['verify']:.0f}" in line
     z = report["accuracy_after"]
     assert report["accuracy_images"] == 60  # the tiny dataset's test split
     assert report["accuracy_after_se"] == pytest.approx((z * (1 - z) / 60) ** 0.5)
