@@ -6,7 +6,7 @@ settings; docs/perf.md).
 Run: python bench/climb_rounds.py [MODEL.h5] [--sparsity 0.85] [--images 27000] [--rounds 2]
      [--lr 0.005] [--hard-weight 0.0] [--no-augment]
 
-Validation images are the search's: 10 % of Fashion-MNIST's training split, seed 0.
+Validation images are the search's: its share of Fashion-MNIST's training split, seed 0.
 """
 
 import argparse
@@ -18,7 +18,7 @@ from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model
 from npdc.pipeline.auto import GlobalCut, retrain_step, sparsity_of
-from npdc.pipeline.schedule import PruneStage
+from npdc.pipeline.schedule import PruneStage, SearchStage
 from npdc.pipeline.stages import training_subset
 
 
@@ -34,7 +34,7 @@ def main():
                    help="retrain on the images as stored, the teacher's outputs computed once")
     args = p.parse_args()
     teacher = load_model(args.model)
-    x, y, x_val, y_val = load_dataset("fashion-mnist").held_out(0.1, 0)
+    x, y, x_val, y_val = load_dataset("fashion-mnist").held_out(SearchStage().val_fraction, 0)
     base = evaluate(teacher, x_val, y_val)["accuracy"]
     print(f"{args.model}: validation accuracy {base:.4f} on {len(y_val)} images")
     layers = prunable_layers(teacher)

@@ -28,7 +28,8 @@ from npdc.limits import Budget
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 SPLITS = ("train", "val", "test")
-VAL_FRACTION = 0.1  # of the training split, held out for decisions unless a caller says otherwise
+VAL_FRACTION = 0.2  # of the training split, held out for decisions unless a caller says otherwise
+                   # (12,000 of Fashion-MNIST's images: a drop's noise is sqrt(2) smaller than at 0.1)
 VAL_SEED = 0
 _IDX_DTYPES = {
     0x08: np.dtype(">u1"),

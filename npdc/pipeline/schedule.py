@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from npdc.errors import UserError
+from npdc.io.datasets import VAL_FRACTION
 
 PRUNE_METHODS = ("auto", "agp", "std", "percent", "none")
 GRANULARITIES = ("element", "vector", "kernel", "filter")
@@ -77,13 +78,14 @@ class SearchStage:
     allocation: str = "global"    # global: one magnitude cut, fragile layers kept dense;
                                   # knapsack: per-layer levels from the sweep (npdc.compress.allocate)
     protect_drop: float = 1.0     # global: a layer losing more points alone at the lowest level stays dense
-    val_fraction: float = 0.1     # training images held out for the decisions (seeded)
+    val_fraction: float = VAL_FRACTION  # training images held out for the decisions (seeded)
     sensitivity_images: int = 1000  # validation images of the sweeps (the checks use them all)
     levels: list = field(default_factory=lambda: [50.0, 70.0, 85.0, 95.0, 98.0])
     first_sparsity: float = 0.5   # the climb's first step; then each keeps density_ratio of the rest
     density_ratio: float = 0.6
     max_steps: int = 8
-    step_images: int = 27000      # retraining images per climb step (doubled after a recovered one)
+    step_images: int = 54000      # retraining images per climb step (doubled after a recovered one;
+                                  # never more than the training images)
     recoveries: int = 1           # further rounds of retraining for a step that fails its check
     bits: list = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
     bits_train_images: int = 0    # centroid retraining images of each bit-width candidate (0: none)
@@ -108,7 +110,7 @@ class Schedule:
 
 
 PRESETS = {
-    "auto": {"prune": {"method": "auto", "lr": 0.02, "hard_weight": 1.0},
+    "auto": {"prune": {"method": "auto", "lr": 0.02, "hard_weight": 1.0, "augment": False},
              "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000},
              "search": {"time_budget": 15.0}},
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
