@@ -1,0 +1,292 @@
+"""Integer kernels of int8 inference: uint8 activations with a zero point, int8 weights, int32
+sums, and requantisation by a fixed-point multiplier and a shift, after Jacob et al. 2018
+("Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference", sections 2.2-2.4).
+
+A real value r of a tensor is S * (q - Z): S its scale, Z its zero point, q its uint8. A conv or
+linear output channel o sums v = sum_k W[o, k] * (x[k] - Zx) + bias[o] in integers and writes
+q = Zy + M * v, M = Sx * Sw[o] / Sy, rounded and clamped. M is given as M0 * 2^-shift with M0 an
+int32 in [2^30, 2^31) (Q31): `high_mul` is the paper's rounding doubling high multiply (the
+64-bit product, nudged by 2^30 and divided by 2^31 truncating toward zero: ties go toward +inf)
+and `divide_by_pow2` its rounding right shift (ties away from zero), exactly as the paper's
+reference code (gemmlowp) does them. Departures: the zero-point products Zx * sum_k W[o, k] are
+folded into the bias by the caller (the paper keeps them as separate terms); a negative shift
+(M >= 1) is a saturating left shift of v before the multiply; a residual add is done in the same
+tail with RES_FRACTION bits of extra precision (both terms rescaled to the output scale, summed,
+rounded once), where the paper's add rescales each input to a shared intermediate scale.
+
+Accumulation bound: the int32 sum of a channel's K products is at most K * 127 * 255 in
+magnitude (uint8 activations, |int8 weight| <= 127); the value requantised, sum_k W (x - Zx) +
+bias, is at most K * 127 * 255 + 2^29 (|x - Zx| <= 255, the bias clipped at 2^29). Both stay
+below 2^31 when K <= MAX_INPUTS = 48,000 (48,000 * 127 * 255 + 2^29 = 2,091,350,912). The
+runtime refuses larger layers; ResNet-18's largest has K = 4,608.
+
+Layout. A product of four bytes at a time (GROUP) is what AVX-512 VNNI's vpdpbusd does in one
+lane: the columns of a tile are packed as (K/4, width, 4) bytes, so that 16 output positions x 4
+inputs are one 64-byte vector, and weights as (O, K/4) int32 words of 4 int8 each. The GEMM of a
+tile runs four output channels at a time (`npdc.kernels.vnni.dot_rows4`, or its portable twin
+`dot_rows4_portable` here); both compute exact integer sums, so both give the same bits.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
+from npdc.kernels.vnni import dot_rows4
+
+GROUP = 4  # inputs per 32-bit product word
+LANES = 16  # output positions per vector block
+ROWS = 4  # output channels per register block
+MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
+RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+__all__ = ["RES_IDENTITY", "RES_NONE", "RES_ZEROPAD"]
+
+
+# -- fixed-point arithmetic (the paper's reference code) ------------------------------------------
+@numba.njit(cache=True, inline="always")
+def high_mul(a, b):
+    """round(a * b / 2^31), ties toward +inf, for a, b in int32 (int64 arithmetic); the one
+    overflowing case a = b = -2^31 saturates to 2^31 - 1."""
+    if a == INT32_MIN and b == INT32_MIN:
+        return np.int64(INT32_MAX)
+    ab = np.int64(a) * np.int64(b)
+    t = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
+    return t >> 31 if t >= 0 else -((-t) >> 31)  # C division: truncate toward zero
+
+
+@numba.njit(cache=True, inline="always")
+def divide_by_pow2(x, e):
+    """round(x / 2^e), ties away from zero, for e >= 0."""
+    if e == 0:
+        return x
+    mask = (np.int64(1) << e) - 1
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if (x & mask) > threshold else 0)
+
+
+@numba.njit(cache=True, inline="always")
+def saturate32(x):
+    return min(max(x, INT32_MIN), INT32_MAX)
+
+
+@numba.njit(cache=True, inline="always")
+def requantize(v, m0, shift):
+    """v * m0 * 2^-(31 + shift), rounded as the paper does: v saturated to int32 (and, for a
+    negative shift, shifted left with saturation) before the high multiply."""
+    x = saturate32(np.int64(v))
+    if shift < 0:
+        x = saturate32(x << min(-shift, 32))
+        shift = 0
+    return divide_by_pow2(high_mul(x, m0), shift)
+
+
+@numba.njit(cache=True)
+def requantize_array(v, m0, shift, out):
+    """out[i] = requantize(v[i], m0[i], shift[i]) (int64 arrays): the scalar rule, for tests."""
+    for i in range(v.size):
+        out[i] = requantize(v[i], m0[i], shift[i])
+
+
+# -- packing ---------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def im2col_row(flat, h, w, zx, r, kh, kw, stride, pad, p0, p1, wo, out):
+    """Row r (input channel, kernel row, kernel column) of the columns of output rows p0..p1-1,
+    from one image flattened (C*H*W uint8), into out[:(p1-p0)*wo]; padding reads zx. The run of
+    in-bounds positions is worked out first, so the copy loop has no tests."""
+    c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+    q_lo = min(wo, max(0, (pad - j + stride - 1) // stride))
+    q_hi = max(q_lo, min(wo, (w - 1 + pad - j) // stride + 1))
+    u_lo, u_hi, u_wo, u_stride = np.uint64(q_lo), np.uint64(q_hi), np.uint64(wo), np.uint64(stride)
+    for p in range(p0, p1):
+        iy = p * stride - pad + i
+        o = np.uint64((p - p0) * wo)  # unsigned indices: no wraparound tests in the loops
+        if iy < 0 or iy >= h:
+            for q in range(u_wo):
+                out[o + q] = zx
+            continue
+        src = np.uint64((c * h + iy) * w + j - pad + stride * q_lo)
+        for q in range(u_lo):
+            out[o + q] = zx
+        for q in range(u_hi - u_lo):
+            out[o + u_lo + q] = flat[src + q * u_stride]
+        for q in range(u_hi, u_wo):
+            out[o + q] = zx
+
+
+@numba.njit(cache=True)
+def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, rows4):
+    """Columns of output rows p0..p1-1 of one image x (C, H, W) uint8, packed for dot_rows4:
+    cols[(k // 4) * pitch * 4 + position * 4 + k % 4] for k < k_total = C*kh*kw; padding reads
+    the zero point zx (a real 0), the k past k_total read 0 (their weights are 0). Four rows at a
+    time are lowered into rows4 (4 x pitch bytes of scratch), then interleaved."""
+    flat = x.reshape(x.size)
+    width = (p1 - p0) * wo
+    for g in range((k_total + GROUP - 1) // GROUP):
+        for lane in range(GROUP):
+            r = g * GROUP + lane
+            row = rows4[lane * pitch:(lane + 1) * pitch]
+            if r < k_total:
+                im2col_row(flat, x.shape[1], x.shape[2], zx, r, kh, kw, stride, pad, p0, p1, wo, row)
+            else:
+                row[:width] = 0
+        base = g * pitch * GROUP
+        for t in range(np.uint64(width)):
+            for lane in range(GROUP):
+                cols[np.uint64(base) + t * np.uint64(GROUP) + np.uint64(lane)] = \
+                    rows4[np.uint64(lane * pitch) + t]
+
+
+@numba.njit(cache=True)
+def pack_rows(x, p0, p1, pitch, cols):
+    """Rows p0..p1-1 of x (N, F) uint8 packed as im2col_packed packs columns (position = row)."""
+    f = x.shape[1]
+    for k in range(((f + GROUP - 1) // GROUP) * GROUP):
+        base, lane = (k // GROUP) * pitch * GROUP, k % GROUP
+        for p in range(p0, p1):
+            cols[base + (p - p0) * GROUP + lane] = x[p, k] if k < f else 0
+
+
+# -- the tile GEMM ---------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
+    """acc[a_off + r*a_pitch + l] = sum over k < k4 of the 4-byte dot product of weight word
+    w[w_off + r*w_pitch + k] (4 int8) and column bytes cols[c_off + k*c_pitch + 4l ..] (4 uint8),
+    for r < 4 and l < 16: what dot_rows4 does with vpdpbusd, in plain loops."""
+    wb = w.view(np.int8)  # the words' bytes, in memory order as vpdpbusd reads them
+    for r in range(ROWS):
+        out = a_off + r * a_pitch
+        for lane in range(LANES):
+            acc[out + lane] = 0
+        for k in range(k4):
+            wo_, co = (w_off + r * w_pitch + k) * GROUP, c_off + k * c_pitch
+            w0, w1, w2, w3 = np.int32(wb[wo_]), np.int32(wb[wo_ + 1]), np.int32(wb[wo_ + 2]), np.int32(wb[wo_ + 3])
+            for lane in range(LANES):
+                b = co + lane * GROUP
+                acc[out + lane] += np.int32(w0 * np.int32(cols[b]) + w1 * np.int32(cols[b + 1])
+                                            + w2 * np.int32(cols[b + 2]) + w3 * np.int32(cols[b + 3]))
+
+
+@numba.njit(cache=True)
+def gemm_tile(w, k4, cols, pitch, acc, vnni):
+    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns (k4 x pitch x 4
+    bytes); O4 a multiple of 4, pitch of 16."""
+    o4 = w.size // k4
+    for o in range(0, o4, ROWS):
+        for p in range(0, pitch, LANES):
+            if vnni:
+                dot_rows4(w, o * k4, k4, cols, p * GROUP, pitch * GROUP, k4, acc, o * pitch + p, pitch)
+            else:
+                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, pitch * GROUP, k4, acc,
+                                   o * pitch + p, pitch)
+
+
+# -- tails -----------------------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def clamp_u8(v, lo):
+    return np.uint8(min(max(v, lo), 255))
+
+
+@numba.njit(cache=True, parallel=True)
+def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, vnni):
+    """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
+    words), output rows in tiles of rows_per shared among threads. bias, m0, shift: (O4,) int64
+    (bias with the zero-point term folded in); meta: [Zx, Zy, clamp low (Zy after a ReLU, else
+    0), residual mode, front, stride, Zr, m0 and shift of the residual's rescale]. cols, acc:
+    (threads, tile bytes / words) workspaces, cols with 4 x pitch bytes beyond the packed tile."""
+    n_img, o_out, ho, wo = y.shape[0], y.shape[1], y.shape[2], y.shape[3]
+    tiles = (ho + rows_per - 1) // rows_per
+    k_total = x.shape[1] * kh * kw
+    for t in numba.prange(n_img * tiles):
+        n, p0 = t // tiles, (t % tiles) * rows_per
+        p1 = min(ho, p0 + rows_per)
+        width = (p1 - p0) * wo
+        pitch = ((width + LANES - 1) // LANES) * LANES
+        tid = numba.get_thread_id()
+        col, a = cols[tid], acc[tid]
+        im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch, col,
+                      col[k4 * GROUP * pitch:(k4 + 1) * GROUP * pitch])
+        gemm_tile(w, k4, col, pitch, a, vnni)
+        for o in range(o_out):
+            for i in range(width):
+                p, q = p0 + i // wo, i % wo
+                y[n, o, p, q] = tail_u8(np.int64(a[o * pitch + i]) + bias[o], m0[o], shift[o], meta,
+                                        res, n, o, p, q)
+
+
+@numba.njit(cache=True, inline="always")
+def tail_u8(v, m0, shift, meta, res, n, o, p, q):
+    """The output byte of one sum v (bias included): requantised, plus the residual, clamped."""
+    mode = meta[3]
+    r = np.int64(0)
+    have = False
+    if mode == RES_IDENTITY:
+        r, have = np.int64(res[n, o, p, q]) - meta[6], True
+    elif mode == RES_ZEROPAD:
+        c = o - meta[4]
+        have = True
+        if 0 <= c < res.shape[1]:
+            r = np.int64(res[n, c, p * meta[5], q * meta[5]]) - meta[6]
+    if not have:
+        return clamp_u8(meta[1] + requantize(v, m0, shift), meta[2])
+    total = requantize(v, m0, shift - RES_FRACTION) + requantize(r, meta[7], meta[8] - RES_FRACTION)
+    return clamp_u8(meta[1] + divide_by_pow2(total, RES_FRACTION), meta[2])
+
+
+@numba.njit(cache=True, parallel=True)
+def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni):
+    """x (N, F) uint8 -> y (N, O) uint8 (dequant empty) or y_float (N, O) float32 = (sum + bias) *
+    dequant[o] (the last layer's logits). The N rows are the positions of one packed tile (col:
+    k4 x pitch x 4 bytes, a: O4 x pitch words); blocks of four output channels go to threads."""
+    n_img = x.shape[0]
+    pitch = ((n_img + LANES - 1) // LANES) * LANES
+    pack_rows(x, 0, n_img, pitch, col)
+    o4 = w.size // k4
+    for ob in numba.prange(o4 // ROWS):
+        o = ob * ROWS
+        for p in range(0, pitch, LANES):
+            if vnni:
+                dot_rows4(w, o * k4, k4, col, p * GROUP, pitch * GROUP, k4, a, o * pitch + p, pitch)
+            else:
+                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, pitch * GROUP, k4, a, o * pitch + p,
+                                   pitch)
+    o_out = y_float.shape[1] if dequant.size else y.shape[1]
+    for o in range(o_out):
+        for n in range(n_img):
+            v = np.int64(a[o * pitch + n]) + bias[o]
+            if dequant.size:
+                y_float[n, o] = np.float32(np.float64(v) * dequant[o])
+            else:
+                y[n, o] = clamp_u8(meta[1] + requantize(v, m0[o], shift[o]), meta[2])
+
+
+@numba.njit(cache=True, parallel=True)
+def avg_pool_u8(x, zx, zy, m0, shift, y):
+    """y (N, C) = Zy + requantised sum over each plane of x (N, C, H, W) minus Zx; the multiplier
+    carries 1 / (H W)."""
+    n_img, c_n, hw = x.shape[0], x.shape[1], x.shape[2] * x.shape[3]
+    for t in numba.prange(n_img * c_n):
+        n, c = t // c_n, t % c_n
+        s = np.int64(0)
+        for i in range(x.shape[2]):
+            for j in range(x.shape[3]):
+                s += np.int64(x[n, c, i, j])
+        y[n, c] = clamp_u8(zy + requantize(s - zx * hw, m0, shift), 0)
+
+
+@numba.njit(cache=True, parallel=True)
+def quantize_u8(x, inv_scale, zp, y):
+    """y = clamp(round_half_even(x / S) + Z) of float32 x (any shape, C-contiguous, as y)."""
+    a, b = x.reshape(x.size), y.reshape(y.size)
+    for i in numba.prange(a.size):
+        v = np.round(np.float64(a[i]) * inv_scale) + zp
+        b[i] = np.uint8(min(max(v, 0.0), 255.0))
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_u8(x, scale, zp, y):
+    """y = S * (x - Z), float32."""
+    a, b = x.reshape(x.size), y.reshape(y.size)
+    for i in numba.prange(a.size):
+        b[i] = np.float32(scale * (np.float64(a[i]) - zp))
