@@ -11,13 +11,27 @@ as the paper requires of its zero point.
 
 import numpy as np
 
+from npdc.engine.images import take_rows
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.runtime.infer import build_runtime, check_images
+from npdc.runtime.int8 import activation_scales
 
 METHODS = ("minmax", "percentile")
 SAMPLE = 1 << 15  # values of one tensor kept per batch for the percentile method
 CALIBRATION_BATCH = 64
+CALIBRATION_IMAGES = 256  # the default count: a few hundred training images
+
+
+def calibration_scales(net, images, count=CALIBRATION_IMAGES, method="minmax", percentile=99.99):
+    """{value: (scale, zero point)} from `count` of the images (evenly spaced over them, so a
+    split sorted by class still gives every class)."""
+    if count < 1:
+        raise UserError(f"the number of calibration images must be at least 1, not {count}")
+    if len(images) == 0:
+        raise UserError("no calibration images: the data has no training split")
+    rows = np.unique(np.linspace(0, len(images) - 1, min(count, len(images))).astype(np.int64))
+    return activation_scales(calibrate(net, take_rows(images, rows), method, percentile))
 
 
 def calibrate(net, images, method="minmax", percentile=99.99, batch=CALIBRATION_BATCH):

@@ -117,7 +117,11 @@ class Int8Step:
 
 class Int8Runtime:
     """A plan run in integers: `predict(images)` gives float logits; `scales` {value: (scale,
-    zero point)} come from calibration (npdc.runtime.calibrate) or from the file."""
+    zero point)} come from calibration (npdc.runtime.calibrate) or from the file. It answers
+    the float Runtime's questions the measuring code asks (mode, walk, kernels, static_bytes)."""
+
+    mode = walk = "int8"
+    primitives = {}
 
     def __init__(self, net, scales, batch=1, vnni=None):
         self.plan = plan = Plan(net, batch)
@@ -176,6 +180,12 @@ class Int8Runtime:
         v = self.plan.values[name]
         start = self.plan.batch * v.offset
         return self.arena[start:start + n * v.size].reshape((n,) + v.shape)
+
+    def static_bytes(self):
+        return sum(int(a.nbytes) for a in self.arrays())
+
+    def sparse_layers(self):
+        return []
 
     def arrays(self):
         """Every array the runtime holds between calls."""
@@ -261,7 +271,9 @@ class Int8Runtime:
         return out
 
     def kernels(self):
-        """{step: kernel}: how each step runs."""
-        names = {"conv": "int8 conv", "linear": "int8 linear", "pool": "int8 pool", "layer": "float layer"}
-        path = " (vnni)" if self.vnni else " (portable)"
-        return {s.name: names[s.kind] + (path if s.kind in ("conv", "linear") else "") for s in self.plan.steps}
+        """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
+        path, int8 pool, or a float layer between a dequantize and a quantize)."""
+        path = "vnni" if self.vnni else "portable"
+        names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
+                 "layer": "float-layer"}
+        return {s.name: (names[s.kind], None) for s in self.plan.steps}
