@@ -38,6 +38,8 @@ GROUP = 4  # inputs per 32-bit product word
 LANES = 16  # output positions per vector block
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
+SKEW = 64  # bytes between one group's packed columns and the next beyond the columns themselves,
+           # so that a pitch of a large power of two does not map every group to one cache set
 RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -90,6 +92,12 @@ def requantize_array(v, m0, shift, out):
 
 
 # -- packing ---------------------------------------------------------------------------------------
+@numba.njit(cache=True, inline="always")
+def group_bytes(pitch):
+    """Bytes from one group of four packed column rows to the next, for `pitch` positions."""
+    return pitch * GROUP + SKEW
+
+
 @numba.njit(cache=True)
 def im2col_row(flat, h, w, zx, r, kh, kw, stride, pad, p0, p1, wo, out):
     """Row r (input channel, kernel row, kernel column) of the columns of output rows p0..p1-1,
@@ -118,12 +126,15 @@ def im2col_row(flat, h, w, zx, r, kh, kw, stride, pad, p0, p1, wo, out):
 @numba.njit(cache=True)
 def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, rows4):
     """Columns of output rows p0..p1-1 of one image x (C, H, W) uint8, packed for dot_rows4:
-    cols[(k // 4) * pitch * 4 + position * 4 + k % 4] for k < k_total = C*kh*kw; padding reads
+    cols[(k // 4) * group_bytes(pitch) + position * 4 + k % 4] for k < k_total = C*kh*kw; padding reads
     the zero point zx (a real 0), the k past k_total read 0 (their weights are 0). Four rows at a
     time are lowered into rows4 (4 x pitch bytes of scratch), then interleaved."""
     flat = x.reshape(x.size)
     width = (p1 - p0) * wo
-    for g in range((k_total + GROUP - 1) // GROUP):
+    k4 = (k_total + GROUP - 1) // GROUP
+    words = cols[:k4 * group_bytes(pitch)].view(np.uint32)  # one word: a position's 4 bytes
+    r0, r1, r2, r3 = rows4[:pitch], rows4[pitch:2 * pitch], rows4[2 * pitch:3 * pitch], rows4[3 * pitch:]
+    for g in range(k4):
         for lane in range(GROUP):
             r = g * GROUP + lane
             row = rows4[lane * pitch:(lane + 1) * pitch]
@@ -131,11 +142,10 @@ def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, 
                 im2col_row(flat, x.shape[1], x.shape[2], zx, r, kh, kw, stride, pad, p0, p1, wo, row)
             else:
                 row[:width] = 0
-        base = g * pitch * GROUP
-        for t in range(np.uint64(width)):
-            for lane in range(GROUP):
-                cols[np.uint64(base) + t * np.uint64(GROUP) + np.uint64(lane)] = \
-                    rows4[np.uint64(lane * pitch) + t]
+        base = np.uint64(g * group_bytes(pitch) // GROUP)
+        for t in range(np.uint64(width)):  # little-endian: lane l is byte l of the word
+            words[base + t] = (np.uint32(r0[t]) | (np.uint32(r1[t]) << np.uint32(8))
+                               | (np.uint32(r2[t]) << np.uint32(16)) | (np.uint32(r3[t]) << np.uint32(24)))
 
 
 @numba.njit(cache=True)
@@ -143,7 +153,7 @@ def pack_rows(x, p0, p1, pitch, cols):
     """Rows p0..p1-1 of x (N, F) uint8 packed as im2col_packed packs columns (position = row)."""
     f = x.shape[1]
     for k in range(((f + GROUP - 1) // GROUP) * GROUP):
-        base, lane = (k // GROUP) * pitch * GROUP, k % GROUP
+        base, lane = (k // GROUP) * group_bytes(pitch), k % GROUP
         for p in range(p0, p1):
             cols[base + (p - p0) * GROUP + lane] = x[p, k] if k < f else 0
 
@@ -170,15 +180,15 @@ def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, 
 
 @numba.njit(cache=True)
 def gemm_tile(w, k4, cols, pitch, acc, vnni):
-    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns (k4 x pitch x 4
-    bytes); O4 a multiple of 4, pitch of 16."""
+    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns (k4 groups of pitch x 4
+    bytes, group_bytes(pitch) apart); O4 a multiple of 4, pitch of 16."""
     o4 = w.size // k4
     for o in range(0, o4, ROWS):
         for p in range(0, pitch, LANES):
             if vnni:
-                dot_rows4(w, o * k4, k4, cols, p * GROUP, pitch * GROUP, k4, acc, o * pitch + p, pitch)
+                dot_rows4(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, pitch * GROUP, k4, acc,
+                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc,
                                    o * pitch + p, pitch)
 
 
@@ -206,13 +216,27 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
         im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch, col,
-                      col[k4 * GROUP * pitch:(k4 + 1) * GROUP * pitch])
+                      col[k4 * group_bytes(pitch):k4 * group_bytes(pitch) + GROUP * pitch])
         gemm_tile(w, k4, col, pitch, a, vnni)
         for o in range(o_out):
+            if meta[3] == RES_NONE:
+                finish_plain(a, o * pitch, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1], meta[2])
+                continue
             for i in range(width):
                 p, q = p0 + i // wo, i % wo
                 y[n, o, p, q] = tail_u8(np.int64(a[o * pitch + i]) + bias[o], m0[o], shift[o], meta,
                                         res, n, o, p, q)
+
+
+@numba.njit(cache=True)
+def finish_plain(a, start, plane, p0, p1, bias, m0, shift, zy, low):
+    """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start:]: zy + requantised, clamped
+    to [low, 255]; a loop without residual tests, for the vectoriser."""
+    flat = plane.reshape(plane.size)
+    wo = plane.shape[1]
+    first = np.uint64(p0 * wo)
+    for i in range(np.uint64((p1 - p0) * wo)):
+        flat[first + i] = clamp_u8(zy + requantize(np.int64(a[np.uint64(start) + i]) + bias, m0, shift), low)
 
 
 @numba.njit(cache=True, inline="always")
@@ -247,9 +271,9 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
         o = ob * ROWS
         for p in range(0, pitch, LANES):
             if vnni:
-                dot_rows4(w, o * k4, k4, col, p * GROUP, pitch * GROUP, k4, a, o * pitch + p, pitch)
+                dot_rows4(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, pitch * GROUP, k4, a, o * pitch + p,
+                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p,
                                    pitch)
     o_out = y_float.shape[1] if dequant.size else y.shape[1]
     for o in range(o_out):

@@ -172,7 +172,8 @@ class Int8Runtime:
                 pitch = _pad_to(self._rows_per(s) * self.plan.values[s.output].shape[2], K.LANES)
             else:
                 pitch = _pad_to(self.plan.batch, K.LANES)
-            cols, acc = max(cols, (q.k4 + 1) * K.GROUP * pitch), max(acc, q.w.size // q.k4 * pitch)
+            cols = max(cols, q.k4 * (pitch * K.GROUP + K.SKEW) + K.GROUP * pitch)
+            acc = max(acc, q.w.size // q.k4 * pitch)
         self.cols = np.zeros((self.threads, cols), np.uint8)
         self.acc = np.zeros((self.threads, acc), np.int32)
 

@@ -95,7 +95,9 @@ def _gemm(W, cols_kp, vnni):
     w[:o, :k] = W
     packed = np.zeros((k4 * 4, pitch), np.uint8)
     packed[:k, :p] = cols_kp
-    cols = np.ascontiguousarray(packed.reshape(k4, 4, pitch).transpose(0, 2, 1)).reshape(-1)
+    groups = np.zeros((k4, pitch * 4 + K.SKEW), np.uint8)  # each group's bytes, then the skew
+    groups[:, :pitch * 4] = packed.reshape(k4, 4, pitch).transpose(0, 2, 1).reshape(k4, -1)
+    cols = groups.reshape(-1)
     acc = np.zeros(o4 * pitch, np.int32)
     K.gemm_tile(w.view(np.int32).reshape(-1), k4, cols, pitch, acc, vnni)
     return acc.reshape(o4, pitch)[:o, :p]
@@ -140,7 +142,7 @@ def _conv(bias, relu, zy=10, zx=0):
     meta = np.array([zx, zy, zy if relu else 0, K.RES_NONE, 0, 1, 0, 0, 0], np.int64)
     y = np.zeros((1, 1, 3, 3), np.uint8)
     threads = numba.config.NUMBA_NUM_THREADS
-    cols, acc = np.zeros((threads, 2 * 4 * 16), np.uint8), np.zeros((threads, 4 * 16), np.int32)
+    cols, acc = np.zeros((threads, 2 * 4 * 16 + K.SKEW), np.uint8), np.zeros((threads, 4 * 16), np.int32)
     K.conv_u8(x, w.reshape(-1), 1, 1, 1, 1, 0, np.array([bias, 0, 0, 0], np.int64),
               m0.repeat(4), shift.repeat(4), meta, np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, 3, False)
     return y
