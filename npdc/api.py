@@ -85,9 +85,9 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
     protocol on the embeddings of layer `embedding` (default: the classifier's input), and
     makes it the score's z. executor (npdc.cluster) shares a Net's test set out over a cluster,
     with `shared` (a npdc.jobs.Loaded recipe) in place of the arrays when given.
-    precision "int8" runs a .npdc file in integers (npdc.runtime.int8), its activation scales
-    calibrated on `calibration` training images of `data` by `calibration_method` (minmax or
-    percentile).
+    precision "int8" runs a .npdc file in integers (npdc.runtime.int8) with the activation scales
+    the file stores (`[encode] int8 = true`), else scales calibrated on `calibration` training
+    images of `data` by `calibration_method` (minmax or percentile).
     """
     if _is_npdc(model):
         net, codes = load_compressed(model)
@@ -108,14 +108,12 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
             check_fits(base, x, y)
             before = accuracy_of(base, x, y)["accuracy"] if pairs is None else \
                 verify_net(base, x, pairs, embedding)["verification_accuracy"]
-        scales = None
+        scales = source = None
         if precision == "int8":
-            if isinstance(data, tuple):
-                raise UserError("int8 calibrates on training images: give a dataset, not (x, y)")
-            scales = int8_scales(net, data, calibration, calibration_method)
+            scales, source = int8_scales(model, net, data, calibration, calibration_method)
         return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before,
                                    pairs=pairs, layer=embedding, walk=walk, precision=precision,
-                                   scales=scales)
+                                   scales=scales, scales_source=source)
 
 
 def _test_pairs(pairs, embedding, x, y):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from npdc.atomic import atomic_path
-from npdc.codec.model import load_compressed
+from npdc.codec.model import load_compressed, stored_scales
 from npdc.engine.verification import (check_embedding, cosine_similarity, default_embedding, embed,
                                       protocol, used_images, verify_net)
 from npdc.errors import UserError
@@ -58,13 +58,22 @@ def verification_before_after(path, baseline, x, pairs, layer=None):
 PRECISIONS = ("float", "int8")
 
 
-def int8_scales(net, data, count, method="minmax"):
-    """Activation scales for int8 inference of `net`, calibrated on `count` training images of
-    `data` (a dataset name or path, or a Dataset)."""
+def int8_scales(path, net, data, count, method="minmax"):
+    """(activation scales for int8 inference of `net`, where they came from): the ones the .npdc
+    file at `path` stores, else calibrated on `count` training images of `data` (a dataset name
+    or path, or a Dataset)."""
+    stored = stored_scales(path, net)
+    if stored is not None:
+        return stored, "file"
+    if data is None:
+        raise UserError(f"{Path(path).name} stores no int8 scales: give --data, whose training images "
+                        "calibrate them")
+    if isinstance(data, tuple):
+        raise UserError("int8 calibrates on training images: give a dataset, not (x, y)")
     if isinstance(data, (str, Path)):
         data = load_dataset(str(data))
     x, _ = data.fit_to(net.in_shape).require("train")
-    return calibration_scales(net, x, count, method)
+    return calibration_scales(net, x, count, method), f"calibrated on {min(count, len(x))} training images"
 
 
 def make_runtime(net, codes, weights, batch, path, walk, precision="float", scales=None):
@@ -79,7 +88,7 @@ def make_runtime(net, codes, weights, batch, path, walk, precision="float", scal
 
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
                         baseline_accuracy=None, preset="relative", pairs=None, layer=None, walk=None,
-                        precision="float", scales=None):
+                        precision="float", scales=None, scales_source=None):
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
     takes the file's own accuracy as the reference (the accuracy gate passes). With `pairs` the
@@ -104,7 +113,8 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     sizes = totals(path, baseline=net)
     z0 = z if baseline_accuracy is None else baseline_accuracy
     result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, z, preset, z0)
-    return {"accuracy": accuracy, "images": int(len(x)), "weights": weights, "precision": precision,
+    int8 = {"int8_scales": scales_source} if precision == "int8" else {}
+    return {**int8, "accuracy": accuracy, "images": int(len(x)), "weights": weights, "precision": precision,
             "size_bytes": sizes["size_after_bytes"], "size_before_bytes": sizes["size_before_bytes"],
             "peak_memory_bytes": int(m), "baseline_peak_memory_bytes": int(M),
             "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
@@ -149,9 +159,7 @@ def predict_file(model, images_path, out, weights="sparse", batch_size=128, walk
         raise UserError(f"{images_path}: no images")
     scales = None
     if precision == "int8":
-        if calibration_data is None:
-            raise UserError("--precision int8 needs --data: the training images to calibrate on")
-        scales = int8_scales(net, calibration_data, calibration, calibration_method)
+        scales = int8_scales(model, net, calibration_data, calibration, calibration_method)[0]
     runtime = make_runtime(net, codes, weights, min(batch_size, len(images)), model, walk, precision,
                            scales)
     logits = runtime.predict(images)

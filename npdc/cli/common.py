@@ -92,9 +92,11 @@ def precision_args(s, data_flag=False):
                    help=".npdc runtime: float32 (default) or integer-only int8 (uint8 activations, "
                         "int8 weights, int32 sums)")
     if data_flag:
-        s.add_argument("--data", default=None, help="int8: the dataset whose training images calibrate")
+        s.add_argument("--data", default=None, help="int8, for a file without stored scales: the "
+                                                    "dataset whose training images calibrate them")
     s.add_argument("--calibration", type=positive_int, default=256,
-                   help="int8: training images the activation ranges are measured on (default 256)")
+                   help="int8: training images the activation ranges are measured on (default 256), "
+                        "unless the file stores its scales")
     s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax",
                    help="int8: each activation's range from its min and max (default) or its "
                         "0.01th and 99.99th percentiles")

@@ -144,7 +144,7 @@ def _print_npdc_figures(r, args):
         print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
     if r["precision"] == "int8":
         kinds = sorted(set(r["kernels"].values()))
-        print(f"integer-only int8: {', '.join(kinds)}")
+        print(f"integer-only int8: {', '.join(kinds)}; activation scales {r['int8_scales']}")
     else:
         print(f"{r['walk']} walk; " + sparse_line(r["sparse_layers"], len(r["kernels"])))
     if args.json:

@@ -41,11 +41,12 @@ BIAS_LIMIT = 1 << 29  # |int32 bias| clipped here, inside the accumulation bound
 
 def scale_and_zero(low, high):
     """(scale, zero point) of uint8 values covering [low, high] (which contains 0): real 0 maps to
-    the integer zero point exactly. A tensor that is always 0 gets scale 1."""
+    the integer zero point exactly. A tensor that is always 0 gets scale 1. The scale is
+    rounded to float32, as the .npdc file keeps it, so stored and fresh scales run alike."""
     low, high = min(float(low), 0.0), max(float(high), 0.0)
     if not high > low:
         return 1.0, 0
-    scale = (high - low) / 255.0
+    scale = float(np.float32((high - low) / 255.0))  # float32: what the file stores
     return scale, int(min(max(round(-low / scale), 0), 255))
 
 

@@ -51,7 +51,7 @@ def test_evaluate_int8_reports_its_precision_and_kernels(model_and_data, capsys)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["infer", "{d}/m.npdc", "{d}/images.npz", "--out", "{d}/p.npz", "--precision", "int8"], "--data"),
+    (["infer", "{d}/m.npdc", "{d}/images.npz", "--out", "{d}/p.npz", "--precision", "int8"], "give --data"),
     (["evaluate", "{d}/m.npdc", "--data", "{d}/test_only.npz", "--precision", "int8"], "train split"),
     (["evaluate", "{d}/m.npdc", "--data", "{d}/data.npz", "--precision", "int8", "--calibration", "0"],
      "calibration"),
