@@ -204,39 +204,123 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     words), output rows in tiles of rows_per shared among threads. bias, m0, shift: (O4,) int64
     (bias with the zero-point term folded in); meta: [Zx, Zy, clamp low (Zy after a ReLU, else
     0), residual mode, front, stride, Zr, m0 and shift of the residual's rescale]. cols, acc:
-    (threads, tile bytes / words) workspaces, cols with 4 x pitch bytes beyond the packed tile."""
+    (threads, tile bytes / words) workspaces (tile_bytes gives the columns' size).
+
+    A stride-1 conv computes each tile over the padded width (runs_packed: its positions
+    q >= Wo of each row are computed and dropped), so that its columns are shifted runs of the
+    padded rows; a strided one lowers exact columns (im2col_packed)."""
     n_img, o_out, ho, wo = y.shape[0], y.shape[1], y.shape[2], y.shape[3]
     tiles = (ho + rows_per - 1) // rows_per
     k_total = x.shape[1] * kh * kw
+    wp = x.shape[3] + 2 * pad
+    runs = stride == 1
+    row = wp if runs else wo  # positions from one output row of the tile to the next
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * rows_per
         p1 = min(ho, p0 + rows_per)
-        width = (p1 - p0) * wo
+        width = (p1 - p0 - 1) * row + wo
         pitch = ((width + LANES - 1) // LANES) * LANES
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
-        im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch, col,
-                      col[k4 * group_bytes(pitch):k4 * group_bytes(pitch) + GROUP * pitch])
+        rest = col[k4 * group_bytes(pitch):]
+        if runs:
+            runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+        else:
+            im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
+                          col, rest)
         gemm_tile(w, k4, col, pitch, a, vnni)
         for o in range(o_out):
             if meta[3] == RES_NONE:
-                finish_plain(a, o * pitch, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1], meta[2])
+                finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
+                             meta[2])
                 continue
-            for i in range(width):
-                p, q = p0 + i // wo, i % wo
-                y[n, o, p, q] = tail_u8(np.int64(a[o * pitch + i]) + bias[o], m0[o], shift[o], meta,
-                                        res, n, o, p, q)
+            for p in range(p0, p1):
+                for q in range(wo):
+                    v = np.int64(a[o * pitch + (p - p0) * row + q]) + bias[o]
+                    y[n, o, p, q] = tail_u8(v, m0[o], shift[o], meta, res, n, o, p, q)
 
 
 @numba.njit(cache=True)
-def finish_plain(a, start, plane, p0, p1, bias, m0, shift, zy, low):
-    """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start:]: zy + requantised, clamped
-    to [low, 255]; a loop without residual tests, for the vectoriser."""
+def tile_bytes(c, kh, kw, pad, w, rows, wo, stride):
+    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's two lowerings)."""
+    k4 = (c * kh * kw + GROUP - 1) // GROUP
+    wp = w + 2 * pad
+    width = (rows - 1) * (wp if stride == 1 else wo) + wo
+    pitch = ((width + LANES - 1) // LANES) * LANES
+    extra = c * (rows + kh - 1) * wp if stride == 1 else GROUP * pitch
+    return k4 * group_bytes(pitch) + extra
+
+
+@numba.njit(cache=True)
+def runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, cols, padded):
+    """The columns of output rows p0..p1-1 of a stride-1 conv of one image x (C, H, W) uint8,
+    packed as im2col_packed packs them but over the padded width Wp: position (p - p0) * Wp + q.
+    The rows the tile reads are first copied into `padded` (C x (p1-p0+kh-1) x Wp, the zero
+    point around them); then column row (c, i, j) is the run of `padded` starting at channel c,
+    row i, column j, and four such runs interleave into one group's words."""
+    c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
+    wp, span = w + 2 * pad, p1 - p0 + kh - 1
+    plane = span * wp
+    for c in range(c_n):
+        for rr in range(span):
+            iy, o = p0 + rr - pad, (c * span + rr) * wp
+            if iy < 0 or iy >= h:
+                padded[o:o + wp] = zx
+                continue
+            padded[o:o + pad] = zx
+            padded[o + pad:o + pad + w] = x[c, iy]
+            padded[o + pad + w:o + wp] = zx
+    width = (p1 - p0 - 1) * wp + (w + 2 * pad - kw + 1)
+    words = cols[:((k_total + GROUP - 1) // GROUP) * group_bytes(pitch)].view(np.uint32)
+    starts = np.zeros(GROUP, np.int64)
+    for g in range((k_total + GROUP - 1) // GROUP):
+        for lane in range(GROUP):
+            r = g * GROUP + lane
+            c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+            starts[lane] = c * plane + i * wp + j if r < k_total else -1
+        base = np.uint64(g * group_bytes(pitch) // GROUP)
+        if starts[3] < 0:  # the last group of a k_total that is no multiple of 4: zero bytes
+            for t in range(np.uint64(width)):
+                v = np.uint32(0)
+                for lane in range(GROUP):
+                    if starts[lane] >= 0:
+                        v |= np.uint32(padded[np.uint64(starts[lane]) + t]) << np.uint32(8 * lane)
+                words[base + t] = v
+            continue
+        s0, s1, s2, s3 = np.uint64(starts[0]), np.uint64(starts[1]), np.uint64(starts[2]), np.uint64(starts[3])
+        for t in range(np.uint64(width)):
+            words[base + t] = (np.uint32(padded[s0 + t]) | (np.uint32(padded[s1 + t]) << np.uint32(8))
+                               | (np.uint32(padded[s2 + t]) << np.uint32(16))
+                               | (np.uint32(padded[s3 + t]) << np.uint32(24)))
+
+
+@numba.njit(cache=True, inline="always")
+def requantize_lanes(v, m0, left, right, mask, half):
+    """requantize(v, m0, shift) without branches, for a vectorised loop: m0 >= 0 (so the high
+    multiply cannot overflow), left = max(-shift, 0), right = max(shift, 0), mask = 2^right - 1,
+    half = mask >> 1. Truncation toward zero and the ties are selects on the sign bits."""
+    x = saturate32(saturate32(v) << left)
+    ab = x * m0
+    t = ab + (1 << 30) - np.int64(ab < 0) * ((1 << 31) - 1)
+    h = (t + ((t >> 63) & ((1 << 31) - 1))) >> 31
+    return (h >> right) + np.int64((h & mask) > half + np.int64(h < 0))
+
+
+@numba.njit(cache=True)
+def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low):
+    """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start + (p - p0) * row + q]: zy +
+    requantised, clamped to [low, 255]; loops without tests or branches, for the vectoriser."""
     flat = plane.reshape(plane.size)
     wo = plane.shape[1]
-    first = np.uint64(p0 * wo)
-    for i in range(np.uint64((p1 - p0) * wo)):
-        flat[first + i] = clamp_u8(zy + requantize(np.int64(a[np.uint64(start) + i]) + bias, m0, shift), low)
+    left, right = np.int64(max(-shift, 0)), np.int64(max(shift, 0))
+    mask = (np.int64(1) << right) - 1
+    half = mask >> 1
+    for p in range(p0, p1):
+        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
+        for q in range(np.uint64(wo)):
+            v = np.int64(a[src + q]) + bias
+            out = zy + requantize_lanes(v, m0, left, right, mask, half)
+            flat[dst + q] = np.uint8(min(max(out, low), 255))
 
 
 @numba.njit(cache=True, inline="always")

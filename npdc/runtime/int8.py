@@ -158,7 +158,7 @@ class Int8Runtime:
         c, h, w = self.plan.values[s.inputs[0]].shape
         ho, wo = self.plan.values[s.output].shape[1:]
         k4 = self.q[s.name].k4
-        rows = max(1, TILE_BYTES // (k4 * K.GROUP * wo))
+        rows = max(1, TILE_BYTES // (k4 * K.GROUP * (w + 2 * s.pad if s.stride == 1 else wo)))
         if self.plan.batch < self.threads:
             rows = min(rows, max(1, math.ceil(ho / self.threads)))
         return min(rows, ho)
@@ -170,10 +170,14 @@ class Int8Runtime:
                 continue
             q = self.q[s.name]
             if s.kind == "conv":
-                pitch = _pad_to(self._rows_per(s) * self.plan.values[s.output].shape[2], K.LANES)
+                c, h, w = self.plan.values[s.inputs[0]].shape
+                rows, wo = self._rows_per(s), self.plan.values[s.output].shape[2]
+                cols = max(cols, K.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
+                row = w + 2 * s.pad if s.stride == 1 else wo
+                pitch = _pad_to((rows - 1) * row + wo, K.LANES)
             else:
                 pitch = _pad_to(self.plan.batch, K.LANES)
-            cols = max(cols, q.k4 * (pitch * K.GROUP + K.SKEW) + K.GROUP * pitch)
+                cols = max(cols, q.k4 * (pitch * K.GROUP + K.SKEW))
             acc = max(acc, q.w.size // q.k4 * pitch)
         self.cols = np.zeros((self.threads, cols), np.uint8)
         self.acc = np.zeros((self.threads, acc), np.int32)
