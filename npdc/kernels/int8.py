@@ -234,10 +234,7 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
                              meta[2])
                 continue
-            for p in range(p0, p1):
-                for q in range(wo):
-                    v = np.int64(a[o * pitch + (p - p0) * row + q]) + bias[o]
-                    y[n, o, p, q] = tail_u8(v, m0[o], shift[o], meta, res, n, o, p, q)
+            finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o)
 
 
 @numba.njit(cache=True)
@@ -323,23 +320,39 @@ def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low):
             flat[dst + q] = np.uint8(min(max(out, low), 255))
 
 
-@numba.njit(cache=True, inline="always")
-def tail_u8(v, m0, shift, meta, res, n, o, p, q):
-    """The output byte of one sum v (bias included): requantised, plus the residual, clamped."""
-    mode = meta[3]
-    r = np.int64(0)
-    have = False
-    if mode == RES_IDENTITY:
-        r, have = np.int64(res[n, o, p, q]) - meta[6], True
-    elif mode == RES_ZEROPAD:
-        c = o - meta[4]
-        have = True
-        if 0 <= c < res.shape[1]:
-            r = np.int64(res[n, c, p * meta[5], q * meta[5]]) - meta[6]
-    if not have:
-        return clamp_u8(meta[1] + requantize(v, m0, shift), meta[2])
-    total = requantize(v, m0, shift - RES_FRACTION) + requantize(r, meta[7], meta[8] - RES_FRACTION)
-    return clamp_u8(meta[1] + divide_by_pow2(total, RES_FRACTION), meta[2])
+@numba.njit(cache=True)
+def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o):
+    """finish_plain with the residual res (C, H, W) of one image added: the conv's sum and the
+    residual, each rescaled to the output scale with RES_FRACTION extra bits, summed and rounded
+    once. An identity residual reads channel o at the same place (it may be `plane` itself: each
+    value is read before it is written); a zero-pad one reads channel o - front of every
+    stride-th row and column, and adds real 0 (nothing) outside its channels."""
+    flat = plane.reshape(plane.size)
+    wo = plane.shape[1]
+    zy, low, mode, front, step, zr = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
+    c = o - front if mode == RES_ZEROPAD else o
+    if c < 0 or c >= res.shape[0]:  # a zero-padded channel: the residual adds nothing
+        for p in range(p0, p1):
+            for q in range(wo):
+                v = np.int64(a[start + (p - p0) * row + q]) + bias
+                total = requantize(v, m0, shift - RES_FRACTION)
+                flat[p * wo + q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
+        return
+    r_plane = res[c]
+    sub = step if mode == RES_ZEROPAD else 1
+    fraction = np.int64(RES_FRACTION)
+    cl, cr = np.int64(max(-(shift - fraction), 0)), np.int64(max(shift - fraction, 0))
+    rl, rr = np.int64(max(-(meta[8] - fraction), 0)), np.int64(max(meta[8] - fraction, 0))
+    cmask, rmask, fmask = (np.int64(1) << cr) - 1, (np.int64(1) << rr) - 1, (np.int64(1) << fraction) - 1
+    for p in range(p0, p1):
+        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
+        for q in range(np.uint64(wo)):
+            v = np.int64(a[src + q]) + bias
+            r = np.int64(r_plane[p * sub, q * np.uint64(sub)]) - zr
+            total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
+                     + requantize_lanes(r, meta[7], rl, rr, rmask, rmask >> 1))
+            out = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
+            flat[dst + q] = np.uint8(min(max(out, low), 255))
 
 
 @numba.njit(cache=True, parallel=True)
