@@ -11,12 +11,10 @@ npdc's float runtime. The int8 scales are calibrated on random images: speed doe
 them. `vnni` says which dot product ran (NPDC_INT8_PORTABLE=1 forces the portable one).
 """
 
-import time
-
 import numpy as np
 import pytest
 
-from bench.test_runtime_vs_engines import BATCH, _onnxruntime, _openvino, models  # noqa: F401
+from bench.test_runtime_vs_engines import BATCH, _onnxruntime, _openvino, alternate, models  # noqa: F401
 from npdc.runtime.calibrate import calibration_scales
 from npdc.runtime.infer import build_runtime
 from npdc.runtime.int8 import Int8Runtime
@@ -48,13 +46,7 @@ def _race(engines, x, rounds):
     assert np.abs(got - ref).max() <= 0.1 * max(np.abs(ref).max(), 1.0)
     for run in engines.values():
         run(x)
-    times = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, run in engines.items():
-            t0 = time.perf_counter()
-            run(x)
-            times[name].append(time.perf_counter() - t0)
-    return {name: (float(np.median(t)), float(min(t))) for name, t in times.items()}
+    return alternate(engines, x, rounds)
 
 
 def _record(benchmark, figures, batch, int8):

@@ -19,7 +19,8 @@ Accumulation bound: the int32 sum of a channel's K products is at most K * 127 *
 magnitude (uint8 activations, |int8 weight| <= 127); the value requantised, sum_k W (x - Zx) +
 bias, is at most K * 127 * 255 + 2^29 (|x - Zx| <= 255, the bias clipped at 2^29). Both stay
 below 2^31 when K <= MAX_INPUTS = 48,000 (48,000 * 127 * 255 + 2^29 = 2,091,350,912). The
-runtime refuses larger layers; ResNet-18's largest has K = 4,608.
+runtime refuses larger layers. The shipped fmnist-resnet18's largest is fc5, K = 2,048 (worst
+|sum| 66,324,480), fmnist-resnet20's res4c_2b, K = 576; an ImageNet ResNet-18's 4,608.
 
 Layout. A product of four bytes at a time (GROUP) is what AVX-512 VNNI's vpdpbusd does in one
 lane: the columns of a tile are packed as (K/4, width, 4) bytes, so that 16 output positions x 4
@@ -31,7 +32,7 @@ tile runs four output channels at a time (`npdc.kernels.vnni.dot_rows4`, or its 
 import numba
 import numpy as np
 
-from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
+from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
 from npdc.kernels.vnni import dot_rows4
 
 GROUP = 4  # inputs per 32-bit product word
@@ -42,9 +43,6 @@ SKEW = 64  # bytes between one group's packed columns and the next beyond the co
            # so that a pitch of a large power of two does not map every group to one cache set
 RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-
-__all__ = ["RES_IDENTITY", "RES_NONE", "RES_ZEROPAD"]
-
 
 # -- fixed-point arithmetic (the paper's reference code) ------------------------------------------
 @numba.njit(cache=True, inline="always")

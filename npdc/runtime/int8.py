@@ -109,8 +109,8 @@ class Int8Step:
         self.m0[:o], self.shift[:o] = fixed_multipliers(sx * sw / sy)
         zr, rm0, rshift = 0, 0, 0
         if res_q is not None:
-            (sr, zr), mult = res_q, fixed_multipliers(res_q[0] / sy)
-            rm0, rshift = int(mult[0][0]), int(mult[1][0])
+            zr, (m0_r, shift_r) = res_q[1], fixed_multipliers(res_q[0] / sy)
+            rm0, rshift = int(m0_r[0]), int(shift_r[0])
         self.meta = np.array([zx, zy, zy if step.act else 0, step.res_mode, step.res_front,
                               step.res_stride, zr, rm0, rshift], np.int64)
         self.dequant = (sx * sw).astype(np.float64)

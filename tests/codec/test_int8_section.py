@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from npdc.codec.container import pack_container, read_container, unpack_container
+from npdc.codec.container import read_container, unpack_container
 from npdc.codec.errors import FormatError
 from npdc.codec.model import load_compressed, model_sections, save_compressed, stored_scales
 from npdc.codec.payload import decode_scales, encode_scales
@@ -19,7 +19,7 @@ from npdc.pipeline.schedule import EncodeStage, load_schedule
 from npdc.pipeline.stages import encode_stage
 from npdc.runtime.calibrate import calibration_scales
 from npdc.runtime.int8 import Int8Runtime
-from tests.runtime.conftest import NETS, make_npdc, raw_images
+from tests.runtime.conftest import NETS, raw_images
 
 
 @pytest.fixture(scope="module")
