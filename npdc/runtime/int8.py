@@ -30,6 +30,7 @@ import numpy as np
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.kernels import int8 as K
+from npdc.kernels import int8_pack as P
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
 from npdc.runtime.plan import Plan
@@ -97,8 +98,8 @@ class Int8Step:
         if step.act and np.any(step.slopes != 0):
             raise UserError(f"int8: {step.name} ends in a PReLU; integer inference takes ReLU only")
         Wq, sw = int8_weights(W2)
-        self.k4, o4 = _pad_to(k, K.GROUP) // K.GROUP, _pad_to(o, K.ROWS)
-        packed = np.zeros((o4, self.k4 * K.GROUP), np.int8)
+        self.k4, o4 = _pad_to(k, P.GROUP) // P.GROUP, _pad_to(o, K.ROWS)
+        packed = np.zeros((o4, self.k4 * P.GROUP), np.int8)
         packed[:o, :k] = Wq
         self.w = packed.view(np.int32).reshape(-1)
         self.Wq, self.w_scale = Wq, sw
@@ -158,7 +159,7 @@ class Int8Runtime:
         c, h, w = self.plan.values[s.inputs[0]].shape
         ho, wo = self.plan.values[s.output].shape[1:]
         k4 = self.q[s.name].k4
-        rows = max(1, TILE_BYTES // (k4 * K.GROUP * (w + 2 * s.pad if s.stride == 1 else wo)))
+        rows = max(1, TILE_BYTES // (k4 * P.GROUP * (w + 2 * s.pad if s.stride == 1 else wo)))
         if self.plan.batch < self.threads:
             rows = min(rows, max(1, math.ceil(ho / self.threads)))
         return min(rows, ho)
@@ -172,12 +173,12 @@ class Int8Runtime:
             if s.kind == "conv":
                 c, h, w = self.plan.values[s.inputs[0]].shape
                 rows, wo = self._rows_per(s), self.plan.values[s.output].shape[2]
-                cols = max(cols, K.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
+                cols = max(cols, P.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
                 row = w + 2 * s.pad if s.stride == 1 else wo
-                pitch = _pad_to((rows - 1) * row + wo, K.LANES)
+                pitch = _pad_to((rows - 1) * row + wo, P.LANES)
             else:
-                pitch = _pad_to(self.plan.batch, K.LANES)
-                cols = max(cols, q.k4 * (pitch * K.GROUP + K.SKEW))
+                pitch = _pad_to(self.plan.batch, P.LANES)
+                cols = max(cols, q.k4 * (pitch * P.GROUP + P.SKEW))
             acc = max(acc, q.w.size // q.k4 * pitch)
         self.cols = np.zeros((self.threads, cols), np.uint8)
         self.acc = np.zeros((self.threads, acc), np.int32)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npdc.kernels import int8 as K
+from npdc.kernels.int8_pack import SKEW
 from npdc.kernels.vnni import cpu_has_vnni
 from npdc.runtime.int8 import BIAS_LIMIT, fixed_multipliers
 
@@ -95,7 +96,7 @@ def _gemm(W, cols_kp, vnni):
     w[:o, :k] = W
     packed = np.zeros((k4 * 4, pitch), np.uint8)
     packed[:k, :p] = cols_kp
-    groups = np.zeros((k4, pitch * 4 + K.SKEW), np.uint8)  # each group's bytes, then the skew
+    groups = np.zeros((k4, pitch * 4 + SKEW), np.uint8)  # each group's bytes, then the skew
     groups[:, :pitch * 4] = packed.reshape(k4, 4, pitch).transpose(0, 2, 1).reshape(k4, -1)
     cols = groups.reshape(-1)
     acc = np.zeros(o4 * pitch, np.int32)
@@ -142,7 +143,7 @@ def _conv(bias, relu, zy=10, zx=0):
     meta = np.array([zx, zy, zy if relu else 0, K.RES_NONE, 0, 1, 0, 0, 0], np.int64)
     y = np.zeros((1, 1, 3, 3), np.uint8)
     threads = numba.config.NUMBA_NUM_THREADS
-    cols, acc = np.zeros((threads, 2 * 4 * 16 + K.SKEW), np.uint8), np.zeros((threads, 4 * 16), np.int32)
+    cols, acc = np.zeros((threads, 2 * 4 * 16 + SKEW), np.uint8), np.zeros((threads, 4 * 16), np.int32)
     K.conv_u8(x, w.reshape(-1), 1, 1, 1, 1, 0, np.array([bias, 0, 0, 0], np.int64),
               m0.repeat(4), shift.repeat(4), meta, np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, 3, False)
     return y
