@@ -163,7 +163,8 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
                              meta[2])
                 continue
-            finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o)
+            finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o,
+                            rest)
 
 
 @numba.njit(cache=True, inline="always")
@@ -196,12 +197,14 @@ def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low):
 
 
 @numba.njit(cache=True)
-def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o):
+def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o, scratch):
     """finish_plain with the residual res (C, H, W) of one image added: the conv's sum and the
     residual, each rescaled to the output scale with RES_FRACTION extra bits, summed and rounded
     once. An identity residual reads channel o at the same place (it may be `plane` itself: each
     value is read before it is written); a zero-pad one reads channel o - front of every
-    stride-th row and column, and adds real 0 (nothing) outside its channels."""
+    stride-th row and column, and adds real 0 (nothing) outside its channels. Each residual row
+    is first copied into scratch (>= Wo bytes): an identity residual written in place shares
+    memory with `plane`, and the vectoriser keeps a loop that reads and writes one array scalar."""
     flat = plane.reshape(plane.size)
     wo = plane.shape[1]
     zy, low, mode, front, step, zr = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
@@ -213,19 +216,23 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o)
                 total = requantize(v, m0, shift - RES_FRACTION)
                 flat[p * wo + q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
         return
-    r_plane = res[c]
+    r_flat = res[c].reshape(res.shape[1] * res.shape[2])
     sub = step if mode == RES_ZEROPAD else 1
     fraction = np.int64(RES_FRACTION)
     cl, cr = np.int64(max(-(shift - fraction), 0)), np.int64(max(shift - fraction, 0))
     rl, rr = np.int64(max(-(meta[8] - fraction), 0)), np.int64(max(meta[8] - fraction, 0))
     cmask, rmask, fmask = (np.int64(1) << cr) - 1, (np.int64(1) << rr) - 1, (np.int64(1) << fraction) - 1
+    rm0 = meta[7]
     for p in range(p0, p1):
         src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
+        r_at, r_step = np.uint64(p * sub * res.shape[2]), np.uint64(sub)
+        for q in range(np.uint64(wo)):
+            scratch[q] = r_flat[r_at + q * r_step]
         for q in range(np.uint64(wo)):
             v = np.int64(a[src + q]) + bias
-            r = np.int64(r_plane[p * sub, q * np.uint64(sub)]) - zr
+            r = np.int64(scratch[q]) - zr
             total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
-                     + requantize_lanes(r, meta[7], rl, rr, rmask, rmask >> 1))
+                     + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
             out = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
             flat[dst + q] = np.uint8(min(max(out, low), 255))
 
