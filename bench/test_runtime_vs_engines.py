@@ -98,6 +98,11 @@ def _race(engines, x, rounds):
     for name, run in engines.items():
         out = np.asarray(run(x))
         assert np.abs(out - ref).max() <= 1e-3 * max(np.abs(ref).max(), 1.0), name
+    return alternate(engines, x, rounds)
+
+
+def alternate(engines, x, rounds):
+    """{engine: (median s, best s)} of `rounds` rounds of one call of each engine in turn."""
     times = {name: [] for name in engines}
     for _ in range(rounds):
         for name, run in engines.items():

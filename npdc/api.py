@@ -30,7 +30,7 @@ from npdc.engine.net import Net
 from npdc.engine.train import evaluate as accuracy_of, evaluate_model
 from npdc.engine.verification import check_embedding, check_pairs, verify_net
 from npdc.errors import UserError
-from npdc.evaluate import evaluate_compressed, verification_before_after
+from npdc.evaluate import evaluate_compressed, int8_scales, verification_before_after
 from npdc.io import datasets, modelfile, onnx_import, torch_import
 from npdc.io.export import EXPORTERS
 from npdc.io.pairs import read_pairs
@@ -71,7 +71,8 @@ def load_dataset(spec, *, shape=None, resize=None):
 
 # -- measuring ---------------------------------------------------------------------------------
 def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pairs=None, embedding=None,
-             progress=False, executor=None, shared=None, walk=None):
+             progress=False, executor=None, shared=None, walk=None, precision="float", calibration=256,
+             calibration_method="minmax"):
     """Figures of a model on a test split, as a dict.
 
     A Net or .h5 file runs in the engine: accuracy, loss, images, params, size_bytes, macs,
@@ -84,10 +85,15 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
     protocol on the embeddings of layer `embedding` (default: the classifier's input), and
     makes it the score's z. executor (npdc.cluster) shares a Net's test set out over a cluster,
     with `shared` (a npdc.jobs.Loaded recipe) in place of the arrays when given.
+    precision "int8" runs a .npdc file in integers (npdc.runtime.int8) with the activation scales
+    the file stores (`[encode] int8 = true`), else scales calibrated on `calibration` training
+    images of `data` by `calibration_method` (minmax or percentile).
     """
     if _is_npdc(model):
         net, codes = load_compressed(model)
     else:
+        if precision != "float":
+            raise UserError("--precision int8 runs a .npdc file; a .h5 model runs in the engine in float")
         net = _net(model)
     x, y = _split(data, "test", net.in_shape)
     check_fits(net, x, y)
@@ -102,8 +108,12 @@ def evaluate(model, data, *, batch_size=256, weights="sparse", baseline=None, pa
             check_fits(base, x, y)
             before = accuracy_of(base, x, y)["accuracy"] if pairs is None else \
                 verify_net(base, x, pairs, embedding)["verification_accuracy"]
+        scales = source = None
+        if precision == "int8":
+            scales, source = int8_scales(model, net, data, calibration, calibration_method)
         return evaluate_compressed(str(model), net, codes, x, y, weights, batch_size, before,
-                                   pairs=pairs, layer=embedding, walk=walk)
+                                   pairs=pairs, layer=embedding, walk=walk, precision=precision,
+                                   scales=scales, scales_source=source)
 
 
 def _test_pairs(pairs, embedding, x, y):

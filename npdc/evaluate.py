@@ -8,14 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from npdc.atomic import atomic_path
-from npdc.codec.model import load_compressed
+from npdc.codec.model import load_compressed, stored_scales
 from npdc.engine.verification import (check_embedding, cosine_similarity, default_embedding, embed,
                                       protocol, used_images, verify_net)
 from npdc.errors import UserError
-from npdc.io.datasets import check_finite
+from npdc.io.datasets import check_finite, load_dataset
 from npdc.io.npz import npz_names, read_npz
 from npdc.report import totals
+from npdc.runtime.calibrate import calibration_scales
 from npdc.runtime.infer import build_runtime
+from npdc.runtime.int8 import Int8Runtime
 from npdc.runtime.measure import latency_ms, memory_figures, peak_rss_bytes
 from npdc.score import score
 
@@ -53,16 +55,51 @@ def verification_before_after(path, baseline, x, pairs, layer=None):
             "embedding_source": after["embedding_source"]}
 
 
+PRECISIONS = ("float", "int8")
+
+
+def int8_scales(path, net, data, count, method="minmax"):
+    """(activation scales for int8 inference of `net`, where they came from): the ones the .npdc
+    file at `path` stores, else calibrated on `count` training images of `data` (a dataset name
+    or path, or a Dataset)."""
+    stored = stored_scales(path, net)
+    if stored is not None:
+        return stored, "file"
+    if data is None:
+        raise UserError(f"{Path(path).name} stores no int8 scales: give --data, whose training images "
+                        "calibrate them")
+    if isinstance(data, tuple):
+        raise UserError("int8 calibrates on training images: give a dataset, not (x, y)")
+    if isinstance(data, (str, Path)):
+        data = load_dataset(str(data))
+    x, _ = data.fit_to(net.in_shape).require("train")
+    return calibration_scales(net, x, count, method), f"calibrated on {min(count, len(x))} training images"
+
+
+def make_runtime(net, codes, weights, batch, path, walk, precision="float", scales=None):
+    """The float runtime (npdc.runtime.infer) or, with precision int8, the integer one
+    (npdc.runtime.int8) with its activation `scales`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        return Int8Runtime(net, scales, batch)
+    return build_runtime(net, codes, weights, batch, path, walk)
+
+
 def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128,
-                        baseline_accuracy=None, preset="relative", pairs=None, layer=None, walk=None):
+                        baseline_accuracy=None, preset="relative", pairs=None, layer=None, walk=None,
+                        precision="float", scales=None, scales_source=None):
     """Accuracy of the .npdc file at `path` (decoded: net, codes) on (x, y) through the runtime,
     with its size, memory (M, m), speed and score. Without baseline_accuracy the relative preset
     takes the file's own accuracy as the reference (the accuracy gate passes). With `pairs` the
     verification figures join the result and the score's accuracy z is the verification
-    accuracy (baseline_accuracy then is the baseline's verification accuracy)."""
+    accuracy (baseline_accuracy then is the baseline's verification accuracy). precision int8
+    runs the integer runtime with the activation `scales` (int8_scales)."""
     if len(x) == 0:
         raise UserError("the test split is empty")
-    runtime = build_runtime(net, codes, weights, min(batch_size, len(x)), path, walk)  # arrays for a batch
+    if precision == "int8" and pairs is not None:
+        raise UserError("--pairs runs embeddings in float; drop --precision int8 to verify pairs")
+    runtime = make_runtime(net, codes, weights, min(batch_size, len(x)), path, walk, precision, scales)
     t0 = time.perf_counter()
     logits = runtime.predict(x)
     seconds = time.perf_counter() - t0
@@ -70,13 +107,14 @@ def evaluate_compressed(path, net, codes, x, y, weights="sparse", batch_size=128
     verification = verify_compressed(path, net, codes, x, pairs, layer, weights, batch_size, walk) \
         if pairs is not None else {}
     z = verification.get("verification_accuracy", accuracy)
-    single = build_runtime(net, codes, weights, 1, path, walk)
+    single = make_runtime(net, codes, weights, 1, path, walk, precision, scales)
     M, m, method = memory_figures(net, single)
     latency = latency_ms(single)
     sizes = totals(path, baseline=net)
     z0 = z if baseline_accuracy is None else baseline_accuracy
     result = score(sizes["size_before_bytes"], sizes["size_after_bytes"], M, m, z, preset, z0)
-    return {"accuracy": accuracy, "images": int(len(x)), "weights": weights,
+    int8 = {"int8_scales": scales_source} if precision == "int8" else {}
+    return {**int8, "accuracy": accuracy, "images": int(len(x)), "weights": weights, "precision": precision,
             "size_bytes": sizes["size_after_bytes"], "size_before_bytes": sizes["size_before_bytes"],
             "peak_memory_bytes": int(m), "baseline_peak_memory_bytes": int(M),
             "peak_rss_bytes": peak_rss_bytes(), "memory_method": method,
@@ -109,15 +147,21 @@ def kernel_names(runtime):
     return {n: op if kind is None else f"{op}/{kind}" for n, (op, kind) in runtime.kernels().items()}
 
 
-def predict_file(model, images_path, out, weights="sparse", batch_size=128, walk=None):
+def predict_file(model, images_path, out, weights="sparse", batch_size=128, walk=None,
+                 precision="float", calibration_data=None, calibration=256, calibration_method="minmax"):
     """Logits and predicted classes of the images in images_path, written atomically to out
     (.npz with `logits` and `classes`); returns (the number of images, the names of the layers
-    that ran with sparse weights)."""
+    that ran with sparse weights). precision int8 calibrates on the training images of
+    `calibration_data`."""
     net, codes = load_compressed(model)
     images = read_images(images_path)
     if len(images) == 0:
         raise UserError(f"{images_path}: no images")
-    runtime = build_runtime(net, codes, weights, min(batch_size, len(images)), model, walk)
+    scales = None
+    if precision == "int8":
+        scales = int8_scales(model, net, calibration_data, calibration, calibration_method)[0]
+    runtime = make_runtime(net, codes, weights, min(batch_size, len(images)), model, walk, precision,
+                           scales)
     logits = runtime.predict(images)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, logits=logits, classes=logits.argmax(axis=1).astype(np.int64))

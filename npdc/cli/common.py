@@ -86,6 +86,22 @@ def weights_arg(s):
                         "the reference); streamed weights always take the Python walk")
 
 
+def precision_args(s, data_flag=False):
+    """--precision and the calibration flags of int8 inference (npdc.runtime.int8)."""
+    s.add_argument("--precision", choices=["float", "int8"], default="float",
+                   help=".npdc runtime: float32 (default) or integer-only int8 (uint8 activations, "
+                        "int8 weights, int32 sums)")
+    if data_flag:
+        s.add_argument("--data", default=None, help="int8, for a file without stored scales: the "
+                                                    "dataset whose training images calibrate them")
+    s.add_argument("--calibration", type=positive_int, default=256,
+                   help="int8: training images the activation ranges are measured on (default 256), "
+                        "unless the file stores its scales")
+    s.add_argument("--calibration-method", choices=["minmax", "percentile"], default="minmax",
+                   help="int8: each activation's range from its min and max (default) or its "
+                        "0.01th and 99.99th percentiles")
+
+
 def executor_args(s):
     """--workers N / --scheduler ADDRESS: where a command's independent jobs run (in-process by
     default); --share: how the model and images reach the workers."""

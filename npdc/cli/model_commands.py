@@ -9,7 +9,8 @@ import time
 from npdc import __version__
 from npdc.cli.common import (check_paths, data_arg, executor_args, executor_from_args, finite_float,
                              floats, image_args, non_negative_int, positive_int, print_json, shape,
-                             shared_inputs, table, threads_args, use_threads, weights_arg)
+                             precision_args, shared_inputs, table, threads_args, use_threads,
+                             weights_arg)
 from npdc.cli.verify_commands import verification_args, verification_lines
 from npdc.errors import UserError
 
@@ -94,6 +95,7 @@ def evaluate_arguments(sub):
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     weights_arg(s)
+    precision_args(s)
     s.add_argument("--baseline", default=None,
                    help=".npdc: the uncompressed model (.h5) whose accuracy the score compares with")
     verification_args(s)
@@ -112,7 +114,8 @@ def cmd_evaluate(args):
     use_threads(args.threads)
     with executor_from_args(args) as executor:
         r = api.evaluate(args.model, data_arg(args), batch_size=args.batch_size, weights=args.weights,
-                         walk=args.walk,
+                         walk=args.walk, precision=args.precision, calibration=args.calibration,
+                         calibration_method=args.calibration_method,
                          baseline=args.baseline, pairs=args.pairs, embedding=args.embedding,
                          progress=not args.json, executor=executor,
                          shared=shared_inputs(args, args.model, "test"))
@@ -128,7 +131,8 @@ def cmd_evaluate(args):
 
 
 def _print_npdc_figures(r, args):
-    print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({r['weights']} weights)")
+    what = "int8" if r["precision"] == "int8" else f"{r['weights']} weights"
+    print(f"accuracy {r['accuracy']:.4f} on {r['images']} test images ({what})")
     if "verification_accuracy" in r:
         print(verification_lines(r) + f"  (embeddings from the {r['embedding_source']}; the score's z)")
     print(f"size {r['size_bytes']:,} B (float32 {r['size_before_bytes']:,} B)  peak memory "
@@ -138,7 +142,11 @@ def _print_npdc_figures(r, args):
           f"{r['latency_ms_b1']:.2f} ms  score {r['score']:.2f} (accuracy reference: {r['accuracy_reference']})")
     if r["primitives"]:
         print("conv primitives: " + ", ".join(f"{n} {p}" for n, p in r["primitives"].items()))
-    print(f"{r['walk']} walk; " + sparse_line(r["sparse_layers"], len(r["kernels"])))
+    if r["precision"] == "int8":
+        kinds = sorted(set(r["kernels"].values()))
+        print(f"integer-only int8: {', '.join(kinds)}; activation scales {r['int8_scales']}")
+    else:
+        print(f"{r['walk']} walk; " + sparse_line(r["sparse_layers"], len(r["kernels"])))
     if args.json:
         print_json({k: v for k, v in r.items() if k != "score_parts"})
 
@@ -159,6 +167,7 @@ def infer_arguments(sub):
     s.add_argument("--out", required=True, help="predictions to write (.npz)")
     s.add_argument("--batch-size", type=positive_int, default=128)
     weights_arg(s)
+    precision_args(s, data_flag=True)
     threads_args(s)
     s.set_defaults(func=cmd_infer)
 
@@ -168,7 +177,8 @@ def cmd_infer(args):
 
     check_paths([args.model, args.input], [("--out", args.out)])
     use_threads(args.threads)
-    n, sparse = predict_file(args.model, args.input, args.out, args.weights, args.batch_size, args.walk)
+    n, sparse = predict_file(args.model, args.input, args.out, args.weights, args.batch_size, args.walk,
+                             args.precision, args.data, args.calibration, args.calibration_method)
     print(f"wrote logits and classes of {n} images to {args.out}; " + sparse_line(sparse, "its"))
 
 

@@ -24,7 +24,7 @@ from npdc.codec.upgrade import UPGRADES
 from npdc.errors import UserError
 
 MAGIC = b"NPDC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 END_TAG = "END "
 HEAD_SIZE = 6  # magic + u16 version
 FRAME_SIZE = 12  # tag + u32 length + u32 CRC around each payload

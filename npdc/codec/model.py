@@ -5,7 +5,8 @@ tuned (`conv_plan`, {conv layer: primitive}) and, per quantized layer, its path,
 one LAYR per quantized layer in header order (sparse: relative indices + value indices, both
 Huffman-coded; dense: value indices only); PARM: every other parameter and buffer,
 and the input normalisation, as float16 or float32 (with float16 chosen, a second PARM keeps in
-float32 the arrays float16 cannot hold); END. Reading checks the file, rebuilds the
+float32 the arrays float16 cannot hold); INT8, when int8 inference was calibrated at compression
+(version 3): each activation's scale and zero point; END. Reading checks the file, rebuilds the
 net from its spec and checks every name and shape, so a file can never load into a net it does
 not fit.
 
@@ -32,8 +33,8 @@ import numpy as np
 from npdc.codec.container import read_container, write_container
 from npdc.codec.errors import FormatError
 from npdc.codec.header import decode_header, encode_header
-from npdc.codec.payload import (choose_gap_bits, decode_layer, decode_raw, dequantize, encode_dense_layer,
-                                encode_raw, encode_sparse_layer)
+from npdc.codec.payload import (choose_gap_bits, decode_layer, decode_raw, decode_scales, dequantize,
+                                encode_dense_layer, encode_raw, encode_scales, encode_sparse_layer)
 from npdc.compress.quantize import QuantizedLayer
 from npdc.engine.conv_plan import apply_plan, net_plan
 from npdc.engine.layers import BatchNorm2d
@@ -47,12 +48,13 @@ MAX_DIM = 1 << 31  # a layer shape's dimensions are below this
 INDEX_BYTES = 4  # taken from the Budget per claimed weight: its float32 once decoded (see read_model_file)
 
 
-def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"):
+def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32", scales=None):
     """Sections of the file for `net`, whose weights at the paths of `quantized` ({path:
     npdc.compress.quantize.QuantizedLayer}) are replaced by their codes. A pruned layer (`sparse`)
     is stored by relative indices, with the gap width that codes smallest (choose_gap_bits),
     unless coding every position (zeros as index 0) is smaller, as it is for a lightly pruned
-    layer; a dense layer is always stored dense."""
+    layer; a dense layer is always stored dense. `scales` ({activation: (scale, zero point)},
+    from int8 calibration) become the INT8 section."""
     state = net.state_dict()
     layers, payloads = [], []
     for path, q in quantized.items():
@@ -81,8 +83,9 @@ def model_sections(net, quantized, raw_dtype="float32", codebook_dtype="float32"
     if raw_dtype == "float16":  # arrays float16 cannot hold (|x| > 65504) stay float32
         wide = {k: v for k, v in raw.items() if np.abs(v).max(initial=0) > np.finfo(np.float16).max}
         groups = {"float16": {k: v for k, v in raw.items() if k not in wide}, "float32": wide}
+    int8 = [("INT8", encode_scales(scales))] if scales else []
     return ([("HEAD", encode_header(header))] + [("LAYR", p) for p in payloads] +
-            [("PARM", encode_raw(arrays, dtype)) for dtype, arrays in groups.items() if arrays])
+            [("PARM", encode_raw(arrays, dtype)) for dtype, arrays in groups.items() if arrays] + int8)
 
 
 def fold_batch_norms(net, raw):
@@ -107,9 +110,28 @@ def _unfold_batch_norms(net, names, state):
         state[f"{name}.running_var"] = np.full(channels, 1.0 - layer.eps, np.float32)
 
 
-def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="float32"):
+def save_compressed(path, net, quantized, raw_dtype="float32", codebook_dtype="float32", scales=None):
     """Write the .npdc file atomically; returns its size in bytes."""
-    return write_container(path, model_sections(net, quantized, raw_dtype, codebook_dtype))
+    return write_container(path, model_sections(net, quantized, raw_dtype, codebook_dtype, scales))
+
+
+def stored_scales(source, net):
+    """The int8 activation scales a model file stores ({activation: (scale, zero point)}), or
+    None when it has no INT8 section; every name must be the input or a node of `net`."""
+    model = read_model_file(source)
+    if model.int8 is None:
+        return None
+    index, payload = model.int8
+    names = {"input"} | {name for name, _, _ in net.nodes}
+    try:
+        scales = decode_scales(payload, len(names))
+    except FormatError as e:
+        raise e.at(file=model.name, index=index, tag="INT8") from None
+    unknown = sorted(set(scales) - names)
+    if unknown:
+        raise FormatError(f"int8 scales for {unknown[0][:60]!r}, which is no activation of the net",
+                          file=model.name, index=index, tag="INT8")
+    return scales
 
 
 def load_compressed(path):
@@ -174,6 +196,7 @@ class ModelSections:
     header: dict
     layers: list
     params: list
+    int8: tuple = None  # (index, payload) of the INT8 section (int8 activation scales), if any
 
     @property
     def payloads(self):
@@ -236,10 +259,14 @@ def read_model_file(source):
         raise FormatError(e, file=name, index=kept[0], tag="HEAD") from None
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"header lacks or garbles {e}", file=name, index=kept[0], tag="HEAD") from None
+    int8 = None
+    if tags[-1] == "INT8":
+        int8 = (kept[-1], sections[kept[-1]][1])
+        tags, kept = tags[:-1], kept[:-1]
     n_parm = len(tags) - 1 - len(entries)
     if n_parm < 1 or tags[1:] != ["LAYR"] * len(entries) + ["PARM"] * n_parm:
-        raise FormatError(f"expected {len(entries)} LAYR sections, then PARM sections, after HEAD; "
-                          f"found {' '.join(tags[1:])[:200]}", file=name)
+        raise FormatError(f"expected {len(entries)} LAYR sections, then PARM sections, then an "
+                          f"optional INT8, after HEAD; found {' '.join(tags[1:])[:200]}", file=name)
     layers = [LayerSection(p, shape, kept[i], sections[kept[i]][1]) for i, (p, shape) in enumerate(entries, start=1)]
     budget.take(spec_cost(header["spec"]), f"the {header['spec']['arch']} its header declares")
     for layer in layers:
@@ -248,7 +275,7 @@ def read_model_file(source):
                               tag="LAYR")
         budget.take(INDEX_BYTES * layer.size, f"layer {layer.path[:60]} ({layer.size:,} weights)")
     params = [(i, sections[i][1]) for i in kept[1 + len(layers):]]
-    return ModelSections(name, path, sections, header, layers, params)
+    return ModelSections(name, path, sections, header, layers, params, int8)
 
 
 def _listed(header):

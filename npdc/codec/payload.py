@@ -12,6 +12,7 @@ The byte-level specification: docs/format.md.
 import contextlib
 
 import math
+import struct
 
 import numpy as np
 
@@ -336,5 +337,35 @@ def decode_raw(payload):
         if math.prod(max(d, 1) for d in shape) > MAX_RAW_EXTENT:  # an empty array's other dims
             r.fail(f"{name}: dimensions {shape} are larger than any parameter")
         out[name] = values.reshape(shape)
+    r.done()
+    return out
+
+
+def encode_scales(scales):
+    """Payload of int8 activation scales {value name: (scale, zero point)}: varint count, then per
+    activation: varint name length, UTF-8 name, the scale as float32, the zero point as u8."""
+    parts = [varint(len(scales))]
+    for name, (scale, zero) in scales.items():
+        name_b = str(name).encode("utf-8")
+        if not (np.isfinite(scale) and scale > 0) or not 0 <= int(zero) <= 255:
+            raise ValueError(f"{name}: scale {scale} must be finite and above 0, zero point in 0..255")
+        parts += [varint(len(name_b)), name_b, struct.pack("<f", scale), bytes([int(zero)])]
+    return b"".join(parts)
+
+
+def decode_scales(payload, limit):
+    """{value name: (float scale, int zero point)} from encode_scales' payload, at most `limit`
+    activations; every scale finite and above 0 and each name once."""
+    r, out = Reader(payload, "int8 scales"), {}
+    for _ in range(r.varint("activation count", limit)):
+        raw_name = bytes(r.take(r.varint("name length", r.left()), "name"))
+        with r.guard(f"activation name {raw_name[:40]!r}"):
+            name = raw_name.decode("utf-8")
+        if name in out:
+            r.fail(f"activation {name[:60]!r} appears twice")
+        (scale,) = struct.unpack("<f", r.take(4, f"{name[:60]} scale"))
+        if not (math.isfinite(scale) and scale > 0):
+            r.fail(f"activation {name[:60]!r} has scale {scale}, not a finite number above 0")
+        out[name] = (float(scale), r.byte(f"{name[:60]} zero point"))
     r.done()
     return out

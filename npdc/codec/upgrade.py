@@ -8,6 +8,9 @@ on the (tag, payload) list the framing gives, never on raw bytes.
 Version 1 -> 2: layer payloads stored a Huffman code-length table as its alphabet size and every
 symbol's length in 5 bits; version 2 stores only the used symbols (payload.length_table). The
 codebook, counts and Huffman codes themselves are the same bytes.
+
+Version 2 -> 3: version 3 may end a model file with an INT8 section (int8 activation scales); a
+version-2 file has none and every section it has reads the same, so the upgrade keeps them all.
 """
 
 from npdc.codec import bitio, huffman
@@ -55,7 +58,17 @@ def upgrade_v1(sections, name):
     return out
 
 
+def upgrade_v2(sections, name):
+    """Version-2 sections as version 3: the same sections (version 3 only adds INT8, which a
+    version-2 file cannot hold)."""
+    for index, (tag, _) in enumerate(sections):
+        if tag == "INT8":
+            raise FormatError("an INT8 section in a version-2 file", file=name, index=index, tag=tag)
+    return list(sections)
+
+
 # version v -> the function turning a file's sections of version v into those of version v + 1
 UPGRADES = {
     1: upgrade_v1,
+    2: upgrade_v2,
 }

@@ -164,7 +164,7 @@ def _quantize(r):
 
 def _encode(r):
     return encode_stage(load_model(r.work / "quantized.h5"), load_quantized(r.work / "quantized.npz"),
-                        r.schedule.encode, r.out)
+                        r.schedule.encode, r.out, r.x)
 
 
 def _verify(r):

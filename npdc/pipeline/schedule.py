@@ -67,6 +67,9 @@ class QuantizeStage:
 class EncodeStage:
     raw_dtype: str = "float16"
     codebook_dtype: str = "float32"
+    int8: bool = False            # calibrate int8 inference and store the activation scales
+    int8_images: int = 256        # training images the scales are calibrated on
+    int8_method: str = "minmax"   # minmax or percentile (npdc.runtime.calibrate)
 
 
 @dataclass
@@ -195,7 +198,9 @@ def validate_schedule(s):
               (s.prune.kd_layer_loss in ("l2", "cosine"), "prune.kd_layer_loss: l2 or cosine"),
               (s.quantize.kd in ("kl", "l2", "cosine"), "quantize.kd: kl, l2 or cosine"),
               (s.encode.raw_dtype in ("float16", "float32"), "encode.raw_dtype: float16 or float32"),
-              (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32")]
+              (s.encode.codebook_dtype in ("float16", "float32"), "encode.codebook_dtype: float16 or float32"),
+              (s.encode.int8_images >= 1, "encode.int8_images must be >= 1"),
+              (s.encode.int8_method in ("minmax", "percentile"), "encode.int8_method: minmax or percentile")]
     checks.append((all(isinstance(name, str) for name in s.keep), "keep must be a list of layer names"))
     q = s.search
     checks += [(s.quantize.widths in ("fixed", "auto"), "quantize.widths: fixed or auto"),

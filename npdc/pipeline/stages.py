@@ -28,6 +28,7 @@ from npdc.engine.images import take_rows
 from npdc.engine.resnet import clone_net
 from npdc.engine.train import evaluate, fit
 from npdc.errors import UserError
+from npdc.runtime.calibrate import calibration_scales
 
 
 def training_subset(x, y, n, seed):
@@ -140,9 +141,17 @@ def trained_codebook(W, q):
     return codebook
 
 
-def encode_stage(net, quantized, stage, out):
-    """Write the .npdc file for `net` and its quantized layers at `out` (atomically)."""
-    return {"size_bytes": save_compressed(out, net, quantized, stage.raw_dtype, stage.codebook_dtype)}
+def encode_stage(net, quantized, stage, out, x_train=None):
+    """Write the .npdc file for `net` and its quantized layers at `out` (atomically). With
+    stage.int8 the file is then decoded, int8 inference calibrated on x_train (the net as the
+    file gives it back, so the scales fit what the runtime runs) and the file written again with
+    the activation scales."""
+    size = save_compressed(out, net, quantized, stage.raw_dtype, stage.codebook_dtype)
+    if not stage.int8:
+        return {"size_bytes": size}
+    scales = calibration_scales(load_compressed(out)[0], x_train, stage.int8_images, stage.int8_method)
+    size = save_compressed(out, net, quantized, stage.raw_dtype, stage.codebook_dtype, scales)
+    return {"size_bytes": size, "int8_activations": len(scales)}
 
 
 def verify_stage(out, x_test, y_test, progress=True):

@@ -218,6 +218,12 @@ class Runtime:
         self._steps(n, len(self.plan.steps) - 1)
         return self.view(self.plan.output, n)
 
+    def step_calls(self, n):
+        """The Python walk's one call per step for n images (a batch of the plan, or fewer)."""
+        if self.program is not None:
+            raise ValueError("step_calls: the compiled walk runs segments, not steps")
+        return self.calls if n == self.plan.batch else self._bind(n)
+
     def _steps(self, n, last):
         """Run steps 0..last on the first n images in the input view."""
         calls = self.calls if n == self.plan.batch else self._bind(n)
@@ -234,13 +240,7 @@ class Runtime:
     def load_input(self, images):
         """Normalise raw images (uint8 scaled to [0, 1], or float) into the input view."""
         n = len(images)
-        x = self.view(INPUT, n)
-        if images.dtype == np.uint8:
-            np.divide(images, np.float32(255.0), out=x)
-        else:
-            x[...] = as_float(images)
-        x -= self.plan.mean[:, None, None]
-        x /= self.plan.std[:, None, None]
+        normalise_images(images, self.plan.mean, self.plan.std, self.view(INPUT, n))
         return n
 
     def predict(self, images):
@@ -270,6 +270,17 @@ class Runtime:
             self._steps(n, last)
             out[i:i + n] = self.view(name, n)
         return out
+
+
+def normalise_images(images, mean, std, out):
+    """out (float32, images' shape) = the images as the net takes them: uint8 scaled to [0, 1]
+    (floats as they are), minus the per-channel mean, over the std."""
+    if images.dtype == np.uint8:
+        np.divide(images, np.float32(255.0), out=out)
+    else:
+        out[...] = as_float(images)
+    out -= mean[:, None, None]
+    out /= std[:, None, None]
 
 
 def _conv_planned(x, W, stride, pad, primitive, tail, y):

@@ -1,0 +1,136 @@
+"""Lowering uint8 activations into the packed columns the int8 GEMM of npdc.kernels.int8 reads:
+groups of four column rows interleaved byte by byte, so that one 32-bit word holds one output
+position's four inputs, as AVX-512 VNNI's vpdpbusd multiplies them (Intel's instruction set
+reference). `im2col_packed` lowers exact columns (im2col, Chellapilla et al. 2006) for any
+stride; `runs_packed`, for stride 1, lowers over the padded width so that each column row is a
+shifted run of the padded input (the "runs" lowering of npdc.kernels.fused's stride-1 kernel);
+`pack_rows` packs a linear layer's input rows. Every buffer is handed in.
+"""
+
+import numba
+import numpy as np
+
+GROUP = 4  # inputs per 32-bit product word
+LANES = 16  # output positions per vector block
+SKEW = 64  # bytes between one group's packed columns and the next beyond the columns themselves,
+           # so that a pitch of a large power of two does not map every group to one cache set
+
+
+@numba.njit(cache=True, inline="always")
+def group_bytes(pitch):
+    """Bytes from one group of four packed column rows to the next, for `pitch` positions."""
+    return pitch * GROUP + SKEW
+
+
+@numba.njit(cache=True)
+def im2col_row(flat, h, w, zx, r, kh, kw, stride, pad, p0, p1, wo, out):
+    """Row r (input channel, kernel row, kernel column) of the columns of output rows p0..p1-1,
+    from one image flattened (C*H*W uint8), into out[:(p1-p0)*wo]; padding reads zx. The run of
+    in-bounds positions is worked out first, so the copy loop has no tests."""
+    c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+    q_lo = min(wo, max(0, (pad - j + stride - 1) // stride))
+    q_hi = max(q_lo, min(wo, (w - 1 + pad - j) // stride + 1))
+    u_lo, u_hi, u_wo, u_stride = np.uint64(q_lo), np.uint64(q_hi), np.uint64(wo), np.uint64(stride)
+    for p in range(p0, p1):
+        iy = p * stride - pad + i
+        o = np.uint64((p - p0) * wo)  # unsigned indices: no wraparound tests in the loops
+        if iy < 0 or iy >= h:
+            for q in range(u_wo):
+                out[o + q] = zx
+            continue
+        src = np.uint64((c * h + iy) * w + j - pad + stride * q_lo)
+        for q in range(u_lo):
+            out[o + q] = zx
+        for q in range(u_hi - u_lo):
+            out[o + u_lo + q] = flat[src + q * u_stride]
+        for q in range(u_hi, u_wo):
+            out[o + q] = zx
+
+
+@numba.njit(cache=True)
+def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, rows4):
+    """Columns of output rows p0..p1-1 of one image x (C, H, W) uint8, packed for dot_rows4:
+    cols[(k // 4) * group_bytes(pitch) + position * 4 + k % 4] for k < k_total = C*kh*kw; padding reads
+    the zero point zx (a real 0), the k past k_total read 0 (their weights are 0). Four rows at a
+    time are lowered into rows4 (4 x pitch bytes of scratch), then interleaved."""
+    flat = x.reshape(x.size)
+    width = (p1 - p0) * wo
+    k4 = (k_total + GROUP - 1) // GROUP
+    words = cols[:k4 * group_bytes(pitch)].view(np.uint32)  # one word: a position's 4 bytes
+    r0, r1, r2, r3 = rows4[:pitch], rows4[pitch:2 * pitch], rows4[2 * pitch:3 * pitch], rows4[3 * pitch:]
+    for g in range(k4):
+        for lane in range(GROUP):
+            r = g * GROUP + lane
+            row = rows4[lane * pitch:(lane + 1) * pitch]
+            if r < k_total:
+                im2col_row(flat, x.shape[1], x.shape[2], zx, r, kh, kw, stride, pad, p0, p1, wo, row)
+            else:
+                row[:width] = 0
+        base = np.uint64(g * group_bytes(pitch) // GROUP)
+        for t in range(np.uint64(width)):  # little-endian: lane l is byte l of the word
+            words[base + t] = (np.uint32(r0[t]) | (np.uint32(r1[t]) << np.uint32(8))
+                               | (np.uint32(r2[t]) << np.uint32(16)) | (np.uint32(r3[t]) << np.uint32(24)))
+
+
+@numba.njit(cache=True)
+def pack_rows(x, p0, p1, pitch, cols):
+    """Rows p0..p1-1 of x (N, F) uint8 packed as im2col_packed packs columns (position = row)."""
+    f = x.shape[1]
+    for k in range(((f + GROUP - 1) // GROUP) * GROUP):
+        base, lane = (k // GROUP) * group_bytes(pitch), k % GROUP
+        for p in range(p0, p1):
+            cols[base + (p - p0) * GROUP + lane] = x[p, k] if k < f else 0
+
+
+@numba.njit(cache=True)
+def tile_bytes(c, kh, kw, pad, w, rows, wo, stride):
+    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's two lowerings)."""
+    k4 = (c * kh * kw + GROUP - 1) // GROUP
+    wp = w + 2 * pad
+    width = (rows - 1) * (wp if stride == 1 else wo) + wo
+    pitch = ((width + LANES - 1) // LANES) * LANES
+    extra = c * (rows + kh - 1) * wp if stride == 1 else GROUP * pitch
+    return k4 * group_bytes(pitch) + extra
+
+
+@numba.njit(cache=True)
+def runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, cols, padded):
+    """The columns of output rows p0..p1-1 of a stride-1 conv of one image x (C, H, W) uint8,
+    packed as im2col_packed packs them but over the padded width Wp: position (p - p0) * Wp + q.
+    The rows the tile reads are first copied into `padded` (C x (p1-p0+kh-1) x Wp, the zero
+    point around them); then column row (c, i, j) is the run of `padded` starting at channel c,
+    row i, column j, and four such runs interleave into one group's words."""
+    c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
+    wp, span = w + 2 * pad, p1 - p0 + kh - 1
+    plane = span * wp
+    for c in range(c_n):
+        for rr in range(span):
+            iy, o = p0 + rr - pad, (c * span + rr) * wp
+            if iy < 0 or iy >= h:
+                padded[o:o + wp] = zx
+                continue
+            padded[o:o + pad] = zx
+            padded[o + pad:o + pad + w] = x[c, iy]
+            padded[o + pad + w:o + wp] = zx
+    width = (p1 - p0 - 1) * wp + (w + 2 * pad - kw + 1)
+    words = cols[:((k_total + GROUP - 1) // GROUP) * group_bytes(pitch)].view(np.uint32)
+    starts = np.zeros(GROUP, np.int64)
+    for g in range((k_total + GROUP - 1) // GROUP):
+        for lane in range(GROUP):
+            r = g * GROUP + lane
+            c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+            starts[lane] = c * plane + i * wp + j if r < k_total else -1
+        base = np.uint64(g * group_bytes(pitch) // GROUP)
+        if starts[3] < 0:  # the last group of a k_total that is no multiple of 4: zero bytes
+            for t in range(np.uint64(width)):
+                v = np.uint32(0)
+                for lane in range(GROUP):
+                    if starts[lane] >= 0:
+                        v |= np.uint32(padded[np.uint64(starts[lane]) + t]) << np.uint32(8 * lane)
+                words[base + t] = v
+            continue
+        s0, s1, s2, s3 = np.uint64(starts[0]), np.uint64(starts[1]), np.uint64(starts[2]), np.uint64(starts[3])
+        for t in range(np.uint64(width)):
+            words[base + t] = (np.uint32(padded[s0 + t]) | (np.uint32(padded[s1 + t]) << np.uint32(8))
+                               | (np.uint32(padded[s2 + t]) << np.uint32(16))
+                               | (np.uint32(padded[s3 + t]) << np.uint32(24)))

@@ -1,0 +1,88 @@
+"""AVX-512 VNNI for the int8 kernels: `dot_rows4`, a Numba intrinsic (LLVM IR emitted at the call
+site, as npdc.kernels.simd does for shuffles) whose inner loop is the vpdpbusd instruction,
+and `vnni_path()`, the one place that decides whether the kernels use it.
+
+vpdpbusd (Intel's instruction set reference, "VPDPBUSD: Multiply and Add Unsigned and Signed
+Bytes") adds to each of 16 int32 lanes the four products of that lane's unsigned bytes of one
+operand and signed bytes of the other, without saturation: the u8 activation x s8 weight dot
+product of four inputs that npdc.kernels.int8 packs its columns for. Its sums are exact within
+the int32 bound that module states, so the intrinsic and the portable loops of
+npdc.kernels.int8.dot_rows4_portable give the same bits.
+
+On a CPU without the feature the intrinsic compiles to a trap (LLVM cannot select the
+instruction there) and vnni_path() never chooses it. NPDC_INT8_PORTABLE=1 forces the portable
+loops on any CPU (for tests and comparisons).
+"""
+
+import os
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+PORTABLE_ENV = "NPDC_INT8_PORTABLE"
+
+
+def cpu_has_vnni():
+    """Whether the CPU Numba compiles for has AVX-512 VNNI (a CPU name forced through Numba's
+    NUMBA_CPU_NAME counts as without, since its features are not the host's)."""
+    if os.environ.get("NUMBA_CPU_NAME"):
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx512vnni", False))
+
+
+def vnni_path():
+    """True when the int8 kernels run vpdpbusd: the CPU has it and NPDC_INT8_PORTABLE is unset or 0."""
+    return cpu_has_vnni() and os.environ.get(PORTABLE_ENV, "") in ("", "0")
+
+
+def _flat(t, dtype):
+    return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
+
+
+@intrinsic
+def dot_rows4(typingctx, w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
+    """acc[a_off + r*a_pitch + l] = sum over k < k4 of vpdpbusd of the column bytes
+    cols[c_off + k*c_pitch ..+64] (16 lanes x 4 uint8) and the weight word w[w_off + r*w_pitch + k]
+    (4 int8) broadcast to every lane, for rows r < 4 and lanes l < 16; w int32, cols uint8, acc
+    int32, all flat and C-contiguous. Four accumulators stay in registers across the k loop and
+    share each column load. No bounds checks: the caller derives every index from shapes."""
+    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)):
+        return None
+    have = cpu_has_vnni()
+
+    def codegen(context, builder, signature, args):
+        w_a, w_off_v, w_pitch_v, cols_a, c_off_v, c_pitch_v, k4_v, acc_a, a_off_v, a_pitch_v = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v16 = ir.VectorType(i32, 16)
+        if not have:
+            trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                  "llvm.trap")
+            builder.call(trap, [])
+            return context.get_dummy_value()
+        w_base = context.make_array(signature.args[0])(context, builder, w_a).data
+        c_base = context.make_array(signature.args[3])(context, builder, cols_a).data
+        a_base = context.make_array(signature.args[7])(context, builder, acc_a).data
+        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4)]
+        rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(i64, r))) for r in range(4)]
+        with cgutils.for_range(builder, k4_v) as loop:
+            k = loop.index
+            at = builder.add(c_off_v, builder.mul(k, c_pitch_v))
+            column = builder.load(builder.bitcast(builder.gep(c_base, [at]), v16.as_pointer()), align=1)
+            for r in range(4):
+                word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,
+                                                                      ir.Constant(i32, 0)),
+                                               ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+                builder.store(builder.call(dpbusd, [builder.load(sums[r]), column, splat]), sums[r])
+        for r in range(4):
+            at = builder.add(a_off_v, builder.mul(a_pitch_v, ir.Constant(i64, r)))
+            builder.store(builder.load(sums[r]), builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()),
+                          align=4)
+        return context.get_dummy_value()
+
+    i = types.int64  # offsets, pitches and the count arrive as int64 whatever their type at the call
+    return types.void(w, i, i, cols, i, i, i, acc, i, i), codegen

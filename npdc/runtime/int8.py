@@ -1,0 +1,286 @@
+"""Integer-only int8 inference of a plan (npdc.runtime.plan), after Jacob et al. 2018
+("Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
+Inference"); the kernels and their rounding are npdc.kernels.int8's.
+
+- Weights: int8 per output channel, symmetric (scale max|W| / 127, zero point 0), from the
+  decoded codebook weights with the plan's batch-norm scale folded in (the paper folds BN before
+  quantizing; it quantizes weights per tensor with a zero point, per-channel symmetric scales
+  being the later practice that loses less). The .npdc file keeps its codebooks: nothing is
+  stored for the weights.
+- Activations: uint8 with a per-tensor scale and zero point from calibration
+  (npdc.runtime.calibrate); after a ReLU the range starts at 0, so the zero point is 0 and the
+  ReLU is the clamp at it. Departure: a tensor with negative values (the normalised input, a
+  conv without ReLU, a linear before a batch norm) is uint8 with its zero point too, the same
+  256 levels as int8 with the zero point moved by 128, so that every layer multiplies uint8 by
+  int8 as vpdpbusd does.
+- Bias: int32 at scale Sx * Sw[o], zero point 0, as in the paper, with the input's zero-point
+  term folded in; requantisation by M = Sx * Sw[o] / Sy as a Q31 multiplier and a shift.
+- Residual adds are rescaled in integers in the conv's tail; global average pooling sums in
+  integers and rescales by Sx / (H W Sy). The last layer, when a linear, gives float logits:
+  its int32 sums times Sx * Sw[o] (the paper's uint8 output would make ties of the arg max).
+- A generic layer step (one the float plan does not fuse) runs in float between a dequantize and
+  a quantize: correct, but not integer-only; `float_steps` lists them.
+"""
+
+import math
+
+import numba
+import numpy as np
+
+from npdc.engine.net import INPUT
+from npdc.errors import UserError
+from npdc.kernels import int8 as K
+from npdc.kernels import int8_pack as P
+from npdc.kernels.vnni import vnni_path
+from npdc.runtime.infer import check_images, normalise_images
+from npdc.runtime.plan import Plan
+from npdc.runtime.weights import DenseWeights
+
+TILE_BYTES = 1 << 16  # packed column bytes of one conv tile per thread (stays in L2)
+BIAS_LIMIT = 1 << 29  # |int32 bias| clipped here, inside the accumulation bound of npdc.kernels.int8
+
+
+def scale_and_zero(low, high):
+    """(scale, zero point) of uint8 values covering [low, high] (which contains 0): real 0 maps to
+    the integer zero point exactly. A tensor that is always 0 gets scale 1. The scale is
+    rounded to float32, as the .npdc file keeps it, so stored and fresh scales run alike."""
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if not high > low:
+        return 1.0, 0
+    scale = float(np.float32((high - low) / 255.0))  # float32: what the file stores
+    return scale, int(min(max(round(-low / scale), 0), 255))
+
+
+def activation_scales(ranges):
+    """{value: (scale, zero point)} of calibration ranges {value: (low, high)}."""
+    return {name: scale_and_zero(*r) for name, r in ranges.items()}
+
+
+def fixed_multipliers(M):
+    """(m0, shift) int64 arrays with M = m0 * 2^-(31 + shift), m0 in [2^30, 2^31) (Q31), for
+    real multipliers M >= 0; an M too small to reach a whole unit (shift > 62) or 0 gives m0 0."""
+    M = np.atleast_1d(np.asarray(M, np.float64))
+    if not np.isfinite(M).all() or (M < 0).any():
+        raise UserError("int8: a requantisation multiplier is negative or not finite")
+    f, e = np.frexp(M)
+    m0 = np.round(f * 2.0 ** 31).astype(np.int64)
+    carry = m0 == 1 << 31
+    m0[carry] //= 2
+    e = e.astype(np.int64) + carry
+    shift = -e
+    dead = (m0 == 0) | (shift > 62)
+    m0[dead], shift[dead] = 0, 0
+    return m0, np.maximum(shift, -32)
+
+
+def int8_weights(W2):
+    """(int8 weights (O, K), float64 scales (O,)) of float weights (O, K): symmetric per row; a
+    row of zeros keeps scale 1."""
+    W2 = np.asarray(W2, np.float64)
+    amax = np.abs(W2).max(axis=1, initial=0.0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    return np.clip(np.round(W2 / scale[:, None]), -127, 127).astype(np.int8), scale
+
+
+def _pad_to(n, m):
+    return (n + m - 1) // m * m
+
+
+class Int8Step:
+    """One conv or linear step's integer parameters: packed weights (O4 x k4 int32 words), bias,
+    m0, shift (O4,) int64, the real weight scales and meta (the int64 fields conv_u8 reads)."""
+
+    def __init__(self, step, W2, shift_f, sx, zx, sy, zy, res_q=None):
+        o, k = W2.shape
+        if k > K.MAX_INPUTS:
+            raise UserError(f"int8: {step.name} sums {k:,} inputs per output; the int32 bound "
+                            f"allows {K.MAX_INPUTS:,}")
+        if step.act and np.any(step.slopes != 0):
+            raise UserError(f"int8: {step.name} ends in a PReLU; integer inference takes ReLU only")
+        Wq, sw = int8_weights(W2)
+        self.k4, o4 = _pad_to(k, P.GROUP) // P.GROUP, _pad_to(o, K.ROWS)
+        packed = np.zeros((o4, self.k4 * P.GROUP), np.int8)
+        packed[:o, :k] = Wq
+        self.w = packed.view(np.int32).reshape(-1)
+        self.Wq, self.w_scale = Wq, sw
+        bias = np.clip(np.round(np.asarray(shift_f, np.float64) / (sx * sw)), -BIAS_LIMIT, BIAS_LIMIT)
+        self.bias = np.zeros(o4, np.int64)
+        self.bias[:o] = bias.astype(np.int64) - zx * Wq.astype(np.int64).sum(axis=1)
+        self.m0, self.shift = np.zeros(o4, np.int64), np.zeros(o4, np.int64)
+        self.m0[:o], self.shift[:o] = fixed_multipliers(sx * sw / sy)
+        zr, rm0, rshift = 0, 0, 0
+        if res_q is not None:
+            zr, (m0_r, shift_r) = res_q[1], fixed_multipliers(res_q[0] / sy)
+            rm0, rshift = int(m0_r[0]), int(shift_r[0])
+        self.meta = np.array([zx, zy, zy if step.act else 0, step.res_mode, step.res_front,
+                              step.res_stride, zr, rm0, rshift], np.int64)
+        self.dequant = (sx * sw).astype(np.float64)
+
+
+class Int8Runtime:
+    """A plan run in integers: `predict(images)` gives float logits; `scales` {value: (scale,
+    zero point)} come from calibration (npdc.runtime.calibrate) or from the file. It answers
+    the float Runtime's questions the measuring code asks (mode, walk, kernels, static_bytes)."""
+
+    mode = walk = "int8"
+    primitives = {}
+
+    def __init__(self, net, scales, batch=1, vnni=None):
+        self.plan = plan = Plan(net, batch)
+        missing = [v for v in plan.values if v not in scales]
+        if missing:
+            raise UserError(f"int8: no activation scale for {', '.join(missing[:5])}")
+        self.scales = {v: (float(scales[v][0]), int(scales[v][1])) for v in plan.values}
+        self.vnni = vnni_path() if vnni is None else bool(vnni)
+        B = plan.batch
+        self.arena = np.zeros(B * plan.arena_size, np.uint8)
+        self.input = np.zeros((B,) + plan.in_shape, np.float32)
+        self.threads = numba.config.NUMBA_NUM_THREADS
+        steps = [s for s in plan.steps if s.kind in ("conv", "linear")]
+        dense = DenseWeights(steps, net.params())
+        self.q = {}
+        for s in steps:
+            sx, zx = self.scales[s.inputs[0]]
+            sy, zy = self.scales[s.output]
+            res = self.scales[s.residual] if s.residual else None
+            self.q[s.name] = Int8Step(s, dense.get(s)[0], s.shift, sx, zx, sy, zy, res)
+        last = plan.steps[-1]
+        self.float_out = last.kind == "linear"
+        self.logits = np.zeros((B,) + plan.values[plan.output].shape, np.float32)
+        self.float_steps = [s.name for s in plan.steps if s.kind == "layer"]
+        self._workspace()
+        self.no_res = np.zeros((1, 1, 1, 1), np.uint8)
+        self.no_logits = np.zeros((1, 1), np.float32)
+        self.calls = self._bind(B)
+
+    def _rows_per(self, s):
+        """Output rows of one conv tile: packed columns within TILE_BYTES, and at least as many
+        tiles as threads when the plan's batch alone does not give them."""
+        c, h, w = self.plan.values[s.inputs[0]].shape
+        ho, wo = self.plan.values[s.output].shape[1:]
+        k4 = self.q[s.name].k4
+        rows = max(1, TILE_BYTES // (k4 * P.GROUP * (w + 2 * s.pad if s.stride == 1 else wo)))
+        if self.plan.batch < self.threads:
+            rows = min(rows, max(1, math.ceil(ho / self.threads)))
+        return min(rows, ho)
+
+    def _workspace(self):
+        cols = acc = 1
+        for s in self.plan.steps:
+            if s.kind not in ("conv", "linear"):
+                continue
+            q = self.q[s.name]
+            if s.kind == "conv":
+                c, h, w = self.plan.values[s.inputs[0]].shape
+                rows, wo = self._rows_per(s), self.plan.values[s.output].shape[2]
+                cols = max(cols, P.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
+                row = w + 2 * s.pad if s.stride == 1 else wo
+                pitch = _pad_to((rows - 1) * row + wo, P.LANES)
+            else:
+                pitch = _pad_to(self.plan.batch, P.LANES)
+                cols = max(cols, q.k4 * (pitch * P.GROUP + P.SKEW))
+            acc = max(acc, q.w.size // q.k4 * pitch)
+        self.cols = np.zeros((self.threads, cols), np.uint8)
+        self.acc = np.zeros((self.threads, acc), np.int32)
+
+    def view(self, name, n):
+        v = self.plan.values[name]
+        start = self.plan.batch * v.offset
+        return self.arena[start:start + n * v.size].reshape((n,) + v.shape)
+
+    def static_bytes(self):
+        return sum(int(a.nbytes) for a in self.arrays())
+
+    def sparse_layers(self):
+        return []
+
+    def arrays(self):
+        """Every array the runtime holds between calls."""
+        own = [self.arena, self.input, self.logits, self.cols, self.acc, self.no_res]
+        return own + [a for q in self.q.values() for a in (q.w, q.bias, q.m0, q.shift, q.meta, q.dequant)]
+
+    # -- binding ------------------------------------------------------------------------------
+    def _bind(self, n):
+        return [self._bind_step(s, n) for s in self.plan.steps]
+
+    def _bind_step(self, s, n):
+        x, y = self.view(s.inputs[0], n), self.view(s.output, n)
+        if s.kind == "layer":
+            return lambda: self._generic(s, n)
+        if s.kind == "pool":
+            (sx, zx), (sy, zy) = self.scales[s.inputs[0]], self.scales[s.output]
+            m0, shift = fixed_multipliers(sx / (x.shape[2] * x.shape[3] * sy))
+            return lambda: K.avg_pool_u8(x, zx, zy, m0[0], shift[0], y.reshape(n, -1))
+        q = self.q[s.name]
+        if s.kind == "linear":
+            last = self.float_out and s is self.plan.steps[-1]
+            out = y.reshape(n, -1) if not last else self.no_res.reshape(1, 1)
+            deq = q.dequant if last else np.zeros(0)
+            logits = self.logits[:n] if last else self.no_logits
+            return lambda: K.linear_u8(x.reshape(n, -1), q.w, q.k4, q.bias, q.m0, q.shift, q.meta,
+                                       out, logits, deq, self.cols[0], self.acc[0], self.vnni)
+        res = self.view(s.residual, n) if s.residual else self.no_res
+        kh, kw = s.w_shape[2], s.w_shape[3]
+        rows = self._rows_per(s)
+        return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
+                                 res, y, self.cols, self.acc, rows, self.vnni)
+
+    def _generic(self, s, n):
+        """A layer the plan does not fuse, in float between a dequantize and a quantize."""
+        xs = []
+        for name in s.inputs:
+            sx, zx = self.scales[name]
+            xq = self.view(name, n)
+            xf = np.empty(xq.shape, np.float32)
+            K.dequantize_u8(np.ascontiguousarray(xq), sx, zx, xf)
+            xs.append(xf)
+        out = np.ascontiguousarray(s.layer.forward(xs[0] if len(xs) == 1 else xs, False), np.float32)
+        sy, zy = self.scales[s.output]
+        K.quantize_u8(out, 1.0 / sy, zy, self.view(s.output, n))
+
+    # -- running ------------------------------------------------------------------------------
+    def load_input(self, images):
+        """Normalise raw images into the float input buffer and quantize them into the arena."""
+        n = len(images)
+        x = self.input[:n]
+        normalise_images(images, self.plan.mean, self.plan.std, x)
+        s, z = self.scales[INPUT]
+        K.quantize_u8(x, 1.0 / s, z, self.view(INPUT, n))
+        return n
+
+    def run(self, n, keep=None):
+        """Every step on the first n images already in the arena; keep (a dict) receives a copy
+        of each step's uint8 output by value name, for tests."""
+        calls = self.calls if n == self.plan.batch else self._bind(n)
+        for s, call in zip(self.plan.steps, calls):
+            call()
+            if keep is not None and not (self.float_out and s is self.plan.steps[-1]):
+                keep[s.output] = self.view(s.output, n).copy()
+
+    def output(self, n):
+        """Float logits of the last run: the last linear's, or the last value dequantized."""
+        if self.float_out:
+            return self.logits[:n]
+        s, z = self.scales[self.plan.output]
+        out = self.logits[:n]
+        K.dequantize_u8(np.ascontiguousarray(self.view(self.plan.output, n)), s, z, out)
+        return out
+
+    def predict(self, images):
+        """Float logits (N, classes) of raw images, in batches of the plan."""
+        images = check_images(images, self.plan.in_shape)
+        B = self.plan.batch
+        out = np.empty((len(images),) + self.logits.shape[1:], np.float32)
+        for i in range(0, len(images), B):
+            n = self.load_input(images[i:i + B])
+            self.run(n)
+            out[i:i + n] = self.output(n)
+        return out
+
+    def kernels(self):
+        """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
+        path, int8 pool, or a float layer between a dequantize and a quantize)."""
+        path = "vnni" if self.vnni else "portable"
+        names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
+                 "layer": "float-layer"}
+        return {s.name: (names[s.kind], None) for s in self.plan.steps}

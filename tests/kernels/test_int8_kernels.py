@@ -1,0 +1,163 @@
+"""The integer kernels of npdc.kernels.int8: requantisation rounds as Jacob et al. 2018's
+reference code does (checked against exact rational arithmetic and against the real product),
+outputs saturate at both ends, int32 sums stay exact up to the stated bound, and the VNNI and
+portable dot products give the same bits."""
+
+from fractions import Fraction
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from npdc.kernels import int8 as K
+from npdc.kernels.int8_pack import SKEW
+from npdc.kernels.vnni import cpu_has_vnni
+from npdc.runtime.int8 import BIAS_LIMIT, fixed_multipliers
+
+needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
+
+
+def _round_half_up(f):
+    return math.floor(f + Fraction(1, 2))
+
+
+def _round_half_away(f):
+    return int(math.copysign(math.floor(abs(f) + Fraction(1, 2)), f))
+
+
+def _exact(v, m0, shift):
+    """The paper's two roundings in exact arithmetic: v*m0/2^31 to nearest (ties up), then /2^shift
+    to nearest (ties away from zero); a negative shift multiplies v first."""
+    v = max(min(v, 2 ** 31 - 1), -2 ** 31)
+    if shift < 0:
+        v, shift = max(min(v * 2 ** -shift, 2 ** 31 - 1), -2 ** 31), 0
+    return _round_half_away(Fraction(_round_half_up(Fraction(v * m0, 2 ** 31)), 2 ** shift))
+
+
+def _requantize(v, m0, shift):
+    out = np.zeros(len(v), np.int64)
+    K.requantize_array(np.asarray(v, np.int64), np.asarray(m0, np.int64), np.asarray(shift, np.int64), out)
+    return out
+
+
+def test_requantisation_follows_the_papers_rounding_exactly():
+    rng = np.random.default_rng(0)
+    M = np.concatenate([rng.uniform(1e-5, 1, 300), rng.uniform(1, 40, 100)])
+    v = rng.integers(-2 ** 28, 2 ** 28, M.size)
+    v[:50] = rng.integers(-300, 300, 50)  # small sums, where the two roundings show
+    m0, shift = fixed_multipliers(M)
+    got = _requantize(v, m0, shift)
+    assert [int(g) for g in got] == [_exact(int(a), int(b), int(c)) for a, b, c in zip(v, m0, shift)]
+
+
+def test_requantisation_is_within_half_a_step_and_a_bit_of_the_real_product():
+    rng = np.random.default_rng(1)
+    M = rng.uniform(1e-4, 1, 500)
+    v = rng.integers(-2 ** 27, 2 ** 27, M.size)
+    m0, shift = fixed_multipliers(M)
+    assert np.all((m0 >= 2 ** 30) & (m0 < 2 ** 31))
+    assert np.allclose(m0 * 2.0 ** -(31 + shift), M, rtol=2 ** -30, atol=0)
+    got = _requantize(v, m0, shift)
+    real = v * (m0 * 2.0 ** -(31 + shift))  # the dyadic M itself: only the rounding differs
+    assert np.all(np.abs(got - real) <= 0.5 + 0.5 * 2.0 ** -shift + 1e-9)
+
+
+@pytest.mark.parametrize("x,e,expected", [(3, 1, 2), (-3, 1, -2), (1, 1, 1), (-1, 1, -1), (5, 2, 1),
+                                          (-5, 2, -1), (6, 2, 2), (-6, 2, -2), (7, 0, 7)])
+def test_the_rounding_shift_takes_ties_away_from_zero(x, e, expected):
+    assert K.divide_by_pow2(np.int64(x), e) == expected
+
+
+@pytest.mark.parametrize("a,expected", [(1, 1), (-1, 0), (3, 2), (-3, -1)])
+def test_the_high_multiply_takes_ties_up(a, expected):
+    """a * 2^30 / 2^31 = a / 2: ties go toward +inf."""
+    assert K.high_mul(np.int64(a), np.int64(2 ** 30)) == expected
+
+
+def test_the_high_multiply_saturates_its_one_overflow():
+    assert K.high_mul(np.int64(-2 ** 31), np.int64(-2 ** 31)) == 2 ** 31 - 1
+
+
+def test_requantisation_saturates_huge_sums_and_left_shifts():
+    m0, shift = fixed_multipliers([0.5, 4.0])
+    got = _requantize([2 ** 40, -2 ** 40], m0[:1].repeat(2), shift[:1].repeat(2))
+    assert list(got) == [2 ** 30, -2 ** 30]  # saturated to int32 first, then halved
+    got = _requantize([2 ** 30, -2 ** 30], m0[1:].repeat(2), shift[1:].repeat(2))
+    assert list(got) == [2 ** 30, -2 ** 30]  # the left shift saturates at int32 before the multiply
+
+
+def _gemm(W, cols_kp, vnni):
+    """acc = W (O, K) int8 times cols (K, P) uint8 through gemm_tile's packing."""
+    o, k = W.shape
+    p = cols_kp.shape[1]
+    k4, o4, pitch = -(-k // 4), -(-o // 4) * 4, -(-p // 16) * 16
+    w = np.zeros((o4, 4 * k4), np.int8)
+    w[:o, :k] = W
+    packed = np.zeros((k4 * 4, pitch), np.uint8)
+    packed[:k, :p] = cols_kp
+    groups = np.zeros((k4, pitch * 4 + SKEW), np.uint8)  # each group's bytes, then the skew
+    groups[:, :pitch * 4] = packed.reshape(k4, 4, pitch).transpose(0, 2, 1).reshape(k4, -1)
+    cols = groups.reshape(-1)
+    acc = np.zeros(o4 * pitch, np.int32)
+    K.gemm_tile(w.view(np.int32).reshape(-1), k4, cols, pitch, acc, vnni)
+    return acc.reshape(o4, pitch)[:o, :p]
+
+
+def test_the_portable_dot_product_is_the_integer_product():
+    rng = np.random.default_rng(2)
+    W = rng.integers(-127, 128, (7, 45)).astype(np.int8)
+    X = rng.integers(0, 256, (45, 37)).astype(np.uint8)
+    assert np.array_equal(_gemm(W, X, False), W.astype(np.int64) @ X.astype(np.int64))
+
+
+@needs_vnni
+def test_vnni_and_portable_dot_products_give_the_same_bits():
+    rng = np.random.default_rng(3)
+    for o, k, p in ((4, 4, 16), (9, 147, 50), (64, 576, 64)):
+        W = rng.integers(-127, 128, (o, k)).astype(np.int8)
+        X = rng.integers(0, 256, (k, p)).astype(np.uint8)
+        fast, portable = _gemm(W, X, True), _gemm(W, X, False)
+        assert fast.dtype == portable.dtype == np.int32
+        assert np.array_equal(fast, portable)
+        assert np.array_equal(fast, W.astype(np.int64) @ X.astype(np.int64))
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
+def test_the_int32_sum_is_exact_at_the_stated_bound(vnni):
+    """The worst case of one output: MAX_INPUTS inputs of 255 times weights of -127 and 127 sum
+    to K * 127 * 255 and its negation, exactly; with the largest bias it still fits int32."""
+    k = K.MAX_INPUTS
+    worst = k * 127 * 255
+    assert worst + BIAS_LIMIT < 2 ** 31
+    W = np.array([[127] * k, [-127] * k], np.int8)
+    X = np.full((k, 1), 255, np.uint8)
+    assert _gemm(W, X, vnni)[:, 0].tolist() == [worst, -worst]
+
+
+def _conv(bias, relu, zy=10, zx=0):
+    x = np.full((1, 1, 3, 3), 200, np.uint8)
+    w = np.zeros((4, 1), np.int32)
+    w[0, 0] = 0x01  # weight 1 on the only input, the other rows 0
+    m0, shift = fixed_multipliers([0.5])
+    meta = np.array([zx, zy, zy if relu else 0, K.RES_NONE, 0, 1, 0, 0, 0], np.int64)
+    y = np.zeros((1, 1, 3, 3), np.uint8)
+    threads = numba.config.NUMBA_NUM_THREADS
+    cols, acc = np.zeros((threads, 2 * 4 * 16 + SKEW), np.uint8), np.zeros((threads, 4 * 16), np.int32)
+    K.conv_u8(x, w.reshape(-1), 1, 1, 1, 1, 0, np.array([bias, 0, 0, 0], np.int64),
+              m0.repeat(4), shift.repeat(4), meta, np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, 3, False)
+    return y
+
+
+def test_conv_outputs_saturate_at_both_ends_and_relu_clamps_at_the_zero_point():
+    assert np.all(_conv(0, False) == 110)  # 10 + 200 * 0.5
+    assert np.all(_conv(10 ** 6, False) == 255)
+    assert np.all(_conv(-10 ** 6, False) == 0)
+    assert np.all(_conv(-10 ** 6, True) == 10)  # ReLU: real 0 is the zero point
+
+
+def test_quantizing_rounds_and_saturates():
+    x = np.array([-1e9, -0.26, 0.25, 0.75, 1e9, 3.0], np.float32)
+    y = np.zeros(6, np.uint8)
+    K.quantize_u8(x, 2.0, 1, y)  # scale 0.5, zero point 1
+    assert y.tolist() == [0, 0, 1, 3, 255, 7]
