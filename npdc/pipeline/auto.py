@@ -122,7 +122,8 @@ class Ladder:
 class GlobalCut:
     """Overall sparsity -> {layer: sparsity}: one magnitude threshold across the layers (the cut
     of global magnitude pruning), on the weights `net` holds when asked, so weights pruned
-    before (zero) go first. Layers in `protect` stay dense and do not count towards the cut.
+    before (zero) go first. Layers in `protect` stay dense and do not count towards the cut; a
+    sparsity whose cut would leave a layer without weights is out of reach (None).
     The sweep decides what to protect (fragile_layers); the retraining decides the rest, which
     one-shot curves do not foresee: a large fully-connected layer whose curve falls fast alone
     recovers from a deep global cut in retraining, where the knapsack over the curves spares it
@@ -140,6 +141,8 @@ class GlobalCut:
             return None
         others = [n for n in prunable_layers(net) if n not in free]
         masks = global_percentage_masks(net, 100 * share, others)
+        if any(not masks[f"{n}.W"].any() for n in free):
+            return None  # the cut would empty a layer and disconnect the network: out of reach
         return {n: float(1.0 - masks[f"{n}.W"].mean()) for n in free}
 
 

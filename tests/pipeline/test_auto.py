@@ -10,6 +10,7 @@ import pytest
 
 from npdc.compress.prune import percentage_masks, prunable_layers
 from npdc.pipeline import auto
+from npdc.engine.resnet import clone_net
 from npdc.pipeline.auto import Gate, GlobalCut, Ladder, climb, fragile_layers, sparsity_of
 from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, SearchStage, load_schedule
@@ -76,12 +77,28 @@ def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weigh
     assert cut(0.999, net) is None
 
 
+def test_the_global_cut_never_empties_a_layer(tiny):
+    """A layer of small weights falls whole under a deep cut's threshold: that sparsity is out
+    of reach, not a target of 100 % for the layer (which would disconnect the network)."""
+    folder, data, net, _ = tiny
+    net = clone_net(net)
+    layers = prunable_layers(net)
+    small = layers[-1]
+    net.layers[small].params["W"] *= 1e-6
+    cut = GlobalCut(layers, protect=["conv1"])
+    size = net.layers[small].params["W"].size
+    share = size / sum(net.layers[n].params["W"].size for n in layers)
+    reachable = cut(0.5 * share, net)
+    assert reachable is not None and 0 < reachable[small] < 1
+    assert cut(share + 0.05, net) is None
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("auto")
     net, data = tiny_model_and_data(folder, 240, 60)
     schedule = folder / "s.toml"
-    schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nlevels = [50.0, 90.0]\n"
+    schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nval_fraction = 0.1\nlevels = [50.0, 90.0]\n"
                         "bits = [3, 8]\nstep_images = 48\nsensitivity_images = 24\nmax_steps = 3\n"
                         "[quantize]\nepochs = 0\n")
     return folder, data, net, load_schedule(schedule)
