@@ -152,19 +152,23 @@ def fragile_layers(curves, baseline, drop_points):
 
 
 # -- 3.: the climb -------------------------------------------------------------------------------
-def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress,
+                 teacher_outputs=None):
     """Prune `student` in place gradually from its current per-layer sparsity to `targets`
-    while it retrains on (x, y) for one pass with distillation from `teacher` (on the images
-    as stored, the teacher's outputs computed once, when settings.augment is false)."""
+    while it retrains on (x, y) for one pass with distillation from `teacher`. When
+    settings.augment is false, on the images as stored, with the teacher's outputs on them
+    (`teacher_outputs`, Distillation.outputs_of; computed here when not given)."""
     rows, _ = sparsity_table(student)
     now = {r["layer"]: r["sparsity"] for r in rows}
     targets = {name: max(t, now[name]) for name, t in targets.items()}
     steps = -(-len(x) // batch_size)
     hook = LayerwisePruner(student, targets, steps, initial=now)
     objective = Distillation(teacher, settings.kd, settings.tau, hard_weight=settings.hard_weight)
+    if not settings.augment and teacher_outputs is None:
+        teacher_outputs = objective.outputs_of(x)
     fit(student, x, y if settings.labels else None, 1, batch_size=batch_size, lr=settings.lr,
         masks=masks_from_zeros(student), hook=hook, progress=progress, seed=seed, objective=objective,
-        targets=None if settings.augment else objective.outputs_of(x))
+        targets=None if settings.augment else teacher_outputs)
     final = hook.masks_at(hook.start + hook.n * hook.interval)
     for path, keep in final.items():
         student.params()[path] *= keep
@@ -193,6 +197,8 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
     and `best`. Returns (best net, state with "stopped" saying why)."""
     layers = allocation.layers
     best = best or clone_net(teacher)
+    whole = []  # the teacher's outputs on all of x, for rounds on all of it (without augmentation
+    # they are the same in every such round: computed once, a fifth of a round saved each time)
     state.setdefault("tried", [])
     state.setdefault("failures", 0)
     state.setdefault("sparsity", sparsity_of(best, layers))
@@ -219,8 +225,11 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
         while True:  # the step, then recovery rounds at the same masks while it fails
             rounds = len(checks)
             xs, ys = training_subset(x, y, images, seed + 1000 + step + 7919 * rounds)
+            if xs is x and not settings.augment and not whole:
+                whole.append(Distillation(teacher, settings.kd, settings.tau).outputs_of(x))
             retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size,
-                         seed + step + 7919 * rounds, progress)
+                         seed + step + 7919 * rounds, progress,
+                         teacher_outputs=whole[0] if xs is x and whole else None)
             accuracy = metric.score(candidate)
             checks.append(accuracy)
             ok = gate.passes(accuracy, cfg.prune_share)

@@ -118,7 +118,7 @@ class SparsityMetric:
 
 def _fake_training(monkeypatch):
     """retrain_step prunes straight to the targets."""
-    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress, teacher_outputs=None):
         masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
         for path, keep in masks.items():
             student.params()[path] *= keep
@@ -160,7 +160,7 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
     folder, data, net, _ = tiny
     rounds = []
 
-    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress, teacher_outputs=None):
         masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
         for path, keep in masks.items():
             student.params()[path] *= keep
@@ -342,3 +342,35 @@ def test_the_sweep_cache_is_reused_and_a_damaged_one_is_swept_again(tiny, monkey
     compress(3.0)
     assert len(sweeps) == 2
     assert all(v == v for c in json.loads(cache.read_text())["curves"].values() for v in c[1])
+
+
+def test_rounds_on_all_training_images_share_the_teachers_outputs(tiny, monkeypatch):
+    """Without augmentation, every round that retrains on the whole training split reads the
+    teacher's outputs computed once for the climb: the teacher sees each image once in all, and
+    the climb ends with the model of rounds that each ask the teacher themselves."""
+    folder, data, net, _ = tiny
+    x, y = data.x_train[:64], data.y_train[:64]
+    settings = PruneStage(augment=False, lr=0.01)
+    cfg = SearchStage(first_sparsity=0.3, density_ratio=0.7, max_steps=2, step_images=len(x))
+    args = (net, x, y, SparsityMetric(0.99), _flat_ladder(net), Gate(10, 10, 1.0), cfg, settings)
+    seen = []
+    forward = net.forward
+
+    def counted(inputs, *a, **k):
+        if not k.get("train"):
+            seen.append(len(inputs))
+        return forward(inputs, *a, **k)
+    monkeypatch.setattr(net, "forward", counted)
+    shared, state = climb(*args, {}, lambda s, b: None, lambda: 1e9, batch_size=16, progress=False)
+    assert [t["passed"] for t in state["tried"]] == [True, True]
+    assert sum(seen) == len(x)  # once, though two rounds retrained on all 64 images
+    real = auto.retrain_step
+
+    def asking(*a, teacher_outputs=None, **k):
+        return real(*a, **k)
+    monkeypatch.setattr(auto, "retrain_step", asking)
+    seen.clear()
+    alone, _ = climb(*args, {}, lambda s, b: None, lambda: 1e9, batch_size=16, progress=False)
+    assert sum(seen) == 3 * len(x)  # the climb's once, and each round's own
+    for path, value in shared.params().items():
+        np.testing.assert_array_equal(value, alone.params()[path], err_msg=path)
