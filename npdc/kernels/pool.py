@@ -45,10 +45,9 @@ def max_forward(x, k, stride, pad, y, arg, keep_arg):
                             row[ox] = line[ox * stride + shift]
                     elif keep_arg:
                         for ox in range(lo, hi):
-                            v = line[ox * stride + shift]
-                            if v > row[ox]:
-                                row[ox] = v
-                                best[ox] = t
+                            v, m = line[ox * stride + shift], row[ox]
+                            row[ox] = v if v > m else m  # selects, not a branch: they vectorise
+                            best[ox] = t if v > m else best[ox]
                     else:
                         for ox in range(lo, hi):
                             v = line[ox * stride + shift]
