@@ -39,6 +39,17 @@ def stride2_cases(draw):
     return (n, c, h, w), (o, c, 3, 3), 2, pad, 1
 
 
+@st.composite
+def depthwise_cases(draw):
+    """Depthwise convolutions (groups = channels = outputs) of any kernel, stride and padding,
+    MobileNet's 3x3 among them, with rectangular kernels the layer never builds."""
+    c, n = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride, pad = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h, w = draw(st.integers(max(1, kh - 2 * pad), 13)), draw(st.integers(max(1, kw - 2 * pad), 13))
+    return (n, c, h, w), (c, 1, kh, kw), stride, pad, c
+
+
 def _arrays(case, seed):
     x_shape, W_shape, stride, pad, _ = case
     r = np.random.default_rng(seed)
@@ -100,6 +111,31 @@ def test_primitive_on_3x3_stride2(name, case, seed):
     _check_all_three(name, case, seed)
 
 
+@pytest.mark.parametrize("name", ["depthwise", "direct", "im2col"])
+@FEW
+@given(case=depthwise_cases(), seed=st.integers(0, 2**16))
+def test_primitive_on_depthwise(name, case, seed):
+    """MobileNet's layers: one filter per channel, every stride and padding, the edges' partial
+    windows and outputs narrower than the kernel."""
+    _check_all_three(name, case, seed)
+
+
+def test_depthwise_at_mobilenet_shapes_matches_im2col():
+    """The 3x3 stride-1 and stride-2 layers at sizes where rows are long enough to vectorise:
+    the same numbers as im2col per group, forward and both gradients."""
+    r = np.random.default_rng(9)
+    for stride in (1, 2):
+        x = r.standard_normal((2, 24, 30, 29)).astype(np.float32)
+        W = r.standard_normal((24, 1, 3, 3)).astype(np.float32)
+        y = conv2d_forward(x, W, stride, 1, 24, primitive="depthwise")
+        dy = r.standard_normal(y.shape).astype(np.float32)
+        ref = (conv2d_forward(x, W, stride, 1, 24, primitive="im2col"),) + \
+            conv2d_backward(x, W, dy, stride, 1, 24, primitive="im2col")
+        got = (y,) + conv2d_backward(x, W, dy, stride, 1, 24, primitive="depthwise")
+        for a, b in zip(got, ref):
+            assert a.dtype == np.float32 and rel_err(a, b) < TOL
+
+
 def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch):
     """Two images' phase planes to a stack with the last stack half full (3 images), stacks
     longer than one accumulator tile, and 13 output channels (a block of 8 and one of 5)."""
@@ -138,6 +174,9 @@ def test_flat_forward_on_both_paths(case):
     ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
     ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
     ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
+    ("depthwise", ((2, 4, 6, 7), (4, 1, 3, 3), 1, 1, 4)),
+    ("depthwise", ((2, 3, 7, 6), (3, 1, 3, 2), 2, 1, 3)),
+    ("depthwise", ((1, 2, 9, 9), (2, 1, 5, 5), 2, 2, 2)),
 ])
 def test_primitive_passes_gradcheck_in_float64(name, case):
     """Each primitive's backward is the exact adjoint of its forward (finite differences)."""
@@ -246,21 +285,23 @@ def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
         assert span <= max(4 * conv_winograd4.ROWS, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
-@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2)])
+@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2), ("depthwise", 2)])
 def test_same_bits_with_one_or_two_threads(name, stride):
     """flat's and polyphase's plane counts and Winograd's task split follow the thread count, but
     no sum is grouped by it, so training rounds the same whatever --threads says."""
     r = np.random.default_rng(3)
     x = r.standard_normal((37, 9, 9, 9)).astype(np.float32)
-    W = r.standard_normal((11, 9, 3, 3)).astype(np.float32)
+    groups = 9 if name == "depthwise" else 1
+    o = 9 if name == "depthwise" else 11
+    W = r.standard_normal((o, 9 // groups, 3, 3)).astype(np.float32)
     side = out_len(9, 3, stride, 1)
-    dy = r.standard_normal((37, 11, side, side)).astype(np.float32)
+    dy = r.standard_normal((37, o, side, side)).astype(np.float32)
     runs, before = [], numba.get_num_threads()
     try:
         for threads in (1, 2):
             set_threads(threads)
-            runs.append((conv2d_forward(x, W, stride, 1, primitive=name),)
-                        + conv2d_backward(x, W, dy, stride, 1, primitive=name))
+            runs.append((conv2d_forward(x, W, stride, 1, groups, primitive=name),)
+                        + conv2d_backward(x, W, dy, stride, 1, groups, primitive=name))
     finally:
         set_threads(before)
     for a, b in zip(*runs):
@@ -278,6 +319,8 @@ def test_same_bits_with_one_or_two_threads(name, stride):
     ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 1, 1), "stride"),
     ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 2, 1), "padding"),
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
+    ("depthwise", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "depthwise"),
+    ("depthwise", ((1, 4, 6, 6), (8, 1, 3, 3), 1, 1, 4), "depthwise"),
 ])
 def test_refusals_are_clear(name, case, reason):
     """A primitive asked for a shape it does not handle says which rule it breaks."""
@@ -301,6 +344,7 @@ def test_default_is_legal_and_forcing_respects_refusals():
              ((8, 16, 8, 8), (16, 16, 1, 1), 1, 0, 1), ((8, 4, 8, 8), (4, 1, 3, 3), 1, 1, 4)]
     for case in cases:
         assert default_primitive(*case) in legal_primitives(*case)
+    assert default_primitive(*cases[3]) == "depthwise"
     try:
         force_primitive("winograd4")
         assert choose_primitive("im2col", *cases[0]) == "winograd4"
@@ -318,10 +362,11 @@ def test_primitive_is_deterministic(name):
     r = np.random.default_rng(2)
     stride = 2 if name == "polyphase" else 1
     side = out_len(7, 3, stride, 1)
+    groups, o = (4, 4) if name == "depthwise" else (1, 6)
     x = r.standard_normal((5, 4, 7, 7)).astype(np.float32)
-    W = r.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    dy = r.standard_normal((5, 6, side, side)).astype(np.float32)
-    runs = [(conv2d_forward(x, W, stride, 1, primitive=name),)
-            + conv2d_backward(x, W, dy, stride, 1, primitive=name) for _ in range(2)]
+    W = r.standard_normal((o, 4 // groups, 3, 3)).astype(np.float32)
+    dy = r.standard_normal((5, o, side, side)).astype(np.float32)
+    runs = [(conv2d_forward(x, W, stride, 1, groups, primitive=name),)
+            + conv2d_backward(x, W, dy, stride, 1, groups, primitive=name) for _ in range(2)]
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
