@@ -29,6 +29,14 @@ def refuse(x_shape, W_shape, stride, pad, groups):
     return None
 
 
+@numba.njit(cache=True, inline="always")
+def _axpy(a, xs, ys):
+    """ys += a * xs over two runs of equal length, indexed from 0 so that Numba needs no
+    negative-index fix-up and the loop vectorises (for a stride-1 run)."""
+    for j in range(ys.size):
+        ys[j] += a * xs[j]
+
+
 @numba.njit(parallel=True, cache=True, fastmath={"contract"})
 def _forward(x, W, stride, pad, y):
     n, c, h, w = x.shape
@@ -48,8 +56,11 @@ def _forward(x, W, stride, pad, y):
                 for b in range(kw):
                     lo, hi = valid_run(b, stride, pad, w, wo)
                     shift, wt = b - pad, taps[a, b]
-                    for ox in range(lo, hi):
-                        row[ox] += wt * line[ox * stride + shift]
+                    if hi <= lo:
+                        continue
+                    dst = row[lo:hi]
+                    src_run = line[lo * stride + shift:(hi - 1) * stride + shift + 1:stride]
+                    _axpy(wt, src_run, dst)
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
@@ -80,10 +91,17 @@ def _backward(x, W, dy, stride, pad, dx, dW, need_dx):
                         lo, hi = valid_run(b, stride, pad, w, wo)
                         shift, wt = b - pad, taps[a, b]
                         s = zero
-                        for ox in range(lo, hi):
-                            s += grow[ox] * line[ox * stride + shift]
+                        if stride == 1:
+                            for ox in range(lo, hi):
+                                s += grow[ox] * line[ox + shift]
+                        else:
+                            for ox in range(lo, hi):
+                                s += grow[ox] * line[ox * stride + shift]
                         acc[a, b] += s
-                        if need_dx:
+                        if need_dx and stride == 1:
+                            for ox in range(lo, hi):
+                                back[ox + shift] += wt * grow[ox]
+                        elif need_dx:
                             for ox in range(lo, hi):
                                 back[ox * stride + shift] += wt * grow[ox]
         for a in range(kh):
