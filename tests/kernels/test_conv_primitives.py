@@ -94,7 +94,7 @@ def test_primitive_matches_reference_or_refuses(name, case, seed):
     _check_all_three(name, case, seed)
 
 
-@pytest.mark.parametrize("name", ["winograd2", "winograd4", "flat", "kn2row", "fft"])
+@pytest.mark.parametrize("name", ["winograd2", "winograd4", "flat", "kn2row", "fft", "gemm"])
 @FEW
 @given(case=winograd_cases(), seed=st.integers(0, 2**16))
 def test_primitive_on_3x3_stride1(name, case, seed):
@@ -102,7 +102,7 @@ def test_primitive_on_3x3_stride1(name, case, seed):
     _check_all_three(name, case, seed)
 
 
-@pytest.mark.parametrize("name", ["polyphase", "im2col", "kn2row"])
+@pytest.mark.parametrize("name", ["polyphase", "im2col", "kn2row", "gemm"])
 @FEW
 @given(case=stride2_cases(), seed=st.integers(0, 2**16))
 def test_primitive_on_3x3_stride2(name, case, seed):
@@ -174,6 +174,8 @@ def test_flat_forward_on_both_paths(case):
     ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
     ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
     ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
+    ("gemm", ((2, 4, 5, 6), (3, 4, 3, 3), 2, 1, 1)),
+    ("gemm", ((3, 4, 5, 6), (5, 4, 1, 1), 1, 0, 1)),  # no lowering: the input's axes swapped
     ("depthwise", ((2, 4, 6, 7), (4, 1, 3, 3), 1, 1, 4)),
     ("depthwise", ((2, 3, 7, 6), (3, 1, 3, 2), 2, 1, 3)),
     ("depthwise", ((1, 2, 9, 9), (2, 1, 5, 5), 2, 2, 2)),
@@ -320,6 +322,7 @@ def test_same_bits_with_one_or_two_threads(name, stride):
     ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 2, 1), "padding"),
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
     ("depthwise", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "depthwise"),
+    ("gemm", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
     ("depthwise", ((1, 4, 6, 6), (8, 1, 3, 3), 1, 1, 4), "depthwise"),
 ])
 def test_refusals_are_clear(name, case, reason):
@@ -345,6 +348,8 @@ def test_default_is_legal_and_forcing_respects_refusals():
     for case in cases:
         assert default_primitive(*case) in legal_primitives(*case)
     assert default_primitive(*cases[3]) == "depthwise"
+    assert default_primitive((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1) == "gemm"  # ResNet-50's last stage
+    assert default_primitive((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, 1) == "kn2row"  # cifar-resnet's is not
     try:
         force_primitive("winograd4")
         assert choose_primitive("im2col", *cases[0]) == "winograd4"
