@@ -10,8 +10,8 @@ stride-1 unpadded convolution needs no lowering at all: its columns are the inpu
 and channel axes swapped.
 
 Departure from im2col (conv_im2col): the columns of all images live at once (C*kh*kw by N*Ho*Wo
-floats), which costs memory at large feature maps; the default heuristic uses this primitive only
-where the maps are small. Results do not depend on how images are split between threads (BLAS
+floats), which costs memory at large feature maps (refused past MAX_COLUMN_FLOATS); the default
+heuristic uses this primitive only where the maps are small. Results do not depend on how images are split between threads (BLAS
 splits the output, never the sum); they depend on the BLAS thread count only through BLAS's own
 blocking, which is fixed for a given count. Groups = 1 only.
 """
@@ -19,12 +19,22 @@ blocking, which is fixed for a given count. Groups = 1 only.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import col2im, im2col
+from npdc.kernels.im2col import col2im, im2col, out_size
+
+
+MAX_COLUMN_FLOATS = 1 << 26  # 256 MB of float32 columns at most
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
     """Why this primitive cannot compute the convolution, or None."""
-    return "only groups = 1" if groups != 1 else None
+    if groups != 1:
+        return "only groups = 1"
+    n, c, h, w = x_shape
+    _, _, kh, kw = W_shape
+    floats = c * kh * kw * n * out_size(h, kh, stride, pad) * out_size(w, kw, stride, pad)
+    if floats > MAX_COLUMN_FLOATS:
+        return f"the whole batch's columns ({floats} floats) exceed {MAX_COLUMN_FLOATS}"
+    return None
 
 
 def _pointwise(W_shape, stride, pad):

@@ -133,10 +133,15 @@ def forward(x, W, stride, pad, groups):
     return y
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
-    o, cg, kh, kw = W.shape
+def weight_gradient(x, dy, W_shape, stride, pad, groups):
+    """dW (W_shape): also the weight gradient of primitives whose own is slower at some shapes."""
+    o, cg, kh, kw = W_shape
     chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0], numba.get_num_threads())
     dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, numba.get_num_threads())
+    return dW.reshape(W_shape)
+
+
+def backward(x, W, dy, stride, pad, groups, need_dx):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     dx = data_gradient(x.shape, W, dy, stride, pad) if need_dx else None
-    return dx, dW.reshape(W.shape)
+    return dx, weight_gradient(x, dy, W.shape, stride, pad, groups)

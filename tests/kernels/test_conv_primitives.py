@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat, conv_polyphase, conv_winograd4, simd
+from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_winograd4, simd
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -254,15 +254,18 @@ def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, mon
         assert got32.dtype == np.float32 and rel_err(got32, ref) < TOL
 
 
-def test_winograd4_weight_gradient_of_many_channel_pairs_is_flats(monkeypatch):
-    """Above GRAD_MAX_PAIRS (o, c) pairs the chunk sums cost more than they save: flat's result."""
+def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch):
+    """From GRAD_MAX_PAIRS (o, c) pairs on the chunk sums cost more than they save: im2col's
+    result (a GEMM)."""
     r = np.random.default_rng(5)
     x = r.standard_normal((3, 9, 10, 10)).astype(np.float32)
     dy = r.standard_normal((3, 12, 10, 10)).astype(np.float32)
-    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 - 1)  # 9 and 12 channels pad to 16
-    np.testing.assert_array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
-    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)
-    assert not np.array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
+    gemm = conv_im2col.weight_gradient(x, dy, (12, 9, 3, 3), 1, 1, 1)
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)  # 9 and 12 channels pad to 16
+    np.testing.assert_array_equal(conv_winograd4.weight_gradient(x, dy, 1), gemm)
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 + 1)
+    winograd = conv_winograd4.weight_gradient(x, dy, 1)
+    assert not np.array_equal(winograd, gemm) and rel_err(winograd, gemm) < TOL
 
 
 def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
@@ -323,6 +326,7 @@ def test_same_bits_with_one_or_two_threads(name, stride):
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
     ("depthwise", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "depthwise"),
     ("gemm", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
+    ("gemm", ((8, 64, 128, 128), (8, 64, 3, 3), 1, 1, 1), "columns"),
     ("depthwise", ((1, 4, 6, 6), (8, 1, 3, 3), 1, 1, 4), "depthwise"),
 ])
 def test_refusals_are_clear(name, case, reason):
