@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from npdc.kernels.im2col import col2im, im2col, out_size
+from npdc.kernels.matmul import matmul
 
 
 MAX_COLUMN_FLOATS = 1 << 26  # 256 MB of float32 columns at most
@@ -99,34 +100,13 @@ def _out_rows(dy):
     return rows
 
 
-@numba.njit(parallel=True, cache=True)
-def _matmul(a, b, out, n_threads):
-    """out = a @ b, the rows of a and out split in n_threads blocks, each one single-threaded
-    BLAS call on a Numba thread (the sums are BLAS's whatever the split: rows are independent)."""
-    m = a.shape[0]
-    for t in numba.prange(n_threads):
-        lo, hi = t * m // n_threads, (t + 1) * m // n_threads
-        if hi > lo:
-            np.dot(a[lo:hi], b, out[lo:hi])
-
-
-def _product(a, b):
-    """a @ b for C-contiguous a and b on Numba's threads: the forward's product, between Numba
-    kernels (measured in ResNet-50 at inference a little faster than handing over to NumPy's
-    BLAS threads; the backward's products, on transposed operands, stay NumPy's: there the
-    hand-over measured no slower than the transposed copies this would need)."""
-    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
-    _matmul(a, b, out, numba.get_num_threads())
-    return out
-
-
 def forward(x, W, stride, pad, groups):
     """x: (N, C, H, W), W: (O, C, kh, kw) -> y: (N, O, Ho, Wo)."""
     n, c, h, w = x.shape
     o, _, kh, kw = W.shape
     ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
     cols = _columns(x, W.shape, stride, pad, ho * wo)
-    prod = _product(W.reshape(o, -1), cols)
+    prod = matmul(W.reshape(o, -1), cols)
     y = np.empty((n, o, ho, wo), x.dtype)
     _from_rows(prod, y.reshape(n, o, ho * wo))
     return y
@@ -136,10 +116,10 @@ def backward(x, W, dy, stride, pad, groups, need_dx):
     """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     o, c, kh, kw = W.shape
     d = _out_rows(dy)
-    dW = np.matmul(d, _columns(x, W.shape, stride, pad, dy.shape[2] * dy.shape[3]).T).reshape(W.shape)
+    dW = matmul(d, _columns(x, W.shape, stride, pad, dy.shape[2] * dy.shape[3]).T).reshape(W.shape)
     if not need_dx:
         return None, dW
-    back = np.matmul(W.reshape(o, -1).T, d)
+    back = matmul(W.reshape(o, -1).T, d)
     dx = np.empty_like(x)
     if _pointwise(W.shape, stride, pad):
         _from_rows(back, dx.reshape(x.shape[0], c, -1))
