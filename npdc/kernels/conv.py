@@ -117,7 +117,8 @@ def default_primitive(x_shape, W_shape, stride, pad, groups):
     o, cg, kh, kw = W_shape
     if conv_depthwise.refuse(x_shape, W_shape, stride, pad, groups) is None and x_shape[1] > 1:
         return "depthwise"
-    if groups == 1 and cg >= 256 and out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad) <= 64:
+    pixels = out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad)
+    if groups == 1 and cg >= 256 and pixels <= 64:
         return "gemm"
     if groups == 1 and stride == 1 and (kh, kw) == (3, 3) and pad <= 2:
         return "winograd4" if cg >= 8 else "flat"

@@ -9,10 +9,12 @@ channel) plane and builds each output line in place from the k input lines under
 a time over the run of columns inside the image (`valid_run`), so the line stays in L1 while its
 k*k taps are added and padding is never materialised.
 
-Backward per channel: the data gradient scatters each output line back onto the k input lines
-(the transpose of the same loop); the weight gradient sums dy times the input under each tap, over
-the channel's images in order, so one task owns each channel and no reduction across threads is
-needed (deterministic for any thread count). Sums run in x's type, as the other primitives' do.
+Backward: the data gradient scatters each output line back onto the k input lines (the transpose
+of the same loop, a plane per task); the weight gradient sums dy times the input under each tap,
+over the channel's images in order, so one task owns each channel and no reduction across
+threads is needed (deterministic for any thread count). Every run of a tap is a slice indexed
+from zero (see _axpy). Average pooling is this convolution with every tap 1 / k*k
+(npdc.engine.layers.pool).
 Departure from the papers: none in the maths; the loop order is this module's.
 """
 
@@ -63,50 +65,71 @@ def _forward(x, W, stride, pad, y):
                     _axpy(wt, src_run, dst)
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
-def _backward(x, W, dy, stride, pad, dx, dW, need_dx):
-    """Fills dW (C, 1, kh, kw) and, with need_dx, dx (overwritten), one task per channel. Each
-    line's sums per tap run in x's type and are added up in float64 (a channel sums N*Ho*Wo
-    products)."""
-    n, c, h, w = x.shape
+@numba.njit(cache=True, inline="always")
+def _dot(xs, ys):
+    """The sum of xs * ys over two runs of equal length (at least one element), in their type."""
+    s = xs[0] * ys[0]
+    for j in range(1, xs.size):
+        s += xs[j] * ys[j]
+    return s
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def _data_gradient(W, dy, stride, pad, dx):
+    """dx (overwritten): each output line of dy scattered back onto the input lines under it."""
+    n, c, h, w = dx.shape
     kh, kw = W.shape[2], W.shape[3]
     ho, wo = dy.shape[2], dy.shape[3]
-    zero = x.ravel()[0] * 0  # a zero of x's type for the line sums
+    for task in numba.prange(n * c):
+        i, ch = task // c, task % c
+        out, taps = dx[i, ch], W[ch, 0]
+        out[:, :] = 0
+        for oy in range(ho):
+            grow = dy[i, ch, oy]
+            for a in range(kh):
+                iy = oy * stride - pad + a
+                if iy < 0 or iy >= h:
+                    continue
+                for b in range(kw):
+                    lo, hi = valid_run(b, stride, pad, w, wo)
+                    if hi > lo:
+                        shift = b - pad
+                        _axpy(taps[a, b], grow[lo:hi],
+                              out[iy, lo * stride + shift:(hi - 1) * stride + shift + 1:stride])
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
+def _weight_gradient(x, dy, stride, pad, dW):
+    """dW (C, 1, kh, kw), one task per channel. Each line's sum per tap runs in x's type; the
+    lines' sums are added in float64 (a channel sums N*Ho*Wo products)."""
+    n, c, h, w = x.shape
+    kh, kw = dW.shape[2], dW.shape[3]
+    ho, wo = dy.shape[2], dy.shape[3]
     for ch in numba.prange(c):
-        taps = W[ch, 0]
         acc = np.zeros((kh, kw))
         for i in range(n):
-            src, g = x[i, ch], dy[i, ch]
-            if need_dx:
-                dx[i, ch] = 0
             for oy in range(ho):
-                grow = g[oy]
+                grow = dy[i, ch, oy]
                 for a in range(kh):
                     iy = oy * stride - pad + a
                     if iy < 0 or iy >= h:
                         continue
-                    line = src[iy]
-                    back = dx[i, ch, iy] if need_dx else dx[0, 0, 0]
+                    line = x[i, ch, iy]
                     for b in range(kw):
                         lo, hi = valid_run(b, stride, pad, w, wo)
-                        shift, wt = b - pad, taps[a, b]
-                        s = zero
-                        if stride == 1:
-                            for ox in range(lo, hi):
-                                s += grow[ox] * line[ox + shift]
-                        else:
-                            for ox in range(lo, hi):
-                                s += grow[ox] * line[ox * stride + shift]
-                        acc[a, b] += s
-                        if need_dx and stride == 1:
-                            for ox in range(lo, hi):
-                                back[ox + shift] += wt * grow[ox]
-                        elif need_dx:
-                            for ox in range(lo, hi):
-                                back[ox * stride + shift] += wt * grow[ox]
+                        if hi > lo:
+                            first = lo * stride + b - pad
+                            acc[a, b] += _dot(grow[lo:hi], line[first:first + (hi - lo - 1) * stride + 1:stride])
         for a in range(kh):
             for b in range(kw):
                 dW[ch, 0, a, b] = acc[a, b]
+
+
+def data_gradient(W, dy, stride, pad, x_shape):
+    """dx (x_shape) of the depthwise convolution by W: also average pooling's gradient."""
+    dx = np.empty(x_shape, dy.dtype)
+    _data_gradient(W, dy, stride, pad, dx)
+    return dx
 
 
 def forward(x, W, stride, pad, groups):
@@ -121,6 +144,5 @@ def forward(x, W, stride, pad, groups):
 def backward(x, W, dy, stride, pad, groups, need_dx):
     """(dx or None, dW) for dy: (N, C, Ho, Wo)."""
     dW = np.empty_like(W)
-    dx = np.empty_like(x) if need_dx else np.empty((1, 1, 1, 1), x.dtype)
-    _backward(x, W, dy, stride, pad, dx, dW, need_dx)
-    return (dx if need_dx else None), dW
+    _weight_gradient(x, dy, stride, pad, dW)
+    return (data_gradient(W, dy, stride, pad, x.shape) if need_dx else None), dW

@@ -1,14 +1,13 @@
-"""Max and average pooling kernels over (N, C, H, W), parallel over the (image, channel) planes.
+"""Max pooling kernels over (N, C, H, W), parallel over the (image, channel) planes. (Average
+pooling is a depthwise convolution: npdc.kernels.conv_depthwise.)
 
 Each output line is built tap by tap in kernel order (a, b) over the run of output columns whose
-input column lies inside the image (`valid_run`), so padding is never materialised: for max
-pooling a padded position simply never wins (it would be -inf), for average pooling it adds
-nothing (it would be 0, PyTorch's count_include_pad). Visiting the taps in order keeps the
-results those of the whole-array NumPy form they replace: the first tap is copied, a later one
-replaces the maximum only when strictly greater (ties and NaN keep the earlier value, the
-gradient goes to the first maximum), and average sums are added in tap order. That NumPy form
-made k*k strided passes plus a boolean scatter per tap, and measured as the slowest layer of
-torchvision's ResNet-50 (docs/perf.md).
+input column lies inside the image (`valid_run`), so padding is never materialised: a padded
+position simply never wins (it would be -inf). Visiting the taps in order keeps the results
+those of the whole-array NumPy form they replace: the first tap is copied, a later one replaces
+the maximum only when strictly greater (ties and NaN keep the earlier value, the gradient goes to
+the first maximum). That NumPy form made k*k strided passes plus a boolean scatter per tap, and
+measured as the slowest layer of torchvision's ResNet-50 (docs/perf.md).
 """
 
 import numba
@@ -69,50 +68,3 @@ def max_backward(dy, arg, k, stride, pad, dx):
                 iy, ix = oy * stride - pad + t // k, ox * stride - pad + t % k
                 if 0 <= iy < h and 0 <= ix < w:
                     out[iy, ix] += dy[i, ch, oy, ox]
-
-
-@numba.njit(parallel=True, cache=True)
-def avg_forward(x, k, stride, pad, share, y):
-    """y = the sum of each window's taps inside x, times share (1 / k*k in x's type)."""
-    n, c, h, w = x.shape
-    ho, wo = y.shape[2], y.shape[3]
-    for task in numba.prange(n * c):
-        i, ch = task // c, task % c
-        src = x[i, ch]
-        for oy in range(ho):
-            row = y[i, ch, oy]
-            row[:] = 0
-            for a in range(k):
-                iy = oy * stride - pad + a
-                if iy < 0 or iy >= h:
-                    continue
-                line = src[iy]
-                for b in range(k):
-                    lo, hi = valid_run(b, stride, pad, w, wo)
-                    shift = b - pad
-                    for ox in range(lo, hi):
-                        row[ox] += line[ox * stride + shift]
-            for ox in range(wo):
-                row[ox] *= share
-
-
-@numba.njit(parallel=True, cache=True)
-def avg_backward(g, k, stride, pad, dx):
-    """dx (overwritten) = g (dy / k*k) added at every tap of its window inside dx, in tap order."""
-    n, c, h, w = dx.shape
-    ho, wo = g.shape[2], g.shape[3]
-    for task in numba.prange(n * c):
-        i, ch = task // c, task % c
-        out = dx[i, ch]
-        out[:, :] = 0
-        for a in range(k):
-            for b in range(k):
-                lo, hi = valid_run(b, stride, pad, w, wo)
-                shift = b - pad
-                for oy in range(ho):
-                    iy = oy * stride - pad + a
-                    if iy < 0 or iy >= h:
-                        continue
-                    dst, src = out[iy], g[i, ch, oy]
-                    for ox in range(lo, hi):
-                        dst[ox * stride + shift] += src[ox]

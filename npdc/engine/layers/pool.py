@@ -1,10 +1,12 @@
-"""Max, average and global-average pooling; the window loops are the kernels of
-npdc.kernels.pool, which never build a padded copy of the input."""
+"""Max, average and global-average pooling. Max pooling's window loops are the kernels of
+npdc.kernels.pool; average pooling (padding counted as zeros) is the depthwise convolution whose
+taps are all 1 / k*k. Neither builds a padded copy of the input."""
 
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.pool import avg_backward, avg_forward, max_backward, max_forward
+from npdc.kernels import conv_depthwise
+from npdc.kernels.pool import max_backward, max_forward
 
 
 def pool_size(side, k, stride, pad, ceil):
@@ -33,10 +35,6 @@ class _Pool2d(Layer):
         self.in_shape, self.out_shape = tuple(in_shape), (c, ho, wo)
         return self.out_shape
 
-    def _geometry(self, x):
-        """The output array for x, and the (k, stride, padding) the kernels take."""
-        return np.empty((x.shape[0],) + self.out_shape, x.dtype), self.k, self.stride, self.padding
-
     def describe(self):
         return f"{type(self).__name__} {self.k}x{self.k}/{self.stride}" + (" ceil" if self.ceil else "")
 
@@ -46,9 +44,9 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x, train):
         x = np.ascontiguousarray(x)
-        y, k, s, p = self._geometry(x)
+        y = np.empty((x.shape[0],) + self.out_shape, x.dtype)
         arg = np.empty(y.shape if train else (1, 1, 1, 1), np.int16)  # the winning tap a*k + b
-        max_forward(x, k, s, p, y, arg, train)
+        max_forward(x, self.k, self.stride, self.padding, y, arg, train)
         if train:
             self.cache["arg"] = arg
         return y
@@ -69,17 +67,17 @@ class AvgPool2d(_Pool2d):
             raise ValueError("average pooling in ceil mode is not supported")
         return super().build(in_shape, rng)
 
+    def _taps(self, dtype):
+        return np.full((self.in_shape[0], 1, self.k, self.k), 1.0 / (self.k * self.k), dtype)
+
     def forward(self, x, train):
         x = np.ascontiguousarray(x)
-        y, k, s, p = self._geometry(x)
-        avg_forward(x, k, s, p, x.dtype.type(1.0 / (k * k)), y)
-        return y
+        return conv_depthwise.forward(x, self._taps(x.dtype), self.stride, self.padding, x.shape[1])
 
     def backward(self, dy):
-        dx = np.empty((dy.shape[0],) + self.in_shape, dy.dtype)
-        share = np.ascontiguousarray(dy * (1.0 / (self.k * self.k)))
-        avg_backward(share, self.k, self.stride, self.padding, dx)
-        return dx
+        dy = np.ascontiguousarray(dy)
+        return conv_depthwise.data_gradient(self._taps(dy.dtype), dy, self.stride, self.padding,
+                                            (dy.shape[0],) + self.in_shape)
 
 
 class GlobalAvgPool(Layer):
