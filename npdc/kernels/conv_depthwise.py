@@ -40,29 +40,35 @@ def _axpy(a, xs, ys):
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract"})
-def _forward(x, W, stride, pad, y):
-    n, c, h, w = x.shape
+def _sweep(src, W, stride, pad, out, adjoint):
+    """out (overwritten) = the depthwise convolution of src by W, or with adjoint its transpose:
+    each output line of src (dy) scattered back onto the input lines under it (dx). Both walk the
+    same runs: for output line oy, tap (a, b), the output columns [lo, hi) and the input columns
+    they read, a zero-based slice with the stride as its step (see _axpy)."""
+    n, c = src.shape[0], src.shape[1]
+    plane, lines = (out, src) if adjoint else (src, out)  # the input-sized and output-sized sides
+    h, w = plane.shape[2], plane.shape[3]
+    ho, wo = lines.shape[2], lines.shape[3]
     kh, kw = W.shape[2], W.shape[3]
-    ho, wo = y.shape[2], y.shape[3]
     for task in numba.prange(n * c):
         i, ch = task // c, task % c
-        src, taps = x[i, ch], W[ch, 0]
+        taps = W[ch, 0]
+        out[i, ch] = 0
         for oy in range(ho):
-            row = y[i, ch, oy]
-            row[:] = 0
+            row = lines[i, ch, oy]
             for a in range(kh):
                 iy = oy * stride - pad + a
                 if iy < 0 or iy >= h:
                     continue
-                line = src[iy]
                 for b in range(kw):
                     lo, hi = valid_run(b, stride, pad, w, wo)
-                    shift, wt = b - pad, taps[a, b]
-                    if hi <= lo:
-                        continue
-                    dst = row[lo:hi]
-                    src_run = line[lo * stride + shift:(hi - 1) * stride + shift + 1:stride]
-                    _axpy(wt, src_run, dst)
+                    if hi > lo:
+                        first = lo * stride + b - pad
+                        run = plane[i, ch, iy, first:first + (hi - lo - 1) * stride + 1:stride]
+                        if adjoint:
+                            _axpy(taps[a, b], row[lo:hi], run)
+                        else:
+                            _axpy(taps[a, b], run, row[lo:hi])
 
 
 @numba.njit(cache=True, inline="always")
@@ -72,30 +78,6 @@ def _dot(xs, ys):
     for j in range(1, xs.size):
         s += xs[j] * ys[j]
     return s
-
-
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
-def _data_gradient(W, dy, stride, pad, dx):
-    """dx (overwritten): each output line of dy scattered back onto the input lines under it."""
-    n, c, h, w = dx.shape
-    kh, kw = W.shape[2], W.shape[3]
-    ho, wo = dy.shape[2], dy.shape[3]
-    for task in numba.prange(n * c):
-        i, ch = task // c, task % c
-        out, taps = dx[i, ch], W[ch, 0]
-        out[:, :] = 0
-        for oy in range(ho):
-            grow = dy[i, ch, oy]
-            for a in range(kh):
-                iy = oy * stride - pad + a
-                if iy < 0 or iy >= h:
-                    continue
-                for b in range(kw):
-                    lo, hi = valid_run(b, stride, pad, w, wo)
-                    if hi > lo:
-                        shift = b - pad
-                        _axpy(taps[a, b], grow[lo:hi],
-                              out[iy, lo * stride + shift:(hi - 1) * stride + shift + 1:stride])
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract", "reassoc"})
@@ -128,7 +110,7 @@ def _weight_gradient(x, dy, stride, pad, dW):
 def data_gradient(W, dy, stride, pad, x_shape):
     """dx (x_shape) of the depthwise convolution by W: also average pooling's gradient."""
     dx = np.empty(x_shape, dy.dtype)
-    _data_gradient(W, dy, stride, pad, dx)
+    _sweep(dy, W, stride, pad, dx, True)
     return dx
 
 
@@ -137,7 +119,7 @@ def forward(x, W, stride, pad, groups):
     n, c, h, w = x.shape
     kh, kw = W.shape[2], W.shape[3]
     y = np.empty((n, c, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1), x.dtype)
-    _forward(x, W, stride, pad, y)
+    _sweep(x, W, stride, pad, y, False)
     return y
 
 
