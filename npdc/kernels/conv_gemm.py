@@ -12,9 +12,8 @@ and channel axes swapped.
 
 Departure from im2col (conv_im2col): the columns of all images live at once (C*kh*kw by N*Ho*Wo
 floats), which costs memory at large feature maps (refused past MAX_COLUMN_FLOATS); the default
-heuristic uses this primitive only where the maps are small. No sum is split between threads,
-so results depend on the thread count only through BLAS's own blocking, fixed for a given count.
-Groups = 1 only.
+heuristic uses this primitive only where the maps are small. The products' row blocks are fixed
+(npdc.kernels.matmul), so the results do not depend on the thread count. Groups = 1 only.
 """
 
 import numba

@@ -17,13 +17,17 @@ from npdc.kernels.im2col import col2im, im2col
 COLUMNS = 1024  # target GEMM width per chunk (output pixels); measured on ResNet layer shapes
 
 
-def chunk_images(plane, n, n_threads):
-    """Images per chunk: at most about COLUMNS output pixels, and as even a split of the batch
-    between the threads as that allows (eight 7x7 planes make one chunk of 392 columns by
-    COLUMNS alone, which left one of two threads idle at ResNet-50's last stage)."""
+SPLIT = 2  # chunks come in multiples of this (fixed, not the thread count: chunk widths change
+# a GEMM's rounding, and results must not depend on --threads)
+
+
+def chunk_images(plane, n):
+    """Images per chunk: at most about COLUMNS output pixels, in a multiple of SPLIT chunks as
+    even as that allows (eight 7x7 planes made one chunk of 392 columns by COLUMNS alone, which
+    left one of two threads idle at ResNet-50's last stage)."""
     widest = max(1, COLUMNS // plane)
-    rounds = -(-n // (n_threads * widest))  # chunks each thread takes
-    return max(1, min(widest, -(-n // (n_threads * rounds))))
+    rounds = -(-n // (SPLIT * widest))  # chunks per part
+    return max(1, min(widest, -(-n // (SPLIT * rounds))))
 
 
 @numba.njit(cache=True, inline="always")
@@ -116,7 +120,7 @@ def data_gradient(x_shape, W, dy, stride, pad):
     groups = x_shape[1] // cg
     WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
     dx = np.zeros(x_shape, dy.dtype)
-    chunk = chunk_images(dy.shape[2] * dy.shape[3], x_shape[0], numba.get_num_threads())
+    chunk = chunk_images(dy.shape[2] * dy.shape[3], x_shape[0])
     _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, numba.get_num_threads())
     return dx
 
@@ -128,15 +132,14 @@ def forward(x, W, stride, pad, groups):
     ho, wo = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
     y = np.empty((n, o, ho, wo), x.dtype)
     W2 = np.ascontiguousarray(W.reshape(o, cg * kh * kw))
-    _forward(x, W2, kh, kw, stride, pad, groups, y, chunk_images(ho * wo, n, numba.get_num_threads()),
-             numba.get_num_threads())
+    _forward(x, W2, kh, kw, stride, pad, groups, y, chunk_images(ho * wo, n), numba.get_num_threads())
     return y
 
 
 def weight_gradient(x, dy, W_shape, stride, pad, groups):
     """dW (W_shape): also the weight gradient of primitives whose own is slower at some shapes."""
     o, cg, kh, kw = W_shape
-    chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0], numba.get_num_threads())
+    chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0])
     dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, numba.get_num_threads())
     return dW.reshape(W_shape)
 

@@ -31,10 +31,12 @@ def test_promotes_mixed_types_and_keeps_float32():
     np.testing.assert_allclose(mixed, a32.astype(np.float64) @ b32, rtol=1e-12)
 
 
-def test_same_bits_on_one_or_two_threads():
-    """Rows are independent: the split between threads changes no sum."""
+@pytest.mark.parametrize("m", [1, 8, 16, 60])
+def test_same_bits_on_one_or_two_threads(m):
+    """The row blocks are fixed, so the thread count changes no sum (a Dask worker with one
+    thread must compute the client's bits)."""
     r = np.random.default_rng(1)
-    a = r.standard_normal((8, 300)).astype(np.float32)
+    a = r.standard_normal((m, 300)).astype(np.float32)
     b = r.standard_normal((1000, 300)).astype(np.float32).T
     before = numba.get_num_threads()
     try:
