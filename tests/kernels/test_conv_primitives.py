@@ -120,6 +120,22 @@ def test_primitive_on_depthwise(name, case, seed):
     _check_all_three(name, case, seed)
 
 
+def test_im2col_forward_is_the_same_bits_on_one_or_two_threads():
+    """im2col's chunks are fixed whatever the thread count, so its forward rounds the same (its
+    weight gradient sums per thread and may not)."""
+    r = np.random.default_rng(4)
+    x = r.standard_normal((9, 6, 7, 7)).astype(np.float32)
+    W = r.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            runs.append(conv2d_forward(x, W, 1, 1, primitive="im2col"))
+    finally:
+        set_threads(before)
+    np.testing.assert_array_equal(*runs)
+
+
 def test_depthwise_at_mobilenet_shapes_matches_im2col():
     """The 3x3 stride-1 and stride-2 layers at sizes where rows are long enough to vectorise:
     the same numbers as im2col per group, forward and both gradients."""
@@ -290,7 +306,8 @@ def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
         assert span <= max(4 * conv_winograd4.ROWS, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
-@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2), ("depthwise", 2)])
+@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2), ("depthwise", 2),
+                                          ("gemm", 1), ("gemm", 2)])
 def test_same_bits_with_one_or_two_threads(name, stride):
     """flat's and polyphase's plane counts and Winograd's task split follow the thread count, but
     no sum is grouped by it, so training rounds the same whatever --threads says."""
