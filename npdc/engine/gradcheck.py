@@ -98,5 +98,5 @@ def check_net(net, x, train=True, seed=0, kinks=False, max_entries=None, max_ski
     net.astype(np.float64)
     grads = net.grads()
     params = {k: (p, grads[k]) for k, p in net.params().items()}
-    return check_module(lambda a: net.forward(a, train), net.backward, x, params, seed,
-                        kinks=kinks, max_entries=max_entries, max_skipped=max_skipped)
+    return check_module(lambda a: net.forward(a, train), lambda d: net.backward(d, input_grad=True), x,
+                        params, seed, kinks=kinks, max_entries=max_entries, max_skipped=max_skipped)

@@ -11,6 +11,7 @@ training too (see _absorbed_relus).
 import numpy as np
 
 from npdc.engine.layers.activation import ReLU
+from npdc.engine.layers.conv import Conv2d
 from npdc.errors import UserError
 from npdc.engine.images import as_float
 
@@ -85,19 +86,25 @@ class Net:
         y = outs[self.output]
         return (y, {k: outs[k] for k in keep}) if keep else y
 
-    def backward(self, dy, extra=None):
-        """Backpropagate dy (gradient of the output); `extra` adds gradients at kept nodes."""
+    def backward(self, dy, extra=None, input_grad=False):
+        """Backpropagate dy (gradient of the output); `extra` adds gradients at kept nodes.
+        Returns the gradient at the input when input_grad, else None: training never uses it,
+        so a convolution reading the input then computes its weight gradient only (at
+        ImageNet size the stem's data gradient is a large share of its backward)."""
         pending = {self.output: dy}
         for name, g in (extra or {}).items():
             pending[name] = pending[name] + g if name in pending else g
         for name, layer, inputs in reversed(self.nodes):
             g = pending.pop(name)
+            if not input_grad and inputs == (INPUT,) and isinstance(layer, Conv2d) and name not in self._absorbed:
+                layer.backward(g, need_dx=False)
+                continue
             dxs = g if name in self._absorbed else layer.backward(g)  # the layer before masks it
             if len(inputs) == 1:
                 dxs = [dxs]
             for i, dx in zip(inputs, dxs):
                 pending[i] = pending[i] + dx if i in pending else dx
-        return pending[INPUT]
+        return pending.get(INPUT) if input_grad else None
 
     def _absorbed_relus(self, uses, keep):
         """{ReLU node: the node before it} for each ReLU whose input only it reads, from a layer

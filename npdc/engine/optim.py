@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from npdc.kernels.sgd import sgd_update
+
 
 class SGD:
     def __init__(self, params, grads, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
@@ -30,16 +32,14 @@ class SGD:
             g = self.grads[path]
             if path in self.masks:
                 g *= self.masks[path]
-            if self.weight_decay and path.endswith(".W"):
-                g = g + self.weight_decay * p
             v = self.velocity[path]
-            v *= self.momentum
-            v += g
-            if self.nesterov:
-                g = g + self.momentum * v
-            else:
-                g = v
-            p -= self.lr * g
+            t = p.dtype.type
+            flat = [np.ascontiguousarray(a, dtype=p.dtype).reshape(-1) for a in (p, g, v)]
+            sgd_update(*flat, t(self.lr), t(self.momentum), t(self.weight_decay),
+                       bool(self.weight_decay) and path.endswith(".W"), self.nesterov)
+            for a, f in ((p, flat[0]), (v, flat[2])):
+                if not np.may_share_memory(a, f):  # a copy was updated (a non-contiguous array)
+                    a[...] = f.reshape(a.shape)
             if path in self.masks:
                 p *= self.masks[path]
                 v *= self.masks[path]

@@ -1,5 +1,5 @@
 """Elementwise kernels of the engine, parallel over both cores where NumPy uses one: ReLU each way
-(one pass instead of NumPy's mask-then-multiply two), the residual add, which can apply the ReLU
+(one pass instead of NumPy's mask-then-multiply two), clipping (ReLU6) each way, the residual add, which can apply the ReLU
 that follows it in the same pass, and the zero-padded subsampling shortcut each way (NumPy zeroes
 the whole output, then copies strided, on one core)."""
 
@@ -19,6 +19,24 @@ def relu_backward(dy, y, dx):
     """dx = dy where the forward output y was positive, else 0 (flat contiguous arrays)."""
     for i in numba.prange(dy.size):
         dx[i] = dy[i] if y[i] > 0 else 0
+
+
+@numba.njit(parallel=True, cache=True)
+def clip_forward(x, lo, hi, y):
+    """y = min(max(x, lo), hi) elementwise over flat contiguous arrays (NaN stays NaN, as with
+    np.clip); y may be x."""
+    for i in numba.prange(x.size):
+        v = x[i]
+        y[i] = lo if v < lo else (hi if v > hi else v)
+
+
+@numba.njit(parallel=True, cache=True)
+def clip_backward(dy, y, lo, hi, dx):
+    """dx = dy where lo < y < hi, else 0 (flat contiguous arrays; y the forward's input or output,
+    the same test either way)."""
+    for i in numba.prange(dy.size):
+        v = y[i]
+        dx[i] = dy[i] if lo < v < hi else 0
 
 
 @numba.njit(parallel=True, cache=True)

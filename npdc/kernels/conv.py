@@ -15,8 +15,8 @@ from functools import partial
 
 import numpy as np
 
-from npdc.kernels import (conv_direct, conv_fft, conv_flat, conv_im2col, conv_kn2row, conv_polyphase,
-                          conv_winograd, conv_winograd4)
+from npdc.kernels import (conv_depthwise, conv_direct, conv_fft, conv_flat, conv_gemm, conv_im2col,
+                          conv_kn2row, conv_polyphase, conv_winograd, conv_winograd4)
 from npdc.kernels.im2col import out_size
 from npdc.threads import single_thread_numba_blas
 
@@ -47,6 +47,8 @@ PRIMITIVES = {
                            partial(conv_winograd.backward, m=2)),
     "winograd4": Primitive("winograd4", conv_winograd4.refuse, conv_winograd4.forward, conv_winograd4.backward),
     "fft": Primitive("fft", conv_fft.refuse, conv_fft.forward, conv_fft.backward),
+    "gemm": Primitive("gemm", conv_gemm.refuse, conv_gemm.forward, conv_gemm.backward),
+    "depthwise": Primitive("depthwise", conv_depthwise.refuse, conv_depthwise.forward, conv_depthwise.backward),
 }
 
 
@@ -108,8 +110,16 @@ def default_primitive(x_shape, W_shape, stride, pad, groups):
     """The primitive to use when no plan chose one, from measurements at ResNet shapes on 2-core
     AVX2 machines, batch 128: fused Winograd F(4x4,3x3) wins 3x3 stride-1 layers with 8 or more
     input channels, flat those with fewer (the first layer), polyphase 3x3 stride-2 layers, kn2row
-    a 1x1 stride-1 unpadded layer (one GEMM), im2col everything else."""
+    a 1x1 stride-1 unpadded layer (one GEMM), im2col everything else. Two kinds of layer that
+    small models do not have, measured at ImageNet shapes (batch 8, 224x224; docs/perf.md): a
+    depthwise layer takes the direct depthwise kernel, and one with 256 or more input channels
+    and an output map of at most 64 pixels (ResNet-50's last stage) one GEMM over the batch."""
     o, cg, kh, kw = W_shape
+    if conv_depthwise.refuse(x_shape, W_shape, stride, pad, groups) is None and x_shape[1] > 1:
+        return "depthwise"
+    pixels = out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad)
+    if groups == 1 and cg >= 256 and pixels <= 64:
+        return "gemm"
     if groups == 1 and stride == 1 and (kh, kw) == (3, 3) and pad <= 2:
         return "winograd4" if cg >= 8 else "flat"
     if groups == 1 and stride == 2 and (kh, kw) == (3, 3) and pad <= 1:

@@ -17,9 +17,17 @@ from npdc.kernels.im2col import col2im, im2col
 COLUMNS = 1024  # target GEMM width per chunk (output pixels); measured on ResNet layer shapes
 
 
+SPLIT = 2  # chunks come in multiples of this (fixed, not the thread count: chunk widths change
+# a GEMM's rounding, and results must not depend on --threads)
+
+
 def chunk_images(plane, n):
-    """Images per chunk so that a chunk has about COLUMNS output pixels."""
-    return max(1, min(n, COLUMNS // plane))
+    """Images per chunk: at most about COLUMNS output pixels, in a multiple of SPLIT chunks as
+    even as that allows (eight 7x7 planes made one chunk of 392 columns by COLUMNS alone, which
+    left one of two threads idle at ResNet-50's last stage)."""
+    widest = max(1, COLUMNS // plane)
+    rounds = -(-n // (SPLIT * widest))  # chunks per part
+    return max(1, min(widest, -(-n // (SPLIT * rounds))))
 
 
 @numba.njit(cache=True, inline="always")
@@ -128,10 +136,15 @@ def forward(x, W, stride, pad, groups):
     return y
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
-    o, cg, kh, kw = W.shape
+def weight_gradient(x, dy, W_shape, stride, pad, groups):
+    """dW (W_shape): also the weight gradient of primitives whose own is slower at some shapes."""
+    o, cg, kh, kw = W_shape
     chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0])
     dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, numba.get_num_threads())
+    return dW.reshape(W_shape)
+
+
+def backward(x, W, dy, stride, pad, groups, need_dx):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     dx = data_gradient(x.shape, W, dy, stride, pad) if need_dx else None
-    return dx, dW.reshape(W.shape)
+    return dx, weight_gradient(x, dy, W.shape, stride, pad, groups)

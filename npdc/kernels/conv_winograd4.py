@@ -34,7 +34,7 @@ planes are in conv_winograd4_transforms.
 import numba
 import numpy as np
 
-from npdc.kernels import conv_flat
+from npdc.kernels import conv_flat, conv_im2col
 from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.conv_winograd4_transforms import (cols_dy, cols_in, fill, store_rows, strip_dy, strip_in, tile_out,
                                                     transform_rows)
@@ -50,9 +50,11 @@ OUT_BLOCK = 16  # output channels per GEMM register block (O is padded to a mult
 # also caps the threads the weight gradient uses (measured on 2 cores: 4 and 8 tasks were slower)
 GRAD_TASKS = 2
 GRAD_BUDGET = 96 * 1024  # floats of V and Y per weight-gradient chunk
-# above this many (o, c) pairs, a chunk's sums into all 36 of them outweigh the saving and the
-# weight gradient is flat's (measured: faster than flat's at 256 channels, even at 384, slower at
-# 512; docs/perf.md)
+# from this many (o, c) pairs on, a chunk's sums into all 36 of them outweigh the saving and the
+# weight gradient is im2col's GEMM (measured at cifar-resnet shapes: faster than flat's at 256
+# channels, slower at 512; at ResNet-50's 256-channel 14x14 layers, batch 8, im2col's took 0.6 of
+# this one's time and flat's 0.7; docs/perf.md). Unlike this one, im2col's sums are grouped per
+# thread, so there the rounding follows the thread count.
 GRAD_MAX_PAIRS = 256 * 256
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
@@ -293,8 +295,8 @@ def weight_gradient(x, dy, pad):
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = -(-ho // 4), -(-wo // 4)
     c16, o8 = -(-c // OUT_BLOCK) * OUT_BLOCK, -(-o // LANES) * LANES
-    if o8 * c16 > GRAD_MAX_PAIRS:
-        return conv_flat.weight_gradient(x, dy, pad)
+    if o8 * c16 >= GRAD_MAX_PAIRS:
+        return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
     n_tasks = min(n, GRAD_TASKS)
     span = max(1, GRAD_BUDGET // (36 * (c16 + o8)) // tw) * tw
     span = min(span, -(-n // n_tasks) * th * tw)

@@ -46,6 +46,21 @@ def valid_run(j, stride, pad, w, wo):
     return lo, hi
 
 
+@numba.njit(cache=True, inline="always")
+def _copy_run(src, dst):
+    """dst[:] = src over runs of equal length indexed from 0: an index Numba knows is not
+    negative needs no wrap-around fix-up, and the loop vectorises."""
+    for k in range(dst.size):
+        dst[k] = src[k]
+
+
+@numba.njit(cache=True, inline="always")
+def _add_run(src, dst):
+    """dst[:] += src, indexed from 0 like _copy_run."""
+    for k in range(dst.size):
+        dst[k] += src[k]
+
+
 @numba.njit(cache=True)
 def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
     """Channels c0..c0+n_ch of one image x: (C, H, W) -> cols[:, col0:col0+Ho*Wo], overwritten."""
@@ -67,12 +82,8 @@ def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
             src = x[c, iy]
             for ox in range(lo):
                 dst[ox] = 0
-            if stride == 1:
-                for ox in range(lo, hi):
-                    dst[ox] = src[ox + shift]
-            else:
-                for ox in range(lo, hi):
-                    dst[ox] = src[ox * stride + shift]
+            if hi > lo:
+                _copy_run(src[lo * stride + shift:(hi - 1) * stride + shift + 1:stride], dst[lo:hi])
             for ox in range(hi, wo):
                 dst[ox] = 0
 
@@ -93,11 +104,6 @@ def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx, col0):
             iy = oy * stride - pad + i
             if iy < 0 or iy >= h:
                 continue
-            src = cols[r, col0 + oy * wo:col0 + (oy + 1) * wo]
-            dst = dx[c, iy]
-            if stride == 1:
-                for ox in range(lo, hi):
-                    dst[ox + shift] += src[ox]
-            else:
-                for ox in range(lo, hi):
-                    dst[ox * stride + shift] += src[ox]
+            if hi > lo:
+                _add_run(cols[r, col0 + oy * wo + lo:col0 + oy * wo + hi],
+                         dx[c, iy, lo * stride + shift:(hi - 1) * stride + shift + 1:stride])

@@ -118,3 +118,16 @@ def test_dropout_is_the_identity():
     x = np.random.default_rng(6).standard_normal((3, 5))
     np.testing.assert_array_equal(layer.forward(x, True), x)
     np.testing.assert_array_equal(layer.backward(x), x)
+
+
+def test_clip_in_float32_in_place_and_with_nan():
+    """float32 stays float32; the in-place eval forward equals the copying one; NaN stays NaN
+    and its gradient is zero, like np.clip's output and the mask lo < x < hi."""
+    x = np.array([[-1.0, 0.0, 3.0, 6.0, 7.0, np.nan]], np.float32)
+    layer = _built(Clip(0.0, 6.0), (6,))
+    y = layer.forward(x, train=True)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.clip(x, 0, 6))
+    np.testing.assert_array_equal(layer.forward_into(x.copy()), y)
+    dx = layer.backward(np.ones_like(x))
+    np.testing.assert_array_equal(dx, [[0, 0, 1, 0, 0, 0]])

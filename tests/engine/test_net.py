@@ -137,7 +137,7 @@ def test_backward_with_extra_gradient_at_kept_node(tiny_resnet18):
         return np.concatenate([y, kept["fc5"]], axis=1)
 
     def backward(d):
-        return net.backward(d[:, :k], extra={"fc5": d[:, k:]})
+        return net.backward(d[:, :k], extra={"fc5": d[:, k:]}, input_grad=True)
 
     x = np.random.default_rng(5).standard_normal((3, 1, 6, 6))
     grads = net.grads()
@@ -324,3 +324,20 @@ def test_gradcheck_through_absorbed_relus():
     errors, _ = check_net(net, x, kinks=True, max_entries=12)
     assert max(errors.values()) < 1e-5, errors
 
+
+
+def test_backward_skips_the_input_gradient_unless_asked(tiny_resnet18):
+    """Without input_grad the first convolution computes its weight gradient only: the same
+    parameter gradients, and None for the input."""
+    net = tiny_resnet18.astype(np.float64)
+    x = np.random.default_rng(8).standard_normal((3, 1, 6, 6))
+    runs = []
+    for want in (True, False):
+        net.zero_grad()
+        y = net.forward(x, train=True)
+        dx = net.backward(np.ones_like(y), input_grad=want)
+        runs.append((dx, {k: g.copy() for k, g in net.grads().items()}))
+    (dx, with_dx), (none, without) = runs
+    assert dx.shape == x.shape and np.abs(dx).max() > 0 and none is None
+    for k in with_dx:
+        np.testing.assert_array_equal(with_dx[k], without[k])

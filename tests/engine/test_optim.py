@@ -143,3 +143,30 @@ def test_cosine_schedule():
 def test_schedule_registry():
     """The registry maps the CLI names to the functions."""
     assert SCHEDULES == {"step": step_lr, "cosine": cosine_lr}
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_float32_steps_are_numpys_bits_on_both_builds(nesterov):
+    """A float32 weight past the parallel threshold, a small one and a non-contiguous one: the
+    fused update gives exactly the bits of NumPy's float32 operations in the same order."""
+    from npdc.kernels.sgd import PARALLEL_FROM
+
+    r = np.random.default_rng(3)
+    base = r.standard_normal((PARALLEL_FROM + 5,)).astype(np.float32)
+    params = {"big.W": base.copy(), "small.b": base[:7].copy(),
+              "odd.W": np.asfortranarray(base[:12].reshape(3, 4))}
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    mine = {k: v.copy() for k, v in params.items()}
+    vel = {k: np.zeros_like(v) for k, v in params.items()}
+    opt = SGD(params, grads, lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=1e-3)
+    for _ in range(3):
+        for k in grads:
+            grads[k][...] = r.standard_normal(grads[k].shape).astype(np.float32)
+            g = grads[k] + np.float32(1e-3) * mine[k] if k.endswith(".W") else grads[k]
+            vel[k] = vel[k] * np.float32(0.9) + g
+            mine[k] = mine[k] - np.float32(0.1) * (g + np.float32(0.9) * vel[k] if nesterov else vel[k])
+        opt.step()
+    for k in params:
+        assert params[k].dtype == np.float32
+        np.testing.assert_array_equal(params[k], mine[k])
+        np.testing.assert_array_equal(opt.velocity[k], vel[k])

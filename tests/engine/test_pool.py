@@ -132,3 +132,36 @@ def test_global_avg_pool_gradcheck():
     layer.forward(x, train=True)
     dx = layer.backward(np.ones((2, 3)))
     np.testing.assert_allclose(dx, np.full(x.shape, 1 / 12))
+
+
+@pytest.mark.parametrize("in_shape, k, s, p", POOL_CASES + [((3, 12, 10), 3, 2, 1)])
+@pytest.mark.parametrize("cls", [MaxPool2d, AvgPool2d])
+def test_pool_float32_train_and_eval_agree(cls, in_shape, k, s, p):
+    """float32 stays float32, and the training forward (which records the winning taps) returns
+    the same values as the eval one, within float32 rounding of the reference."""
+    x = np.random.default_rng(7).standard_normal((2,) + in_shape).astype(np.float32)
+    layer = _built(cls(k, s, p), in_shape)
+    y_eval, y_train = layer.forward(x, train=False), layer.forward(x, train=True)
+    assert y_eval.dtype == y_train.dtype == np.float32
+    np.testing.assert_array_equal(y_eval, y_train)
+    reduce, fill = (np.max, -np.inf) if cls is MaxPool2d else (np.mean, 0.0)
+    np.testing.assert_allclose(y_eval, _naive_pool(x, k, s, p, reduce, fill), rtol=1e-6, atol=1e-6)
+    assert layer.backward(np.ones_like(y_train)).dtype == np.float32
+
+
+def test_maxpool_nan_in_first_tap_propagates():
+    """A NaN at a window's first tap is that window's output (never silently replaced)."""
+    layer = _built(MaxPool2d(2), (1, 4, 4))
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 2, 2] = np.nan
+    y = layer.forward(x, train=False)
+    assert np.isnan(y[0, 0, 1, 1]) and np.count_nonzero(np.isnan(y)) == 1
+
+
+@pytest.mark.parametrize("in_shape, k, s, p", [((1, 8, 8), 3, 2, 0), ((2, 9, 6), 3, 2, 1), ((1, 6, 7), 2, 2, 0)])
+def test_ceil_maxpool_gradcheck(in_shape, k, s, p):
+    """Ceil-mode windows that hang past the input still send their gradient to their maximum."""
+    x = distinct_values((2,) + in_shape, np.random.default_rng(8), spread=0.01)
+    layer = _built(MaxPool2d(k, s, p, ceil=True), in_shape)
+    errors, _ = check_layer(layer, x, kinks=True)
+    assert errors["x"] < 1e-5

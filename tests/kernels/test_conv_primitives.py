@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat, conv_polyphase, conv_winograd4, simd
+from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_winograd4, simd
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -37,6 +37,17 @@ def stride2_cases(draw):
     pad = draw(st.integers(0, 1))
     h, w = draw(st.integers(3 - 2 * pad, 12)), draw(st.integers(3 - 2 * pad, 12))
     return (n, c, h, w), (o, c, 3, 3), 2, pad, 1
+
+
+@st.composite
+def depthwise_cases(draw):
+    """Depthwise convolutions (groups = channels = outputs) of any kernel, stride and padding,
+    MobileNet's 3x3 among them, with rectangular kernels the layer never builds."""
+    c, n = draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride, pad = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    h, w = draw(st.integers(max(1, kh - 2 * pad), 13)), draw(st.integers(max(1, kw - 2 * pad), 13))
+    return (n, c, h, w), (c, 1, kh, kw), stride, pad, c
 
 
 def _arrays(case, seed):
@@ -83,7 +94,7 @@ def test_primitive_matches_reference_or_refuses(name, case, seed):
     _check_all_three(name, case, seed)
 
 
-@pytest.mark.parametrize("name", ["winograd2", "winograd4", "flat", "kn2row", "fft"])
+@pytest.mark.parametrize("name", ["winograd2", "winograd4", "flat", "kn2row", "fft", "gemm"])
 @FEW
 @given(case=winograd_cases(), seed=st.integers(0, 2**16))
 def test_primitive_on_3x3_stride1(name, case, seed):
@@ -91,13 +102,54 @@ def test_primitive_on_3x3_stride1(name, case, seed):
     _check_all_three(name, case, seed)
 
 
-@pytest.mark.parametrize("name", ["polyphase", "im2col", "kn2row"])
+@pytest.mark.parametrize("name", ["polyphase", "im2col", "kn2row", "gemm"])
 @FEW
 @given(case=stride2_cases(), seed=st.integers(0, 2**16))
 def test_primitive_on_3x3_stride2(name, case, seed):
     """The downsampling layers of a ResNet: every phase of an odd or even input, with and
     without padding, and output channels past one register block."""
     _check_all_three(name, case, seed)
+
+
+@pytest.mark.parametrize("name", ["depthwise", "direct", "im2col"])
+@FEW
+@given(case=depthwise_cases(), seed=st.integers(0, 2**16))
+def test_primitive_on_depthwise(name, case, seed):
+    """MobileNet's layers: one filter per channel, every stride and padding, the edges' partial
+    windows and outputs narrower than the kernel."""
+    _check_all_three(name, case, seed)
+
+
+def test_im2col_forward_is_the_same_bits_on_one_or_two_threads():
+    """im2col's chunks are fixed whatever the thread count, so its forward rounds the same (its
+    weight gradient sums per thread and may not)."""
+    r = np.random.default_rng(4)
+    x = r.standard_normal((9, 6, 7, 7)).astype(np.float32)
+    W = r.standard_normal((5, 6, 3, 3)).astype(np.float32)
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            runs.append(conv2d_forward(x, W, 1, 1, primitive="im2col"))
+    finally:
+        set_threads(before)
+    np.testing.assert_array_equal(*runs)
+
+
+def test_depthwise_at_mobilenet_shapes_matches_im2col():
+    """The 3x3 stride-1 and stride-2 layers at sizes where rows are long enough to vectorise:
+    the same numbers as im2col per group, forward and both gradients."""
+    r = np.random.default_rng(9)
+    for stride in (1, 2):
+        x = r.standard_normal((2, 24, 30, 29)).astype(np.float32)
+        W = r.standard_normal((24, 1, 3, 3)).astype(np.float32)
+        y = conv2d_forward(x, W, stride, 1, 24, primitive="depthwise")
+        dy = r.standard_normal(y.shape).astype(np.float32)
+        ref = (conv2d_forward(x, W, stride, 1, 24, primitive="im2col"),) + \
+            conv2d_backward(x, W, dy, stride, 1, 24, primitive="im2col")
+        got = (y,) + conv2d_backward(x, W, dy, stride, 1, 24, primitive="depthwise")
+        for a, b in zip(got, ref):
+            assert a.dtype == np.float32 and rel_err(a, b) < TOL
 
 
 def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch):
@@ -138,6 +190,11 @@ def test_flat_forward_on_both_paths(case):
     ("fft", ((1, 4, 8, 8), (4, 2, 5, 5), 2, 2, 2)),
     ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
     ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
+    ("gemm", ((2, 4, 5, 6), (3, 4, 3, 3), 2, 1, 1)),
+    ("gemm", ((3, 4, 5, 6), (5, 4, 1, 1), 1, 0, 1)),  # no lowering: the input's axes swapped
+    ("depthwise", ((2, 4, 6, 7), (4, 1, 3, 3), 1, 1, 4)),
+    ("depthwise", ((2, 3, 7, 6), (3, 1, 3, 2), 2, 1, 3)),
+    ("depthwise", ((1, 2, 9, 9), (2, 1, 5, 5), 2, 2, 2)),
 ])
 def test_primitive_passes_gradcheck_in_float64(name, case):
     """Each primitive's backward is the exact adjoint of its forward (finite differences)."""
@@ -213,15 +270,18 @@ def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, mon
         assert got32.dtype == np.float32 and rel_err(got32, ref) < TOL
 
 
-def test_winograd4_weight_gradient_of_many_channel_pairs_is_flats(monkeypatch):
-    """Above GRAD_MAX_PAIRS (o, c) pairs the chunk sums cost more than they save: flat's result."""
+def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch):
+    """From GRAD_MAX_PAIRS (o, c) pairs on the chunk sums cost more than they save: im2col's
+    result (a GEMM)."""
     r = np.random.default_rng(5)
     x = r.standard_normal((3, 9, 10, 10)).astype(np.float32)
     dy = r.standard_normal((3, 12, 10, 10)).astype(np.float32)
-    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 - 1)  # 9 and 12 channels pad to 16
-    np.testing.assert_array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
-    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)
-    assert not np.array_equal(conv_winograd4.weight_gradient(x, dy, 1), conv_flat.weight_gradient(x, dy, 1))
+    gemm = conv_im2col.weight_gradient(x, dy, (12, 9, 3, 3), 1, 1, 1)
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)  # 9 and 12 channels pad to 16
+    np.testing.assert_array_equal(conv_winograd4.weight_gradient(x, dy, 1), gemm)
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 + 1)
+    winograd = conv_winograd4.weight_gradient(x, dy, 1)
+    assert not np.array_equal(winograd, gemm) and rel_err(winograd, gemm) < TOL
 
 
 def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
@@ -246,21 +306,24 @@ def test_winograd4_splits_a_batch_into_whole_rounds_of_tasks(c, side):
         assert span <= max(4 * conv_winograd4.ROWS, conv_winograd4.BUDGET // (36 * 2 * c))
 
 
-@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2)])
+@pytest.mark.parametrize("name, stride", [("flat", 1), ("winograd4", 1), ("polyphase", 2), ("depthwise", 2),
+                                          ("gemm", 1), ("gemm", 2)])
 def test_same_bits_with_one_or_two_threads(name, stride):
     """flat's and polyphase's plane counts and Winograd's task split follow the thread count, but
     no sum is grouped by it, so training rounds the same whatever --threads says."""
     r = np.random.default_rng(3)
     x = r.standard_normal((37, 9, 9, 9)).astype(np.float32)
-    W = r.standard_normal((11, 9, 3, 3)).astype(np.float32)
+    groups = 9 if name == "depthwise" else 1
+    o = 9 if name == "depthwise" else 11
+    W = r.standard_normal((o, 9 // groups, 3, 3)).astype(np.float32)
     side = out_len(9, 3, stride, 1)
-    dy = r.standard_normal((37, 11, side, side)).astype(np.float32)
+    dy = r.standard_normal((37, o, side, side)).astype(np.float32)
     runs, before = [], numba.get_num_threads()
     try:
         for threads in (1, 2):
             set_threads(threads)
-            runs.append((conv2d_forward(x, W, stride, 1, primitive=name),)
-                        + conv2d_backward(x, W, dy, stride, 1, primitive=name))
+            runs.append((conv2d_forward(x, W, stride, 1, groups, primitive=name),)
+                        + conv2d_backward(x, W, dy, stride, 1, groups, primitive=name))
     finally:
         set_threads(before)
     for a, b in zip(*runs):
@@ -278,6 +341,10 @@ def test_same_bits_with_one_or_two_threads(name, stride):
     ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 1, 1, 1), "stride"),
     ("polyphase", ((1, 2, 6, 6), (2, 2, 3, 3), 2, 2, 1), "padding"),
     ("flat", ((1, 2, 6, 6), (2, 2, 5, 5), 1, 2, 1), "3x3"),
+    ("depthwise", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "depthwise"),
+    ("gemm", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
+    ("gemm", ((8, 64, 128, 128), (8, 64, 3, 3), 1, 1, 1), "columns"),
+    ("depthwise", ((1, 4, 6, 6), (8, 1, 3, 3), 1, 1, 4), "depthwise"),
 ])
 def test_refusals_are_clear(name, case, reason):
     """A primitive asked for a shape it does not handle says which rule it breaks."""
@@ -301,6 +368,9 @@ def test_default_is_legal_and_forcing_respects_refusals():
              ((8, 16, 8, 8), (16, 16, 1, 1), 1, 0, 1), ((8, 4, 8, 8), (4, 1, 3, 3), 1, 1, 4)]
     for case in cases:
         assert default_primitive(*case) in legal_primitives(*case)
+    assert default_primitive(*cases[3]) == "depthwise"
+    assert default_primitive((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1) == "gemm"  # ResNet-50's last stage
+    assert default_primitive((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, 1) == "kn2row"  # cifar-resnet's is not
     try:
         force_primitive("winograd4")
         assert choose_primitive("im2col", *cases[0]) == "winograd4"
@@ -318,10 +388,11 @@ def test_primitive_is_deterministic(name):
     r = np.random.default_rng(2)
     stride = 2 if name == "polyphase" else 1
     side = out_len(7, 3, stride, 1)
+    groups, o = (4, 4) if name == "depthwise" else (1, 6)
     x = r.standard_normal((5, 4, 7, 7)).astype(np.float32)
-    W = r.standard_normal((6, 4, 3, 3)).astype(np.float32)
-    dy = r.standard_normal((5, 6, side, side)).astype(np.float32)
-    runs = [(conv2d_forward(x, W, stride, 1, primitive=name),)
-            + conv2d_backward(x, W, dy, stride, 1, primitive=name) for _ in range(2)]
+    W = r.standard_normal((o, 4 // groups, 3, 3)).astype(np.float32)
+    dy = r.standard_normal((5, o, side, side)).astype(np.float32)
+    runs = [(conv2d_forward(x, W, stride, 1, groups, primitive=name),)
+            + conv2d_backward(x, W, dy, stride, 1, groups, primitive=name) for _ in range(2)]
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)

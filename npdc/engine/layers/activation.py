@@ -3,7 +3,7 @@
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.activation import relu_backward, relu_forward
+from npdc.kernels.activation import clip_backward, clip_forward, relu_backward, relu_forward
 
 
 class ReLU(Layer):
@@ -72,14 +72,28 @@ class Clip(Layer):
         if not self.lo < self.hi:
             raise ValueError(f"clip needs lo < hi, not {self.lo} and {self.hi}")
 
+    def _bounds(self, x):
+        return x.dtype.type(self.lo), x.dtype.type(self.hi)
+
     def forward(self, x, train):
-        y = np.clip(x, self.lo, self.hi)
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        clip_forward(x.reshape(-1), *self._bounds(x), y.reshape(-1))
         if train:
-            self.cache["inside"] = (x > self.lo) & (x < self.hi)
+            self.cache["y"] = y  # lo < y < hi exactly where lo < x < hi, and the next layer keeps y
         return y
 
+    def forward_into(self, x):
+        """Eval-mode forward over x itself (contiguous; the caller no longer needs it)."""
+        clip_forward(x.reshape(-1), *self._bounds(x), x.reshape(-1))
+        return x
+
     def backward(self, dy):
-        return np.where(self.cache.pop("inside"), dy, 0).astype(dy.dtype, copy=False)
+        y = self.cache.pop("y")
+        dx = np.empty_like(y)
+        clip_backward(np.ascontiguousarray(dy, dtype=y.dtype).reshape(-1), y.reshape(-1), *self._bounds(y),
+                      dx.reshape(-1))
+        return dx
 
     def describe(self):
         return f"Clip [{self.lo:g}, {self.hi:g}]"

@@ -61,11 +61,13 @@ class Conv2d(Layer):
             self.cache["x"] = x
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dx (None without need_dx: the weight gradients only), adding into grads."""
         x = self.cache.pop("x")
         W = self._spread()
         name = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups)
-        dx, dW = conv2d_backward(x, W, dy, self.stride, self.padding, self.groups, primitive=name)
+        dx, dW = conv2d_backward(x, W, dy, self.stride, self.padding, self.groups, need_dx=need_dx,
+                                 primitive=name)
         self.grads["W"] += dW[:, :, ::self.dilation, ::self.dilation]
         if self.bias:
             self.grads["b"] += dy.sum(axis=(0, 2, 3))

@@ -1,8 +1,10 @@
-"""Fully connected layer and the Flatten that feeds it."""
+"""Fully connected layer and the Flatten that feeds it; its products run on Numba's threads
+(npdc.kernels.matmul)."""
 
 import numpy as np
 
 from npdc.engine.layers.base import Layer
+from npdc.kernels.matmul import matmul
 
 
 class Flatten(Layer):
@@ -37,7 +39,7 @@ class Linear(Layer):
         return self.out_shape
 
     def forward(self, x, train):
-        y = x @ self.params["W"].T
+        y = matmul(x, self.params["W"].T)
         if self.bias:
             y += self.params["b"]
         if train:
@@ -46,10 +48,10 @@ class Linear(Layer):
 
     def backward(self, dy):
         x = self.cache.pop("x")
-        self.grads["W"] += dy.T @ x
+        self.grads["W"] += matmul(dy.T, x)
         if self.bias:
             self.grads["b"] += dy.sum(axis=0)
-        return dy @ self.params["W"]
+        return matmul(dy, self.params["W"])
 
     def macs(self):
         return self.params["W"].size

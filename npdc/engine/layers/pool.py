@@ -1,12 +1,12 @@
-"""Max, average and global-average pooling.
-
-Windows are visited one kernel offset (i, j) at a time, each a strided slice of the padded input,
-so k*k whole-array numpy operations do the work and no index arrays are built.
-"""
+"""Max, average and global-average pooling. Max pooling's window loops are the kernels of
+npdc.kernels.pool; average pooling (padding counted as zeros) is the depthwise convolution whose
+taps are all 1 / k*k. Neither builds a padded copy of the input."""
 
 import numpy as np
 
 from npdc.engine.layers.base import Layer
+from npdc.kernels import conv_depthwise
+from npdc.kernels.pool import max_backward, max_forward
 
 
 def pool_size(side, k, stride, pad, ceil):
@@ -35,26 +35,6 @@ class _Pool2d(Layer):
         self.in_shape, self.out_shape = tuple(in_shape), (c, ho, wo)
         return self.out_shape
 
-    def _pad(self, x, fill):
-        """x padded by `padding` on every side, and on the bottom and right as far as a ceil-mode
-        last window reaches."""
-        p, (_, h, w), (_, ho, wo) = self.padding, self.in_shape, self.out_shape
-        extra_h = max(0, (ho - 1) * self.stride + self.k - h - 2 * p)
-        extra_w = max(0, (wo - 1) * self.stride + self.k - w - 2 * p)
-        if p == 0 and extra_h == 0 and extra_w == 0:
-            return x
-        return np.pad(x, ((0, 0), (0, 0), (p, p + extra_h), (p, p + extra_w)), constant_values=fill)
-
-    def _window(self, a, i, j):
-        """The (N, C, Ho, Wo) slice of padded `a` under kernel offset (i, j)."""
-        _, ho, wo = self.out_shape
-        s = self.stride
-        return a[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-
-    def _unpad(self, dxp):
-        p, (_, h, w) = self.padding, self.in_shape
-        return dxp[:, :, p:p + h, p:p + w]
-
     def describe(self):
         return f"{type(self).__name__} {self.k}x{self.k}/{self.stride}" + (" ceil" if self.ceil else "")
 
@@ -63,24 +43,19 @@ class MaxPool2d(_Pool2d):
     """x: (N, C, H, W) -> y: (N, C, Ho, Wo); ties send the gradient to the first maximum."""
 
     def forward(self, x, train):
-        xp = self._pad(x, -np.inf)
-        y = self._window(xp, 0, 0).copy()
-        arg = np.zeros(y.shape, np.int16)
-        for t in range(1, self.k * self.k):
-            v = self._window(xp, t // self.k, t % self.k)
-            better = v > y
-            np.copyto(y, v, where=better)
-            arg[better] = t
+        x = np.ascontiguousarray(x)
+        y = np.empty((x.shape[0],) + self.out_shape, x.dtype)
+        arg = np.empty(y.shape if train else (1, 1, 1, 1), np.int16)  # the winning tap a*k + b
+        max_forward(x, self.k, self.stride, self.padding, y, arg, train)
         if train:
-            self.cache.update(arg=arg, xshape=xp.shape)
+            self.cache["arg"] = arg
         return y
 
     def backward(self, dy):
-        arg, xshape = self.cache.pop("arg"), self.cache.pop("xshape")
-        dxp = np.zeros(xshape, dy.dtype)
-        for t in range(self.k * self.k):
-            self._window(dxp, t // self.k, t % self.k)[...] += np.where(arg == t, dy, 0)
-        return self._unpad(dxp)
+        arg = self.cache.pop("arg")
+        dx = np.empty((dy.shape[0],) + self.in_shape, dy.dtype)
+        max_backward(np.ascontiguousarray(dy), arg, self.k, self.stride, self.padding, dx)
+        return dx
 
 
 class AvgPool2d(_Pool2d):
@@ -92,22 +67,17 @@ class AvgPool2d(_Pool2d):
             raise ValueError("average pooling in ceil mode is not supported")
         return super().build(in_shape, rng)
 
+    def _taps(self, dtype):
+        return np.full((self.in_shape[0], 1, self.k, self.k), 1.0 / (self.k * self.k), dtype)
+
     def forward(self, x, train):
-        xp = self._pad(x, 0)
-        y = np.zeros((x.shape[0],) + self.out_shape, x.dtype)
-        for t in range(self.k * self.k):
-            y += self._window(xp, t // self.k, t % self.k)
-        y *= 1.0 / (self.k * self.k)
-        if train:
-            self.cache["xshape"] = xp.shape
-        return y
+        x = np.ascontiguousarray(x)
+        return conv_depthwise.forward(x, self._taps(x.dtype), self.stride, self.padding, x.shape[1])
 
     def backward(self, dy):
-        dxp = np.zeros(self.cache.pop("xshape"), dy.dtype)
-        share = dy * (1.0 / (self.k * self.k))
-        for t in range(self.k * self.k):
-            self._window(dxp, t // self.k, t % self.k)[...] += share
-        return self._unpad(dxp)
+        dy = np.ascontiguousarray(dy)
+        return conv_depthwise.data_gradient(self._taps(dy.dtype), dy, self.stride, self.padding,
+                                            (dy.shape[0],) + self.in_shape)
 
 
 class GlobalAvgPool(Layer):
