@@ -33,8 +33,9 @@ import numba
 import numpy as np
 
 from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
-from npdc.kernels.int8_pack import GROUP, LANES, group_bytes, im2col_packed, pack_rows, runs_packed
-from npdc.kernels.vnni import dot_rows4
+from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
+                                   runs_packed, tap_plane)
+from npdc.kernels.vnni import dot_rows4, dot_rows4_at
 
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
@@ -88,17 +89,19 @@ def requantize_array(v, m0, shift, out):
 
 # -- the tile GEMM ---------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
+def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, offs, k4, acc, a_off, a_pitch):
     """acc[a_off + r*a_pitch + l] = sum over k < k4 of the 4-byte dot product of weight word
-    w[w_off + r*w_pitch + k] (4 int8) and column bytes cols[c_off + k*c_pitch + 4l ..] (4 uint8),
-    for r < 4 and l < 16: what dot_rows4 does with vpdpbusd, in plain loops."""
+    w[w_off + r*w_pitch + k] (4 int8) and column bytes cols[at + 4l ..] (4 uint8), at = c_off +
+    k*c_pitch (offs empty) or c_off + offs[k], for r < 4 and l < 16: what dot_rows4 and
+    dot_rows4_at do with vpdpbusd, in plain loops."""
     wb = w.view(np.int8)  # the words' bytes, in memory order as vpdpbusd reads them
     for r in range(ROWS):
         out = a_off + r * a_pitch
         for lane in range(LANES):
             acc[out + lane] = 0
         for k in range(k4):
-            wo_, co = (w_off + r * w_pitch + k) * GROUP, c_off + k * c_pitch
+            wo_ = (w_off + r * w_pitch + k) * GROUP
+            co = c_off + (offs[k] if offs.size else k * c_pitch)
             w0, w1, w2, w3 = np.int32(wb[wo_]), np.int32(wb[wo_ + 1]), np.int32(wb[wo_ + 2]), np.int32(wb[wo_ + 3])
             for lane in range(LANES):
                 b = co + lane * GROUP
@@ -107,17 +110,20 @@ def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, 
 
 
 @numba.njit(cache=True)
-def gemm_tile(w, k4, cols, pitch, acc, vnni):
-    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns (k4 groups of pitch x 4
-    bytes, group_bytes(pitch) apart); O4 a multiple of 4, pitch of 16."""
+def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
+    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns, O4 a multiple of 4,
+    pitch of 16: column group k at byte k * group_bytes(pitch) (offs empty) or at offs[k] (a
+    conv's taps read in place, npdc.kernels.int8_pack.interleave_rows)."""
     o4 = w.size // k4
+    step = group_bytes(pitch)
     for o in range(0, o4, ROWS):
         for p in range(0, pitch, LANES):
-            if vnni:
-                dot_rows4(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc, o * pitch + p, pitch)
+            if vnni and offs.size:
+                dot_rows4_at(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
+            elif vnni:
+                dot_rows4(w, o * k4, k4, cols, p * GROUP, step, k4, acc, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc,
-                                   o * pitch + p, pitch)
+                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, step, offs, k4, acc, o * pitch + p, pitch)
 
 
 # -- tails -----------------------------------------------------------------------------------------
@@ -127,7 +133,7 @@ def clamp_u8(v, lo):
 
 
 @numba.njit(cache=True, parallel=True)
-def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, vnni):
+def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, offs, vnni):
     """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
     words), output rows in tiles of rows_per shared among threads. bias, m0, shift: (O4,) int64
     (bias with the zero-point term folded in); meta: [Zx, Zy, clamp low (Zy after a ReLU, else
@@ -135,15 +141,19 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     (threads, tile bytes / words) workspaces (npdc.kernels.int8_pack.tile_bytes gives the columns'
     size).
 
-    A stride-1 conv computes each tile over the padded width (runs_packed: its positions
-    q >= Wo of each row are computed and dropped), so that its columns are shifted runs of the
-    padded rows; a strided one lowers exact columns (im2col_packed)."""
+    A stride-1 conv computes each tile over the padded width (its positions q >= Wo of each row
+    are computed and dropped). With offs (int64, k4 long: C a multiple of 4 and the weights
+    packed by taps, see npdc.runtime.int8) the tile's padded input rows are stored four channels
+    to a word (interleave_rows) and every tap's columns are read there in place; without, its
+    columns are lowered as shifted runs of the padded rows (runs_packed). A strided conv lowers
+    exact columns (im2col_packed)."""
     n_img, o_out, ho, wo = y.shape[0], y.shape[1], y.shape[2], y.shape[3]
     tiles = (ho + rows_per - 1) // rows_per
     k_total = x.shape[1] * kh * kw
     wp = x.shape[3] + 2 * pad
     runs = stride == 1
     row = wp if runs else wo  # positions from one output row of the tile to the next
+    plane = tap_plane(rows_per, kh, wp)
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * rows_per
         p1 = min(ho, p0 + rows_per)
@@ -151,13 +161,19 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         pitch = ((width + LANES - 1) // LANES) * LANES
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
-        rest = col[k4 * group_bytes(pitch):]
-        if runs:
-            runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+        if offs.size:
+            rest_at = (x.shape[1] // GROUP) * plane * GROUP
+            rest = col[rest_at:]
+            interleave_rows(x[n], np.uint8(meta[0]), pad, p0, p1 - p0 + kh - 1, plane,
+                            col[:rest_at].view(np.uint32))
         else:
-            im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
-                          col, rest)
-        gemm_tile(w, k4, col, pitch, a, vnni)
+            rest = col[k4 * group_bytes(pitch):]
+            if runs:
+                runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+            else:
+                im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
+                              col, rest)
+        gemm_tile(w, k4, col, pitch, offs, a, vnni)
         for o in range(o_out):
             if meta[3] == RES_NONE:
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
@@ -244,6 +260,7 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
     k4 x pitch x 4 bytes, a: O4 x pitch words); blocks of four output channels go to threads."""
     n_img = x.shape[0]
     pitch = ((n_img + LANES - 1) // LANES) * LANES
+    offs_none = np.zeros(0, np.int64)
     pack_rows(x, 0, n_img, pitch, col)
     o4 = w.size // k4
     for ob in numba.prange(o4 // ROWS):
@@ -252,8 +269,8 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
             if vnni:
                 dot_rows4(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p,
-                                   pitch)
+                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), offs_none, k4, a,
+                                   o * pitch + p, pitch)
     o_out = y_float.shape[1] if dequant.size else y.shape[1]
     for o in range(o_out):
         for n in range(n_img):

@@ -100,7 +100,12 @@ class Int8Step:
         Wq, sw = int8_weights(W2)
         self.k4, o4 = _pad_to(k, P.GROUP) // P.GROUP, _pad_to(o, K.ROWS)
         packed = np.zeros((o4, self.k4 * P.GROUP), np.int8)
-        packed[:o, :k] = Wq
+        self.taps = step.kind == "conv" and step.stride == 1 and step.w_shape[1] % P.GROUP == 0
+        if self.taps:  # words of (channel group, kernel row, kernel column), as tap_offsets reads
+            c, kh, kw = step.w_shape[1:]
+            packed[:o, :k] = Wq.reshape(o, c // P.GROUP, P.GROUP, kh, kw).transpose(0, 1, 3, 4, 2).reshape(o, k)
+        else:
+            packed[:o, :k] = Wq
         self.w = packed.view(np.int32).reshape(-1)
         self.Wq, self.w_scale = Wq, sw
         bias = np.clip(np.round(np.asarray(shift_f, np.float64) / (sx * sw)), -BIAS_LIMIT, BIAS_LIMIT)
@@ -222,8 +227,12 @@ class Int8Runtime:
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         rows = self._rows_per(s)
+        offs = np.zeros(0, np.int64)
+        if q.taps:
+            wp = x.shape[3] + 2 * s.pad
+            offs = P.tap_offsets(x.shape[1], kh, kw, wp, P.tap_plane(rows, kh, wp))
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
-                                 res, y, self.cols, self.acc, rows, self.vnni)
+                                 res, y, self.cols, self.acc, rows, offs, self.vnni)
 
     def _generic(self, s, n):
         """A layer the plan does not fuse, in float between a dequantize and a quantize."""
