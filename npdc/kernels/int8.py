@@ -35,7 +35,7 @@ import numpy as np
 from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
                                    runs_packed, tap_plane)
-from npdc.kernels.vnni import dot_rows4, dot_rows4_at
+from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
@@ -116,8 +116,11 @@ def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
     conv's taps read in place, npdc.kernels.int8_pack.interleave_rows)."""
     o4 = w.size // k4
     step = group_bytes(pitch)
+    pairs = (pitch // (2 * LANES)) * 2 * LANES if vnni and offs.size else 0
     for o in range(0, o4, ROWS):
-        for p in range(0, pitch, LANES):
+        for p in range(0, pairs, 2 * LANES):  # 32 positions at a time where they fit
+            dot_rows4_at2(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
+        for p in range(pairs, pitch, LANES):
             if vnni and offs.size:
                 dot_rows4_at(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
             elif vnni:
@@ -189,7 +192,7 @@ def requantize_lanes(v, m0, left, right, mask, half):
     multiply cannot overflow), left = max(-shift, 0), right = max(shift, 0), mask = 2^right - 1,
     half = mask >> 1. Truncation toward zero and the ties are selects on the sign bits."""
     x = saturate32(saturate32(v) << left)
-    ab = x * m0
+    ab = np.int64(np.int32(x)) * np.int64(np.int32(m0))  # both fit int32: a 32x32->64 multiply
     t = ab + (1 << 30) - np.int64(ab < 0) * ((1 << 31) - 1)
     h = (t + ((t >> 63) & ((1 << 31) - 1))) >> 31
     return (h >> right) + np.int64((h & mask) > half + np.int64(h < 0))

@@ -41,9 +41,11 @@ def _flat(t, dtype):
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
 
 
-def _dot_rows4(w, cols, acc, offsets):
-    """The codegen of dot_rows4 and dot_rows4_at: column k starts at c_off + k * c_pitch, or at
-    c_off + offs[k] when `offsets` (an int64 array type) is given."""
+def _dot_rows4(w, cols, acc, offsets, vectors=1):
+    """The codegen of dot_rows4 and dot_rows4_at(2): column k starts at c_off + k * c_pitch, or
+    at c_off + offs[k] when `offsets` (an int64 array type) is given; `vectors` runs of 16
+    positions side by side (4 x vectors accumulators: enough independent sums to cover
+    vpdpbusd's latency, and each weight broadcast serves them all)."""
     have = cpu_has_vnni()
 
     def codegen(context, builder, signature, args):
@@ -61,23 +63,28 @@ def _dot_rows4(w, cols, acc, offsets):
         o_base = context.make_array(offsets)(context, builder, c_step).data if offsets else None
         dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
                                                 "llvm.x86.avx512.vpdpbusd.512")
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4 * vectors)]
         rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(w_off_v.type, r))) for r in range(4)]
         with cgutils.for_range(builder, k4_v) as loop:
             k = loop.index
             step = builder.load(builder.gep(o_base, [k])) if offsets else builder.mul(k, c_step)
             at = builder.add(c_off_v, step)
-            column = builder.load(builder.bitcast(builder.gep(c_base, [at]), v16.as_pointer()), align=1)
+            columns = [builder.load(builder.bitcast(builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))]),
+                                                    v16.as_pointer()), align=1) for v in range(vectors)]
             for r in range(4):
                 word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
                 splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,
                                                                       ir.Constant(i32, 0)),
                                                ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
-                builder.store(builder.call(dpbusd, [builder.load(sums[r]), column, splat]), sums[r])
+                for v, column in enumerate(columns):
+                    total = sums[r * vectors + v]
+                    builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
         for r in range(4):
-            at = builder.add(a_off_v, builder.mul(a_pitch_v, ir.Constant(a_pitch_v.type, r)))
-            builder.store(builder.load(sums[r]), builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()),
-                          align=4)
+            for v in range(vectors):
+                at = builder.add(a_off_v, builder.mul(a_pitch_v, ir.Constant(a_pitch_v.type, r)))
+                at = builder.add(at, ir.Constant(at.type, 16 * v))
+                builder.store(builder.load(sums[r * vectors + v]),
+                              builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     i = types.int64  # offsets, pitches and the count arrive as int64 whatever their type at the call
@@ -104,3 +111,13 @@ def dot_rows4_at(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_off
             and _flat(offs, types.int64)):
         return None
     return _dot_rows4(w, cols, acc, offs)
+
+
+@intrinsic
+def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_off, a_pitch):
+    """dot_rows4_at over 32 positions (two runs of 16 lanes, the second 64 bytes on in the
+    columns and 16 words on in acc)."""
+    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)
+            and _flat(offs, types.int64)):
+        return None
+    return _dot_rows4(w, cols, acc, offs, 2)
