@@ -34,7 +34,7 @@ import numpy as np
 
 from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
-                                   runs_packed, tap_plane)
+                                   runs_packed, tap_plane, tap_width)
 from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
@@ -144,19 +144,20 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     (threads, tile bytes / words) workspaces (npdc.kernels.int8_pack.tile_bytes gives the columns'
     size).
 
-    A stride-1 conv computes each tile over the padded width (its positions q >= Wo of each row
-    are computed and dropped). With offs (int64, k4 long: C a multiple of 4 and the weights
-    packed by taps, see npdc.runtime.int8) the tile's padded input rows are stored four channels
-    to a word (interleave_rows) and every tap's columns are read there in place; without, its
-    columns are lowered as shifted runs of the padded rows (runs_packed). A strided conv lowers
-    exact columns (im2col_packed)."""
+    With offs (int64, k4 long: C a multiple of 4 and the weights packed by taps, see
+    npdc.runtime.int8) the tile's input is stored four channels to a word in stride x stride
+    phases (interleave_rows) and every tap's columns are read there in place, over rows of
+    tap_width positions (those q >= Wo computed and dropped). Without, a stride-1 conv lowers its
+    columns as shifted runs of the padded rows (runs_packed, rows of the padded width), a strided
+    one lowers exact columns (im2col_packed)."""
     n_img, o_out, ho, wo = y.shape[0], y.shape[1], y.shape[2], y.shape[3]
     tiles = (ho + rows_per - 1) // rows_per
     k_total = x.shape[1] * kh * kw
-    wp = x.shape[3] + 2 * pad
     runs = stride == 1
-    row = wp if runs else wo  # positions from one output row of the tile to the next
-    plane = tap_plane(rows_per, kh, wp)
+    row = wo  # positions from one output row of the tile to the next
+    if offs.size or runs:
+        row = tap_width(x.shape[3], pad, stride)
+    plane = tap_plane(rows_per, kh, row, stride)
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * rows_per
         p1 = min(ho, p0 + rows_per)
@@ -165,9 +166,9 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
         if offs.size:
-            rest_at = (x.shape[1] // GROUP) * plane * GROUP
+            rest_at = (x.shape[1] // GROUP) * stride * stride * plane * GROUP
             rest = col[rest_at:]
-            interleave_rows(x[n], np.uint8(meta[0]), pad, p0, p1 - p0 + kh - 1, plane,
+            interleave_rows(x[n], np.uint8(meta[0]), pad, stride, p0, p1 - p0 + (kh - 1) // stride, plane,
                             col[:rest_at].view(np.uint32))
         else:
             rest = col[k4 * group_bytes(pitch):]

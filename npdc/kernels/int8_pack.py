@@ -4,10 +4,11 @@ position's four inputs, as AVX-512 VNNI's vpdpbusd multiplies them (Intel's inst
 reference). `im2col_packed` lowers exact columns (im2col, Chellapilla et al. 2006) for any
 stride; `runs_packed`, for stride 1, lowers over the padded width so that each column row is a
 shifted run of the padded input (the "runs" lowering of npdc.kernels.fused's stride-1 kernel);
-`pack_rows` packs a linear layer's input rows. For a stride-1 conv whose channels are a
-multiple of 4, `interleave_rows` builds no columns at all: it stores the tile's padded input rows
-four channels to a 32-bit word (the NC/4HW4 layout of oneDNN and ncnn), where the 16 positions of
-one tap and one group of four channels are 64 contiguous bytes, read in place at `tap_offsets`.
+`pack_rows` packs a linear layer's input rows. For a conv whose channels are a multiple
+of 4, `interleave_rows` builds no columns at all: it stores the tile's padded input rows four
+channels to a 32-bit word (the NC/4HW4 layout of oneDNN and ncnn), split into stride x stride
+phases, so that the 16 positions of one tap and one group of four channels are 64 contiguous
+bytes, read in place at `tap_offsets`.
 Every buffer is handed in.
 """
 
@@ -94,47 +95,66 @@ def tile_bytes(c, kh, kw, pad, w, rows, wo, stride):
     width = (rows - 1) * (wp if stride == 1 else wo) + wo
     pitch = ((width + LANES - 1) // LANES) * LANES
     extra = c * (rows + kh - 1) * wp if stride == 1 else GROUP * pitch
-    if stride == 1 and c % GROUP == 0:  # interleave_rows' planes, then a tail's scratch row
-        return (c // GROUP) * tap_plane(rows, kh, wp) * GROUP + w
+    if c % GROUP == 0:  # interleave_rows' phase planes, then a tail's scratch row
+        wq = tap_width(w, pad, stride)
+        return (c // GROUP) * stride * stride * tap_plane(rows, kh, wq, stride) * GROUP + wq
     return k4 * group_bytes(pitch) + extra
 
 
 @numba.njit(cache=True)
-def tap_plane(rows, kh, wp):
-    """Words from one group of four channels to the next in interleave_rows' buffer, for tiles
-    of `rows` output rows: their rows + kh - 1 padded input rows and SKEW bytes, which also cover
-    the reads of positions past a tile's last (computed and dropped)."""
-    return (rows + kh - 1) * wp + SKEW // GROUP
-
-
-def tap_offsets(c, kh, kw, wp, plane):
-    """Byte offsets (int64) of the columns of input group k = (channel group, kernel row, kernel
-    column) in interleave_rows' buffer: the order in which the weights are packed for them."""
-    g, i, j = np.meshgrid(np.arange(c // GROUP), np.arange(kh), np.arange(kw), indexing="ij")
-    return ((g * plane + i * wp + j) * GROUP).reshape(-1).astype(np.int64)
+def tap_width(w, pad, stride):
+    """Positions per output row of interleave_rows' tiles: a phase row of the padded input."""
+    return (w + 2 * pad + stride - 1) // stride
 
 
 @numba.njit(cache=True)
-def interleave_rows(x, zx, pad, r0, span, plane, words):
-    """Padded input rows r0 - pad .. r0 - pad + span - 1 of one image x (C, H, W) uint8, C a
-    multiple of 4, as words[g * plane + row * Wp + column]: byte l of a word is channel 4g + l
-    (little-endian, as vpdpbusd reads it), and the padding holds the zero point zx."""
+def tap_plane(rows, kh, wq, stride):
+    """Words from one phase plane to the next in interleave_rows' buffer, for tiles of `rows`
+    output rows: rows + (kh - 1) // stride phase rows of wq words, and SKEW bytes, which also
+    cover the reads of the positions past a tile's last (computed and dropped)."""
+    return (rows + (kh - 1) // stride) * wq + SKEW // GROUP
+
+
+def tap_offsets(c, kh, kw, wq, plane, stride):
+    """Byte offsets (int64) of the columns of input group k = (channel group, kernel row i,
+    kernel column j) in interleave_rows' buffer: phase plane (i % stride, j % stride) of the
+    group, row i // stride, column j // stride. The weights are packed in this order."""
+    g, i, j = np.meshgrid(np.arange(c // GROUP), np.arange(kh), np.arange(kw), indexing="ij")
+    planes = (g * stride + i % stride) * stride + j % stride
+    return ((planes * plane + (i // stride) * wq + j // stride) * GROUP).reshape(-1).astype(np.int64)
+
+
+@numba.njit(cache=True)
+def interleave_rows(x, zx, pad, stride, p0, span, plane, words):
+    """The input a tile of output rows p0.. reads, of one image x (C, H, W) uint8, C a multiple
+    of 4, split into stride x stride phases of the zero-point padded input: padded[stride * u + a,
+    stride * v + b] goes to words[((g * stride + a) * stride + b) * plane + (u - p0) * wq + v] for
+    u - p0 < span and v < wq = tap_width, byte l of the word being channel 4g + l (little-endian,
+    as vpdpbusd reads it). Output (p, q) then reads tap (i, j) at phase (i % stride, j % stride),
+    row p + i // stride, column q + j // stride: positions of one row are contiguous words."""
     c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
-    wp = w + 2 * pad
+    wq = tap_width(w, pad, stride)
     zx4 = np.uint32(zx) * np.uint32(0x01010101)
     for g in range(c_n // GROUP):
-        for rr in range(span):
-            iy, o = r0 - pad + rr, g * plane + rr * wp
-            if iy < 0 or iy >= h:
-                words[o:o + wp] = zx4
-                continue
-            words[o:o + pad] = zx4
-            a, b, c, d = x[GROUP * g, iy], x[GROUP * g + 1, iy], x[GROUP * g + 2, iy], x[GROUP * g + 3, iy]
-            row = words[o + pad:o + pad + w]
-            for q in range(np.uint64(w)):
-                row[q] = (np.uint32(a[q]) | (np.uint32(b[q]) << np.uint32(8))
-                          | (np.uint32(c[q]) << np.uint32(16)) | (np.uint32(d[q]) << np.uint32(24)))
-            words[o + pad + w:o + wp] = zx4
+        for ph in range(stride * stride):
+            a, b = ph // stride, ph % stride
+            v_lo = min(wq, max(0, (pad - b + stride - 1) // stride))  # first column inside x
+            v_hi = max(v_lo, min(wq, (w - 1 + pad - b) // stride + 1))
+            src0, step = np.uint64(stride * v_lo + b - pad), np.uint64(stride)
+            for uu in range(span):
+                iy, o = stride * (p0 + uu) + a - pad, (g * stride * stride + ph) * plane + uu * wq
+                if iy < 0 or iy >= h:
+                    words[o:o + wq] = zx4
+                    continue
+                words[o:o + v_lo] = zx4
+                r0, r1 = x[GROUP * g, iy], x[GROUP * g + 1, iy]
+                r2, r3 = x[GROUP * g + 2, iy], x[GROUP * g + 3, iy]
+                row = words[o + v_lo:o + v_hi]
+                for v in range(np.uint64(v_hi - v_lo)):
+                    at = src0 + v * step
+                    row[v] = (np.uint32(r0[at]) | (np.uint32(r1[at]) << np.uint32(8))
+                              | (np.uint32(r2[at]) << np.uint32(16)) | (np.uint32(r3[at]) << np.uint32(24)))
+                words[o + v_hi:o + wq] = zx4
 
 
 @numba.njit(cache=True)

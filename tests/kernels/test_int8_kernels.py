@@ -157,50 +157,53 @@ def test_conv_outputs_saturate_at_both_ends_and_relu_clamps_at_the_zero_point():
     assert np.all(_conv(-10 ** 6, True) == 10)  # ReLU: real 0 is the zero point
 
 
-def _tap_conv(x, W, rows, taps, vnni, zx=3, zy=5):
-    """conv_u8 of x (N, C, H, W) by W (O, C, 3, 3), stride 1, pad 1, ReLU-free, through the
-    shifted runs (taps False: weights in (channel, row, column) order) or the channel-interleaved
-    rows read in place (taps True: weights by (channel group, row, column, channel))."""
+def _tap_conv(x, W, rows, taps, vnni, stride=1, pad=1, zx=3, zy=5):
+    """conv_u8 of x (N, C, H, W) by W (O, C, k, k), ReLU-free, through the lowered columns
+    (taps False: weights in (channel, row, column) order; shifted runs at stride 1, im2col
+    otherwise) or the channel-interleaved phases read in place (taps True: weights by (channel
+    group, row, column, channel))."""
     n, c, h, w = x.shape
-    o = W.shape[0]
-    wp = w + 2
-    k4, o4 = c * 9 // 4, -(-o // 4) * 4
-    order = W.transpose(0, 1, 2, 3) if not taps else W.reshape(o, c // 4, 4, 3, 3).transpose(0, 1, 3, 4, 2)
+    o, k = W.shape[0], W.shape[2]
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    k4, o4 = c * k * k // 4, -(-o // 4) * 4
+    order = W.reshape(o, c // 4, 4, k, k).transpose(0, 1, 3, 4, 2) if taps else W
     packed = np.zeros((o4, 4 * k4), np.int8)
     packed[:o] = order.reshape(o, -1)
-    offs = P.tap_offsets(c, 3, 3, wp, P.tap_plane(rows, 3, wp)) if taps else np.zeros(0, np.int64)
+    wq = P.tap_width(w, pad, stride)
+    offs = P.tap_offsets(c, k, k, wq, P.tap_plane(rows, k, wq, stride), stride) if taps else np.zeros(0, np.int64)
     m0, shift = fixed_multipliers(np.linspace(0.002, 0.01, o4))
     bias = np.arange(o4, dtype=np.int64) * 37 - 100
     meta = np.array([zx, zy, 0, K.RES_NONE, 0, 1, 0, 0, 0], np.int64)
     threads = numba.config.NUMBA_NUM_THREADS
-    pitch = -(-((rows - 1) * wp + w) // 16) * 16
-    runs_bytes = k4 * P.group_bytes(pitch) + c * (rows + 2) * wp  # tile_bytes gives the taps' size
-    cols = np.zeros((threads, max(runs_bytes, P.tile_bytes(c, 3, 3, 1, w, rows, w, 1))), np.uint8)
+    pitch = -(-((rows - 1) * max(wq, w + 2 * pad) + wo) // 16) * 16
+    lowered = k4 * P.group_bytes(pitch) + c * (rows + k - 1) * (w + 2 * pad) + 4 * pitch  # tile_bytes: the taps'
+    cols = np.zeros((threads, max(lowered, P.tile_bytes(c, k, k, pad, w, rows, wo, stride))), np.uint8)
     acc = np.zeros((threads, o4 * pitch), np.int32)
-    y = np.zeros((n, o, h, w), np.uint8)
-    K.conv_u8(x, packed.view(np.int32).reshape(-1), k4, 3, 3, 1, 1, bias, m0, shift, meta,
+    y = np.zeros((n, o, ho, wo), np.uint8)
+    K.conv_u8(x, packed.view(np.int32).reshape(-1), k4, k, k, stride, pad, bias, m0, shift, meta,
               np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, rows, offs, vnni)
     return y
 
 
 @pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
-def test_convs_reading_interleaved_channels_in_place_equal_the_lowered_columns(vnni):
-    """The in-place tap reads give the bits of the shifted-runs lowering (itself held to a NumPy
+@pytest.mark.parametrize("k, stride, pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (3, 3, 2), (1, 1, 0)])
+def test_convs_reading_interleaved_channels_in_place_equal_the_lowered_columns(vnni, k, stride, pad):
+    """The in-place tap reads give the bits of the lowered columns (themselves held to a NumPy
     simulation by tests/runtime/test_int8.py), for tiles that split the rows unevenly."""
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (2, 8, 7, 9)).astype(np.uint8)
-    W = rng.integers(-127, 128, (6, 8, 3, 3)).astype(np.int8)
-    for rows in (1, 3, 7):
-        ref = _tap_conv(x, W, rows, False, False)
-        assert len(np.unique(ref)) > 50  # not saturated: the outputs carry the sums
-        assert np.array_equal(_tap_conv(x, W, rows, True, vnni), ref)
+    W = rng.integers(-127, 128, (6, 8, k, k)).astype(np.int8)
+    for rows in (1, 2, 3, 7):
+        ref = _tap_conv(x, W, rows, False, False, stride, pad)
+        assert len(np.unique(ref)) > 20  # not saturated: the outputs carry the sums
+        assert np.array_equal(_tap_conv(x, W, rows, True, vnni, stride, pad), ref)
 
 
 def test_interleaved_rows_hold_four_channels_per_word_and_the_zero_point_around():
     x = np.arange(8 * 2 * 3, dtype=np.uint8).reshape(8, 2, 3)
-    plane = P.tap_plane(2, 3, 5)
+    plane = P.tap_plane(2, 3, 5, 1)
     words = np.full(2 * plane, 7, np.uint32)
-    P.interleave_rows(x, np.uint8(9), 1, 0, 4, plane, words)
+    P.interleave_rows(x, np.uint8(9), 1, 1, 0, 4, plane, words)
     b = words.view(np.uint8).reshape(2, plane, 4)
     grid = b[:, :4 * 5].reshape(2, 4, 5, 4)  # (group, padded row, padded column, channel)
     assert np.array_equal(grid[:, 1:3, 1:4].transpose(0, 3, 1, 2).reshape(8, 2, 3), x)
