@@ -168,7 +168,8 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         if offs.size:
             rest_at = (x.shape[1] // GROUP) * stride * stride * plane * GROUP
             rest = col[rest_at:]
-            interleave_rows(x[n], np.uint8(meta[0]), pad, stride, p0, p1 - p0 + (kh - 1) // stride, plane,
+            span = p1 - p0 + (kh - 1) // stride
+            interleave_rows(x[n], np.uint8(meta[0]), pad, stride, kh, kw, p0, span, plane,
                             col[:rest_at].view(np.uint32))
         else:
             rest = col[k4 * group_bytes(pitch):]

@@ -125,19 +125,23 @@ def tap_offsets(c, kh, kw, wq, plane, stride):
 
 
 @numba.njit(cache=True)
-def interleave_rows(x, zx, pad, stride, p0, span, plane, words):
+def interleave_rows(x, zx, pad, stride, kh, kw, p0, span, plane, words):
     """The input a tile of output rows p0.. reads, of one image x (C, H, W) uint8, C a multiple
     of 4, split into stride x stride phases of the zero-point padded input: padded[stride * u + a,
     stride * v + b] goes to words[((g * stride + a) * stride + b) * plane + (u - p0) * wq + v] for
     u - p0 < span and v < wq = tap_width, byte l of the word being channel 4g + l (little-endian,
     as vpdpbusd reads it). Output (p, q) then reads tap (i, j) at phase (i % stride, j % stride),
-    row p + i // stride, column q + j // stride: positions of one row are contiguous words."""
+    row p + i // stride, column q + j // stride: positions of one row are contiguous words. The
+    phases no tap of a kh x kw kernel reads (a >= kh or b >= kw: a 1x1 strided conv reads one)
+    are left as they are."""
     c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
     wq = tap_width(w, pad, stride)
     zx4 = np.uint32(zx) * np.uint32(0x01010101)
     for g in range(c_n // GROUP):
         for ph in range(stride * stride):
             a, b = ph // stride, ph % stride
+            if a >= kh or b >= kw:
+                continue
             v_lo = min(wq, max(0, (pad - b + stride - 1) // stride))  # first column inside x
             v_hi = max(v_lo, min(wq, (w - 1 + pad - b) // stride + 1))
             src0, step = np.uint64(stride * v_lo + b - pad), np.uint64(stride)

@@ -69,8 +69,10 @@ def _dot_rows4(w, cols, acc, offsets, vectors=1):
             k = loop.index
             step = builder.load(builder.gep(o_base, [k])) if offsets else builder.mul(k, c_step)
             at = builder.add(c_off_v, step)
-            columns = [builder.load(builder.bitcast(builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))]),
-                                                    v16.as_pointer()), align=1) for v in range(vectors)]
+            columns = []
+            for v in range(vectors):  # the runs of 16 positions are 64 bytes apart
+                where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
+                columns.append(builder.load(builder.bitcast(where, v16.as_pointer()), align=1))
             for r in range(4):
                 word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
                 splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,

@@ -203,7 +203,7 @@ def test_interleaved_rows_hold_four_channels_per_word_and_the_zero_point_around(
     x = np.arange(8 * 2 * 3, dtype=np.uint8).reshape(8, 2, 3)
     plane = P.tap_plane(2, 3, 5, 1)
     words = np.full(2 * plane, 7, np.uint32)
-    P.interleave_rows(x, np.uint8(9), 1, 1, 0, 4, plane, words)
+    P.interleave_rows(x, np.uint8(9), 1, 1, 3, 3, 0, 4, plane, words)
     b = words.view(np.uint8).reshape(2, plane, 4)
     grid = b[:, :4 * 5].reshape(2, 4, 5, 4)  # (group, padded row, padded column, channel)
     assert np.array_equal(grid[:, 1:3, 1:4].transpose(0, 3, 1, 2).reshape(8, 2, 3), x)
