@@ -182,7 +182,7 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         for o in range(o_out):
             if meta[3] == RES_NONE:
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
-                             meta[2])
+                             meta[2], rest)
                 continue
             finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o,
                             rest)
@@ -200,34 +200,45 @@ def requantize_lanes(v, m0, left, right, mask, half):
     return (h >> right) + np.int64((h & mask) > half + np.int64(h < 0))
 
 
+@numba.njit(cache=True, inline="always")
+def copy_rows(run, row, plane, p0, p1):
+    """Rows p0..p1-1 of plane (Ho, Wo) from a tile's run of positions, `row` apart."""
+    flat, wo = plane.reshape(plane.size), np.uint64(plane.shape[1])
+    for p in range(p0, p1):
+        src, dst = np.uint64((p - p0) * row), np.uint64(p) * wo
+        for q in range(wo):
+            flat[dst + q] = run[src + q]
+
+
 @numba.njit(cache=True)
-def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low):
+def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low, scratch):
     """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start + (p - p0) * row + q]: zy +
-    requantised, clamped to [low, 255]; loops without tests or branches, for the vectoriser."""
-    flat = plane.reshape(plane.size)
+    requantised, clamped to [low, 255]. The tile's positions are requantised in one run
+    (the q >= Wo between its rows too: one long loop without tests or branches, which the
+    vectoriser takes whole), into scratch (>= the run's bytes), then each row is copied out."""
     wo = plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
     left, right = np.int64(max(-shift, 0)), np.int64(max(shift, 0))
     mask = (np.int64(1) << right) - 1
     half = mask >> 1
-    for p in range(p0, p1):
-        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
-        for q in range(np.uint64(wo)):
-            v = np.int64(a[src + q]) + bias
-            out = zy + requantize_lanes(v, m0, left, right, mask, half)
-            flat[dst + q] = np.uint8(min(max(out, low), 255))
+    src = np.uint64(start)
+    for t in range(np.uint64(width)):
+        out = zy + requantize_lanes(np.int64(a[src + t]) + bias, m0, left, right, mask, half)
+        scratch[t] = np.uint8(min(max(out, low), 255))
+    copy_rows(scratch, row, plane, p0, p1)
 
 
 @numba.njit(cache=True)
 def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o, scratch):
     """finish_plain with the residual res (C, H, W) of one image added: the conv's sum and the
     residual, each rescaled to the output scale with RES_FRACTION extra bits, summed and rounded
-    once. An identity residual reads channel o at the same place (it may be `plane` itself: each
-    value is read before it is written); a zero-pad one reads channel o - front of every
-    stride-th row and column, and adds real 0 (nothing) outside its channels. Each residual row
-    is first copied into scratch (>= Wo bytes): an identity residual written in place shares
-    memory with `plane`, and the vectoriser keeps a loop that reads and writes one array scalar."""
-    flat = plane.reshape(plane.size)
+    once. An identity residual reads channel o at the same place (it may be `plane` itself: it is
+    read before the plane is written); a zero-pad one reads channel o - front of every
+    stride-th row and column, and adds real 0 (nothing) outside its channels. The residual's rows
+    are first laid out as the tile's positions in the second half of scratch (2 x the run's
+    bytes), so that the sum runs as one loop over the tile, as in finish_plain."""
     wo = plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
     zy, low, mode, front, step, zr = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
     c = o - front if mode == RES_ZEROPAD else o
     if c < 0 or c >= res.shape[0]:  # a zero-padded channel: the residual adds nothing
@@ -235,27 +246,29 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
             for q in range(wo):
                 v = np.int64(a[start + (p - p0) * row + q]) + bias
                 total = requantize(v, m0, shift - RES_FRACTION)
-                flat[p * wo + q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
+                plane[p, q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
         return
-    r_flat = res[c].reshape(res.shape[1] * res.shape[2])
+    out, r_run = scratch[:width], scratch[width:2 * width]
     sub = step if mode == RES_ZEROPAD else 1
+    r_flat, r_w = res[c].reshape(res.shape[1] * res.shape[2]), np.uint64(res.shape[2])
+    for p in range(p0, p1):
+        src, dst, u_sub = np.uint64(p * sub) * r_w, np.uint64((p - p0) * row), np.uint64(sub)
+        for q in range(np.uint64(wo)):
+            r_run[dst + q] = r_flat[src + q * u_sub]
     fraction = np.int64(RES_FRACTION)
     cl, cr = np.int64(max(-(shift - fraction), 0)), np.int64(max(shift - fraction, 0))
     rl, rr = np.int64(max(-(meta[8] - fraction), 0)), np.int64(max(meta[8] - fraction, 0))
     cmask, rmask, fmask = (np.int64(1) << cr) - 1, (np.int64(1) << rr) - 1, (np.int64(1) << fraction) - 1
     rm0 = meta[7]
-    for p in range(p0, p1):
-        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
-        r_at, r_step = np.uint64(p * sub * res.shape[2]), np.uint64(sub)
-        for q in range(np.uint64(wo)):
-            scratch[q] = r_flat[r_at + q * r_step]
-        for q in range(np.uint64(wo)):
-            v = np.int64(a[src + q]) + bias
-            r = np.int64(scratch[q]) - zr
-            total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
-                     + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
-            out = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
-            flat[dst + q] = np.uint8(min(max(out, low), 255))
+    src = np.uint64(start)
+    for t in range(np.uint64(width)):
+        v = np.int64(a[src + t]) + bias
+        r = np.int64(r_run[t]) - zr
+        total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
+                 + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
+        q = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
+        out[t] = np.uint8(min(max(q, low), 255))
+    copy_rows(out, row, plane, p0, p1)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -89,16 +89,16 @@ def pack_rows(x, p0, p1, pitch, cols):
 
 @numba.njit(cache=True)
 def tile_bytes(c, kh, kw, pad, w, rows, wo, stride):
-    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's two lowerings)."""
+    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's three lowerings),
+    followed by (at least) the 2 x pitch bytes of scratch its tails use."""
     k4 = (c * kh * kw + GROUP - 1) // GROUP
     wp = w + 2 * pad
-    width = (rows - 1) * (wp if stride == 1 else wo) + wo
-    pitch = ((width + LANES - 1) // LANES) * LANES
+    row = wo if stride > 1 and c % GROUP else tap_width(w, pad, stride)
+    pitch = (((rows - 1) * row + wo + LANES - 1) // LANES) * LANES
+    if c % GROUP == 0:  # interleave_rows' phase planes
+        return (c // GROUP) * stride * stride * tap_plane(rows, kh, row, stride) * GROUP + 2 * pitch
     extra = c * (rows + kh - 1) * wp if stride == 1 else GROUP * pitch
-    if c % GROUP == 0:  # interleave_rows' phase planes, then a tail's scratch row
-        wq = tap_width(w, pad, stride)
-        return (c // GROUP) * stride * stride * tap_plane(rows, kh, wq, stride) * GROUP + wq
-    return k4 * group_bytes(pitch) + extra
+    return k4 * group_bytes(pitch) + max(extra, 2 * pitch)
 
 
 @numba.njit(cache=True)
