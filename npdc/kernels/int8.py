@@ -26,7 +26,11 @@ Layout. A product of four bytes at a time (GROUP) is what AVX-512 VNNI's vpdpbus
 lane: the columns of a tile are packed as (K/4, width, 4) bytes, so that 16 output positions x 4
 inputs are one 64-byte vector, and weights as (O, K/4) int32 words of 4 int8 each. The GEMM of a
 tile runs four output channels at a time (`npdc.kernels.vnni.dot_rows4`, or its portable twin
-`dot_rows4_portable` here); both compute exact integer sums, so both give the same bits.
+`dot_rows4_portable` here); both compute exact integer sums, so both give the same bits. A conv
+whose input channels are a multiple of 4 builds no columns: its tile's input is stored four
+channels to a word (npdc.kernels.int8_pack.interleave_rows), where each tap's 16 positions are
+already one 64-byte vector, and the GEMM reads them there at per-tap offsets (`dot_rows4_at`,
+`dot_rows4_at2` for 32 positions at a time); its weights are packed in the same tap order.
 """
 
 import numba

@@ -87,8 +87,10 @@ def _pad_to(n, m):
 
 
 class Int8Step:
-    """One conv or linear step's integer parameters: packed weights (O4 x k4 int32 words), bias,
-    m0, shift (O4,) int64, the real weight scales and meta (the int64 fields conv_u8 reads)."""
+    """One conv or linear step's integer parameters: packed weights (O4 x k4 int32 words; for a
+    conv of input channels a multiple of 4, `taps`, in the order of
+    npdc.kernels.int8_pack.tap_offsets), bias, m0, shift (O4,) int64, the real weight scales and
+    meta (the int64 fields conv_u8 reads)."""
 
     def __init__(self, step, W2, shift_f, sx, zx, sy, zy, res_q=None):
         o, k = W2.shape
