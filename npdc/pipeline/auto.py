@@ -122,7 +122,8 @@ class Ladder:
 class GlobalCut:
     """Overall sparsity -> {layer: sparsity}: one magnitude threshold across the layers (the cut
     of global magnitude pruning), on the weights `net` holds when asked, so weights pruned
-    before (zero) go first. Layers in `protect` stay dense and do not count towards the cut.
+    before (zero) go first. Layers in `protect` stay dense and do not count towards the cut; a
+    sparsity whose cut would leave a layer without weights is out of reach (None).
     The sweep decides what to protect (fragile_layers); the retraining decides the rest, which
     one-shot curves do not foresee: a large fully-connected layer whose curve falls fast alone
     recovers from a deep global cut in retraining, where the knapsack over the curves spares it
@@ -140,6 +141,8 @@ class GlobalCut:
             return None
         others = [n for n in prunable_layers(net) if n not in free]
         masks = global_percentage_masks(net, 100 * share, others)
+        if any(not masks[f"{n}.W"].any() for n in free):
+            return None  # the cut would empty a layer and disconnect the network: out of reach
         return {n: float(1.0 - masks[f"{n}.W"].mean()) for n in free}
 
 
@@ -149,19 +152,23 @@ def fragile_layers(curves, baseline, drop_points):
 
 
 # -- 3.: the climb -------------------------------------------------------------------------------
-def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+def retrain_step(student, teacher, x, y, targets, settings, batch_size, seed, progress,
+                 teacher_outputs=None):
     """Prune `student` in place gradually from its current per-layer sparsity to `targets`
-    while it retrains on (x, y) for one pass with distillation from `teacher` (on the images
-    as stored, the teacher's outputs computed once, when settings.augment is false)."""
+    while it retrains on (x, y) for one pass with distillation from `teacher`. When
+    settings.augment is false, on the images as stored, with the teacher's outputs on them
+    (`teacher_outputs`, Distillation.outputs_of; computed here when not given)."""
     rows, _ = sparsity_table(student)
     now = {r["layer"]: r["sparsity"] for r in rows}
     targets = {name: max(t, now[name]) for name, t in targets.items()}
     steps = -(-len(x) // batch_size)
     hook = LayerwisePruner(student, targets, steps, initial=now)
     objective = Distillation(teacher, settings.kd, settings.tau, hard_weight=settings.hard_weight)
+    if not settings.augment and teacher_outputs is None:
+        teacher_outputs = objective.outputs_of(x)
     fit(student, x, y if settings.labels else None, 1, batch_size=batch_size, lr=settings.lr,
         masks=masks_from_zeros(student), hook=hook, progress=progress, seed=seed, objective=objective,
-        targets=None if settings.augment else objective.outputs_of(x))
+        targets=None if settings.augment else teacher_outputs)
     final = hook.masks_at(hook.start + hook.n * hook.interval)
     for path, keep in final.items():
         student.params()[path] *= keep
@@ -190,6 +197,8 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
     and `best`. Returns (best net, state with "stopped" saying why)."""
     layers = allocation.layers
     best = best or clone_net(teacher)
+    whole = []  # the teacher's outputs on all of x, for rounds on all of it (without augmentation
+    # they are the same in every such round: computed once, a fifth of a round saved each time)
     state.setdefault("tried", [])
     state.setdefault("failures", 0)
     state.setdefault("sparsity", sparsity_of(best, layers))
@@ -216,8 +225,11 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
         while True:  # the step, then recovery rounds at the same masks while it fails
             rounds = len(checks)
             xs, ys = training_subset(x, y, images, seed + 1000 + step + 7919 * rounds)
+            if xs is x and not settings.augment and not whole:
+                whole.append(Distillation(teacher, settings.kd, settings.tau).outputs_of(x))
             retrain_step(candidate, teacher, xs, ys, targets, settings, batch_size,
-                         seed + step + 7919 * rounds, progress)
+                         seed + step + 7919 * rounds, progress,
+                         teacher_outputs=whole[0] if xs is x and whole else None)
             accuracy = metric.score(candidate)
             checks.append(accuracy)
             ok = gate.passes(accuracy, cfg.prune_share)

@@ -112,7 +112,7 @@ def auto_prune(r):
                      "protected": list(getattr(allocation, "protect", []))}
 
 
-def _mean_bits(layer_bits, nonzero):
+def mean_bits(layer_bits, nonzero):
     """Bits per surviving weight, weighted by how many survive in each layer."""
     return sum(layer_bits[n] * nonzero[n] for n in layer_bits) / max(1, sum(nonzero.values()))
 
@@ -145,7 +145,7 @@ def auto_bits(r):
     index, found = choose_bits(student, r.teacher, xs, ys, r.metric, candidates, gate,
                                1.0 - cfg.margin, settings, r.schedule.batch_size, r.executor)
     nonzero = {n: int(np.count_nonzero(student.layers[n].params["W"])) for n in candidates[0]}
-    tried = [{"candidate": c, "mean_bits": _mean_bits(candidates[c], nonzero), "val_accuracy": acc,
+    tried = [{"candidate": c, "mean_bits": mean_bits(candidates[c], nonzero), "val_accuracy": acc,
               "drop_points": gate.drop_points(acc), "passed": ok, "seconds": seconds}
              for c, (acc, seconds), ok in found.tried]
     if index is None:

@@ -91,7 +91,8 @@ class SearchStage:
                                   # never more than the training images)
     recoveries: int = 1           # further rounds of retraining for a step that fails its check
     bits: list = field(default_factory=lambda: [2, 3, 4, 5, 6, 8])
-    bits_train_images: int = 0    # centroid retraining images of each bit-width candidate (0: none)
+    bits_train_images: int = 4000  # centroid retraining images of each bit-width candidate before
+                                   # it is judged (0: judged as quantized)
     time_budget: float = 0.0      # minutes for the whole run; 0 = no limit
     metric: str = "accuracy"      # accuracy: top-1 on the validation images; verification: LFW's
                                   # protocol on pairs drawn from them (npdc.engine.metrics)

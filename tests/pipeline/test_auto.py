@@ -10,6 +10,7 @@ import pytest
 
 from npdc.compress.prune import percentage_masks, prunable_layers
 from npdc.pipeline import auto
+from npdc.engine.resnet import clone_net
 from npdc.pipeline.auto import Gate, GlobalCut, Ladder, climb, fragile_layers, sparsity_of
 from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, SearchStage, load_schedule
@@ -76,12 +77,28 @@ def test_the_global_cut_keeps_protected_layers_dense_and_cuts_the_smallest_weigh
     assert cut(0.999, net) is None
 
 
+def test_the_global_cut_never_empties_a_layer(tiny):
+    """A layer of small weights falls whole under a deep cut's threshold: that sparsity is out
+    of reach, not a target of 100 % for the layer (which would disconnect the network)."""
+    folder, data, net, _ = tiny
+    net = clone_net(net)
+    layers = prunable_layers(net)
+    small = layers[-1]
+    net.layers[small].params["W"] *= 1e-6
+    cut = GlobalCut(layers, protect=["conv1"])
+    size = net.layers[small].params["W"].size
+    share = size / sum(net.layers[n].params["W"].size for n in layers)
+    reachable = cut(0.5 * share, net)
+    assert reachable is not None and 0 < reachable[small] < 1
+    assert cut(share + 0.05, net) is None
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("auto")
     net, data = tiny_model_and_data(folder, 240, 60)
     schedule = folder / "s.toml"
-    schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nlevels = [50.0, 90.0]\n"
+    schedule.write_text("batch_size = 16\n[search]\nmax_drop = 5.0\nval_fraction = 0.1\nlevels = [50.0, 90.0]\n"
                         "bits = [3, 8]\nstep_images = 48\nsensitivity_images = 24\nmax_steps = 3\n"
                         "[quantize]\nepochs = 0\n")
     return folder, data, net, load_schedule(schedule)
@@ -101,7 +118,7 @@ class SparsityMetric:
 
 def _fake_training(monkeypatch):
     """retrain_step prunes straight to the targets."""
-    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress, teacher_outputs=None):
         masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
         for path, keep in masks.items():
             student.params()[path] *= keep
@@ -143,7 +160,7 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
     folder, data, net, _ = tiny
     rounds = []
 
-    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress):
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress, teacher_outputs=None):
         masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
         for path, keep in masks.items():
             student.params()[path] *= keep
@@ -325,3 +342,35 @@ def test_the_sweep_cache_is_reused_and_a_damaged_one_is_swept_again(tiny, monkey
     compress(3.0)
     assert len(sweeps) == 2
     assert all(v == v for c in json.loads(cache.read_text())["curves"].values() for v in c[1])
+
+
+def test_rounds_on_all_training_images_share_the_teachers_outputs(tiny, monkeypatch):
+    """Without augmentation, every round that retrains on the whole training split reads the
+    teacher's outputs computed once for the climb: the teacher sees each image once in all, and
+    the climb ends with the model of rounds that each ask the teacher themselves."""
+    folder, data, net, _ = tiny
+    x, y = data.x_train[:64], data.y_train[:64]
+    settings = PruneStage(augment=False, lr=0.01)
+    cfg = SearchStage(first_sparsity=0.3, density_ratio=0.7, max_steps=2, step_images=len(x))
+    args = (net, x, y, SparsityMetric(0.99), _flat_ladder(net), Gate(10, 10, 1.0), cfg, settings)
+    seen = []
+    forward = net.forward
+
+    def counted(inputs, *a, **k):
+        if not k.get("train"):
+            seen.append(len(inputs))
+        return forward(inputs, *a, **k)
+    monkeypatch.setattr(net, "forward", counted)
+    shared, state = climb(*args, {}, lambda s, b: None, lambda: 1e9, batch_size=16, progress=False)
+    assert [t["passed"] for t in state["tried"]] == [True, True]
+    assert sum(seen) == len(x)  # once, though two rounds retrained on all 64 images
+    real = auto.retrain_step
+
+    def asking(*a, teacher_outputs=None, **k):
+        return real(*a, **k)
+    monkeypatch.setattr(auto, "retrain_step", asking)
+    seen.clear()
+    alone, _ = climb(*args, {}, lambda s, b: None, lambda: 1e9, batch_size=16, progress=False)
+    assert sum(seen) == 3 * len(x)  # the climb's once, and each round's own
+    for path, value in shared.params().items():
+        np.testing.assert_array_equal(value, alone.params()[path], err_msg=path)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import assert_one_line_error, run_cli, tiny_model_and_data
 
-SCHEDULE = ("batch_size = 16\n[search]\nmax_drop = 5.0\nlevels = [50.0, 90.0]\nbits = [3, 8]\n"
+SCHEDULE = ("batch_size = 16\n[search]\nmax_drop = 5.0\nval_fraction = 0.1\nlevels = [50.0, 90.0]\nbits = [3, 8]\n"
             "step_images = 48\nsensitivity_images = 24\nmax_steps = 2\n[quantize]\nepochs = 0\n")
 
 
