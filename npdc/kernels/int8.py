@@ -26,15 +26,20 @@ Layout. A product of four bytes at a time (GROUP) is what AVX-512 VNNI's vpdpbus
 lane: the columns of a tile are packed as (K/4, width, 4) bytes, so that 16 output positions x 4
 inputs are one 64-byte vector, and weights as (O, K/4) int32 words of 4 int8 each. The GEMM of a
 tile runs four output channels at a time (`npdc.kernels.vnni.dot_rows4`, or its portable twin
-`dot_rows4_portable` here); both compute exact integer sums, so both give the same bits.
+`dot_rows4_portable` here); both compute exact integer sums, so both give the same bits. A conv
+whose input channels are a multiple of 4 builds no columns: its tile's input is stored four
+channels to a word (npdc.kernels.int8_pack.interleave_rows), where each tap's 16 positions are
+already one 64-byte vector, and the GEMM reads them there at per-tap offsets (`dot_rows4_at`,
+`dot_rows4_at2` for 32 positions at a time); its weights are packed in the same tap order.
 """
 
 import numba
 import numpy as np
 
 from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
-from npdc.kernels.int8_pack import GROUP, LANES, group_bytes, im2col_packed, pack_rows, runs_packed
-from npdc.kernels.vnni import dot_rows4
+from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
+                                   runs_packed, tap_plane, tap_width)
+from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
@@ -88,17 +93,19 @@ def requantize_array(v, m0, shift, out):
 
 # -- the tile GEMM ---------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
+def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, offs, k4, acc, a_off, a_pitch):
     """acc[a_off + r*a_pitch + l] = sum over k < k4 of the 4-byte dot product of weight word
-    w[w_off + r*w_pitch + k] (4 int8) and column bytes cols[c_off + k*c_pitch + 4l ..] (4 uint8),
-    for r < 4 and l < 16: what dot_rows4 does with vpdpbusd, in plain loops."""
+    w[w_off + r*w_pitch + k] (4 int8) and column bytes cols[at + 4l ..] (4 uint8), at = c_off +
+    k*c_pitch (offs empty) or c_off + offs[k], for r < 4 and l < 16: what dot_rows4 and
+    dot_rows4_at do with vpdpbusd, in plain loops."""
     wb = w.view(np.int8)  # the words' bytes, in memory order as vpdpbusd reads them
     for r in range(ROWS):
         out = a_off + r * a_pitch
         for lane in range(LANES):
             acc[out + lane] = 0
         for k in range(k4):
-            wo_, co = (w_off + r * w_pitch + k) * GROUP, c_off + k * c_pitch
+            wo_ = (w_off + r * w_pitch + k) * GROUP
+            co = c_off + (offs[k] if offs.size else k * c_pitch)
             w0, w1, w2, w3 = np.int32(wb[wo_]), np.int32(wb[wo_ + 1]), np.int32(wb[wo_ + 2]), np.int32(wb[wo_ + 3])
             for lane in range(LANES):
                 b = co + lane * GROUP
@@ -107,17 +114,23 @@ def dot_rows4_portable(w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, 
 
 
 @numba.njit(cache=True)
-def gemm_tile(w, k4, cols, pitch, acc, vnni):
-    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns (k4 groups of pitch x 4
-    bytes, group_bytes(pitch) apart); O4 a multiple of 4, pitch of 16."""
+def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
+    """acc (O4 x pitch, flat) = w (O4 x k4 words) times the packed columns, O4 a multiple of 4,
+    pitch of 16: column group k at byte k * group_bytes(pitch) (offs empty) or at offs[k] (a
+    conv's taps read in place, npdc.kernels.int8_pack.interleave_rows)."""
     o4 = w.size // k4
+    step = group_bytes(pitch)
+    pairs = (pitch // (2 * LANES)) * 2 * LANES if vnni and offs.size else 0
     for o in range(0, o4, ROWS):
-        for p in range(0, pitch, LANES):
-            if vnni:
-                dot_rows4(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc, o * pitch + p, pitch)
+        for p in range(0, pairs, 2 * LANES):  # 32 positions at a time where they fit
+            dot_rows4_at2(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
+        for p in range(pairs, pitch, LANES):
+            if vnni and offs.size:
+                dot_rows4_at(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
+            elif vnni:
+                dot_rows4(w, o * k4, k4, cols, p * GROUP, step, k4, acc, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, group_bytes(pitch), k4, acc,
-                                   o * pitch + p, pitch)
+                dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, step, offs, k4, acc, o * pitch + p, pitch)
 
 
 # -- tails -----------------------------------------------------------------------------------------
@@ -127,7 +140,7 @@ def clamp_u8(v, lo):
 
 
 @numba.njit(cache=True, parallel=True)
-def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, vnni):
+def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, offs, vnni):
     """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
     words), output rows in tiles of rows_per shared among threads. bias, m0, shift: (O4,) int64
     (bias with the zero-point term folded in); meta: [Zx, Zy, clamp low (Zy after a ReLU, else
@@ -135,15 +148,20 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     (threads, tile bytes / words) workspaces (npdc.kernels.int8_pack.tile_bytes gives the columns'
     size).
 
-    A stride-1 conv computes each tile over the padded width (runs_packed: its positions
-    q >= Wo of each row are computed and dropped), so that its columns are shifted runs of the
-    padded rows; a strided one lowers exact columns (im2col_packed)."""
+    With offs (int64, k4 long: C a multiple of 4 and the weights packed by taps, see
+    npdc.runtime.int8) the tile's input is stored four channels to a word in stride x stride
+    phases (interleave_rows) and every tap's columns are read there in place, over rows of
+    tap_width positions (those q >= Wo computed and dropped). Without, a stride-1 conv lowers its
+    columns as shifted runs of the padded rows (runs_packed, rows of the padded width), a strided
+    one lowers exact columns (im2col_packed)."""
     n_img, o_out, ho, wo = y.shape[0], y.shape[1], y.shape[2], y.shape[3]
     tiles = (ho + rows_per - 1) // rows_per
     k_total = x.shape[1] * kh * kw
-    wp = x.shape[3] + 2 * pad
     runs = stride == 1
-    row = wp if runs else wo  # positions from one output row of the tile to the next
+    row = wo  # positions from one output row of the tile to the next
+    if offs.size or runs:
+        row = tap_width(x.shape[3], pad, stride)
+    plane = tap_plane(rows_per, kh, row, stride)
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * rows_per
         p1 = min(ho, p0 + rows_per)
@@ -151,17 +169,24 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         pitch = ((width + LANES - 1) // LANES) * LANES
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
-        rest = col[k4 * group_bytes(pitch):]
-        if runs:
-            runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+        if offs.size:
+            rest_at = (x.shape[1] // GROUP) * stride * stride * plane * GROUP
+            rest = col[rest_at:]
+            span = p1 - p0 + (kh - 1) // stride
+            interleave_rows(x[n], np.uint8(meta[0]), pad, stride, kh, kw, p0, span, plane,
+                            col[:rest_at].view(np.uint32))
         else:
-            im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
-                          col, rest)
-        gemm_tile(w, k4, col, pitch, a, vnni)
+            rest = col[k4 * group_bytes(pitch):]
+            if runs:
+                runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+            else:
+                im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
+                              col, rest)
+        gemm_tile(w, k4, col, pitch, offs, a, vnni)
         for o in range(o_out):
             if meta[3] == RES_NONE:
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
-                             meta[2])
+                             meta[2], rest)
                 continue
             finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o,
                             rest)
@@ -173,40 +198,51 @@ def requantize_lanes(v, m0, left, right, mask, half):
     multiply cannot overflow), left = max(-shift, 0), right = max(shift, 0), mask = 2^right - 1,
     half = mask >> 1. Truncation toward zero and the ties are selects on the sign bits."""
     x = saturate32(saturate32(v) << left)
-    ab = x * m0
+    ab = np.int64(np.int32(x)) * np.int64(np.int32(m0))  # both fit int32: a 32x32->64 multiply
     t = ab + (1 << 30) - np.int64(ab < 0) * ((1 << 31) - 1)
     h = (t + ((t >> 63) & ((1 << 31) - 1))) >> 31
     return (h >> right) + np.int64((h & mask) > half + np.int64(h < 0))
 
 
+@numba.njit(cache=True, inline="always")
+def copy_rows(run, row, plane, p0, p1):
+    """Rows p0..p1-1 of plane (Ho, Wo) from a tile's run of positions, `row` apart."""
+    flat, wo = plane.reshape(plane.size), np.uint64(plane.shape[1])
+    for p in range(p0, p1):
+        src, dst = np.uint64((p - p0) * row), np.uint64(p) * wo
+        for q in range(wo):
+            flat[dst + q] = run[src + q]
+
+
 @numba.njit(cache=True)
-def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low):
+def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low, scratch):
     """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start + (p - p0) * row + q]: zy +
-    requantised, clamped to [low, 255]; loops without tests or branches, for the vectoriser."""
-    flat = plane.reshape(plane.size)
+    requantised, clamped to [low, 255]. The tile's positions are requantised in one run
+    (the q >= Wo between its rows too: one long loop without tests or branches, which the
+    vectoriser takes whole), into scratch (>= the run's bytes), then each row is copied out."""
     wo = plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
     left, right = np.int64(max(-shift, 0)), np.int64(max(shift, 0))
     mask = (np.int64(1) << right) - 1
     half = mask >> 1
-    for p in range(p0, p1):
-        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
-        for q in range(np.uint64(wo)):
-            v = np.int64(a[src + q]) + bias
-            out = zy + requantize_lanes(v, m0, left, right, mask, half)
-            flat[dst + q] = np.uint8(min(max(out, low), 255))
+    src = np.uint64(start)
+    for t in range(np.uint64(width)):
+        out = zy + requantize_lanes(np.int64(a[src + t]) + bias, m0, left, right, mask, half)
+        scratch[t] = np.uint8(min(max(out, low), 255))
+    copy_rows(scratch, row, plane, p0, p1)
 
 
 @numba.njit(cache=True)
 def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o, scratch):
     """finish_plain with the residual res (C, H, W) of one image added: the conv's sum and the
     residual, each rescaled to the output scale with RES_FRACTION extra bits, summed and rounded
-    once. An identity residual reads channel o at the same place (it may be `plane` itself: each
-    value is read before it is written); a zero-pad one reads channel o - front of every
-    stride-th row and column, and adds real 0 (nothing) outside its channels. Each residual row
-    is first copied into scratch (>= Wo bytes): an identity residual written in place shares
-    memory with `plane`, and the vectoriser keeps a loop that reads and writes one array scalar."""
-    flat = plane.reshape(plane.size)
+    once. An identity residual reads channel o at the same place (it may be `plane` itself: it is
+    read before the plane is written); a zero-pad one reads channel o - front of every
+    stride-th row and column, and adds real 0 (nothing) outside its channels. The residual's rows
+    are first laid out as the tile's positions in the second half of scratch (2 x the run's
+    bytes), so that the sum runs as one loop over the tile, as in finish_plain."""
     wo = plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
     zy, low, mode, front, step, zr = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
     c = o - front if mode == RES_ZEROPAD else o
     if c < 0 or c >= res.shape[0]:  # a zero-padded channel: the residual adds nothing
@@ -214,27 +250,29 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
             for q in range(wo):
                 v = np.int64(a[start + (p - p0) * row + q]) + bias
                 total = requantize(v, m0, shift - RES_FRACTION)
-                flat[p * wo + q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
+                plane[p, q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
         return
-    r_flat = res[c].reshape(res.shape[1] * res.shape[2])
+    out, r_run = scratch[:width], scratch[width:2 * width]
     sub = step if mode == RES_ZEROPAD else 1
+    r_flat, r_w = res[c].reshape(res.shape[1] * res.shape[2]), np.uint64(res.shape[2])
+    for p in range(p0, p1):
+        src, dst, u_sub = np.uint64(p * sub) * r_w, np.uint64((p - p0) * row), np.uint64(sub)
+        for q in range(np.uint64(wo)):
+            r_run[dst + q] = r_flat[src + q * u_sub]
     fraction = np.int64(RES_FRACTION)
     cl, cr = np.int64(max(-(shift - fraction), 0)), np.int64(max(shift - fraction, 0))
     rl, rr = np.int64(max(-(meta[8] - fraction), 0)), np.int64(max(meta[8] - fraction, 0))
     cmask, rmask, fmask = (np.int64(1) << cr) - 1, (np.int64(1) << rr) - 1, (np.int64(1) << fraction) - 1
     rm0 = meta[7]
-    for p in range(p0, p1):
-        src, dst = np.uint64(start + (p - p0) * row), np.uint64(p * wo)
-        r_at, r_step = np.uint64(p * sub * res.shape[2]), np.uint64(sub)
-        for q in range(np.uint64(wo)):
-            scratch[q] = r_flat[r_at + q * r_step]
-        for q in range(np.uint64(wo)):
-            v = np.int64(a[src + q]) + bias
-            r = np.int64(scratch[q]) - zr
-            total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
-                     + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
-            out = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
-            flat[dst + q] = np.uint8(min(max(out, low), 255))
+    src = np.uint64(start)
+    for t in range(np.uint64(width)):
+        v = np.int64(a[src + t]) + bias
+        r = np.int64(r_run[t]) - zr
+        total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
+                 + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
+        q = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
+        out[t] = np.uint8(min(max(q, low), 255))
+    copy_rows(out, row, plane, p0, p1)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -244,6 +282,7 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
     k4 x pitch x 4 bytes, a: O4 x pitch words); blocks of four output channels go to threads."""
     n_img = x.shape[0]
     pitch = ((n_img + LANES - 1) // LANES) * LANES
+    offs_none = np.zeros(0, np.int64)
     pack_rows(x, 0, n_img, pitch, col)
     o4 = w.size // k4
     for ob in numba.prange(o4 // ROWS):
@@ -252,8 +291,8 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
             if vnni:
                 dot_rows4(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p, pitch)
             else:
-                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), k4, a, o * pitch + p,
-                                   pitch)
+                dot_rows4_portable(w, o * k4, k4, col, p * GROUP, group_bytes(pitch), offs_none, k4, a,
+                                   o * pitch + p, pitch)
     o_out = y_float.shape[1] if dequant.size else y.shape[1]
     for o in range(o_out):
         for n in range(n_img):

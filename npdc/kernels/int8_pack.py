@@ -4,7 +4,12 @@ position's four inputs, as AVX-512 VNNI's vpdpbusd multiplies them (Intel's inst
 reference). `im2col_packed` lowers exact columns (im2col, Chellapilla et al. 2006) for any
 stride; `runs_packed`, for stride 1, lowers over the padded width so that each column row is a
 shifted run of the padded input (the "runs" lowering of npdc.kernels.fused's stride-1 kernel);
-`pack_rows` packs a linear layer's input rows. Every buffer is handed in.
+`pack_rows` packs a linear layer's input rows. For a conv whose channels are a multiple
+of 4, `interleave_rows` builds no columns at all: it stores the tile's padded input rows four
+channels to a 32-bit word (the NC/4HW4 layout of oneDNN and ncnn), split into stride x stride
+phases, so that the 16 positions of one tap and one group of four channels are 64 contiguous
+bytes, read in place at `tap_offsets`.
+Every buffer is handed in.
 """
 
 import numba
@@ -84,13 +89,76 @@ def pack_rows(x, p0, p1, pitch, cols):
 
 @numba.njit(cache=True)
 def tile_bytes(c, kh, kw, pad, w, rows, wo, stride):
-    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's two lowerings)."""
+    """Column workspace bytes of a conv tile of `rows` output rows (conv_u8's three lowerings),
+    followed by (at least) the 2 x pitch bytes of scratch its tails use."""
     k4 = (c * kh * kw + GROUP - 1) // GROUP
     wp = w + 2 * pad
-    width = (rows - 1) * (wp if stride == 1 else wo) + wo
-    pitch = ((width + LANES - 1) // LANES) * LANES
+    row = wo if stride > 1 and c % GROUP else tap_width(w, pad, stride)
+    pitch = (((rows - 1) * row + wo + LANES - 1) // LANES) * LANES
+    if c % GROUP == 0:  # interleave_rows' phase planes
+        return (c // GROUP) * stride * stride * tap_plane(rows, kh, row, stride) * GROUP + 2 * pitch
     extra = c * (rows + kh - 1) * wp if stride == 1 else GROUP * pitch
-    return k4 * group_bytes(pitch) + extra
+    return k4 * group_bytes(pitch) + max(extra, 2 * pitch)
+
+
+@numba.njit(cache=True)
+def tap_width(w, pad, stride):
+    """Positions per output row of interleave_rows' tiles: a phase row of the padded input."""
+    return (w + 2 * pad + stride - 1) // stride
+
+
+@numba.njit(cache=True)
+def tap_plane(rows, kh, wq, stride):
+    """Words from one phase plane to the next in interleave_rows' buffer, for tiles of `rows`
+    output rows: rows + (kh - 1) // stride phase rows of wq words, and SKEW bytes, which also
+    cover the reads of the positions past a tile's last (computed and dropped)."""
+    return (rows + (kh - 1) // stride) * wq + SKEW // GROUP
+
+
+def tap_offsets(c, kh, kw, wq, plane, stride):
+    """Byte offsets (int64) of the columns of input group k = (channel group, kernel row i,
+    kernel column j) in interleave_rows' buffer: phase plane (i % stride, j % stride) of the
+    group, row i // stride, column j // stride. The weights are packed in this order."""
+    g, i, j = np.meshgrid(np.arange(c // GROUP), np.arange(kh), np.arange(kw), indexing="ij")
+    planes = (g * stride + i % stride) * stride + j % stride
+    return ((planes * plane + (i // stride) * wq + j // stride) * GROUP).reshape(-1).astype(np.int64)
+
+
+@numba.njit(cache=True)
+def interleave_rows(x, zx, pad, stride, kh, kw, p0, span, plane, words):
+    """The input a tile of output rows p0.. reads, of one image x (C, H, W) uint8, C a multiple
+    of 4, split into stride x stride phases of the zero-point padded input: padded[stride * u + a,
+    stride * v + b] goes to words[((g * stride + a) * stride + b) * plane + (u - p0) * wq + v] for
+    u - p0 < span and v < wq = tap_width, byte l of the word being channel 4g + l (little-endian,
+    as vpdpbusd reads it). Output (p, q) then reads tap (i, j) at phase (i % stride, j % stride),
+    row p + i // stride, column q + j // stride: positions of one row are contiguous words. The
+    phases no tap of a kh x kw kernel reads (a >= kh or b >= kw: a 1x1 strided conv reads one)
+    are left as they are."""
+    c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
+    wq = tap_width(w, pad, stride)
+    zx4 = np.uint32(zx) * np.uint32(0x01010101)
+    for g in range(c_n // GROUP):
+        for ph in range(stride * stride):
+            a, b = ph // stride, ph % stride
+            if a >= kh or b >= kw:
+                continue
+            v_lo = min(wq, max(0, (pad - b + stride - 1) // stride))  # first column inside x
+            v_hi = max(v_lo, min(wq, (w - 1 + pad - b) // stride + 1))
+            src0, step = np.uint64(stride * v_lo + b - pad), np.uint64(stride)
+            for uu in range(span):
+                iy, o = stride * (p0 + uu) + a - pad, (g * stride * stride + ph) * plane + uu * wq
+                if iy < 0 or iy >= h:
+                    words[o:o + wq] = zx4
+                    continue
+                words[o:o + v_lo] = zx4
+                r0, r1 = x[GROUP * g, iy], x[GROUP * g + 1, iy]
+                r2, r3 = x[GROUP * g + 2, iy], x[GROUP * g + 3, iy]
+                row = words[o + v_lo:o + v_hi]
+                for v in range(np.uint64(v_hi - v_lo)):
+                    at = src0 + v * step
+                    row[v] = (np.uint32(r0[at]) | (np.uint32(r1[at]) << np.uint32(8))
+                              | (np.uint32(r2[at]) << np.uint32(16)) | (np.uint32(r3[at]) << np.uint32(24)))
+                words[o + v_hi:o + wq] = zx4
 
 
 @numba.njit(cache=True)

@@ -41,20 +41,16 @@ def _flat(t, dtype):
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
 
 
-@intrinsic
-def dot_rows4(typingctx, w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
-    """acc[a_off + r*a_pitch + l] = sum over k < k4 of vpdpbusd of the column bytes
-    cols[c_off + k*c_pitch ..+64] (16 lanes x 4 uint8) and the weight word w[w_off + r*w_pitch + k]
-    (4 int8) broadcast to every lane, for rows r < 4 and lanes l < 16; w int32, cols uint8, acc
-    int32, all flat and C-contiguous. Four accumulators stay in registers across the k loop and
-    share each column load. No bounds checks: the caller derives every index from shapes."""
-    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)):
-        return None
+def _dot_rows4(w, cols, acc, offsets, vectors=1):
+    """The codegen of dot_rows4 and dot_rows4_at(2): column k starts at c_off + k * c_pitch, or
+    at c_off + offs[k] when `offsets` (an int64 array type) is given; `vectors` runs of 16
+    positions side by side (4 x vectors accumulators: enough independent sums to cover
+    vpdpbusd's latency, and each weight broadcast serves them all)."""
     have = cpu_has_vnni()
 
     def codegen(context, builder, signature, args):
-        w_a, w_off_v, w_pitch_v, cols_a, c_off_v, c_pitch_v, k4_v, acc_a, a_off_v, a_pitch_v = args
-        i32, i64 = ir.IntType(32), ir.IntType(64)
+        w_a, w_off_v, w_pitch_v, cols_a, c_off_v, c_step, k4_v, acc_a, a_off_v, a_pitch_v = args
+        i32 = ir.IntType(32)
         v16 = ir.VectorType(i32, 16)
         if not have:
             trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
@@ -64,25 +60,66 @@ def dot_rows4(typingctx, w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off
         w_base = context.make_array(signature.args[0])(context, builder, w_a).data
         c_base = context.make_array(signature.args[3])(context, builder, cols_a).data
         a_base = context.make_array(signature.args[7])(context, builder, acc_a).data
+        o_base = context.make_array(offsets)(context, builder, c_step).data if offsets else None
         dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
                                                 "llvm.x86.avx512.vpdpbusd.512")
-        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4)]
-        rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(i64, r))) for r in range(4)]
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4 * vectors)]
+        rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(w_off_v.type, r))) for r in range(4)]
         with cgutils.for_range(builder, k4_v) as loop:
             k = loop.index
-            at = builder.add(c_off_v, builder.mul(k, c_pitch_v))
-            column = builder.load(builder.bitcast(builder.gep(c_base, [at]), v16.as_pointer()), align=1)
+            step = builder.load(builder.gep(o_base, [k])) if offsets else builder.mul(k, c_step)
+            at = builder.add(c_off_v, step)
+            columns = []
+            for v in range(vectors):  # the runs of 16 positions are 64 bytes apart
+                where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
+                columns.append(builder.load(builder.bitcast(where, v16.as_pointer()), align=1))
             for r in range(4):
                 word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
                 splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,
                                                                       ir.Constant(i32, 0)),
                                                ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
-                builder.store(builder.call(dpbusd, [builder.load(sums[r]), column, splat]), sums[r])
+                for v, column in enumerate(columns):
+                    total = sums[r * vectors + v]
+                    builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
         for r in range(4):
-            at = builder.add(a_off_v, builder.mul(a_pitch_v, ir.Constant(i64, r)))
-            builder.store(builder.load(sums[r]), builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()),
-                          align=4)
+            for v in range(vectors):
+                at = builder.add(a_off_v, builder.mul(a_pitch_v, ir.Constant(a_pitch_v.type, r)))
+                at = builder.add(at, ir.Constant(at.type, 16 * v))
+                builder.store(builder.load(sums[r * vectors + v]),
+                              builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()), align=4)
         return context.get_dummy_value()
 
     i = types.int64  # offsets, pitches and the count arrive as int64 whatever their type at the call
-    return types.void(w, i, i, cols, i, i, i, acc, i, i), codegen
+    return types.void(w, i, i, cols, i, offsets or i, i, acc, i, i), codegen
+
+
+@intrinsic
+def dot_rows4(typingctx, w, w_off, w_pitch, cols, c_off, c_pitch, k4, acc, a_off, a_pitch):
+    """acc[a_off + r*a_pitch + l] = sum over k < k4 of vpdpbusd of the column bytes
+    cols[c_off + k*c_pitch ..+64] (16 lanes x 4 uint8) and the weight word w[w_off + r*w_pitch + k]
+    (4 int8) broadcast to every lane, for rows r < 4 and lanes l < 16; w int32, cols uint8, acc
+    int32, all flat and C-contiguous. Four accumulators stay in registers across the k loop and
+    share each column load. No bounds checks: the caller derives every index from shapes."""
+    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)):
+        return None
+    return _dot_rows4(w, cols, acc, None)
+
+
+@intrinsic
+def dot_rows4_at(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_off, a_pitch):
+    """dot_rows4 with column k at cols[c_off + offs[k]] (offs int64, flat): the columns of a
+    conv tap read in place from channel-interleaved activations (npdc.kernels.int8_pack)."""
+    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)
+            and _flat(offs, types.int64)):
+        return None
+    return _dot_rows4(w, cols, acc, offs)
+
+
+@intrinsic
+def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_off, a_pitch):
+    """dot_rows4_at over 32 positions (two runs of 16 lanes, the second 64 bytes on in the
+    columns and 16 words on in acc)."""
+    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)
+            and _flat(offs, types.int64)):
+        return None
+    return _dot_rows4(w, cols, acc, offs, 2)

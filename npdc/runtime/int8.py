@@ -87,8 +87,10 @@ def _pad_to(n, m):
 
 
 class Int8Step:
-    """One conv or linear step's integer parameters: packed weights (O4 x k4 int32 words), bias,
-    m0, shift (O4,) int64, the real weight scales and meta (the int64 fields conv_u8 reads)."""
+    """One conv or linear step's integer parameters: packed weights (O4 x k4 int32 words; for a
+    conv of input channels a multiple of 4, `taps`, in the order of
+    npdc.kernels.int8_pack.tap_offsets), bias, m0, shift (O4,) int64, the real weight scales and
+    meta (the int64 fields conv_u8 reads)."""
 
     def __init__(self, step, W2, shift_f, sx, zx, sy, zy, res_q=None):
         o, k = W2.shape
@@ -100,7 +102,12 @@ class Int8Step:
         Wq, sw = int8_weights(W2)
         self.k4, o4 = _pad_to(k, P.GROUP) // P.GROUP, _pad_to(o, K.ROWS)
         packed = np.zeros((o4, self.k4 * P.GROUP), np.int8)
-        packed[:o, :k] = Wq
+        self.taps = step.kind == "conv" and step.w_shape[1] % P.GROUP == 0
+        if self.taps:  # words of (channel group, kernel row, kernel column), as tap_offsets reads
+            c, kh, kw = step.w_shape[1:]
+            packed[:o, :k] = Wq.reshape(o, c // P.GROUP, P.GROUP, kh, kw).transpose(0, 1, 3, 4, 2).reshape(o, k)
+        else:
+            packed[:o, :k] = Wq
         self.w = packed.view(np.int32).reshape(-1)
         self.Wq, self.w_scale = Wq, sw
         bias = np.clip(np.round(np.asarray(shift_f, np.float64) / (sx * sw)), -BIAS_LIMIT, BIAS_LIMIT)
@@ -153,13 +160,18 @@ class Int8Runtime:
         self.no_logits = np.zeros((1, 1), np.float32)
         self.calls = self._bind(B)
 
+    def _row(self, s):
+        """Positions from one output row of a conv tile to the next, as conv_u8 lays them out."""
+        w, wo = self.plan.values[s.inputs[0]].shape[2], self.plan.values[s.output].shape[2]
+        return P.tap_width(w, s.pad, s.stride) if self.q[s.name].taps or s.stride == 1 else wo
+
     def _rows_per(self, s):
         """Output rows of one conv tile: packed columns within TILE_BYTES, and at least as many
         tiles as threads when the plan's batch alone does not give them."""
         c, h, w = self.plan.values[s.inputs[0]].shape
         ho, wo = self.plan.values[s.output].shape[1:]
         k4 = self.q[s.name].k4
-        rows = max(1, TILE_BYTES // (k4 * P.GROUP * (w + 2 * s.pad if s.stride == 1 else wo)))
+        rows = max(1, TILE_BYTES // (k4 * P.GROUP * self._row(s)))
         if self.plan.batch < self.threads:
             rows = min(rows, max(1, math.ceil(ho / self.threads)))
         return min(rows, ho)
@@ -174,8 +186,7 @@ class Int8Runtime:
                 c, h, w = self.plan.values[s.inputs[0]].shape
                 rows, wo = self._rows_per(s), self.plan.values[s.output].shape[2]
                 cols = max(cols, P.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
-                row = w + 2 * s.pad if s.stride == 1 else wo
-                pitch = _pad_to((rows - 1) * row + wo, P.LANES)
+                pitch = _pad_to((rows - 1) * self._row(s) + wo, P.LANES)
             else:
                 pitch = _pad_to(self.plan.batch, P.LANES)
                 cols = max(cols, q.k4 * (pitch * P.GROUP + P.SKEW))
@@ -222,8 +233,12 @@ class Int8Runtime:
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         rows = self._rows_per(s)
+        offs = np.zeros(0, np.int64)
+        if q.taps:
+            wq = P.tap_width(x.shape[3], s.pad, s.stride)
+            offs = P.tap_offsets(x.shape[1], kh, kw, wq, P.tap_plane(rows, kh, wq, s.stride), s.stride)
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
-                                 res, y, self.cols, self.acc, rows, self.vnni)
+                                 res, y, self.cols, self.acc, rows, offs, self.vnni)
 
     def _generic(self, s, n):
         """A layer the plan does not fuse, in float between a dequantize and a quantize."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npdc.kernels import int8 as K
+from npdc.kernels import int8_pack as P
 from npdc.kernels.int8_pack import SKEW
 from npdc.kernels.vnni import cpu_has_vnni
 from npdc.runtime.int8 import BIAS_LIMIT, fixed_multipliers
@@ -100,7 +101,7 @@ def _gemm(W, cols_kp, vnni):
     groups[:, :pitch * 4] = packed.reshape(k4, 4, pitch).transpose(0, 2, 1).reshape(k4, -1)
     cols = groups.reshape(-1)
     acc = np.zeros(o4 * pitch, np.int32)
-    K.gemm_tile(w.view(np.int32).reshape(-1), k4, cols, pitch, acc, vnni)
+    K.gemm_tile(w.view(np.int32).reshape(-1), k4, cols, pitch, np.zeros(0, np.int64), acc, vnni)
     return acc.reshape(o4, pitch)[:o, :p]
 
 
@@ -145,7 +146,7 @@ def _conv(bias, relu, zy=10, zx=0):
     threads = numba.config.NUMBA_NUM_THREADS
     cols, acc = np.zeros((threads, 2 * 4 * 16 + SKEW), np.uint8), np.zeros((threads, 4 * 16), np.int32)
     K.conv_u8(x, w.reshape(-1), 1, 1, 1, 1, 0, np.array([bias, 0, 0, 0], np.int64),
-              m0.repeat(4), shift.repeat(4), meta, np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, 3, False)
+              m0.repeat(4), shift.repeat(4), meta, np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, 3, np.zeros(0, np.int64), False)
     return y
 
 
@@ -154,6 +155,60 @@ def test_conv_outputs_saturate_at_both_ends_and_relu_clamps_at_the_zero_point():
     assert np.all(_conv(10 ** 6, False) == 255)
     assert np.all(_conv(-10 ** 6, False) == 0)
     assert np.all(_conv(-10 ** 6, True) == 10)  # ReLU: real 0 is the zero point
+
+
+def _tap_conv(x, W, rows, taps, vnni, stride=1, pad=1, zx=3, zy=5):
+    """conv_u8 of x (N, C, H, W) by W (O, C, k, k), ReLU-free, through the lowered columns
+    (taps False: weights in (channel, row, column) order; shifted runs at stride 1, im2col
+    otherwise) or the channel-interleaved phases read in place (taps True: weights by (channel
+    group, row, column, channel))."""
+    n, c, h, w = x.shape
+    o, k = W.shape[0], W.shape[2]
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    k4, o4 = c * k * k // 4, -(-o // 4) * 4
+    order = W.reshape(o, c // 4, 4, k, k).transpose(0, 1, 3, 4, 2) if taps else W
+    packed = np.zeros((o4, 4 * k4), np.int8)
+    packed[:o] = order.reshape(o, -1)
+    wq = P.tap_width(w, pad, stride)
+    offs = P.tap_offsets(c, k, k, wq, P.tap_plane(rows, k, wq, stride), stride) if taps else np.zeros(0, np.int64)
+    m0, shift = fixed_multipliers(np.linspace(0.002, 0.01, o4))
+    bias = np.arange(o4, dtype=np.int64) * 37 - 100
+    meta = np.array([zx, zy, 0, K.RES_NONE, 0, 1, 0, 0, 0], np.int64)
+    threads = numba.config.NUMBA_NUM_THREADS
+    pitch = -(-((rows - 1) * max(wq, w + 2 * pad) + wo) // 16) * 16
+    lowered = k4 * P.group_bytes(pitch) + c * (rows + k - 1) * (w + 2 * pad) + 4 * pitch  # tile_bytes: the taps'
+    cols = np.zeros((threads, max(lowered, P.tile_bytes(c, k, k, pad, w, rows, wo, stride))), np.uint8)
+    acc = np.zeros((threads, o4 * pitch), np.int32)
+    y = np.zeros((n, o, ho, wo), np.uint8)
+    K.conv_u8(x, packed.view(np.int32).reshape(-1), k4, k, k, stride, pad, bias, m0, shift, meta,
+              np.zeros((1, 1, 1, 1), np.uint8), y, cols, acc, rows, offs, vnni)
+    return y
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
+@pytest.mark.parametrize("k, stride, pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (3, 3, 2), (1, 1, 0)])
+def test_convs_reading_interleaved_channels_in_place_equal_the_lowered_columns(vnni, k, stride, pad):
+    """The in-place tap reads give the bits of the lowered columns (themselves held to a NumPy
+    simulation by tests/runtime/test_int8.py), for tiles that split the rows unevenly."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (2, 8, 7, 9)).astype(np.uint8)
+    W = rng.integers(-127, 128, (6, 8, k, k)).astype(np.int8)
+    for rows in (1, 2, 3, 7):
+        ref = _tap_conv(x, W, rows, False, False, stride, pad)
+        assert len(np.unique(ref)) > 20  # not saturated: the outputs carry the sums
+        assert np.array_equal(_tap_conv(x, W, rows, True, vnni, stride, pad), ref)
+
+
+def test_interleaved_rows_hold_four_channels_per_word_and_the_zero_point_around():
+    x = np.arange(8 * 2 * 3, dtype=np.uint8).reshape(8, 2, 3)
+    plane = P.tap_plane(2, 3, 5, 1)
+    words = np.full(2 * plane, 7, np.uint32)
+    P.interleave_rows(x, np.uint8(9), 1, 1, 3, 3, 0, 4, plane, words)
+    b = words.view(np.uint8).reshape(2, plane, 4)
+    grid = b[:, :4 * 5].reshape(2, 4, 5, 4)  # (group, padded row, padded column, channel)
+    assert np.array_equal(grid[:, 1:3, 1:4].transpose(0, 3, 1, 2).reshape(8, 2, 3), x)
+    assert (grid[:, 0] == 9).all() and (grid[:, 3] == 9).all()
+    assert (grid[:, :, 0] == 9).all() and (grid[:, :, 4] == 9).all()
 
 
 def test_quantizing_rounds_and_saturates():
