@@ -60,6 +60,8 @@ class QuantizeStage:
     kd: str = "kl"
     tau: float = 4.0
     hard_weight: float = 0.0
+    augment: bool = True          # false: retrain on the images as stored (as the auto preset's
+                                  # climb does: batch norm's statistics then stay those it learnt)
     train_images: int = 0
 
 
@@ -115,7 +117,7 @@ class Schedule:
 
 PRESETS = {
     "auto": {"prune": {"method": "auto", "lr": 0.02, "hard_weight": 1.0, "augment": False},
-             "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000},
+             "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000, "augment": False},
              "search": {"time_budget": 15.0}},
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
              "quantize": {"epochs": 1, "train_images": 10000}},

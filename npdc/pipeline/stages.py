@@ -121,6 +121,7 @@ def quantize_stage(student, teacher, x, y, stage, batch_size=128, seed=0, progre
     if stage.epochs:
         xs, ys = training_subset(x, y, stage.train_images, seed + 1)
         fit(student, xs, ys, stage.epochs, lr=stage.lr, weight_decay=0.0, progress=progress,
+            augment_pad=None if stage.augment else 0,
             objective=Distillation(teacher, stage.kd, stage.tau, hard_weight=stage.hard_weight),
             optimizer=functools.partial(CentroidSGD, shared=quantized), batch_size=batch_size, seed=seed)
         quantized = {p: q.with_codebook(trained_codebook(student.params()[p], q))

@@ -374,3 +374,25 @@ def test_rounds_on_all_training_images_share_the_teachers_outputs(tiny, monkeypa
     assert sum(seen) == 3 * len(x)  # the climb's once, and each round's own
     for path, value in shared.params().items():
         np.testing.assert_array_equal(value, alone.params()[path], err_msg=path)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_centroid_retraining_augments_only_when_asked(tiny, monkeypatch, augment):
+    """[quantize] augment = false (the auto preset, like its climb) retrains the centroids on
+    the images as stored; the quantized weights still share their centroids afterwards."""
+    from npdc.pipeline import stages
+    from npdc.pipeline.schedule import QuantizeStage
+    folder, data, net, _ = tiny
+    seen = []
+    real = stages.fit
+
+    def spy(*a, **k):
+        seen.append(k.get("augment_pad"))
+        return real(*a, **k)
+    monkeypatch.setattr(stages, "fit", spy)
+    student, quantized, _ = stages.quantize_stage(clone_net(net), net, data.x_train[:32], data.y_train[:32],
+                                                  QuantizeStage(augment=augment, conv_bits=3, fc_bits=3),
+                                                  batch_size=16, progress=False)
+    assert seen == [None if augment else 0]
+    for path, q in quantized.items():
+        assert len(np.unique(student.params()[path])) <= len(q.codebook) + 1
