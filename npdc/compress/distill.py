@@ -148,7 +148,7 @@ def prune_and_retrain(teacher, x, y, masks=None, gradual=None, kd="kl", tau=4.0,
     if not augment:
         hyper["augment_pad"] = 0
         if objective is not None and epochs:
-            hyper.update(augment_pad=None, targets=objective.outputs_of(x))
+            hyper["targets"] = objective.outputs_of(x)
     history = fit(student, x, y, epochs, masks=masks, objective=objective, hook=hook,
                   progress=progress, **hyper) if epochs else []
     if hook is not None and epochs == 0:
