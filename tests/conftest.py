@@ -76,6 +76,20 @@ def distinct_values(shape, rng, spread=1.0):
     return (rng.permutation(size).astype(np.float64) * spread - size * spread / 2).reshape(shape)
 
 
+def pytest_collection_finish(session):
+    """The bounds-checked build of the kernels compiles for about two minutes on one core: when
+    its test is selected, start it now, so that it uses the second core while the rest runs."""
+    if any(item.nodeid.endswith("test_every_primitive_passes_the_helper_with_bounds_checking")
+           for item in session.items):
+        from tests.kernels import test_bounds_checked
+        test_bounds_checked.start()
+
+
+def pytest_sessionfinish(session):
+    from tests.kernels import test_bounds_checked
+    test_bounds_checked.stop()
+
+
 @pytest.fixture
 def tiny_resnet18():
     from npdc.engine.resnet import build_net

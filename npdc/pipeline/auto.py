@@ -17,6 +17,10 @@ its score, and the gate counts its units (images or pairs).
    later step twice as long (at most one pass over the training images). A step that still
    fails is dropped: the climb goes on from the last passing model with steps half as far, in
    log density (the back-off); a second failure ends it. The last passing model is kept.
+   Before the first round, the climb's first targets are tried as one-shot cuts, nothing
+   retrained, each kept while it passes the check: an over-parametrised model loses nothing at
+   the first sparsities and spends no round on them; a compact one pays one validation pass.
+   (Departure: Han et al. retrain after every cut.)
    Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
 4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
    Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
@@ -40,7 +44,8 @@ from npdc.compress.agp import LayerwisePruner
 from npdc.compress.allocate import cheapest, drop_units
 from npdc.compress.backoff import search
 from npdc.compress.distill import Distillation
-from npdc.compress.prune import global_percentage_masks, masks_from_zeros, prunable_layers, sparsity_table
+from npdc.compress.prune import (apply_masks, global_percentage_masks, masks_from_zeros, percentage_masks,
+                                 prunable_layers, sparsity_table)
 from npdc.compress.quantize import quantize_net
 from npdc.compress.sensitivity import curves_of, sweep
 from npdc.engine.resnet import clone_net
@@ -188,6 +193,43 @@ def sparsity_of(net, layers):
     return 1.0 - sum(r["nonzero"] for r in rows) / max(1, sum(r["weights"] for r in rows))
 
 
+def _step_ratio(s, state, cfg):
+    """The share of the weights left at sparsity `s` that the next step keeps: the first step's,
+    the climb's, or the back-off's after a failure."""
+    return state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
+
+
+def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log):
+    """The climb's first steps as one-shot cuts of `best` (no retraining), kept while each passes
+    `gate`; marks the state (saved with the next step) so that a resumed run goes on from there.
+    Returns the best net."""
+    layers = allocation.layers
+    while len(state["tried"]) < cfg.max_steps and time_left() > 0:
+        started = time.perf_counter()
+        target = 1.0 - (1.0 - state["sparsity"]) * _step_ratio(state["sparsity"], state, cfg)
+        targets = allocation(target, best) if target < 0.995 else None
+        if targets is None:
+            break
+        candidate = clone_net(best)
+        apply_masks(candidate, percentage_masks(candidate, 0.0, {n: (100 * t, False) for n, t in targets.items()}))
+        accuracy = metric.score(candidate)
+        if not gate.passes(accuracy, cfg.prune_share):
+            log(f"one-shot cut to {100 * target:.1f} %: validation accuracy {accuracy:.4f} "
+                f"({gate.drop_points(accuracy):+.2f} points); the climb retrains from here")
+            break
+        reached = sparsity_of(candidate, layers)
+        state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
+                               "drop_points": gate.drop_points(accuracy), "passed": True,
+                               "seconds": time.perf_counter() - started, "layers": targets, "images": 0,
+                               "checks": [accuracy]})
+        log(f"climb step {len(state['tried'])}: {100 * reached:.1f} % sparse by a one-shot cut, validation "
+            f"accuracy {accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), kept")
+        best, state["sparsity"] = candidate, reached
+        save(state, best)
+    state["one_shot"] = "done"
+    return best
+
+
 def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, time_left,
           best=None, batch_size=128, seed=0, log=say, progress=True):
     """The climb of step 3 on training images (x, y), each step checked by `metric`'s score
@@ -202,17 +244,20 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
     state.setdefault("tried", [])
     state.setdefault("failures", 0)
     state.setdefault("sparsity", sparsity_of(best, layers))
+    if cfg.one_shot and "one_shot" not in state and "stopped" not in state:
+        best = _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log)
     while "stopped" not in state:
         step = len(state["tried"])
         s = state["sparsity"]
-        ratio = state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
+        ratio = _step_ratio(s, state, cfg)
         target = 1.0 - (1.0 - s) * ratio
         targets = allocation(target, best)
         # every step that passed only on a further round doubles the steps after it, up to one
         # pass over the training images
         images = min(len(x), cfg.step_images * 2 ** sum(t["passed"] and len(t["checks"]) > 1
                                                          for t in state["tried"]))
-        last = state["tried"][-1]["seconds"] / state["tried"][-1]["images"] * images if state["tried"] else 0.0
+        trained = [t for t in state["tried"] if t["images"]]  # one-shot steps retrain nothing
+        last = trained[-1]["seconds"] / trained[-1]["images"] * images if trained else 0.0
         why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)
         if why:

@@ -87,6 +87,7 @@ class SearchStage:
     sensitivity_images: int = 1000  # validation images of the sweeps (the checks use them all)
     levels: list = field(default_factory=lambda: [50.0, 70.0, 85.0, 95.0, 98.0])
     first_sparsity: float = 0.5   # the climb's first step; then each keeps density_ratio of the rest
+    one_shot: bool = True         # the first steps tried as one-shot cuts (no retraining) while they pass
     density_ratio: float = 0.6
     max_steps: int = 8
     step_images: int = 54000      # retraining images per climb step (doubled after a recovered one;
@@ -118,7 +119,7 @@ class Schedule:
 PRESETS = {
     "auto": {"prune": {"method": "auto", "lr": 0.02, "hard_weight": 1.0, "augment": False},
              "quantize": {"widths": "auto", "epochs": 1, "train_images": 20000, "augment": False},
-             "search": {"time_budget": 15.0}},
+             "search": {"time_budget": 10.0}},
     "fast": {"prune": {"target": 80.0, "epochs": 1, "train_images": 30000},
              "quantize": {"epochs": 1, "train_images": 10000}},
     "full": {"prune": {"target": 91.0, "epochs": 6, "lr": 0.02, "hard_weight": 1.0},

@@ -11,11 +11,15 @@ compared with the twins in test_simd.
 
 Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of one core; most of
 it the register-blocked SLP kernels, built for float32 only here since the helper runs float32).
+So the subprocess starts as soon as the suite has collected this test (tests/conftest.py calls
+`start`), and compiles on the second core while the rest of the suite runs on the first; the
+test then only waits for its answer.
 """
 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # one small case per primitive, with the shapes that reach each kernel's special paths
@@ -68,10 +72,40 @@ print("ok")
 '''
 
 
-def test_every_primitive_passes_the_helper_with_bounds_checking(tmp_path):
+_RUN = {}
+
+
+def start():
+    """Start the bounds-checked subprocess (once), in a fresh cache directory: the checked
+    builds compile from scratch and stay out of the normal cache. Its output goes to files there
+    (a pipe could fill up and stall it before anyone reads)."""
+    if "process" not in _RUN:
+        _RUN["folder"] = folder = tempfile.TemporaryDirectory(prefix="npdc-boundscheck-")
+        env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=folder.name)
+        with open(Path(folder.name) / "out", "w") as out, open(Path(folder.name) / "err", "w") as err:
+            _RUN["process"] = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=out,
+                                               stderr=err, cwd=Path(__file__).resolve().parents[2])
+    return _RUN["process"]
+
+
+def stop():
+    """End the subprocess if it still runs (the suite stopped before its test) and remove its folder."""
+    process, folder = _RUN.pop("process", None), _RUN.pop("folder", None)
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+    if folder is not None:
+        folder.cleanup()
+
+
+def test_every_primitive_passes_the_helper_with_bounds_checking():
     """Forward, both gradients and the refusals of every primitive on a small case each, with
-    every array index checked (a fresh cache: the bounds-checked build compiles from scratch)."""
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=Path(__file__).resolve().parents[2])
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout[-2000:] + run.stderr[-4000:]
+    every array index checked."""
+    process = start()
+    folder = Path(_RUN["folder"].name)
+    try:
+        process.wait(timeout=900)
+        stdout, stderr = (folder / "out").read_text(), (folder / "err").read_text()
+    finally:
+        stop()
+    assert process.returncode == 0 and stdout.strip().endswith("ok"), stdout[-2000:] + stderr[-4000:]

@@ -172,7 +172,7 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
             return 1.0 if s <= self.limit or [r[0] for r in rounds].count(s) >= 2 else 0.9
     monkeypatch.setattr(auto, "retrain_step", retrain)
     args = (net, data.x_train, data.y_train, SecondRoundMetric(0.6), _flat_ladder(net), Gate(10, 10, 1.0))
-    cfg = SearchStage(first_sparsity=0.5, density_ratio=0.5, max_steps=3, step_images=24)
+    cfg = SearchStage(first_sparsity=0.5, density_ratio=0.5, max_steps=3, step_images=24, one_shot=False)
     _, state = climb(*args, cfg, PruneStage(), {}, lambda s, b: None, lambda: 1.0, progress=False)
     t = state["tried"]
     assert [x["passed"] for x in t] == [True, True, True] and state["stopped"] == "steps"
@@ -190,6 +190,38 @@ def test_a_failing_step_retrains_further_and_the_later_steps_grow_longer(tiny, m
                      lambda: 1.0, progress=False)
     assert [x["passed"] for x in state["tried"]][:2] == [True, False]
     assert state["tried"][2]["target"] < state["tried"][1]["target"]  # backed off
+
+
+def test_the_first_steps_are_one_shot_cuts_while_they_pass(tiny, monkeypatch):
+    """Before any retraining the climb's targets are cut one-shot and kept while they pass; the
+    first that fails is retrained as a step of its own. Without the option every step retrains."""
+    folder, data, net, _ = tiny
+    rounds = []
+
+    def retrain(student, teacher, x, y, targets, settings, batch_size, seed, progress, teacher_outputs=None):
+        rounds.append(max(targets.values()))
+        masks = percentage_masks(student, 0.0, {n: (100 * t, False) for n, t in targets.items()})
+        for path, keep in masks.items():
+            student.params()[path] *= keep
+
+    class RetrainedMetric(SparsityMetric):  # beyond 60 % only a retrained net passes
+        def score(self, net):
+            s = sparsity_of(net, prunable_layers(net))
+            return 1.0 if s <= 0.6 or (s <= self.limit and rounds) else 0.9
+    monkeypatch.setattr(auto, "retrain_step", retrain)
+    args = (net, data.x_train, data.y_train, RetrainedMetric(0.8), _flat_ladder(net), Gate(10, 10, 1.0))
+    cfg = SearchStage(first_sparsity=0.5, density_ratio=0.5, max_steps=4)
+    saved = []
+    best, state = climb(*args, cfg, PruneStage(), {}, lambda s, b: saved.append(b is not None), lambda: 1.0,
+                        progress=False)
+    t = state["tried"]
+    assert [x["images"] for x in t][:2] == [0, len(data.x_train)] and len(rounds) >= 1
+    assert t[0]["target"] == 0.5 and t[1]["target"] == pytest.approx(1 - (1 - t[0]["sparsity"]) * 0.5)
+    assert [x["passed"] for x in t][:2] == [True, True] and saved[0] is True
+    rounds.clear()
+    _, state = climb(*args, replace(cfg, one_shot=False), PruneStage(), {}, lambda s, b: None, lambda: 1.0,
+                     progress=False)
+    assert all(x["images"] > 0 for x in state["tried"]) and len(rounds) >= len(state["tried"])
 
 
 def test_the_climb_stops_on_time_and_on_its_step_count(tiny, monkeypatch):
@@ -351,7 +383,7 @@ def test_rounds_on_all_training_images_share_the_teachers_outputs(tiny, monkeypa
     folder, data, net, _ = tiny
     x, y = data.x_train[:64], data.y_train[:64]
     settings = PruneStage(augment=False, lr=0.01)
-    cfg = SearchStage(first_sparsity=0.3, density_ratio=0.7, max_steps=2, step_images=len(x))
+    cfg = SearchStage(first_sparsity=0.3, density_ratio=0.7, max_steps=2, step_images=len(x), one_shot=False)
     args = (net, x, y, SparsityMetric(0.99), _flat_ladder(net), Gate(10, 10, 1.0), cfg, settings)
     seen = []
     forward = net.forward
