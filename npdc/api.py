@@ -262,6 +262,7 @@ def compress(model, data="fashion-mnist", *, schedule=None, preset="auto", out=N
     result.update(score=page["score"]["score"], score_accuracy=page["accuracy_metric"], layers=page["layers"],
                   totals=page["totals"], memory_method=page["memory_method"], file=str(out))
     page["schedule"], page["stage_seconds"] = result["schedule"], result["stage_seconds"]
+    page["compile_seconds"] = result.get("compile_seconds")
     if "search" in result:
         result["search"]["figures"] = plots.search_figures(result["search"], report_dir)
         if plots.missing():

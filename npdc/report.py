@@ -233,7 +233,9 @@ def format_markdown(report):
     if report.get("stage_seconds"):
         spent = ", ".join(f"{name} {seconds:.0f}" for name, seconds in report["stage_seconds"].items()
                           if seconds is not None)
-        lines.append(f"- seconds per stage (in the run that finished it): {spent}")
+        compiled = (f"; Numba compiling in the run: {report['compile_seconds']:.0f} s"
+                    if report.get("compile_seconds") else "")
+        lines.append(f"- seconds per stage (in the run that finished it): {spent}{compiled}")
     if report.get("verification"):
         lines += verification_lines(report["verification"])
     lines += ["", "## Score", ""]

@@ -174,7 +174,8 @@ def compress_arguments(sub):
                         "(default 0.3; auto preset or [search] schedules)")
     s.add_argument("--time-budget", type=finite_float, default=None,
                    help="minutes the search may take before it settles for the best found "
-                        "(default: the preset's, 15 for auto; 0 = no limit)")
+                        "(default: the preset's, 10 for auto; 0 = no limit); Numba's one-off "
+                        "compilation on a first run is not counted")
     s.add_argument("--metric", choices=["accuracy", "verification"], default=None,
                    help="what the search's budget is in: top-1 accuracy on the validation images "
                         "(default), or verification accuracy by LFW's protocol on pairs drawn "

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from numba.core import event
 
 from npdc.atomic import write_text
 from npdc.compress.prune import prunable_layers
@@ -26,17 +27,57 @@ def searching(schedule):
     return schedule.prune.method == "auto" or schedule.quantize.widths == "auto"
 
 
+class CompileSeconds(event.Listener):
+    """Seconds Numba has spent compiling in this process since `watch()`, outermost compilations
+    only (a kernel compiles the kernels it calls inside its own), from Numba's event API."""
+
+    def __init__(self):
+        self.depth, self.total, self.opened = 0, 0.0, 0.0
+
+    def on_start(self, ev):
+        if self.depth == 0:
+            self.opened = time.monotonic()
+        self.depth += 1
+
+    def on_end(self, ev):
+        self.depth -= 1
+        if self.depth == 0:
+            self.total += time.monotonic() - self.opened
+
+    def now(self):
+        """The total, with a compilation still going counted up to now."""
+        return self.total + (time.monotonic() - self.opened if self.depth else 0.0)
+
+
+_COMPILING = []
+
+
+def compile_seconds():
+    """The process's CompileSeconds, registered with Numba on first use."""
+    if not _COMPILING:
+        _COMPILING.append(CompileSeconds())
+        event.register("numba:compile", _COMPILING[0])
+    return _COMPILING[0]
+
+
 class Clock:
     """The run's time against schedule.search.time_budget (minutes, 0 = none), counted across
-    resumed runs: the time already spent is kept with the checkpoints."""
+    resumed runs: the time already spent is kept with the checkpoints. Numba's compilation is not
+    counted (it is paid once per installation, on a first run): a first run and a later one make
+    the same decisions on the same machine; `compiling()` gives what was left out."""
 
     def __init__(self, budget_minutes, ck):
         self.budget, self.ck = 60.0 * budget_minutes, ck
         self.before = float(ck.partial.get("_clock", {}).get("elapsed", 0.0))
-        self.start = time.monotonic()
+        self.compile = compile_seconds()
+        self.start, self.compiled = time.monotonic(), self.compile.now()
+
+    def compiling(self):
+        """Seconds of Numba compilation since this clock started."""
+        return self.compile.now() - self.compiled
 
     def elapsed(self):
-        return self.before + time.monotonic() - self.start
+        return self.before + time.monotonic() - self.start - self.compiling()
 
     def left(self):
         return self.budget - self.elapsed() if self.budget else float("inf")

@@ -212,6 +212,7 @@ def run(model_path, data, schedule, out, workdir, progress=True, log=say, execut
               "accuracy_after": ck.done["verify"]["accuracy"], "size_before_bytes": size_before,
               "size_after_bytes": size_after, "ratio": size_before / size_after,
               "schedule": dataclasses.asdict(schedule), "minutes": r.clock.elapsed() / 60,
+              "compile_seconds": r.clock.compiling(),
               "stage_seconds": {name: ck.done[name].get("seconds") for name, _ in STAGES}}
     if searching(schedule):
         result["search"] = {"val_images": len(r.y_val), "settings": dataclasses.asdict(schedule.search),

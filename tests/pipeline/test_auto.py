@@ -3,14 +3,18 @@ evaluator, and a tiny searching run (decisions on validation images only, same s
 a kill mid-climb resumed to the same bytes)."""
 
 import json
+import time
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numba
 import numpy as np
 import pytest
 
 from npdc.compress.prune import percentage_masks, prunable_layers
 from npdc.pipeline import auto
 from npdc.engine.resnet import clone_net
+from npdc.pipeline.auto_stages import Clock
 from npdc.pipeline.auto import Gate, GlobalCut, Ladder, climb, fragile_layers, sparsity_of
 from npdc.pipeline.run import run
 from npdc.pipeline.schedule import PruneStage, SearchStage, load_schedule
@@ -428,3 +432,27 @@ def test_centroid_retraining_augments_only_when_asked(tiny, monkeypatch, augment
     assert seen == [None if augment else 0]
     for path, q in quantized.items():
         assert len(np.unique(student.params()[path])) <= len(q.codebook) + 1
+
+
+def test_the_clock_leaves_numba_compilation_out():
+    """The budget's clock does not count Numba compiling (a first run decides as a later one),
+    and a kernel compiled inside another's compilation is counted once."""
+    @numba.njit  # a new function each run: it has to compile (nothing cached)
+    def inner(x):
+        return np.sqrt(x) + np.sin(x)
+
+    @numba.njit
+    def outer(x):
+        total = 0.0
+        for i in range(x.size):
+            total += inner(x[i])
+        return total
+
+    clock = Clock(1.0, SimpleNamespace(partial={}))
+    started = time.monotonic()
+    outer(np.arange(4.0))
+    wall = time.monotonic() - started
+    assert 0.5 * wall < clock.compiling() <= time.monotonic() - clock.start
+    assert clock.elapsed() < 0.5 * wall
+    outer(np.arange(4.0))  # compiled: nothing more is left out
+    assert clock.compiling() <= wall
