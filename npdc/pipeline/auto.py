@@ -199,13 +199,13 @@ def _step_ratio(s, state, cfg):
     return state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
 
 
-def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log):
+def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, timer, log):
     """The climb's first steps as one-shot cuts of `best` (no retraining), kept while each passes
     `gate`; marks the state (saved with the next step) so that a resumed run goes on from there.
     Returns the best net."""
     layers = allocation.layers
     while len(state["tried"]) < cfg.max_steps and time_left() > 0:
-        started = time.perf_counter()
+        started = timer()
         target = 1.0 - (1.0 - state["sparsity"]) * _step_ratio(state["sparsity"], state, cfg)
         targets = allocation(target, best) if target < 0.995 else None
         if targets is None:
@@ -220,7 +220,7 @@ def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log):
         reached = sparsity_of(candidate, layers)
         state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
                                "drop_points": gate.drop_points(accuracy), "passed": True,
-                               "seconds": time.perf_counter() - started, "layers": targets, "images": 0,
+                               "seconds": timer() - started, "layers": targets, "images": 0,
                                "checks": [accuracy]})
         log(f"climb step {len(state['tried'])}: {100 * reached:.1f} % sparse by a one-shot cut, validation "
             f"accuracy {accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), kept")
@@ -231,12 +231,14 @@ def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log):
 
 
 def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, time_left,
-          best=None, batch_size=128, seed=0, log=say, progress=True):
+          best=None, batch_size=128, seed=0, log=say, progress=True, timer=time.perf_counter):
     """The climb of step 3 on training images (x, y), each step checked by `metric`'s score
     on the validation data it holds (npdc.engine.metrics) against `gate`. `state` (a
     JSON-able dict, {} to start) records every step; `save(state, best)` is called after each,
     with the best model so far (None when unchanged), so that a killed run resumes from `state`
-    and `best`. Returns (best net, state with "stopped" saying why)."""
+    and `best`. Steps are timed by `timer` (seconds; the run's clock, which leaves Numba's
+    compilation out, so that a first run prices its steps as a later one). Returns (best net,
+    state with "stopped" saying why)."""
     layers = allocation.layers
     best = best or clone_net(teacher)
     whole = []  # the teacher's outputs on all of x, for rounds on all of it (without augmentation
@@ -245,7 +247,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
     state.setdefault("failures", 0)
     state.setdefault("sparsity", sparsity_of(best, layers))
     if cfg.one_shot and "one_shot" not in state and "stopped" not in state:
-        best = _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, log)
+        best = _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, timer, log)
     while "stopped" not in state:
         step = len(state["tried"])
         s = state["sparsity"]
@@ -266,7 +268,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
             state["stopped"] = why
             save(state, None)
             break
-        started = time.perf_counter()
+        started = timer()
         candidate = clone_net(best)
         checks = []
         while True:  # the step, then recovery rounds at the same masks while it fails
@@ -280,7 +282,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
             accuracy = metric.score(candidate)
             checks.append(accuracy)
             ok = gate.passes(accuracy, cfg.prune_share)
-            spent = (time.perf_counter() - started) / len(checks)
+            spent = (timer() - started) / len(checks)
             if ok or len(checks) > cfg.recoveries or time_left() <= spent:
                 break
             log(f"climb step {step + 1}: validation accuracy {accuracy:.4f} "
@@ -288,7 +290,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
         reached = sparsity_of(candidate, layers)
         state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
                                "drop_points": gate.drop_points(accuracy), "passed": ok,
-                               "seconds": time.perf_counter() - started, "layers": targets,
+                               "seconds": timer() - started, "layers": targets,
                                "images": images * len(checks), "checks": checks})
         log(f"climb step {step + 1}: {100 * reached:.1f} % sparse, validation accuracy "
             f"{accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), {'kept' if ok else 'backed off'}")

@@ -148,7 +148,7 @@ def auto_prune(r):
 
     student, state = climb(r.teacher, r.x, r.y, r.metric, allocation, _gate(r), cfg,
                            r.schedule.prune, state, save, time_left, best, r.schedule.batch_size,
-                           r.schedule.seed, r.log, r.progress)
+                           r.schedule.seed, r.log, r.progress, timer=r.clock.elapsed)
     return student, {"curves": curves, "curve_count": count, "curve_units": r.metric.units, "climb": state,
                      "protected": list(getattr(allocation, "protect", []))}
 
