@@ -260,9 +260,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
                                                          for t in state["tried"]))
         trained = [t for t in state["tried"] if t["images"]]  # one-shot steps retrain nothing
         last = trained[-1]["seconds"] / trained[-1]["images"] * images if trained else 0.0
-        # a step starts only with time for its recovery rounds too: one that could not recover
-        # would be a coin toss at the margin
-        why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last * (1 + cfg.recoveries) else
+        why = ("steps" if step >= cfg.max_steps else "time" if time_left() <= last else
                "curves" if targets is None or target >= 0.995 else None)
         if why:
             state["stopped"] = why
