@@ -28,8 +28,9 @@ def searching(schedule):
 
 
 class CompileSeconds(event.Listener):
-    """Seconds Numba has spent compiling in this process since `watch()`, outermost compilations
-    only (a kernel compiles the kernels it calls inside its own), from Numba's event API."""
+    """Seconds Numba has held its compiler lock in this process (typing, compiling, writing and
+    reading its cache), outermost holds only (a kernel compiles the kernels it calls inside its
+    own), from Numba's event API."""
 
     def __init__(self):
         self.depth, self.total, self.opened = 0, 0.0, 0.0
@@ -56,7 +57,7 @@ def compile_seconds():
     """The process's CompileSeconds, registered with Numba on first use."""
     if not _COMPILING:
         _COMPILING.append(CompileSeconds())
-        event.register("numba:compile", _COMPILING[0])
+        event.register("numba:compiler_lock", _COMPILING[0])
     return _COMPILING[0]
 
 
