@@ -20,7 +20,7 @@ from npdc.compress.prune import prunable_layers
 from npdc.io.modelfile import load_model, save_model
 from npdc.pipeline.auto import (Gate, GlobalCut, Ladder, bits_ladder, choose_bits, climb, equivalent_s,
                                fragile_layers, pruning_curves)
-from npdc.pipeline.stages import training_subset
+from npdc.pipeline.stages import quantize_stage, training_subset
 
 
 def searching(schedule):
@@ -198,3 +198,21 @@ def auto_bits(r):
           f"({', '.join(f'{b} bits x{list(chosen.values()).count(b)}' for b in sorted(set(chosen.values())))})")
     return {"layer_bits": chosen, "candidates": candidates, "tried": tried, "curves": table,
             "chosen": index}
+
+
+def guarded_quantize(r, stage, student, quantized, record):
+    """The quantize stage's result, unless its long centroid retraining left the model outside
+    the budget on validation (at 2-3 bits it can diverge); then the chosen candidate as the bit
+    search measured it, passing (its brief retraining on the same images and seed), in its place."""
+    cfg, gate = r.schedule.search, _gate(r)
+    accuracy = r.metric.score(student)
+    if gate.passes(accuracy):
+        return student, quantized, record
+    r.log(f"centroid retraining ended {gate.drop_points(accuracy):+.2f} points from the baseline on "
+          f"validation, over the budget: keeping the bit search's briefly retrained model instead")
+    settings = stage if cfg.bits_train_images else replace(stage, epochs=0)
+    xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
+    student, quantized, brief = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, xs, ys,
+                                               replace(settings, train_images=0), batch_size=r.schedule.batch_size,
+                                               seed=0, progress=False, keep=tuple(r.schedule.keep))
+    return student, quantized, {**brief, "retraining_over_budget": accuracy}

@@ -26,7 +26,7 @@ from npdc.engine.metrics import search_metric
 from npdc.engine.train import evaluate
 from npdc.io.modelfile import load_model, save_model
 from npdc.progress import say
-from npdc.pipeline.auto_stages import Clock, auto_bits, auto_prune, layer_choices, searching
+from npdc.pipeline.auto_stages import Clock, auto_bits, auto_prune, guarded_quantize, layer_choices, searching
 from npdc.pipeline.stages import (check_schedule_names, encode_stage, layer_bits, prune_stage, quantize_stage,
                                   verify_stage)
 
@@ -157,6 +157,8 @@ def _quantize(r):
     student = load_model(r.work / "pruned.h5")
     bits = {n: b for n, b in layer_bits(student, stage).items() if n not in r.schedule.keep}
     student, quantized, record = quantize_stage(student, r.teacher, r.x, r.y, stage, **r.hyper)
+    if r.schedule.quantize.widths == "auto":
+        student, quantized, record = guarded_quantize(r, stage, student, quantized, record)
     save_model(r.work / "quantized.h5", student, {"stage": "quantize"})
     save_quantized(r.work / "quantized.npz", quantized)
     return {**record, "layer_bits": bits}

@@ -456,3 +456,34 @@ def test_the_clock_leaves_numba_compilation_out():
     assert clock.elapsed() < 0.5 * wall
     outer(np.arange(4.0))  # compiled: nothing more is left out
     assert clock.compiling() <= wall
+
+
+def test_a_centroid_retraining_that_leaves_the_budget_gives_way_to_the_measured_candidate(tiny, monkeypatch):
+    """When the quantize stage's long centroid retraining ends outside the budget on validation,
+    the file holds the chosen candidate quantized and retrained as the bit search measured it
+    (its few images, seed 0), not the model of the long retraining."""
+    import dataclasses
+
+    from npdc.pipeline import auto_stages
+
+    folder, data, net, schedule = tiny
+    schedule = dataclasses.replace(schedule, quantize=dataclasses.replace(schedule.quantize, epochs=1))
+    real_gate, calls = auto_stages._gate, []
+
+    def strict_gate(r):  # the long retraining's model is judged against a perfect baseline: it fails
+        gate = real_gate(r)
+        return Gate(gate.count, gate.count, 0.0) if not calls else gate
+    real_stage = auto_stages.quantize_stage
+
+    def recorded(student, teacher, x, y, stage, **k):
+        calls.append((len(x), stage.train_images, k["seed"]))
+        return real_stage(student, teacher, x, y, stage, **k)
+    monkeypatch.setattr(auto_stages, "_gate", strict_gate)
+    monkeypatch.setattr(auto_stages, "quantize_stage", recorded)
+    logged = []
+    result = run(folder / "m.h5", data, schedule, folder / "guard.npdc", folder / "wguard", progress=False,
+                 log=logged.append)
+    assert any("over the budget" in line for line in logged)
+    images = min(schedule.search.bits_train_images, len(data.x_train) - 24)
+    assert calls == [(images, 0, 0)]  # the candidate's brief retraining, as measured
+    assert (folder / "guard.npdc").exists() and result["size_after_bytes"] > 0
