@@ -449,13 +449,14 @@ def test_the_clock_leaves_numba_compilation_out():
         return total
 
     clock = Clock(1.0, SimpleNamespace(partial={}))
-    started = time.monotonic()
     outer(np.arange(4.0))
-    wall = time.monotonic() - started
-    assert 0.5 * wall < clock.compiling() <= time.monotonic() - clock.start
-    assert clock.elapsed() < 0.5 * wall
+    compiled = clock.compiling()
+    assert 0 < compiled <= time.monotonic() - clock.start  # counted, and nested holds once
     outer(np.arange(4.0))  # compiled: nothing more is left out
-    assert clock.compiling() <= wall
+    assert clock.compiling() == compiled
+    before = time.monotonic() - clock.start - compiled  # the clock's account, bracketed: no speed asserted
+    counted = clock.elapsed()
+    assert before <= counted <= time.monotonic() - clock.start - compiled
 
 
 def test_a_centroid_retraining_that_leaves_the_budget_gives_way_to_the_measured_candidate(tiny, monkeypatch):
