@@ -20,8 +20,8 @@ its score, and the gate counts its units (images or pairs).
    Before the first round, the climb's first targets are tried as one-shot cuts, nothing
    retrained, each kept while it passes the check: an over-parametrised model loses nothing at
    the first sparsities and spends no round on them; a compact one pays one validation pass.
-   (Departure: Han et al. retrain after every cut.)
-   Departure from Han et al.: the per-layer levels come from the allocation, not one global s.
+   Departures from Han et al.: the per-layer levels come from the allocation, not one global s;
+   the first cuts go unretrained while they pass, where they retrain after every cut.
 4. Bits per layer (mixed precision): each layer's weights quantized alone (k-means, Han, Mao &
    Dally 2016) at each candidate width, validation accuracy measured; the layers' width steps
    are then taken together in order of insensitivity, and npdc.compress.backoff searches that

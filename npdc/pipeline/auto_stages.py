@@ -170,6 +170,14 @@ def layer_choices(teacher, student, layer_bits, keep):
     return rows
 
 
+def brief_retraining(r, stage):
+    """(settings, x, y) of the centroid retraining a bit-width candidate is judged after: `stage`
+    (none when search.bits_train_images is 0) on the search's few training images."""
+    n = r.schedule.search.bits_train_images
+    xs, ys = training_subset(r.x, r.y, n or 1, r.schedule.seed + 2)
+    return (stage if n else replace(stage, epochs=0)), xs, ys
+
+
 def auto_bits(r):
     """{"layer_bits": the chosen bits, "candidates": the ladder, "tried": measured candidates}."""
     cfg = r.schedule.search
@@ -182,8 +190,7 @@ def auto_bits(r):
                                     r.executor, r.progress)
     candidates = [{**c, **fixed} for c in candidates]
     gate = _gate(r)
-    settings = r.schedule.quantize if cfg.bits_train_images else replace(r.schedule.quantize, epochs=0)
-    xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
+    settings, xs, ys = brief_retraining(r, r.schedule.quantize)
     index, found = choose_bits(student, r.teacher, xs, ys, r.metric, candidates, gate,
                                1.0 - cfg.margin, settings, r.schedule.batch_size, r.executor)
     nonzero = {n: int(np.count_nonzero(student.layers[n].params["W"])) for n in candidates[0]}
@@ -204,14 +211,13 @@ def guarded_quantize(r, stage, student, quantized, record):
     """The quantize stage's result, unless its long centroid retraining left the model outside
     the budget on validation (at 2-3 bits it can diverge); then the chosen candidate as the bit
     search measured it, passing (its brief retraining on the same images and seed), in its place."""
-    cfg, gate = r.schedule.search, _gate(r)
+    gate = _gate(r)
     accuracy = r.metric.score(student)
     if gate.passes(accuracy):
         return student, quantized, record
     r.log(f"centroid retraining ended {gate.drop_points(accuracy):+.2f} points from the baseline on "
           f"validation, over the budget: keeping the bit search's briefly retrained model instead")
-    settings = stage if cfg.bits_train_images else replace(stage, epochs=0)
-    xs, ys = training_subset(r.x, r.y, cfg.bits_train_images or 1, r.schedule.seed + 2)
+    settings, xs, ys = brief_retraining(r, stage)
     student, quantized, brief = quantize_stage(load_model(r.work / "pruned.h5"), r.teacher, xs, ys,
                                                replace(settings, train_images=0), batch_size=r.schedule.batch_size,
                                                seed=0, progress=False, keep=tuple(r.schedule.keep))
