@@ -471,9 +471,9 @@ def test_a_centroid_retraining_that_leaves_the_budget_gives_way_to_the_measured_
     schedule = dataclasses.replace(schedule, quantize=dataclasses.replace(schedule.quantize, epochs=1))
     real_gate, calls = auto_stages._gate, []
 
-    def strict_gate(r):  # the long retraining's model is judged against a perfect baseline: it fails
-        gate = real_gate(r)
-        return Gate(gate.count, gate.count, 0.0) if not calls else gate
+    def strict_gate(r):  # the long retraining's model is judged against a baseline no model reaches
+        gate = real_gate(r)  # (a perfect one can be matched: 24 validation images can all be right)
+        return Gate(gate.count + 1, gate.count, 0.0) if not calls else gate
     real_stage = auto_stages.quantize_stage
 
     def recorded(student, teacher, x, y, stage, **k):
