@@ -148,7 +148,7 @@ def store_lines(acc, first, lines, wp, period, images, i0, ob, y):
 
 
 def blocked(W9, size=BLOCK):
-    """Pad the output-channel axis of W9: (O, C, 9) to a multiple of `size` with zero kernels."""
+    """Pad the output-channel axis of W9: (O, C, taps) to a multiple of `size` with zero kernels."""
     o = W9.shape[0]
     full = -(-o // size) * size
     if full == o:
@@ -159,10 +159,10 @@ def blocked(W9, size=BLOCK):
 
 
 def interleaved(W9, size):
-    """W9 (O, C, 9) as (O/size blocks, C, 9, size), zero kernels past O: each block's `size`
+    """W9 (O, C, T taps) as (O/size blocks, C, T, size), zero kernels past O: each block's `size`
     output channels side by side for every channel and tap, as register blocks broadcast them."""
     Wb = blocked(W9, size)
-    return np.ascontiguousarray(Wb.reshape(-1, size, W9.shape[1], 9).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(Wb.reshape(-1, size, W9.shape[1], W9.shape[2]).transpose(0, 2, 3, 1))
 
 
 FEW = 8  # input channels below which _rows computes the forward (no channel reuse to block for)
