@@ -1,4 +1,9 @@
-"""Ad-hoc: stem and depthwise layers, ours vs im2col/old vs torch, alternating (run from the worktree root)."""
+"""ResNet-50's stem and MobileNetV2's depthwise layers at batch 8, 2 threads: the current
+primitive, the one it replaced (im2col; depthwise's tap-by-tap sweep) and PyTorch, each call timed
+warm, best of 7, alternating. Needs PyTorch. From the repository root:
+
+    python bench/imagenet_layers.py [stem|dw|all]
+"""
 import sys, time
 sys.path.insert(0, '.')
 import npdc; npdc.tune_process()
@@ -7,7 +12,6 @@ from npdc.threads import set_threads
 from npdc.kernels.conv import conv2d_forward, conv2d_backward
 from npdc.kernels import conv_depthwise
 set_threads(2); torch.set_num_threads(2)
-from bench.conftest import alternating_best
 
 def cmp(label, fns, rounds=7):
     for f in fns.values(): f()
@@ -50,5 +54,4 @@ if what in ("all", "dw"):
         a = conv2d_forward(x, W, s, 1, c, primitive="depthwise"); conv_depthwise._sweep(x, W, s, 1, y, False)
         assert np.allclose(a, y, atol=1e-4), np.abs(a - y).max()
     big = np.ones(16 << 20, np.float32); dst = np.empty_like(big)
-    t = min((lambda: (time.perf_counter(), np.copyto(dst, big), time.perf_counter()))() for _ in range(5))
     cmp("copy 64MB", {"copy": lambda: np.copyto(dst, big)})
