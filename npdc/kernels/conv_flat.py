@@ -178,6 +178,27 @@ def _tap(S, w, a, b):
             fma16(S[12], w[4], b), fma16(S[13], w[5], b), fma16(S[14], w[6], b), fma16(S[15], w[7], b))
 
 
+@numba.njit(cache=True, inline="always")
+def zero_block(like):
+    """Sixteen 16-tuples of zeros of the array `like`'s type: a register block's sums before the
+    first tap."""
+    z = np.zeros(1, like.dtype)[0]
+    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    return (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+
+
+@numba.njit(cache=True, inline="always")
+def store_block(S, yi, q0, r, ca, cb):
+    """Write a register block to row r of output channels q0 .. q0+7 of yi (O, Ho, Wo): S[q] at
+    columns ca.., S[8 + q] at cb.. (those past O are dropped)."""
+    for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
+                      (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
+        if q0 + q < yi.shape[0]:
+            row = yi[q0 + q, r]
+            st16(row, cb, sb)  # b first: a repeated chunk is written the same twice
+            st16(row, ca, sa)
+
+
 def _rows_image_body(plane, W8, starts, shift, yi):
     """yi (O, Ho, Wo) = the valid 3x3 correlation of one zero-padded image plane (C, Hp, Wp),
     with W8[b, c, 3i + j, q] the tap (i, j) of output channel 8b + q.
@@ -200,15 +221,12 @@ def _rows_image_body(plane, W8, starts, shift, yi):
     prefer_512_bit_vectors()
     o, ho = yi.shape[0], yi.shape[1]
     n_b, c = W8.shape[0], W8.shape[1]
-    z = np.zeros(1, plane.dtype)[0]
-    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for b in range(n_b):  # blocks outside rows: measured faster at 64 output channels, even at 16
         Wb = W8[b]
         for r in range(ho):
             for k in range(0, starts.size, 2):
                 ca, cb = numba.uint64(starts[k]), numba.uint64(starts[k + 1])
-                S = (zero, zero, zero, zero, zero, zero, zero, zero,
-                     zero, zero, zero, zero, zero, zero, zero, zero)
+                S = zero_block(plane)
                 for ch in range(c):
                     u = Wb[ch]
                     for i in range(3):
@@ -217,13 +235,7 @@ def _rows_image_body(plane, W8, starts, shift, yi):
                         S = _tap(S, u[3 * i], ld16(a0, ca), ld16(a0, cb))
                         S = _tap(S, u[3 * i + 1], ld16(a1, ca), ld16(a1, cb))
                         S = _tap(S, u[3 * i + 2], ld16(a2, ca), ld16(a2, cb))
-                q0 = BLOCK * b
-                for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
-                                  (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
-                    if q0 + q < o:
-                        row = yi[q0 + q, r]
-                        st16(row, cb, sb)  # b first: a repeated chunk is written the same twice
-                        st16(row, ca, sa)
+                store_block(S, yi, BLOCK * b, r, ca, cb)
 
 
 _rows_image = straight_line_compiled(_rows_image_body, "F[:, :, ::1], F[:, :, :, ::1], i8[::1], i8[::1], F[:, :, ::1]")

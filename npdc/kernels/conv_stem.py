@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_im2col
-from npdc.kernels.conv_flat import BLOCK, LANES, _row_chunks, _tap, interleaved
+from npdc.kernels.conv_flat import BLOCK, LANES, _row_chunks, _tap, interleaved, store_block, zero_block
 from npdc.kernels.im2col import _copy_run, out_size, valid_run
 from npdc.kernels.simd import fmav16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
@@ -83,16 +83,13 @@ def _rows_block_body(plane, Wb, starts, shift, phase, stride, yi, q0):
     them); the shifts and phases are passed as data for the reason conv_flat._rows_image_body
     gives (constant shifts compile to gathers and permutes)."""
     prefer_512_bit_vectors()
-    o, ho = yi.shape[0], yi.shape[1]
+    ho = yi.shape[1]
     c, kw = Wb.shape[0], shift.size
     kh = Wb.shape[1] // kw
-    z = np.zeros(1, plane.dtype)[0]
-    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for r in range(ho):
         for k in range(0, starts.size, 2):
             ca, cb = numba.uint64(starts[k]), numba.uint64(starts[k + 1])
-            S = (zero, zero, zero, zero, zero, zero, zero, zero,
-                 zero, zero, zero, zero, zero, zero, zero, zero)
+            S = zero_block(plane)
             for ch in range(c):
                 u = Wb[ch]
                 for i in range(kh):
@@ -100,12 +97,7 @@ def _rows_block_body(plane, Wb, starts, shift, phase, stride, yi, q0):
                     for j in range(kw):
                         a = line[phase[j], shift[j]:]
                         S = _tap(S, u[i * kw + j], ld16(a, ca), ld16(a, cb))
-            for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
-                              (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
-                if q0 + q < o:
-                    row = yi[q0 + q, r]
-                    st16(row, cb, sb)  # b first: a repeated chunk is written the same twice
-                    st16(row, ca, sa)
+            store_block(S, yi, q0, r, ca, cb)
 
 
 _rows_block = straight_line_compiled(
