@@ -287,7 +287,7 @@ class Int8Runtime:
                 if len(seg) == 1:
                     self._generic(self.plan.steps[seg[0]], n)
                 else:
-                    self.walk(seg[0], seg[1], n)
+                    self.run_compiled(seg[0], seg[1], n)
             return
         calls = self.calls if n == self.plan.batch else self._bind(n)
         for s, call in zip(self.plan.steps, calls):
@@ -295,7 +295,7 @@ class Int8Runtime:
             if not (self.float_out and s is self.plan.steps[-1]):
                 keep[s.output] = self.view(s.output, n).copy()
 
-    def walk(self, first, stop, n):
+    def run_compiled(self, first, stop, n):
         """Steps first..stop-1 (none a float layer) in one compiled call."""
         KW.walk_int8(self.records, first, stop, n, self.arena, self.words, self.ints, self.reals,
                      self.logits, self.no_logits, self.cols, self.acc, self.no_res, self.vnni)
