@@ -20,13 +20,14 @@ import numpy as np
 
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, global_avg_pool,
                                linear_direct, pad_input)
-from npdc.kernels.fused_flat import conv_flat_fused
+from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 
 OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 0, 1, 2, 3, 4, 5
-OP_CONV_FLAT = 6  # dense 3x3 stride 1 only: npdc.kernels.fused_flat, weights (O8, C, 9)
-OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs",
-            OP_LINEAR_ROWS: "rows", OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat"}
+# dense 3x3 only (npdc.kernels.fused_direct): stride 1, weights (O8, C, 9); stride 2, (O8/8, C, 9, 8)
+OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
+OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
+            OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases"}
 
 (F_OP, F_SPARSE, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_RMODE,
  F_RFRONT, F_RSTRIDE, F_KH, F_KW, F_STRIDE, F_PAD, F_W, F_SCALE, F_SHIFT, F_SLOPES, F_ACT,
@@ -64,9 +65,13 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     slopes, act = _vec(weights, r[F_SLOPES], o), r[F_ACT] != 0
     kh, kw, pad = r[F_KH], r[F_KW], r[F_PAD]
     tail = Tail(scale, shift, act, slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE])
-    if r[F_OP] == OP_CONV_FLAT:  # the plane is built in `padded`; rows = O rounded up to 8
-        W9 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]].reshape((r[F_ROWS], r[F_XC], kh * kw))
-        conv_flat_fused(x, W9, pad, tail, y, padded, acc_ws)
+    if r[F_OP] == OP_CONV_FLAT or r[F_OP] == OP_CONV_PHASES:  # planes in `padded`; rows: O8
+        W9 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
+        if r[F_OP] == OP_CONV_FLAT:
+            conv_flat_fused(x, W9.reshape((r[F_ROWS], r[F_XC], 9)), pad, tail, y, padded, acc_ws)
+        else:
+            conv_polyphase_fused(x, W9.reshape((r[F_ROWS] // 8, r[F_XC], 9, 8)), pad, tail, y,
+                                 padded, acc_ws)
         return
     runs = r[F_OP] == OP_CONV_RUNS
     xp, inner = x, 0
@@ -124,7 +129,7 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
     for k in range(first, last):
         r = records[k]
         op = r[F_OP]
-        if op == OP_CONV_TILED or op == OP_CONV_RUNS or op == OP_CONV_FLAT:
+        if op == OP_CONV_TILED or op == OP_CONV_RUNS or op >= OP_CONV_FLAT:
             _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws, padded,
                   no_res)
         elif op == OP_LINEAR_ROWS or op == OP_LINEAR_GEMM:
