@@ -61,7 +61,7 @@ def _layout(n, c, h, w, pad, threads, floats):
 
 
 @numba.njit(cache=True)
-def _fill_plane(x, first, images, pad, wp, period, xp):
+def fill_plane(x, first, images, pad, wp, period, xp):
     """Write images first .. first+images-1 of x (N, C, H, W) into the zeroed plane xp (C, size)."""
     _, c, h, w = x.shape
     for k in range(images):
@@ -86,7 +86,7 @@ def _nine(W9, o, c):
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _block(xp, W9, ob, wp, start, n_t, acc):
+def block_sums(xp, W9, ob, wp, start, n_t, acc):
     """acc[q, t] += sum over channels and taps of W9[ob + q, c, tap] * xp[c, start + t + shift(tap)]."""
     for c in range(xp.shape[0]):
         x = xp[c]
@@ -123,12 +123,12 @@ def _convolve(x, W9, pad, g, wp, period, size, n_t, y, n_threads):
         xp, acc = planes[numba.get_thread_id()], tiles[numba.get_thread_id()]
         images = min(g, n - plane * g)
         xp[:] = 0
-        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        fill_plane(x, plane * g, images, pad, wp, period, xp)
         for ob in range(0, W9.shape[0], BLOCK):
             for first in range(0, n_lines, per_tile):
                 lines = min(per_tile, n_lines - first)
                 acc[:] = 0
-                _block(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
+                block_sums(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
                 store_lines(acc, first, lines, wp, period, images, plane * g, ob, y)
 
 
@@ -348,7 +348,7 @@ def _weight_grad(x, dy, pad, g, wp, period, size, n_t, parts, n_threads):
         images = min(g, n - plane * g)
         xp[:] = 0
         dp[:] = 0
-        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        fill_plane(x, plane * g, images, pad, wp, period, xp)
         fill_rows(dy, plane * g, images, wp, period, dp)
         for t0 in range(0, n_t, GRAD_SPAN):
             t1 = min(n_t, t0 + GRAD_SPAN)
