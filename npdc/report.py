@@ -185,6 +185,11 @@ def standard_error(accuracy, images):
     return math.sqrt(accuracy * (1.0 - accuracy) / images)
 
 
+def _share(fraction):
+    """A share of the budget (a fraction in the settings) as a percentage, '?' when unknown."""
+    return "?" if fraction is None else f"{100 * fraction:g} %"
+
+
 def _percent(x):
     return "–" if x is None else f"{100 * x:.2f} %"
 
@@ -295,8 +300,8 @@ def search_lines(search):
     lines = ["", "## Search", "",
              f"{decided}; the test split only reports. {what} {_percent(before)} -> {_percent(after)} "
              f"({100 * (after - before):+.2f} points; budget -{cfg.get('max_drop', '?')} points, of "
-             f"which pruning may spend {cfg.get('prune_share', '?')} and "
-             f"{cfg.get('margin', '?')} is held back).", "",
+             f"which pruning may spend {_share(cfg.get('prune_share'))} and "
+             f"{_share(cfg.get('margin'))} is held back).", "",
              "| layer | sparsity | equivalent s | bits |", "| --- | ---: | ---: | ---: |"]
     for row in search["layers"]:
         lines.append(f"| {row['layer']} | {_percent(row['sparsity'])} | {row['s']:.2f} | "

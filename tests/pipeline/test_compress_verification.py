@@ -50,6 +50,7 @@ def test_compress_by_verification_reports_the_test_pairs_before_and_after(tiny, 
     page = (folder / "rep" / "report.md").read_text()
     assert search["embedding"] == "fc5_bn" and "embedding fc5_bn) on 20 pairs of 24 validation images" in page
     assert "Decisions by verification accuracy" in page and "## Verification on the test pairs" in page
+    assert "of which pruning may spend 60 % and 10 % is held back" in page  # shares of the budget
     assert "TAR at FAR 1e-3" in page and "top-1 accuracy (test images)" in page
     assert "verification accuracy on 60 test pairs" in out
 
