@@ -71,7 +71,7 @@ def threads_args(s):
     s.add_argument("--threads", type=positive_int, default=2, help="threads for kernels and BLAS (default 2)")
     s.add_argument("--primitive", default=None, help="run every engine conv that accepts it with "
                    "this primitive (direct, flat, polyphase, im2col, kn2row, winograd2, winograd4, fft, gemm, "
-                   "depthwise); "
+                   "depthwise, stem); "
                    "the .npdc runtime runs engine primitives only with dense weights at batch > 1")
 
 

@@ -16,7 +16,7 @@ from functools import partial
 import numpy as np
 
 from npdc.kernels import (conv_depthwise, conv_direct, conv_fft, conv_flat, conv_gemm, conv_im2col,
-                          conv_kn2row, conv_polyphase, conv_winograd, conv_winograd4)
+                          conv_kn2row, conv_polyphase, conv_stem, conv_winograd, conv_winograd4)
 from npdc.kernels.im2col import out_size
 from npdc.threads import single_thread_numba_blas
 
@@ -49,6 +49,7 @@ PRIMITIVES = {
     "fft": Primitive("fft", conv_fft.refuse, conv_fft.forward, conv_fft.backward),
     "gemm": Primitive("gemm", conv_gemm.refuse, conv_gemm.forward, conv_gemm.backward),
     "depthwise": Primitive("depthwise", conv_depthwise.refuse, conv_depthwise.forward, conv_depthwise.backward),
+    "stem": Primitive("stem", conv_stem.refuse, conv_stem.forward, conv_stem.backward),
 }
 
 
@@ -112,11 +113,15 @@ def default_primitive(x_shape, W_shape, stride, pad, groups):
     input channels, flat those with fewer (the first layer), polyphase 3x3 stride-2 layers, kn2row
     a 1x1 stride-1 unpadded layer (one GEMM), im2col everything else. Two kinds of layer that
     small models do not have, measured at ImageNet shapes (batch 8, 224x224; docs/perf.md): a
-    depthwise layer takes the direct depthwise kernel, and one with 256 or more input channels
-    and an output map of at most 64 pixels (ResNet-50's last stage) one GEMM over the batch."""
+    depthwise layer takes the direct depthwise kernel, one with 256 or more input channels
+    and an output map of at most 64 pixels (ResNet-50's last stage) one GEMM over the batch, and
+    one with few input channels and a kernel larger than 3x3 (the ResNets' 7x7 stride-2 stem)
+    the direct few-channel kernel."""
     o, cg, kh, kw = W_shape
     if conv_depthwise.refuse(x_shape, W_shape, stride, pad, groups) is None and x_shape[1] > 1:
         return "depthwise"
+    if conv_stem.refuse(x_shape, W_shape, stride, pad, groups) is None and max(kh, kw) > 3:
+        return "stem"
     pixels = out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad)
     if groups == 1 and cg >= 256 and pixels <= 64:
         return "gemm"

@@ -5,9 +5,12 @@ Neural Networks for Mobile Vision Applications"; Sandler et al. 2018, "MobileNet
 k*k multiply-adds per value read, too few for any GEMM lowering to pay: im2col per group builds a
 k*k-times larger copy and multiplies it by a 1-row matrix, so the layer is bound by memory
 traffic, and the best it can do is read x and write y once. Here each task owns one (image,
-channel) plane and builds each output line in place from the k input lines under it, one tap at
-a time over the run of columns inside the image (`valid_run`), so the line stays in L1 while its
-k*k taps are added and padding is never materialised.
+channel) plane. A 3x3 kernel (all of MobileNet's) copies the plane into a zero-bordered one per
+thread and builds each output line in one pass over the three input lines under it, the nine
+weights in registers (_forward3): no tap needs a bounds test. Other kernels build each output
+line in place from the k input lines under it, one tap at a time over the run of columns inside
+the image (`valid_run`), so the line stays in L1 while its k*k taps are added and padding is
+never materialised.
 
 Backward: the data gradient scatters each output line back onto the k input lines (the transpose
 of the same loop, a plane per task); the weight gradient sums dy times the input under each tap,
@@ -114,12 +117,60 @@ def data_gradient(W, dy, stride, pad, x_shape):
     return dx
 
 
+@numba.njit(cache=True, inline="always")
+def _line3_unit(row, r0, r1, r2, k):
+    """row[t] = the nine taps k over input lines r0, r1, r2 from column t on (stride 1)."""
+    for t in range(row.size):
+        row[t] = (k[0] * r0[t] + k[1] * r0[t + 1] + k[2] * r0[t + 2] + k[3] * r1[t] + k[4] * r1[t + 1]
+                  + k[5] * r1[t + 2] + k[6] * r2[t] + k[7] * r2[t + 1] + k[8] * r2[t + 2])
+
+
+@numba.njit(cache=True, inline="always")
+def _line3(row, r0, r1, r2, k, stride):
+    """row[t] = the nine taps k over input lines r0, r1, r2 from column t*stride on; unsigned
+    indices, so Numba adds no negative-index fix-up."""
+    one, two = numba.uint64(1), numba.uint64(2)
+    for t in range(row.size):
+        p = numba.uint64(t) * stride
+        row[t] = (k[0] * r0[p] + k[1] * r0[p + one] + k[2] * r0[p + two] + k[3] * r1[p]
+                  + k[4] * r1[p + one] + k[5] * r1[p + two] + k[6] * r2[p] + k[7] * r2[p + one]
+                  + k[8] * r2[p + two])
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def _forward3(x, W, stride, pad, y, planes):
+    """y = the 3x3 depthwise convolution of x: each task copies its (image, channel) plane into
+    its thread's zero-bordered plane (H + 2*pad, W + 2*pad) and builds every output line in one
+    pass, nine weights in registers and three input lines under it: no tap falls outside, so
+    there are no edge cases and no line is read and written once per tap."""
+    n, c, h, w = x.shape
+    ho = y.shape[2]
+    step = numba.uint64(stride)
+    for task in numba.prange(n * c):
+        i, ch = task // c, task % c
+        P = planes[numba.get_thread_id()]
+        for r in range(h):
+            P[r + pad, pad:pad + w] = x[i, ch, r]
+        q = W[ch, 0]
+        k = (q[0, 0], q[0, 1], q[0, 2], q[1, 0], q[1, 1], q[1, 2], q[2, 0], q[2, 1], q[2, 2])
+        for oy in range(ho):
+            top = oy * stride
+            if stride == 1:
+                _line3_unit(y[i, ch, oy], P[top], P[top + 1], P[top + 2], k)
+            else:
+                _line3(y[i, ch, oy], P[top], P[top + 1], P[top + 2], k, step)
+
+
 def forward(x, W, stride, pad, groups):
     """x: (N, C, H, W), W: (C, 1, kh, kw) -> y: (N, C, Ho, Wo)."""
     n, c, h, w = x.shape
     kh, kw = W.shape[2], W.shape[3]
     y = np.empty((n, c, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1), x.dtype)
-    _sweep(x, W, stride, pad, y, False)
+    if (kh, kw) == (3, 3):
+        planes = np.zeros((numba.get_num_threads(), h + 2 * pad, w + 2 * pad), x.dtype)
+        _forward3(x, W, stride, pad, y, planes)
+    else:
+        _sweep(x, W, stride, pad, y, False)
     return y
 
 

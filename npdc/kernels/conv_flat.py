@@ -61,7 +61,7 @@ def _layout(n, c, h, w, pad, threads, floats):
 
 
 @numba.njit(cache=True)
-def _fill_plane(x, first, images, pad, wp, period, xp):
+def fill_plane(x, first, images, pad, wp, period, xp):
     """Write images first .. first+images-1 of x (N, C, H, W) into the zeroed plane xp (C, size)."""
     _, c, h, w = x.shape
     for k in range(images):
@@ -86,7 +86,7 @@ def _nine(W9, o, c):
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _block(xp, W9, ob, wp, start, n_t, acc):
+def block_sums(xp, W9, ob, wp, start, n_t, acc):
     """acc[q, t] += sum over channels and taps of W9[ob + q, c, tap] * xp[c, start + t + shift(tap)]."""
     for c in range(xp.shape[0]):
         x = xp[c]
@@ -123,12 +123,12 @@ def _convolve(x, W9, pad, g, wp, period, size, n_t, y, n_threads):
         xp, acc = planes[numba.get_thread_id()], tiles[numba.get_thread_id()]
         images = min(g, n - plane * g)
         xp[:] = 0
-        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        fill_plane(x, plane * g, images, pad, wp, period, xp)
         for ob in range(0, W9.shape[0], BLOCK):
             for first in range(0, n_lines, per_tile):
                 lines = min(per_tile, n_lines - first)
                 acc[:] = 0
-                _block(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
+                block_sums(xp, W9, ob, wp, first * wp, -(-lines * wp // VECTOR) * VECTOR, acc)
                 store_lines(acc, first, lines, wp, period, images, plane * g, ob, y)
 
 
@@ -148,7 +148,7 @@ def store_lines(acc, first, lines, wp, period, images, i0, ob, y):
 
 
 def blocked(W9, size=BLOCK):
-    """Pad the output-channel axis of W9: (O, C, 9) to a multiple of `size` with zero kernels."""
+    """Pad the output-channel axis of W9: (O, C, taps) to a multiple of `size` with zero kernels."""
     o = W9.shape[0]
     full = -(-o // size) * size
     if full == o:
@@ -159,10 +159,10 @@ def blocked(W9, size=BLOCK):
 
 
 def interleaved(W9, size):
-    """W9 (O, C, 9) as (O/size blocks, C, 9, size), zero kernels past O: each block's `size`
+    """W9 (O, C, T taps) as (O/size blocks, C, T, size), zero kernels past O: each block's `size`
     output channels side by side for every channel and tap, as register blocks broadcast them."""
     Wb = blocked(W9, size)
-    return np.ascontiguousarray(Wb.reshape(-1, size, W9.shape[1], 9).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(Wb.reshape(-1, size, W9.shape[1], W9.shape[2]).transpose(0, 2, 3, 1))
 
 
 FEW = 8  # input channels below which _rows computes the forward (no channel reuse to block for)
@@ -176,6 +176,27 @@ def _tap(S, w, a, b):
             fma16(S[4], w[4], a), fma16(S[5], w[5], a), fma16(S[6], w[6], a), fma16(S[7], w[7], a),
             fma16(S[8], w[0], b), fma16(S[9], w[1], b), fma16(S[10], w[2], b), fma16(S[11], w[3], b),
             fma16(S[12], w[4], b), fma16(S[13], w[5], b), fma16(S[14], w[6], b), fma16(S[15], w[7], b))
+
+
+@numba.njit(cache=True, inline="always")
+def zero_block(like):
+    """Sixteen 16-tuples of zeros of the array `like`'s type: a register block's sums before the
+    first tap."""
+    z = np.zeros(1, like.dtype)[0]
+    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    return (zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero, zero)
+
+
+@numba.njit(cache=True, inline="always")
+def store_block(S, yi, q0, r, ca, cb):
+    """Write a register block to row r of output channels q0 .. q0+7 of yi (O, Ho, Wo): S[q] at
+    columns ca.., S[8 + q] at cb.. (those past O are dropped)."""
+    for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
+                      (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
+        if q0 + q < yi.shape[0]:
+            row = yi[q0 + q, r]
+            st16(row, cb, sb)  # b first: a repeated chunk is written the same twice
+            st16(row, ca, sa)
 
 
 def _rows_image_body(plane, W8, starts, shift, yi):
@@ -200,15 +221,12 @@ def _rows_image_body(plane, W8, starts, shift, yi):
     prefer_512_bit_vectors()
     o, ho = yi.shape[0], yi.shape[1]
     n_b, c = W8.shape[0], W8.shape[1]
-    z = np.zeros(1, plane.dtype)[0]
-    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
     for b in range(n_b):  # blocks outside rows: measured faster at 64 output channels, even at 16
         Wb = W8[b]
         for r in range(ho):
             for k in range(0, starts.size, 2):
                 ca, cb = numba.uint64(starts[k]), numba.uint64(starts[k + 1])
-                S = (zero, zero, zero, zero, zero, zero, zero, zero,
-                     zero, zero, zero, zero, zero, zero, zero, zero)
+                S = zero_block(plane)
                 for ch in range(c):
                     u = Wb[ch]
                     for i in range(3):
@@ -217,13 +235,7 @@ def _rows_image_body(plane, W8, starts, shift, yi):
                         S = _tap(S, u[3 * i], ld16(a0, ca), ld16(a0, cb))
                         S = _tap(S, u[3 * i + 1], ld16(a1, ca), ld16(a1, cb))
                         S = _tap(S, u[3 * i + 2], ld16(a2, ca), ld16(a2, cb))
-                q0 = BLOCK * b
-                for q, sa, sb in ((0, S[0], S[8]), (1, S[1], S[9]), (2, S[2], S[10]), (3, S[3], S[11]),
-                                  (4, S[4], S[12]), (5, S[5], S[13]), (6, S[6], S[14]), (7, S[7], S[15])):
-                    if q0 + q < o:
-                        row = yi[q0 + q, r]
-                        st16(row, cb, sb)  # b first: a repeated chunk is written the same twice
-                        st16(row, ca, sa)
+                store_block(S, yi, BLOCK * b, r, ca, cb)
 
 
 _rows_image = straight_line_compiled(_rows_image_body, "F[:, :, ::1], F[:, :, :, ::1], i8[::1], i8[::1], F[:, :, ::1]")
@@ -336,7 +348,7 @@ def _weight_grad(x, dy, pad, g, wp, period, size, n_t, parts, n_threads):
         images = min(g, n - plane * g)
         xp[:] = 0
         dp[:] = 0
-        _fill_plane(x, plane * g, images, pad, wp, period, xp)
+        fill_plane(x, plane * g, images, pad, wp, period, xp)
         fill_rows(dy, plane * g, images, wp, period, dp)
         for t0 in range(0, n_t, GRAD_SPAN):
             t1 = min(n_t, t0 + GRAD_SPAN)

@@ -47,7 +47,7 @@ def _layout(n, c, ho, wo, threads, floats):
 
 
 @numba.njit(cache=True)
-def _fill_phases(x, first, images, pad, wq, period, xp):
+def fill_phases(x, first, images, pad, wq, period, xp):
     """Write images first .. first+images-1 of x (N, C, H, W) into the phase planes xp (4, C, size):
     xp[2a + b, c, (k*period + u)*wq + v] = x[first + k, c, 2u + a - pad, 2v + b - pad]. Positions
     no pixel lands on are left as they are (zero in a zeroed plane). One pass over each input row
@@ -163,7 +163,7 @@ def _taps_gemm_body(xp, Wb, wq, start, T, acc):
                     _put(m[7], p, S[7])
 
 
-_taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8, i8, i8, F[:, ::1]")
+taps_gemm = straight_line_compiled(_taps_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], i8, i8, i8, F[:, ::1]")
 
 
 @numba.njit(cache=True)
@@ -198,10 +198,10 @@ def _convolve(x, Wb, pad, g, wq, period, size, n_t, y, n_threads):
     for plane in numba.prange(n_planes):
         xp, acc = planes[numba.get_thread_id()], tiles[numba.get_thread_id()]
         images = min(g, n - plane * g)
-        _fill_phases(x, plane * g, images, pad, wq, period, xp)
+        fill_phases(x, plane * g, images, pad, wq, period, xp)
         for first in range(0, n_lines, per_tile):
             lines = min(per_tile, n_lines - first)
-            _taps_gemm(xp, Wb, wq, first * wq, -(-lines * wq // LANES) * LANES, acc)
+            taps_gemm(xp, Wb, wq, first * wq, -(-lines * wq // LANES) * LANES, acc)
             _store(acc, first, lines, wq, period, images, plane * g, y)
 
 
@@ -258,7 +258,7 @@ def _weight_grad(x, dy, pad, g, wq, period, size, n_t, parts, n_threads):
         images = min(g, n - plane * g)
         xp[:] = 0
         d[:] = 0
-        _fill_phases(x, plane * g, images, pad, wq, period, xp)
+        fill_phases(x, plane * g, images, pad, wq, period, xp)
         conv_flat.fill_rows(dy, plane * g, images, wq, period, d)
         for ob in range(0, o4, 4):
             for ch in range(c):

@@ -154,10 +154,17 @@ def interleave_rows(x, zx, pad, stride, kh, kw, p0, span, plane, words):
                 r0, r1 = x[GROUP * g, iy], x[GROUP * g + 1, iy]
                 r2, r3 = x[GROUP * g + 2, iy], x[GROUP * g + 3, iy]
                 row = words[o + v_lo:o + v_hi]
-                for v in range(np.uint64(v_hi - v_lo)):
-                    at = src0 + v * step
-                    row[v] = (np.uint32(r0[at]) | (np.uint32(r1[at]) << np.uint32(8))
-                              | (np.uint32(r2[at]) << np.uint32(16)) | (np.uint32(r3[at]) << np.uint32(24)))
+                if stride == 1:  # unit steps: contiguous loads the vectoriser takes
+                    s0, s1, s2, s3 = r0[src0:], r1[src0:], r2[src0:], r3[src0:]
+                    for v in range(np.uint64(v_hi - v_lo)):
+                        row[v] = (np.uint32(s0[v]) | (np.uint32(s1[v]) << np.uint32(8))
+                                  | (np.uint32(s2[v]) << np.uint32(16)) | (np.uint32(s3[v]) << np.uint32(24)))
+                else:
+                    for v in range(np.uint64(v_hi - v_lo)):
+                        at = src0 + v * step
+                        row[v] = (np.uint32(r0[at]) | (np.uint32(r1[at]) << np.uint32(8))
+                                  | (np.uint32(r2[at]) << np.uint32(16))
+                                  | (np.uint32(r3[at]) << np.uint32(24)))
                 words[o + v_hi:o + wq] = zx4
 
 

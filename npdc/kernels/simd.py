@@ -8,7 +8,7 @@
   scalar in the compiled code), so those steps are written in IR here. The two that move data
   load and store whole vectors without bounds checks; transpose8_checked and
   deinterleave16_checked are their bounds-checked twins, for tests.
-- ld16, fma16, st16: 16-lane tuple helpers for the register blocks the SLP vectoriser packs.
+- ld16, fma16, fmav16, st16: 16-lane tuple helpers for the register blocks the SLP vectoriser packs.
 """
 
 from contextlib import contextmanager
@@ -202,6 +202,15 @@ def fma16(s, w, e):
             s[4] + w * e[4], s[5] + w * e[5], s[6] + w * e[6], s[7] + w * e[7],
             s[8] + w * e[8], s[9] + w * e[9], s[10] + w * e[10], s[11] + w * e[11],
             s[12] + w * e[12], s[13] + w * e[13], s[14] + w * e[14], s[15] + w * e[15])
+
+
+@numba.njit(cache=True, inline="always")
+def fmav16(s, a, b):
+    """s + a * b lane by lane, for 16-tuples s, a and b."""
+    return (s[0] + a[0] * b[0], s[1] + a[1] * b[1], s[2] + a[2] * b[2], s[3] + a[3] * b[3],
+            s[4] + a[4] * b[4], s[5] + a[5] * b[5], s[6] + a[6] * b[6], s[7] + a[7] * b[7],
+            s[8] + a[8] * b[8], s[9] + a[9] * b[9], s[10] + a[10] * b[10], s[11] + a[11] * b[11],
+            s[12] + a[12] * b[12], s[13] + a[13] * b[13], s[14] + a[14] * b[14], s[15] + a[15] * b[15])
 
 
 @numba.njit(cache=True, inline="always")

@@ -20,11 +20,14 @@ import numpy as np
 
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, global_avg_pool,
                                linear_direct, pad_input)
+from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 
 OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 0, 1, 2, 3, 4, 5
-OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs",
-            OP_LINEAR_ROWS: "rows", OP_LINEAR_GEMM: "gemm", OP_POOL: "pool"}
+# dense 3x3 only (npdc.kernels.fused_direct): stride 1, weights (O8, C, 9); stride 2, (O8/8, C, 9, 8)
+OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
+OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
+            OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases"}
 
 (F_OP, F_SPARSE, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_RMODE,
  F_RFRONT, F_RSTRIDE, F_KH, F_KW, F_STRIDE, F_PAD, F_W, F_SCALE, F_SHIFT, F_SLOPES, F_ACT,
@@ -61,6 +64,15 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     scale, shift = _vec(weights, r[F_SCALE], o), _vec(weights, r[F_SHIFT], o)
     slopes, act = _vec(weights, r[F_SLOPES], o), r[F_ACT] != 0
     kh, kw, pad = r[F_KH], r[F_KW], r[F_PAD]
+    tail = Tail(scale, shift, act, slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE])
+    if r[F_OP] == OP_CONV_FLAT or r[F_OP] == OP_CONV_PHASES:  # planes in `padded`; rows: O8
+        W9 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
+        if r[F_OP] == OP_CONV_FLAT:
+            conv_flat_fused(x, W9.reshape((r[F_ROWS], r[F_XC], 9)), pad, tail, y, padded, acc_ws)
+        else:
+            conv_polyphase_fused(x, W9.reshape((r[F_ROWS] // 8, r[F_XC], 9, 8)), pad, tail, y,
+                                 padded, acc_ws)
+        return
     runs = r[F_OP] == OP_CONV_RUNS
     xp, inner = x, 0
     if runs and pad > 0:  # one image: the kernel pads it itself; a batch: pad_input, in parallel
@@ -72,7 +84,6 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
             pad_input(x, pad, xp)
     if r[F_SPARSE] == 0:
         W2 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]].reshape((r[F_ROWS], r[F_COLS]))
-        tail = Tail(scale, shift, act, slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE])
         if runs:
             conv_dense_s1(x, inner, xp, W2, kh, kw, tail, y, acc_ws)
         else:
@@ -118,7 +129,7 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
     for k in range(first, last):
         r = records[k]
         op = r[F_OP]
-        if op == OP_CONV_TILED or op == OP_CONV_RUNS:
+        if op == OP_CONV_TILED or op == OP_CONV_RUNS or op >= OP_CONV_FLAT:
             _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws, padded,
                   no_res)
         elif op == OP_LINEAR_ROWS or op == OP_LINEAR_GEMM:

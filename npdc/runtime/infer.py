@@ -23,6 +23,7 @@ from npdc.engine.images import as_float
 from npdc.kernels.conv import choose_primitive, conv2d_forward
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, finish_rows,
                                global_avg_pool, linear_direct, pad_input, scratch_sizes)
+from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
@@ -56,11 +57,12 @@ class Runtime:
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
-        self._scratch(lambda s: ("tiled", "runs"))
+        self.walk = choose_walk(self.mode, walk)
+        direct = ("flat", "phases") if self.walk == "compiled" and "dense" in self.stores else ()
+        self._scratch(lambda s: ("tiled", "runs") + direct)  # every candidate, for measuring
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
-        self.walk = choose_walk(self.mode, walk)
         self.program = Program(self, choice) if self.walk == "compiled" else None
         if self.program is not None:
             self._drop_packed()
@@ -69,8 +71,8 @@ class Runtime:
 
     def _scratch(self, kernels):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
-        names them: "tiled", "runs"; "host" needs none)."""
-        plan, convs, padded = self.plan, [], 1
+        names them: "tiled", "runs", "flat", "phases"; "host" needs none)."""
+        plan, convs, padded, direct_accs = self.plan, [], 1, []
         for s in plan.steps:
             if s.kind != "conv":
                 continue
@@ -82,8 +84,16 @@ class Runtime:
                     padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
+            for kernel in {"flat", "phases"} & set(kernels(s)):  # one plane per thread, or one
+                if kernel == "flat":
+                    plane, direct_acc = flat_scratch(c, h, w, s.pad)
+                else:
+                    plane, direct_acc = phase_scratch(c, *shape[1:])
+                padded = max(padded, plane * (1 if plan.batch == 1 else self.threads))
+                direct_accs.append(direct_acc)
         budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
         cols, acc = scratch_sizes(convs, budget)
+        acc = max([acc] + direct_accs)
         self.cols = np.zeros((self.threads, cols), np.float32)
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)

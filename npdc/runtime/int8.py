@@ -31,8 +31,10 @@ from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.kernels import int8 as K
 from npdc.kernels import int8_pack as P
+from npdc.kernels import int8_walk as KW
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
+from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import DenseWeights
 
@@ -159,13 +161,14 @@ class Int8Runtime:
         self.no_res = np.zeros((1, 1, 1, 1), np.uint8)
         self.no_logits = np.zeros((1, 1), np.float32)
         self.calls = self._bind(B)
+        self.records, self.words, self.ints, self.reals, self.segments = lower(self)
 
     def _row(self, s):
         """Positions from one output row of a conv tile to the next, as conv_u8 lays them out."""
         w, wo = self.plan.values[s.inputs[0]].shape[2], self.plan.values[s.output].shape[2]
         return P.tap_width(w, s.pad, s.stride) if self.q[s.name].taps or s.stride == 1 else wo
 
-    def _rows_per(self, s):
+    def rows_per(self, s):
         """Output rows of one conv tile: packed columns within TILE_BYTES, and at least as many
         tiles as threads when the plan's batch alone does not give them."""
         c, h, w = self.plan.values[s.inputs[0]].shape
@@ -184,7 +187,7 @@ class Int8Runtime:
             q = self.q[s.name]
             if s.kind == "conv":
                 c, h, w = self.plan.values[s.inputs[0]].shape
-                rows, wo = self._rows_per(s), self.plan.values[s.output].shape[2]
+                rows, wo = self.rows_per(s), self.plan.values[s.output].shape[2]
                 cols = max(cols, P.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
                 pitch = _pad_to((rows - 1) * self._row(s) + wo, P.LANES)
             else:
@@ -207,8 +210,8 @@ class Int8Runtime:
 
     def arrays(self):
         """Every array the runtime holds between calls."""
-        own = [self.arena, self.input, self.logits, self.cols, self.acc, self.no_res]
-        return own + [a for q in self.q.values() for a in (q.w, q.bias, q.m0, q.shift, q.meta, q.dequant)]
+        return [self.arena, self.input, self.logits, self.cols, self.acc, self.no_res, self.no_logits,
+                self.records, self.words, self.ints, self.reals]  # the steps' arrays: views of these
 
     # -- binding ------------------------------------------------------------------------------
     def _bind(self, n):
@@ -219,9 +222,9 @@ class Int8Runtime:
         if s.kind == "layer":
             return lambda: self._generic(s, n)
         if s.kind == "pool":
-            (sx, zx), (sy, zy) = self.scales[s.inputs[0]], self.scales[s.output]
-            m0, shift = fixed_multipliers(sx / (x.shape[2] * x.shape[3] * sy))
-            return lambda: K.avg_pool_u8(x, zx, zy, m0[0], shift[0], y.reshape(n, -1))
+            (_, zx), (_, zy) = self.scales[s.inputs[0]], self.scales[s.output]
+            m0, shift = self.pool_multiplier(s)
+            return lambda: K.avg_pool_u8(x, zx, zy, m0, shift, y.reshape(n, -1))
         q = self.q[s.name]
         if s.kind == "linear":
             last = self.float_out and s is self.plan.steps[-1]
@@ -232,13 +235,25 @@ class Int8Runtime:
                                        out, logits, deq, self.cols[0], self.acc[0], self.vnni)
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
-        rows = self._rows_per(s)
-        offs = np.zeros(0, np.int64)
-        if q.taps:
-            wq = P.tap_width(x.shape[3], s.pad, s.stride)
-            offs = P.tap_offsets(x.shape[1], kh, kw, wq, P.tap_plane(rows, kh, wq, s.stride), s.stride)
+        rows, offs = self.rows_per(s), self.tap_offsets(s)
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
                                  res, y, self.cols, self.acc, rows, offs, self.vnni)
+
+    def tap_offsets(self, s):
+        """The tap offsets of a conv whose taps are read in place (empty otherwise)."""
+        if not self.q[s.name].taps:
+            return np.zeros(0, np.int64)
+        kh, kw = s.w_shape[2], s.w_shape[3]
+        c, _, w = self.plan.values[s.inputs[0]].shape
+        wq = P.tap_width(w, s.pad, s.stride)
+        return P.tap_offsets(c, kh, kw, wq, P.tap_plane(self.rows_per(s), kh, wq, s.stride), s.stride)
+
+    def pool_multiplier(self, s):
+        """(m0, shift) of a global average pool: Sx / (H W Sy)."""
+        (sx, _), (sy, _) = self.scales[s.inputs[0]], self.scales[s.output]
+        c, h, w = self.plan.values[s.inputs[0]].shape
+        m0, shift = fixed_multipliers(sx / (h * w * sy))
+        return int(m0[0]), int(shift[0])
 
     def _generic(self, s, n):
         """A layer the plan does not fuse, in float between a dequantize and a quantize."""
@@ -264,13 +279,26 @@ class Int8Runtime:
         return n
 
     def run(self, n, keep=None):
-        """Every step on the first n images already in the arena; keep (a dict) receives a copy
-        of each step's uint8 output by value name, for tests."""
+        """Every step on the first n images already in the arena: the compiled walk between
+        float layers; with keep (a dict), one step at a time, each step's uint8 output copied
+        into keep by value name (for tests)."""
+        if keep is None:
+            for seg in self.segments:
+                if len(seg) == 1:
+                    self._generic(self.plan.steps[seg[0]], n)
+                else:
+                    self.run_compiled(seg[0], seg[1], n)
+            return
         calls = self.calls if n == self.plan.batch else self._bind(n)
         for s, call in zip(self.plan.steps, calls):
             call()
-            if keep is not None and not (self.float_out and s is self.plan.steps[-1]):
+            if not (self.float_out and s is self.plan.steps[-1]):
                 keep[s.output] = self.view(s.output, n).copy()
+
+    def run_compiled(self, first, stop, n):
+        """Steps first..stop-1 (none a float layer) in one compiled call."""
+        KW.walk_int8(self.records, first, stop, n, self.arena, self.words, self.ints, self.reals,
+                     self.logits, self.no_logits, self.cols, self.acc, self.no_res, self.vnni)
 
     def output(self, n):
         """Float logits of the last run: the last linear's, or the last value dequantized."""

@@ -25,6 +25,9 @@ from npdc.atomic import write_text
 from npdc.engine.conv_select import best_seconds, cache_file, cpu_name, kernels_digest
 from npdc.kernels import walk as W
 from npdc.kernels.conv import forced_primitive
+from npdc.kernels.conv_flat import blocked, interleaved
+from npdc.kernels.conv_flat import refuse as flat_refuse
+from npdc.kernels.conv_polyphase import refuse as phases_refuse
 
 TIMINGS_NAME = "runtime_timings.json"
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
@@ -81,6 +84,10 @@ def step_record(runtime, step, op, kind, packer):
     parts = runtime.stores[kind].get(step)
     if kind == "dense":
         W2, scale = parts
+        if op in (W.OP_CONV_FLAT, W.OP_CONV_PHASES):  # O padded to whole register blocks
+            W9 = W2.reshape(W2.shape[0], -1, 9)
+            W2 = blocked(W9) if op == W.OP_CONV_FLAT else interleaved(W9, 8)
+            r[W.F_ROWS] = -(-W9.shape[0] // 8) * 8
         r[W.F_W] = packer.add("weights", W2)
     else:
         rowptr, cols, vidx, table = parts
@@ -109,6 +116,10 @@ def candidates(runtime, step):
             ops = [W.OP_LINEAR_ROWS] + ([W.OP_LINEAR_GEMM] if kind == "dense" and runtime.plan.batch > 1 else [])
         else:
             ops = [W.OP_CONV_TILED] + ([W.OP_CONV_RUNS] if step.stride == 1 else [])
+            if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
+                ops.append(W.OP_CONV_FLAT)
+            if kind == "dense" and phases_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
+                ops.append(W.OP_CONV_PHASES)
         out += [(op, kind) for op in ops]
     if host:
         out.append((W.OP_HOST, "dense"))

@@ -35,6 +35,9 @@ CASES = [
     ("direct", ((2, 4, 6, 6), (4, 1, 3, 3), 2, 1, 4)),
     ("im2col", ((2, 4, 5, 5), (6, 2, 3, 3), 1, 1, 2)),
     ("depthwise", ((2, 3, 7, 6), (3, 1, 3, 2), 2, 1, 3)),
+    ("depthwise", ((2, 3, 7, 6), (3, 1, 3, 3), 1, 1, 3)),  # 3x3: the zero-bordered plane, one pass a line
+    ("depthwise", ((1, 2, 8, 7), (2, 1, 3, 3), 2, 0, 2)),  # 3x3 stride 2, unpadded
+    ("stem", ((1, 3, 12, 37), (9, 3, 7, 7), 2, 3, 1)),  # phase planes, a cut chunk pair, two blocks
     ("gemm", ((2, 3, 7, 6), (4, 3, 3, 3), 2, 1, 1)),
     ("gemm", ((2, 3, 5, 4), (4, 3, 1, 1), 1, 0, 1)),  # rows of outputs past the input's edge
 ]

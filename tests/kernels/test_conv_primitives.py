@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
-from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_winograd4, simd
+from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_stem, conv_winograd4, simd
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -179,7 +179,33 @@ def test_flat_forward_on_both_paths(case):
     _check_all_three("flat", case, seed=3)
 
 
+@pytest.mark.parametrize("case", [
+    ((2, 3, 23, 38), (13, 3, 7, 7), 2, 3, 1),  # the ResNet stem's kernel: 12x19 out, 13 = 8 + 5 outputs
+    ((1, 3, 12, 70), (9, 3, 7, 7), 2, 3, 1),  # 35 columns: chunks 0, 16 and an overlapping 19
+    ((2, 1, 10, 9), (5, 1, 5, 5), 3, 2, 1),  # an output narrower than a chunk, stride 3
+    ((2, 8, 6, 40), (6, 8, 2, 3), 1, 0, 1),  # a rectangular kernel, the most channels accepted
+    ((1, 2, 5, 33), (4, 2, 3, 3), 1, 1, 1),  # stride 1; O = 4 is one group of the weight gradient
+])
+def test_stem_against_the_reference_and_on_one_or_two_threads(case):
+    """The direct few-channel kernel: phase planes of every stride, chunks that overlap or are cut,
+    output channels past one register block and taps past a multiple of four; the same bits
+    whatever the thread count."""
+    _check_all_three("stem", case, seed=5)
+    x, W, dy = _arrays(case, 5)
+    runs, before = [], numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            set_threads(threads)
+            runs.append((conv2d_forward(x, W, *case[2:], primitive="stem"),)
+                        + conv2d_backward(x, W, dy, *case[2:], primitive="stem"))
+    finally:
+        set_threads(before)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("name, case", [
+    ("stem", ((2, 3, 9, 18), (5, 3, 7, 7), 2, 3, 1)),
     ("polyphase", ((2, 3, 7, 6), (9, 3, 3, 3), 2, 1, 1)),
     ("winograd2", ((2, 6, 9, 7), (5, 6, 3, 3), 1, 1, 1)),
     ("winograd4", ((2, 3, 11, 10), (4, 3, 3, 3), 1, 0, 1)),
@@ -345,6 +371,8 @@ def test_same_bits_with_one_or_two_threads(name, stride):
     ("gemm", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
     ("gemm", ((8, 64, 128, 128), (8, 64, 3, 3), 1, 1, 1), "columns"),
     ("depthwise", ((1, 4, 6, 6), (8, 1, 3, 3), 1, 1, 4), "depthwise"),
+    ("stem", ((1, 9, 6, 6), (4, 9, 7, 7), 2, 3, 1), "input channels"),
+    ("stem", ((1, 4, 6, 6), (4, 2, 3, 3), 1, 1, 2), "groups"),
 ])
 def test_refusals_are_clear(name, case, reason):
     """A primitive asked for a shape it does not handle says which rule it breaks."""
@@ -371,6 +399,8 @@ def test_default_is_legal_and_forcing_respects_refusals():
     assert default_primitive(*cases[3]) == "depthwise"
     assert default_primitive((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1) == "gemm"  # ResNet-50's last stage
     assert default_primitive((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, 1) == "kn2row"  # cifar-resnet's is not
+    assert default_primitive((8, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1) == "stem"  # ImageNet ResNets' first
+    assert default_primitive((8, 3, 32, 32), (16, 3, 3, 3), 1, 1, 1) == "flat"  # cifar-resnet's first
     try:
         force_primitive("winograd4")
         assert choose_primitive("im2col", *cases[0]) == "winograd4"

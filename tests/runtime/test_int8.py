@@ -121,6 +121,23 @@ def test_every_step_equals_the_simulated_quantised_network(quantised):
     assert np.array_equal(rt.output(n), logits)
 
 
+def _walk_equals_steps(rt, images, n):
+    """The compiled walk's logits equal those of the step-by-step calls, from a cleared arena."""
+    rt.run(rt.load_input(images[:n]), keep={})
+    steps = rt.output(n).copy()
+    rt.arena[:], rt.logits[:] = 0, 0
+    rt.run(rt.load_input(images[:n]))
+    return np.array_equal(rt.output(n), steps)
+
+
+def test_the_compiled_walk_gives_the_bits_of_the_steps(quantised):
+    net, rt, images = quantised
+    assert rt.segments == [(0, len(rt.plan.steps))]  # one compiled call: no float layer
+    assert _walk_equals_steps(rt, images, 3) and _walk_equals_steps(rt, images, 2)
+    one = Int8Runtime(net, rt.scales, batch=1)  # batch 1: tiles split an image's rows
+    assert _walk_equals_steps(one, images, 1)
+
+
 def test_int8_logits_stay_close_to_the_float_runtime(quantised):
     net, rt, images = quantised
     ref = build_runtime(net, {}, "dense", 3, walk="python").predict(images)
@@ -177,7 +194,8 @@ def test_graph_nets_run_with_float_layers_between(tmp_path, name):
     net = make_npdc(tmp_path / "g.npdc", NETS[name])
     images = raw_images(net, 4)
     rt = Int8Runtime(net, activation_scales(calibrate(net, raw_images(net, 16, seed=3))), batch=2)
-    assert rt.float_steps
+    assert rt.float_steps and len(rt.segments) > 2  # compiled runs between the float layers
+    assert _walk_equals_steps(rt, images, 2)
     ref = build_runtime(net, {}, "dense", 2, walk="python").predict(images)
     assert np.abs(rt.predict(images) - ref).max() <= 0.15 * np.abs(ref).max()
 

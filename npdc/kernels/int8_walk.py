@@ -1,0 +1,81 @@
+"""The compiled walk of an int8 plan: one @njit call runs a range of int8 steps, each one row of
+int64 fields (a layer record) whose arrays are slices of three flat buffers, so that no Python
+runs between layers (what batch-1 latency is made of once the kernels are fast).
+
+The same interpreter design as npdc.kernels.walk for the float plan (a loop dispatching on an op
+code, operands read from the record; Chen et al. 2018, "TVM", whose graph runtime executes such a
+list of kernel calls with precomputed offsets). Each record calls the kernel of npdc.kernels.int8
+that the per-step Python calls of npdc.runtime.int8 call, with the same arguments, so both give
+the same bits. OP_HOST marks a step the caller runs in Python (a float layer between a
+dequantize and a quantize): a walk never crosses one.
+
+Record fields are the F_* column indices below. Arena offsets are in bytes, already multiplied
+by the plan's batch; shapes are per image. `words` holds every layer's packed int8 weights
+(int32 words), `ints` each layer's bias, m0 and shift (O4 each, in that order), its meta fields
+(META of them) and its tap offsets, `reals` the last linear's dequantization factors.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels.int8 import avg_pool_u8, conv_u8, linear_u8
+
+OP_HOST, OP_CONV, OP_LINEAR, OP_POOL = 0, 1, 2, 3
+(F_OP, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_W, F_WN, F_K4,
+ F_KH, F_KW, F_STRIDE, F_PAD, F_BIAS, F_O4, F_META, F_OFFS, F_NOFFS, F_ROWS, F_LAST, F_DEQ,
+ F_ZX, F_ZY, F_M0, F_SHIFT) = range(32)
+N_FIELDS = 32
+META = 9  # the meta fields conv_u8 and linear_u8 read
+
+
+@numba.njit(cache=True)
+def _view4(arena, off, n, c, h, w):
+    return arena[off:off + n * c * h * w].reshape((n, c, h, w))
+
+
+@numba.njit(cache=True)
+def _conv(r, n, arena, words, ints, cols, acc, no_res, vnni):
+    x = _view4(arena, r[F_X], n, r[F_XC], r[F_XH], r[F_XW])
+    y = _view4(arena, r[F_Y], n, r[F_YC], r[F_YH], r[F_YW])
+    res = no_res
+    if r[F_RES] >= 0:
+        res = _view4(arena, r[F_RES], n, r[F_RC], r[F_RH], r[F_RW])
+    o4, b = r[F_O4], r[F_BIAS]
+    conv_u8(x, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE], r[F_PAD],
+            ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4],
+            ints[r[F_META]:r[F_META] + META], res, y, cols, acc, r[F_ROWS],
+            ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni)
+
+
+@numba.njit(cache=True)
+def _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni):
+    f, o = r[F_XC] * r[F_XH] * r[F_XW], r[F_YC] * r[F_YH] * r[F_YW]
+    x = arena[r[F_X]:r[F_X] + n * f].reshape((n, f))
+    o4, b = r[F_O4], r[F_BIAS]
+    y, y_float, deq = arena[r[F_Y]:r[F_Y] + n * o].reshape((n, o)), no_logits, reals[:0]
+    if r[F_LAST] != 0:
+        y, y_float, deq = arena[:1].reshape((1, 1)), logits[:n], reals[r[F_DEQ]:r[F_DEQ] + o]
+    linear_u8(x, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], ints[b:b + o4], ints[b + o4:b + 2 * o4],
+              ints[b + 2 * o4:b + 3 * o4], ints[r[F_META]:r[F_META] + META], y, y_float, deq,
+              cols[0], acc[0], vnni)
+
+
+@numba.njit(cache=True)
+def walk_int8(records, first, last, n, arena, words, ints, reals, logits, no_logits, cols, acc,
+              no_res, vnni):
+    """Run records[first:last] on the first n images already in the arena (uint8); logits
+    (batch, classes) float32 receive the last linear's output; cols, acc: the (threads, size)
+    workspaces of conv_u8."""
+    for k in range(first, last):
+        r = records[k]
+        op = r[F_OP]
+        if op == OP_CONV:
+            _conv(r, n, arena, words, ints, cols, acc, no_res, vnni)
+        elif op == OP_LINEAR:
+            _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni)
+        elif op == OP_POOL:
+            x = _view4(arena, r[F_X], n, r[F_XC], r[F_XH], r[F_XW])
+            y = arena[r[F_Y]:r[F_Y] + n * r[F_YC]].reshape((n, r[F_YC]))
+            avg_pool_u8(x, r[F_ZX], r[F_ZY], r[F_M0], r[F_SHIFT], y)
+        else:
+            raise ValueError("walk_int8: a host step cannot run compiled")
