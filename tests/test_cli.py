@@ -1,6 +1,7 @@
 """Tests for the command line (npdc.cli.main run in-process): help texts, the train → evaluate →
 info path on a tiny dataset, the speed report, and user mistakes as one line plus exit code 2."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from npdc import __version__
-from npdc.cli import main
+from npdc.cli import build_parser, main
 from tests.conftest import assert_one_line_error, run_cli
 from npdc.io.modelfile import load_model, read_meta
 
@@ -64,6 +65,37 @@ def test_primitive_help_names_every_registered_primitive(capsys):
     assert code == 0
     text = " ".join(out.split())
     assert all(name in text for name in PRIMITIVES)
+
+
+def _undocumented(parser):
+    """The options and positionals of `parser` whose help is missing, blank or suppressed."""
+    return [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+            if not (a.help or "").strip() or a.help == argparse.SUPPRESS]
+
+
+def test_every_subcommand_option_and_positional_has_help():
+    """`--help` explains every argument: walking every subcommand of build_parser(), each one
+    has a one-line summary in `npdc --help` and each of its options and positionals a non-empty
+    help text, so an argument added without one fails here."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {a.dest: (a.help or "").strip() for a in sub._choices_actions}
+    assert sub.choices and set(summaries) == set(sub.choices)
+    missing = {name: _undocumented(p) for name, p in sub.choices.items()}
+    missing = {name: args for name, args in missing.items() if args}
+    missing.update({name: ["(summary)"] for name, text in summaries.items() if not text})
+    assert not missing, f"arguments without help: {missing}"
+
+
+def test_help_check_finds_an_undocumented_argument():
+    """The check above is not vacuous: an option or positional added without help is found."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    evaluate = sub.choices["evaluate"]
+    assert _undocumented(evaluate) == []
+    evaluate.add_argument("--undocumented")
+    evaluate.add_argument("positional_undocumented", help="  ")
+    assert _undocumented(evaluate) == ["--undocumented", "positional_undocumented"]
 
 
 def test_top_level_help_lists_subcommands(capsys):

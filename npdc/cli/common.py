@@ -67,6 +67,41 @@ def shape(text):
     return [int(p) for p in parts]
 
 
+DATASET_FORMS = "a shipped dataset name, an image folder, an IDX or CIFAR-10 folder, .npz or .h5"
+
+
+def dataset_arg(s, use, required=True, default=None):
+    """--data: the dataset a command reads, `use` saying which of its splits serve for what (the
+    value itself reaches the API through data_arg(args))."""
+    s.add_argument("--data", required=required, default=default, help=f"{use}: {DATASET_FORMS}")
+
+
+def batch_size_arg(s, default, use):
+    """--batch-size: images at a time, `use` saying at what (training steps, passes, timings)."""
+    s.add_argument("--batch-size", type=positive_int, default=default,
+                   help=f"{use} (default %(default)s)")
+
+
+def seed_arg(s, use, after=""):
+    """--seed: the seed of what `use` names, the command's only source of randomness."""
+    s.add_argument("--seed", type=non_negative_int, default=0,
+                   help=f"random seed of {use} (default %(default)s){after}")
+
+
+def json_arg(s, what):
+    """--json: after the readable output, `what` as one JSON line on stdout (print_json)."""
+    s.add_argument("--json", action="store_true", help=f"end with one JSON line on stdout: {what}")
+
+
+def granularity_arg(s, after=""):
+    """--granularity: which groups of a conv weight are pruned together (npdc.compress.prune)."""
+    s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element",
+                   help="what a conv layer loses at once, judged by its mean |w|: single weights "
+                        "(element, default), kernel rows (vector), whole kh x kw kernels (kernel) "
+                        "or whole output filters (filter); linear layers always lose single "
+                        "weights" + after)
+
+
 def threads_args(s):
     s.add_argument("--threads", type=positive_int, default=2, help="threads for kernels and BLAS (default 2)")
     s.add_argument("--primitive", default=None, help="run every engine conv that accepts it with "

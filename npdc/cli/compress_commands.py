@@ -7,9 +7,10 @@ import json
 import sys
 
 from npdc import __version__
-from npdc.cli.common import (GRANULARITY_CHOICES, check_paths, data_arg, executor_args,
-                             executor_from_args, finite_float, floats, image_args, non_negative_int,
-                             positive_int, print_json, shared_inputs, table, threads_args, use_threads)
+from npdc.cli.common import (batch_size_arg, check_paths, data_arg, dataset_arg, executor_args,
+                             executor_from_args, finite_float, floats, granularity_arg, image_args,
+                             json_arg, non_negative_int, positive_int, print_json, seed_arg,
+                             shared_inputs, table, threads_args, use_threads)
 from npdc.cli.verify_commands import read_test_pairs, verification_args
 from npdc.errors import UserError
 
@@ -21,21 +22,24 @@ def sensitivity_arguments(sub):
     s = sub.add_parser("sensitivity", help="per-layer pruning sensitivity sweep",
                        description="Prune each layer alone at a sweep of s (or sparsity), evaluate on "
                                    "held-out images, restore; suggest a per-layer s for a budget.")
-    s.add_argument("model")
-    s.add_argument("--data", required=True)
+    s.add_argument("model", help="model file (.h5, or .npdc: its decoded weights)")
+    dataset_arg(s, "the dataset whose images (see --split) each pruned layer is evaluated on")
     s.add_argument("--by", choices=["s", "sparsity"], default="s",
                    help="sweep the threshold multiplier s (default) or the sparsity in percent")
     s.add_argument("--values", type=floats, default=None, help="comma-separated sweep values")
     s.add_argument("--layers", default=None, help="comma-separated layer names (default: all)")
-    s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element")
+    granularity_arg(s)
     s.add_argument("--split", choices=["train", "test"], default="train",
                    help="evaluate on the last --val-size training images (default) or the test split")
-    s.add_argument("--val-size", type=positive_int, default=2000)
+    s.add_argument("--val-size", type=positive_int, default=2000,
+                   help="--split train: how many images, the last of the training split, every "
+                        "point of the sweep is evaluated on (default %(default)s; --split test "
+                        "takes the whole test split)")
     s.add_argument("--budget", type=finite_float, default=0.005,
                    help="accuracy drop allowed per layer for the suggestion (fraction, default 0.005)")
     s.add_argument("--out", default=None, help="write the sweep as JSON here")
     s.add_argument("--plot", default=None, help="draw the curves into this PNG file (needs npdc[plots])")
-    s.add_argument("--json", action="store_true")
+    json_arg(s, "the sweep and the suggestion (and no progress bar)")
     image_args(s)
     threads_args(s)
     executor_args(s)
@@ -79,9 +83,11 @@ def prune_arguments(sub):
     s = sub.add_parser("prune", help="prune a model and retrain it with distillation",
                        description="Prune by threshold std(W)*s, by percentage, or gradually (AGP), "
                                    "then retrain with the unpruned model as teacher.")
-    s.add_argument("model")
-    s.add_argument("--data", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("model", help="model file to prune (.h5, or .npdc: its decoded weights), "
+                                 "also the teacher of the retraining")
+    dataset_arg(s, "the dataset whose training split retrains the pruned model (and whose test "
+                   "split, if any, reports accuracy before and after)")
+    s.add_argument("--out", required=True, help="pruned model file to write (.h5)")
     rule = s.add_mutually_exclusive_group(required=True)
     rule.add_argument("--s", type=finite_float, help="threshold = std(W) * s in every layer")
     rule.add_argument("--sparsity", type=finite_float, help="prune this percentage of every layer")
@@ -91,7 +97,7 @@ def prune_arguments(sub):
                    help="AGP: every layer to the target, or one cut across layers (default)")
     s.add_argument("--layer-s", default="",
                    help="per-layer overrides, numbers or multiples: conv1=0,fc5=2x")
-    s.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="element")
+    granularity_arg(s, "; filters left empty are then removed from the model")
     s.add_argument("--kd", choices=["kl", "l2", "cosine", "none"], default="kl",
                    help="distillation loss (default kl; none = labels only)")
     s.add_argument("--tau", type=finite_float, default=4.0, help="distillation temperature (default 4)")
@@ -105,11 +111,13 @@ def prune_arguments(sub):
     s.add_argument("--kd-layer-weight", type=finite_float, default=1.0,
                    help="weight of the --kd-layer term (default 1)")
     s.add_argument("--unlabeled", action="store_true", help="ignore the training labels")
-    s.add_argument("--epochs", type=non_negative_int, default=2)
-    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--epochs", type=non_negative_int, default=2,
+                   help="retraining epochs after pruning (default %(default)s; 0 prunes without "
+                        "retraining, --schedule agp then going straight to --target)")
+    batch_size_arg(s, 128, "images per retraining step")
     s.add_argument("--lr", type=finite_float, default=0.005, help="retraining learning rate (default 0.005)")
-    s.add_argument("--seed", type=non_negative_int, default=0)
-    s.add_argument("--json", action="store_true")
+    seed_arg(s, "the retraining's shuffling, crops and flips")
+    json_arg(s, "the per-layer sparsity, the filters removed and the accuracies")
     image_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_prune)
@@ -224,9 +232,9 @@ def report_arguments(sub):
     s = sub.add_parser("report", help="per-layer table, sizes and score of a .npdc file")
     s.add_argument("model", help="compressed model (.npdc)")
     s.add_argument("--baseline", default=None, help="the uncompressed model (.h5)")
-    s.add_argument("--data", default=None, help="evaluate both models on this dataset's test split")
+    dataset_arg(s, "evaluate both models on this dataset's test split", required=False)
     s.add_argument("--preset", choices=["relative", "zte"], default="relative", help="score preset")
-    s.add_argument("--json", action="store_true")
+    json_arg(s, "the report (per-layer rows, totals, accuracies, memory and score)")
     verification_args(s)
     image_args(s)
     threads_args(s)

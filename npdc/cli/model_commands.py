@@ -7,8 +7,9 @@ import sys
 import time
 
 from npdc import __version__
-from npdc.cli.common import (check_paths, data_arg, executor_args, executor_from_args, finite_float,
-                             floats, image_args, non_negative_int, positive_int, print_json, shape,
+from npdc.cli.common import (batch_size_arg, check_paths, data_arg, dataset_arg, executor_args,
+                             executor_from_args, finite_float, floats, image_args, json_arg,
+                             non_negative_int, positive_int, print_json, seed_arg, shape,
                              precision_args, shared_inputs, table, threads_args, use_threads,
                              weights_arg)
 from npdc.cli.verify_commands import verification_args, verification_lines
@@ -20,17 +21,25 @@ def train_arguments(sub):
     s = sub.add_parser("train", help="train a model from scratch",
                        description="Train a ResNet with SGD; the same seed gives the same model.")
     s.add_argument("--arch", required=True, help="architecture name, e.g. resnet18, cifar-resnet20")
-    s.add_argument("--data", required=True, help="shipped dataset name, IDX folder, .npz or .h5")
+    dataset_arg(s, "the dataset whose training split trains the model (and whose test split, if "
+                   "any, reports its accuracy)")
     s.add_argument("--out", required=True, help="model file to write (.h5)")
-    s.add_argument("--epochs", type=positive_int, default=10)
-    s.add_argument("--batch-size", type=positive_int, default=128)
+    s.add_argument("--epochs", type=positive_int, default=10,
+                   help="passes over the training images (default %(default)s)")
+    batch_size_arg(s, 128, "images per SGD step")
     s.add_argument("--lr", type=finite_float, default=0.1, help="peak learning rate (default 0.1)")
-    s.add_argument("--momentum", type=finite_float, default=0.9)
-    s.add_argument("--weight-decay", type=finite_float, default=5e-4)
-    s.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    s.add_argument("--momentum", type=finite_float, default=0.9,
+                   help="Nesterov momentum of SGD (default %(default)s)")
+    s.add_argument("--weight-decay", type=finite_float, default=5e-4,
+                   help="L2 weight decay on conv and linear weights, not on biases or batch norm "
+                        "(default %(default)s)")
+    s.add_argument("--schedule", choices=["cosine", "step"], default="cosine",
+                   help="learning rate over training: cosine (default) anneals --lr to 0; step "
+                        "multiplies it by 0.1 after 50%% and again after 75%% of the steps")
     s.add_argument("--augment-pad", type=non_negative_int, default=None,
                    help="random-crop padding in pixels (default H/8; 0 disables crop and flip)")
-    s.add_argument("--seed", type=non_negative_int, default=0)
+    seed_arg(s, "the initial weights, the shuffling and the crops and flips",
+             "; the --val-fraction images do not depend on it")
     s.add_argument("--val-fraction", type=finite_float, default=0.0,
                    help="hold out this fraction of the training split (seeded, the images "
                         "`compress` validates on by default, 0.1) and report accuracy on it; "
@@ -91,9 +100,10 @@ def evaluate_arguments(sub):
                                    "small-memory runtime and also reports size, peak memory, "
                                    "batch-1 latency and the score.")
     s.add_argument("model", help="model file (.h5 or .npdc)")
-    s.add_argument("--data", required=True)
-    s.add_argument("--batch-size", type=positive_int, default=256)
-    s.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    dataset_arg(s, "the dataset whose test split the model is measured on")
+    batch_size_arg(s, 256, "images per forward pass; for a .npdc file also the batch its images/s "
+                           "are measured at, while peak memory and latency are taken at batch 1")
+    json_arg(s, "the figures")
     weights_arg(s)
     precision_args(s)
     s.add_argument("--baseline", default=None,
@@ -165,7 +175,8 @@ def infer_arguments(sub):
     s.add_argument("model", help="compressed model (.npdc)")
     s.add_argument("input", help="images (.npz)")
     s.add_argument("--out", required=True, help="predictions to write (.npz)")
-    s.add_argument("--batch-size", type=positive_int, default=128)
+    batch_size_arg(s, 128, "images per pass of the runtime, whose activation memory is sized "
+                           "for one batch")
     weights_arg(s)
     precision_args(s, data_flag=True)
     threads_args(s)
@@ -185,7 +196,8 @@ def cmd_infer(args):
 # -- info --------------------------------------------------------------------------------------
 def info_arguments(sub):
     s = sub.add_parser("info", help="per-layer table of a model file")
-    s.add_argument("model")
+    s.add_argument("model", help="model file (.h5): its layers, output shapes, parameters, "
+                                 "non-zero weights and MACs")
     s.set_defaults(func=cmd_info)
 
 
@@ -217,12 +229,14 @@ def cmd_info(args):
 # -- speed -------------------------------------------------------------------------------------
 def speed_arguments(sub):
     s = sub.add_parser("speed", help="time a training step and inference on random data")
-    s.add_argument("--arch", default=None)
+    s.add_argument("--arch", default=None, help="architecture to build with random weights, e.g. "
+                                                "resnet18, cifar-resnet20 (or --model)")
     s.add_argument("--model", default=None, help="a model file instead of --arch (uses its conv plan)")
     s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: the architecture's)")
-    s.add_argument("--batch-size", type=positive_int, default=128)
+    batch_size_arg(s, 128, "images per timed training step and inference pass; the latency "
+                           "is timed at batch 1")
     s.add_argument("--repeats", type=positive_int, default=5, help="timed runs after warm-up (median)")
-    s.add_argument("--json", action="store_true")
+    json_arg(s, "images/s, latency and the conv primitives that ran")
     threads_args(s)
     s.set_defaults(func=cmd_speed)
 
@@ -255,10 +269,13 @@ def cmd_speed(args):
 def tune_arguments(sub):
     s = sub.add_parser("tune", help="time the conv primitives per layer and store the best plan in the model")
     s.add_argument("model", help="model file (.h5), rewritten with its conv plan")
-    s.add_argument("--batch-size", type=positive_int, default=128)
-    s.add_argument("--mode", choices=("train", "infer"), default="train", help="what to optimise")
+    batch_size_arg(s, 128, "the batch each layer's primitives are timed at: the one the model "
+                           "will train (--mode train) or infer (--mode infer) with")
+    s.add_argument("--mode", choices=("train", "infer"), default="train",
+                   help="what to optimise: a forward and both backward passes (train, default) "
+                        "or a forward pass (infer)")
     s.add_argument("--no-cache", action="store_true", help="re-time instead of reading the timing cache")
-    s.add_argument("--json", action="store_true")
+    json_arg(s, "the plan and each layer's time per primitive in seconds")
     threads_args(s)
     s.set_defaults(func=cmd_tune)
 
@@ -297,7 +314,7 @@ def import_arguments(sub):
     s.add_argument("--mean", type=floats, default=None, help="input mean per channel, [0,1] scale: R,G,B")
     s.add_argument("--std", type=floats, default=None, help="input std per channel, [0,1] scale: R,G,B")
     s.add_argument("--input-shape", type=shape, default=None, help="C,H,W (default: 32x32 for CIFAR, 224x224 for ImageNet nets)")
-    s.add_argument("--data", default=None, help="evaluate the imported model on this test split")
+    dataset_arg(s, "evaluate the imported model on this dataset's test split", required=False)
     image_args(s)
     threads_args(s)
     s.set_defaults(func=cmd_import)

@@ -3,7 +3,7 @@
 fast (see npdc.cli).
 """
 
-from npdc.cli.common import check_paths, non_negative_int, positive_int
+from npdc.cli.common import check_paths, dataset_arg, positive_int, seed_arg
 
 
 # -- pairs -------------------------------------------------------------------------------------
@@ -13,14 +13,16 @@ def pairs_arguments(sub):
                                    "split (classes stand for identities), in ten folds, written as "
                                    "a plain-text pairs file (see the README); the same seed gives "
                                    "the same file.")
-    s.add_argument("--data", required=True, help="shipped dataset name, IDX folder, .npz or .h5")
+    dataset_arg(s, "the labelled dataset the pairs are drawn from")
     s.add_argument("--out", required=True, help="pairs file to write (.txt)")
     s.add_argument("--pairs", type=positive_int, default=6000,
                    help="number of pairs, a multiple of 2 x folds (default 6000, as LFW)")
-    s.add_argument("--folds", type=positive_int, default=10)
+    s.add_argument("--folds", type=positive_int, default=10,
+                   help="folds of LFW's protocol the pairs are split into, half same and half "
+                        "different in each (at least 2; default %(default)s, as LFW)")
     s.add_argument("--split", choices=["test", "train"], default="test",
                    help="the split the indices point into (default test)")
-    s.add_argument("--seed", type=non_negative_int, default=0)
+    seed_arg(s, "the draw")
     s.set_defaults(func=cmd_pairs)
 
 
