@@ -18,6 +18,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from npdc.api import load_model  # noqa: E402
 from npdc.cli import main  # noqa: E402
 from npdc.cluster import INSTALL, scheduler_executor  # noqa: E402
 from npdc.compress.sensitivity import sweep  # noqa: E402
@@ -236,13 +237,31 @@ def test_shared_by_path_matches_scattered(cluster, files):
     """--share files: each worker reads the model and images from the paths (a Loaded recipe),
     and the sweep equals the in-process one on the arrays the client loaded."""
     model, data = files
-    net, x, y = model_and_images(model, data, "train", 60)
+    net, x, y = model_and_images(load_model, model, data, "train", 60)
     expected = sweep(net, x, y, (1.0,), "s", ["conv1", "fc"], batch_size=16, progress=False)
-    recipe = Loaded(model_and_images, str(model), str(data), "train", 60)
+    recipe = Loaded(model_and_images, load_model, str(model), str(data), "train", 60)
     with scheduler_executor(cluster.address, announce=False) as executor:
         got = sweep(net, x, y, (1.0,), "s", ["conv1", "fc"], batch_size=16, progress=False,
                     executor=executor, shared=recipe)
     assert got == expected
+
+
+def test_a_npdc_model_shared_by_path_is_decoded_on_the_workers(cluster, files, tmp_path, capsys):
+    """`sensitivity FILE.npdc --share files` on a cluster: the workers decode the .npdc file
+    themselves (a .h5 reader would refuse it) and the sweep is the in-process one."""
+    from npdc.codec.model import save_compressed
+    from npdc.compress.quantize import quantize_net
+
+    model, data = files
+    net = load_model(model)
+    save_compressed(tmp_path / "m.npdc", net, quantize_net(net, {}, "kmeans", {}, default_bits=5))
+    base = ["sensitivity", str(tmp_path / "m.npdc"), "--data", str(data), "--val-size", "60",
+            "--values", "0.5,2", "--layers", "conv1,fc"]
+    outs = [tmp_path / f"{name}.json" for name in ("here", "cluster")]
+    assert main(base + ["--out", str(outs[0])]) == 0
+    code = main(base + ["--out", str(outs[1]), "--scheduler", cluster.address, "--share", "files"])
+    assert code == 0, capsys.readouterr().err
+    assert outs[1].read_bytes() == outs[0].read_bytes()
 
 
 def test_in_process_run_jobs_keeps_order():

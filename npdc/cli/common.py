@@ -178,10 +178,11 @@ def shared_inputs(args, model, split, size=None):
     the model and the dataset from the same paths."""
     if args.share != "files" or not (args.workers or args.scheduler):
         return None
+    from npdc.api import load_model
     from npdc.io.job_inputs import absolute, model_and_images
     from npdc.jobs import Loaded
 
-    return Loaded(model_and_images, absolute(str(model)), absolute(args.data), split, size,
+    return Loaded(model_and_images, load_model, absolute(str(model)), absolute(args.data), split, size,
                   getattr(args, "resize", None))
 
 

@@ -2,13 +2,13 @@
 
 `model_and_images` is the loader of a npdc.jobs.Loaded recipe (`--share files`): each worker of
 a cluster that sees the client's files reads the model and dataset itself, and gets exactly the
-arrays that the client would have sent.
+arrays that the client would have sent. The model's reader comes in as an argument: a .npdc file
+is decoded by npdc.codec, a floor above this one (the recipe names npdc.api.load_model).
 """
 
 import os
 
 from npdc.io.datasets import load_dataset
-from npdc.io.modelfile import load_model
 
 
 def evaluation_images(data, split, size=None):
@@ -19,9 +19,10 @@ def evaluation_images(data, split, size=None):
     return x[-size:], y[-size:]
 
 
-def model_and_images(model, data, split, size=None, resize=None):
-    """(net, x, y) from a model file and a dataset (a path or a shipped name; an image folder's
-    images made for the model, their shorter side `resize` when given)."""
+def model_and_images(load_model, model, data, split, size=None, resize=None):
+    """(net, x, y) from a model file read by `load_model` (a picklable function of its path) and
+    a dataset (a path or a shipped name; an image folder's images made for the model, their
+    shorter side `resize` when given)."""
     net = load_model(model)
     return net, *evaluation_images(load_dataset(data, resize=resize).fit_to(net.in_shape), split, size)
 
