@@ -22,6 +22,13 @@ SKEW = 64  # bytes between one group's packed columns and the next beyond the co
 
 
 @numba.njit(cache=True, inline="always")
+def word4(b0, b1, b2, b3):
+    """Four uint8 values as one little-endian 32-bit word: lane l is byte l, as vpdpbusd reads it."""
+    return (np.uint32(b0) | (np.uint32(b1) << np.uint32(8)) | (np.uint32(b2) << np.uint32(16))
+            | (np.uint32(b3) << np.uint32(24)))
+
+
+@numba.njit(cache=True, inline="always")
 def group_bytes(pitch):
     """Bytes from one group of four packed column rows to the next, for `pitch` positions."""
     return pitch * GROUP + SKEW
@@ -72,9 +79,8 @@ def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, 
             else:
                 row[:width] = 0
         base = np.uint64(g * group_bytes(pitch) // GROUP)
-        for t in range(np.uint64(width)):  # little-endian: lane l is byte l of the word
-            words[base + t] = (np.uint32(r0[t]) | (np.uint32(r1[t]) << np.uint32(8))
-                               | (np.uint32(r2[t]) << np.uint32(16)) | (np.uint32(r3[t]) << np.uint32(24)))
+        for t in range(np.uint64(width)):
+            words[base + t] = word4(r0[t], r1[t], r2[t], r3[t])
 
 
 @numba.njit(cache=True)
@@ -157,14 +163,11 @@ def interleave_rows(x, zx, pad, stride, kh, kw, p0, span, plane, words):
                 if stride == 1:  # unit steps: contiguous loads the vectoriser takes
                     s0, s1, s2, s3 = r0[src0:], r1[src0:], r2[src0:], r3[src0:]
                     for v in range(np.uint64(v_hi - v_lo)):
-                        row[v] = (np.uint32(s0[v]) | (np.uint32(s1[v]) << np.uint32(8))
-                                  | (np.uint32(s2[v]) << np.uint32(16)) | (np.uint32(s3[v]) << np.uint32(24)))
+                        row[v] = word4(s0[v], s1[v], s2[v], s3[v])
                 else:
                     for v in range(np.uint64(v_hi - v_lo)):
                         at = src0 + v * step
-                        row[v] = (np.uint32(r0[at]) | (np.uint32(r1[at]) << np.uint32(8))
-                                  | (np.uint32(r2[at]) << np.uint32(16))
-                                  | (np.uint32(r3[at]) << np.uint32(24)))
+                        row[v] = word4(r0[at], r1[at], r2[at], r3[at])
                 words[o + v_hi:o + wq] = zx4
 
 
@@ -206,6 +209,4 @@ def runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, cols, padded):
             continue
         s0, s1, s2, s3 = np.uint64(starts[0]), np.uint64(starts[1]), np.uint64(starts[2]), np.uint64(starts[3])
         for t in range(np.uint64(width)):
-            words[base + t] = (np.uint32(padded[s0 + t]) | (np.uint32(padded[s1 + t]) << np.uint32(8))
-                               | (np.uint32(padded[s2 + t]) << np.uint32(16))
-                               | (np.uint32(padded[s3 + t]) << np.uint32(24)))
+            words[base + t] = word4(padded[s0 + t], padded[s1 + t], padded[s2 + t], padded[s3 + t])

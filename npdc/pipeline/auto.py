@@ -199,6 +199,15 @@ def _step_ratio(s, state, cfg):
     return state.get("ratio") or (1.0 - cfg.first_sparsity if s == 0 else cfg.density_ratio)
 
 
+def _record(state, target, reached, gate, targets, checks, passed, seconds, images):
+    """Append one climb step to state["tried"]: its target and reached sparsity, its validation
+    checks (the last one decides), per-layer targets, time and retraining images."""
+    accuracy = checks[-1]
+    state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
+                           "drop_points": gate.drop_points(accuracy), "passed": passed, "seconds": seconds,
+                           "layers": targets, "images": images, "checks": checks})
+
+
 def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, timer, log):
     """The climb's first steps as one-shot cuts of `best` (no retraining), kept while each passes
     `gate`; marks the state (saved with the next step) so that a resumed run goes on from there.
@@ -218,10 +227,7 @@ def _one_shot(best, metric, allocation, gate, cfg, state, save, time_left, timer
                 f"({gate.drop_points(accuracy):+.2f} points); the climb retrains from here")
             break
         reached = sparsity_of(candidate, layers)
-        state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
-                               "drop_points": gate.drop_points(accuracy), "passed": True,
-                               "seconds": timer() - started, "layers": targets, "images": 0,
-                               "checks": [accuracy]})
+        _record(state, target, reached, gate, targets, [accuracy], True, timer() - started, 0)
         log(f"climb step {len(state['tried'])}: {100 * reached:.1f} % sparse by a one-shot cut, validation "
             f"accuracy {accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), kept")
         best, state["sparsity"] = candidate, reached
@@ -286,10 +292,7 @@ def climb(teacher, x, y, metric, allocation, gate, cfg, settings, state, save, t
             log(f"climb step {step + 1}: validation accuracy {accuracy:.4f} "
                 f"({gate.drop_points(accuracy):+.2f} points); retraining further")
         reached = sparsity_of(candidate, layers)
-        state["tried"].append({"target": target, "sparsity": reached, "val_accuracy": accuracy,
-                               "drop_points": gate.drop_points(accuracy), "passed": ok,
-                               "seconds": timer() - started, "layers": targets,
-                               "images": images * len(checks), "checks": checks})
+        _record(state, target, reached, gate, targets, checks, ok, timer() - started, images * len(checks))
         log(f"climb step {step + 1}: {100 * reached:.1f} % sparse, validation accuracy "
             f"{accuracy:.4f} ({gate.drop_points(accuracy):+.2f} points), {'kept' if ok else 'backed off'}")
         if ok:
