@@ -170,7 +170,7 @@ LANES = 16  # output columns per vector in _rows
 
 
 @numba.njit(cache=True, inline="always")
-def _tap(S, w, a, b):
+def block_tap(S, w, a, b):
     """One tap's multiply-adds: S[q] + w[q] * a and S[8 + q] + w[q] * b for the eight outputs q."""
     return (fma16(S[0], w[0], a), fma16(S[1], w[1], a), fma16(S[2], w[2], a), fma16(S[3], w[3], a),
             fma16(S[4], w[4], a), fma16(S[5], w[5], a), fma16(S[6], w[6], a), fma16(S[7], w[7], a),
@@ -232,9 +232,9 @@ def _rows_image_body(plane, W8, starts, shift, yi):
                     for i in range(3):
                         p = plane[ch, r + i]
                         a0, a1, a2 = p[shift[0]:], p[shift[1]:], p[shift[2]:]
-                        S = _tap(S, u[3 * i], ld16(a0, ca), ld16(a0, cb))
-                        S = _tap(S, u[3 * i + 1], ld16(a1, ca), ld16(a1, cb))
-                        S = _tap(S, u[3 * i + 2], ld16(a2, ca), ld16(a2, cb))
+                        S = block_tap(S, u[3 * i], ld16(a0, ca), ld16(a0, cb))
+                        S = block_tap(S, u[3 * i + 1], ld16(a1, ca), ld16(a1, cb))
+                        S = block_tap(S, u[3 * i + 2], ld16(a2, ca), ld16(a2, cb))
                 store_block(S, yi, BLOCK * b, r, ca, cb)
 
 
@@ -257,7 +257,7 @@ def _rows(x, W8, pad, starts, shift, y, n_threads):
         _rows_image(plane, W8, starts, shift, y[i])
 
 
-def _row_chunks(wo):
+def row_chunks(wo):
     """Start columns of a row's LANES-wide chunks, an even count: the last ends at wo."""
     starts = [min(LANES * k, wo - LANES) for k in range(-(-wo // LANES))]
     return np.array(starts + starts[-1:] * (len(starts) % 2), np.int64)
@@ -270,7 +270,7 @@ def _correlate(x, W9, pad):
     y = np.empty((n, W9.shape[0], ho, wo), x.dtype)
     if c < FEW and wo >= LANES:
         # the column shifts 0, 1, 2 as data, out of the compiler's sight (see _rows_image_body)
-        _rows(x, interleaved(W9, BLOCK), pad, _row_chunks(wo), np.arange(3), y, numba.get_num_threads())
+        _rows(x, interleaved(W9, BLOCK), pad, row_chunks(wo), np.arange(3), y, numba.get_num_threads())
         return y
     threads = numba.get_num_threads()
     g, wp, period, size, n_t = _layout(n, c, h, w, pad, threads, PLANE_FLOATS)

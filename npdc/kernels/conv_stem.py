@@ -25,8 +25,8 @@ import numba
 import numpy as np
 
 from npdc.kernels import conv_im2col
-from npdc.kernels.conv_flat import BLOCK, LANES, _row_chunks, _tap, interleaved, store_block, zero_block
-from npdc.kernels.im2col import _copy_run, out_size, valid_run
+from npdc.kernels.conv_flat import BLOCK, LANES, block_tap, interleaved, row_chunks, store_block, zero_block
+from npdc.kernels.im2col import copy_run, out_size, valid_run
 from npdc.kernels.simd import fmav16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 MAX_CHANNELS = 8  # from here on the channels give GEMM-style primitives enough reuse to win
@@ -65,7 +65,7 @@ def _split_phases(x, stride, pad, planes):
             if hi > lo:
                 first = lo * stride + q - pad
                 for r in range(h):
-                    _copy_run(x[i, ch, r, first:first + (hi - lo - 1) * stride + 1:stride],
+                    copy_run(x[i, ch, r, first:first + (hi - lo - 1) * stride + 1:stride],
                               planes[i, ch, r + pad, q, lo:hi])
 
 
@@ -79,7 +79,7 @@ def _phase_planes(x, kw, stride, pad, wq):
 def _rows_block_body(plane, Wb, starts, shift, phase, stride, yi, q0):
     """yi[q0:q0+8] (O, Ho, width) = output channels q0.. of one image from its phase planes
     (C, Hp, s, Wq), with Wb[c, i*kw + j, q] the tap (i, j) of output channel q0 + q. Tap j reads
-    phase[j] from shift[j] on. Chunks start at `starts` (pairs, as conv_flat._row_chunks gives
+    phase[j] from shift[j] on. Chunks start at `starts` (pairs, as conv_flat.row_chunks gives
     them); the shifts and phases are passed as data for the reason conv_flat._rows_image_body
     gives (constant shifts compile to gathers and permutes)."""
     prefer_512_bit_vectors()
@@ -96,7 +96,7 @@ def _rows_block_body(plane, Wb, starts, shift, phase, stride, yi, q0):
                     line = plane[ch, r * stride + i]
                     for j in range(kw):
                         a = line[phase[j], shift[j]:]
-                        S = _tap(S, u[i * kw + j], ld16(a, ca), ld16(a, cb))
+                        S = block_tap(S, u[i * kw + j], ld16(a, ca), ld16(a, cb))
             store_block(S, yi, q0, r, ca, cb)
 
 
@@ -128,7 +128,7 @@ def forward(x, W, stride, pad, groups):
     shift, phase = _taps_of(kw, stride)
     y = np.empty((n, o, ho, width), x.dtype)
     W8 = interleaved(W.reshape(o, c, kh * kw), BLOCK)
-    _forward(planes, W8, _row_chunks(width), shift, phase, stride, y)
+    _forward(planes, W8, row_chunks(width), shift, phase, stride, y)
     return y if width == wo else np.ascontiguousarray(y[:, :, :, :wo])
 
 

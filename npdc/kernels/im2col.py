@@ -47,7 +47,7 @@ def valid_run(j, stride, pad, w, wo):
 
 
 @numba.njit(cache=True, inline="always")
-def _copy_run(src, dst):
+def copy_run(src, dst):
     """dst[:] = src over runs of equal length indexed from 0: an index Numba knows is not
     negative needs no wrap-around fix-up, and the loop vectorises."""
     for k in range(dst.size):
@@ -56,7 +56,7 @@ def _copy_run(src, dst):
 
 @numba.njit(cache=True, inline="always")
 def _add_run(src, dst):
-    """dst[:] += src, indexed from 0 like _copy_run."""
+    """dst[:] += src, indexed from 0 like copy_run."""
     for k in range(dst.size):
         dst[k] += src[k]
 
@@ -83,7 +83,7 @@ def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
             for ox in range(lo):
                 dst[ox] = 0
             if hi > lo:
-                _copy_run(src[lo * stride + shift:(hi - 1) * stride + shift + 1:stride], dst[lo:hi])
+                copy_run(src[lo * stride + shift:(hi - 1) * stride + shift + 1:stride], dst[lo:hi])
             for ox in range(hi, wo):
                 dst[ox] = 0
 

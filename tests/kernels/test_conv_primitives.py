@@ -175,7 +175,7 @@ def test_polyphase_with_several_images_per_stack_and_tiles_per_stack(monkeypatch
 def test_flat_forward_on_both_paths(case):
     """flat sums few-channel layers row by row in registers and the rest over stacked planes;
     both must agree with the reference, forward and both gradients."""
-    assert conv_flat._row_chunks(28).tolist() == [0, 12] and conv_flat._row_chunks(38).tolist() == [0, 16, 22, 22]
+    assert conv_flat.row_chunks(28).tolist() == [0, 12] and conv_flat.row_chunks(38).tolist() == [0, 16, 22, 22]
     _check_all_three("flat", case, seed=3)
 
 
