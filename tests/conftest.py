@@ -4,6 +4,8 @@ The convolution references walk the output pixels one by one (the textbook defin
 share no code and no lowering with npdc.kernels. Tests import them as `tests.conftest`.
 """
 
+import os
+
 import npdc
 
 npdc.tune_process()  # the suite runs as the command line does: set before numpy loads (npdc.process)
@@ -11,6 +13,7 @@ npdc.tune_process()  # the suite runs as the command line does: set before numpy
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+WORKERS = 2  # test processes under pytest-xdist (see pytest_cmdline_main)
 TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
                  "num_classes": 3, "strides": [1, 2, 1, 2, 1]}
 TINY_CIFAR = {"arch": "cifar-resnet20", "input_shape": [3, 6, 6], "num_classes": 3}
@@ -76,9 +79,31 @@ def distinct_values(shape, rng, spread=1.0):
     return (rng.permutation(size).astype(np.float64) * spread - size * spread / 2).reshape(shape)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """The suite runs in WORKERS processes when pytest-xdist is installed and `-n` was not given
+    (`-n 0` runs it in one). Most of its time is single-threaded (Numba compiling, small
+    arrays), so a second process uses the second core. Before the workers start, this process
+    compiles the kernels once into Numba's cache, which they then load instead of each compiling
+    them again. tests/ holds no benchmarks (they are in bench/): pytest-benchmark is told so,
+    which keeps it from warning that xdist disables it."""
+    if hasattr(config.option, "benchmark_disable"):
+        config.option.benchmark_disable = True
+    if (not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput")
+            or config.option.numprocesses is not None or (os.cpu_count() or 1) < 2
+            or config.getoption("collectonly")):
+        return
+    config.option.numprocesses = WORKERS
+    import npdc.api  # noqa: F401  compiles (or loads) the kernels the package builds on import
+    import npdc.cli  # noqa: F401
+
+
 def pytest_collection_finish(session):
     """The bounds-checked build of the kernels compiles for about two minutes on one core: when
-    its test is selected, start it now, so that it uses the second core while the rest runs."""
+    its test is selected, start it now, so that it uses the second core while the rest runs. In
+    an xdist worker it starts with its test instead (every worker collects every test)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(item.nodeid.endswith("test_every_primitive_passes_the_helper_with_bounds_checking")
            for item in session.items):
         from tests.kernels import test_bounds_checked
