@@ -14,6 +14,7 @@ from npdc.engine.layers.activation import ReLU
 from npdc.engine.layers.conv import Conv2d
 from npdc.errors import UserError
 from npdc.engine.images import as_float
+from npdc.kernels.activation import add
 
 INPUT = "input"
 
@@ -103,7 +104,7 @@ class Net:
             if len(inputs) == 1:
                 dxs = [dxs]
             for i, dx in zip(inputs, dxs):
-                pending[i] = pending[i] + dx if i in pending else dx
+                pending[i] = _sum_gradients(pending[i], dx) if i in pending else dx
         return pending.get(INPUT) if input_grad else None
 
     def _absorbed_relus(self, uses, keep):
@@ -200,3 +201,15 @@ class Net:
 
     def macs(self):
         return sum(layer.macs() for _, layer, _ in self.nodes)
+
+
+def _sum_gradients(a, b):
+    """a + b into a new array (either may be another node's gradient too: Add hands one array to
+    both inputs) with the parallel kernel: NumPy's add runs on one thread, and ResNet-50 sums 16
+    fork gradients of up to 6.4 M floats a step. Each element is one float addition either way,
+    so the bits are NumPy's."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return a + b
+    out = np.empty(a.shape, a.dtype)
+    add(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1), False)
+    return out

@@ -76,3 +76,26 @@ def test_layer_backward_on_another_primitive_matches_the_reference(k, c, side, f
     ref_dx, ref_dW = naive_conv2d_backward(x, layer.params["W"], dy, 2, k // 2)
     assert rel_err(dx, ref_dx) < 1e-5
     assert rel_err(layer.grads["W"], ref_dW) < 1e-5
+
+
+def test_kn2row_writes_every_element_of_a_pointwise_layers_data_gradient(monkeypatch):
+    """Its dx starts uninitialised (np.empty_like); here that memory is NaN, which any element
+    the products missed would carry into the result."""
+    from npdc.kernels import conv_kn2row
+
+    class NaNFilled:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty_like(a):
+            return np.full_like(a, np.nan)
+
+    monkeypatch.setattr(conv_kn2row, "np", NaNFilled())
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 5, 6, 7)).astype(np.float32)
+    W = rng.standard_normal((4, 5, 1, 1)).astype(np.float32)
+    dy = rng.standard_normal((3, 4, 6, 7)).astype(np.float32)
+    dx, dW = conv_kn2row.backward(x, W, dy, 1, 0, 1, True)
+    ref_dx, ref_dW = naive_conv2d_backward(x, W, dy)
+    assert rel_err(dx, ref_dx) < 1e-6 and rel_err(dW, ref_dW) < 1e-6
