@@ -3,8 +3,6 @@ forward keeps in `cache` only what backward needs, backward *adds* into `grads` 
 
 import numpy as np
 
-from npdc.kernels.activation import add
-
 
 class Layer:
     """Base class. Shapes exclude the batch axis in build(); arrays include it in forward()."""
@@ -55,18 +53,10 @@ class Layer:
 
 
 def sum_gradients(parts):
-    """The sum of a node's gradient parts (one per reader of its output), left to right, into a
-    new array (a part may be another node's gradient too: Add hands one array to both inputs),
-    with the parallel kernel: NumPy's add runs on one thread, and ResNet-50 sums 16 fork
-    gradients of up to 6.4 M floats a step. Each element is one float addition either way, so
-    the bits are NumPy's."""
+    """The sum of a node's gradient parts (one per reader of its output), left to right (NumPy's
+    additions, into new arrays: a part may be another node's gradient too, as Add hands one
+    array to both inputs); a single part is returned as it is."""
     total = parts[0]
     for part in parts[1:]:
-        if total.dtype != part.dtype or total.shape != part.shape:
-            total = total + part
-            continue
-        out = np.empty(total.shape, total.dtype)
-        add(np.ascontiguousarray(total).reshape(-1), np.ascontiguousarray(part).reshape(-1),
-            out.reshape(-1), False)
-        total = out
+        total = total + part
     return total
