@@ -203,4 +203,3 @@ class Net:
 
     def macs(self):
         return sum(layer.macs() for _, layer, _ in self.nodes)
-

@@ -7,8 +7,9 @@ shapes it does not handle. Callers name a primitive (a layer carries the one its
 leave it to `default_primitive`, a heuristic from measurements on 2-core AVX2 machines;
 npdc.engine.conv_select measures and chooses per layer instead. A layer without a plan may run its
 backward on another primitive than its forward (`default_backward_primitive`): the two passes'
-costs differ per lowering, and any primitive's gradients are those of the same convolution. All primitives take and return NCHW
-float arrays and keep float64 in float64 (gradient checks rely on it).
+costs differ per lowering, and any primitive's gradients are those of the same convolution. All
+primitives take and return NCHW float arrays and keep float64 in float64 (gradient checks rely on
+it).
 """
 
 from contextlib import contextmanager
