@@ -11,6 +11,7 @@ training too (see _absorbed_relus).
 import numpy as np
 
 from npdc.engine.layers.activation import ReLU
+from npdc.engine.layers.base import sum_gradients
 from npdc.engine.layers.conv import Conv2d
 from npdc.errors import UserError
 from npdc.engine.images import as_float
@@ -91,20 +92,22 @@ class Net:
         Returns the gradient at the input when input_grad, else None: training never uses it,
         so a convolution reading the input then computes its weight gradient only (at
         ImageNet size the stem's data gradient is a large share of its backward)."""
-        pending = {self.output: dy}
+        pending = {self.output: [dy]}  # node -> its gradient's parts, one per reader
         for name, g in (extra or {}).items():
-            pending[name] = pending[name] + g if name in pending else g
+            pending.setdefault(name, []).append(g)
         for name, layer, inputs in reversed(self.nodes):
-            g = pending.pop(name)
-            if not input_grad and inputs == (INPUT,) and isinstance(layer, Conv2d) and name not in self._absorbed:
+            parts = pending.pop(name)
+            if name in self._absorbed:  # the layer before masks the parts' sum
+                pending.setdefault(inputs[0], []).extend(parts)
+                continue
+            g = parts if len(parts) > 1 and layer.sums_gradient_parts else sum_gradients(parts)
+            if not input_grad and inputs == (INPUT,) and isinstance(layer, Conv2d):
                 layer.backward(g, need_dx=False)
                 continue
-            dxs = g if name in self._absorbed else layer.backward(g)  # the layer before masks it
-            if len(inputs) == 1:
-                dxs = [dxs]
-            for i, dx in zip(inputs, dxs):
-                pending[i] = pending[i] + dx if i in pending else dx
-        return pending.get(INPUT) if input_grad else None
+            dxs = layer.backward(g)
+            for i, dx in zip(inputs, [dxs] if len(inputs) == 1 else dxs):
+                pending.setdefault(i, []).append(dx)
+        return sum_gradients(pending[INPUT]) if input_grad and INPUT in pending else None
 
     def _absorbed_relus(self, uses, keep):
         """{ReLU node: the node before it} for each ReLU whose input only it reads, from a layer

@@ -22,6 +22,14 @@ def relu_backward(dy, y, dx):
 
 
 @numba.njit(parallel=True, cache=True)
+def relu_backward_sum(a, b, y, dx):
+    """dx = a + b where the forward output y was positive, else 0: a ReLU's gradient arriving as
+    two parts (a fork), summed and masked in one pass (the sum rounds as a + b alone would)."""
+    for i in numba.prange(a.size):
+        dx[i] = a[i] + b[i] if y[i] > 0 else 0
+
+
+@numba.njit(parallel=True, cache=True)
 def clip_forward(x, lo, hi, y):
     """y = min(max(x, lo), hi) elementwise over flat contiguous arrays (NaN stays NaN, as with
     np.clip); y may be x."""

@@ -5,8 +5,11 @@ Several primitives compute the same convolution with different lowerings (Anders
 its own module and is listed in the registry PRIMITIVES. A primitive refuses, with a reason, the
 shapes it does not handle. Callers name a primitive (a layer carries the one its plan chose) or
 leave it to `default_primitive`, a heuristic from measurements on 2-core AVX2 machines;
-npdc.engine.conv_select measures and chooses per layer instead. All primitives take and return NCHW
-float arrays and keep float64 in float64 (gradient checks rely on it).
+npdc.engine.conv_select measures and chooses per layer instead. A layer without a plan may run its
+backward on another primitive than its forward (`default_backward_primitive`): the two passes'
+costs differ per lowering, and any primitive's gradients are those of the same convolution. All
+primitives take and return NCHW float arrays and keep float64 in float64 (gradient checks rely on
+it).
 """
 
 from contextlib import contextmanager
@@ -102,6 +105,16 @@ def choose_primitive(planned, x_shape, W_shape, stride, pad, groups):
     return planned or default_primitive(x_shape, W_shape, stride, pad, groups)
 
 
+def choose_backward_primitive(planned, x_shape, W_shape, stride, pad, groups):
+    """The primitive a layer's backward runs: the forced one if it accepts the shape, else the
+    planned one (a plan times each primitive's forward and backward together), else
+    default_backward_primitive."""
+    forced = _forced["name"]
+    if forced and PRIMITIVES[forced].refuse(x_shape, W_shape, stride, pad, groups) is None:
+        return forced
+    return planned or default_backward_primitive(x_shape, W_shape, stride, pad, groups)
+
+
 def legal_primitives(x_shape, W_shape, stride, pad, groups):
     """Names of the primitives that accept this convolution, in registry order."""
     return [name for name, p in PRIMITIVES.items() if p.refuse(x_shape, W_shape, stride, pad, groups) is None]
@@ -132,6 +145,27 @@ def default_primitive(x_shape, W_shape, stride, pad, groups):
     if groups == 1 and stride == 1 and pad == 0 and kh == kw == 1:
         return "kn2row"
     return "im2col"
+
+
+def default_backward_primitive(x_shape, W_shape, stride, pad, groups):
+    """The primitive for the gradients when no plan chose one: default_primitive's, except at two
+    kinds of stride-2 layer that only ImageNet-size networks have (128 or more input channels;
+    the shipped models have at most 64 there), where another lowering's backward measured faster
+    than the forward's choice (ResNet-50, batch 8; docs/perf.md): a 3x3 layer, polyphase forward,
+    takes one GEMM over the batch when its output map has at most 196 pixels (else im2col), as
+    polyphase's weight gradient is the slowest there; a 1x1 layer with 256 or more input
+    channels takes one GEMM up to 256 output pixels, kn2row above."""
+    o, cg, kh, kw = W_shape
+    pixels = out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad)
+    forward = default_primitive(x_shape, W_shape, stride, pad, groups)
+    if groups != 1 or stride != 2 or forward == "gemm":
+        return forward
+    gemm_fits = conv_gemm.refuse(x_shape, W_shape, stride, pad, groups) is None
+    if (kh, kw) == (3, 3) and cg >= 128:
+        return "gemm" if pixels <= 196 and gemm_fits else "im2col"
+    if (kh, kw) == (1, 1) and cg >= 256:
+        return "gemm" if pixels <= 256 and gemm_fits else "kn2row"
+    return forward
 
 
 def _resolve(primitive, x_shape, W_shape, stride, pad, groups):

@@ -141,7 +141,11 @@ def backward(x, W, dy, stride, pad, groups, need_dx):
     """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     o, c, kh, kw = W.shape
     Wt = np.ascontiguousarray(W.transpose(2, 3, 0, 1).reshape(kh * kw, o, c))
-    dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    pointwise = kh == kw == 1 and stride == 1 and pad == 0
+    if not need_dx:
+        dx = np.zeros((1, 1, 1, 1), x.dtype)
+    else:  # a pointwise layer's products write every element; the taps' scatters add into zeros
+        dx = np.empty_like(x) if pointwise else np.zeros_like(x)
     dWt = _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, numba.get_num_threads())
     dW = dWt.reshape(kh, kw, o, c).transpose(2, 3, 0, 1)
     return (dx if need_dx else None), np.ascontiguousarray(dW)

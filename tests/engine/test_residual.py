@@ -34,6 +34,48 @@ def test_add_gradcheck():
     assert errors["x"] < 1e-5
 
 
+def test_add_with_relu_sums_gradient_parts_in_its_mask_as_numpy_would():
+    """Parts of a forked gradient, summed left to right and masked in one pass: the same bits as
+    NumPy's sum masked afterwards, also when a part's type differs (summed first, then cast)."""
+    r = np.random.default_rng(3)
+    a, b = (r.standard_normal((4, 2, 3, 3)).astype(np.float32) for _ in range(2))
+    parts = [r.standard_normal((4, 2, 3, 3)).astype(np.float32) for _ in range(3)]
+    for given in (parts[:2], parts, [parts[0], parts[1].astype(np.float64)]):
+        layer = Add()
+        layer.build([(2, 3, 3), (2, 3, 3)], None)
+        y = layer.forward([a, b], train=True, relu=True)
+        total = given[0]
+        for p in given[1:]:
+            total = total + p
+        want = np.where(y > 0, total, 0).astype(np.float32)
+        da, db = layer.backward(list(given))
+        np.testing.assert_array_equal(da, want)
+        assert da is db and da.dtype == np.float32
+        assert not any(np.shares_memory(da, p) for p in given)
+
+
+def test_fused_fork_sums_leave_a_training_step_bit_identical(monkeypatch):
+    """A residual net's weight gradients with Add summing its parts in the mask equal those with
+    the parts summed first (the path of a layer that cannot)."""
+    def grads():
+        net = build_net(TINY_RESNET18, seed=4)
+        x = np.random.default_rng(5).standard_normal((3,) + tuple(TINY_RESNET18["input_shape"]))
+        y = net.forward(x.astype(np.float32), train=True)
+        net.backward(np.random.default_rng(6).standard_normal(y.shape).astype(np.float32))
+        return {k: v.copy() for k, v in net.grads().items()}
+
+    import npdc.engine.layers.residual as residual
+    calls, kernel = [], residual.relu_backward_sum
+    monkeypatch.setattr(residual, "relu_backward_sum", lambda *a: (calls.append(1), kernel(*a)))
+    fused = grads()
+    assert len(calls) >= 3  # the net's forks did reach the fused mask
+    monkeypatch.setattr(Add, "sums_gradient_parts", False)
+    summed = grads()
+    assert fused.keys() == summed.keys()
+    for k in fused:
+        np.testing.assert_array_equal(fused[k], summed[k], err_msg=k)
+
+
 def test_add_rejects_mismatched_shapes():
     """A residual add of different shapes is a construction error."""
     with pytest.raises(ValueError):

@@ -7,6 +7,8 @@ import numpy as np
 class Layer:
     """Base class. Shapes exclude the batch axis in build(); arrays include it in forward()."""
 
+    sums_gradient_parts = False  # True: backward also takes a list of parts to sum (Net's forks)
+
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -48,3 +50,13 @@ class Layer:
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+def sum_gradients(parts):
+    """The sum of a node's gradient parts (one per reader of its output), left to right (NumPy's
+    additions, into new arrays: a part may be another node's gradient too, as Add hands one
+    array to both inputs); a single part is returned as it is."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total

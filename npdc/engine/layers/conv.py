@@ -5,12 +5,14 @@ Convolutions") runs as the ordinary convolution of the kernel spread out with ze
 taps, so every primitive computes it; its weight gradient is read back at the taps.
 
 The layer carries the name of the primitive its plan chose (`primitive`, None for the default
-heuristic); `ran` records the one the last forward used, for the speed report."""
+heuristic); `ran` records the one the last forward used, for the speed report, and `ran_backward`
+the last backward's (without a plan it may differ: npdc.kernels.conv.default_backward_primitive)."""
 
 import numpy as np
 
 from npdc.engine.layers.base import Layer
-from npdc.kernels.conv import check_conv, choose_primitive, conv2d_backward, conv2d_forward
+from npdc.kernels.conv import (check_conv, choose_backward_primitive, choose_primitive, conv2d_backward,
+                               conv2d_forward)
 from npdc.kernels.im2col import out_size
 
 
@@ -24,7 +26,8 @@ class Conv2d(Layer):
         self.dilation = int(dilation)
         self.span = self.dilation * (self.k - 1) + 1  # the side of the kernel spread out by dilation
         self.primitive = None
-        self.ran = None
+        self.ran = None  # the primitives the last forward and backward ran
+        self.ran_backward = None
 
     def build(self, in_shape, rng):
         c, h, w = in_shape
@@ -65,7 +68,9 @@ class Conv2d(Layer):
         """dx (None without need_dx: the weight gradients only), adding into grads."""
         x = self.cache.pop("x")
         W = self._spread()
-        name = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups)
+        name = choose_backward_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding,
+                                         self.groups)
+        self.ran_backward = name
         dx, dW = conv2d_backward(x, W, dy, self.stride, self.padding, self.groups, need_dx=need_dx,
                                  primitive=name)
         self.grads["W"] += dW[:, :, ::self.dilation, ::self.dilation]

@@ -3,8 +3,9 @@
 
 import numpy as np
 
-from npdc.engine.layers.base import Layer
-from npdc.kernels.activation import add, relu_backward, shortcut_backward, shortcut_forward
+from npdc.engine.layers.base import Layer, sum_gradients
+from npdc.kernels.activation import (add, relu_backward, relu_backward_sum, shortcut_backward,
+                                     shortcut_forward)
 
 
 def _sum(a, b, out, relu):
@@ -23,6 +24,7 @@ class Add(Layer):
 
     n_inputs = 2
     absorbs_relu = True
+    sums_gradient_parts = True
 
     def build(self, in_shapes, rng):
         a, b = (tuple(s) for s in in_shapes)
@@ -43,12 +45,22 @@ class Add(Layer):
         return _sum(xs[0], xs[1], xs[0], relu)
 
     def backward(self, dy):
+        """dy: the gradient, or a list of its parts (when the output forks), which the ReLU's
+        mask then sums in its own pass."""
         y = self.cache.pop("relu_y", None)
-        if y is not None:
-            dy, masked = np.ascontiguousarray(dy, dtype=y.dtype), np.empty_like(y)
-            relu_backward(dy.reshape(-1), y.reshape(-1), masked.reshape(-1))
-            dy = masked
-        return [dy, dy]
+        parts = dy if isinstance(dy, list) else [dy]
+        if y is None:
+            dy = sum_gradients(parts)
+            return [dy, dy]
+        masked = np.empty_like(y)
+        if len(parts) > 1 and all(p.dtype == y.dtype for p in parts):
+            head, last = sum_gradients(parts[:-1]), np.ascontiguousarray(parts[-1])
+            relu_backward_sum(np.ascontiguousarray(head).reshape(-1), last.reshape(-1), y.reshape(-1),
+                              masked.reshape(-1))
+        else:
+            g = np.ascontiguousarray(sum_gradients(parts), dtype=y.dtype)
+            relu_backward(g.reshape(-1), y.reshape(-1), masked.reshape(-1))
+        return [masked, masked]
 
 
 class ZeroPadShortcut(Layer):
