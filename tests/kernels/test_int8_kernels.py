@@ -88,6 +88,29 @@ def test_requantisation_saturates_huge_sums_and_left_shifts():
     assert list(got) == [2 ** 30, -2 ** 30]  # the left shift saturates at int32 before the multiply
 
 
+
+@numba.njit(cache=True)
+def _requantize_lanes(v, m0, shift, out):
+    for i in range(v.size):
+        left, right, rnd, neg = K.lane_shifts(shift[i])
+        out[i] = K.requantize_lanes(v[i], m0[i], left, right, rnd, neg)
+
+
+def test_the_branch_free_requantisation_of_the_tails_equals_the_papers():
+    """The tails' floor form of both roundings gives requantize's bits: ties of either rounding,
+    either sign, shifts 0 (no rounding shift) to 40, left shifts that saturate, sums past int32."""
+    rng = np.random.default_rng(7)
+    M = np.concatenate([10.0 ** rng.uniform(-12, 0, 600), rng.uniform(1, 3000, 200), [0.5, 0.25, 1.0, 2.0 ** -20]])
+    m0, shift = fixed_multipliers(M)
+    v = rng.integers(-2 ** 31, 2 ** 31, M.size)
+    v[:300] = rng.integers(-600, 600, 300)  # ties of the rounding shift show with small sums
+    v[-4:] = [2 ** 40, -2 ** 40, -(2 ** 20), 3 * 2 ** 19]
+    v[::97] = -v[::97] - 1
+    want, got = _requantize(v, m0, shift), np.zeros(v.size, np.int64)
+    _requantize_lanes(v.astype(np.int64), m0, shift, got)
+    assert set(shift.tolist()) >= {0} and shift.min() < 0 and shift.max() > 20
+    assert np.array_equal(got, want)
+
 def _gemm(W, cols_kp, vnni):
     """acc = W (O, K) int8 times cols (K, P) uint8 through gemm_tile's packing."""
     o, k = W.shape
