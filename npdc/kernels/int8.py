@@ -39,7 +39,7 @@ import numpy as np
 from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
                                    runs_packed, tap_plane, tap_width)
-from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2, dot_rows4_at4
+from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
@@ -120,12 +120,9 @@ def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
     conv's taps read in place, npdc.kernels.int8_pack.interleave_rows)."""
     o4 = w.size // k4
     step = group_bytes(pitch)
-    quads = (pitch // (4 * LANES)) * 4 * LANES if vnni and offs.size else 0
-    pairs = quads + ((pitch - quads) // (2 * LANES)) * 2 * LANES if vnni and offs.size else 0
+    pairs = (pitch // (2 * LANES)) * 2 * LANES if vnni and offs.size else 0
     for o in range(0, o4, ROWS):
-        for p in range(0, quads, 4 * LANES):  # 64 positions at a time where they fit, then 32
-            dot_rows4_at4(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
-        for p in range(quads, pairs, 2 * LANES):
+        for p in range(0, pairs, 2 * LANES):  # 32 positions at a time where they fit
             dot_rows4_at2(w, o * k4, k4, cols, p * GROUP, offs, k4, acc, o * pitch + p, pitch)
         for p in range(pairs, pitch, LANES):
             if vnni and offs.size:

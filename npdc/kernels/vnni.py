@@ -123,14 +123,3 @@ def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_of
             and _flat(offs, types.int64)):
         return None
     return _dot_rows4(w, cols, acc, offs, 2)
-
-
-@intrinsic
-def dot_rows4_at4(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_off, a_pitch):
-    """dot_rows4_at over 64 positions (four runs of 16 lanes, 64 bytes apart in the columns and
-    16 words apart in acc): 16 accumulators, enough to keep two vpdpbusd ports busy through
-    the instruction's latency."""
-    if not (_flat(w, types.int32) and _flat(cols, types.uint8) and _flat(acc, types.int32)
-            and _flat(offs, types.int64)):
-        return None
-    return _dot_rows4(w, cols, acc, offs, 4)

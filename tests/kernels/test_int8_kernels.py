@@ -147,6 +147,25 @@ def test_vnni_and_portable_dot_products_give_the_same_bits():
         assert np.array_equal(fast, W.astype(np.int64) @ X.astype(np.int64))
 
 
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
+def test_a_linear_gives_the_integer_product_over_several_row_blocks_and_a_partial_group(vnni):
+    """linear_u8's float output with unit dequantization is sum + bias exactly: rows in three
+    blocks of 16 (the packing's transpose blocks), 45 features (a last group of one byte)."""
+    rng = np.random.default_rng(8)
+    n, f, o = 37, 45, 6
+    x = rng.integers(0, 256, (n, f)).astype(np.uint8)
+    W = rng.integers(-127, 128, (o, f)).astype(np.int8)
+    k4, o4, pitch = -(-f // 4), 8, 48
+    packed = np.zeros((o4, 4 * k4), np.int8)
+    packed[:o, :f] = W
+    bias = np.arange(o4, dtype=np.int64) * 1000 - 3000
+    out = np.zeros((n, o), np.float32)
+    K.linear_u8(x, packed.view(np.int32).reshape(-1), k4, bias, np.zeros(o4, np.int64), np.zeros(o4, np.int64),
+                np.zeros(9, np.int64), np.zeros((1, 1), np.uint8), out, np.ones(o),
+                np.zeros(k4 * P.group_bytes(pitch), np.uint8), np.zeros(o4 * pitch, np.int32), vnni)
+    assert np.array_equal(out, (x.astype(np.int64) @ W.T.astype(np.int64) + bias[:o]).astype(np.float32))
+
 @pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
 def test_the_int32_sum_is_exact_at_the_stated_bound(vnni):
     """The worst case of one output: MAX_INPUTS inputs of 255 times weights of -127 and 127 sum
