@@ -97,12 +97,13 @@ def pack_rows(x, p0, p1, pitch, cols):
             base, k = np.uint64(g) * step, GROUP * g
             for p in range(b, min(b + LANES, p1)):
                 words[base + np.uint64(p - p0)] = word4(x[p, k], x[p, k + 1], x[p, k + 2], x[p, k + 3])
+    if full == groups:
+        return
     for p in range(p0, p1):  # the last group of an F that is no multiple of 4: zero bytes after F
-        if full < groups:
-            v = np.uint32(0)
-            for k in range(GROUP * full, f):
-                v |= np.uint32(x[p, k]) << np.uint32(8 * (k - GROUP * full))
-            words[np.uint64(full) * step + np.uint64(p - p0)] = v
+        v = np.uint32(0)
+        for k in range(GROUP * full, f):
+            v |= np.uint32(x[p, k]) << np.uint32(8 * (k - GROUP * full))
+        words[np.uint64(full) * step + np.uint64(p - p0)] = v
 
 
 @numba.njit(cache=True)
