@@ -193,15 +193,23 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
 
 
 @numba.njit(cache=True, inline="always")
-def requantize_lanes(v, m0, left, right, mask, half):
-    """requantize(v, m0, shift) without branches, for a vectorised loop: m0 >= 0 (so the high
-    multiply cannot overflow), left = max(-shift, 0), right = max(shift, 0), mask = 2^right - 1,
-    half = mask >> 1. Truncation toward zero and the ties are selects on the sign bits."""
+def lane_shifts(shift):
+    """(left, right, rnd, neg) of requantize_lanes for a shift: left = max(-shift, 0), right =
+    max(shift, 0), rnd = 2^right / 2 (0 when right is 0), neg = -1 when right > 0, else 0."""
+    right = np.int64(max(shift, 0))
+    return np.int64(max(-shift, 0)), right, (np.int64(1) << right) >> 1, -np.int64(right > 0)
+
+
+@numba.njit(cache=True, inline="always")
+def requantize_lanes(v, m0, left, right, rnd, neg):
+    """requantize(v, m0, shift) without branches, for a vectorised loop, with m0 >= 0 (the high
+    multiply cannot overflow) and (left, right, rnd, neg) = lane_shifts(shift). Both of the
+    paper's roundings are written as floors, which an arithmetic shift gives: its nudged and
+    truncated high multiply (ties toward +inf) is floor((x m0 + 2^30) / 2^31) for either sign,
+    and its rounding right shift (ties away from zero) is floor((h + rnd - [h < 0]) / 2^right)."""
     x = saturate32(saturate32(v) << left)
-    ab = np.int64(np.int32(x)) * np.int64(np.int32(m0))  # both fit int32: a 32x32->64 multiply
-    t = ab + (1 << 30) - np.int64(ab < 0) * ((1 << 31) - 1)
-    h = (t + ((t >> 63) & ((1 << 31) - 1))) >> 31
-    return (h >> right) + np.int64((h & mask) > half + np.int64(h < 0))
+    h = (np.int64(np.int32(x)) * np.int64(np.int32(m0)) + (1 << 30)) >> 31  # a 32x32->64 multiply
+    return (h + rnd + ((h >> 63) & neg)) >> right
 
 
 @numba.njit(cache=True, inline="always")
@@ -222,12 +230,10 @@ def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low, scratch
     vectoriser takes whole), into scratch (>= the run's bytes), then each row is copied out."""
     wo = plane.shape[1]
     width = (p1 - p0 - 1) * row + wo
-    left, right = np.int64(max(-shift, 0)), np.int64(max(shift, 0))
-    mask = (np.int64(1) << right) - 1
-    half = mask >> 1
+    left, right, rnd, neg = lane_shifts(shift)
     src = np.uint64(start)
     for t in range(np.uint64(width)):
-        out = zy + requantize_lanes(np.int64(a[src + t]) + bias, m0, left, right, mask, half)
+        out = zy + requantize_lanes(np.int64(a[src + t]) + bias, m0, left, right, rnd, neg)
         scratch[t] = np.uint8(min(max(out, low), 255))
     copy_rows(scratch, row, plane, p0, p1)
 
@@ -260,17 +266,16 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
         for q in range(np.uint64(wo)):
             r_run[dst + q] = r_flat[src + q * u_sub]
     fraction = np.int64(RES_FRACTION)
-    cl, cr = np.int64(max(-(shift - fraction), 0)), np.int64(max(shift - fraction, 0))
-    rl, rr = np.int64(max(-(meta[8] - fraction), 0)), np.int64(max(meta[8] - fraction, 0))
-    cmask, rmask, fmask = (np.int64(1) << cr) - 1, (np.int64(1) << rr) - 1, (np.int64(1) << fraction) - 1
+    cl, cr, c_rnd, c_neg = lane_shifts(shift - fraction)
+    rl, rr, r_rnd, r_neg = lane_shifts(meta[8] - fraction)
+    f_rnd = np.int64(1) << (fraction - 1)
     rm0 = meta[7]
     src = np.uint64(start)
     for t in range(np.uint64(width)):
         v = np.int64(a[src + t]) + bias
         r = np.int64(r_run[t]) - zr
-        total = (requantize_lanes(v, m0, cl, cr, cmask, cmask >> 1)
-                 + requantize_lanes(r, rm0, rl, rr, rmask, rmask >> 1))
-        q = zy + (total >> fraction) + np.int64((total & fmask) > (fmask >> 1) + np.int64(total < 0))
+        total = requantize_lanes(v, m0, cl, cr, c_rnd, c_neg) + requantize_lanes(r, rm0, rl, rr, r_rnd, r_neg)
+        q = zy + ((total + f_rnd + (total >> 63)) >> fraction)  # divide_by_pow2(total, RES_FRACTION)
         out[t] = np.uint8(min(max(q, low), 255))
     copy_rows(out, row, plane, p0, p1)
 

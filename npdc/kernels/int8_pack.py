@@ -85,12 +85,25 @@ def im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, cols, 
 
 @numba.njit(cache=True)
 def pack_rows(x, p0, p1, pitch, cols):
-    """Rows p0..p1-1 of x (N, F) uint8 packed as im2col_packed packs columns (position = row)."""
+    """Rows p0..p1-1 of x (N, F) uint8 packed as im2col_packed packs columns (position = row):
+    a transpose of 4-byte words, done in blocks of LANES rows so that each row's bytes are read
+    along the row (a linear's input rows are thousands of bytes apart)."""
     f = x.shape[1]
-    for k in range(((f + GROUP - 1) // GROUP) * GROUP):
-        base, lane = (k // GROUP) * group_bytes(pitch), k % GROUP
-        for p in range(p0, p1):
-            cols[base + (p - p0) * GROUP + lane] = x[p, k] if k < f else 0
+    full, groups = f // GROUP, (f + GROUP - 1) // GROUP
+    step = np.uint64(group_bytes(pitch) // GROUP)
+    words = cols[:groups * group_bytes(pitch)].view(np.uint32)
+    for b in range(p0, p1, LANES):
+        for g in range(full):
+            base, k = np.uint64(g) * step, GROUP * g
+            for p in range(b, min(b + LANES, p1)):
+                words[base + np.uint64(p - p0)] = word4(x[p, k], x[p, k + 1], x[p, k + 2], x[p, k + 3])
+    if full == groups:
+        return
+    for p in range(p0, p1):  # the last group of an F that is no multiple of 4: zero bytes after F
+        v = np.uint32(0)
+        for k in range(GROUP * full, f):
+            v |= np.uint32(x[p, k]) << np.uint32(8 * (k - GROUP * full))
+        words[np.uint64(full) * step + np.uint64(p - p0)] = v
 
 
 @numba.njit(cache=True)
@@ -177,7 +190,8 @@ def runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, cols, padded):
     packed as im2col_packed packs them but over the padded width Wp: position (p - p0) * Wp + q.
     The rows the tile reads are first copied into `padded` (C x (p1-p0+kh-1) x Wp, the zero
     point around them); then column row (c, i, j) is the run of `padded` starting at channel c,
-    row i, column j, and four such runs interleave into one group's words."""
+    row i, column j, and four such runs interleave into one group's words (in the last group
+    of a k_total that is no multiple of 4, the rows past it repeat its first)."""
     c_n, h, w = x.shape[0], x.shape[1], x.shape[2]
     wp, span = w + 2 * pad, p1 - p0 + kh - 1
     plane = span * wp
@@ -199,14 +213,9 @@ def runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, cols, padded):
             c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
             starts[lane] = c * plane + i * wp + j if r < k_total else -1
         base = np.uint64(g * group_bytes(pitch) // GROUP)
-        if starts[3] < 0:  # the last group of a k_total that is no multiple of 4: zero bytes
-            for t in range(np.uint64(width)):
-                v = np.uint32(0)
-                for lane in range(GROUP):
-                    if starts[lane] >= 0:
-                        v |= np.uint32(padded[np.uint64(starts[lane]) + t]) << np.uint32(8 * lane)
-                words[base + t] = v
-            continue
+        for lane in range(GROUP):  # rows past k_total (the last group) repeat row g * 4: their
+            if starts[lane] < 0:   # weights are 0, so any byte gives the same sums
+                starts[lane] = starts[0]
         s0, s1, s2, s3 = np.uint64(starts[0]), np.uint64(starts[1]), np.uint64(starts[2]), np.uint64(starts[3])
         for t in range(np.uint64(width)):
             words[base + t] = word4(padded[s0 + t], padded[s1 + t], padded[s2 + t], padded[s3 + t])

@@ -88,6 +88,29 @@ def test_requantisation_saturates_huge_sums_and_left_shifts():
     assert list(got) == [2 ** 30, -2 ** 30]  # the left shift saturates at int32 before the multiply
 
 
+
+@numba.njit(cache=True)
+def _requantize_lanes(v, m0, shift, out):
+    for i in range(v.size):
+        left, right, rnd, neg = K.lane_shifts(shift[i])
+        out[i] = K.requantize_lanes(v[i], m0[i], left, right, rnd, neg)
+
+
+def test_the_branch_free_requantisation_of_the_tails_equals_the_papers():
+    """The tails' floor form of both roundings gives requantize's bits: ties of either rounding,
+    either sign, shifts 0 (no rounding shift) to 40, left shifts that saturate, sums past int32."""
+    rng = np.random.default_rng(7)
+    M = np.concatenate([10.0 ** rng.uniform(-12, 0, 600), rng.uniform(1, 3000, 200), [0.5, 0.25, 1.0, 2.0 ** -20]])
+    m0, shift = fixed_multipliers(M)
+    v = rng.integers(-2 ** 31, 2 ** 31, M.size)
+    v[:300] = rng.integers(-600, 600, 300)  # ties of the rounding shift show with small sums
+    v[-4:] = [2 ** 40, -2 ** 40, -(2 ** 20), 3 * 2 ** 19]
+    v[::97] = -v[::97] - 1
+    want, got = _requantize(v, m0, shift), np.zeros(v.size, np.int64)
+    _requantize_lanes(v.astype(np.int64), m0, shift, got)
+    assert set(shift.tolist()) >= {0} and shift.min() < 0 and shift.max() > 20
+    assert np.array_equal(got, want)
+
 def _gemm(W, cols_kp, vnni):
     """acc = W (O, K) int8 times cols (K, P) uint8 through gemm_tile's packing."""
     o, k = W.shape
@@ -123,6 +146,25 @@ def test_vnni_and_portable_dot_products_give_the_same_bits():
         assert np.array_equal(fast, portable)
         assert np.array_equal(fast, W.astype(np.int64) @ X.astype(np.int64))
 
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
+def test_a_linear_gives_the_integer_product_over_several_row_blocks_and_a_partial_group(vnni):
+    """linear_u8's float output with unit dequantization is sum + bias exactly: rows in three
+    blocks of 16 (the packing's transpose blocks), 45 features (a last group of one byte)."""
+    rng = np.random.default_rng(8)
+    n, f, o = 37, 45, 6
+    x = rng.integers(0, 256, (n, f)).astype(np.uint8)
+    W = rng.integers(-127, 128, (o, f)).astype(np.int8)
+    k4, o4, pitch = -(-f // 4), 8, 48
+    packed = np.zeros((o4, 4 * k4), np.int8)
+    packed[:o, :f] = W
+    bias = np.arange(o4, dtype=np.int64) * 1000 - 3000
+    out = np.zeros((n, o), np.float32)
+    K.linear_u8(x, packed.view(np.int32).reshape(-1), k4, bias, np.zeros(o4, np.int64), np.zeros(o4, np.int64),
+                np.zeros(9, np.int64), np.zeros((1, 1), np.uint8), out, np.ones(o),
+                np.zeros(k4 * P.group_bytes(pitch), np.uint8), np.zeros(o4 * pitch, np.int32), vnni)
+    assert np.array_equal(out, (x.astype(np.int64) @ W.T.astype(np.int64) + bias[:o]).astype(np.float32))
 
 @pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
 def test_the_int32_sum_is_exact_at_the_stated_bound(vnni):
