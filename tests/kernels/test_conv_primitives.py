@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
 from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_stem, conv_winograd4, simd
+from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -275,6 +276,26 @@ def test_winograd4_with_transposed_blocks_and_their_leftovers(pad):
     rows of 21 - 2*pad inputs and 19 outputs (blocks of eight columns and the rest): the plane
     fill and the output rows move 8 x 8 blocks through transpose8 and the leftovers one by one."""
     _check_all_three("winograd4", ((2, 11, 21 - 2 * pad, 21 - 2 * pad), (13, 11, 3, 3), 1, pad, 1), seed=pad)
+
+
+@pytest.mark.parametrize("out_channels", [40, 64])
+def test_winograd4_with_pairs_of_output_blocks_and_an_odd_one(out_channels):
+    """40 output channels pad to three blocks of sixteen (a pair through the 32-channel register
+    block, the last alone, its lanes past 40 zero), 64 to two pairs; 20 input channels pad to
+    24. The data gradient runs the same products with 20 output channels (two blocks)."""
+    _check_all_three("winograd4", ((2, 20, 9, 10), (out_channels, 20, 3, 3), 1, 1, 1), seed=out_channels)
+
+
+def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block():
+    """U[a*6 + b, o // 16, c, o % 16] = (G W[o, c] G^T)[a, b], zero past O (37 pads to 48) and
+    past C (the caller's zeros kept)."""
+    W = np.random.default_rng(3).standard_normal((37, 5, 3, 3))
+    G = matrices(4, np.float64)[1]
+    U = np.zeros((36, 3, 8, 16))
+    conv_winograd4._kernels(W, G, U)
+    want = np.zeros((6, 6, 48, 8))
+    want[:, :, :37, :5] = np.einsum("ai,ocij,bj->aboc", G, W, G)
+    np.testing.assert_allclose(U, want.reshape(36, 3, 16, 8).transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
