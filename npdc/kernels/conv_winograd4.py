@@ -39,6 +39,7 @@ from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.conv_winograd4_transforms import (cols_dy, cols_in, fill, store_rows, strip_dy, strip_in, tile_out,
                                                     transform_rows)
 from npdc.kernels.im2col import out_size
+from npdc.kernels.prepared import prepared
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 BUDGET = 96 * 1024  # floats of V and M per chunk: they stay in a core's L2 (the best size measured)
@@ -206,15 +207,24 @@ def _layout(n, c8, o16, th, tw, threads):
     return n_tasks, max(tw, span // tw * tw)
 
 
-def _correlate(x, W, pad):
-    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3)."""
+def transformed_kernels(W):
+    """U (36, O16 / 16, C8, 16) for W (O, C, 3, 3): the products' right-hand sides (_kernels)."""
+    o, c = W.shape[:2]
+    c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
+    U = np.zeros((36, o16 // OUT_BLOCK, c8, OUT_BLOCK), W.dtype)
+    _kernels(W, matrices(4, np.float64)[1], U)
+    return U
+
+
+def _correlate(x, W, pad, U=None):
+    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3), whose
+    transform U may be given."""
     n, c, h, w = x.shape
     o = W.shape[0]
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     th, tw = -(-ho // 4), -(-wo // 4)
     c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
-    U = np.zeros((36, o16 // OUT_BLOCK, c8, OUT_BLOCK), x.dtype)
-    _kernels(W, matrices(4, np.float64)[1], U)
+    U = transformed_kernels(W) if U is None else U
     threads = numba.get_num_threads()
     n_tasks, span = _layout(n, c8, o16, th, tw, threads)
     y = np.empty((n, o, ho, wo), x.dtype)
@@ -335,8 +345,9 @@ def weight_gradient(x, dy, pad):
 
 
 def forward(x, W, stride, pad, groups):
-    """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2)."""
-    return _correlate(x, W, pad)
+    """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2). The
+    transformed kernels are kept between calls on the same weights (npdc.kernels.prepared)."""
+    return _correlate(x, W, pad, prepared("winograd4", W, transformed_kernels))
 
 
 def backward(x, W, dy, stride, pad, groups, need_dx):
