@@ -419,6 +419,12 @@ def test_default_is_legal_and_forcing_respects_refusals():
         assert default_primitive(*case) in legal_primitives(*case)
     assert default_primitive(*cases[3]) == "depthwise"
     assert default_primitive((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1) == "gemm"  # ResNet-50's last stage
+    last = ((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1)
+    assert default_primitive(*last, inference=True) == choose_primitive(None, *last, inference=True) == "winograd4"
+    for case in (((8, 512, 4, 4), (512, 512, 3, 3), 1, 1, 1),  # fmnist-resnet18's last stage
+                 ((8, 256, 7, 7), (256, 256, 3, 3), 1, 1, 1),  # its third
+                 ((8, 512, 14, 14), (512, 512, 3, 3), 2, 1, 1)):  # ResNet-50's stride-2 one
+        assert default_primitive(*case, inference=True) == default_primitive(*case) == "gemm"
     assert default_primitive((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, 1) == "kn2row"  # cifar-resnet's is not
     assert default_primitive((8, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1) == "stem"  # ImageNet ResNets' first
     assert default_primitive((8, 3, 32, 32), (16, 3, 3, 3), 1, 1, 1) == "flat"  # cifar-resnet's first

@@ -60,3 +60,17 @@ def test_winograd4_follows_weights_changed_in_place():
     y = conv2d_forward(x, W, 1, 1, 1, primitive="winograd4")
     np.testing.assert_allclose(y, naive_conv2d(x, W, 1, 1, 1), rtol=1e-4, atol=1e-4)
     assert not np.allclose(y, first)
+
+
+def test_a_layer_runs_resnet50s_last_stage_as_winograd4_only_in_inference():
+    """The inference forward takes winograd4 (its kernel transform kept), a training forward the
+    GEMM (weights change every step); both compute the same convolution."""
+    from npdc.engine.layers.conv import Conv2d
+    layer = Conv2d(512, 3, padding=1)
+    layer.build((512, 7, 7), np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 512, 7, 7), dtype=np.float32)
+    inferred = layer.forward(x, train=False)
+    assert layer.ran == "winograd4"
+    trained = layer.forward(x, train=True)
+    assert layer.ran == "gemm"
+    np.testing.assert_allclose(inferred, trained, rtol=1e-3, atol=1e-3 * np.abs(trained).max())
