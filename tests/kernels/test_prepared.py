@@ -74,3 +74,20 @@ def test_a_layer_runs_resnet50s_last_stage_as_winograd4_only_in_inference():
     trained = layer.forward(x, train=True)
     assert layer.ran == "gemm"
     np.testing.assert_allclose(inferred, trained, rtol=1e-3, atol=1e-3 * np.abs(trained).max())
+
+
+def test_timing_a_training_step_keeps_no_transform_from_the_run_before(monkeypatch):
+    """conv_select's 'train' timings pay winograd4's kernel transform on every run, as training
+    does; 'infer' timings reuse it, as inference does."""
+    from npdc.engine import conv_select
+    from npdc.kernels import conv_winograd4
+    made = []
+    real = conv_winograd4.transformed_kernels
+    monkeypatch.setattr(conv_winograd4, "transformed_kernels", lambda W: made.append(1) or real(W))
+    prepared.forget()
+    x = np.ones((1, 8, 6, 6), np.float32)
+    W = np.ones((8, 8, 3, 3), np.float32)
+    conv_select.time_primitive("winograd4", x, W, 1, 1, 1, mode="infer", repeats=3)
+    assert len(made) == 1
+    conv_select.time_primitive("winograd4", x, W, 1, 1, 1, mode="train", repeats=3)
+    assert len(made) == 1 + 4 * 2  # each of the 4 runs: the forward's and the data gradient's
