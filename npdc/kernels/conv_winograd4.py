@@ -15,9 +15,10 @@ How: each parallel task copies its run of images into a zero-padded plane per th
 channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes through its tiles a
 chunk of whole tile rows at a time. For a chunk it transforms the inputs into V (36, T, C8)
 (rows combined down six whole padded rows, which is contiguous, then columns per tile, eight
-channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16) packed sixteen
-output channels to a block, a register block of eight tiles by 32 output channels at a time, and turns each tile's products into its
-4x4 outputs for all output channels at once, which a last pass writes into y's rows. A chunk's V
+channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16) packed
+sixteen output channels to a block, a register block of eight tiles by 32 output channels at a
+time, and turns each tile's products into its 4x4 outputs for all output channels at once, which
+a last pass writes into y's rows. A chunk's V
 and M together hold about BUDGET floats, so they stay in the core's caches.
 
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
