@@ -96,13 +96,13 @@ def primitive_forced(name):
         _forced["name"] = before
 
 
-def choose_primitive(planned, x_shape, W_shape, stride, pad, groups):
+def choose_primitive(planned, x_shape, W_shape, stride, pad, groups, inference=False):
     """The primitive a layer runs: the forced one if it accepts the shape, else the planned one,
-    else the default heuristic."""
+    else the default heuristic (for an inference forward if `inference`)."""
     forced = _forced["name"]
     if forced and PRIMITIVES[forced].refuse(x_shape, W_shape, stride, pad, groups) is None:
         return forced
-    return planned or default_primitive(x_shape, W_shape, stride, pad, groups)
+    return planned or default_primitive(x_shape, W_shape, stride, pad, groups, inference)
 
 
 def choose_backward_primitive(planned, x_shape, W_shape, stride, pad, groups):
@@ -120,7 +120,7 @@ def legal_primitives(x_shape, W_shape, stride, pad, groups):
     return [name for name, p in PRIMITIVES.items() if p.refuse(x_shape, W_shape, stride, pad, groups) is None]
 
 
-def default_primitive(x_shape, W_shape, stride, pad, groups):
+def default_primitive(x_shape, W_shape, stride, pad, groups, inference=False):
     """The primitive to use when no plan chose one, from measurements at ResNet shapes on 2-core
     AVX2 machines, batch 128: fused Winograd F(4x4,3x3) wins 3x3 stride-1 layers with 8 or more
     input channels, flat those with fewer (the first layer), polyphase 3x3 stride-2 layers, kn2row
@@ -129,16 +129,23 @@ def default_primitive(x_shape, W_shape, stride, pad, groups):
     depthwise layer takes the direct depthwise kernel, one with 256 or more input channels
     and an output map of at most 64 pixels (ResNet-50's last stage) one GEMM over the batch, and
     one with few input channels and a kernel larger than 3x3 (the ResNets' 7x7 stride-2 stem)
-    the direct few-channel kernel."""
+    the direct few-channel kernel. An inference forward (`inference`) of a 3x3 stride-1 layer with
+    512 or more input channels and a 7x7 or 8x8 output takes winograd4 instead of the GEMM: its
+    kernel transform, as large as the layer's work there, is kept between calls with unchanged
+    weights (npdc.kernels.prepared), which a training step's never are. Small models have no such
+    layer (fmnist-resnet18's 512 channels run at 4x4)."""
     o, cg, kh, kw = W_shape
     if conv_depthwise.refuse(x_shape, W_shape, stride, pad, groups) is None and x_shape[1] > 1:
         return "depthwise"
     if conv_stem.refuse(x_shape, W_shape, stride, pad, groups) is None and max(kh, kw) > 3:
         return "stem"
     pixels = out_size(x_shape[2], kh, stride, pad) * out_size(x_shape[3], kw, stride, pad)
+    winograd = groups == 1 and stride == 1 and (kh, kw) == (3, 3) and pad <= 2
+    if inference and winograd and cg >= 512 and 49 <= pixels <= 64:
+        return "winograd4"
     if groups == 1 and cg >= 256 and pixels <= 64:
         return "gemm"
-    if groups == 1 and stride == 1 and (kh, kw) == (3, 3) and pad <= 2:
+    if winograd:
         return "winograd4" if cg >= 8 else "flat"
     if groups == 1 and stride == 2 and (kh, kw) == (3, 3) and pad <= 1:
         return "polyphase"

@@ -15,9 +15,10 @@ How: each parallel task copies its run of images into a zero-padded plane per th
 channels innermost (H, W, C8; C rounded up to a multiple of 8), then goes through its tiles a
 chunk of whole tile rows at a time. For a chunk it transforms the inputs into V (36, T, C8)
 (rows combined down six whole padded rows, which is contiguous, then columns per tile, eight
-channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16), a register
-block of eight tiles by sixteen output channels at a time, and turns each tile's products into its
-4x4 outputs for all output channels at once, which a last pass writes into y's rows. A chunk's V
+channels at a time), runs 36 GEMMs M_xi (T, O16) = V_xi @ U_xi with U_xi (C8, O16) packed
+sixteen output channels to a block, a register block of eight tiles by 32 output channels at a
+time, and turns each tile's products into its 4x4 outputs for all output channels at once, which
+a last pass writes into y's rows. A chunk's V
 and M together hold about BUDGET floats, so they stay in the core's caches.
 
 Every output is computed by one task, from its own tile only, in a fixed order of operations,
@@ -39,6 +40,7 @@ from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.conv_winograd4_transforms import (cols_dy, cols_in, fill, store_rows, strip_dy, strip_in, tile_out,
                                                     transform_rows)
 from npdc.kernels.im2col import out_size
+from npdc.kernels.prepared import prepared
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 BUDGET = 96 * 1024  # floats of V and M per chunk: they stay in a core's L2 (the best size measured)
@@ -62,69 +64,95 @@ refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data 
 
 @numba.njit(parallel=True, cache=True)
 def _kernels(W, G, U):
-    """U[a*6 + b, c, o] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is zero-padded.
-    Each task owns an input channel's rows U[:, c] and fills them along o, so the inner loops are
-    contiguous vector loops (kernel by kernel, scattered over U, measured several times slower at
-    64 and 128 channels)."""
+    """U[a*6 + b, o // 16, c, o % 16] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is
+    zero-padded (and zeroed by the caller). Each task owns a block of sixteen output channels,
+    whose 36 slices U[:, block] (C by 16 floats each) stay in its core's L2 while it fills them
+    one output channel at a time: that channel's kernels are one contiguous run of W, and its
+    transform goes along c in contiguous vector loops (kernel by kernel measured several times
+    slower at 64 and 128 channels; a task per input channel, scattering its writes over U, 3x
+    slower at 256 and 512)."""
     o, c = W.shape[0], W.shape[1]
-    for ch in numba.prange(c):
-        g = np.empty((9, o))  # g[3*i + j, k] = W[k, ch, i, j]
-        for k in range(o):
-            for t in range(9):
-                g[t, k] = W[k, ch, t // 3, t % 3]
-        half = np.empty((18, o))  # half[3*a + j] = (G g)[a, j] for every k
-        for a in range(6):
-            for j in range(3):
-                h, g0, g1, g2 = half[3 * a + j], g[j], g[3 + j], g[6 + j]
-                for k in range(o):
-                    h[k] = G[a, 0] * g0[k] + G[a, 1] * g1[k] + G[a, 2] * g2[k]
-        for a in range(6):
-            h0, h1, h2 = half[3 * a], half[3 * a + 1], half[3 * a + 2]
-            for b in range(6):
-                u = U[a * 6 + b, ch]
-                for k in range(o):
-                    u[k] = h0[k] * G[b, 0] + h1[k] * G[b, 1] + h2[k] * G[b, 2]
+    n_blocks, c8 = U.shape[1], U.shape[2]
+    flat = U.reshape(U.size)
+    for block in numba.prange(n_blocks):
+        g = np.empty((9, c))  # g[3*i + j, ch] = W[k, ch, i, j] for the output channel k
+        half = np.empty((18, c))  # half[3*a + j] = (G g)[a, j] for every ch
+        row = np.empty(c)
+        for k in range(16 * block, min(o, 16 * block + 16)):
+            w = W[k]
+            for ch in range(c):
+                for t in range(9):
+                    g[t, ch] = w[ch, t // 3, t % 3]
+            for a in range(6):
+                for j in range(3):
+                    h, g0, g1, g2 = half[3 * a + j], g[j], g[3 + j], g[6 + j]
+                    for ch in range(c):
+                        h[ch] = G[a, 0] * g0[ch] + G[a, 1] * g1[ch] + G[a, 2] * g2[ch]
+            for a in range(6):
+                h0, h1, h2 = half[3 * a], half[3 * a + 1], half[3 * a + 2]
+                for b in range(6):
+                    for ch in range(c):
+                        row[ch] = h0[ch] * G[b, 0] + h1[ch] * G[b, 1] + h2[ch] * G[b, 2]
+                    at = ((a * 6 + b) * n_blocks + block) * c8 * 16 + k - 16 * block  # U[a*6 + b, block, 0, k % 16]
+                    for ch in range(c):
+                        flat[at + 16 * ch] = row[ch]
 
 
 def _gemm_body(V, U, M, T):
-    """M[xi, t, o] = sum_c V[xi, t, c] U[xi, c, o] for t < T (a multiple of 8), O a multiple of 16.
+    """M[xi, t, o] = sum_c V[xi, t, c] U[xi, o // 16, c, o % 16] for t < T (a multiple of 8), O a
+    multiple of 16.
 
-    A block of eight tiles by sixteen output channels is summed over all c in eight 16-tuples,
-    which the SLP vectoriser packs into eight 512-bit registers; per c, one vector load of U and
-    eight broadcasts of V feed eight multiply-adds, and M is written once. It pays at 32 and 64
-    input channels, where it measured faster than four tiles in eight 8-lane registers under
-    LLVM's 256-bit preference; at 16 and 128 the two are even, and twelve tiles were no faster
-    (docs/perf.md). Straight-line code rather than a vectorised loop, which would pay LLVM's alias
-    checks on every entry."""
+    A block of eight tiles by 32 output channels is summed over all c in sixteen 16-tuples, which
+    the SLP vectoriser packs into sixteen 512-bit registers; per c, two vector loads of U and eight
+    broadcasts of V feed sixteen multiply-adds, and M is written once (an odd last block of sixteen
+    output channels takes eight registers). U is packed sixteen output channels to a block, so the
+    loop over c reads each block's rows in order; with U (C, O) row-major, 256 and 512 output
+    channels put its rows 1 and 2 KiB apart, all in a few L1 sets. Eight tiles by sixteen channels
+    paid at 32 and 64 input channels against four tiles in 256-bit registers, and twelve tiles
+    were no faster (docs/perf.md). Each output's sum runs over c in order whatever the block, so
+    the block size does not change the result. Straight-line code rather than a vectorised loop,
+    which would pay LLVM's alias checks on every entry."""
     prefer_512_bit_vectors()
-    n_xi, n_c, o16 = U.shape
+    n_xi, n_blocks, n_c = U.shape[0], U.shape[1], U.shape[2]
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    first = numba.uint64(0)
     for xi in range(n_xi):
-        Ux, Vx, Mx = U[xi], V[xi], M[xi]
+        Vx, Mx = V[xi], M[xi]
         for t in range(0, T, 8):
             r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
             r4, r5, r6, r7 = Vx[t + 4], Vx[t + 5], Vx[t + 6], Vx[t + 7]
-            for o in range(0, o16, 16):
-                p = numba.uint64(o)
+            for block in range(0, n_blocks - 1, 2):
+                Ua, Ub = U[xi, block], U[xi, block + 1]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
+                q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = zero
+                for c in range(n_c):
+                    e, f = ld16(Ua[c], first), ld16(Ub[c], first)
+                    v0, v1, v2, v3, v4, v5, v6, v7 = r0[c], r1[c], r2[c], r3[c], r4[c], r5[c], r6[c], r7[c]
+                    s0, s1, s2, s3 = fma16(s0, v0, e), fma16(s1, v1, e), fma16(s2, v2, e), fma16(s3, v3, e)
+                    s4, s5, s6, s7 = fma16(s4, v4, e), fma16(s5, v5, e), fma16(s6, v6, e), fma16(s7, v7, e)
+                    q0, q1, q2, q3 = fma16(q0, v0, f), fma16(q1, v1, f), fma16(q2, v2, f), fma16(q3, v3, f)
+                    q4, q5, q6, q7 = fma16(q4, v4, f), fma16(q5, v5, f), fma16(q6, v6, f), fma16(q7, v7, f)
+                p, r = numba.uint64(16 * block), numba.uint64(16 * block + 16)
+                for i, a, b in ((0, s0, q0), (1, s1, q1), (2, s2, q2), (3, s3, q3),
+                                (4, s4, q4), (5, s5, q5), (6, s6, q6), (7, s7, q7)):
+                    st16(Mx[t + i], p, a)
+                    st16(Mx[t + i], r, b)
+            if n_blocks % 2:
+                block = n_blocks - 1
+                Ua, p = U[xi, block], numba.uint64(16 * block)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for c in range(n_c):
-                    e = ld16(Ux[c], p)
+                    e = ld16(Ua[c], first)
                     s0, s1, s2, s3 = fma16(s0, r0[c], e), fma16(s1, r1[c], e), fma16(s2, r2[c], e), \
                         fma16(s3, r3[c], e)
                     s4, s5, s6, s7 = fma16(s4, r4[c], e), fma16(s5, r5[c], e), fma16(s6, r6[c], e), \
                         fma16(s7, r7[c], e)
-                st16(Mx[t], p, s0)
-                st16(Mx[t + 1], p, s1)
-                st16(Mx[t + 2], p, s2)
-                st16(Mx[t + 3], p, s3)
-                st16(Mx[t + 4], p, s4)
-                st16(Mx[t + 5], p, s5)
-                st16(Mx[t + 6], p, s6)
-                st16(Mx[t + 7], p, s7)
+                for i, a in ((0, s0), (1, s1), (2, s2), (3, s3), (4, s4), (5, s5), (6, s6), (7, s7)):
+                    st16(Mx[t + i], p, a)
 
 
-_gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, ::1], F[:, :, ::1], i8")
+_gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], F[:, :, ::1], i8")
 
 
 @numba.njit(parallel=True, cache=True)
@@ -133,7 +161,7 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
     n_tasks runs of images, and chunks of span tiles (whole tile rows) per GEMM."""
     n = x.shape[0]
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    c8, o16 = U.shape[1], U.shape[2]
+    c8, o16 = U.shape[2], 16 * U.shape[1]
     hp, wp = 4 * th + 2, 4 * tw + 2
     run = wp * c8  # one padded row, all channels
     plane = hp * run
@@ -180,15 +208,24 @@ def _layout(n, c8, o16, th, tw, threads):
     return n_tasks, max(tw, span // tw * tw)
 
 
-def _correlate(x, W, pad):
-    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3)."""
+def transformed_kernels(W):
+    """U (36, O16 / 16, C8, 16) for W (O, C, 3, 3): the products' right-hand sides (_kernels)."""
+    o, c = W.shape[:2]
+    c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
+    U = np.zeros((36, o16 // OUT_BLOCK, c8, OUT_BLOCK), W.dtype)
+    _kernels(W, matrices(4, np.float64)[1], U)
+    return U
+
+
+def _correlate(x, W, pad, U=None):
+    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3), whose
+    transform U may be given."""
     n, c, h, w = x.shape
     o = W.shape[0]
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     th, tw = -(-ho // 4), -(-wo // 4)
     c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
-    U = np.zeros((36, c8, o16), x.dtype)
-    _kernels(W, matrices(4, np.float64)[1], U)
+    U = transformed_kernels(W) if U is None else U
     threads = numba.get_num_threads()
     n_tasks, span = _layout(n, c8, o16, th, tw, threads)
     y = np.empty((n, o, ho, wo), x.dtype)
@@ -309,8 +346,9 @@ def weight_gradient(x, dy, pad):
 
 
 def forward(x, W, stride, pad, groups):
-    """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2)."""
-    return _correlate(x, W, pad)
+    """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2). The
+    transformed kernels are kept between calls on the same weights (npdc.kernels.prepared)."""
+    return _correlate(x, W, pad, prepared("winograd4", W, transformed_kernels))
 
 
 def backward(x, W, dy, stride, pad, groups, need_dx):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from npdc.engine.gradcheck import check_module
 from npdc.kernels import conv_flat, conv_im2col, conv_polyphase, conv_stem, conv_winograd4, simd
+from npdc.kernels.conv_winograd import matrices
 from npdc.kernels.conv import (PRIMITIVES, conv2d_backward, conv2d_forward, default_primitive,
                                force_primitive, choose_primitive, legal_primitives)
 from npdc.threads import set_threads
@@ -277,6 +278,26 @@ def test_winograd4_with_transposed_blocks_and_their_leftovers(pad):
     _check_all_three("winograd4", ((2, 11, 21 - 2 * pad, 21 - 2 * pad), (13, 11, 3, 3), 1, pad, 1), seed=pad)
 
 
+@pytest.mark.parametrize("out_channels", [40, 64])
+def test_winograd4_with_pairs_of_output_blocks_and_an_odd_one(out_channels):
+    """40 output channels pad to three blocks of sixteen (a pair through the 32-channel register
+    block, the last alone, its lanes past 40 zero), 64 to two pairs; 20 input channels pad to
+    24. The data gradient runs the same products with 20 output channels (two blocks)."""
+    _check_all_three("winograd4", ((2, 20, 9, 10), (out_channels, 20, 3, 3), 1, 1, 1), seed=out_channels)
+
+
+def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block():
+    """U[a*6 + b, o // 16, c, o % 16] = (G W[o, c] G^T)[a, b], zero past O (37 pads to 48) and
+    past C (the caller's zeros kept)."""
+    W = np.random.default_rng(3).standard_normal((37, 5, 3, 3))
+    G = matrices(4, np.float64)[1]
+    U = np.zeros((36, 3, 8, 16))
+    conv_winograd4._kernels(W, G, U)
+    want = np.zeros((6, 6, 48, 8))
+    want[:, :, :37, :5] = np.einsum("ai,ocij,bj->aboc", G, W, G)
+    np.testing.assert_allclose(U, want.reshape(36, 3, 16, 8).transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
 def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, monkeypatch):
     """The Winograd weight gradient sums over tiles in chunks, images in groups and the batch in
@@ -398,6 +419,12 @@ def test_default_is_legal_and_forcing_respects_refusals():
         assert default_primitive(*case) in legal_primitives(*case)
     assert default_primitive(*cases[3]) == "depthwise"
     assert default_primitive((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1) == "gemm"  # ResNet-50's last stage
+    last = ((8, 512, 7, 7), (512, 512, 3, 3), 1, 1, 1)
+    assert default_primitive(*last, inference=True) == choose_primitive(None, *last, inference=True) == "winograd4"
+    for case in (((8, 512, 4, 4), (512, 512, 3, 3), 1, 1, 1),  # fmnist-resnet18's last stage
+                 ((8, 256, 7, 7), (256, 256, 3, 3), 1, 1, 1),  # its third
+                 ((8, 512, 14, 14), (512, 512, 3, 3), 2, 1, 1)):  # ResNet-50's stride-2 one
+        assert default_primitive(*case, inference=True) == default_primitive(*case) == "gemm"
     assert default_primitive((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, 1) == "kn2row"  # cifar-resnet's is not
     assert default_primitive((8, 3, 224, 224), (64, 3, 7, 7), 2, 3, 1) == "stem"  # ImageNet ResNets' first
     assert default_primitive((8, 3, 32, 32), (16, 3, 3, 3), 1, 1, 1) == "flat"  # cifar-resnet's first

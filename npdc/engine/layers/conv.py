@@ -56,7 +56,8 @@ class Conv2d(Layer):
 
     def forward(self, x, train):
         W = self._spread()
-        self.ran = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups)
+        self.ran = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups,
+                                    inference=not train)
         y = conv2d_forward(x, W, self.stride, self.padding, self.groups, primitive=self.ran)
         if self.bias:
             y += self.params["b"][:, None, None]
