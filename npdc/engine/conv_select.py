@@ -14,7 +14,6 @@ as same-layout neighbours, are folded into the nodes first, so today's all-NCHW 
 """
 
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ import numba
 import numpy as np
 
 from npdc.atomic import write_text
+from npdc.kernels.cache_stamp import kernels_digest
 from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal_primitives
 from npdc.kernels.prepared import forget
 
@@ -50,14 +50,6 @@ def cpu_name():
 
 
 @functools.cache
-def kernels_digest():
-    """The first 12 hex digits of a SHA-256 over npdc/kernels/*.py, in name order."""
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def shape_key(x_shape, W_shape, stride, pad, groups, dtype, mode):
     """The cache key of one layer's timings."""
     return (f"x{'x'.join(map(str, x_shape))}-w{'x'.join(map(str, W_shape))}-s{stride}-p{pad}"

@@ -22,8 +22,9 @@ import numba
 import numpy as np
 
 from npdc.atomic import write_text
-from npdc.engine.conv_select import best_seconds, cache_file, cpu_name, kernels_digest
+from npdc.engine.conv_select import best_seconds, cache_file, cpu_name
 from npdc.kernels import walk as W
+from npdc.kernels.cache_stamp import kernels_digest
 from npdc.kernels.conv import forced_primitive
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
