@@ -6,8 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-from numba.core.caching import CacheImpl
-
 from npdc.kernels import cache_stamp, fused
 from npdc.kernels.cache_stamp import kernels_digest
 
@@ -64,7 +62,7 @@ def test_an_edited_callee_in_another_file_recompiles_its_caller(tmp_path):
 
 
 def test_kernels_are_stamped_with_the_digest_of_every_kernel_source():
-    locator = CacheImpl(fused.finish_rows.py_func)._locator
+    locator = fused.finish_rows._cache._impl.locator  # the dispatcher's cache
     assert type(locator).__name__ == "FolderInTreeCacheLocator"
     assert kernels_digest() in locator.get_source_stamp()
     assert cache_stamp.source_digest(cache_stamp.KERNELS) == kernels_digest()
