@@ -8,10 +8,20 @@ import os
 
 import npdc
 
+# Under pytest-xdist (pytest_cmdline_main below) each of the WORKERS test processes computes on
+# one thread by default: two processes each waking two threads on two cores made parallel
+# kernels wait for descheduled threads. Tests that compare thread counts still set 1 and 2.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # read when numpy loads
 npdc.tune_process()  # the suite runs as the command line does: set before numpy loads (npdc.process)
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+if XDIST_WORKER:
+    numba.set_num_threads(1)
 
 WORKERS = 2  # test processes under pytest-xdist (see pytest_cmdline_main)
 TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
