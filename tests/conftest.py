@@ -5,6 +5,7 @@ share no code and no lowering with npdc.kernels. Tests import them as `tests.con
 """
 
 import os
+from pathlib import Path
 
 import npdc
 
@@ -24,6 +25,7 @@ if XDIST_WORKER:
     numba.set_num_threads(1)
 
 WORKERS = 2  # test processes under pytest-xdist (see pytest_cmdline_main)
+BOUNDS_CHECKED = "kernels/test_bounds_checked.py"
 TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
                  "num_classes": 3, "strides": [1, 2, 1, 2, 1]}
 TINY_CIFAR = {"arch": "cifar-resnet20", "input_shape": [3, 6, 6], "num_classes": 3}
@@ -104,15 +106,25 @@ def pytest_cmdline_main(config):
             or config.getoption("collectonly")):
         return
     config.option.numprocesses = WORKERS
+    if _selects(config, BOUNDS_CHECKED):
+        from tests.kernels import test_bounds_checked
+        test_bounds_checked.share()  # compiles on the second core while this one does the below
     import npdc.api  # noqa: F401  compiles (or loads) the kernels the package builds on import
     import npdc.cli  # noqa: F401
+
+
+def _selects(config, test_file):
+    """Whether the command line's paths (the test paths when it gives none) include test_file."""
+    target = (Path(__file__).parent / test_file).resolve()
+    paths = [Path(config.invocation_params.dir, a.split("::")[0]).resolve() for a in config.args]
+    return any(p == target or p in target.parents for p in paths)
 
 
 def pytest_collection_finish(session):
     """The bounds-checked build of the kernels compiles for about two minutes on one core: when
     its test is selected, start it now, so that it uses the second core while the rest runs. In
     an xdist worker it starts with its test instead (every worker collects every test)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if XDIST_WORKER:
         return
     if any(item.nodeid.endswith("test_every_primitive_passes_the_helper_with_bounds_checking")
            for item in session.items):

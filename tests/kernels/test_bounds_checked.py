@@ -13,13 +13,15 @@ Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of on
 it the register-blocked SLP kernels, built for float32 only here since the helper runs float32).
 So the subprocess starts as soon as the suite has collected this test (tests/conftest.py calls
 `start`), and compiles on the second core while the rest of the suite runs on the first; the
-test then only waits for its answer.
+test then only waits for its answer. Under pytest-xdist the controller starts it (`share`)
+while it compiles the normal kernels on the other core, before the workers start.
 """
 
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # one small case per primitive, with the shapes that reach each kernel's special paths
@@ -75,20 +77,43 @@ print("ok")
 '''
 
 
+# runs SCRIPT (argv[1]) and writes its exit status to argv[2] however it ends, so that a process
+# that did not start it (an xdist worker; see `share`) can wait for its answer
+RUNNER = """
+import sys
+status = 1
+try:
+    exec(compile(sys.argv[1], "bounds-checked helper", "exec"), {"__name__": "__main__"})
+    status = 0
+finally:
+    with open(sys.argv[2], "w") as f:
+        f.write(str(status))
+"""
+SHARED = "NPDC_BOUNDSCHECK_FOLDER"  # set by `share`: the folder of a run another process started
+TIMEOUT = 900
 _RUN = {}
 
 
 def start():
     """Start the bounds-checked subprocess (once), in a fresh cache directory: the checked
-    builds compile from scratch and stay out of the normal cache. Its output goes to files there
-    (a pipe could fill up and stall it before anyone reads)."""
+    builds compile from scratch and stay out of the normal cache. Its output and exit status go
+    to files there (a pipe could fill up and stall it before anyone reads). Returns the folder."""
     if "process" not in _RUN:
         _RUN["folder"] = folder = tempfile.TemporaryDirectory(prefix="npdc-boundscheck-")
         env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=folder.name)
+        env.pop(SHARED, None)
         with open(Path(folder.name) / "out", "w") as out, open(Path(folder.name) / "err", "w") as err:
-            _RUN["process"] = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=out,
-                                               stderr=err, cwd=Path(__file__).resolve().parents[2])
-    return _RUN["process"]
+            _RUN["process"] = subprocess.Popen(
+                [sys.executable, "-c", RUNNER, SCRIPT, str(Path(folder.name) / "status")], env=env,
+                stdout=out, stderr=err, cwd=Path(__file__).resolve().parents[2])
+    return Path(_RUN["folder"].name)
+
+
+def share():
+    """Start the run in this process (xdist's controller, before its workers exist) and name its
+    folder in the environment they inherit: the worker given the test waits for this run
+    instead of starting its own after the suite is under way."""
+    os.environ[SHARED] = str(start())
 
 
 def stop():
@@ -99,16 +124,28 @@ def stop():
         process.wait()
     if folder is not None:
         folder.cleanup()
+        os.environ.pop(SHARED, None)
+
+
+def _status(folder):
+    """The run's exit status ("0" for success), waiting up to TIMEOUT seconds for it."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if (folder / "status").is_file() and (folder / "status").read_text():
+            return (folder / "status").read_text()
+        time.sleep(0.5)
+    return f"no answer in {TIMEOUT} s"
 
 
 def test_every_primitive_passes_the_helper_with_bounds_checking():
     """Forward, both gradients and the refusals of every primitive on a small case each, with
     every array index checked."""
-    process = start()
-    folder = Path(_RUN["folder"].name)
+    shared = os.environ.get(SHARED)
+    folder = Path(shared) if shared else start()
     try:
-        process.wait(timeout=900)
+        status = _status(folder)
         stdout, stderr = (folder / "out").read_text(), (folder / "err").read_text()
     finally:
-        stop()
-    assert process.returncode == 0 and stdout.strip().endswith("ok"), stdout[-2000:] + stderr[-4000:]
+        if not shared:
+            stop()
+    assert status == "0" and stdout.strip().endswith("ok"), status + stdout[-2000:] + stderr[-4000:]
