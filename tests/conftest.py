@@ -9,8 +9,8 @@ from pathlib import Path
 
 import npdc
 
-# Under pytest-xdist (pytest_cmdline_main below) each of the WORKERS test processes computes on
-# one thread by default: two processes each waking two threads on two cores made parallel
+# Under pytest-xdist (`-n N`, pytest_cmdline_main below) each test process computes on one
+# thread by default: two processes each waking two threads on two cores made parallel
 # kernels wait for descheduled threads. Tests that compare thread counts still set 1 and 2.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if XDIST_WORKER:
@@ -24,7 +24,6 @@ import pytest  # noqa: E402
 if XDIST_WORKER:
     numba.set_num_threads(1)
 
-WORKERS = 2  # test processes under pytest-xdist (see pytest_cmdline_main)
 BOUNDS_CHECKED = "kernels/test_bounds_checked.py"
 TINY_RESNET18 = {"arch": "resnet18", "input_shape": [1, 6, 6], "width": 2, "embedding": 4,
                  "num_classes": 3, "strides": [1, 2, 1, 2, 1]}
@@ -93,19 +92,17 @@ def distinct_values(shape, rng, spread=1.0):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
-    """The suite runs in WORKERS processes when pytest-xdist is installed and `-n` was not given
-    (`-n 0` runs it in one). Most of its time is single-threaded (Numba compiling, small
-    arrays), so a second process uses the second core. Before the workers start, this process
-    compiles the kernels once into Numba's cache, which they then load instead of each compiling
-    them again. tests/ holds no benchmarks (they are in bench/): pytest-benchmark is told so,
-    which keeps it from warning that xdist disables it."""
+    """With `-n N` (pytest-xdist, in [test]) the suite runs in N processes: most of its time is
+    single-threaded (Numba compiling, small arrays), so a second process uses the second core.
+    Before the workers start, this process compiles the kernels once into Numba's cache, which
+    they then load instead of each compiling them again, and starts the bounds-checked build
+    on the other core. tests/ holds no benchmarks (they are in bench/): pytest-benchmark is told
+    so, which keeps it from warning that xdist disables it."""
     if hasattr(config.option, "benchmark_disable"):
         config.option.benchmark_disable = True
     if (not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput")
-            or config.option.numprocesses is not None or (os.cpu_count() or 1) < 2
-            or config.getoption("collectonly")):
+            or not config.getoption("numprocesses") or config.getoption("collectonly")):
         return
-    config.option.numprocesses = WORKERS
     if _selects(config, BOUNDS_CHECKED):
         from tests.kernels import test_bounds_checked
         test_bounds_checked.share()  # compiles on the second core while this one does the below
