@@ -13,7 +13,6 @@ exponential in the number of branchings; edges whose cost does not couple the tw
 as same-layout neighbours, are folded into the nodes first, so today's all-NCHW plans never branch).
 """
 
-import functools
 import json
 import os
 import platform
@@ -49,7 +48,6 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-@functools.cache
 def shape_key(x_shape, W_shape, stride, pad, groups, dtype, mode):
     """The cache key of one layer's timings."""
     return (f"x{'x'.join(map(str, x_shape))}-w{'x'.join(map(str, W_shape))}-s{stride}-p{pad}"
