@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from npdc.kernels.im2col import col2im, im2col
+from npdc.kernels.matmul import transposed
 
 COLUMNS = 1024  # target GEMM width per chunk (output pixels); measured on ResNet layer shapes
 
@@ -118,7 +119,10 @@ def data_gradient(x_shape, W, dy, stride, pad):
     own way."""
     o, cg, kh, kw = W.shape
     groups = x_shape[1] // cg
-    WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
+    if groups == 1:
+        WT = transposed(W.reshape(o, cg * kh * kw))[None]
+    else:
+        WT = np.ascontiguousarray(W.reshape(groups, o // groups, cg * kh * kw).transpose(0, 2, 1))
     dx = np.zeros(x_shape, dy.dtype)
     chunk = chunk_images(dy.shape[2] * dy.shape[3], x_shape[0])
     _data_gradient(WT, dy, kh, kw, stride, pad, groups, dx, chunk, numba.get_num_threads())

@@ -5,7 +5,7 @@ import numba
 import numpy as np
 import pytest
 
-from npdc.kernels.matmul import matmul
+from npdc.kernels.matmul import matmul, transposed
 from npdc.threads import set_threads
 
 
@@ -47,3 +47,21 @@ def test_same_bits_on_one_or_two_threads(m):
     finally:
         set_threads(before)
     np.testing.assert_array_equal(*runs)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 130), (130, 1), (64, 64), (65, 200), (300, 77)])
+def test_transposed_copies_every_tile_edge(shape):
+    a = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    got = transposed(a)
+    assert got.flags.c_contiguous and got.shape == shape[::-1]
+    np.testing.assert_array_equal(got, a.T)
+    np.testing.assert_array_equal(transposed(a[:, ::-1]), a[:, ::-1].T)  # a strided source too
+
+
+def test_a_transposed_left_factor_gives_the_contiguous_ones_bits():
+    """A data gradient's W^T is tiled into a copy before the product: the same bits as a product
+    with the contiguous matrix."""
+    r = np.random.default_rng(3)
+    w = r.standard_normal((70, 130)).astype(np.float32)
+    b = r.standard_normal((70, 33)).astype(np.float32)
+    np.testing.assert_array_equal(matmul(w.T, b), matmul(np.ascontiguousarray(w.T), b))
