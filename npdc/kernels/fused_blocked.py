@@ -1,0 +1,169 @@
+"""A direct convolution for inference with output channels in the vector lanes: any kernel size
+and stride, the layer's tail (npdc.kernels.fused.Tail) applied as each register block is written.
+
+Why: the other runtime kernels (npdc.kernels.fused, fused_direct, sparse) put output positions in
+the vector lanes, which fill badly when a plane is small (7x7, 4x4) and leave half of each vector
+idle at the end of every row. Here a register block is PIXELS output positions by OUT output
+channels: per (input channel, tap) two 16-lane vector loads of weights and PIXELS broadcast
+inputs feed 2 x PIXELS multiply-adds, whatever the plane's shape, because the positions of a
+block are any PIXELS positions of the layer (they may cross rows, and at a batch, images).
+
+This is the register blocking of Zhang, Franchetti & Low 2018 ("High Performance Zero-Memory
+Overhead Direct Convolutions") with the output channels, not the columns, in the lanes, as in the
+blocked layouts of Georganas et al. 2018 ("Anatomy of High-Performance Deep Learning Convolutions
+on SIMD Architectures"). Departures: activations stay NCHW in the arena (a block writes its sums
+back through the tail channel by channel), and an image's input is copied into a zero-padded
+plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into it with no bounds
+test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
+layout of npdc.kernels.conv_flat), zero kernels past O.
+
+Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
+threads work at batch 1; a batch is split over images, each thread padding its image into its own
+plane. Each output is summed by one task in one fixed order (input channel, then tap) whatever the
+thread count, so the bits do not depend on it.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
+
+OUT = 32  # output channels per register block: two 16-lane vectors
+PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
+
+
+@numba.njit(cache=True, inline="always")
+def _offset(pix0, r, npix, hw, wo, stride, wp, plane):
+    """Where position pix0 + r (clipped to the block's last, pix0 + npix - 1) starts in the planes."""
+    k = pix0 + min(r, npix - 1)
+    rest = k % hw
+    return numba.uint64((k // hw) * plane + (rest // wo) * stride * wp + (rest % wo) * stride)
+
+
+def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """acc[r * OUT + l] = sum over input channels c and taps (i, j) of Wo[c, i*kw + j, l] times
+    xf[c * cstride + offset(r) + i * wp + j], for the r < PIXELS positions pix0 + r (clipped to
+    pix0 + npix - 1), where position k is image k // hw, row (k % hw) // wo, column k % wo of
+    planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
+    prefer_512_bit_vectors()
+    o0 = _offset(pix0, 0, npix, hw, wo, stride, wp, plane)
+    o1 = _offset(pix0, 1, npix, hw, wo, stride, wp, plane)
+    o2 = _offset(pix0, 2, npix, hw, wo, stride, wp, plane)
+    o3 = _offset(pix0, 3, npix, hw, wo, stride, wp, plane)
+    o4 = _offset(pix0, 4, npix, hw, wo, stride, wp, plane)
+    o5 = _offset(pix0, 5, npix, hw, wo, stride, wp, plane)
+    acc[0] = 0
+    e = acc[0]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = z
+    b0 = b1 = b2 = b3 = b4 = b5 = z
+    half = numba.uint64(16)
+    for c in range(Wo.shape[0]):
+        wc = Wo[c]
+        for i in range(kh):
+            row = xf[c * cstride + i * wp:]
+            for j in range(kw):
+                w = wc[i * kw + j]
+                wa, wb = ld16(w, numba.uint64(0)), ld16(w, half)
+                jj = numba.uint64(j)
+                x0, x1, x2 = row[o0 + jj], row[o1 + jj], row[o2 + jj]
+                x3, x4, x5 = row[o3 + jj], row[o4 + jj], row[o5 + jj]
+                a0, b0 = fma16(a0, x0, wa), fma16(b0, x0, wb)
+                a1, b1 = fma16(a1, x1, wa), fma16(b1, x1, wb)
+                a2, b2 = fma16(a2, x2, wa), fma16(b2, x2, wb)
+                a3, b3 = fma16(a3, x3, wa), fma16(b3, x3, wb)
+                a4, b4 = fma16(a4, x4, wa), fma16(b4, x4, wb)
+                a5, b5 = fma16(a5, x5, wa), fma16(b5, x5, wb)
+    st16(acc, numba.uint64(0), a0)
+    st16(acc, numba.uint64(16), b0)
+    st16(acc, numba.uint64(32), a1)
+    st16(acc, numba.uint64(48), b1)
+    st16(acc, numba.uint64(64), a2)
+    st16(acc, numba.uint64(80), b2)
+    st16(acc, numba.uint64(96), a3)
+    st16(acc, numba.uint64(112), b3)
+    st16(acc, numba.uint64(128), a4)
+    st16(acc, numba.uint64(144), b4)
+    st16(acc, numba.uint64(160), a5)
+    st16(acc, numba.uint64(176), b5)
+
+
+block_sums = straight_line_compiled(_block_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
+@numba.njit(cache=True)
+def _finish(acc, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * OUT + l] for the positions pix0 + r,
+    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < OUT within y's channels."""
+    ho, wo = y.shape[2], y.shape[3]
+    hw = ho * wo
+    res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
+    for r in range(npix):
+        k = pix0 + r
+        n, p, q = n0 + k // hw, (k % hw) // wo, k % wo
+        for l in range(min(OUT, y.shape[1] - ob)):
+            o = ob + l
+            v = acc[r * OUT + l] * tail.scale[o] + tail.shift[o]
+            if mode == RES_IDENTITY:
+                v += res[n, o, p, q]
+            elif mode == RES_ZEROPAD and 0 <= o - front < res.shape[1]:
+                v += res[n, o - front, p * rs, q * rs]
+            if tail.act and v < 0:
+                v *= tail.slopes[o]
+            y[n, o, p, q] = v
+
+
+@numba.njit(cache=True)
+def fill_padded(x, i, pad, xp):
+    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    xp[:c * hp * wp] = 0
+    for ch in range(c):
+        for r in range(h):
+            start = (ch * hp + r + pad) * wp + pad
+            src = x[i, ch, r]
+            for col in range(w):
+                xp[start + col] = src[col]
+
+
+def blocked_scratch(c, h, w, pad):
+    """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
+    h x w padded by `pad` (the plane has kw - 1 floats of slack past its end for clipped reads)."""
+    return c * (h + 2 * pad) * (w + 2 * pad) + 16, PIXELS * OUT
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
+    """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
+    by `pad` with Wb (O/OUT blocks, C, kh*kw, OUT): conv_flat.interleaved weights).
+    planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
+    >= PIXELS * OUT); blocked_scratch gives both."""
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    size = c * hp * wp
+    ho, wo = y.shape[2], y.shape[3]
+    hw = ho * wo
+    chunks = (hw + PIXELS - 1) // PIXELS
+    blocks = Wb.shape[0]
+    if n == 1:
+        xp = planes[:size + 16]
+        fill_padded(x, 0, pad, xp)
+        for t in numba.prange(blocks * chunks):
+            b, p0 = t // chunks, (t % chunks) * PIXELS
+            acc = acc_ws[numba.get_thread_id()]
+            cnt = min(PIXELS, hw - p0)
+            block_sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+            _finish(acc, p0, cnt, b * OUT, tail, y, 0)
+    else:
+        for i in numba.prange(n):
+            tid = numba.get_thread_id()
+            xp = planes[tid * (size + 16):(tid + 1) * (size + 16)]
+            acc = acc_ws[tid]
+            fill_padded(x, i, pad, xp)
+            for b in range(blocks):
+                for p0 in range(0, hw, PIXELS):
+                    cnt = min(PIXELS, hw - p0)
+                    block_sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+                    _finish(acc, p0, cnt, b * OUT, tail, y, i)
