@@ -31,6 +31,12 @@ from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straigh
 
 OUT = 32  # output channels per register block: two 16-lane vectors
 PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
+NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
+
+
+def lanes_for(o):
+    """Output channels per register block for a layer of o output channels."""
+    return NARROW if o <= NARROW else OUT
 
 
 @numba.njit(cache=True, inline="always")
@@ -92,26 +98,85 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
 block_sums = straight_line_compiled(_block_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
 
 
+def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """_block_body for NARROW output channels by NARROW_PIXELS positions: acc[r * NARROW + l]."""
+    prefer_512_bit_vectors()
+    o0 = _offset(pix0, 0, npix, hw, wo, stride, wp, plane)
+    o1 = _offset(pix0, 1, npix, hw, wo, stride, wp, plane)
+    o2 = _offset(pix0, 2, npix, hw, wo, stride, wp, plane)
+    o3 = _offset(pix0, 3, npix, hw, wo, stride, wp, plane)
+    o4 = _offset(pix0, 4, npix, hw, wo, stride, wp, plane)
+    o5 = _offset(pix0, 5, npix, hw, wo, stride, wp, plane)
+    o6 = _offset(pix0, 6, npix, hw, wo, stride, wp, plane)
+    o7 = _offset(pix0, 7, npix, hw, wo, stride, wp, plane)
+    o8 = _offset(pix0, 8, npix, hw, wo, stride, wp, plane)
+    o9 = _offset(pix0, 9, npix, hw, wo, stride, wp, plane)
+    o10 = _offset(pix0, 10, npix, hw, wo, stride, wp, plane)
+    o11 = _offset(pix0, 11, npix, hw, wo, stride, wp, plane)
+    acc[0] = 0
+    e = acc[0]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    for c in range(Wo.shape[0]):
+        wc = Wo[c]
+        for i in range(kh):
+            row = xf[c * cstride + i * wp:]
+            for j in range(kw):
+                w = ld16(wc[i * kw + j], numba.uint64(0))
+                jj = numba.uint64(j)
+                a0, a1 = fma16(a0, row[o0 + jj], w), fma16(a1, row[o1 + jj], w)
+                a2, a3 = fma16(a2, row[o2 + jj], w), fma16(a3, row[o3 + jj], w)
+                a4, a5 = fma16(a4, row[o4 + jj], w), fma16(a5, row[o5 + jj], w)
+                a6, a7 = fma16(a6, row[o6 + jj], w), fma16(a7, row[o7 + jj], w)
+                a8, a9 = fma16(a8, row[o8 + jj], w), fma16(a9, row[o9 + jj], w)
+                a10, a11 = fma16(a10, row[o10 + jj], w), fma16(a11, row[o11 + jj], w)
+    for r, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+        st16(acc, numba.uint64(r * NARROW), a)
+
+
+narrow_sums = straight_line_compiled(_narrow_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
 @numba.njit(cache=True)
-def _finish(acc, pix0, npix, ob, tail, y, n0):
-    """y[n0 + image, ob + l, row, col] = the tail of acc[r * OUT + l] for the positions pix0 + r,
-    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < OUT within y's channels."""
-    ho, wo = y.shape[2], y.shape[3]
-    hw = ho * wo
+def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """The register block of Wo's width (OUT or NARROW lanes) at positions pix0 ..."""
+    if Wo.shape[2] == NARROW:
+        narrow_sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc)
+    else:
+        block_sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc)
+
+
+@numba.njit(cache=True)
+def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * lanes + l] for the positions pix0 + r,
+    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's channels.
+    Channel by channel, so the writes run along a row: position by position they would land
+    Ho*Wo floats apart, in as few cache sets as there are lanes when the plane is 4 KiB. Indices
+    are flat and unsigned (no negative-index tests); an identity residual has y's shape, so it
+    is read at the same flat index."""
+    o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
+    yf = y.reshape(y.size)
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
-    for r in range(npix):
-        k = pix0 + r
-        n, p, q = n0 + k // hw, (k % hw) // wo, k % wo
-        for l in range(min(OUT, y.shape[1] - ob)):
-            o = ob + l
-            v = acc[r * OUT + l] * tail.scale[o] + tail.shift[o]
+    rf = res.reshape(res.size)
+    for l in range(min(lanes, o_all - ob)):
+        o = ob + l
+        s, b, a = tail.scale[o], tail.shift[o], tail.slopes[o]
+        pad_c = o - front
+        use_pad = mode == RES_ZEROPAD and 0 <= pad_c < res.shape[1]
+        n, rest = n0 + pix0 // hw, pix0 % hw
+        for r in range(npix):
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            v = acc[r * lanes + l] * s + b
             if mode == RES_IDENTITY:
-                v += res[n, o, p, q]
-            elif mode == RES_ZEROPAD and 0 <= o - front < res.shape[1]:
-                v += res[n, o - front, p * rs, q * rs]
+                v += rf[at]
+            elif use_pad:
+                v += res[n, pad_c, (rest // wo) * rs, (rest % wo) * rs]
             if tail.act and v < 0:
-                v *= tail.slopes[o]
-            y[n, o, p, q] = v
+                v *= a
+            yf[at] = v
+            rest += 1
+            if rest == hw:
+                n, rest = n + 1, 0
 
 
 @numba.njit(cache=True)
@@ -131,13 +196,14 @@ def fill_padded(x, i, pad, xp):
 def blocked_scratch(c, h, w, pad):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
     h x w padded by `pad` (the plane has kw - 1 floats of slack past its end for clipped reads)."""
-    return c * (h + 2 * pad) * (w + 2 * pad) + 16, PIXELS * OUT
+    return c * (h + 2 * pad) * (w + 2 * pad) + 16, max(PIXELS * OUT, NARROW_PIXELS * NARROW)
 
 
 @numba.njit(parallel=True, cache=True)
 def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
-    by `pad` with Wb (O/OUT blocks, C, kh*kw, OUT): conv_flat.interleaved weights).
+    by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
+    OUT, or NARROW when O <= NARROW (lanes_for).
     planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
     >= PIXELS * OUT); blocked_scratch gives both."""
     n, c, h, w = x.shape
@@ -145,17 +211,19 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     size = c * hp * wp
     ho, wo = y.shape[2], y.shape[3]
     hw = ho * wo
-    chunks = (hw + PIXELS - 1) // PIXELS
+    lanes = Wb.shape[3]
+    pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
+    chunks = (hw + pixels - 1) // pixels
     blocks = Wb.shape[0]
     if n == 1:
         xp = planes[:size + 16]
         fill_padded(x, 0, pad, xp)
         for t in numba.prange(blocks * chunks):
-            b, p0 = t // chunks, (t % chunks) * PIXELS
+            b, p0 = t // chunks, (t % chunks) * pixels
             acc = acc_ws[numba.get_thread_id()]
-            cnt = min(PIXELS, hw - p0)
-            block_sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-            _finish(acc, p0, cnt, b * OUT, tail, y, 0)
+            cnt = min(pixels, hw - p0)
+            _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+            _finish(acc, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
         for i in numba.prange(n):
             tid = numba.get_thread_id()
@@ -163,7 +231,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             acc = acc_ws[tid]
             fill_padded(x, i, pad, xp)
             for b in range(blocks):
-                for p0 in range(0, hw, PIXELS):
-                    cnt = min(PIXELS, hw - p0)
-                    block_sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-                    _finish(acc, p0, cnt, b * OUT, tail, y, i)
+                for p0 in range(0, hw, pixels):
+                    cnt = min(pixels, hw - p0)
+                    _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+                    _finish(acc, lanes, p0, cnt, b * lanes, tail, y, i)

@@ -29,6 +29,7 @@ from npdc.kernels.conv import forced_primitive
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
+from npdc.kernels.fused_blocked import lanes_for
 
 TIMINGS_NAME = "runtime_timings.json"
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
@@ -90,8 +91,9 @@ def step_record(runtime, step, op, kind, packer):
             W2 = blocked(W9) if op == W.OP_CONV_FLAT else interleaved(W9, 8)
             r[W.F_ROWS] = -(-W9.shape[0] // 8) * 8
         elif op == W.OP_CONV_BLOCKED:  # output channels in the lanes, O padded to whole blocks
-            W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), W.OUT)
-            r[W.F_ROWS] = W2.shape[0] * W.OUT
+            lanes = lanes_for(W2.shape[0])
+            W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), lanes)
+            r[W.F_ROWS] = W2.shape[0] * lanes
         r[W.F_W] = packer.add("weights", W2)
     else:
         rowptr, cols, vidx, table = parts

@@ -10,7 +10,7 @@ import pytest
 
 from npdc.kernels.conv_flat import interleaved
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD, Tail
-from npdc.kernels.fused_blocked import OUT, blocked_scratch, conv_blocked_fused
+from npdc.kernels.fused_blocked import blocked_scratch, conv_blocked_fused, lanes_for
 from npdc.kernels.im2col import out_size
 from tests.conftest import rel_err
 
@@ -39,7 +39,7 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     n, c, h, w = x.shape
     o, _, kh, kw = W.shape
     rows = numba.config.NUMBA_NUM_THREADS
-    Wb = interleaved((W * scale[:, None, None, None]).reshape(o, c, kh * kw).astype(np.float32), OUT)
+    Wb = interleaved((W * scale[:, None, None, None]).reshape(o, c, kh * kw).astype(np.float32), lanes_for(o))
     plane, acc = blocked_scratch(c, h, w, pad)
     tail = Tail(np.ones_like(scale), shift, True, slopes, res, res_mode, 2, 2)
     before = numba.get_num_threads()
@@ -58,7 +58,8 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     (1, 64, 64, 4, 4, 3, 1, 1, RES_IDENTITY), (1, 16, 32, 16, 16, 3, 2, 1, RES_NONE),
     (1, 3, 21, 9, 13, 3, 2, 1, RES_ZEROPAD), (3, 6, 8, 11, 8, 3, 2, 0, RES_IDENTITY),
     (2, 12, 70, 7, 7, 1, 2, 0, RES_NONE), (1, 7, 33, 5, 5, 1, 1, 0, RES_IDENTITY),
-    (2, 4, 17, 9, 8, 5, 1, 2, RES_NONE), (1, 5, 6, 1, 1, 3, 1, 1, RES_NONE)])
+    (2, 4, 17, 9, 8, 5, 1, 2, RES_NONE), (1, 5, 6, 1, 1, 3, 1, 1, RES_NONE),
+    (1, 16, 16, 12, 10, 3, 1, 1, RES_IDENTITY), (3, 3, 16, 9, 9, 3, 2, 1, RES_ZEROPAD)])
 def test_the_blocked_conv_matches_the_reference(n, c, o, h, w, k, stride, pad, res_mode):
     rng = np.random.default_rng(n * 100 + c + k)
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
