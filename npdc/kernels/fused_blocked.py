@@ -34,6 +34,7 @@ PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of
 NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
 
 
+@numba.njit(cache=True)
 def lanes_for(o):
     """Output channels per register block for a layer of o output channels."""
     return NARROW if o <= NARROW else OUT
