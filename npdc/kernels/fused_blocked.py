@@ -41,11 +41,22 @@ def lanes_for(o):
 
 
 @numba.njit(cache=True, inline="always")
-def _offset(pix0, r, npix, hw, wo, stride, wp, plane):
-    """Where position pix0 + r (clipped to the block's last, pix0 + npix - 1) starts in the planes."""
-    k = pix0 + min(r, npix - 1)
-    rest = k % hw
-    return numba.uint64((k // hw) * plane + (rest // wo) * stride * wp + (rest % wo) * stride)
+def _next(g, p, q, move, ho, wo):
+    """Image, row and column of the position after (g, p, q) when `move`, else (g, p, q) again
+    (a block's positions past the layer's last repeat it): no division per position."""
+    if move:
+        q += 1
+        if q == wo:
+            q, p = 0, p + 1
+            if p == ho:
+                p, g = 0, g + 1
+    return g, p, q
+
+
+@numba.njit(cache=True, inline="always")
+def _at(g, p, q, stride, wp, plane):
+    """Where the window of output position (image g, row p, column q) starts in the planes."""
+    return numba.uint64(g * plane + p * stride * wp + q * stride)
 
 
 def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
@@ -54,12 +65,18 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     pix0 + npix - 1), where position k is image k // hw, row (k % hw) // wo, column k % wo of
     planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
     prefer_512_bit_vectors()
-    o0 = _offset(pix0, 0, npix, hw, wo, stride, wp, plane)
-    o1 = _offset(pix0, 1, npix, hw, wo, stride, wp, plane)
-    o2 = _offset(pix0, 2, npix, hw, wo, stride, wp, plane)
-    o3 = _offset(pix0, 3, npix, hw, wo, stride, wp, plane)
-    o4 = _offset(pix0, 4, npix, hw, wo, stride, wp, plane)
-    o5 = _offset(pix0, 5, npix, hw, wo, stride, wp, plane)
+    ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
+    o0 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 1 < npix, ho, wo)
+    o1 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 2 < npix, ho, wo)
+    o2 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 3 < npix, ho, wo)
+    o3 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 4 < npix, ho, wo)
+    o4 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 5 < npix, ho, wo)
+    o5 = _at(g, p, q, stride, wp, plane)
     acc[0] = 0
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
@@ -102,18 +119,30 @@ block_sums = straight_line_compiled(_block_body, "F[::1], F[:, :, ::1], i8, i8, 
 def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
     """_block_body for NARROW output channels by NARROW_PIXELS positions: acc[r * NARROW + l]."""
     prefer_512_bit_vectors()
-    o0 = _offset(pix0, 0, npix, hw, wo, stride, wp, plane)
-    o1 = _offset(pix0, 1, npix, hw, wo, stride, wp, plane)
-    o2 = _offset(pix0, 2, npix, hw, wo, stride, wp, plane)
-    o3 = _offset(pix0, 3, npix, hw, wo, stride, wp, plane)
-    o4 = _offset(pix0, 4, npix, hw, wo, stride, wp, plane)
-    o5 = _offset(pix0, 5, npix, hw, wo, stride, wp, plane)
-    o6 = _offset(pix0, 6, npix, hw, wo, stride, wp, plane)
-    o7 = _offset(pix0, 7, npix, hw, wo, stride, wp, plane)
-    o8 = _offset(pix0, 8, npix, hw, wo, stride, wp, plane)
-    o9 = _offset(pix0, 9, npix, hw, wo, stride, wp, plane)
-    o10 = _offset(pix0, 10, npix, hw, wo, stride, wp, plane)
-    o11 = _offset(pix0, 11, npix, hw, wo, stride, wp, plane)
+    ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
+    o0 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 1 < npix, ho, wo)
+    o1 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 2 < npix, ho, wo)
+    o2 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 3 < npix, ho, wo)
+    o3 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 4 < npix, ho, wo)
+    o4 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 5 < npix, ho, wo)
+    o5 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 6 < npix, ho, wo)
+    o6 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 7 < npix, ho, wo)
+    o7 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 8 < npix, ho, wo)
+    o8 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 9 < npix, ho, wo)
+    o9 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 10 < npix, ho, wo)
+    o10 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 11 < npix, ho, wo)
+    o11 = _at(g, p, q, stride, wp, plane)
     acc[0] = 0
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
@@ -147,6 +176,22 @@ def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
         block_sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc)
 
 
+@numba.njit(cache=True, inline="always")
+def _run(acc, lanes, npix, s, b, act, a, add, res, y):
+    """y[r] = act(acc[r * lanes] * s + b (+ res[r] when add)) for r < npix; the tests on add and
+    act stay out of the loops, so each loop vectorises."""
+    if add:
+        for r in range(npix):
+            y[r] = acc[r * lanes] * s + b + res[r]
+    else:
+        for r in range(npix):
+            y[r] = acc[r * lanes] * s + b
+    if act:
+        for r in range(npix):
+            v = y[r]
+            y[r] = v * a if v < 0 else v
+
+
 @numba.njit(cache=True)
 def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
     """y[n0 + image, ob + l, row, col] = the tail of acc[r * lanes + l] for the positions pix0 + r,
@@ -159,6 +204,14 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
     yf = y.reshape(y.size)
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
     rf = res.reshape(res.size)
+    n, rest = n0 + pix0 // hw, pix0 % hw
+    if mode != RES_ZEROPAD and rest + npix <= hw:  # one image: each channel's positions in a run
+        for l in range(min(lanes, o_all - ob)):
+            o = ob + l
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            _run(acc[l:], lanes, npix, tail.scale[o], tail.shift[o], tail.act, tail.slopes[o],
+                 mode == RES_IDENTITY, rf[at:] if mode == RES_IDENTITY else rf, yf[at:])
+        return
     for l in range(min(lanes, o_all - ob)):
         o = ob + l
         s, b, a = tail.scale[o], tail.shift[o], tail.slopes[o]
