@@ -24,7 +24,6 @@ thread count, so the bits do not depend on it.
 """
 
 import numba
-import numpy as np
 
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
@@ -59,6 +58,25 @@ def _at(g, p, q, stride, wp, plane):
     return numba.uint64(g * plane + p * stride * wp + q * stride)
 
 
+@numba.njit(cache=True, inline="always")
+def _six(g, p, q, r0, npix, ho, wo, stride, wp, plane):
+    """Plane offsets of a block's positions r0 .. r0+5, position r0 being (image g, row p, column
+    q), and the (g, p, q) of position r0 + 6 (positions from npix on repeat the last)."""
+    o0 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 1 < npix, ho, wo)
+    o1 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 2 < npix, ho, wo)
+    o2 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 3 < npix, ho, wo)
+    o3 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 4 < npix, ho, wo)
+    o4 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 5 < npix, ho, wo)
+    o5 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 6 < npix, ho, wo)
+    return (o0, o1, o2, o3, o4, o5), g, p, q
+
+
 def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
     """acc[r * OUT + l] = sum over input channels c and taps (i, j) of Wo[c, i*kw + j, l] times
     xf[c * cstride + offset(r) + i * wp + j], for the r < PIXELS positions pix0 + r (clipped to
@@ -66,17 +84,7 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
     prefer_512_bit_vectors()
     ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
-    o0 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 1 < npix, ho, wo)
-    o1 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 2 < npix, ho, wo)
-    o2 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 3 < npix, ho, wo)
-    o3 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 4 < npix, ho, wo)
-    o4 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 5 < npix, ho, wo)
-    o5 = _at(g, p, q, stride, wp, plane)
+    (o0, o1, o2, o3, o4, o5), g, p, q = _six(g, p, q, 0, npix, ho, wo, stride, wp, plane)
     acc[0] = 0
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
@@ -120,29 +128,8 @@ def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride,
     """_block_body for NARROW output channels by NARROW_PIXELS positions: acc[r * NARROW + l]."""
     prefer_512_bit_vectors()
     ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
-    o0 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 1 < npix, ho, wo)
-    o1 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 2 < npix, ho, wo)
-    o2 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 3 < npix, ho, wo)
-    o3 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 4 < npix, ho, wo)
-    o4 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 5 < npix, ho, wo)
-    o5 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 6 < npix, ho, wo)
-    o6 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 7 < npix, ho, wo)
-    o7 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 8 < npix, ho, wo)
-    o8 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 9 < npix, ho, wo)
-    o9 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 10 < npix, ho, wo)
-    o10 = _at(g, p, q, stride, wp, plane)
-    g, p, q = _next(g, p, q, 11 < npix, ho, wo)
-    o11 = _at(g, p, q, stride, wp, plane)
+    (o0, o1, o2, o3, o4, o5), g, p, q = _six(g, p, q, 0, npix, ho, wo, stride, wp, plane)
+    (o6, o7, o8, o9, o10, o11), g, p, q = _six(g, p, q, 6, npix, ho, wo, stride, wp, plane)
     acc[0] = 0
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
