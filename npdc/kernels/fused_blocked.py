@@ -6,7 +6,8 @@ the vector lanes, which fill badly when a plane is small (7x7, 4x4) and leave ha
 idle at the end of every row. Here a register block is PIXELS output positions by OUT output
 channels: per (input channel, tap) two 16-lane vector loads of weights and PIXELS broadcast
 inputs feed 2 x PIXELS multiply-adds, whatever the plane's shape, because the positions of a
-block are any PIXELS positions of the layer (they may cross rows, and at a batch, images).
+block are any PIXELS consecutive positions of the layer (a block may cross rows). Layers of at
+most 16 output channels use one vector by NARROW_PIXELS positions instead, so no lane is idle.
 
 This is the register blocking of Zhang, Franchetti & Low 2018 ("High Performance Zero-Memory
 Overhead Direct Convolutions") with the output channels, not the columns, in the lanes, as in the
@@ -15,7 +16,8 @@ on SIMD Architectures"). Departures: activations stay NCHW in the arena (a block
 back through the tail channel by channel), and an image's input is copied into a zero-padded
 plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into it with no bounds
 test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
-layout of npdc.kernels.conv_flat), zero kernels past O.
+layout of npdc.kernels.conv_flat), zero kernels past O. Why the block sizes and what they reach:
+docs/perf.md (branch `f16c`).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
 threads work at batch 1; a batch is split over images, each thread padding its image into its own
@@ -236,7 +238,7 @@ def fill_padded(x, i, pad, xp):
 
 def blocked_scratch(c, h, w, pad):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
-    h x w padded by `pad` (the plane has kw - 1 floats of slack past its end for clipped reads)."""
+    h x w padded by `pad` (16 floats of slack past each plane; no read goes there)."""
     return c * (h + 2 * pad) * (w + 2 * pad) + 16, max(PIXELS * OUT, NARROW_PIXELS * NARROW)
 
 
@@ -246,7 +248,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
     OUT, or NARROW when O <= NARROW (lanes_for).
     planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
-    >= PIXELS * OUT); blocked_scratch gives both."""
+    >= the block's sums); blocked_scratch gives both."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     size = c * hp * wp
