@@ -7,7 +7,9 @@ or the shipped fmnist-resnet18 (`auto` weights, as the runtime bench's `npdc` en
 `steps` prints each step's kernel, shapes, best time over the rounds and multiply-add rate, then
 the sum of the steps and the whole forward. `ab` builds the runtime twice, once with every
 candidate and once without the `--without` kernels (default `blocked`), and times both and ONNX
-Runtime (when installed) in alternation, one call of each per round; per-layer choices are
+Runtime (when installed) in alternation, one call of each per round in an order that turns
+round by round (whichever engine runs right after ONNX Runtime loses: its workers spin after a
+call and npdc's, waiting passively, then wait for a core); per-layer choices are
 measured when the runtimes are built (set NPDC_CACHE_DIR to a new folder to measure afresh).
 """
 
@@ -91,11 +93,11 @@ def ab(path, net, codes, batch, rounds, without, folder):
         calls["onnxruntime"] = lambda x: session.run(None, {"images": x})[0]
     except ImportError:
         pass
-    times = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, call in calls.items():
+    names, times = list(calls), {k: [] for k in calls}
+    for i in range(rounds):  # the order turns each round: the engine after ONNX Runtime's
+        for k in names[i % len(names):] + names[:i % len(names)]:  # spinning workers waits
             t = time.perf_counter()
-            call(x)
+            calls[k](x)
             times[k].append(time.perf_counter() - t)
     for k, t in times.items():
         print(f"{k:12s} median {np.median(t) * 1e3:9.3f} ms, best {min(t) * 1e3:9.3f} ms "
