@@ -20,14 +20,18 @@ import numpy as np
 
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, global_avg_pool,
                                linear_direct, pad_input)
+from npdc.kernels.fused_blocked import conv_blocked_fused, lanes_for
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 
 OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 0, 1, 2, 3, 4, 5
 # dense 3x3 only (npdc.kernels.fused_direct): stride 1, weights (O8, C, 9); stride 2, (O8/8, C, 9, 8)
 OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
+# dense, any kernel and stride (npdc.kernels.fused_blocked): weights (O/L, C, kh*kw, L), L lanes_for(O)
+OP_CONV_BLOCKED = 8
 OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
-            OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases"}
+            OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases",
+            OP_CONV_BLOCKED: "blocked"}
 
 (F_OP, F_SPARSE, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_RMODE,
  F_RFRONT, F_RSTRIDE, F_KH, F_KW, F_STRIDE, F_PAD, F_W, F_SCALE, F_SHIFT, F_SLOPES, F_ACT,
@@ -65,6 +69,11 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     slopes, act = _vec(weights, r[F_SLOPES], o), r[F_ACT] != 0
     kh, kw, pad = r[F_KH], r[F_KW], r[F_PAD]
     tail = Tail(scale, shift, act, slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE])
+    if r[F_OP] == OP_CONV_BLOCKED:  # the plane in `padded`; rows: O rounded up to whole blocks
+        Wb, lanes = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]], lanes_for(o)
+        conv_blocked_fused(x, Wb.reshape((r[F_ROWS] // lanes, r[F_XC], kh * kw, lanes)), kh, kw,
+                           r[F_STRIDE], pad, tail, y, padded, acc_ws)
+        return
     if r[F_OP] == OP_CONV_FLAT or r[F_OP] == OP_CONV_PHASES:  # planes in `padded`; rows: O8
         W9 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
         if r[F_OP] == OP_CONV_FLAT:

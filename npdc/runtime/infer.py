@@ -23,6 +23,7 @@ from npdc.engine.images import as_float
 from npdc.kernels.conv import choose_primitive, conv2d_forward
 from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, finish_rows,
                                global_avg_pool, linear_direct, pad_input, scratch_sizes)
+from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
 from npdc.kernels.walk import OP_HOST
@@ -58,7 +59,7 @@ class Runtime:
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
         self.walk = choose_walk(self.mode, walk)
-        direct = ("flat", "phases") if self.walk == "compiled" and "dense" in self.stores else ()
+        direct = ("flat", "phases", "blocked") if self.walk == "compiled" and "dense" in self.stores else ()
         self._scratch(lambda s: ("tiled", "runs") + direct)  # every candidate, for measuring
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
@@ -71,7 +72,7 @@ class Runtime:
 
     def _scratch(self, kernels):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
-        names them: "tiled", "runs", "flat", "phases"; "host" needs none)."""
+        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none)."""
         plan, convs, padded, direct_accs = self.plan, [], 1, []
         for s in plan.steps:
             if s.kind != "conv":
@@ -84,9 +85,11 @@ class Runtime:
                     padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
-            for kernel in {"flat", "phases"} & set(kernels(s)):  # one plane per thread, or one
+            for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
                 if kernel == "flat":
                     plane, direct_acc = flat_scratch(c, h, w, s.pad)
+                elif kernel == "blocked":
+                    plane, direct_acc = blocked_scratch(c, h, w, s.pad)
                 else:
                     plane, direct_acc = phase_scratch(c, *shape[1:])
                 padded = max(padded, plane * (1 if plan.batch == 1 else self.threads))

@@ -29,6 +29,7 @@ from npdc.kernels.conv import forced_primitive
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
+from npdc.kernels.fused_blocked import lanes_for
 
 TIMINGS_NAME = "runtime_timings.json"
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
@@ -89,6 +90,10 @@ def step_record(runtime, step, op, kind, packer):
             W9 = W2.reshape(W2.shape[0], -1, 9)
             W2 = blocked(W9) if op == W.OP_CONV_FLAT else interleaved(W9, 8)
             r[W.F_ROWS] = -(-W9.shape[0] // 8) * 8
+        elif op == W.OP_CONV_BLOCKED:  # output channels in the lanes, O padded to whole blocks
+            lanes = lanes_for(W2.shape[0])
+            W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), lanes)
+            r[W.F_ROWS] = W2.shape[0] * lanes
         r[W.F_W] = packer.add("weights", W2)
     else:
         rowptr, cols, vidx, table = parts
@@ -121,6 +126,8 @@ def candidates(runtime, step):
                 ops.append(W.OP_CONV_FLAT)
             if kind == "dense" and phases_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
                 ops.append(W.OP_CONV_PHASES)
+            if kind == "dense":
+                ops.append(W.OP_CONV_BLOCKED)
         out += [(op, kind) for op in ops]
     if host:
         out.append((W.OP_HOST, "dense"))

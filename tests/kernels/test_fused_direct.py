@@ -10,28 +10,7 @@ import pytest
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD, Tail
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused, flat_scratch, phase_scratch
-from npdc.kernels.im2col import out_size
-from tests.conftest import rel_err
-
-
-def _reference(x, W, stride, pad, scale, shift, slopes, res, res_mode):
-    """float64 conv then the tail, written out from the definitions."""
-    n, c, h, w = x.shape
-    o = W.shape[0]
-    ho, wo = out_size(h, 3, stride, pad), out_size(w, 3, stride, pad)
-    xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad))
-    xp[:, :, pad:pad + h, pad:pad + w] = x
-    z = np.zeros((n, o, ho, wo))
-    for i in range(3):
-        for j in range(3):
-            window = xp[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
-            z += np.einsum("nchw,oc->nohw", window, W[:, :, i, j].astype(np.float64))
-    z = z * scale[None, :, None, None] + shift[None, :, None, None]
-    if res_mode == RES_IDENTITY:
-        z += res
-    elif res_mode == RES_ZEROPAD:  # channels o - 2 of every second row and column
-        z[:, 2:2 + res.shape[1]] += res[:, :, ::2, ::2][:, :o - 2]
-    return np.where(z < 0, z * slopes[None, :, None, None], z)
+from tests.kernels.fused_check import check_fused
 
 
 def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
@@ -62,25 +41,4 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     (1, 3, 21, 9, 70, 2, 1, RES_ZEROPAD), (3, 6, 8, 11, 8, 2, 0, RES_IDENTITY),
     (2, 5, 12, 7, 7, 2, 1, RES_NONE)])
 def test_the_fused_direct_convs_match_the_reference(n, c, o, h, w, stride, pad, res_mode):
-    rng = np.random.default_rng(n * 100 + c)
-    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
-    W = rng.normal(size=(o, c, 3, 3)).astype(np.float32)
-    scale, shift = rng.uniform(0.5, 2, o).astype(np.float32), rng.normal(size=o).astype(np.float32)
-    slopes = rng.uniform(0, 0.3, o).astype(np.float32)
-    ho, wo = out_size(h, 3, stride, pad), out_size(w, 3, stride, pad)
-    res = np.zeros((1, 1, 1, 1), np.float32)
-    if res_mode == RES_IDENTITY:
-        res = rng.normal(size=(n, o, ho, wo)).astype(np.float32)
-    elif res_mode == RES_ZEROPAD:
-        res = rng.normal(size=(n, o - 4, 2 * ho, 2 * wo)).astype(np.float32)
-    want = _reference(x, W, stride, pad, scale, shift, slopes, res, res_mode)
-    y = np.full((n, o, ho, wo), np.nan, np.float32)
-    if res_mode == RES_IDENTITY:  # written over the residual, as the plan does in place
-        one = _run(x, W, stride, pad, scale, shift, slopes, res.copy(), res_mode, res.copy(), 1)
-        y = res.copy()
-        two = _run(x, W, stride, pad, scale, shift, slopes, y, res_mode, y, 2)
-    else:
-        one = _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y.copy(), 1)
-        two = _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, 2)
-    assert rel_err(two, want) < 1e-5
-    assert np.array_equal(one, two)  # the thread count does not change a bit
+    check_fused(_run, n, c, o, h, w, 3, stride, pad, res_mode)

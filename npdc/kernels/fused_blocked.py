@@ -1,0 +1,280 @@
+"""A direct convolution for inference with output channels in the vector lanes: any kernel size
+and stride, the layer's tail (npdc.kernels.fused.Tail) applied as each register block is written.
+
+Why: the other runtime kernels (npdc.kernels.fused, fused_direct, sparse) put output positions in
+the vector lanes, which fill badly when a plane is small (7x7, 4x4) and leave half of each vector
+idle at the end of every row. Here a register block is PIXELS output positions by OUT output
+channels: per (input channel, tap) two 16-lane vector loads of weights and PIXELS broadcast
+inputs feed 2 x PIXELS multiply-adds, whatever the plane's shape, because the positions of a
+block are any PIXELS consecutive positions of the layer (a block may cross rows). Layers of at
+most 16 output channels use one vector by NARROW_PIXELS positions instead, so no lane is idle.
+
+This is the register blocking of Zhang, Franchetti & Low 2018 ("High Performance Zero-Memory
+Overhead Direct Convolutions") with the output channels, not the columns, in the lanes, as in the
+blocked layouts of Georganas et al. 2018 ("Anatomy of High-Performance Deep Learning Convolutions
+on SIMD Architectures"). Departures: activations stay NCHW in the arena (a block writes its sums
+back through the tail channel by channel), and an image's input is copied into a zero-padded
+plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into it with no bounds
+test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
+layout of npdc.kernels.conv_flat), zero kernels past O. Why the block sizes and what they reach:
+docs/perf.md (branch `f16c`).
+
+Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
+threads work at batch 1; a batch is split over images, each thread padding its image into its own
+plane. Each output is summed by one task in one fixed order (input channel, then tap) whatever the
+thread count, so the bits do not depend on it.
+"""
+
+import numba
+
+from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
+
+OUT = 32  # output channels per register block: two 16-lane vectors
+PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
+NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
+
+
+@numba.njit(cache=True)
+def lanes_for(o):
+    """Output channels per register block for a layer of o output channels."""
+    return NARROW if o <= NARROW else OUT
+
+
+@numba.njit(cache=True, inline="always")
+def _next(g, p, q, move, ho, wo):
+    """Image, row and column of the position after (g, p, q) when `move`, else (g, p, q) again
+    (a block's positions past the layer's last repeat it): no division per position."""
+    if move:
+        q += 1
+        if q == wo:
+            q, p = 0, p + 1
+            if p == ho:
+                p, g = 0, g + 1
+    return g, p, q
+
+
+@numba.njit(cache=True, inline="always")
+def _at(g, p, q, stride, wp, plane):
+    """Where the window of output position (image g, row p, column q) starts in the planes."""
+    return numba.uint64(g * plane + p * stride * wp + q * stride)
+
+
+@numba.njit(cache=True, inline="always")
+def _six(g, p, q, r0, npix, ho, wo, stride, wp, plane):
+    """Plane offsets of a block's positions r0 .. r0+5, position r0 being (image g, row p, column
+    q), and the (g, p, q) of position r0 + 6 (positions from npix on repeat the last)."""
+    o0 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 1 < npix, ho, wo)
+    o1 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 2 < npix, ho, wo)
+    o2 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 3 < npix, ho, wo)
+    o3 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 4 < npix, ho, wo)
+    o4 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 5 < npix, ho, wo)
+    o5 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, r0 + 6 < npix, ho, wo)
+    return (o0, o1, o2, o3, o4, o5), g, p, q
+
+
+def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """acc[r * OUT + l] = sum over input channels c and taps (i, j) of Wo[c, i*kw + j, l] times
+    xf[c * cstride + offset(r) + i * wp + j], for the r < PIXELS positions pix0 + r (clipped to
+    pix0 + npix - 1), where position k is image k // hw, row (k % hw) // wo, column k % wo of
+    planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
+    prefer_512_bit_vectors()
+    ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
+    (o0, o1, o2, o3, o4, o5), g, p, q = _six(g, p, q, 0, npix, ho, wo, stride, wp, plane)
+    acc[0] = 0
+    e = acc[0]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = z
+    b0 = b1 = b2 = b3 = b4 = b5 = z
+    half = numba.uint64(16)
+    for c in range(Wo.shape[0]):
+        wc = Wo[c]
+        for i in range(kh):
+            row = xf[c * cstride + i * wp:]
+            for j in range(kw):
+                w = wc[i * kw + j]
+                wa, wb = ld16(w, numba.uint64(0)), ld16(w, half)
+                jj = numba.uint64(j)
+                x0, x1, x2 = row[o0 + jj], row[o1 + jj], row[o2 + jj]
+                x3, x4, x5 = row[o3 + jj], row[o4 + jj], row[o5 + jj]
+                a0, b0 = fma16(a0, x0, wa), fma16(b0, x0, wb)
+                a1, b1 = fma16(a1, x1, wa), fma16(b1, x1, wb)
+                a2, b2 = fma16(a2, x2, wa), fma16(b2, x2, wb)
+                a3, b3 = fma16(a3, x3, wa), fma16(b3, x3, wb)
+                a4, b4 = fma16(a4, x4, wa), fma16(b4, x4, wb)
+                a5, b5 = fma16(a5, x5, wa), fma16(b5, x5, wb)
+    st16(acc, numba.uint64(0), a0)
+    st16(acc, numba.uint64(16), b0)
+    st16(acc, numba.uint64(32), a1)
+    st16(acc, numba.uint64(48), b1)
+    st16(acc, numba.uint64(64), a2)
+    st16(acc, numba.uint64(80), b2)
+    st16(acc, numba.uint64(96), a3)
+    st16(acc, numba.uint64(112), b3)
+    st16(acc, numba.uint64(128), a4)
+    st16(acc, numba.uint64(144), b4)
+    st16(acc, numba.uint64(160), a5)
+    st16(acc, numba.uint64(176), b5)
+
+
+block_sums = straight_line_compiled(_block_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
+def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """_block_body for NARROW output channels by NARROW_PIXELS positions: acc[r * NARROW + l]."""
+    prefer_512_bit_vectors()
+    ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
+    (o0, o1, o2, o3, o4, o5), g, p, q = _six(g, p, q, 0, npix, ho, wo, stride, wp, plane)
+    (o6, o7, o8, o9, o10, o11), g, p, q = _six(g, p, q, 6, npix, ho, wo, stride, wp, plane)
+    acc[0] = 0
+    e = acc[0]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    for c in range(Wo.shape[0]):
+        wc = Wo[c]
+        for i in range(kh):
+            row = xf[c * cstride + i * wp:]
+            for j in range(kw):
+                w = ld16(wc[i * kw + j], numba.uint64(0))
+                jj = numba.uint64(j)
+                a0, a1 = fma16(a0, row[o0 + jj], w), fma16(a1, row[o1 + jj], w)
+                a2, a3 = fma16(a2, row[o2 + jj], w), fma16(a3, row[o3 + jj], w)
+                a4, a5 = fma16(a4, row[o4 + jj], w), fma16(a5, row[o5 + jj], w)
+                a6, a7 = fma16(a6, row[o6 + jj], w), fma16(a7, row[o7 + jj], w)
+                a8, a9 = fma16(a8, row[o8 + jj], w), fma16(a9, row[o9 + jj], w)
+                a10, a11 = fma16(a10, row[o10 + jj], w), fma16(a11, row[o11 + jj], w)
+    for r, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+        st16(acc, numba.uint64(r * NARROW), a)
+
+
+narrow_sums = straight_line_compiled(_narrow_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
+@numba.njit(cache=True)
+def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
+    """The register block of Wo's width (OUT or NARROW lanes) at positions pix0 ..."""
+    if Wo.shape[2] == NARROW:
+        narrow_sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc)
+    else:
+        block_sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc)
+
+
+@numba.njit(cache=True, inline="always")
+def _run(acc, lanes, npix, s, b, act, a, add, res, y):
+    """y[r] = act(acc[r * lanes] * s + b (+ res[r] when add)) for r < npix; the tests on add and
+    act stay out of the loops, so each loop vectorises."""
+    if add:
+        for r in range(npix):
+            y[r] = acc[r * lanes] * s + b + res[r]
+    else:
+        for r in range(npix):
+            y[r] = acc[r * lanes] * s + b
+    if act:
+        for r in range(npix):
+            v = y[r]
+            y[r] = v * a if v < 0 else v
+
+
+@numba.njit(cache=True)
+def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * lanes + l] for the positions pix0 + r,
+    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's channels.
+    Channel by channel, so the writes run along a row: position by position they would land
+    Ho*Wo floats apart, in as few cache sets as there are lanes when the plane is 4 KiB. Indices
+    are flat and unsigned (no negative-index tests); an identity residual has y's shape, so it
+    is read at the same flat index."""
+    o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
+    yf = y.reshape(y.size)
+    res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
+    rf = res.reshape(res.size)
+    n, rest = n0 + pix0 // hw, pix0 % hw
+    if mode != RES_ZEROPAD and rest + npix <= hw:  # one image: each channel's positions in a run
+        for l in range(min(lanes, o_all - ob)):
+            o = ob + l
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            _run(acc[l:], lanes, npix, tail.scale[o], tail.shift[o], tail.act, tail.slopes[o],
+                 mode == RES_IDENTITY, rf[at:] if mode == RES_IDENTITY else rf, yf[at:])
+        return
+    for l in range(min(lanes, o_all - ob)):
+        o = ob + l
+        s, b, a = tail.scale[o], tail.shift[o], tail.slopes[o]
+        pad_c = o - front
+        use_pad = mode == RES_ZEROPAD and 0 <= pad_c < res.shape[1]
+        n, rest = n0 + pix0 // hw, pix0 % hw
+        for r in range(npix):
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            v = acc[r * lanes + l] * s + b
+            if mode == RES_IDENTITY:
+                v += rf[at]
+            elif use_pad:
+                v += res[n, pad_c, (rest // wo) * rs, (rest % wo) * rs]
+            if tail.act and v < 0:
+                v *= a
+            yf[at] = v
+            rest += 1
+            if rest == hw:
+                n, rest = n + 1, 0
+
+
+@numba.njit(cache=True)
+def fill_padded(x, i, pad, xp):
+    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    xp[:c * hp * wp] = 0
+    for ch in range(c):
+        for r in range(h):
+            start = (ch * hp + r + pad) * wp + pad
+            src = x[i, ch, r]
+            for col in range(w):
+                xp[start + col] = src[col]
+
+
+def blocked_scratch(c, h, w, pad):
+    """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
+    h x w padded by `pad` (16 floats of slack past each plane; no read goes there)."""
+    return c * (h + 2 * pad) * (w + 2 * pad) + 16, max(PIXELS * OUT, NARROW_PIXELS * NARROW)
+
+
+@numba.njit(parallel=True, cache=True)
+def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
+    """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
+    by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
+    OUT, or NARROW when O <= NARROW (lanes_for).
+    planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
+    >= the block's sums); blocked_scratch gives both."""
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    size = c * hp * wp
+    ho, wo = y.shape[2], y.shape[3]
+    hw = ho * wo
+    lanes = Wb.shape[3]
+    pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
+    chunks = (hw + pixels - 1) // pixels
+    blocks = Wb.shape[0]
+    if n == 1:
+        xp = planes[:size + 16]
+        fill_padded(x, 0, pad, xp)
+        for t in numba.prange(blocks * chunks):
+            b, p0 = t // chunks, (t % chunks) * pixels
+            acc = acc_ws[numba.get_thread_id()]
+            cnt = min(pixels, hw - p0)
+            _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+            _finish(acc, lanes, p0, cnt, b * lanes, tail, y, 0)
+    else:
+        for i in numba.prange(n):
+            tid = numba.get_thread_id()
+            xp = planes[tid * (size + 16):(tid + 1) * (size + 16)]
+            acc = acc_ws[tid]
+            fill_padded(x, i, pad, xp)
+            for b in range(blocks):
+                for p0 in range(0, hw, pixels):
+                    cnt = min(pixels, hw - p0)
+                    _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+                    _finish(acc, lanes, p0, cnt, b * lanes, tail, y, i)
