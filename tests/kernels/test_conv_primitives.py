@@ -286,16 +286,29 @@ def test_winograd4_with_pairs_of_output_blocks_and_an_odd_one(out_channels):
     _check_all_three("winograd4", ((2, 20, 9, 10), (out_channels, 20, 3, 3), 1, 1, 1), seed=out_channels)
 
 
-def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block():
+@pytest.mark.parametrize("flipped", [False, True])
+def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block(flipped):
     """U[a*6 + b, o // 16, c, o % 16] = (G W[o, c] G^T)[a, b], zero past O (37 pads to 48) and
-    past C (the caller's zeros kept)."""
+    past C (the caller's zeros kept); flipped, the same for the kernels W[c, o] turned by 180
+    degrees (the data gradient's), from W of shape (5, 37, 3, 3)."""
     W = np.random.default_rng(3).standard_normal((37, 5, 3, 3))
     G = matrices(4, np.float64)[1]
     U = np.zeros((36, 3, 8, 16))
-    conv_winograd4._kernels(W, G, U)
+    given = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]) if flipped else W
+    conv_winograd4._kernels(given, G, flipped, U)
     want = np.zeros((6, 6, 48, 8))
     want[:, :, :37, :5] = np.einsum("ai,ocij,bj->aboc", G, W, G)
     np.testing.assert_allclose(U, want.reshape(36, 3, 16, 8).transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_winograd4_flipped_transform_equals_the_transform_of_the_flipped_copy():
+    """The data gradient's kernels transformed straight from W are bit for bit those of NumPy's
+    flipped, transposed copy (the same values through the same arithmetic), 20 by 40 channels
+    in float32."""
+    W = np.random.default_rng(4).standard_normal((20, 40, 3, 3)).astype(np.float32)
+    copy = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    assert np.array_equal(conv_winograd4.transformed_kernels(W, flipped=True),
+                          conv_winograd4.transformed_kernels(copy))
 
 
 @pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
