@@ -58,6 +58,14 @@ GRAD_BUDGET = 96 * 1024  # floats of V and Y per weight-gradient chunk
 # this one's time and flat's 0.7; docs/perf.md). Unlike this one, im2col's sums are grouped per
 # thread, so there the rounding follows the thread count.
 GRAD_MAX_PAIRS = 256 * 256
+# except on output maps of at least WIDE_PIXELS (ResNet-50's 256-channel 3x3 layers at 14x14; no
+# shipped model has 256 channels on a map that large), where Winograd's sums stay, in chunks of
+# up to WIDE_BUDGET floats: with 36 * 256 * 256 sums per task, each chunk's read-modify-write of
+# them was the cost, and chunks of a whole task's tiles (with _finish's loops) made this weight
+# gradient faster than im2col's there (docs/perf.md, branch r50m). 512 channels at 7x7 stay
+# im2col's (Winograd's measured 2x slower).
+WIDE_PIXELS = 196
+WIDE_BUDGET = 1 << 21
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
 
@@ -297,24 +305,39 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
 
 @numba.njit(parallel=True, cache=True)
 def _finish(parts, G, dW):
-    """dW[o, c] = G^T S G for S (6, 6) the sum of parts[:, :, o, c] in task order."""
+    """dW[o, c] = G^T S G for S (6, 6) the sum of parts[:, :, o, c] in task order, each sum
+    from 0.0 in a fixed order. Explicit loops along c into buffers made once per output channel:
+    NumPy-style expressions here allocated a temporary for each of about 160 row operations per
+    output channel and took as long as the sums themselves at 256 by 256 channels (docs/perf.md)."""
     o, c = dW.shape[0], dW.shape[1]
     for k in numba.prange(o):
-        S = np.zeros((36, c))
-        for task in range(parts.shape[0]):
-            for xi in range(36):
-                S[xi] += parts[task, xi, k, :c]
-        H = np.zeros((3, 6, c))
-        for u in range(3):
-            for a in range(6):
-                for b in range(6):
-                    H[u, b] += G[a, u] * S[6 * a + b]
-        for u in range(3):
+        S, H, out = np.empty((36, c)), np.empty((18, c)), np.empty((9, c))
+        for xi in range(36):
+            row = S[xi]
+            row[:] = 0.0
+            for task in range(parts.shape[0]):
+                p = parts[task, xi, k]
+                for ch in range(c):
+                    row[ch] += p[ch]
+        for u in range(3):  # H[6u + b] = sum over a of G[a, u] S[6a + b]
+            for b in range(6):
+                row = H[6 * u + b]
+                row[:] = 0.0
+                for a in range(6):
+                    g, src = G[a, u], S[6 * a + b]
+                    for ch in range(c):
+                        row[ch] += g * src[ch]
+        for u in range(3):  # out[3u + v] = sum over b of H[6u + b] G[b, v]
             for v in range(3):
-                acc = np.zeros(c)
+                row = out[3 * u + v]
+                row[:] = 0.0
                 for b in range(6):
-                    acc += H[u, b] * G[b, v]
-                dW[k, :, u, v] = acc
+                    g, src = G[b, v], H[6 * u + b]
+                    for ch in range(c):
+                        row[ch] += src[ch] * g
+        for ch in range(c):
+            for t in range(9):
+                dW[k, ch, t // 3, t % 3] = out[t, ch]
 
 
 def weight_gradient(x, dy, pad):
@@ -334,10 +357,13 @@ def weight_gradient(x, dy, pad):
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = -(-ho // 4), -(-wo // 4)
     c16, o8 = -(-c // OUT_BLOCK) * OUT_BLOCK, -(-o // LANES) * LANES
+    budget = GRAD_BUDGET
     if o8 * c16 >= GRAD_MAX_PAIRS:
-        return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+        if ho * wo < WIDE_PIXELS:
+            return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+        budget = WIDE_BUDGET
     n_tasks = min(n, GRAD_TASKS)
-    span = max(1, GRAD_BUDGET // (36 * (c16 + o8)) // tw) * tw
+    span = max(1, budget // (36 * (c16 + o8)) // tw) * tw
     span = min(span, -(-n // n_tasks) * th * tw)
     g = max(1, span // (th * tw))
     parts = np.zeros((n_tasks, 36, o8, c16), x.dtype)

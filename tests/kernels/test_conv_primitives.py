@@ -332,7 +332,7 @@ def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, mon
 
 def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch):
     """From GRAD_MAX_PAIRS (o, c) pairs on the chunk sums cost more than they save: im2col's
-    result (a GEMM)."""
+    result (a GEMM), except on maps of WIDE_PIXELS or more."""
     r = np.random.default_rng(5)
     x = r.standard_normal((3, 9, 10, 10)).astype(np.float32)
     dy = r.standard_normal((3, 12, 10, 10)).astype(np.float32)
@@ -342,6 +342,48 @@ def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch)
     monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 + 1)
     winograd = conv_winograd4.weight_gradient(x, dy, 1)
     assert not np.array_equal(winograd, gemm) and rel_err(winograd, gemm) < TOL
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)
+    monkeypatch.setattr(conv_winograd4, "WIDE_PIXELS", 100)  # a 10x10 output: Winograd's again
+    wide = conv_winograd4.weight_gradient(x, dy, 1)
+    assert not np.array_equal(wide, gemm) and rel_err(wide, gemm) < TOL
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_winograd4_weight_gradient_at_resnet50s_256_channel_layers(pad):
+    """ResNet-50's 256-channel 3x3 layers with a 14x14 output (batch 2 here) keep Winograd's
+    weight gradient, in chunks of a whole task's tiles: not im2col's bits, but its values."""
+    r = np.random.default_rng(pad)
+    x = r.standard_normal((2, 256, 16 - 2 * pad, 16 - 2 * pad)).astype(np.float32)
+    dy = r.standard_normal((2, 256, 14, 14)).astype(np.float32)
+    want = conv_im2col.weight_gradient(x, dy, (256, 256, 3, 3), 1, pad, 1)
+    got = conv_winograd4.weight_gradient(x, dy, pad)
+    assert got.dtype == np.float32 and not np.array_equal(got, want) and rel_err(got, want) < TOL
+
+
+def test_winograd4_wide_map_weight_gradient_passes_gradcheck_in_float64(monkeypatch):
+    """The wide-map rule's chunks (thresholds lowered to a small layer: 5 and 7 channels pad to
+    16 and 8, an 8x8 output, one chunk per task) give the exact adjoint (finite differences)."""
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 8)
+    monkeypatch.setattr(conv_winograd4, "WIDE_PIXELS", 64)
+    r = np.random.default_rng(11)
+    x, W = r.standard_normal((3, 5, 8, 8)), r.standard_normal((7, 5, 3, 3))
+    dW = np.zeros_like(W)
+    seen = {}
+
+    def forward(a):
+        seen["x"] = a
+        return conv2d_forward(a, W, 1, 1, 1, primitive="winograd4")
+
+    def backward(dy):
+        dx, g = conv2d_backward(seen["x"], W, dy, 1, 1, 1, primitive="winograd4")
+        dW[...] += g
+        return dx
+
+    errors, _ = check_module(forward, backward, x, {"W": (W, dW)})
+    assert max(errors.values()) < 1e-5, errors
+    dy = r.standard_normal((3, 7, 8, 8))  # and the path is Winograd's, not im2col's
+    assert not np.array_equal(conv_winograd4.weight_gradient(x, dy, 1),
+                              conv_im2col.weight_gradient(x, dy, (7, 5, 3, 3), 1, 1, 1))
 
 
 def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():
