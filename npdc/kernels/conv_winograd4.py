@@ -303,6 +303,16 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
                 _gemm_dw(Y, V, parts[task], rows * tw)
 
 
+@numba.njit(cache=True, inline="always")
+def _combine(dst, src, first, step, weights):
+    """dst = sum over j < 6 of weights[j] * src[first + step * j], row by row, from 0.0 in order."""
+    dst[:] = 0.0
+    for j in range(6):
+        w, row = weights[j], src[first + step * j]
+        for ch in range(dst.size):
+            dst[ch] += w * row[ch]
+
+
 @numba.njit(parallel=True, cache=True)
 def _finish(parts, G, dW):
     """dW[o, c] = G^T S G for S (6, 6) the sum of parts[:, :, o, c] in task order, each sum
@@ -319,22 +329,11 @@ def _finish(parts, G, dW):
                 p = parts[task, xi, k]
                 for ch in range(c):
                     row[ch] += p[ch]
-        for u in range(3):  # H[6u + b] = sum over a of G[a, u] S[6a + b]
-            for b in range(6):
-                row = H[6 * u + b]
-                row[:] = 0.0
-                for a in range(6):
-                    g, src = G[a, u], S[6 * a + b]
-                    for ch in range(c):
-                        row[ch] += g * src[ch]
-        for u in range(3):  # out[3u + v] = sum over b of H[6u + b] G[b, v]
-            for v in range(3):
-                row = out[3 * u + v]
-                row[:] = 0.0
-                for b in range(6):
-                    g, src = G[b, v], H[6 * u + b]
-                    for ch in range(c):
-                        row[ch] += src[ch] * g
+        for u in range(3):
+            for b in range(6):  # H[6u + b] = sum over a of G[a, u] S[6a + b]
+                _combine(H[6 * u + b], S, b, 6, G[:, u])
+            for v in range(3):  # out[3u + v] = sum over b of G[b, v] H[6u + b]
+                _combine(out[3 * u + v], H, 6 * u, 1, G[:, v])
         for ch in range(c):
             for t in range(9):
                 dW[k, ch, t // 3, t % 3] = out[t, ch]
