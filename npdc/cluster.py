@@ -15,7 +15,9 @@ finish in, and every job runs with one Numba and one BLAS thread (the engine's k
 over output elements, never a sum, so their results do not depend on the thread count).
 
 Faults: Dask reruns the jobs of a worker that dies on the workers that remain (a job that kills
-`distributed.scheduler.allowed-failures` + 1 workers is given up, as a UserError). A scheduler
+`distributed.scheduler.allowed-failures` + 1 workers is given up, as a UserError); when the dead
+worker held the only copy of the shared data, Dask cancels the jobs that needed it, and `map`
+scatters it again and resubmits them (up to RESCATTERS times). A scheduler
 that cannot be reached, or goes away mid-run, is a one-line UserError; commands write their
 outputs only after the jobs return, so nothing is written half-way.
 """
@@ -33,6 +35,7 @@ from npdc.threads import set_threads
 
 INSTALL = 'install npdc[distributed]: pip install -e ".[distributed]"'
 CONNECT_SECONDS = 10
+RESCATTERS = 3  # times the shared data is scattered again after a worker took its only copy
 
 _job_thread = threading.local()
 _one_job_at_a_time = threading.Lock()
@@ -87,22 +90,42 @@ class DaskExecutor:
 
     def map(self, fn, shared, jobs, progress=None):
         distributed = _distributed()
-        client, futures, error = self.client, [], None
+        jobs, results = list(jobs), {}
+        todo = list(range(len(jobs)))
+        try:
+            for _ in range(RESCATTERS + 1):
+                todo = self._round(distributed, fn, shared, jobs, todo, results, progress)
+                if not todo:
+                    return [results[i] for i in range(len(jobs))]
+        except (OSError, TimeoutError, CancelledError, distributed.comm.CommClosedError) as e:
+            raise self._lost(e) from None
+        raise self._lost(f"the shared data was lost with a worker {RESCATTERS + 1} times")
+
+    def _round(self, distributed, fn, shared, jobs, todo, results, progress):
+        """Run jobs[i] for i in todo, results[i] filled; returns the i whose jobs came back
+        cancelled while the scheduler still answers: the only copy of the shared data was on a
+        worker that died (a broadcast reaches only the workers there at that moment, and its
+        replication is best-effort), so they are run again on data scattered again."""
+        client, futures, error, cancelled = self.client, [], None, []
         try:
             [remote] = client.scatter([shared], broadcast=True, hash=False)
-            futures = [client.submit(_run_job, fn, remote, job, pure=False) for job in jobs]
+            futures = [client.submit(_run_job, fn, remote, jobs[i], pure=False) for i in todo]
+            index = {future.key: i for future, i in zip(futures, todo)}
             for future in distributed.as_completed(futures):
-                if future.status == "cancelled":
-                    raise self._lost("its jobs were cancelled")
                 if future.status == "error":
                     error = future.exception()
                     break
+                try:  # fetched now: a result left on a worker dies with it
+                    results[index[future.key]] = future.result()
+                except CancelledError:
+                    if client.status != "running":
+                        raise self._lost("its jobs were cancelled") from None
+                    cancelled.append(index[future.key])
+                    continue
                 if progress is not None:
                     progress.update()
             if error is None:
-                return client.gather(futures)
-        except (OSError, TimeoutError, CancelledError, distributed.comm.CommClosedError) as e:
-            raise self._lost(e) from None
+                return sorted(cancelled)
         finally:
             try:
                 client.cancel(futures)

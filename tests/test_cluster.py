@@ -48,16 +48,24 @@ class Cluster:
             cli + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                    "--no-dashboard", "--scheduler-file", str(info)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.workers = [subprocess.Popen(
-            cli + ["distributed.cli.dask_worker", "--scheduler-file", str(info), "--nthreads", "1",
-                   "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        self._worker_cli = (cli + ["distributed.cli.dask_worker", "--scheduler-file", str(info),
+                                   "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+                                   "--no-dashboard"], env)
+        self.workers = []
+        for _ in range(workers):
+            self.add_worker()
         deadline = time.time() + 60
         while not info.exists() and time.time() < deadline:
             time.sleep(0.1)
         self.address = json.loads(info.read_text())["address"]
         with distributed.Client(self.address, timeout="30s") as client:
             client.wait_for_workers(workers, timeout=60)
+
+    def add_worker(self):
+        """Start one more worker process (it joins the scheduler on its own)."""
+        cli, env = self._worker_cli
+        self.workers.append(subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
 
     def close(self):
         for p in self.workers + [self.scheduler]:
@@ -159,6 +167,37 @@ def test_killed_worker_jobs_rerun_elsewhere(tmp_path, problem, expected):
     finally:
         c.close()
     assert got == expected
+
+
+def test_jobs_whose_shared_data_died_with_its_only_holder_run_again(tmp_path):
+    """The only worker (so the only copy of the scattered data) is killed at the first result and
+    a new one started: Dask cancels the jobs that needed the lost data; `map` scatters it again
+    and they run on the new worker, results in the order of the jobs."""
+    c = Cluster(tmp_path, workers=1)
+    shared = np.arange(5.0)
+    try:
+        with scheduler_executor(c.address, announce=False) as executor:
+            scatters = []
+            scatter = executor.client.scatter
+            executor.client.scatter = lambda *a, **k: scatters.append(1) or scatter(*a, **k)
+
+            class Hook:
+                def update(self, n=1):
+                    if len(c.workers) == 1:
+                        c.workers[0].send_signal(signal.SIGKILL)
+                        assert c.workers[0].wait(timeout=30) == -signal.SIGKILL
+                        c.add_worker()
+
+            got = executor.map(_slow_sum, shared, list(range(30)), Hook())
+    finally:
+        c.close()
+    assert got == [job + 10.0 for job in range(30)]
+    assert len(scatters) >= 2
+
+
+def _slow_sum(shared, job):
+    time.sleep(0.05)
+    return job + float(shared.sum())
 
 
 def test_lost_scheduler_is_one_user_error(tmp_path, problem):
