@@ -25,7 +25,6 @@ import numpy as np
 from npdc.atomic import write_text
 from npdc.kernels.cache_stamp import kernels_digest
 from npdc.kernels.conv import PRIMITIVES, conv2d_backward, conv2d_forward, legal_primitives
-from npdc.kernels.prepared import forget
 
 CACHE_NAME = "conv_timings.json"
 
@@ -80,11 +79,9 @@ def best_seconds(fn, repeats=5, warmup=1):
 def time_primitive(name, x, W, stride, pad, groups, mode="train", repeats=2):
     """Seconds for one forward (mode 'infer') or forward + both backwards ('train'), best of
     `repeats` after one untimed call that compiles and touches memory. In training the weights
-    change every step, so a 'train' run keeps no transformed weights from the run before it."""
+    change every step, so a 'train' run neither keeps nor reuses transformed weights."""
     def run():
-        if mode == "train":
-            forget()
-        y = conv2d_forward(x, W, stride, pad, groups, primitive=name)
+        y = conv2d_forward(x, W, stride, pad, groups, primitive=name, keep=mode != "train")
         if mode == "train":
             conv2d_backward(x, W, y, stride, pad, groups, primitive=name)
     return best_seconds(run, repeats)

@@ -28,12 +28,15 @@ single_thread_numba_blas()  # BLAS calls from inside Numba's parallel loops must
 
 @dataclass(frozen=True)
 class Primitive:
-    """A convolution algorithm: refuse(shape) -> reason or None; forward; backward."""
+    """A convolution algorithm: refuse(shape) -> reason or None; forward; backward. A primitive
+    that keeps transformed weights between calls (npdc.kernels.prepared) also has `fresh`, the
+    same forward keeping and reusing nothing, for weights that change every step."""
     name: str
     refuse: object
     forward: object
     backward: object
     layout: str = "NCHW"
+    fresh: object = None
 
 
 def _accepts_all(x_shape, W_shape, stride, pad, groups):
@@ -48,7 +51,8 @@ PRIMITIVES = {
     "kn2row": Primitive("kn2row", conv_kn2row.refuse, conv_kn2row.forward, conv_kn2row.backward),
     "winograd2": Primitive("winograd2", conv_winograd.refuse, partial(conv_winograd.forward, m=2),
                            partial(conv_winograd.backward, m=2)),
-    "winograd4": Primitive("winograd4", conv_winograd4.refuse, conv_winograd4.forward, conv_winograd4.backward),
+    "winograd4": Primitive("winograd4", conv_winograd4.refuse, conv_winograd4.forward, conv_winograd4.backward,
+                           fresh=conv_winograd4.forward_fresh),
     "fft": Primitive("fft", conv_fft.refuse, conv_fft.forward, conv_fft.backward),
     "gemm": Primitive("gemm", conv_gemm.refuse, conv_gemm.forward, conv_gemm.backward),
     "depthwise": Primitive("depthwise", conv_depthwise.refuse, conv_depthwise.forward, conv_depthwise.backward),
@@ -188,12 +192,15 @@ def _resolve(primitive, x_shape, W_shape, stride, pad, groups):
     return p
 
 
-def conv2d_forward(x, W, stride=1, pad=0, groups=1, primitive=None):
-    """x: (N, C, H, W), W: (O, C/groups, kh, kw) -> y: (N, O, Ho, Wo)."""
+def conv2d_forward(x, W, stride=1, pad=0, groups=1, primitive=None, keep=True):
+    """x: (N, C, H, W), W: (O, C/groups, kh, kw) -> y: (N, O, Ho, Wo). Without `keep` (training,
+    whose weights change every step) no transformed weights are kept or looked up: comparing
+    and copying the weights each call would buy nothing."""
     p = _resolve(primitive, np.shape(x), np.shape(W), stride, pad, groups)
     x = np.ascontiguousarray(x)
     W = np.ascontiguousarray(W, dtype=x.dtype)
-    return p.forward(x, W, stride, pad, groups)
+    forward = p.forward if keep or p.fresh is None else p.fresh
+    return forward(x, W, stride, pad, groups)
 
 
 def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True, primitive=None):

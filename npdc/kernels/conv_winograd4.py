@@ -58,44 +58,54 @@ GRAD_BUDGET = 96 * 1024  # floats of V and Y per weight-gradient chunk
 # this one's time and flat's 0.7; docs/perf.md). Unlike this one, im2col's sums are grouped per
 # thread, so there the rounding follows the thread count.
 GRAD_MAX_PAIRS = 256 * 256
+# except on output maps of at least WIDE_PIXELS (ResNet-50's 256-channel 3x3 layers at 14x14; no
+# shipped model has 256 channels on a map that large), where Winograd's sums stay, in chunks of
+# up to WIDE_BUDGET floats: with 36 * 256 * 256 sums per task, each chunk's read-modify-write of
+# them was the cost, and chunks of a whole task's tiles (with _finish's loops) made this weight
+# gradient faster than im2col's there (docs/perf.md, branch r50m). 512 channels at 7x7 stay
+# im2col's (Winograd's measured 2x slower).
+WIDE_PIXELS = 196
+WIDE_BUDGET = 1 << 21
 
 refuse = conv_flat.refuse  # 3x3, stride 1, groups 1, padding 0..2 (so the data gradient fits)
 
 
 @numba.njit(parallel=True, cache=True)
-def _kernels(W, G, U):
-    """U[a*6 + b, o // 16, c, o % 16] = (G g G^T)[a, b] for every 3x3 kernel g = W[o, c]; U is
-    zero-padded (and zeroed by the caller). Each task owns a block of sixteen output channels,
-    whose 36 slices U[:, block] (C by 16 floats each) stay in its core's L2 while it fills them
-    one output channel at a time: that channel's kernels are one contiguous run of W, and its
-    transform goes along c in contiguous vector loops (kernel by kernel measured several times
-    slower at 64 and 128 channels; a task per input channel, scattering its writes over U, 3x
-    slower at 256 and 512)."""
-    o, c = W.shape[0], W.shape[1]
-    n_blocks, c8 = U.shape[1], U.shape[2]
-    flat = U.reshape(U.size)
-    for block in numba.prange(n_blocks):
-        g = np.empty((9, c))  # g[3*i + j, ch] = W[k, ch, i, j] for the output channel k
-        half = np.empty((18, c))  # half[3*a + j] = (G g)[a, j] for every ch
-        row = np.empty(c)
-        for k in range(16 * block, min(o, 16 * block + 16)):
-            w = W[k]
-            for ch in range(c):
+def _kernels(W, G, flipped, U):
+    """U[a*6 + b, k // 16, ch, k % 16] = (G g G^T)[a, b] for every 3x3 kernel g from output
+    channel k to input channel ch: g = W[k, ch], or with `flipped` (the data gradient's kernels)
+    W[ch, k] turned by 180 degrees. U is zero-padded (and zeroed by the caller).
+
+    Each task owns a block of sixteen output channels and goes along the input channels, the
+    sixteen kernels of one channel side by side in the vector lanes, so that every write of U is
+    one whole run of sixteen floats. Flipped, the sixteen kernels are one contiguous run of W,
+    so the transpose costs no copy of its own (NumPy's copy of the flipped, transposed view took
+    as long as the transform at 512 channels). A task per input channel, scattering its writes
+    over U, measured 3x slower at 256 and 512 channels; one output channel at a time along c,
+    writing U a float per line, about a quarter slower than this (docs/perf.md)."""
+    o, c = (W.shape[1], W.shape[0]) if flipped else (W.shape[0], W.shape[1])
+    for block in numba.prange(U.shape[1]):
+        k0 = 16 * block
+        g = np.zeros((9, 16))  # g[3*i + j, kk] = the tap (i, j) of kernel k0 + kk
+        half = np.empty((18, 16))  # half[3*a + j] = (G g)[a, j] for every kk
+        for ch in range(c):
+            for kk in range(min(o, k0 + 16) - k0):
                 for t in range(9):
-                    g[t, ch] = w[ch, t // 3, t % 3]
+                    if flipped:
+                        g[t, kk] = W[ch, k0 + kk, 2 - t // 3, 2 - t % 3]
+                    else:
+                        g[t, kk] = W[k0 + kk, ch, t // 3, t % 3]
             for a in range(6):
                 for j in range(3):
                     h, g0, g1, g2 = half[3 * a + j], g[j], g[3 + j], g[6 + j]
-                    for ch in range(c):
-                        h[ch] = G[a, 0] * g0[ch] + G[a, 1] * g1[ch] + G[a, 2] * g2[ch]
+                    for kk in range(16):
+                        h[kk] = G[a, 0] * g0[kk] + G[a, 1] * g1[kk] + G[a, 2] * g2[kk]
             for a in range(6):
                 h0, h1, h2 = half[3 * a], half[3 * a + 1], half[3 * a + 2]
                 for b in range(6):
-                    for ch in range(c):
-                        row[ch] = h0[ch] * G[b, 0] + h1[ch] * G[b, 1] + h2[ch] * G[b, 2]
-                    at = ((a * 6 + b) * n_blocks + block) * c8 * 16 + k - 16 * block  # U[a*6 + b, block, 0, k % 16]
-                    for ch in range(c):
-                        flat[at + 16 * ch] = row[ch]
+                    u = U[a * 6 + b, block, ch]
+                    for kk in range(16):
+                        u[kk] = h0[kk] * G[b, 0] + h1[kk] * G[b, 1] + h2[kk] * G[b, 2]
 
 
 def _gemm_body(V, U, M, T):
@@ -208,24 +218,24 @@ def _layout(n, c8, o16, th, tw, threads):
     return n_tasks, max(tw, span // tw * tw)
 
 
-def transformed_kernels(W):
-    """U (36, O16 / 16, C8, 16) for W (O, C, 3, 3): the products' right-hand sides (_kernels)."""
-    o, c = W.shape[:2]
+def transformed_kernels(W, flipped=False):
+    """U (36, O16 / 16, C8, 16) for W (O, C, 3, 3): the products' right-hand sides (_kernels);
+    with `flipped`, those of the data gradient, whose kernels are W's turned by 180 degrees with
+    the channel axes exchanged (O and C then swap roles)."""
+    o, c = (W.shape[1], W.shape[0]) if flipped else W.shape[:2]
     c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
     U = np.zeros((36, o16 // OUT_BLOCK, c8, OUT_BLOCK), W.dtype)
-    _kernels(W, matrices(4, np.float64)[1], U)
+    _kernels(W, matrices(4, np.float64)[1], flipped, U)
     return U
 
 
-def _correlate(x, W, pad, U=None):
-    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with W (O, C, 3, 3), whose
-    transform U may be given."""
+def _correlate(x, o, pad, U):
+    """Valid 3x3 correlation of x (N, C, H, W) zero-padded by `pad` with the o output channels'
+    kernels whose transform is U."""
     n, c, h, w = x.shape
-    o = W.shape[0]
     ho, wo = out_size(h, 3, 1, pad), out_size(w, 3, 1, pad)
     th, tw = -(-ho // 4), -(-wo // 4)
     c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
-    U = transformed_kernels(W) if U is None else U
     threads = numba.get_num_threads()
     n_tasks, span = _layout(n, c8, o16, th, tw, threads)
     y = np.empty((n, o, ho, wo), x.dtype)
@@ -293,26 +303,40 @@ def _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, n_threads):
                 _gemm_dw(Y, V, parts[task], rows * tw)
 
 
+@numba.njit(cache=True, inline="always")
+def _combine(dst, src, first, step, weights):
+    """dst = sum over j < 6 of weights[j] * src[first + step * j], row by row, from 0.0 in order."""
+    dst[:] = 0.0
+    for j in range(6):
+        w, row = weights[j], src[first + step * j]
+        for ch in range(dst.size):
+            dst[ch] += w * row[ch]
+
+
 @numba.njit(parallel=True, cache=True)
 def _finish(parts, G, dW):
-    """dW[o, c] = G^T S G for S (6, 6) the sum of parts[:, :, o, c] in task order."""
+    """dW[o, c] = G^T S G for S (6, 6) the sum of parts[:, :, o, c] in task order, each sum
+    from 0.0 in a fixed order. Explicit loops along c into buffers made once per output channel:
+    NumPy-style expressions here allocated a temporary for each of about 160 row operations per
+    output channel and took as long as the sums themselves at 256 by 256 channels (docs/perf.md)."""
     o, c = dW.shape[0], dW.shape[1]
     for k in numba.prange(o):
-        S = np.zeros((36, c))
-        for task in range(parts.shape[0]):
-            for xi in range(36):
-                S[xi] += parts[task, xi, k, :c]
-        H = np.zeros((3, 6, c))
+        S, H, out = np.empty((36, c)), np.empty((18, c)), np.empty((9, c))
+        for xi in range(36):
+            row = S[xi]
+            row[:] = 0.0
+            for task in range(parts.shape[0]):
+                p = parts[task, xi, k]
+                for ch in range(c):
+                    row[ch] += p[ch]
         for u in range(3):
-            for a in range(6):
-                for b in range(6):
-                    H[u, b] += G[a, u] * S[6 * a + b]
-        for u in range(3):
-            for v in range(3):
-                acc = np.zeros(c)
-                for b in range(6):
-                    acc += H[u, b] * G[b, v]
-                dW[k, :, u, v] = acc
+            for b in range(6):  # H[6u + b] = sum over a of G[a, u] S[6a + b]
+                _combine(H[6 * u + b], S, b, 6, G[:, u])
+            for v in range(3):  # out[3u + v] = sum over b of G[b, v] H[6u + b]
+                _combine(out[3 * u + v], H, 6 * u, 1, G[:, v])
+        for ch in range(c):
+            for t in range(9):
+                dW[k, ch, t // 3, t % 3] = out[t, ch]
 
 
 def weight_gradient(x, dy, pad):
@@ -332,10 +356,13 @@ def weight_gradient(x, dy, pad):
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     th, tw = -(-ho // 4), -(-wo // 4)
     c16, o8 = -(-c // OUT_BLOCK) * OUT_BLOCK, -(-o // LANES) * LANES
+    budget = GRAD_BUDGET
     if o8 * c16 >= GRAD_MAX_PAIRS:
-        return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+        if ho * wo < WIDE_PIXELS:
+            return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+        budget = WIDE_BUDGET
     n_tasks = min(n, GRAD_TASKS)
-    span = max(1, GRAD_BUDGET // (36 * (c16 + o8)) // tw) * tw
+    span = max(1, budget // (36 * (c16 + o8)) // tw) * tw
     span = min(span, -(-n // n_tasks) * th * tw)
     g = max(1, span // (th * tw))
     parts = np.zeros((n_tasks, 36, o8, c16), x.dtype)
@@ -348,12 +375,17 @@ def weight_gradient(x, dy, pad):
 def forward(x, W, stride, pad, groups):
     """x: (N, C, H, W), W: (O, C, 3, 3) -> y: (N, O, H + 2*pad - 2, W + 2*pad - 2). The
     transformed kernels are kept between calls on the same weights (npdc.kernels.prepared)."""
-    return _correlate(x, W, pad, prepared("winograd4", W, transformed_kernels))
+    return _correlate(x, W.shape[0], pad, prepared("winograd4", W, transformed_kernels))
+
+
+def forward_fresh(x, W, stride, pad, groups):
+    """forward with the kernels transformed afresh, neither kept nor looked up (training)."""
+    return _correlate(x, W.shape[0], pad, transformed_kernels(W))
 
 
 def backward(x, W, dy, stride, pad, groups, need_dx):
     """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
     dx = None
     if need_dx:
-        dx = _correlate(dy, np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)), 2 - pad)
+        dx = _correlate(dy, W.shape[1], 2 - pad, transformed_kernels(W, flipped=True))
     return dx, weight_gradient(x, dy, pad)

@@ -286,16 +286,29 @@ def test_winograd4_with_pairs_of_output_blocks_and_an_odd_one(out_channels):
     _check_all_three("winograd4", ((2, 20, 9, 10), (out_channels, 20, 3, 3), 1, 1, 1), seed=out_channels)
 
 
-def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block():
+@pytest.mark.parametrize("flipped", [False, True])
+def test_winograd4_kernel_transform_is_g_g_gt_packed_sixteen_to_a_block(flipped):
     """U[a*6 + b, o // 16, c, o % 16] = (G W[o, c] G^T)[a, b], zero past O (37 pads to 48) and
-    past C (the caller's zeros kept)."""
+    past C (the caller's zeros kept); flipped, the same for the kernels W[c, o] turned by 180
+    degrees (the data gradient's), from W of shape (5, 37, 3, 3)."""
     W = np.random.default_rng(3).standard_normal((37, 5, 3, 3))
     G = matrices(4, np.float64)[1]
     U = np.zeros((36, 3, 8, 16))
-    conv_winograd4._kernels(W, G, U)
+    given = np.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]) if flipped else W
+    conv_winograd4._kernels(given, G, flipped, U)
     want = np.zeros((6, 6, 48, 8))
     want[:, :, :37, :5] = np.einsum("ai,ocij,bj->aboc", G, W, G)
     np.testing.assert_allclose(U, want.reshape(36, 3, 16, 8).transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_winograd4_flipped_transform_equals_the_transform_of_the_flipped_copy():
+    """The data gradient's kernels transformed straight from W are bit for bit those of NumPy's
+    flipped, transposed copy (the same values through the same arithmetic), 20 by 40 channels
+    in float32."""
+    W = np.random.default_rng(4).standard_normal((20, 40, 3, 3)).astype(np.float32)
+    copy = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    assert np.array_equal(conv_winograd4.transformed_kernels(W, flipped=True),
+                          conv_winograd4.transformed_kernels(copy))
 
 
 @pytest.mark.parametrize("budget, tasks", [(36 * 40 * 5, 1), (36 * 40 * 5, 3), (36 * 40 * 60, 2)])
@@ -319,7 +332,7 @@ def test_winograd4_weight_gradient_in_chunks_groups_and_tasks(budget, tasks, mon
 
 def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch):
     """From GRAD_MAX_PAIRS (o, c) pairs on the chunk sums cost more than they save: im2col's
-    result (a GEMM)."""
+    result (a GEMM), except on maps of WIDE_PIXELS or more."""
     r = np.random.default_rng(5)
     x = r.standard_normal((3, 9, 10, 10)).astype(np.float32)
     dy = r.standard_normal((3, 12, 10, 10)).astype(np.float32)
@@ -329,6 +342,48 @@ def test_winograd4_weight_gradient_of_many_channel_pairs_is_im2cols(monkeypatch)
     monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16 + 1)
     winograd = conv_winograd4.weight_gradient(x, dy, 1)
     assert not np.array_equal(winograd, gemm) and rel_err(winograd, gemm) < TOL
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 16)
+    monkeypatch.setattr(conv_winograd4, "WIDE_PIXELS", 100)  # a 10x10 output: Winograd's again
+    wide = conv_winograd4.weight_gradient(x, dy, 1)
+    assert not np.array_equal(wide, gemm) and rel_err(wide, gemm) < TOL
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_winograd4_weight_gradient_at_resnet50s_256_channel_layers(pad):
+    """ResNet-50's 256-channel 3x3 layers with a 14x14 output (batch 2 here) keep Winograd's
+    weight gradient, in chunks of a whole task's tiles: not im2col's bits, but its values."""
+    r = np.random.default_rng(pad)
+    x = r.standard_normal((2, 256, 16 - 2 * pad, 16 - 2 * pad)).astype(np.float32)
+    dy = r.standard_normal((2, 256, 14, 14)).astype(np.float32)
+    want = conv_im2col.weight_gradient(x, dy, (256, 256, 3, 3), 1, pad, 1)
+    got = conv_winograd4.weight_gradient(x, dy, pad)
+    assert got.dtype == np.float32 and not np.array_equal(got, want) and rel_err(got, want) < TOL
+
+
+def test_winograd4_wide_map_weight_gradient_passes_gradcheck_in_float64(monkeypatch):
+    """The wide-map rule's chunks (thresholds lowered to a small layer: 5 and 7 channels pad to
+    16 and 8, an 8x8 output, one chunk per task) give the exact adjoint (finite differences)."""
+    monkeypatch.setattr(conv_winograd4, "GRAD_MAX_PAIRS", 16 * 8)
+    monkeypatch.setattr(conv_winograd4, "WIDE_PIXELS", 64)
+    r = np.random.default_rng(11)
+    x, W = r.standard_normal((3, 5, 8, 8)), r.standard_normal((7, 5, 3, 3))
+    dW = np.zeros_like(W)
+    seen = {}
+
+    def forward(a):
+        seen["x"] = a
+        return conv2d_forward(a, W, 1, 1, 1, primitive="winograd4")
+
+    def backward(dy):
+        dx, g = conv2d_backward(seen["x"], W, dy, 1, 1, 1, primitive="winograd4")
+        dW[...] += g
+        return dx
+
+    errors, _ = check_module(forward, backward, x, {"W": (W, dW)})
+    assert max(errors.values()) < 1e-5, errors
+    dy = r.standard_normal((3, 7, 8, 8))  # and the path is Winograd's, not im2col's
+    assert not np.array_equal(conv_winograd4.weight_gradient(x, dy, 1),
+                              conv_im2col.weight_gradient(x, dy, (7, 5, 3, 3), 1, 1, 1))
 
 
 def test_winograd4_turns_the_slp_vectoriser_on_only_while_it_compiles():

@@ -83,7 +83,7 @@ def test_timing_a_training_step_keeps_no_transform_from_the_run_before(monkeypat
     from npdc.kernels import conv_winograd4
     made = []
     real = conv_winograd4.transformed_kernels
-    monkeypatch.setattr(conv_winograd4, "transformed_kernels", lambda W: made.append(1) or real(W))
+    monkeypatch.setattr(conv_winograd4, "transformed_kernels", lambda W, **kw: made.append(1) or real(W, **kw))
     prepared.forget()
     x = np.ones((1, 8, 6, 6), np.float32)
     W = np.ones((8, 8, 3, 3), np.float32)
@@ -91,3 +91,23 @@ def test_timing_a_training_step_keeps_no_transform_from_the_run_before(monkeypat
     assert len(made) == 1
     conv_select.time_primitive("winograd4", x, W, 1, 1, 1, mode="train", repeats=3)
     assert len(made) == 1 + 4 * 2  # each of the 4 runs: the forward's and the data gradient's
+
+
+def test_a_training_forward_neither_keeps_nor_reuses_transforms():
+    """A layer's training forward (keep=False) transforms its kernels afresh and leaves nothing
+    kept, even where an inference forward kept the transform of these very weights; its output
+    is bit for bit the inference forward's."""
+    from npdc.engine.layers.conv import Conv2d
+    prepared.forget()
+    layer = Conv2d(16, 3, padding=1)
+    layer.build((8, 6, 6), np.random.default_rng(2))
+    x = np.random.default_rng(3).standard_normal((2, 8, 6, 6), dtype=np.float32)
+    trained = layer.forward(x, train=True)
+    assert layer.ran == "winograd4" and not prepared._kept
+    inferred = layer.forward(x, train=False)
+    assert len(prepared._kept) == 1
+    np.testing.assert_array_equal(inferred, trained)
+    kept = next(iter(prepared._kept.values()))[1]
+    kept[:] = 0  # a training forward that read the kept transform would now give zeros
+    np.testing.assert_array_equal(layer.forward(x, train=True), trained)
+    assert not np.array_equal(layer.forward(x, train=False), trained)

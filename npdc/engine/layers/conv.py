@@ -58,7 +58,7 @@ class Conv2d(Layer):
         W = self._spread()
         self.ran = choose_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding, self.groups,
                                     inference=not train)
-        y = conv2d_forward(x, W, self.stride, self.padding, self.groups, primitive=self.ran)
+        y = conv2d_forward(x, W, self.stride, self.padding, self.groups, primitive=self.ran, keep=not train)
         if self.bias:
             y += self.params["b"][:, None, None]
         if train:
