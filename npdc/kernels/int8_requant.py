@@ -115,23 +115,37 @@ def lanes_apply(bias, shift, sum_bound):
     return 0 <= shift <= 30 and abs(bias) + sum_bound <= INT32_MAX
 
 
+@numba.njit(cache=True, inline="always")
+def by_runs(wo, row, p0, p1):
+    """Whether 16-lane tails go over the tile's run of positions (into scratch, then a row copy)
+    rather than row by row into the plane: where the run takes under 3/4 of the 16-lane steps
+    (short rows: a row of Wo < 16 fills only part of its step)."""
+    steps_run = ((p1 - p0 - 1) * row + wo + LANES - 1) // LANES
+    return 4 * steps_run < 3 * (p1 - p0) * ((wo + LANES - 1) // LANES)
+
+
 @numba.njit(cache=True)
 def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low, sum_bound, scratch):
     """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start + (p - p0) * row + q] (each
     at most sum_bound in magnitude): zy + requantised, clamped to [low, 255]. Where lanes_apply,
-    each row is requantised 16 positions at a time by requantize16 straight into the plane (its
-    masked stores end at the row's end). Else the tile's positions are requantised in one run
-    (the q >= Wo between its rows too: one loop without tests or branches, which the vectoriser
-    takes whole) into scratch (>= the run's bytes), and each row is copied out."""
+    16 positions at a time by requantize16: straight into the plane row by row (its masked
+    stores end at a row's end), or over the tile's run of positions into scratch (by_runs).
+    Else in one branch-free loop over the run (the q >= Wo between rows too), which the
+    vectoriser takes whole. scratch holds >= the run's bytes; runs are copied out row by row."""
     wo = plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
     if lanes_apply(bias, shift, sum_bound):
+        if by_runs(wo, row, p0, p1):
+            for t in range(0, width, LANES):
+                requantize16(a, start + t, scratch, t, min(LANES, width - t), bias, m0, shift, zy, low)
+            copy_rows(scratch, row, plane, p0, p1)
+            return
         flat = plane.reshape(plane.size)
         for p in range(p0, p1):
             src, dst = start + (p - p0) * row, p * wo
             for q in range(0, wo, LANES):
                 requantize16(a, src + q, flat, dst + q, min(LANES, wo - q), bias, m0, shift, zy, low)
         return
-    width = (p1 - p0 - 1) * row + wo
     left, right, rnd, neg = lane_shifts(shift)
     src = np.uint64(start)
     for t in range(np.uint64(width)):
@@ -147,8 +161,9 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
     once. An identity residual reads channel o at the same place (it may be `plane` itself: each
     row is read before it is written); a zero-pad one reads channel o - front of every stride-th
     row and column (gathered into scratch first), and adds real 0 (nothing) outside its channels.
-    16 positions at a time through residual16 where its preconditions hold, else
-    finish_residual_run."""
+    16 positions at a time through residual16 where its preconditions hold (row by row, or over
+    the run as finish_plain does, the residual's bytes laid out as the run from byte `pitch` of
+    scratch: scratch holds >= 2 x pitch bytes), else finish_residual_run."""
     wo = plane.shape[1]
     zy, low, mode, front, step = meta[1], meta[2], meta[3], meta[4], meta[5]
     c = o - front if mode == RES_ZEROPAD else o
@@ -158,13 +173,27 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
     if not (lanes_apply(bias, shift - RES_FRACTION, sum_bound) and r_left <= RESIDUAL_LEFT and r_e <= 30):
         finish_residual_run(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, c, outside, scratch)
         return
-    flat, r_m0 = plane.reshape(plane.size), 0 if outside else meta[7]
+    r_m0, sub = 0 if outside else meta[7], step if mode == RES_ZEROPAD else 1
     r_plane = res[max(min(c, res.shape[0] - 1), 0)]
-    r_flat, r_w, gather = r_plane.reshape(r_plane.size), r_plane.shape[1], mode == RES_ZEROPAD
+    r_flat, r_w = r_plane.reshape(r_plane.size), r_plane.shape[1]
+    width = (p1 - p0 - 1) * row + wo
+    if by_runs(wo, row, p0, p1):
+        pitch = ((width + LANES - 1) // LANES) * LANES
+        if not outside:  # else any bytes: the multiplier is 0
+            for p in range(p0, p1):
+                at, dst = p * sub * r_w, pitch + (p - p0) * row
+                for q in range(wo):
+                    scratch[dst + q] = r_flat[at + q * sub]
+        for t in range(0, width, LANES):
+            residual16(a, start + t, scratch, pitch + t, scratch, t, min(LANES, width - t), bias, m0,
+                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_left, r_e, RES_FRACTION)
+        copy_rows(scratch, row, plane, p0, p1)
+        return
+    flat = plane.reshape(plane.size)
     for p in range(p0, p1):
         src, dst = start + (p - p0) * row, p * wo
         r_src, r_at = scratch, 0  # outside the residual's channels: any bytes, times multiplier 0
-        if not outside and gather:
+        if not outside and mode == RES_ZEROPAD:
             at = p * step * r_w
             for q in range(wo):
                 scratch[q] = r_flat[at + q * step]

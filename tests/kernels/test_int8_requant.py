@@ -84,17 +84,19 @@ def test_sixteen_lanes_with_a_residual_give_the_scalar_rule():
 
 @pytest.mark.parametrize("shift, bias", [(9, 100), (35, 0), (-3, 7), (12, 2 ** 31 - 2 ** 20)])
 @pytest.mark.parametrize("r_shift", [None, 0, -20, 40])
-def test_tails_take_either_path_and_give_the_scalar_rule(shift, bias, r_shift):
-    """finish_plain and finish_residual (identity and zero-pad residuals) over a tile of 3 rows of
-    5 positions (row pitch 7: two dropped positions between rows), with multipliers inside and
-    outside the 16-lane preconditions."""
+@pytest.mark.parametrize("rows, row, wo", [(3, 7, 5), (2, 20, 18)])
+def test_tails_take_every_path_and_give_the_scalar_rule(shift, bias, r_shift, rows, row, wo):
+    """finish_plain and finish_residual (identity and zero-pad residuals) over a tile of output
+    rows 1..rows of a plane, `row` positions apart in the sums (the ones past Wo dropped): short
+    rows go over the tile's run, long ones row by row; multipliers inside and outside the
+    16-lane preconditions."""
+    assert R.by_runs(wo, row, 1, 1 + rows) == (wo < 16)
     rng = np.random.default_rng(5)
-    rows, row, wo, ho = 3, 7, 5, 4
-    sum_bound = 2 ** 20
-    a = rng.integers(-sum_bound, sum_bound, 32).astype(np.int32)
+    ho, sum_bound = rows + 1, 2 ** 20
+    a = rng.integers(-sum_bound, sum_bound, 64).astype(np.int32)
     m0, zy, low = int(rng.integers(1 << 30, 1 << 31)), 17, 17
     sums = np.array([a[(p - 1) * row + q] for p in range(1, 1 + rows) for q in range(wo)])
-    scratch = np.zeros(64, np.uint8)
+    scratch = np.zeros(128, np.uint8)
     plane = np.full((ho, wo), 99, np.uint8)
     if r_shift is None:
         R.finish_plain(a, 0, row, plane, 1, 1 + rows, bias, m0, shift, zy, low, sum_bound, scratch)
