@@ -111,8 +111,10 @@ def copy_rows(run, row, plane, p0, p1):
 @numba.njit(cache=True, inline="always")
 def lanes_apply(bias, shift, sum_bound):
     """Whether requantize16 (npdc.kernels.int8_lanes) gives a channel's bits: its sums, at most
-    sum_bound in magnitude, plus the bias fit in int32, and the shift is a right shift of <= 30."""
-    return 0 <= shift <= 30 and abs(bias) + sum_bound <= INT32_MAX
+    sum_bound in magnitude, plus the bias fit in int32 also after the left shift of a negative
+    shift, and a right shift is at most 30."""
+    left = min(max(-shift, 0), 31)
+    return shift <= 30 and (abs(bias) + sum_bound) << left <= INT32_MAX
 
 
 @numba.njit(cache=True, inline="always")
@@ -169,8 +171,7 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
     c = o - front if mode == RES_ZEROPAD else o
     outside = c < 0 or c >= res.shape[0]
     r_shift = meta[8] - RES_FRACTION
-    r_left, r_e = max(-r_shift, 0), max(r_shift, 0)
-    if not (lanes_apply(bias, shift - RES_FRACTION, sum_bound) and r_left <= RESIDUAL_LEFT and r_e <= 30):
+    if not (lanes_apply(bias, shift - RES_FRACTION, sum_bound) and -RESIDUAL_LEFT <= r_shift <= 30):
         finish_residual_run(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, c, outside, scratch)
         return
     r_m0, sub = 0 if outside else meta[7], step if mode == RES_ZEROPAD else 1
@@ -186,7 +187,7 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
                     scratch[dst + q] = r_flat[at + q * sub]
         for t in range(0, width, LANES):
             residual16(a, start + t, scratch, pitch + t, scratch, t, min(LANES, width - t), bias, m0,
-                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_left, r_e, RES_FRACTION)
+                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_shift, RES_FRACTION)
         copy_rows(scratch, row, plane, p0, p1)
         return
     flat = plane.reshape(plane.size)
@@ -201,7 +202,7 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
             r_src, r_at = r_flat, p * wo
         for q in range(0, wo, LANES):
             residual16(a, src + q, r_src, r_at + q, flat, dst + q, min(LANES, wo - q), bias, m0,
-                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_left, r_e, RES_FRACTION)
+                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_shift, RES_FRACTION)
 
 
 @numba.njit(cache=True)

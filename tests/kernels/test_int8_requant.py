@@ -38,51 +38,51 @@ def _lanes(a, count, bias, m0, e, zy, low, out):
 
 
 @numba.njit(cache=True)
-def _residual_lanes(a, r, count, bias, m0, e, meta, r_left, r_e, out):
+def _residual_lanes(a, r, count, bias, m0, shift, meta, out):
     for t in range(0, a.size, 16):
-        residual16(a, t, r, t, out, t, count, bias, m0, e, meta[1], meta[2], meta[6], meta[7], r_left, r_e,
-                   R.RES_FRACTION)
+        residual16(a, t, r, t, out, t, count, bias, m0, shift, meta[1], meta[2], meta[6], meta[7],
+                   meta[8] - R.RES_FRACTION, R.RES_FRACTION)
 
 
 def test_sixteen_lanes_give_the_scalar_rule_and_store_only_their_count():
     rng = np.random.default_rng(3)
     for trial in range(300):
-        e, zy, count = int(rng.integers(0, 31)), int(rng.integers(0, 256)), int(rng.integers(1, 17))
+        shift, zy, count = int(rng.integers(-8, 31)), int(rng.integers(0, 256)), int(rng.integers(1, 17))
         low = int(rng.choice([0, zy]))
         m0 = int(rng.choice([1 << 30, (1 << 31) - 1, 0, int(rng.integers(1 << 30, 1 << 31))]))
-        scale = int(rng.choice([300, 1 << 20, 1 << 30]))
+        limit = (2 ** 31 - 1) >> max(-shift, 0)  # |sum + bias| within int32 after the left shift
+        scale = min(int(rng.choice([300, 1 << 20, 1 << 30])), limit // 2)
         bias = int(rng.integers(-scale, scale))
         a = rng.integers(-scale, scale, 48)
-        a[:8] = ((np.arange(-4, 4) * 2 + 1) << max(e - 1, 0)) - bias  # halves: ties of the rounding shift
-        a = np.clip(a, -(2 ** 31) + abs(bias) + 1, 2 ** 31 - 1 - abs(bias)).astype(np.int32)  # int32 sums
+        a[:8] = ((np.arange(-4, 4) * 2 + 1) << max(shift - 1, 0)) - bias  # halves: ties of the rounding shift
+        a = np.clip(a, -limit + abs(bias), limit - abs(bias)).astype(np.int32)
         out = np.full(48, 77, np.uint8)
-        _lanes(a, count, bias, m0, e, zy, low, out)
+        _lanes(a, count, bias, m0, shift, zy, low, out)
         kept = (np.arange(48) % 16) < count
-        assert np.array_equal(out[kept], _plain_ref(a, bias, m0, e, zy, low)[kept]), (e, m0, bias)
+        assert np.array_equal(out[kept], _plain_ref(a, bias, m0, shift, zy, low)[kept]), (shift, m0, bias)
         assert (out[~kept] == 77).all()
 
 
 def test_sixteen_lanes_with_a_residual_give_the_scalar_rule():
     rng = np.random.default_rng(4)
     for trial in range(300):
-        shift, r_shift = int(rng.integers(8, 39)), int(rng.integers(8 - R.RESIDUAL_LEFT, 39))
+        shift, r_shift = int(rng.integers(0, 39)), int(rng.integers(8 - R.RESIDUAL_LEFT, 39))
         zy, count = int(rng.integers(0, 256)), int(rng.integers(1, 17))
         low = int(rng.choice([0, zy]))
         meta = np.array([0, zy, low, RES_IDENTITY, 0, 1, int(rng.integers(0, 256)),
                          int(rng.integers(1 << 30, 1 << 31)), r_shift], np.int64)
         m0 = int(rng.integers(1 << 30, 1 << 31))
-        scale = int(rng.choice([1 << 12, 1 << 24, 1 << 30]))
+        scale = min(int(rng.choice([1 << 12, 1 << 24, 1 << 30])), 2 ** 30 >> max(8 - shift, 0))
         a = rng.integers(-scale, scale, 32).astype(np.int32)
         r = rng.integers(0, 256, 32).astype(np.uint8)
         out = np.full(32, 77, np.uint8)
-        rs = r_shift - R.RES_FRACTION
-        _residual_lanes(a, r, count, 0, m0, shift - R.RES_FRACTION, meta, max(-rs, 0), max(rs, 0), out)
+        _residual_lanes(a, r, count, 0, m0, shift - R.RES_FRACTION, meta, out)
         kept = (np.arange(32) % 16) < count
         assert np.array_equal(out[kept], _residual_ref(a, r, 0, m0, shift, meta, low)[kept]), (shift, r_shift)
         assert (out[~kept] == 77).all()
 
 
-@pytest.mark.parametrize("shift, bias", [(9, 100), (35, 0), (-3, 7), (12, 2 ** 31 - 2 ** 20)])
+@pytest.mark.parametrize("shift, bias", [(9, 100), (35, 0), (-3, 7), (-12, 7), (12, 2 ** 31 - 2 ** 20)])
 @pytest.mark.parametrize("r_shift", [None, 0, -20, 40])
 @pytest.mark.parametrize("rows, row, wo", [(3, 7, 5), (2, 20, 18)])
 def test_tails_take_every_path_and_give_the_scalar_rule(shift, bias, r_shift, rows, row, wo):
