@@ -11,10 +11,11 @@ The tails of npdc.kernels.int8.conv_u8 live here too: each output channel of a t
 int32 sums to uint8, the residual added in the same pass (both terms rescaled to the output
 scale with RES_FRACTION extra bits, summed and rounded once; the paper's add rescales each input
 to a shared intermediate scale instead). Where the preconditions of npdc.kernels.int8_lanes hold
-(checked per channel: sums plus bias within int32, right shifts of at most 30, a residual
-multiplier below 2^20), 16 positions at a time go through its vector IR, which writes the output
-rows directly (masked stores end at a row's end); elsewhere through branch-free loops over the
-tile's run of positions and a row copy. Both give the bits of `requantize`.
+(checked per channel: sums plus bias within int32 after any left shift, right shifts of at most
+30, a residual's shift within [-RESIDUAL_LEFT, 30]), 16 positions at a time go through its
+vector IR, which writes the output rows directly (masked stores end at a row's end); elsewhere
+through branch-free loops over the tile's run of positions and a row copy. Both give the bits
+of `requantize`.
 """
 
 import numba
@@ -114,7 +115,7 @@ def lanes_apply(bias, shift, sum_bound):
     sum_bound in magnitude, plus the bias fit in int32 also after the left shift of a negative
     shift, and a right shift is at most 30."""
     left = min(max(-shift, 0), 31)
-    return shift <= 30 and (abs(bias) + sum_bound) << left <= INT32_MAX
+    return shift <= 30 and abs(bias) <= INT32_MAX and abs(bias) + sum_bound <= INT32_MAX >> left
 
 
 @numba.njit(cache=True, inline="always")
