@@ -6,14 +6,10 @@ Inference", sections 2.2-2.4).
 A real value r of a tensor is S * (q - Z): S its scale, Z its zero point, q its uint8. A conv or
 linear output channel o sums v = sum_k W[o, k] * (x[k] - Zx) + bias[o] in integers and writes
 q = Zy + M * v, M = Sx * Sw[o] / Sy, rounded and clamped. M is given as M0 * 2^-shift with M0 an
-int32 in [2^30, 2^31) (Q31): `high_mul` is the paper's rounding doubling high multiply (the
-64-bit product, nudged by 2^30 and divided by 2^31 truncating toward zero: ties go toward +inf)
-and `divide_by_pow2` its rounding right shift (ties away from zero), exactly as the paper's
-reference code (gemmlowp) does them. Departures: the zero-point products Zx * sum_k W[o, k] are
-folded into the bias by the caller (the paper keeps them as separate terms); a negative shift
-(M >= 1) is a saturating left shift of v before the multiply; a residual add is done in the same
-tail with RES_FRACTION bits of extra precision (both terms rescaled to the output scale, summed,
-rounded once), where the paper's add rescales each input to a shared intermediate scale.
+int32 in [2^30, 2^31) (Q31), applied with the paper's roundings by npdc.kernels.int8_requant,
+which also holds the conv tails (residual adds included) and says where they depart from the
+paper. Departure here: the zero-point products Zx * sum_k W[o, k] are folded into the bias by
+the caller (the paper keeps them as separate terms).
 
 Accumulation bound: the int32 sum of a channel's K products is at most K * 127 * 255 in
 magnitude (uint8 activations, |int8 weight| <= 127); the value requantised, sum_k W (x - Zx) +
@@ -36,60 +32,14 @@ already one 64-byte vector, and the GEMM reads them there at per-tap offsets (`d
 import numba
 import numpy as np
 
-from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
+from npdc.kernels.fused import RES_NONE
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
                                    runs_packed, tap_plane, tap_width)
+from npdc.kernels.int8_requant import clamp_u8, finish_plain, finish_residual, requantize
 from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
 MAX_INPUTS = 48_000  # inputs (C * kh * kw, or features) per output channel: see the bound above
-RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-
-# -- fixed-point arithmetic (the paper's reference code) ------------------------------------------
-@numba.njit(cache=True, inline="always")
-def high_mul(a, b):
-    """round(a * b / 2^31), ties toward +inf, for a, b in int32 (int64 arithmetic); the one
-    overflowing case a = b = -2^31 saturates to 2^31 - 1."""
-    if a == INT32_MIN and b == INT32_MIN:
-        return np.int64(INT32_MAX)
-    ab = np.int64(a) * np.int64(b)
-    t = ab + ((1 << 30) if ab >= 0 else 1 - (1 << 30))
-    return t >> 31 if t >= 0 else -((-t) >> 31)  # C division: truncate toward zero
-
-
-@numba.njit(cache=True, inline="always")
-def divide_by_pow2(x, e):
-    """round(x / 2^e), ties away from zero, for e >= 0."""
-    if e == 0:
-        return x
-    mask = (np.int64(1) << e) - 1
-    threshold = (mask >> 1) + (1 if x < 0 else 0)
-    return (x >> e) + (1 if (x & mask) > threshold else 0)
-
-
-@numba.njit(cache=True, inline="always")
-def saturate32(x):
-    return min(max(x, INT32_MIN), INT32_MAX)
-
-
-@numba.njit(cache=True, inline="always")
-def requantize(v, m0, shift):
-    """v * m0 * 2^-(31 + shift), rounded as the paper does: v saturated to int32 (and, for a
-    negative shift, shifted left with saturation) before the high multiply."""
-    x = saturate32(np.int64(v))
-    if shift < 0:
-        x = saturate32(x << min(-shift, 32))
-        shift = 0
-    return divide_by_pow2(high_mul(x, m0), shift)
-
-
-@numba.njit(cache=True)
-def requantize_array(v, m0, shift, out):
-    """out[i] = requantize(v[i], m0[i], shift[i]) (int64 arrays): the scalar rule, for tests."""
-    for i in range(v.size):
-        out[i] = requantize(v[i], m0[i], shift[i])
-
 
 # -- the tile GEMM ---------------------------------------------------------------------------------
 @numba.njit(cache=True)
@@ -133,12 +83,6 @@ def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
                 dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, step, offs, k4, acc, o * pitch + p, pitch)
 
 
-# -- tails -----------------------------------------------------------------------------------------
-@numba.njit(cache=True, inline="always")
-def clamp_u8(v, lo):
-    return np.uint8(min(max(v, lo), 255))
-
-
 @numba.njit(cache=True, parallel=True)
 def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, offs, vnni):
     """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
@@ -162,6 +106,7 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     if offs.size or runs:
         row = tap_width(x.shape[3], pad, stride)
     plane = tap_plane(rows_per, kh, row, stride)
+    sum_bound = 128 * 255 * k_total  # |sum of a channel's products| (uint8 times int8)
     for t in numba.prange(n_img * tiles):
         n, p0 = t // tiles, (t % tiles) * rows_per
         p1 = min(ho, p0 + rows_per)
@@ -186,98 +131,10 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         for o in range(o_out):
             if meta[3] == RES_NONE:
                 finish_plain(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta[1],
-                             meta[2], rest)
+                             meta[2], sum_bound, rest)
                 continue
             finish_residual(a, o * pitch, row, y[n, o], p0, p1, bias[o], m0[o], shift[o], meta, res[n], o,
-                            rest)
-
-
-@numba.njit(cache=True, inline="always")
-def lane_shifts(shift):
-    """(left, right, rnd, neg) of requantize_lanes for a shift: left = max(-shift, 0), right =
-    max(shift, 0), rnd = 2^right / 2 (0 when right is 0), neg = -1 when right > 0, else 0."""
-    right = np.int64(max(shift, 0))
-    return np.int64(max(-shift, 0)), right, (np.int64(1) << right) >> 1, -np.int64(right > 0)
-
-
-@numba.njit(cache=True, inline="always")
-def requantize_lanes(v, m0, left, right, rnd, neg):
-    """requantize(v, m0, shift) without branches, for a vectorised loop, with m0 >= 0 (the high
-    multiply cannot overflow) and (left, right, rnd, neg) = lane_shifts(shift). Both of the
-    paper's roundings are written as floors, which an arithmetic shift gives: its nudged and
-    truncated high multiply (ties toward +inf) is floor((x m0 + 2^30) / 2^31) for either sign,
-    and its rounding right shift (ties away from zero) is floor((h + rnd - [h < 0]) / 2^right)."""
-    x = saturate32(saturate32(v) << left)
-    h = (np.int64(np.int32(x)) * np.int64(np.int32(m0)) + (1 << 30)) >> 31  # a 32x32->64 multiply
-    return (h + rnd + ((h >> 63) & neg)) >> right
-
-
-@numba.njit(cache=True, inline="always")
-def copy_rows(run, row, plane, p0, p1):
-    """Rows p0..p1-1 of plane (Ho, Wo) from a tile's run of positions, `row` apart."""
-    flat, wo = plane.reshape(plane.size), np.uint64(plane.shape[1])
-    for p in range(p0, p1):
-        src, dst = np.uint64((p - p0) * row), np.uint64(p) * wo
-        for q in range(wo):
-            flat[dst + q] = run[src + q]
-
-
-@numba.njit(cache=True)
-def finish_plain(a, start, row, plane, p0, p1, bias, m0, shift, zy, low, scratch):
-    """Rows p0..p1-1 of one output plane (Ho, Wo) from sums a[start + (p - p0) * row + q]: zy +
-    requantised, clamped to [low, 255]. The tile's positions are requantised in one run
-    (the q >= Wo between its rows too: one long loop without tests or branches, which the
-    vectoriser takes whole), into scratch (>= the run's bytes), then each row is copied out."""
-    wo = plane.shape[1]
-    width = (p1 - p0 - 1) * row + wo
-    left, right, rnd, neg = lane_shifts(shift)
-    src = np.uint64(start)
-    for t in range(np.uint64(width)):
-        out = zy + requantize_lanes(np.int64(a[src + t]) + bias, m0, left, right, rnd, neg)
-        scratch[t] = np.uint8(min(max(out, low), 255))
-    copy_rows(scratch, row, plane, p0, p1)
-
-
-@numba.njit(cache=True)
-def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o, scratch):
-    """finish_plain with the residual res (C, H, W) of one image added: the conv's sum and the
-    residual, each rescaled to the output scale with RES_FRACTION extra bits, summed and rounded
-    once. An identity residual reads channel o at the same place (it may be `plane` itself: it is
-    read before the plane is written); a zero-pad one reads channel o - front of every
-    stride-th row and column, and adds real 0 (nothing) outside its channels. The residual's rows
-    are first laid out as the tile's positions in the second half of scratch (2 x the run's
-    bytes), so that the sum runs as one loop over the tile, as in finish_plain."""
-    wo = plane.shape[1]
-    width = (p1 - p0 - 1) * row + wo
-    zy, low, mode, front, step, zr = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
-    c = o - front if mode == RES_ZEROPAD else o
-    if c < 0 or c >= res.shape[0]:  # a zero-padded channel: the residual adds nothing
-        for p in range(p0, p1):
-            for q in range(wo):
-                v = np.int64(a[start + (p - p0) * row + q]) + bias
-                total = requantize(v, m0, shift - RES_FRACTION)
-                plane[p, q] = clamp_u8(zy + divide_by_pow2(total, RES_FRACTION), low)
-        return
-    out, r_run = scratch[:width], scratch[width:2 * width]
-    sub = step if mode == RES_ZEROPAD else 1
-    r_flat, r_w = res[c].reshape(res.shape[1] * res.shape[2]), np.uint64(res.shape[2])
-    for p in range(p0, p1):
-        src, dst, u_sub = np.uint64(p * sub) * r_w, np.uint64((p - p0) * row), np.uint64(sub)
-        for q in range(np.uint64(wo)):
-            r_run[dst + q] = r_flat[src + q * u_sub]
-    fraction = np.int64(RES_FRACTION)
-    cl, cr, c_rnd, c_neg = lane_shifts(shift - fraction)
-    rl, rr, r_rnd, r_neg = lane_shifts(meta[8] - fraction)
-    f_rnd = np.int64(1) << (fraction - 1)
-    rm0 = meta[7]
-    src = np.uint64(start)
-    for t in range(np.uint64(width)):
-        v = np.int64(a[src + t]) + bias
-        r = np.int64(r_run[t]) - zr
-        total = requantize_lanes(v, m0, cl, cr, c_rnd, c_neg) + requantize_lanes(r, rm0, rl, rr, r_rnd, r_neg)
-        q = zy + ((total + f_rnd + (total >> 63)) >> fraction)  # divide_by_pow2(total, RES_FRACTION)
-        out[t] = np.uint8(min(max(q, low), 255))
-    copy_rows(out, row, plane, p0, p1)
+                            sum_bound, rest)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npdc.kernels import int8 as K
+from npdc.kernels import int8_requant as R
 from npdc.kernels import int8_pack as P
 from npdc.kernels.int8_pack import SKEW
 from npdc.kernels.vnni import cpu_has_vnni
@@ -38,7 +39,7 @@ def _exact(v, m0, shift):
 
 def _requantize(v, m0, shift):
     out = np.zeros(len(v), np.int64)
-    K.requantize_array(np.asarray(v, np.int64), np.asarray(m0, np.int64), np.asarray(shift, np.int64), out)
+    R.requantize_array(np.asarray(v, np.int64), np.asarray(m0, np.int64), np.asarray(shift, np.int64), out)
     return out
 
 
@@ -67,17 +68,17 @@ def test_requantisation_is_within_half_a_step_and_a_bit_of_the_real_product():
 @pytest.mark.parametrize("x,e,expected", [(3, 1, 2), (-3, 1, -2), (1, 1, 1), (-1, 1, -1), (5, 2, 1),
                                           (-5, 2, -1), (6, 2, 2), (-6, 2, -2), (7, 0, 7)])
 def test_the_rounding_shift_takes_ties_away_from_zero(x, e, expected):
-    assert K.divide_by_pow2(np.int64(x), e) == expected
+    assert R.divide_by_pow2(np.int64(x), e) == expected
 
 
 @pytest.mark.parametrize("a,expected", [(1, 1), (-1, 0), (3, 2), (-3, -1)])
 def test_the_high_multiply_takes_ties_up(a, expected):
     """a * 2^30 / 2^31 = a / 2: ties go toward +inf."""
-    assert K.high_mul(np.int64(a), np.int64(2 ** 30)) == expected
+    assert R.high_mul(np.int64(a), np.int64(2 ** 30)) == expected
 
 
 def test_the_high_multiply_saturates_its_one_overflow():
-    assert K.high_mul(np.int64(-2 ** 31), np.int64(-2 ** 31)) == 2 ** 31 - 1
+    assert R.high_mul(np.int64(-2 ** 31), np.int64(-2 ** 31)) == 2 ** 31 - 1
 
 
 def test_requantisation_saturates_huge_sums_and_left_shifts():
@@ -92,8 +93,8 @@ def test_requantisation_saturates_huge_sums_and_left_shifts():
 @numba.njit(cache=True)
 def _requantize_lanes(v, m0, shift, out):
     for i in range(v.size):
-        left, right, rnd, neg = K.lane_shifts(shift[i])
-        out[i] = K.requantize_lanes(v[i], m0[i], left, right, rnd, neg)
+        left, right, rnd, neg = R.lane_shifts(shift[i])
+        out[i] = R.requantize_lanes(v[i], m0[i], left, right, rnd, neg)
 
 
 def test_the_branch_free_requantisation_of_the_tails_equals_the_papers():

@@ -12,6 +12,7 @@ from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.io.modelfile import load_model
 from npdc.kernels import int8 as K
+from npdc.kernels import int8_requant as R
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
 from npdc.kernels.vnni import cpu_has_vnni
 from npdc.runtime.calibrate import calibrate
@@ -92,9 +93,9 @@ def _simulate(rt, s, values):
         r = full
     else:
         assert s.res_mode == RES_IDENTITY
-    total = (_requantise(v + b, m0, shift - K.RES_FRACTION)
-             + _requantise(r, np.int64(rm0), np.int64(rshift - K.RES_FRACTION)))
-    return np.clip(zy + _half_away(total, K.RES_FRACTION), low, 255)
+    total = (_requantise(v + b, m0, shift - R.RES_FRACTION)
+             + _requantise(r, np.int64(rm0), np.int64(rshift - R.RES_FRACTION)))
+    return np.clip(zy + _half_away(total, R.RES_FRACTION), low, 255)
 
 
 def test_every_step_equals_the_simulated_quantised_network(quantised):

@@ -1,0 +1,171 @@
+"""The int8 tails' requantisation of 16 int32 sums at a time, as LLVM vector IR emitted at the
+call site (a Numba intrinsic, as npdc.kernels.vnni emits vpdpbusd): Jacob et al. 2018's rounding
+high multiply and rounding right shift (npdc.kernels.int8_requant.requantize), then the zero point and
+the clamp, 16 uint8 out.
+
+Why IR: Numba types int32 arithmetic as int64, so a plain loop of the tail runs 8 lanes of 64-bit
+operations per vector. Here only the 32 x 32 -> 64-bit multiply is done in 64-bit lanes (the
+even and the odd lanes, each one vpmuldq on AVX-512); the rest runs on 16 int32 lanes. The IR is
+generic LLVM (no x86 intrinsic), so it compiles on any CPU and gives the same bits everywhere.
+
+Preconditions, which the caller (npdc.kernels.int8_requant.lanes_apply) checks per channel and
+otherwise takes the general loop: the sum plus bias, shifted left by -shift when the shift is
+negative (M >= 1), fits in int32 without saturating (so the paper's saturations are the
+identity), and a right shift e is at most 30. Then, with h = floor((v m0 + 2^30) / 2^31) (|h| <
+2^31: the product is below 2^62), the result is (h >> e) + [(h & mask) > (mask >> 1) + [h <
+0]], mask = 2^e - 1: divide_by_pow2 itself.
+"""
+
+import llvmlite
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from npdc.kernels.int8_pack import LANES
+
+
+def _pointer_name(vec):
+    """The mangled pointer of a masked load or store's name: "p0" where LLVM's pointers are
+    opaque (LLVM 17 on), else the typed pointer to the vector."""
+    if llvm.llvm_version_info[0] >= 17 or not getattr(llvmlite, "ir_layer_typed_pointers_enabled", True):
+        return "p0"
+    return f"p0v{vec.count}i{vec.element.width}"
+
+
+def _flat(t, dtype):
+    return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
+
+
+def _splat(builder, value, vec):
+    """A vector of type vec with every lane the scalar value, cut or sign-extended to the lanes."""
+    lane = vec.element
+    if value.type.width > lane.width:
+        value = builder.trunc(value, lane)
+    elif value.type.width < lane.width:
+        value = builder.sext(value, lane)
+    one = builder.insert_element(ir.Constant(vec, None), value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vec.count), [0] * vec.count)
+    return builder.shuffle_vector(one, ir.Constant(vec, None), zeros)
+
+
+def _const(vec, v):
+    return ir.Constant(vec, [ir.Constant(vec.element, v)] * vec.count)
+
+
+def _keep(builder, count):
+    """The lane mask l < count of a masked load or store."""
+    i64 = ir.IntType(64)
+    lanes = ir.Constant(ir.VectorType(i64, LANES), [ir.Constant(i64, lane) for lane in range(LANES)])
+    return builder.icmp_signed("<", lanes, _splat(builder, count, ir.VectorType(i64, LANES)))
+
+
+def _load(builder, base, off, vec, keep):
+    """vec's lanes from base + off where keep (0 elsewhere: nothing past them is read)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec.as_pointer(), ir.IntType(32),
+                                                                             keep.type, vec]),
+                                        f"llvm.masked.load.v{LANES}i{vec.element.width}.{_pointer_name(vec)}")
+    ptr = builder.bitcast(builder.gep(base, [off]), vec.as_pointer())
+    return builder.call(fn, [ptr, ir.Constant(ir.IntType(32), vec.element.width // 8), keep, ir.Constant(vec, None)])
+
+
+def _requantize(builder, x, m0, shift):
+    """requantize(x, m0, shift) of 16 int32 lanes, for shift <= 30 and x * 2^-shift within int32
+    (no saturation): a left shift for a negative shift, the high multiply on the even and the
+    odd lanes (64-bit products), then the rounding right shift on 16 lanes."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    v16, w8 = x.type, ir.VectorType(i64, LANES // 2)
+    negative = builder.icmp_signed("<", shift, ir.Constant(shift.type, 0))
+    zero = ir.Constant(shift.type, 0)
+    x = builder.shl(x, _splat(builder, builder.select(negative, builder.neg(shift), zero), v16))
+    e = builder.select(negative, zero, shift)
+    pairs = builder.bitcast(x, w8)  # lane 2i in the low half of 64-bit lane i, lane 2i+1 high
+    even = builder.ashr(builder.shl(pairs, _const(w8, 32)), _const(w8, 32))
+    odd = builder.ashr(pairs, _const(w8, 32))
+    m = builder.sext(_splat(builder, m0, ir.VectorType(i32, LANES // 2)), w8)  # m0 < 2^31: vpmuldq
+    nudge, shift31 = _const(w8, 1 << 30), _const(w8, 31)
+    h_even = builder.ashr(builder.add(builder.mul(even, m), nudge), shift31)
+    h_odd = builder.ashr(builder.add(builder.mul(odd, m), nudge), shift31)
+    h = builder.or_(builder.and_(h_even, _const(w8, 0xFFFFFFFF)), builder.shl(h_odd, _const(w8, 32)))
+    h = builder.bitcast(h, v16)
+    e16 = _splat(builder, e, v16)
+    mask = builder.sub(builder.shl(_const(v16, 1), e16), _const(v16, 1))
+    threshold = builder.add(builder.lshr(mask, _const(v16, 1)), builder.lshr(h, _const(v16, 31)))
+    up = builder.zext(builder.icmp_signed(">", builder.and_(h, mask), threshold), v16)
+    return builder.add(builder.ashr(h, e16), up)
+
+
+def _store_u8(builder, y, zy, low, base, off, keep):
+    """clamp(y + zy, low, 255) as bytes to base + off where keep."""
+    v16, b16 = y.type, ir.VectorType(ir.IntType(8), LANES)
+    y = builder.add(y, _splat(builder, zy, v16))
+    lo, hi = _splat(builder, low, v16), _const(v16, 255)
+    y = builder.select(builder.icmp_signed("<", y, lo), lo, y)
+    y = builder.select(builder.icmp_signed(">", y, hi), hi, y)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(),
+                                                                                     ir.IntType(32), keep.type]),
+                                        f"llvm.masked.store.v{LANES}i8.{_pointer_name(b16)}")
+    builder.call(fn, [builder.trunc(y, b16), builder.bitcast(builder.gep(base, [off]), b16.as_pointer()),
+                      ir.Constant(ir.IntType(32), 1), keep])
+
+
+def _data(context, builder, ty, value):
+    return context.make_array(ty)(context, builder, value).data
+
+
+@intrinsic
+def requantize16(typingctx, a, a_off, out, o_off, count, bias, m0, shift, zy, low):
+    """out[o_off + l] = clamp(zy + requantize(a[a_off + l] + bias, m0, shift), low, 255) for lanes l <
+    count (<= 16; masked loads and stores: nothing past them is read or written), under the
+    module's preconditions; a int32, out uint8, both flat and C-contiguous; no bounds checks (the
+    caller derives the offsets from the shapes)."""
+    if not (_flat(a, types.int32) and _flat(out, types.uint8)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a_a, a_off_v, out_a, o_off_v, count_v, bias_v, m0_v, e_v, zy_v, low_v = args
+        v16 = ir.VectorType(ir.IntType(32), LANES)
+        keep = _keep(builder, count_v)
+        x = _load(builder, _data(context, builder, signature.args[0], a_a), a_off_v, v16, keep)
+        y = _requantize(builder, builder.add(x, _splat(builder, bias_v, v16)), m0_v, e_v)
+        _store_u8(builder, y, zy_v, low_v, _data(context, builder, signature.args[2], out_a), o_off_v, keep)
+        return context.get_dummy_value()
+
+    i = types.int64
+    return types.void(a, i, out, i, i, i, i, i, i, i), codegen
+
+
+@intrinsic
+def residual16(typingctx, a, a_off, r, r_off, out, o_off, count, bias, m0, shift, zy, low, zr, r_m0, r_shift,
+               fraction):
+    """requantize16 with a residual added, as npdc.kernels.int8_requant.finish_residual adds it:
+    the conv's term c = requantize(a + bias, m0, shift) and the residual's t = requantize(r - zr,
+    r_m0, r_shift) of the bytes r[r_off + l] (shifts that already include the `fraction` extra
+    bits), summed and rounded once (ties away from zero), zy added and clamped. Preconditions
+    besides the module's (which c's shift meets): -20 <= r_shift <= 30, so that |t| < 2^29 (no
+    saturation in its left shift); c is clamped to +-2^30 before the sum (within int32), which
+    changes no output: a larger |c| saturates it either way."""
+    if not (_flat(a, types.int32) and _flat(r, types.uint8) and _flat(out, types.uint8)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        (a_a, a_off_v, r_a, r_off_v, out_a, o_off_v, count_v, bias_v, m0_v, shift_v, zy_v, low_v, zr_v, rm0_v,
+         rs_v, f_v) = args
+        v16, b16 = ir.VectorType(ir.IntType(32), LANES), ir.VectorType(ir.IntType(8), LANES)
+        keep = _keep(builder, count_v)
+        x = _load(builder, _data(context, builder, signature.args[0], a_a), a_off_v, v16, keep)
+        c = _requantize(builder, builder.add(x, _splat(builder, bias_v, v16)), m0_v, shift_v)
+        big = _const(v16, 1 << 30)
+        c = builder.select(builder.icmp_signed(">", c, big), big, c)
+        c = builder.select(builder.icmp_signed("<", c, builder.neg(big)), builder.neg(big), c)
+        rb = _load(builder, _data(context, builder, signature.args[2], r_a), r_off_v, b16, keep)
+        xr = builder.sub(builder.zext(rb, v16), _splat(builder, zr_v, v16))
+        total = builder.add(c, _requantize(builder, xr, rm0_v, rs_v))
+        f16 = _splat(builder, f_v, v16)
+        half = builder.lshr(builder.shl(_const(v16, 1), f16), _const(v16, 1))
+        y = builder.ashr(builder.add(builder.add(total, half), builder.ashr(total, _const(v16, 31))), f16)
+        _store_u8(builder, y, zy_v, low_v, _data(context, builder, signature.args[4], out_a), o_off_v, keep)
+        return context.get_dummy_value()
+
+    i = types.int64
+    return types.void(a, i, r, i, out, i, i, i, i, i, i, i, i, i, i, i), codegen
