@@ -54,10 +54,7 @@ class Cluster:
         self.workers = []
         for _ in range(workers):
             self.add_worker()
-        deadline = time.time() + 60
-        while not info.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        self.address = json.loads(info.read_text())["address"]
+        self.address = _address_in(info, deadline=time.time() + 60)
         with distributed.Client(self.address, timeout="30s") as client:
             client.wait_for_workers(workers, timeout=60)
 
@@ -72,6 +69,18 @@ class Cluster:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def _address_in(info, deadline):
+    """The scheduler's address from its file, once the file is whole: the scheduler writes it
+    in place, so it can be seen empty or cut short for a moment (it was, on a loaded machine)."""
+    while True:
+        try:
+            return json.loads(info.read_text())["address"]
+        except (OSError, ValueError, KeyError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
