@@ -107,6 +107,7 @@ class Net:
             dxs = layer.backward(g)
             for i, dx in zip(inputs, [dxs] if len(inputs) == 1 else dxs):
                 pending.setdefault(i, []).append(dx)
+        self._settle_grads()
         return sum_gradients(pending[INPUT]) if input_grad and INPUT in pending else None
 
     def _absorbed_relus(self, uses, keep):
@@ -148,14 +149,24 @@ class Net:
         return self._paths("params")
 
     def grads(self):
+        self._settle_grads()
         return self._paths("grads")
 
     def buffers(self):
         return self._paths("buffers")
 
     def zero_grad(self):
+        """Make every gradient read as zero from the next backward or `grads()` on: the arrays are
+        only marked (Layer.unset_grad), and the backward stores each layer's first gradient where
+        it would have added it to zeros (the same bits, a pass less over each array and no zeroing
+        pass). Arrays held from an earlier `grads()` (an optimizer's) read as zero once the next
+        backward has run; in between they still hold the last step's values."""
         for _, layer, _ in self.nodes:
-            layer.zero_grad()
+            layer.unset_grad()
+
+    def _settle_grads(self):
+        for _, layer, _ in self.nodes:
+            layer.settle_grads()
 
     def astype(self, dtype):
         for _, layer, _ in self.nodes:
@@ -189,7 +200,8 @@ class Net:
                 continue
             layer = self.layers[node]
             (layer.params if key in layer.params else layer.buffers)[key] = arr
-        self.zero_grad()
+        for _, layer, _ in self.nodes:
+            layer.zero_grad()  # written now: an optimizer may hold the arrays
 
     # -- description -----------------------------------------------------------------------
     def summary(self):

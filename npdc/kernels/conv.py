@@ -30,13 +30,16 @@ single_thread_numba_blas()  # BLAS calls from inside Numba's parallel loops must
 class Primitive:
     """A convolution algorithm: refuse(shape) -> reason or None; forward; backward. A primitive
     that keeps transformed weights between calls (npdc.kernels.prepared) also has `fresh`, the
-    same forward keeping and reusing nothing, for weights that change every step."""
+    same forward keeping and reusing nothing, for weights that change every step. A primitive
+    whose backward can write dW into a given array (`dW_out`, a layer's gradient) says so with
+    `writes_dW`."""
     name: str
     refuse: object
     forward: object
     backward: object
     layout: str = "NCHW"
     fresh: object = None
+    writes_dW: bool = False
 
 
 def _accepts_all(x_shape, W_shape, stride, pad, groups):
@@ -48,13 +51,13 @@ PRIMITIVES = {
     "im2col": Primitive("im2col", _accepts_all, conv_im2col.forward, conv_im2col.backward),
     "flat": Primitive("flat", conv_flat.refuse, conv_flat.forward, conv_flat.backward),
     "polyphase": Primitive("polyphase", conv_polyphase.refuse, conv_polyphase.forward, conv_polyphase.backward),
-    "kn2row": Primitive("kn2row", conv_kn2row.refuse, conv_kn2row.forward, conv_kn2row.backward),
+    "kn2row": Primitive("kn2row", conv_kn2row.refuse, conv_kn2row.forward, conv_kn2row.backward, writes_dW=True),
     "winograd2": Primitive("winograd2", conv_winograd.refuse, partial(conv_winograd.forward, m=2),
                            partial(conv_winograd.backward, m=2)),
     "winograd4": Primitive("winograd4", conv_winograd4.refuse, conv_winograd4.forward, conv_winograd4.backward,
-                           fresh=conv_winograd4.forward_fresh),
+                           fresh=conv_winograd4.forward_fresh, writes_dW=True),
     "fft": Primitive("fft", conv_fft.refuse, conv_fft.forward, conv_fft.backward),
-    "gemm": Primitive("gemm", conv_gemm.refuse, conv_gemm.forward, conv_gemm.backward),
+    "gemm": Primitive("gemm", conv_gemm.refuse, conv_gemm.forward, conv_gemm.backward, writes_dW=True),
     "depthwise": Primitive("depthwise", conv_depthwise.refuse, conv_depthwise.forward, conv_depthwise.backward),
     "stem": Primitive("stem", conv_stem.refuse, conv_stem.forward, conv_stem.backward),
 }
@@ -203,8 +206,10 @@ def conv2d_forward(x, W, stride=1, pad=0, groups=1, primitive=None, keep=True):
     return forward(x, W, stride, pad, groups)
 
 
-def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True, primitive=None):
-    """Gradients of a convolution: returns (dx or None, dW) for dy: (N, O, Ho, Wo)."""
+def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True, primitive=None, dW_out=None):
+    """Gradients of a convolution: returns (dx or None, dW) for dy: (N, O, Ho, Wo). With
+    `dW_out` (C-contiguous, W's shape and type: a layer's gradient that reads as zero) dW is
+    written there and returned; a primitive that `writes_dW` skips its own array and the copy."""
     p = _resolve(primitive, np.shape(x), np.shape(W), stride, pad, groups)
     o, cg, kh, kw = W.shape
     want = (x.shape[0], o, out_size(x.shape[2], kh, stride, pad), out_size(x.shape[3], kw, stride, pad))
@@ -212,5 +217,11 @@ def conv2d_backward(x, W, dy, stride=1, pad=0, groups=1, need_dx=True, primitive
         raise ValueError(f"conv backward: dy has shape {dy.shape}, expected {want}")
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    dx, dW = p.backward(x, np.ascontiguousarray(W, dtype=x.dtype), dy, stride, pad, groups, need_dx)
-    return dx, dW.astype(W.dtype, copy=False)
+    W_in = np.ascontiguousarray(W, dtype=x.dtype)
+    if dW_out is not None and p.writes_dW and dW_out.dtype == x.dtype:
+        return p.backward(x, W_in, dy, stride, pad, groups, need_dx, dW_out=dW_out)
+    dx, dW = p.backward(x, W_in, dy, stride, pad, groups, need_dx)
+    if dW_out is None:
+        return dx, dW.astype(W.dtype, copy=False)
+    dW_out[...] = dW
+    return dx, dW_out

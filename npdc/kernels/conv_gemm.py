@@ -111,11 +111,12 @@ def forward(x, W, stride, pad, groups):
     return y
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+def backward(x, W, dy, stride, pad, groups, need_dx, dW_out=None):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo); dW is written into dW_out when given."""
     o, c, kh, kw = W.shape
     d = _out_rows(dy)
-    dW = matmul(d, _columns(x, W.shape, stride, pad, dy.shape[2] * dy.shape[3]).T).reshape(W.shape)
+    into = None if dW_out is None else dW_out.reshape(o, -1)
+    dW = matmul(d, _columns(x, W.shape, stride, pad, dy.shape[2] * dy.shape[3]).T, into).reshape(W.shape)
     if not need_dx:
         return None, dW
     back = matmul(W.reshape(o, -1).T, d)

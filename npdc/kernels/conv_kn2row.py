@@ -104,10 +104,7 @@ def _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, n_threads):
                     continue
                 np.dot(Wt[tap].T, dyi, T[t].reshape((c, ho * wo)))
                 _scatter_tap(T[t], a, b, stride, pad, dx[i])
-    total = dW[0].copy()
-    for t in range(1, n_threads):
-        total += dW[t]
-    return total
+    return dW
 
 
 @numba.njit(cache=True)
@@ -137,8 +134,19 @@ def forward(x, W, stride, pad, groups):
     return y
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+def _thread_sum(parts, out):
+    """out = parts[0] + parts[1] + ... in thread order (into a new array without out)."""
+    if out is None:
+        out = parts[0].copy()
+    else:
+        out[...] = parts[0]
+    for part in parts[1:]:
+        out += part
+    return out
+
+
+def backward(x, W, dy, stride, pad, groups, need_dx, dW_out=None):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo); dW is written into dW_out when given."""
     o, c, kh, kw = W.shape
     Wt = np.ascontiguousarray(W.transpose(2, 3, 0, 1).reshape(kh * kw, o, c))
     pointwise = kh == kw == 1 and stride == 1 and pad == 0
@@ -146,6 +154,12 @@ def backward(x, W, dy, stride, pad, groups, need_dx):
         dx = np.zeros((1, 1, 1, 1), x.dtype)
     else:  # a pointwise layer's products write every element; the taps' scatters add into zeros
         dx = np.empty_like(x) if pointwise else np.zeros_like(x)
-    dWt = _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, numba.get_num_threads())
-    dW = dWt.reshape(kh, kw, o, c).transpose(2, 3, 0, 1)
-    return (dx if need_dx else None), np.ascontiguousarray(dW)
+    parts = _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, numba.get_num_threads())
+    if kh == kw == 1:  # the taps' layout is W's
+        dW = _thread_sum(parts, None if dW_out is None else dW_out.reshape(parts.shape[1:]))
+        return (dx if need_dx else None), dW.reshape(W.shape)
+    dW = _thread_sum(parts, None).reshape(kh, kw, o, c).transpose(2, 3, 0, 1)
+    if dW_out is None:
+        return (dx if need_dx else None), np.ascontiguousarray(dW)
+    dW_out[...] = dW
+    return (dx if need_dx else None), dW_out

@@ -339,8 +339,9 @@ def _finish(parts, G, dW):
                 dW[k, ch, t // 3, t % 3] = out[t, ch]
 
 
-def weight_gradient(x, dy, pad):
-    """dW (O, C, 3, 3) of the 3x3 stride-1 convolution of x (N, C, H, W) padded by `pad`.
+def weight_gradient(x, dy, pad, out=None):
+    """dW (O, C, 3, 3) of the 3x3 stride-1 convolution of x (N, C, H, W) padded by `pad`,
+    written into `out` (of x's type) when given.
 
     Why Winograd here too: dW[o, c] is the correlation of padded x[:, c] with dy[:, o], a 3x3
     output, so on the forward's tiles each tile adds the 3x3 correlation of its 6x6 input window
@@ -359,7 +360,11 @@ def weight_gradient(x, dy, pad):
     budget = GRAD_BUDGET
     if o8 * c16 >= GRAD_MAX_PAIRS:
         if ho * wo < WIDE_PIXELS:
-            return conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+            dW = conv_im2col.weight_gradient(x, dy, (o, c, 3, 3), 1, pad, 1)
+            if out is None:
+                return dW
+            out[...] = dW
+            return out
         budget = WIDE_BUDGET
     n_tasks = min(n, GRAD_TASKS)
     span = max(1, budget // (36 * (c16 + o8)) // tw) * tw
@@ -367,9 +372,9 @@ def weight_gradient(x, dy, pad):
     g = max(1, span // (th * tw))
     parts = np.zeros((n_tasks, 36, o8, c16), x.dtype)
     _weight_grad(x, dy, pad, n_tasks, g, th, tw, span, parts, numba.get_num_threads())
-    dW = np.empty((o, c, 3, 3))
+    dW = np.empty((o, c, 3, 3)) if out is None else out  # sums in float64, rounded as stored
     _finish(parts, matrices(4, np.float64)[1], dW)
-    return dW.astype(x.dtype)
+    return dW.astype(x.dtype) if out is None else out
 
 
 def forward(x, W, stride, pad, groups):
@@ -383,9 +388,9 @@ def forward_fresh(x, W, stride, pad, groups):
     return _correlate(x, W.shape[0], pad, transformed_kernels(W))
 
 
-def backward(x, W, dy, stride, pad, groups, need_dx):
-    """(dx or None, dW) for dy: (N, O, Ho, Wo)."""
+def backward(x, W, dy, stride, pad, groups, need_dx, dW_out=None):
+    """(dx or None, dW) for dy: (N, O, Ho, Wo); dW is written into dW_out when given."""
     dx = None
     if need_dx:
         dx = _correlate(dy, W.shape[1], 2 - pad, transformed_kernels(W, flipped=True))
-    return dx, weight_gradient(x, dy, pad)
+    return dx, weight_gradient(x, dy, pad, dW_out)

@@ -7,10 +7,14 @@ zero in the padding. Several images side by side make one wide GEMM for small fe
 For each row and output line the in-bounds pixels form one run [lo, hi) computed once, so the copy
 loop has no per-element test (a per-element select made the copy a large share of a forward pass).
 Channels are given as a range (c0, n_ch) of a contiguous image instead of a sliced view: Numba
-compiles a much slower strided version for non-contiguous arrays.
+compiles a much slower strided version for non-contiguous arrays. For the same reason the runs are
+indexed, not sliced, and with unsigned offsets (every index here is at least 0): a slice per run
+built a strided view whose set-up outweighed the 7- or 14-pixel runs of ImageNet's last stages,
+and a signed index costs Numba's wrap-around fix-up on every element (docs/perf.md, `r50s`).
 """
 
 import numba
+import numpy as np
 
 
 def out_size(size, k, stride, pad):
@@ -54,13 +58,6 @@ def copy_run(src, dst):
         dst[k] = src[k]
 
 
-@numba.njit(cache=True, inline="always")
-def _add_run(src, dst):
-    """dst[:] += src, indexed from 0 like copy_run."""
-    for k in range(dst.size):
-        dst[k] += src[k]
-
-
 @numba.njit(cache=True)
 def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
     """Channels c0..c0+n_ch of one image x: (C, H, W) -> cols[:, col0:col0+Ho*Wo], overwritten."""
@@ -72,20 +69,23 @@ def im2col(x, c0, n_ch, kh, kw, stride, pad, cols, col0):
         i = (r // kw) % kh
         j = r % kw
         lo, hi = valid_run(j, stride, pad, w, wo)
-        shift = j - pad
+        row = cols[r]
         for oy in range(ho):
             iy = oy * stride - pad + i
-            dst = cols[r, col0 + oy * wo:col0 + (oy + 1) * wo]
+            d0 = np.uint64(col0 + oy * wo)
             if iy < 0 or iy >= h:
-                dst[:] = 0
-                continue
-            src = x[c, iy]
-            for ox in range(lo):
-                dst[ox] = 0
-            if hi > lo:
-                copy_run(src[lo * stride + shift:(hi - 1) * stride + shift + 1:stride], dst[lo:hi])
-            for ox in range(hi, wo):
-                dst[ox] = 0
+                lo_y, hi_y = wo, wo
+            else:
+                lo_y, hi_y = lo, hi
+            for ox in range(lo_y):
+                row[d0 + np.uint64(ox)] = 0
+            if hi_y > lo_y:
+                src = x[c, iy]
+                s0 = np.uint64(lo_y * stride + j - pad)
+                for k in range(hi_y - lo_y):
+                    row[d0 + np.uint64(lo_y + k)] = src[s0 + np.uint64(k * stride)]
+            for ox in range(hi_y, wo):
+                row[d0 + np.uint64(ox)] = 0
 
 
 @numba.njit(cache=True)
@@ -99,11 +99,12 @@ def col2im(cols, c0, n_ch, kh, kw, stride, pad, dx, col0):
         i = (r // kw) % kh
         j = r % kw
         lo, hi = valid_run(j, stride, pad, w, wo)
-        shift = j - pad
+        row = cols[r]
         for oy in range(ho):
             iy = oy * stride - pad + i
-            if iy < 0 or iy >= h:
+            if iy < 0 or iy >= h or hi <= lo:
                 continue
-            if hi > lo:
-                _add_run(cols[r, col0 + oy * wo + lo:col0 + oy * wo + hi],
-                         dx[c, iy, lo * stride + shift:(hi - 1) * stride + shift + 1:stride])
+            dst = dx[c, iy]
+            s0, d0 = np.uint64(col0 + oy * wo + lo), np.uint64(lo * stride + j - pad)
+            for k in range(hi - lo):
+                dst[d0 + np.uint64(k * stride)] += row[s0 + np.uint64(k)]

@@ -51,15 +51,22 @@ def transposed(a):
     return out
 
 
-def matmul(a, b):
+def matmul(a, b, out=None):
     """a @ b for 2-D float arrays, in their common type; b may be a transposed view (C or F
-    order), a is made C-contiguous (a copy when it is not)."""
+    order), a is made C-contiguous (a copy when it is not). With `out` (a layer's gradient array)
+    the product is written there and returned: straight from BLAS when out is C-contiguous in
+    the product's type and shape, else copied in."""
     dtype = np.result_type(a, b)
     if a.ndim == 2 and a.dtype == dtype and a.T.flags.c_contiguous and not a.flags.c_contiguous:
         a = transposed(a.T)
     a = np.ascontiguousarray(a, dtype=dtype)
     if b.dtype != dtype or not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b, dtype=dtype)
-    out = np.empty((a.shape[0], b.shape[1]), dtype)
+    shape = (a.shape[0], b.shape[1])
+    if out is not None and not (out.dtype == dtype and out.shape == shape and out.flags.c_contiguous):
+        out[...] = matmul(a, b)  # another type or layout: through a product of its own
+        return out
+    if out is None:
+        out = np.empty(shape, dtype)
     _blocks(a, b, out, BLOCKS)
     return out

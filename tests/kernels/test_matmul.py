@@ -65,3 +65,13 @@ def test_a_transposed_left_factor_gives_the_contiguous_ones_bits():
     w = r.standard_normal((70, 130)).astype(np.float32)
     b = r.standard_normal((70, 33)).astype(np.float32)
     np.testing.assert_array_equal(matmul(w.T, b), matmul(np.ascontiguousarray(w.T), b))
+
+
+def test_writes_into_a_given_array_of_its_type_or_another():
+    """`out` receives the product: straight from BLAS in the product's type, copied in another."""
+    r = np.random.default_rng(2)
+    a, b = r.standard_normal((5, 7)).astype(np.float32), r.standard_normal((7, 3)).astype(np.float32)
+    want = matmul(a, b)
+    for out in (np.full((5, 3), np.nan, np.float32), np.full((5, 3), np.nan)):
+        assert matmul(a, b.T.copy().T, out) is out
+        np.testing.assert_array_equal(out, want)

@@ -58,7 +58,7 @@ class PReLU(Layer):
         x = self.cache.pop("x")
         neg = x <= 0
         axes = (0,) + tuple(range(2, x.ndim))
-        self.grads["slope"] += (dy * x * neg).sum(axis=axes)
+        self.add_grad("slope", (dy * x * neg).sum(axis=axes))
         return np.where(neg, dy * _channel_view(self.params["slope"], x), dy)
 
 

@@ -90,6 +90,6 @@ class BatchNorm2d(Layer):
         dgamma, dbeta = np.empty(c, np.float64), np.empty(c, np.float64)
         bn_backward_train(x, np.ascontiguousarray(dy, dtype=x.dtype), self.params["gamma"], self.params["beta"],
                           mean, inv, dx, dgamma, dbeta, relu)
-        self.grads["gamma"] += dgamma.astype(x.dtype)
-        self.grads["beta"] += dbeta.astype(x.dtype)
+        self.add_grad("gamma", dgamma.astype(x.dtype))
+        self.add_grad("beta", dbeta.astype(x.dtype))
         return dx

@@ -72,11 +72,13 @@ class Conv2d(Layer):
         name = choose_backward_primitive(self.primitive, x.shape, W.shape, self.stride, self.padding,
                                          self.groups)
         self.ran_backward = name
+        into = self.grad_target("W") if self.dilation == 1 else None
         dx, dW = conv2d_backward(x, W, dy, self.stride, self.padding, self.groups, need_dx=need_dx,
-                                 primitive=name)
-        self.grads["W"] += dW[:, :, ::self.dilation, ::self.dilation]
+                                 primitive=name, dW_out=into)
+        if into is None:
+            self.add_grad("W", dW[:, :, ::self.dilation, ::self.dilation])
         if self.bias:
-            self.grads["b"] += dy.sum(axis=(0, 2, 3))
+            self.add_grad("b", dy.sum(axis=(0, 2, 3)))
         return dx
 
     def macs(self):

@@ -48,9 +48,13 @@ class Linear(Layer):
 
     def backward(self, dy):
         x = self.cache.pop("x")
-        self.grads["W"] += matmul(dy.T, x)
+        into = self.grad_target("W")
+        if into is None:
+            self.add_grad("W", matmul(dy.T, x))
+        else:
+            matmul(dy.T, x, into)
         if self.bias:
-            self.grads["b"] += dy.sum(axis=0)
+            self.add_grad("b", dy.sum(axis=0))
         return matmul(dy, self.params["W"])
 
     def macs(self):
