@@ -12,7 +12,7 @@ deterministic for a given thread count; the data gradient is W^T dy scattered ba
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import col2im, im2col
+from npdc.kernels.im2col import REDUCTION_PARTS, col2im, im2col
 from npdc.kernels.matmul import transposed
 
 COLUMNS = 1024  # target GEMM width per chunk (output pixels); measured on ResNet layer shapes
@@ -68,18 +68,18 @@ def _forward(x, W2, kh, kw, stride, pad, groups, y, chunk, n_threads):
 
 
 @numba.njit(parallel=True, cache=True)
-def _weight_gradient(x, dy, kh, kw, stride, pad, groups, rows, chunk, n_threads):
-    """dW (O, C/g*kh*kw) = dy times the columns of x, summed per thread then in thread order."""
+def _weight_gradient(x, dy, kh, kw, stride, pad, groups, rows, chunk, parts):
+    """dW (O, C/g*kh*kw) = dy times the columns of x, summed per part then in part order."""
     n, c = x.shape[0], x.shape[1]
     o = dy.shape[1]
     og, cg, plane = o // groups, c // groups, dy.shape[2] * dy.shape[3]
     n_chunks = (n + chunk - 1) // chunk
-    cols_buf = np.empty((n_threads, rows * chunk * plane), x.dtype)
-    dys_buf = np.empty((n_threads, og * chunk * plane), x.dtype)
-    part = np.empty((n_threads, og, rows), x.dtype)
-    dW = np.zeros((n_threads, o, rows), x.dtype)
-    for t in numba.prange(n_threads):
-        for k in range(t, n_chunks, n_threads):
+    cols_buf = np.empty((parts, rows * chunk * plane), x.dtype)
+    dys_buf = np.empty((parts, og * chunk * plane), x.dtype)
+    part = np.empty((parts, og, rows), x.dtype)
+    dW = np.zeros((parts, o, rows), x.dtype)
+    for t in numba.prange(parts):
+        for k in range(t, n_chunks, parts):
             i0, m, cols, dys = _chunk(cols_buf, dys_buf, t, k, chunk, n, plane)
             for g in range(groups):
                 for i in range(m):
@@ -89,7 +89,7 @@ def _weight_gradient(x, dy, kh, kw, stride, pad, groups, rows, chunk, n_threads)
                 np.dot(dys, cols.T, part[t])
                 dW[t, g * og:(g + 1) * og] += part[t]
     total = dW[0].copy()
-    for t in range(1, n_threads):
+    for t in range(1, parts):
         total += dW[t]
     return total
 
@@ -144,7 +144,7 @@ def weight_gradient(x, dy, W_shape, stride, pad, groups):
     """dW (W_shape): also the weight gradient of primitives whose own is slower at some shapes."""
     o, cg, kh, kw = W_shape
     chunk = chunk_images(dy.shape[2] * dy.shape[3], x.shape[0])
-    dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, numba.get_num_threads())
+    dW = _weight_gradient(x, dy, kh, kw, stride, pad, groups, cg * kh * kw, chunk, REDUCTION_PARTS)
     return dW.reshape(W_shape)
 
 

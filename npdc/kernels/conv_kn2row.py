@@ -7,14 +7,15 @@ Forward per image and tap (a, b): Z = W[:, :, a, b] (O x C) @ x (C x H*W), then
 y[:, oy, ox] += Z[:, oy*s - p + a, ox*s - p + b]. Backward uses the transposed steps: the data
 gradient is W_ab^T @ dy scattered back by the same shift, the weight gradient dy @ x_ab^T with
 x_ab the input sampled under tap (a, b) (one im2col row block). Images are split between Numba's
-threads; per-thread weight gradients are summed in a fixed order (deterministic).
+threads; the weight gradient is summed in REDUCTION_PARTS parts added in a fixed order, the same
+bits whatever the thread count.
 Groups = 1 only; every stride and padding.
 """
 
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import valid_run
+from npdc.kernels.im2col import REDUCTION_PARTS, valid_run
 
 
 def refuse(x_shape, W_shape, stride, pad, groups):
@@ -77,17 +78,17 @@ def _forward_taps(x, Wt, kh, kw, stride, pad, y, n_threads):
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, n_threads):
-    """(sum over images of dy @ x_tap^T) per thread, and dx += shifted W_tap^T @ dy."""
+def _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, parts):
+    """(sum over images of dy @ x_tap^T) per part, and dx += shifted W_tap^T @ dy."""
     n, c, h, w = x.shape
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     direct = kh == 1 and kw == 1 and stride == 1 and pad == 0
-    G = np.empty((n_threads, c, ho, wo), x.dtype)
-    T = np.empty((n_threads, c, ho, wo), x.dtype)
-    part = np.empty((n_threads, o, c), x.dtype)
-    dW = np.zeros((n_threads, kh * kw, o, c), x.dtype)
-    for t in numba.prange(n_threads):
-        for i in range(t, n, n_threads):
+    G = np.empty((parts, c, ho, wo), x.dtype)
+    T = np.empty((parts, c, ho, wo), x.dtype)
+    part = np.empty((parts, o, c), x.dtype)
+    dW = np.zeros((parts, kh * kw, o, c), x.dtype)
+    for t in numba.prange(parts):
+        for i in range(t, n, parts):
             dyi = dy[i].reshape((o, ho * wo))
             for tap in range(kh * kw):
                 a, b = tap // kw, tap % kw
@@ -154,7 +155,7 @@ def backward(x, W, dy, stride, pad, groups, need_dx, dW_out=None):
         dx = np.zeros((1, 1, 1, 1), x.dtype)
     else:  # a pointwise layer's products write every element; the taps' scatters add into zeros
         dx = np.empty_like(x) if pointwise else np.zeros_like(x)
-    parts = _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, numba.get_num_threads())
+    parts = _backward_taps(x, Wt, kh, kw, dy, stride, pad, dx, need_dx, REDUCTION_PARTS)
     if kh == kw == 1:  # the taps' layout is W's
         dW = _thread_sum(parts, None if dW_out is None else dW_out.reshape(parts.shape[1:]))
         return (dx if need_dx else None), dW.reshape(W.shape)

@@ -20,7 +20,7 @@ saving to memory traffic); it takes its G from `matrices` here.
 import numba
 import numpy as np
 
-from npdc.kernels.im2col import refuse_unless_dense_3x3, valid_run
+from npdc.kernels.im2col import REDUCTION_PARTS, refuse_unless_dense_3x3, valid_run
 
 TILES = 512  # target tiles per chunk (GEMM width), measured on ResNet layer shapes
 
@@ -157,7 +157,7 @@ def _forward(x, U, BT, AT, pad, y, chunk, n_threads):
 
 
 @numba.njit(parallel=True, cache=True)
-def _backward(x, U, BT, AT, dy, pad, dx, need_dx, chunk, n_threads):
+def _backward(x, U, BT, AT, dy, pad, dx, need_dx, chunk, parts):
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = dy.shape[1], dy.shape[2], dy.shape[3]
     m, alpha = AT.shape
@@ -170,14 +170,14 @@ def _backward(x, U, BT, AT, dy, pad, dx, need_dx, chunk, n_threads):
     UT = np.empty((alpha * alpha, c, o), x.dtype)
     for xi in range(alpha * alpha):
         UT[xi] = U[xi].T
-    D_buf = np.empty((n_threads, alpha * alpha * big * cap), x.dtype)
-    V_buf = np.empty((n_threads, alpha * alpha * big * cap), x.dtype)
-    M_buf = np.empty((n_threads, alpha * alpha * big * cap), x.dtype)
-    tmp_buf = np.empty((n_threads, alpha * alpha * big * cap), x.dtype)
-    part = np.empty((n_threads, o, c), x.dtype)
-    dU = np.zeros((n_threads, alpha * alpha, o, c), x.dtype)
-    for t in numba.prange(n_threads):
-        for k in range(t, n_chunks, n_threads):
+    D_buf = np.empty((parts, alpha * alpha * big * cap), x.dtype)
+    V_buf = np.empty((parts, alpha * alpha * big * cap), x.dtype)
+    M_buf = np.empty((parts, alpha * alpha * big * cap), x.dtype)
+    tmp_buf = np.empty((parts, alpha * alpha * big * cap), x.dtype)
+    part = np.empty((parts, o, c), x.dtype)
+    dU = np.zeros((parts, alpha * alpha, o, c), x.dtype)
+    for t in numba.prange(parts):
+        for k in range(t, n_chunks, parts):
             i0 = k * chunk
             mm = min(chunk, n - i0)
             T = mm * per
@@ -203,7 +203,7 @@ def _backward(x, U, BT, AT, dy, pad, dx, need_dx, chunk, n_threads):
                 for i in range(mm):
                     _scatter_add(D, alpha, m, pad, th, tw, dx[i0 + i], i * per)
     total = dU[0].copy()
-    for t in range(1, n_threads):
+    for t in range(1, parts):
         total += dU[t]
     return total
 
@@ -233,7 +233,7 @@ def backward(x, W, dy, stride, pad, groups, need_dx, m=2):
     BT, G, AT = matrices(m, x.dtype)
     dx = np.zeros_like(x) if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     chunk, _ = _chunking(n, -(-dy.shape[2] // m), -(-dy.shape[3] // m))
-    dU = _backward(x, _weights(W, G), BT, AT, dy, pad, dx, need_dx, chunk, numba.get_num_threads())
+    dU = _backward(x, _weights(W, G), BT, AT, dy, pad, dx, need_dx, chunk, REDUCTION_PARTS)
     alpha = G.shape[0]
     dU = dU.reshape(alpha, alpha, W.shape[0], W.shape[1])
     dW = np.einsum("pi,pqoc,qj->ocij", G, dU, G, optimize=True)

@@ -16,6 +16,12 @@ and a signed index costs Numba's wrap-around fix-up on every element (docs/perf.
 import numba
 import numpy as np
 
+# A weight gradient summed over a batch (im2col's, kn2row's, Winograd F(2,3)'s) is split into
+# this many parts, each summed in its own buffer by one task and then added in part order. Fixed,
+# not the thread count: the grouping of the sums sets their rounding, and training must give the
+# same bits with --threads 1 and 2 (with more threads than parts, the rest wait in these sums).
+REDUCTION_PARTS = 2
+
 
 def out_size(size, k, stride, pad):
     """Output length of a convolution or pooling window along one axis."""
