@@ -97,7 +97,7 @@ def residual_words(res, r_img, geo, meta, o, p0, p1, row, scratch):
     the residual's own plane where it is kept as words, identity, with the run's row; else its
     bytes gathered into scratch (every step-th row and column, channel c - front, for a zero-pad
     residual; from planar res (C, H, W) or from words), a channel outside the residual reading
-    its zero point (adds 0)."""
+    its zero point (adds 0); four channels all outside read nothing and get multiplier 0."""
     mode, front, step, zr = meta[3], meta[4], meta[5], meta[6]
     pr, wpr, plr = geo[G_PR], geo[G_WPR], geo[G_PLR]
     shift_c = front if mode == RES_ZEROPAD else 0
@@ -106,6 +106,8 @@ def residual_words(res, r_img, geo, meta, o, p0, p1, row, scratch):
     aligned = (o - shift_c) % GROUP == 0 and 0 <= g < geo[G_CR] // GROUP
     if wpr > 0 and aligned and mode != RES_ZEROPAD and row == wpr:
         return r_img, g * plr + (p0 + pr) * wpr + pr, meta[7]
+    if o + GROUP - shift_c <= 0 or o - shift_c >= geo[G_CR]:  # all four outside: multiplier 0, any words
+        return scratch, 0, 0
     wo = geo[G_WO]
     for p in range(p0, p1):
         dst = (p - p0) * row
