@@ -27,6 +27,8 @@ whose input channels are a multiple of 4 builds no columns: its tile's input is 
 channels to a word (npdc.kernels.int8_pack.interleave_rows), where each tap's 16 positions are
 already one 64-byte vector, and the GEMM reads them there at per-tap offsets (`dot_rows4_at`,
 `dot_rows4_at2` for 32 positions at a time); its weights are packed in the same tap order.
+Where the runtime keeps activations in that word layout between layers, the conv is
+npdc.kernels.int8_words.conv_words, which shares this module's GEMM and tile input.
 """
 
 import numba

@@ -10,9 +10,13 @@ the same bits. OP_HOST marks a step the caller runs in Python (a float layer bet
 dequantize and a quantize): a walk never crosses one.
 
 Record fields are the F_* column indices below. Arena offsets are in bytes, already multiplied
-by the plan's batch; shapes are per image. `words` holds every layer's packed int8 weights
-(int32 words), `ints` each layer's bias, m0 and shift (O4 each, in that order), its meta fields
-(META of them) and its tap offsets, `reals` the last linear's dequantization factors.
+by the plan's batch and the ROOM bytes per value of npdc.runtime.int8_layout; shapes are per
+image. `words` holds every layer's packed int8 weights (int32 words), `ints` each layer's
+bias, m0 and shift (O4 each, in that order), its meta fields (META of them) and its tap
+offsets, `reals` the last linear's dequantization factors. A conv with F_WORDS set runs
+npdc.kernels.int8_words.conv_words: its geometry (N_GEO fields) is in `ints` at F_GEO, and
+F_XN, F_RN, F_YN give the words per image of its input, residual and output where these are
+kept as words (0: planar).
 """
 
 import numba

@@ -122,7 +122,8 @@ def residual_words(res, r_img, geo, meta, o, p0, p1, row, scratch):
                 if c < 0 or c >= geo[G_CR]:
                     b = np.uint32(zr)
                 elif wpr > 0:
-                    b = (r_img[(c // GROUP) * plr + (p * sub + pr) * wpr + pr + q * sub] >> np.uint32(8 * (c % GROUP))) & np.uint32(255)
+                    b = r_img[(c // GROUP) * plr + (p * sub + pr) * wpr + pr + q * sub]
+                    b = (b >> np.uint32(8 * (c % GROUP))) & np.uint32(255)
                 else:
                     b = np.uint32(res[c, p * sub, q * sub])
                 at = dst + q

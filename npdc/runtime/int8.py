@@ -18,6 +18,9 @@ Inference"); the kernels and their rounding are npdc.kernels.int8's.
 - Residual adds are rescaled in integers in the conv's tail; global average pooling sums in
   integers and rescales by Sx / (H W Sy). The last layer, when a linear, gives float logits:
   its int32 sums times Sx * Sw[o] (the paper's uint8 output would make ties of the arg max).
+- Activations that only convs read are kept four channels to a 32-bit word with their padding
+  (npdc.runtime.int8_layout, npdc.kernels.int8_words): the next conv reads its taps there in
+  place. `view` gives such a value as words, `planar` as (N, C, H, W) bytes.
 - A generic layer step (one the float plan does not fuse) runs in float between a dequantize and
   a quantize: correct, but not integer-only; `float_steps` lists them.
 """
