@@ -6,7 +6,8 @@ The two nets of bench/test_int8_bench.py (cifar-resnet20 with seed-0 weights, th
 fmnist-resnet18), every weight dense as int8 runs them, scales calibrated on random images
 (speed does not depend on them). Printed per net: the best whole forward and the sum of each
 step's best over ROUNDS (default 7), then each step's best with how its conv reads its inputs
-(`taps`: in place from channel-interleaved tiles; `lowered`: packed columns). One thread gives
+(`taps`: in place from channel-interleaved tiles; `lowered`: packed columns; `words`: a
+conv reading or writing activations kept as words, npdc.kernels.int8_words). One thread gives
 steadier figures on a shared machine; the pytest-benchmark file is the measurement of record.
 """
 
@@ -53,6 +54,7 @@ def main():
               f"sum of step bests {1e3 * sum(steps.values()):.1f} ms, vnni {rt.vnni}")
         for s in rt.plan.steps:
             how = ("taps" if rt.q[s.name].taps else "lowered") if s.kind == "conv" else s.kind
+            how = "words" if s.kind == "conv" and rt.runs_words(s) else how
             print(f"  {s.name:<14} {how:<8} {1e3 * steps[s.name]:7.2f} ms")
 
 

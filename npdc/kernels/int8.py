@@ -27,6 +27,8 @@ whose input channels are a multiple of 4 builds no columns: its tile's input is 
 channels to a word (npdc.kernels.int8_pack.interleave_rows), where each tap's 16 positions are
 already one 64-byte vector, and the GEMM reads them there at per-tap offsets (`dot_rows4_at`,
 `dot_rows4_at2` for 32 positions at a time); its weights are packed in the same tap order.
+Where the runtime keeps activations in that word layout between layers, the conv is
+npdc.kernels.int8_words.conv_words, which shares this module's GEMM and tile input.
 """
 
 import numba
@@ -83,6 +85,25 @@ def gemm_tile(w, k4, cols, pitch, offs, acc, vnni):
                 dot_rows4_portable(w, o * k4, k4, cols, p * GROUP, step, offs, k4, acc, o * pitch + p, pitch)
 
 
+@numba.njit(cache=True)
+def tile_input(x, zx, k4, kh, kw, stride, pad, p0, p1, wo, pitch, plane, taps, col):
+    """Lays out in col what the GEMM of a tile of output rows p0..p1-1 of one image x (C, H, W)
+    reads (conv_u8's three ways: interleaved phases when taps, else the lowered columns) and
+    returns the rest of col, the tails' scratch."""
+    if taps:
+        rest_at = (x.shape[0] // GROUP) * stride * stride * plane * GROUP
+        interleave_rows(x, zx, pad, stride, kh, kw, p0, p1 - p0 + (kh - 1) // stride, plane,
+                        col[:rest_at].view(np.uint32))
+        return col[rest_at:]
+    k_total = x.shape[0] * kh * kw
+    rest = col[k4 * group_bytes(pitch):]
+    if stride == 1:
+        runs_packed(x, zx, kh, kw, pad, p0, p1, k_total, pitch, col, rest)
+    else:
+        im2col_packed(x, zx, kh, kw, stride, pad, p0, p1, wo, k_total, pitch, col, rest)
+    return rest
+
+
 @numba.njit(cache=True, parallel=True)
 def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, acc, rows_per, offs, vnni):
     """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
@@ -114,19 +135,8 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
         pitch = ((width + LANES - 1) // LANES) * LANES
         tid = numba.get_thread_id()
         col, a = cols[tid], acc[tid]
-        if offs.size:
-            rest_at = (x.shape[1] // GROUP) * stride * stride * plane * GROUP
-            rest = col[rest_at:]
-            span = p1 - p0 + (kh - 1) // stride
-            interleave_rows(x[n], np.uint8(meta[0]), pad, stride, kh, kw, p0, span, plane,
-                            col[:rest_at].view(np.uint32))
-        else:
-            rest = col[k4 * group_bytes(pitch):]
-            if runs:
-                runs_packed(x[n], np.uint8(meta[0]), kh, kw, pad, p0, p1, k_total, pitch, col, rest)
-            else:
-                im2col_packed(x[n], np.uint8(meta[0]), kh, kw, stride, pad, p0, p1, wo, k_total, pitch,
-                              col, rest)
+        rest = tile_input(x[n], np.uint8(meta[0]), k4, kh, kw, stride, pad, p0, p1, wo, pitch, plane,
+                          offs.size > 0, col)
         gemm_tile(w, k4, col, pitch, offs, a, vnni)
         for o in range(o_out):
             if meta[3] == RES_NONE:

@@ -95,18 +95,52 @@ def _requantize(builder, x, m0, shift):
     return builder.add(builder.ashr(h, e16), up)
 
 
-def _store_u8(builder, y, zy, low, base, off, keep):
-    """clamp(y + zy, low, 255) as bytes to base + off where keep."""
-    v16, b16 = y.type, ir.VectorType(ir.IntType(8), LANES)
+def _clamp(builder, y, zy, low):
+    """clamp(y + zy, low, 255) on int32 lanes."""
+    v16 = y.type
     y = builder.add(y, _splat(builder, zy, v16))
     lo, hi = _splat(builder, low, v16), _const(v16, 255)
     y = builder.select(builder.icmp_signed("<", y, lo), lo, y)
-    y = builder.select(builder.icmp_signed(">", y, hi), hi, y)
+    return builder.select(builder.icmp_signed(">", y, hi), hi, y)
+
+
+def _store_u8(builder, y, zy, low, base, off, keep):
+    """clamp(y + zy, low, 255) as bytes to base + off where keep."""
+    b16 = ir.VectorType(ir.IntType(8), LANES)
+    y = _clamp(builder, y, zy, low)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [b16, b16.as_pointer(),
                                                                                      ir.IntType(32), keep.type]),
                                         f"llvm.masked.store.v{LANES}i8.{_pointer_name(b16)}")
     builder.call(fn, [builder.trunc(y, b16), builder.bitcast(builder.gep(base, [off]), b16.as_pointer()),
                       ir.Constant(ir.IntType(32), 1), keep])
+
+
+def _residual_sum(builder, x, bias, m0, shift, rb, zr, r_m0, r_shift, fraction):
+    """residual16's sum before the zero point: requantize(x + bias, m0, shift) clamped to +-2^30,
+    plus requantize(rb - zr, r_m0, r_shift), rounded by 2^-fraction (ties away from zero)."""
+    v16 = x.type
+    c = _requantize(builder, builder.add(x, _splat(builder, bias, v16)), m0, shift)
+    big = _const(v16, 1 << 30)
+    c = builder.select(builder.icmp_signed(">", c, big), big, c)
+    c = builder.select(builder.icmp_signed("<", c, builder.neg(big)), builder.neg(big), c)
+    total = builder.add(c, _requantize(builder, builder.sub(rb, _splat(builder, zr, v16)), r_m0, r_shift))
+    f16 = _splat(builder, fraction, v16)
+    half = builder.lshr(builder.shl(_const(v16, 1), f16), _const(v16, 1))
+    return builder.ashr(builder.add(builder.add(total, half), builder.ashr(total, _const(v16, 31))), f16)
+
+
+def _store_words(builder, y, base, off, keep):
+    """16 int32 lanes to base + off where keep."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [y.type, y.type.as_pointer(),
+                                                                                     ir.IntType(32), keep.type]),
+                                        f"llvm.masked.store.v{LANES}i32.{_pointer_name(y.type)}")
+    builder.call(fn, [y, builder.bitcast(builder.gep(base, [off]), y.type.as_pointer()), ir.Constant(ir.IntType(32), 4),
+                      keep])
+
+
+def _channel(builder, base, o, r):
+    """Element o + r of an int64 array's data."""
+    return builder.load(builder.gep(base, [builder.add(o, ir.Constant(o.type, r))]))
 
 
 def _data(context, builder, ty, value):
@@ -154,18 +188,74 @@ def residual16(typingctx, a, a_off, r, r_off, out, o_off, count, bias, m0, shift
         v16, b16 = ir.VectorType(ir.IntType(32), LANES), ir.VectorType(ir.IntType(8), LANES)
         keep = _keep(builder, count_v)
         x = _load(builder, _data(context, builder, signature.args[0], a_a), a_off_v, v16, keep)
-        c = _requantize(builder, builder.add(x, _splat(builder, bias_v, v16)), m0_v, shift_v)
-        big = _const(v16, 1 << 30)
-        c = builder.select(builder.icmp_signed(">", c, big), big, c)
-        c = builder.select(builder.icmp_signed("<", c, builder.neg(big)), builder.neg(big), c)
         rb = _load(builder, _data(context, builder, signature.args[2], r_a), r_off_v, b16, keep)
-        xr = builder.sub(builder.zext(rb, v16), _splat(builder, zr_v, v16))
-        total = builder.add(c, _requantize(builder, xr, rm0_v, rs_v))
-        f16 = _splat(builder, f_v, v16)
-        half = builder.lshr(builder.shl(_const(v16, 1), f16), _const(v16, 1))
-        y = builder.ashr(builder.add(builder.add(total, half), builder.ashr(total, _const(v16, 31))), f16)
+        y = _residual_sum(builder, x, bias_v, m0_v, shift_v, builder.zext(rb, v16), zr_v, rm0_v, rs_v, f_v)
         _store_u8(builder, y, zy_v, low_v, _data(context, builder, signature.args[4], out_a), o_off_v, keep)
         return context.get_dummy_value()
 
     i = types.int64
     return types.void(a, i, r, i, out, i, i, i, i, i, i, i, i, i, i, i), codegen
+
+
+def _words4(residual):
+    """The codegen of requantize16x4 (residual False) and residual16x4: four output channels'
+    16 lanes each, requantised as requantize16 / residual16 do, packed byte r = channel o + r into
+    16 words (the layout of npdc.kernels.int8_words)."""
+
+    def codegen(context, builder, signature, args):
+        if residual:
+            (a_a, a_off, a_pitch, r_a, r_off, out_a, o_off, count, bias_a, m0_a, shift_a, o, zy, low, zr, rm0, rs,
+             f) = args
+        else:
+            a_a, a_off, a_pitch, out_a, o_off, count, bias_a, m0_a, shift_a, o, zy, low = args
+        at = 2 if residual else 0  # r and r_off shift the later arguments
+        v16 = ir.VectorType(ir.IntType(32), LANES)
+        keep = _keep(builder, count)
+        a_base = _data(context, builder, signature.args[0], a_a)
+        bias_b, m0_b, shift_b = (_data(context, builder, signature.args[k + at], v)
+                                 for k, v in ((6, bias_a), (7, m0_a), (8, shift_a)))
+        words = ir.Constant(v16, None)
+        if residual:
+            r_words = _load(builder, _data(context, builder, signature.args[3], r_a), r_off, v16, keep)
+        for r in range(4):
+            x = _load(builder, a_base, builder.add(a_off, builder.mul(a_pitch, ir.Constant(a_pitch.type, r))), v16,
+                      keep)
+            bias, m0, shift = (_channel(builder, b, o, r) for b in (bias_b, m0_b, shift_b))
+            if residual:
+                rb = builder.and_(builder.lshr(r_words, _const(v16, 8 * r)), _const(v16, 255))
+                y = _residual_sum(builder, x, bias, m0, builder.sub(shift, f), rb, zr, rm0, rs, f)
+            else:
+                y = _requantize(builder, builder.add(x, _splat(builder, bias, v16)), m0, shift)
+            words = builder.or_(words, builder.shl(_clamp(builder, y, zy, low), _const(v16, 8 * r)))
+        _store_words(builder, words, _data(context, builder, signature.args[at + 3], out_a), o_off, keep)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def requantize16x4(typingctx, a, a_off, a_pitch, out, o_off, count, bias, m0, shift, o, zy, low):
+    """out[o_off + l] (uint32) = the four bytes clamp(zy + requantize(a[a_off + r * a_pitch + l] +
+    bias[o + r], m0[o + r], shift[o + r]), low, 255) for r < 4, byte r the r-th, for lanes l <
+    count (<= 16, masked); a int32, bias, m0, shift int64, all flat; the module's preconditions
+    for all four channels."""
+    arrays = (_flat(a, types.int32) and _flat(out, types.uint32) and _flat(bias, types.int64)
+              and _flat(m0, types.int64) and _flat(shift, types.int64))
+    if not arrays:
+        return None
+    i = types.int64
+    return types.void(a, i, i, out, i, i, bias, m0, shift, i, i, i), _words4(False)
+
+
+@intrinsic
+def residual16x4(typingctx, a, a_off, a_pitch, r, r_off, out, o_off, count, bias, m0, shift, o, zy, low, zr, r_m0,
+                 r_shift, fraction):
+    """requantize16x4 with a residual added as residual16 adds it, channel o + r's residual byte
+    being byte r of the words r[r_off + l] (uint32); the conv's shifts are shift[o + r] - fraction,
+    r_shift already includes the fraction bits; residual16's preconditions for all four."""
+    arrays = (_flat(a, types.int32) and _flat(r, types.uint32) and _flat(out, types.uint32)
+              and _flat(bias, types.int64) and _flat(m0, types.int64) and _flat(shift, types.int64))
+    if not arrays:
+        return None
+    i = types.int64
+    return types.void(a, i, i, r, i, out, i, i, bias, m0, shift, i, i, i, i, i, i, i), _words4(True)

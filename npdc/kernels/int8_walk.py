@@ -10,21 +10,26 @@ the same bits. OP_HOST marks a step the caller runs in Python (a float layer bet
 dequantize and a quantize): a walk never crosses one.
 
 Record fields are the F_* column indices below. Arena offsets are in bytes, already multiplied
-by the plan's batch; shapes are per image. `words` holds every layer's packed int8 weights
-(int32 words), `ints` each layer's bias, m0 and shift (O4 each, in that order), its meta fields
-(META of them) and its tap offsets, `reals` the last linear's dequantization factors.
+by the plan's batch and the ROOM bytes per value of npdc.runtime.int8_layout; shapes are per
+image. `words` holds every layer's packed int8 weights (int32 words), `ints` each layer's
+bias, m0 and shift (O4 each, in that order), its meta fields (META of them) and its tap
+offsets, `reals` the last linear's dequantization factors. A conv with F_WORDS set runs
+npdc.kernels.int8_words.conv_words: its geometry (N_GEO fields) is in `ints` at F_GEO, and
+F_XN, F_RN, F_YN give the words per image of its input, residual and output where these are
+kept as words (0: planar).
 """
 
 import numba
 import numpy as np
 
 from npdc.kernels.int8 import avg_pool_u8, conv_u8, linear_u8
+from npdc.kernels.int8_words import N_GEO, conv_words
 
 OP_HOST, OP_CONV, OP_LINEAR, OP_POOL = 0, 1, 2, 3
 (F_OP, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_W, F_WN, F_K4,
  F_KH, F_KW, F_STRIDE, F_PAD, F_BIAS, F_O4, F_META, F_OFFS, F_NOFFS, F_ROWS, F_LAST, F_DEQ,
- F_ZX, F_ZY, F_M0, F_SHIFT) = range(32)
-N_FIELDS = 32
+ F_ZX, F_ZY, F_M0, F_SHIFT, F_WORDS, F_GEO, F_XN, F_RN, F_YN) = range(37)
+N_FIELDS = 37
 META = 9  # the meta fields conv_u8 and linear_u8 read
 
 
@@ -34,17 +39,49 @@ def _view4(arena, off, n, c, h, w):
 
 
 @numba.njit(cache=True)
-def _conv(r, n, arena, words, ints, cols, acc, no_res, vnni):
+def _words(arena, off, n, size):
+    return arena[off:off + 4 * n * size].view(np.uint32).reshape((n, size))
+
+
+@numba.njit(cache=True)
+def _conv(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni):
+    o4, b = r[F_O4], r[F_BIAS]
+    if r[F_WORDS] != 0:
+        _conv_words(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni)
+        return
     x = _view4(arena, r[F_X], n, r[F_XC], r[F_XH], r[F_XW])
     y = _view4(arena, r[F_Y], n, r[F_YC], r[F_YH], r[F_YW])
     res = no_res
     if r[F_RES] >= 0:
         res = _view4(arena, r[F_RES], n, r[F_RC], r[F_RH], r[F_RW])
-    o4, b = r[F_O4], r[F_BIAS]
     conv_u8(x, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE], r[F_PAD],
             ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4],
             ints[r[F_META]:r[F_META] + META], res, y, cols, acc, r[F_ROWS],
             ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni)
+
+
+@numba.njit(cache=True)
+def _conv_words(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni):
+    """A conv reading or writing values kept as words (npdc.kernels.int8_words): each of its
+    input, residual and output a words view (size F_XN, F_RN, F_YN per image) or planar."""
+    x, xw, res, rw, y, yw = no_res, no_words, no_res, no_words, no_res, no_words
+    if r[F_XN] > 0:
+        xw = _words(arena, r[F_X], n, r[F_XN])
+    else:
+        x = _view4(arena, r[F_X], n, r[F_XC], r[F_XH], r[F_XW])
+    if r[F_RN] > 0:
+        rw = _words(arena, r[F_RES], n, r[F_RN])
+    elif r[F_RES] >= 0:
+        res = _view4(arena, r[F_RES], n, r[F_RC], r[F_RH], r[F_RW])
+    if r[F_YN] > 0:
+        yw = _words(arena, r[F_Y], n, r[F_YN])
+    else:
+        y = _view4(arena, r[F_Y], n, r[F_YC], r[F_YH], r[F_YW])
+    o4, b = r[F_O4], r[F_BIAS]
+    conv_words(x, xw, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE], r[F_PAD],
+               ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4],
+               ints[r[F_META]:r[F_META] + META], res, rw, y, yw, ints[r[F_GEO]:r[F_GEO] + N_GEO], cols, acc,
+               r[F_ROWS], ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni)
 
 
 @numba.njit(cache=True)
@@ -62,7 +99,7 @@ def _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni)
 
 @numba.njit(cache=True)
 def walk_int8(records, first, last, n, arena, words, ints, reals, logits, no_logits, cols, acc,
-              no_res, vnni):
+              no_res, no_words, vnni):
     """Run records[first:last] on the first n images already in the arena (uint8); logits
     (batch, classes) float32 receive the last linear's output; cols, acc: the (threads, size)
     workspaces of conv_u8."""
@@ -70,7 +107,7 @@ def walk_int8(records, first, last, n, arena, words, ints, reals, logits, no_log
         r = records[k]
         op = r[F_OP]
         if op == OP_CONV:
-            _conv(r, n, arena, words, ints, cols, acc, no_res, vnni)
+            _conv(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni)
         elif op == OP_LINEAR:
             _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni)
         elif op == OP_POOL:

@@ -18,6 +18,9 @@ Inference"); the kernels and their rounding are npdc.kernels.int8's.
 - Residual adds are rescaled in integers in the conv's tail; global average pooling sums in
   integers and rescales by Sx / (H W Sy). The last layer, when a linear, gives float logits:
   its int32 sums times Sx * Sw[o] (the paper's uint8 output would make ties of the arg max).
+- Activations that only convs read are kept four channels to a 32-bit word with their padding
+  (npdc.runtime.int8_layout, npdc.kernels.int8_words): the next conv reads its taps there in
+  place. `view` gives such a value as words, `planar` as (N, C, H, W) bytes.
 - A generic layer step (one the float plan does not fuse) runs in float between a dequantize and
   a quantize: correct, but not integer-only; `float_steps` lists them.
 """
@@ -32,8 +35,10 @@ from npdc.errors import UserError
 from npdc.kernels import int8 as K
 from npdc.kernels import int8_pack as P
 from npdc.kernels import int8_walk as KW
+from npdc.kernels import int8_words as KWo
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
+from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import DenseWeights
@@ -136,13 +141,16 @@ class Int8Runtime:
 
     def __init__(self, net, scales, batch=1, vnni=None):
         self.plan = plan = Plan(net, batch)
+        self.pads, apart = words_pads(plan)  # the values kept as words between convs
+        if apart:
+            plan.write_apart(apart)
         missing = [v for v in plan.values if v not in scales]
         if missing:
             raise UserError(f"int8: no activation scale for {', '.join(missing[:5])}")
         self.scales = {v: (float(scales[v][0]), int(scales[v][1])) for v in plan.values}
         self.vnni = vnni_path() if vnni is None else bool(vnni)
         B = plan.batch
-        self.arena = np.zeros(B * plan.arena_size, np.uint8)
+        self.arena = np.zeros(ROOM * B * plan.arena_size, np.uint8)
         self.input = np.zeros((B,) + plan.in_shape, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS
         steps = [s for s in plan.steps if s.kind in ("conv", "linear")]
@@ -159,14 +167,22 @@ class Int8Runtime:
         self.float_steps = [s.name for s in plan.steps if s.kind == "layer"]
         self._workspace()
         self.no_res = np.zeros((1, 1, 1, 1), np.uint8)
+        self.no_words = np.zeros((1, 1), np.uint32)
         self.no_logits = np.zeros((1, 1), np.float32)
         self.calls = self._bind(B)
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
 
     def _row(self, s):
-        """Positions from one output row of a conv tile to the next, as conv_u8 lays them out."""
-        w, wo = self.plan.values[s.inputs[0]].shape[2], self.plan.values[s.output].shape[2]
-        return P.tap_width(w, s.pad, s.stride) if self.q[s.name].taps or s.stride == 1 else wo
+        """Positions from one output row of a conv tile to the next, as the conv lays them out."""
+        return int(KWo.conv_row(self.geometry(s), s.stride, s.pad, self.q[s.name].taps))
+
+    def geometry(self, s):
+        """A conv's geometry fields (npdc.kernels.int8_words)."""
+        return geometry(self.plan, self.pads, s)
+
+    def runs_words(self, s):
+        """Whether a conv reads or writes a value kept as words (it runs conv_words)."""
+        return any(name in self.pads for name in s.reads() + [s.output])
 
     def rows_per(self, s):
         """Output rows of one conv tile: packed columns within TILE_BYTES, and at least as many
@@ -189,6 +205,9 @@ class Int8Runtime:
                 c, h, w = self.plan.values[s.inputs[0]].shape
                 rows, wo = self.rows_per(s), self.plan.values[s.output].shape[2]
                 cols = max(cols, P.tile_bytes(c, s.w_shape[2], s.w_shape[3], s.pad, w, rows, wo, s.stride))
+                if self.runs_words(s):
+                    cols = max(cols, KWo.words_tile_bytes(self.geometry(s), s.w_shape[2], s.w_shape[3], s.stride,
+                                                          s.pad, rows, q.taps))
                 pitch = _pad_to((rows - 1) * self._row(s) + wo, P.LANES)
             else:
                 pitch = _pad_to(self.plan.batch, P.LANES)
@@ -198,9 +217,20 @@ class Int8Runtime:
         self.acc = np.zeros((self.threads, acc), np.int32)
 
     def view(self, name, n):
+        """A value's first n images in the arena: (n,) + shape uint8, or (n, words) uint32 for a
+        value kept as words."""
         v = self.plan.values[name]
-        start = self.plan.batch * v.offset
+        start = ROOM * self.plan.batch * v.offset
+        if name in self.pads:
+            size = image_words(self.plan, self.pads, name)
+            return self.arena[start:start + 4 * n * size].view(np.uint32).reshape(n, size)
         return self.arena[start:start + n * v.size].reshape((n,) + v.shape)
+
+    def planar(self, name, n):
+        """A copy of a value's first n images as (n,) + shape uint8, whatever its layout."""
+        if name not in self.pads:
+            return self.view(name, n).copy()
+        return KWo.to_planar(self.view(name, n), *self.plan.values[name].shape, self.pads[name])
 
     def static_bytes(self):
         return sum(int(a.nbytes) for a in self.arrays())
@@ -210,7 +240,7 @@ class Int8Runtime:
 
     def arrays(self):
         """Every array the runtime holds between calls."""
-        return [self.arena, self.input, self.logits, self.cols, self.acc, self.no_res, self.no_logits,
+        return [self.arena, self.input, self.logits, self.cols, self.acc, self.no_res, self.no_words, self.no_logits,
                 self.records, self.words, self.ints, self.reals]  # the steps' arrays: views of these
 
     # -- binding ------------------------------------------------------------------------------
@@ -236,6 +266,14 @@ class Int8Runtime:
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         rows, offs = self.rows_per(s), self.tap_offsets(s)
+        if self.runs_words(s):
+            geo = self.geometry(s)
+            xs = (self.no_res, x) if s.inputs[0] in self.pads else (x, self.no_words)
+            rs = (self.no_res, res) if s.residual in self.pads else (res, self.no_words)
+            ys = (self.no_res, y) if s.output in self.pads else (y, self.no_words)
+            return lambda: KWo.conv_words(xs[0], xs[1], q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift,
+                                          q.meta, rs[0], rs[1], ys[0], ys[1], geo, self.cols, self.acc, rows, offs,
+                                          self.vnni)
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
                                  res, y, self.cols, self.acc, rows, offs, self.vnni)
 
@@ -244,8 +282,11 @@ class Int8Runtime:
         if not self.q[s.name].taps:
             return np.zeros(0, np.int64)
         kh, kw = s.w_shape[2], s.w_shape[3]
-        c, _, w = self.plan.values[s.inputs[0]].shape
-        wq = P.tap_width(w, s.pad, s.stride)
+        c = self.plan.values[s.inputs[0]].shape[0]
+        geo = self.geometry(s)
+        if geo[KWo.G_WPI] > 0 and s.stride == 1:  # the input's own planes, read in place
+            return P.tap_offsets(c, kh, kw, int(geo[KWo.G_WPI]), int(geo[KWo.G_PLI]), 1)
+        wq = self._row(s)
         return P.tap_offsets(c, kh, kw, wq, P.tap_plane(self.rows_per(s), kh, wq, s.stride), s.stride)
 
     def pool_multiplier(self, s):
@@ -293,12 +334,12 @@ class Int8Runtime:
         for s, call in zip(self.plan.steps, calls):
             call()
             if not (self.float_out and s is self.plan.steps[-1]):
-                keep[s.output] = self.view(s.output, n).copy()
+                keep[s.output] = self.planar(s.output, n)
 
     def run_compiled(self, first, stop, n):
         """Steps first..stop-1 (none a float layer) in one compiled call."""
         KW.walk_int8(self.records, first, stop, n, self.arena, self.words, self.ints, self.reals,
-                     self.logits, self.no_logits, self.cols, self.acc, self.no_res, self.vnni)
+                     self.logits, self.no_logits, self.cols, self.acc, self.no_res, self.no_words, self.vnni)
 
     def output(self, n):
         """Float logits of the last run: the last linear's, or the last value dequantized."""

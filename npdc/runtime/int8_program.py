@@ -8,6 +8,7 @@ npdc.runtime.program; this one has no choices to make (every int8 step has one k
 import numpy as np
 
 from npdc.kernels import int8_walk as KW
+from npdc.runtime.int8_layout import ROOM, image_words
 
 
 class _Buffers:
@@ -59,7 +60,7 @@ def lower(rt):
 
 
 def _record(rt, s, bufs):
-    r, B = np.zeros(KW.N_FIELDS, np.int64), rt.plan.batch
+    r, B = np.zeros(KW.N_FIELDS, np.int64), ROOM * rt.plan.batch  # B x byte offsets
     if s.kind == "layer":
         return r  # OP_HOST
     x, y = rt.plan.values[s.inputs[0]], rt.plan.values[s.output]
@@ -85,6 +86,11 @@ def _record(rt, s, bufs):
         r[KW.F_RES], r[KW.F_RC:KW.F_RW + 1] = B * res.offset, shape3(res.shape)
     r[KW.F_KH], r[KW.F_KW], r[KW.F_STRIDE], r[KW.F_PAD] = s.w_shape[2], s.w_shape[3], s.stride, s.pad
     r[KW.F_ROWS] = rt.rows_per(s)
+    if rt.runs_words(s):
+        r[KW.F_GEO] = bufs.add("ints", rt.geometry(s))
+        r[KW.F_WORDS] = 1
+        for name, field in ((s.inputs[0], KW.F_XN), (s.residual, KW.F_RN), (s.output, KW.F_YN)):
+            r[field] = image_words(rt.plan, rt.pads, name) if name in rt.pads else 0
     offs = rt.tap_offsets(s)
     r[KW.F_OFFS], r[KW.F_NOFFS] = bufs.add("ints", offs), offs.size
     return r

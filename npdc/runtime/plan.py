@@ -96,6 +96,16 @@ class Plan:
             name = self.values[name].shares
         return name
 
+    def write_apart(self, names):
+        """Give the values `names`, written in place over their residual, memory of their own (a
+        runtime whose layouts differ between the two), and place the arena again."""
+        for step in self.steps:
+            if step.output in names:
+                step.inplace = False
+                self.values[step.output].shares = None
+        self.arena_size = _place(self.values)
+        self.lower_bound = lower_bound(self.values, len(self.steps))
+
     def activation_bytes(self):
         """Bytes of the arena for `batch` images."""
         return 4 * self.batch * self.arena_size
