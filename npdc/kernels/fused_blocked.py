@@ -28,11 +28,12 @@ thread count, so the bits do not depend on it.
 import numba
 
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
 
 OUT = 32  # output channels per register block: two 16-lane vectors
 PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
 NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
+STRIP = 16  # register blocks per tail call in a batch (192 or 96 positions of one image)
 
 
 @numba.njit(cache=True)
@@ -92,17 +93,16 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
     a0 = a1 = a2 = a3 = a4 = a5 = z
     b0 = b1 = b2 = b3 = b4 = b5 = z
-    half = numba.uint64(16)
-    for c in range(Wo.shape[0]):
-        wc = Wo[c]
-        for i in range(kh):
-            row = xf[c * cstride + i * wp:]
-            for j in range(kw):
-                w = wc[i * kw + j]
+    half, step = numba.uint64(16), numba.uint64(cstride)
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, numba.uint64(i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = Wo[c, t]
                 wa, wb = ld16(w, numba.uint64(0)), ld16(w, half)
-                jj = numba.uint64(j)
-                x0, x1, x2 = row[o0 + jj], row[o1 + jj], row[o2 + jj]
-                x3, x4, x5 = row[o3 + jj], row[o4 + jj], row[o5 + jj]
+                x0, x1, x2 = xf[o0 + at], xf[o1 + at], xf[o2 + at]
+                x3, x4, x5 = xf[o3 + at], xf[o4 + at], xf[o5 + at]
+                at += step
                 a0, b0 = fma16(a0, x0, wa), fma16(b0, x0, wb)
                 a1, b1 = fma16(a1, x1, wa), fma16(b1, x1, wb)
                 a2, b2 = fma16(a2, x2, wa), fma16(b2, x2, wb)
@@ -136,19 +136,19 @@ def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride,
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
-    for c in range(Wo.shape[0]):
-        wc = Wo[c]
-        for i in range(kh):
-            row = xf[c * cstride + i * wp:]
-            for j in range(kw):
-                w = ld16(wc[i * kw + j], numba.uint64(0))
-                jj = numba.uint64(j)
-                a0, a1 = fma16(a0, row[o0 + jj], w), fma16(a1, row[o1 + jj], w)
-                a2, a3 = fma16(a2, row[o2 + jj], w), fma16(a3, row[o3 + jj], w)
-                a4, a5 = fma16(a4, row[o4 + jj], w), fma16(a5, row[o5 + jj], w)
-                a6, a7 = fma16(a6, row[o6 + jj], w), fma16(a7, row[o7 + jj], w)
-                a8, a9 = fma16(a8, row[o8 + jj], w), fma16(a9, row[o9 + jj], w)
-                a10, a11 = fma16(a10, row[o10 + jj], w), fma16(a11, row[o11 + jj], w)
+    step = numba.uint64(cstride)
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, numba.uint64(i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = ld16(Wo[c, t], numba.uint64(0))
+                a0, a1 = fma16(a0, xf[o0 + at], w), fma16(a1, xf[o1 + at], w)
+                a2, a3 = fma16(a2, xf[o2 + at], w), fma16(a3, xf[o3 + at], w)
+                a4, a5 = fma16(a4, xf[o4 + at], w), fma16(a5, xf[o5 + at], w)
+                a6, a7 = fma16(a6, xf[o6 + at], w), fma16(a7, xf[o7 + at], w)
+                a8, a9 = fma16(a8, xf[o8 + at], w), fma16(a9, xf[o9 + at], w)
+                a10, a11 = fma16(a10, xf[o10 + at], w), fma16(a11, xf[o11 + at], w)
+                at += step
     for r, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
         st16(acc, numba.uint64(r * NARROW), a)
 
@@ -166,15 +166,15 @@ def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
 
 
 @numba.njit(cache=True, inline="always")
-def _run(acc, lanes, npix, s, b, act, a, add, res, y):
-    """y[r] = act(acc[r * lanes] * s + b (+ res[r] when add)) for r < npix; the tests on add and
+def _run(acc, step, npix, s, b, act, a, add, res, y):
+    """y[r] = act(acc[r * step] * s + b (+ res[r] when add)) for r < npix; the tests on add and
     act stay out of the loops, so each loop vectorises."""
     if add:
         for r in range(npix):
-            y[r] = acc[r * lanes] * s + b + res[r]
+            y[r] = acc[r * step] * s + b + res[r]
     else:
         for r in range(npix):
-            y[r] = acc[r * lanes] * s + b
+            y[r] = acc[r * step] * s + b
     if act:
         for r in range(npix):
             v = y[r]
@@ -182,13 +182,14 @@ def _run(acc, lanes, npix, s, b, act, a, add, res, y):
 
 
 @numba.njit(cache=True)
-def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
-    """y[n0 + image, ob + l, row, col] = the tail of acc[r * lanes + l] for the positions pix0 + r,
-    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's channels.
-    Channel by channel, so the writes run along a row: position by position they would land
-    Ho*Wo floats apart, in as few cache sets as there are lanes when the plane is 4 KiB. Indices
-    are flat and unsigned (no negative-index tests); an identity residual has y's shape, so it
-    is read at the same flat index."""
+def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * rstep + l * lstep] for the positions
+    pix0 + r, r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's
+    channels: a register block's sums (rstep lanes, lstep 1) or a strip transposed by channel
+    (rstep 1, and then each channel's loop reads a run). Channel by channel, so the writes run
+    along a row: position by position they would land Ho*Wo floats apart, in as few cache sets as
+    there are lanes when the plane is 4 KiB. Indices are flat and unsigned (no negative-index
+    tests); an identity residual has y's shape, so it is read at the same flat index."""
     o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
     yf = y.reshape(y.size)
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
@@ -198,8 +199,12 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
         for l in range(min(lanes, o_all - ob)):
             o = ob + l
             at = numba.uint64((n * o_all + o) * hw + rest)
-            _run(acc[l:], lanes, npix, tail.scale[o], tail.shift[o], tail.act, tail.slopes[o],
-                 mode == RES_IDENTITY, rf[at:] if mode == RES_IDENTITY else rf, yf[at:])
+            s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
+            r_at = rf[at:] if add else rf
+            if rstep == 1:  # a constant step: the loads are a vector's
+                _run(acc[l * lstep:], 1, npix, s, b, tail.act, a, add, r_at, yf[at:])
+            else:
+                _run(acc[l * lstep:], rstep, npix, s, b, tail.act, a, add, r_at, yf[at:])
         return
     for l in range(min(lanes, o_all - ob)):
         o = ob + l
@@ -209,7 +214,7 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
         n, rest = n0 + pix0 // hw, pix0 % hw
         for r in range(npix):
             at = numba.uint64((n * o_all + o) * hw + rest)
-            v = acc[r * lanes + l] * s + b
+            v = acc[r * rstep + l * lstep] * s + b
             if mode == RES_IDENTITY:
                 v += rf[at]
             elif use_pad:
@@ -220,6 +225,16 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
             rest += 1
             if rest == hw:
                 n, rest = n + 1, 0
+
+
+@numba.njit(cache=True)
+def _by_channel(acc, npix, lanes, span):
+    """acc[span * lanes + l * span + r] = acc[r * lanes + l] for r < npix rounded up to 8 and
+    l < lanes: a strip's sums, one register block's after another, regrouped by channel with
+    8 x 8 transposes."""
+    for r0 in range(0, npix, 8):
+        for l0 in range(0, lanes, 8):
+            transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
 
 
 @numba.njit(cache=True)
@@ -239,7 +254,7 @@ def fill_padded(x, i, pad, xp):
 def blocked_scratch(c, h, w, pad):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
     h x w padded by `pad` (16 floats of slack past each plane; no read goes there)."""
-    return c * (h + 2 * pad) * (w + 2 * pad) + 16, max(PIXELS * OUT, NARROW_PIXELS * NARROW)
+    return c * (h + 2 * pad) * (w + 2 * pad) + 16, 2 * STRIP * max(PIXELS * OUT, NARROW_PIXELS * NARROW)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -257,6 +272,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     lanes = Wb.shape[3]
     pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
     chunks = (hw + pixels - 1) // pixels
+    span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
     if n == 1:
         xp = planes[:size + 16]
@@ -266,7 +282,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             acc = acc_ws[numba.get_thread_id()]
             cnt = min(pixels, hw - p0)
             _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-            _finish(acc, lanes, p0, cnt, b * lanes, tail, y, 0)
+            _finish(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
         for i in numba.prange(n):
             tid = numba.get_thread_id()
@@ -274,7 +290,10 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             acc = acc_ws[tid]
             fill_padded(x, i, pad, xp)
             for b in range(blocks):
-                for p0 in range(0, hw, pixels):
-                    cnt = min(pixels, hw - p0)
-                    _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-                    _finish(acc, lanes, p0, cnt, b * lanes, tail, y, i)
+                for s0 in range(0, hw, span):
+                    for p0 in range(s0, min(s0 + span, hw), pixels):
+                        _sums(xp, Wb[b], p0, min(pixels, hw - p0), wo, hw, stride, wp, size, kh, kw,
+                              hp * wp, acc[(p0 - s0) * lanes:])
+                    cnt = min(span, hw - s0)
+                    _by_channel(acc, cnt, lanes, span)
+                    _finish(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i)
