@@ -239,16 +239,31 @@ def _by_channel(acc, npix, lanes, span):
 
 @numba.njit(cache=True)
 def fill_padded(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border."""
+    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
+    float of the plane written once (the border's zeros along with the rows they sit between)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = h + 2 * pad, w + 2 * pad
-    xp[:c * hp * wp] = 0
     for ch in range(c):
+        base = ch * hp * wp
+        xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
         for r in range(h):
-            start = (ch * hp + r + pad) * wp + pad
+            start = base + (r + pad) * wp + pad
             src = x[i, ch, r]
             for col in range(w):
                 xp[start + col] = src[col]
+            xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
+        xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
+
+
+@numba.njit(cache=True)
+def _plane(x, i, pad, planes, at, size):
+    """Image i of x as a flat plane of `size` floats: x's own floats when there is no border,
+    else filled into planes[at:]."""
+    if pad == 0:
+        return x[i].reshape(size)
+    xp = planes[at:at + size + 16]
+    fill_padded(x, i, pad, xp)
+    return xp
 
 
 def blocked_scratch(c, h, w, pad):
@@ -275,8 +290,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
     if n == 1:
-        xp = planes[:size + 16]
-        fill_padded(x, 0, pad, xp)
+        xp = _plane(x, 0, pad, planes, 0, size)
         for t in numba.prange(blocks * chunks):
             b, p0 = t // chunks, (t % chunks) * pixels
             acc = acc_ws[numba.get_thread_id()]
@@ -286,9 +300,8 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     else:
         for i in numba.prange(n):
             tid = numba.get_thread_id()
-            xp = planes[tid * (size + 16):(tid + 1) * (size + 16)]
+            xp = _plane(x, i, pad, planes, tid * (size + 16), size)
             acc = acc_ws[tid]
-            fill_padded(x, i, pad, xp)
             for b in range(blocks):
                 for s0 in range(0, hw, span):
                     for p0 in range(s0, min(s0 + span, hw), pixels):
