@@ -194,17 +194,20 @@ def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
     yf = y.reshape(y.size)
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
     rf = res.reshape(res.size)
-    n, rest = n0 + pix0 // hw, pix0 % hw
-    if mode != RES_ZEROPAD and rest + npix <= hw:  # one image: each channel's positions in a run
+    n, rest, done = n0 + pix0 // hw, pix0 % hw, 0
+    while mode != RES_ZEROPAD and done < npix:  # image by image, each channel's positions a run
+        seg = min(npix - done, hw - rest)
         for l in range(min(lanes, o_all - ob)):
             o = ob + l
             at = numba.uint64((n * o_all + o) * hw + rest)
             s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
             r_at = rf[at:] if add else rf
             if rstep == 1:  # a constant step: the loads are a vector's
-                _run(acc[l * lstep:], 1, npix, s, b, tail.act, a, add, r_at, yf[at:])
+                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
             else:
-                _run(acc[l * lstep:], rstep, npix, s, b, tail.act, a, add, r_at, yf[at:])
+                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at, yf[at:])
+        n, rest, done = n + 1, 0, done + seg
+    if mode != RES_ZEROPAD:
         return
     for l in range(min(lanes, o_all - ob)):
         o = ob + l
@@ -256,20 +259,33 @@ def fill_padded(x, i, pad, xp):
 
 
 @numba.njit(cache=True)
-def _plane(x, i, pad, planes, at, size):
-    """Image i of x as a flat plane of `size` floats: x's own floats when there is no border,
-    else filled into planes[at:]."""
+def _planes(x, i0, count, pad, planes, at, size):
+    """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
+    is no border, else filled into planes[at:]."""
     if pad == 0:
-        return x[i].reshape(size)
-    xp = planes[at:at + size + 16]
-    fill_padded(x, i, pad, xp)
+        return x.reshape(x.size)[i0 * size:(i0 + count) * size]
+    xp = planes[at:at + count * size + 16]
+    for k in range(count):
+        fill_padded(x, i0 + k, pad, xp[k * size:])
     return xp
 
 
-def blocked_scratch(c, h, w, pad):
+@numba.njit(cache=True)
+def images_per_task(hw, pixels):
+    """Images a thread takes at once in a batch: enough that their hw output positions each fill
+    a strip (planes of 7x7 or 4x4 positions leave fewer register blocks part-empty), 1 when one
+    image does."""
+    return max(1, -(-STRIP * pixels // hw))
+
+
+def blocked_scratch(c, h, w, pad, o, hw, batch):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
-    h x w padded by `pad` (16 floats of slack past each plane; no read goes there)."""
-    return c * (h + 2 * pad) * (w + 2 * pad) + 16, 2 * STRIP * max(PIXELS * OUT, NARROW_PIXELS * NARROW)
+    h x w padded by `pad`, o output channels of hw positions, at a batch (16 floats of slack past
+    the planes; no read goes there)."""
+    lanes = lanes_for(o)
+    images = 1 if batch == 1 else images_per_task(hw, NARROW_PIXELS if lanes == NARROW else PIXELS)
+    return (images * c * (h + 2 * pad) * (w + 2 * pad) + 16,
+            2 * STRIP * max(PIXELS * OUT, NARROW_PIXELS * NARROW))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -277,8 +293,8 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
     by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
     OUT, or NARROW when O <= NARROW (lanes_for).
-    planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
-    >= the block's sums); blocked_scratch gives both."""
+    planes: flat, >= one image's plane floats, or when N > 1 images_per_task's planes per
+    thread; acc_ws: (threads, >= a strip's sums twice); blocked_scratch gives both."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     size = c * hp * wp
@@ -290,7 +306,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
     if n == 1:
-        xp = _plane(x, 0, pad, planes, 0, size)
+        xp = _planes(x, 0, 1, pad, planes, 0, size)
         for t in numba.prange(blocks * chunks):
             b, p0 = t // chunks, (t % chunks) * pixels
             acc = acc_ws[numba.get_thread_id()]
@@ -298,15 +314,17 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
             _finish(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
-        for i in numba.prange(n):
-            tid = numba.get_thread_id()
-            xp = _plane(x, i, pad, planes, tid * (size + 16), size)
-            acc = acc_ws[tid]
+        group = min(n, images_per_task(hw, pixels))
+        for task in numba.prange((n + group - 1) // group):
+            i0, tid = task * group, numba.get_thread_id()
+            count = min(group, n - i0)
+            xp = _planes(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            acc, last = acc_ws[tid], count * hw  # positions cross images: k -> image k // hw
             for b in range(blocks):
-                for s0 in range(0, hw, span):
-                    for p0 in range(s0, min(s0 + span, hw), pixels):
-                        _sums(xp, Wb[b], p0, min(pixels, hw - p0), wo, hw, stride, wp, size, kh, kw,
-                              hp * wp, acc[(p0 - s0) * lanes:])
-                    cnt = min(span, hw - s0)
+                for s0 in range(0, last, span):
+                    for p0 in range(s0, min(s0 + span, last), pixels):
+                        _sums(xp, Wb[b], p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh,
+                              kw, hp * wp, acc[(p0 - s0) * lanes:])
+                    cnt = min(span, last - s0)
                     _by_channel(acc, cnt, lanes, span)
-                    _finish(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i)
+                    _finish(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i0)
