@@ -4,7 +4,7 @@ and stride, the layer's tail (npdc.kernels.fused.Tail) applied as each register 
 Why: the other runtime kernels (npdc.kernels.fused, fused_direct, sparse) put output positions in
 the vector lanes, which fill badly when a plane is small (7x7, 4x4) and leave half of each vector
 idle at the end of every row. Here a register block is PIXELS output positions by OUT output
-channels: per (input channel, tap) two 16-lane vector loads of weights and PIXELS broadcast
+channels: per (tap, input channel) two 16-lane vector loads of weights and PIXELS broadcast
 inputs feed 2 x PIXELS multiply-adds, whatever the plane's shape, because the positions of a
 block are any PIXELS consecutive positions of the layer (a block may cross rows). Layers of at
 most 16 output channels use one vector by NARROW_PIXELS positions instead, so no lane is idle.
@@ -16,13 +16,16 @@ on SIMD Architectures"). Departures: activations stay NCHW in the arena (a block
 back through the tail channel by channel), and an image's input is copied into a zero-padded
 plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into it with no bounds
 test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
-layout of npdc.kernels.conv_flat), zero kernels past O. Why the block sizes and what they reach:
-docs/perf.md (branch `f16c`).
+layout of npdc.kernels.conv_flat), zero kernels past O. The input channel is the innermost loop,
+so a tap's input pointers are set once per tap, not once per (channel, kernel row). Why the
+block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
-threads work at batch 1; a batch is split over images, each thread padding its image into its own
-plane. Each output is summed by one task in one fixed order (input channel, then tap) whatever the
-thread count, so the bits do not depend on it.
+threads work at batch 1; a batch is split over tasks of images_per_task images, each thread
+padding them into its own planes, its blocks' positions running on across them, and the tail
+written per strip of STRIP blocks regrouped by channel. Each output is summed by one task in
+one fixed order (tap, then input channel) whatever the thread count, so the bits do not depend
+on it.
 """
 
 import numba
@@ -81,7 +84,7 @@ def _six(g, p, q, r0, npix, ho, wo, stride, wp, plane):
 
 
 def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
-    """acc[r * OUT + l] = sum over input channels c and taps (i, j) of Wo[c, i*kw + j, l] times
+    """acc[r * OUT + l] = sum over taps (i, j) and input channels c of Wo[c, i*kw + j, l] times
     xf[c * cstride + offset(r) + i * wp + j], for the r < PIXELS positions pix0 + r (clipped to
     pix0 + npix - 1), where position k is image k // hw, row (k % hw) // wo, column k % wo of
     planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
@@ -205,7 +208,8 @@ def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
             if rstep == 1:  # a constant step: the loads are a vector's
                 _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
             else:
-                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at, yf[at:])
+                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at,
+                     yf[at:])
         n, rest, done = n + 1, 0, done + seg
     if mode != RES_ZEROPAD:
         return
