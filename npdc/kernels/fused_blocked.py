@@ -276,9 +276,10 @@ def _planes(x, i0, count, pad, planes, at, size):
 
 @numba.njit(cache=True)
 def images_per_task(hw, pixels):
-    """Images a thread takes at once in a batch: enough that their hw output positions each fill
-    a strip (planes of 7x7 or 4x4 positions leave fewer register blocks part-empty), 1 when one
-    image does."""
+    """Images a thread takes at once in a large batch: enough that their hw output positions
+    together fill a strip (planes of 7x7 or 4x4 positions leave fewer register blocks
+    part-empty), 1 when one image does. A small batch takes fewer, so that every thread has a
+    few tasks."""
     return max(1, -(-STRIP * pixels // hw))
 
 
@@ -318,7 +319,9 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
             _finish(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
-        group = min(n, images_per_task(hw, pixels))
+        # acc_ws has a row per thread the process may run; a group's positions are summed as one
+        # image's would be, so the group's size leaves the bits
+        group = max(1, min(images_per_task(hw, pixels), n // (4 * acc_ws.shape[0])))
         for task in numba.prange((n + group - 1) // group):
             i0, tid = task * group, numba.get_thread_id()
             count = min(group, n - i0)

@@ -42,6 +42,6 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     (2, 4, 17, 9, 8, 5, 1, 2, RES_NONE), (1, 5, 6, 1, 1, 3, 1, 1, RES_NONE),
     (1, 16, 16, 12, 10, 3, 1, 1, RES_IDENTITY), (3, 3, 16, 9, 9, 3, 2, 1, RES_ZEROPAD),
     (2, 3, 40, 12, 10, 3, 1, 1, RES_IDENTITY), (2, 2, 8, 15, 14, 3, 1, 1, RES_ZEROPAD),
-    (7, 4, 36, 4, 4, 3, 1, 1, RES_IDENTITY), (5, 3, 12, 5, 5, 1, 1, 0, RES_NONE)])
+    (16, 4, 36, 4, 4, 3, 1, 1, RES_IDENTITY), (12, 3, 12, 5, 5, 1, 1, 0, RES_NONE)])
 def test_the_blocked_conv_matches_the_reference(n, c, o, h, w, k, stride, pad, res_mode):
     check_fused(_run, n, c, o, h, w, k, stride, pad, res_mode)
