@@ -39,7 +39,8 @@ def layer(theirs, n, c, o, h, k, s, rounds, clock, rng):
     x = rng.random((n, c, h, h), dtype=np.float32)
     Wb = interleaved(rng.standard_normal((o, c, k * k)).astype(np.float32), ours.lanes_for(o))
     plane, acc = ours.blocked_scratch(c, h, h, pad, o, ho * ho, n)
-    planes, accs = np.zeros(plane * 8, np.float32), np.zeros((8, acc), np.float32)  # 8 threads at most
+    rows = numba.config.NUMBA_NUM_THREADS  # a row per thread the process may run, as the runtime's
+    planes, accs = np.zeros(plane * rows, np.float32), np.zeros((rows, acc), np.float32)
     ident = s == 1 and c == o
     res = rng.random((n, o, ho, ho), dtype=np.float32) if ident else np.zeros((1, 1, 1, 1), np.float32)
     tail = Tail(rng.random(o, dtype=np.float32), rng.random(o, dtype=np.float32), True,
