@@ -76,6 +76,21 @@ def best_seconds(fn, repeats=5, warmup=1):
     return best
 
 
+def best_in_turns(calls, rounds):
+    """{key: best seconds} of the calls {key: call}, each called once untimed (it compiles and
+    touches memory), then once per round in turn, the order turning each round: a spell of load
+    from other processes slows every call alike rather than the one timed during it."""
+    keys, best = list(calls), dict.fromkeys(calls, float("inf"))
+    for key in keys:
+        calls[key]()
+    for r in range(rounds if keys else 0):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            t = time.perf_counter()
+            calls[key]()
+            best[key] = min(best[key], time.perf_counter() - t)
+    return best
+
+
 def time_primitive(name, x, W, stride, pad, groups, mode="train", repeats=2):
     """Seconds for one forward (mode 'infer') or forward + both backwards ('train'), best of
     `repeats` after one untimed call that compiles and touches memory. In training the weights

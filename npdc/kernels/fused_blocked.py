@@ -4,7 +4,7 @@ and stride, the layer's tail (npdc.kernels.fused.Tail) applied as each register 
 Why: the other runtime kernels (npdc.kernels.fused, fused_direct, sparse) put output positions in
 the vector lanes, which fill badly when a plane is small (7x7, 4x4) and leave half of each vector
 idle at the end of every row. Here a register block is PIXELS output positions by OUT output
-channels: per (input channel, tap) two 16-lane vector loads of weights and PIXELS broadcast
+channels: per (tap, input channel) two 16-lane vector loads of weights and PIXELS broadcast
 inputs feed 2 x PIXELS multiply-adds, whatever the plane's shape, because the positions of a
 block are any PIXELS consecutive positions of the layer (a block may cross rows). Layers of at
 most 16 output channels use one vector by NARROW_PIXELS positions instead, so no lane is idle.
@@ -16,23 +16,27 @@ on SIMD Architectures"). Departures: activations stay NCHW in the arena (a block
 back through the tail channel by channel), and an image's input is copied into a zero-padded
 plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into it with no bounds
 test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
-layout of npdc.kernels.conv_flat), zero kernels past O. Why the block sizes and what they reach:
-docs/perf.md (branch `f16c`).
+layout of npdc.kernels.conv_flat), zero kernels past O. The input channel is the innermost loop,
+so a tap's input pointers are set once per tap, not once per (channel, kernel row). Why the
+block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
-threads work at batch 1; a batch is split over images, each thread padding its image into its own
-plane. Each output is summed by one task in one fixed order (input channel, then tap) whatever the
-thread count, so the bits do not depend on it.
+threads work at batch 1; a batch is split over tasks of images_per_task images, each thread
+padding them into its own planes, its blocks' positions running on across them, and the tail
+written per strip of STRIP blocks regrouped by channel. Each output is summed by one task in
+one fixed order (tap, then input channel) whatever the thread count, so the bits do not depend
+on it.
 """
 
 import numba
 
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
 
 OUT = 32  # output channels per register block: two 16-lane vectors
 PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
 NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
+STRIP = 16  # register blocks per tail call in a batch (192 or 96 positions of one image)
 
 
 @numba.njit(cache=True)
@@ -80,7 +84,7 @@ def _six(g, p, q, r0, npix, ho, wo, stride, wp, plane):
 
 
 def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
-    """acc[r * OUT + l] = sum over input channels c and taps (i, j) of Wo[c, i*kw + j, l] times
+    """acc[r * OUT + l] = sum over taps (i, j) and input channels c of Wo[c, i*kw + j, l] times
     xf[c * cstride + offset(r) + i * wp + j], for the r < PIXELS positions pix0 + r (clipped to
     pix0 + npix - 1), where position k is image k // hw, row (k % hw) // wo, column k % wo of
     planes `plane` floats apart with rows wp apart, read every `stride`-th row and column."""
@@ -92,17 +96,16 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
     a0 = a1 = a2 = a3 = a4 = a5 = z
     b0 = b1 = b2 = b3 = b4 = b5 = z
-    half = numba.uint64(16)
-    for c in range(Wo.shape[0]):
-        wc = Wo[c]
-        for i in range(kh):
-            row = xf[c * cstride + i * wp:]
-            for j in range(kw):
-                w = wc[i * kw + j]
+    half, step = numba.uint64(16), numba.uint64(cstride)
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, numba.uint64(i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = Wo[c, t]
                 wa, wb = ld16(w, numba.uint64(0)), ld16(w, half)
-                jj = numba.uint64(j)
-                x0, x1, x2 = row[o0 + jj], row[o1 + jj], row[o2 + jj]
-                x3, x4, x5 = row[o3 + jj], row[o4 + jj], row[o5 + jj]
+                x0, x1, x2 = xf[o0 + at], xf[o1 + at], xf[o2 + at]
+                x3, x4, x5 = xf[o3 + at], xf[o4 + at], xf[o5 + at]
+                at += step
                 a0, b0 = fma16(a0, x0, wa), fma16(b0, x0, wb)
                 a1, b1 = fma16(a1, x1, wa), fma16(b1, x1, wb)
                 a2, b2 = fma16(a2, x2, wa), fma16(b2, x2, wb)
@@ -136,19 +139,19 @@ def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride,
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
-    for c in range(Wo.shape[0]):
-        wc = Wo[c]
-        for i in range(kh):
-            row = xf[c * cstride + i * wp:]
-            for j in range(kw):
-                w = ld16(wc[i * kw + j], numba.uint64(0))
-                jj = numba.uint64(j)
-                a0, a1 = fma16(a0, row[o0 + jj], w), fma16(a1, row[o1 + jj], w)
-                a2, a3 = fma16(a2, row[o2 + jj], w), fma16(a3, row[o3 + jj], w)
-                a4, a5 = fma16(a4, row[o4 + jj], w), fma16(a5, row[o5 + jj], w)
-                a6, a7 = fma16(a6, row[o6 + jj], w), fma16(a7, row[o7 + jj], w)
-                a8, a9 = fma16(a8, row[o8 + jj], w), fma16(a9, row[o9 + jj], w)
-                a10, a11 = fma16(a10, row[o10 + jj], w), fma16(a11, row[o11 + jj], w)
+    step = numba.uint64(cstride)
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, numba.uint64(i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = ld16(Wo[c, t], numba.uint64(0))
+                a0, a1 = fma16(a0, xf[o0 + at], w), fma16(a1, xf[o1 + at], w)
+                a2, a3 = fma16(a2, xf[o2 + at], w), fma16(a3, xf[o3 + at], w)
+                a4, a5 = fma16(a4, xf[o4 + at], w), fma16(a5, xf[o5 + at], w)
+                a6, a7 = fma16(a6, xf[o6 + at], w), fma16(a7, xf[o7 + at], w)
+                a8, a9 = fma16(a8, xf[o8 + at], w), fma16(a9, xf[o9 + at], w)
+                a10, a11 = fma16(a10, xf[o10 + at], w), fma16(a11, xf[o11 + at], w)
+                at += step
     for r, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
         st16(acc, numba.uint64(r * NARROW), a)
 
@@ -166,15 +169,15 @@ def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
 
 
 @numba.njit(cache=True, inline="always")
-def _run(acc, lanes, npix, s, b, act, a, add, res, y):
-    """y[r] = act(acc[r * lanes] * s + b (+ res[r] when add)) for r < npix; the tests on add and
+def _run(acc, step, npix, s, b, act, a, add, res, y):
+    """y[r] = act(acc[r * step] * s + b (+ res[r] when add)) for r < npix; the tests on add and
     act stay out of the loops, so each loop vectorises."""
     if add:
         for r in range(npix):
-            y[r] = acc[r * lanes] * s + b + res[r]
+            y[r] = acc[r * step] * s + b + res[r]
     else:
         for r in range(npix):
-            y[r] = acc[r * lanes] * s + b
+            y[r] = acc[r * step] * s + b
     if act:
         for r in range(npix):
             v = y[r]
@@ -182,24 +185,33 @@ def _run(acc, lanes, npix, s, b, act, a, add, res, y):
 
 
 @numba.njit(cache=True)
-def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
-    """y[n0 + image, ob + l, row, col] = the tail of acc[r * lanes + l] for the positions pix0 + r,
-    r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's channels.
-    Channel by channel, so the writes run along a row: position by position they would land
-    Ho*Wo floats apart, in as few cache sets as there are lanes when the plane is 4 KiB. Indices
-    are flat and unsigned (no negative-index tests); an identity residual has y's shape, so it
-    is read at the same flat index."""
+def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * rstep + l * lstep] for the positions
+    pix0 + r, r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's
+    channels: a register block's sums (rstep lanes, lstep 1) or a strip transposed by channel
+    (rstep 1, and then each channel's loop reads a run). Channel by channel, so the writes run
+    along a row: position by position they would land Ho*Wo floats apart, in as few cache sets as
+    there are lanes when the plane is 4 KiB. Indices are flat and unsigned (no negative-index
+    tests); an identity residual has y's shape, so it is read at the same flat index."""
     o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
     yf = y.reshape(y.size)
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
     rf = res.reshape(res.size)
-    n, rest = n0 + pix0 // hw, pix0 % hw
-    if mode != RES_ZEROPAD and rest + npix <= hw:  # one image: each channel's positions in a run
+    n, rest, done = n0 + pix0 // hw, pix0 % hw, 0
+    while mode != RES_ZEROPAD and done < npix:  # image by image, each channel's positions a run
+        seg = min(npix - done, hw - rest)
         for l in range(min(lanes, o_all - ob)):
             o = ob + l
             at = numba.uint64((n * o_all + o) * hw + rest)
-            _run(acc[l:], lanes, npix, tail.scale[o], tail.shift[o], tail.act, tail.slopes[o],
-                 mode == RES_IDENTITY, rf[at:] if mode == RES_IDENTITY else rf, yf[at:])
+            s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
+            r_at = rf[at:] if add else rf
+            if rstep == 1:  # a constant step: the loads are a vector's
+                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
+            else:
+                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at,
+                     yf[at:])
+        n, rest, done = n + 1, 0, done + seg
+    if mode != RES_ZEROPAD:
         return
     for l in range(min(lanes, o_all - ob)):
         o = ob + l
@@ -209,7 +221,7 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
         n, rest = n0 + pix0 // hw, pix0 % hw
         for r in range(npix):
             at = numba.uint64((n * o_all + o) * hw + rest)
-            v = acc[r * lanes + l] * s + b
+            v = acc[r * rstep + l * lstep] * s + b
             if mode == RES_IDENTITY:
                 v += rf[at]
             elif use_pad:
@@ -223,23 +235,62 @@ def _finish(acc, lanes, pix0, npix, ob, tail, y, n0):
 
 
 @numba.njit(cache=True)
+def _by_channel(acc, npix, lanes, span):
+    """acc[span * lanes + l * span + r] = acc[r * lanes + l] for r < npix rounded up to 8 and
+    l < lanes: a strip's sums, one register block's after another, regrouped by channel with
+    8 x 8 transposes."""
+    for r0 in range(0, npix, 8):
+        for l0 in range(0, lanes, 8):
+            transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
+
+
+@numba.njit(cache=True)
 def fill_padded(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border."""
+    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
+    float of the plane written once (the border's zeros along with the rows they sit between)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = h + 2 * pad, w + 2 * pad
-    xp[:c * hp * wp] = 0
     for ch in range(c):
+        base = ch * hp * wp
+        xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
         for r in range(h):
-            start = (ch * hp + r + pad) * wp + pad
+            start = base + (r + pad) * wp + pad
             src = x[i, ch, r]
             for col in range(w):
                 xp[start + col] = src[col]
+            xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
+        xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
 
 
-def blocked_scratch(c, h, w, pad):
+@numba.njit(cache=True)
+def _planes(x, i0, count, pad, planes, at, size):
+    """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
+    is no border, else filled into planes[at:]."""
+    if pad == 0:
+        return x.reshape(x.size)[i0 * size:(i0 + count) * size]
+    xp = planes[at:at + count * size + 16]
+    for k in range(count):
+        fill_padded(x, i0 + k, pad, xp[k * size:])
+    return xp
+
+
+@numba.njit(cache=True)
+def images_per_task(hw, pixels):
+    """Images a thread takes at once in a large batch: enough that their hw output positions
+    together fill a strip (planes of 7x7 or 4x4 positions leave fewer register blocks
+    part-empty), 1 when one image does. A small batch takes fewer, so that every thread has a
+    few tasks."""
+    return max(1, -(-STRIP * pixels // hw))
+
+
+def blocked_scratch(c, h, w, pad, o, hw, batch):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
-    h x w padded by `pad` (16 floats of slack past each plane; no read goes there)."""
-    return c * (h + 2 * pad) * (w + 2 * pad) + 16, max(PIXELS * OUT, NARROW_PIXELS * NARROW)
+    h x w padded by `pad`, o output channels of hw positions, at a batch (16 floats of slack past
+    the planes; no read goes there)."""
+    lanes = lanes_for(o)
+    images = 1 if batch == 1 else images_per_task(hw, NARROW_PIXELS if lanes == NARROW else PIXELS)
+    return (images * c * (h + 2 * pad) * (w + 2 * pad) + 16,
+            2 * STRIP * max(PIXELS * OUT, NARROW_PIXELS * NARROW))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -247,8 +298,8 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
     by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
     OUT, or NARROW when O <= NARROW (lanes_for).
-    planes: flat, >= one image's plane floats, times the threads when N > 1; acc_ws: (threads,
-    >= the block's sums); blocked_scratch gives both."""
+    planes: flat, >= one image's plane floats, or when N > 1 images_per_task's planes per
+    thread; acc_ws: (threads, >= a strip's sums twice); blocked_scratch gives both."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     size = c * hp * wp
@@ -257,24 +308,30 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     lanes = Wb.shape[3]
     pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
     chunks = (hw + pixels - 1) // pixels
+    span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
     if n == 1:
-        xp = planes[:size + 16]
-        fill_padded(x, 0, pad, xp)
+        xp = _planes(x, 0, 1, pad, planes, 0, size)
         for t in numba.prange(blocks * chunks):
             b, p0 = t // chunks, (t % chunks) * pixels
             acc = acc_ws[numba.get_thread_id()]
             cnt = min(pixels, hw - p0)
             _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-            _finish(acc, lanes, p0, cnt, b * lanes, tail, y, 0)
+            _finish(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
-        for i in numba.prange(n):
-            tid = numba.get_thread_id()
-            xp = planes[tid * (size + 16):(tid + 1) * (size + 16)]
-            acc = acc_ws[tid]
-            fill_padded(x, i, pad, xp)
+        # acc_ws has a row per thread the process may run; a group's positions are summed as one
+        # image's would be, so the group's size leaves the bits
+        group = max(1, min(images_per_task(hw, pixels), n // (4 * acc_ws.shape[0])))
+        for task in numba.prange((n + group - 1) // group):
+            i0, tid = task * group, numba.get_thread_id()
+            count = min(group, n - i0)
+            xp = _planes(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            acc, last = acc_ws[tid], count * hw  # positions cross images: k -> image k // hw
             for b in range(blocks):
-                for p0 in range(0, hw, pixels):
-                    cnt = min(pixels, hw - p0)
-                    _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-                    _finish(acc, lanes, p0, cnt, b * lanes, tail, y, i)
+                for s0 in range(0, last, span):
+                    for p0 in range(s0, min(s0 + span, last), pixels):
+                        _sums(xp, Wb[b], p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh,
+                              kw, hp * wp, acc[(p0 - s0) * lanes:])
+                    cnt = min(span, last - s0)
+                    _by_channel(acc, cnt, lanes, span)
+                    _finish(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i0)

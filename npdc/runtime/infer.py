@@ -89,7 +89,8 @@ class Runtime:
                 if kernel == "flat":
                     plane, direct_acc = flat_scratch(c, h, w, s.pad)
                 elif kernel == "blocked":
-                    plane, direct_acc = blocked_scratch(c, h, w, s.pad)
+                    plane, direct_acc = blocked_scratch(c, h, w, s.pad, shape[1], shape[2] * shape[3],
+                                                        plan.batch)
                 else:
                     plane, direct_acc = phase_scratch(c, *shape[1:])
                 padded = max(padded, plane * (1 if plan.batch == 1 else self.threads))

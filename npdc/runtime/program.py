@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from npdc.atomic import write_text
-from npdc.engine.conv_select import best_seconds, cache_file, cpu_name
+from npdc.engine.conv_select import best_in_turns, cache_file, cpu_name
 from npdc.kernels import walk as W
 from npdc.kernels.cache_stamp import kernels_digest
 from npdc.kernels.conv import forced_primitive
@@ -238,7 +238,9 @@ def _load_timings():
 
 def measured_choices(runtime, repeats=3):
     """[(op, kind)] per step: the fastest candidate at the plan's batch, timed on the runtime's own
-    arena (values do not change a kernel's time) or read from the timings cache."""
+    arena (values do not change a kernel's time) or read from the timings cache. A step's
+    candidates are timed in turns (best_in_turns), best of `repeats` rounds, five at least for a
+    batch, where a call is long enough that a few more rounds cost little."""
     use_cache = os.environ.get("NPDC_RUNTIME_RETIME", "") in ("", "0")
     cached, fresh, picks = _load_timings() if use_cache else {}, {}, []
     packer = Packer()
@@ -251,22 +253,19 @@ def measured_choices(runtime, repeats=3):
     trial.buffers = packer.arrays(*sparse_dtypes(runtime, [o for opts in options for o in opts],
                                                   [s for s, opts in zip(steps, options) for _ in opts]))
     B = runtime.plan.batch
+    rounds = repeats if B == 1 else max(repeats, 5)
     for s, opts, recs in zip(steps, options, records):
         if len(opts) == 1:
             picks.append(opts[0])
             continue
-        seconds = []
-        for (op, kind), rec in zip(opts, recs):
-            key = _key(runtime, s, op, kind)
+        keys, calls = [_key(runtime, s, op, kind) for op, kind in opts], {}
+        for key, (op, kind), rec in zip(keys, opts, recs):
             if key not in cached:
-                if op == W.OP_HOST:
-                    call = runtime.host_call(s, B)
-                else:
-                    one = rec[None]
-                    call = lambda one=one: trial.run(0, 1, B, one)
-                fresh[key] = cached[key] = best_seconds(call, repeats)
-            seconds.append(cached[key])
-        picks.append(opts[int(np.argmin(seconds))])
+                calls[key] = (runtime.host_call(s, B) if op == W.OP_HOST
+                              else lambda one=rec[None]: trial.run(0, 1, B, one))
+        fresh.update(best_in_turns(calls, rounds))
+        cached.update(fresh)
+        picks.append(opts[int(np.argmin([cached[k] for k in keys]))])
     if fresh and use_cache:
         data = _load_timings()  # another process may have written meanwhile
         data.update(fresh)
