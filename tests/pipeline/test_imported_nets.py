@@ -50,14 +50,16 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tuned(folder, tmp_path_factory):
-    """{arch: (model file, accuracy before, after)} of each imported net fine-tuned 4 epochs."""
+    """{arch: (model file, accuracy before, after)} of each imported net fine-tuned 6 epochs (at 4,
+    MobileNetV2 ended at 0.22 or 0.44 depending on how its gradients' sums were rounded: too
+    close to the start to say it learns; at 6 both nets reach 0.42-0.62 for fit seeds 0-2)."""
     out = {}
     for arch, name in NETS.items():
         net = npdc.import_checkpoint(FIXTURES / f"{name}.pt", arch, mean=[0.29] * 3, std=[0.35] * 3,
                                      input_shape=(3, 32, 32))
         data = load_dataset(str(folder)).fit_to(net.in_shape)
         before = evaluate(net, data.x_test, data.y_test)["accuracy"]
-        fit(net, data.x_train, data.y_train, 4, batch_size=25, lr=0.01, seed=0, augment_pad=0,
+        fit(net, data.x_train, data.y_train, 6, batch_size=25, lr=0.01, seed=0, augment_pad=0,
             progress=False)
         path = tmp_path_factory.mktemp(arch) / f"{name}.h5"
         npdc.save_model(path, net)
