@@ -19,6 +19,9 @@ from npdc.threads import single_thread_numba_blas
 single_thread_numba_blas()
 
 RES_NONE, RES_IDENTITY, RES_ZEROPAD = 0, 1, 2
+# sums a stride-1 kernel's task may hold: npdc.kernels.sparse.conv_sparse_s1 fills eight 16-lane
+# chunks with several images of a small plane
+SPARSE_GROUP_FLOATS = 128
 
 
 class Tail(NamedTuple):
@@ -190,7 +193,7 @@ def scratch_sizes(convs, budget):
             cols = max(cols, rows * wo * max(1, min(ho, budget // max(max(rows, o) * wo, 1))))
     for rows, o, ho, wo, stride, wp in convs:
         if stride == 1:
-            acc = max(acc, (ho - 1) * wp + wo)
+            acc = max(acc, (ho - 1) * wp + wo, SPARSE_GROUP_FLOATS)
         else:
             acc = max(acc, o * wo * max(1, min(ho, cols // max(max(rows, o) * wo, 1))))
     return cols, acc

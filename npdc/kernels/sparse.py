@@ -21,9 +21,11 @@ import numba
 import numpy as np
 
 from npdc.kernels.fused import finish_tile, im2col_rows, pad_serial, tile_rows
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 
 MAX_STEP = 255  # the largest column step one (uint8) entry holds
+TASK_VALUES = 1 << 16  # conv_sparse_s1's input images per task, in values (a row decoded once for them)
 
 
 @numba.njit(cache=True)
@@ -123,33 +125,164 @@ def conv_sparse(x, rowptr, cols, vidx, table, kh, kw, stride, pad, scale, shift,
                         res_front, res_stride)
 
 
+@numba.njit(cache=True)
+def tap_offsets(c_in, kh, kw, hp, wp):
+    """Where column c*kh*kw + i*kw + j of a weight row starts in one padded image (C, Hp, Wp)."""
+    lut = np.empty(c_in * kh * kw, np.uint64)
+    r = 0
+    for c in range(c_in):
+        for i in range(kh):
+            for j in range(kw):
+                lut[r] = c * hp * wp + i * wp + j
+                r += 1
+    return lut
+
+
+@numba.njit(cache=True)
+def decode_row(rowptr, cols, vidx, table, lut, o, offs, vals):
+    """Row o's non-zeros as (input offset, weight) pairs in offs/vals[:count], the fillers (index 0,
+    weight 0) dropped; returns count."""
+    c, k = np.int64(0), 0
+    for e in range(rowptr[o], rowptr[o + 1]):
+        c += np.int64(cols[e])
+        if vidx[e] != 0:
+            offs[k], vals[k] = lut[c], table[vidx[e]]
+            k += 1
+    return k
+
+
+def _rows8_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
+                s7, acc):
+    """acc[s_v .. s_v+15] = sum over entries e0..e1-1 of vals[e] * xf[offs[e] + d_v ..], v < 8:
+    eight 16-position chunks summed in registers, each entry's weight loaded once."""
+    prefer_512_bit_vectors()
+    acc[s0] = 0  # a zero of the float type; this chunk is written below anyway
+    z = acc[s0]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    for e in range(e0, e1):
+        w, b = vals[e], offs[e]
+        a0, a1 = fma16(a0, w, ld16(xf, b + d0)), fma16(a1, w, ld16(xf, b + d1))
+        a2, a3 = fma16(a2, w, ld16(xf, b + d2)), fma16(a3, w, ld16(xf, b + d3))
+        a4, a5 = fma16(a4, w, ld16(xf, b + d4)), fma16(a5, w, ld16(xf, b + d5))
+        a6, a7 = fma16(a6, w, ld16(xf, b + d6)), fma16(a7, w, ld16(xf, b + d7))
+    st16(acc, s0, a0)
+    st16(acc, s1, a1)
+    st16(acc, s2, a2)
+    st16(acc, s3, a3)
+    st16(acc, s4, a4)
+    st16(acc, s5, a5)
+    st16(acc, s6, a6)
+    st16(acc, s7, a7)
+
+
+def _rows4_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc):
+    """_rows8_body for four chunks."""
+    prefer_512_bit_vectors()
+    acc[s0] = 0  # a zero of the float type; this chunk is written below anyway
+    z = acc[s0]
+    a0 = a1 = a2 = a3 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    for e in range(e0, e1):
+        w, b = vals[e], offs[e]
+        a0, a1 = fma16(a0, w, ld16(xf, b + d0)), fma16(a1, w, ld16(xf, b + d1))
+        a2, a3 = fma16(a2, w, ld16(xf, b + d2)), fma16(a3, w, ld16(xf, b + d3))
+    st16(acc, s0, a0)
+    st16(acc, s1, a1)
+    st16(acc, s2, a2)
+    st16(acc, s3, a3)
+
+
+rows8_sums = straight_line_compiled(_rows8_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 16 + "F[::1]")
+rows4_sums = straight_line_compiled(_rows4_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 8 + "F[::1]")
+
+
+@numba.njit(cache=True, inline="always")
+def _chunk(i, m, span, image):
+    """(input displacement, accumulator offset) of chunk i of a task: image i // m of the task,
+    positions 16 k .. 16 k + 15 for k = i % m, the last chunk ending at the span's end."""
+    g, k = i // m, min(16 * (i % m), span - 16)
+    return numba.uint64(g * image + k), numba.uint64(g * span + k)
+
+
+@numba.njit(cache=True)
+def _row_sums(xf, offs, vals, e0, e1, m, count, span, image, acc):
+    """acc (count // m images of `span` sums, then the rest) = one weight row over the task's
+    count chunks of 16 positions: eight chunks at a time, then four (the last repeated to fill)."""
+    last = count - 1
+    i = 0
+    while i < count:
+        (d0, s0), (d1, s1) = _chunk(i, m, span, image), _chunk(min(i + 1, last), m, span, image)
+        (d2, s2) = _chunk(min(i + 2, last), m, span, image)
+        (d3, s3) = _chunk(min(i + 3, last), m, span, image)
+        if count - i > 4:
+            (d4, s4), (d5, s5) = _chunk(i + 4, m, span, image), _chunk(min(i + 5, last), m, span, image)
+            (d6, s6) = _chunk(min(i + 6, last), m, span, image)
+            (d7, s7) = _chunk(min(i + 7, last), m, span, image)
+            rows8_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5,
+                       s6, s7, acc)
+            i += 8
+        else:
+            rows4_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc)
+            i += 4
+
+
+@numba.njit(cache=True)
+def _row_sums_short(xf, offs, vals, e0, e1, n_img, span, image, acc):
+    """_row_sums for spans under 16 positions, one position at a time."""
+    for g in range(n_img):
+        for k in range(span):
+            s = xf[0] * 0
+            for e in range(e0, e1):
+                s += vals[e] * xf[offs[e] + numba.uint64(g * image + k)]
+            acc[g * span + k] = s
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res,
                    res_mode, res_front, res_stride, y, acc_ws):
-    """Stride-1 sparse convolution, one long contiguous loop per non-zero over the padded input
-    (padding and arguments as in npdc.kernels.fused.conv_dense_s1); parallel over (image,
-    output channel)."""
+    """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here first when
+    pad > 0 (then x is the unpadded input), as npdc.kernels.fused.conv_dense_s1. With outputs
+    laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of xp starting
+    at (c, i, j), so one weight row is a sum of shifted runs: its entries are decoded once per
+    call into (offset, weight) pairs, then each task (output channel, group of images) sums the
+    row over its 16-position chunks eight at a time in vector registers. The images per task
+    fill eight chunks when a plane has fewer (as far as acc_ws, (threads, >= max(span, 128)),
+    holds). Every output is summed in the row's entry order, whatever the grouping or thread."""
     if pad > 0:
         pad_serial(x, pad, xp)
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    span, taps = (ho - 1) * wp + wo, kh * kw
-    check_csr(rowptr, cols, vidx, o_out, c_in * taps, table.shape[0])
-    for t in numba.prange(n_img * o_out):
-        n, o = t // o_out, t % o_out
-        acc = acc_ws[numba.get_thread_id(), :span]
-        acc[:] = 0
-        xf = xp[n].reshape(c_in * hp * wp)
-        r = np.int64(0)
-        for e in range(rowptr[o], rowptr[o + 1]):
-            r += np.int64(cols[e])
-            w = table[vidx[e]]
-            base = (r // taps) * hp * wp + ((r // kw) % kh) * wp + r % kw
-            src = xf[base:base + span]  # a slice: indexing it by k vectorises, xf[base + k] did not
-            for k in range(span):
-                acc[k] += w * src[k]
-        finish_tile(acc, wp, y, n, o, 0, ho, scale, shift, act, slopes, res, res_mode, res_front,
-                    res_stride)
+    span, image = (ho - 1) * wp + wo, c_in * hp * wp
+    check_csr(rowptr, cols, vidx, o_out, c_in * kh * kw, table.shape[0])
+    lut = tap_offsets(c_in, kh, kw, hp, wp)
+    longest = 1
+    for o in range(o_out):
+        longest = max(longest, rowptr[o + 1] - rowptr[o])
+    threads = acc_ws.shape[0]  # one row per thread, as every workspace
+    offs_ws, vals_ws = np.empty((threads, longest), np.uint64), np.empty((threads, longest), xp.dtype)
+    m = (span + 15) // 16
+    per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
+    groups = (n_img + per - 1) // per
+    # a task decodes its row once for `chunk` groups, whose images hold about TASK_VALUES: each
+    # thread's tasks run through the rows for the same images while they are in its cache
+    chunk = max(1, TASK_VALUES // (per * image))
+    runs = (groups + chunk - 1) // chunk
+    xf = xp.reshape(n_img * image)
+    for t in numba.prange(runs * o_out):
+        r, o = t // o_out, t % o_out
+        tid = numba.get_thread_id()
+        acc, offs, vals = acc_ws[tid], offs_ws[tid], vals_ws[tid]
+        count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
+        for grp in range(r * chunk, min(groups, (r + 1) * chunk)):
+            g0 = grp * per
+            g1 = min(n_img, g0 + per)
+            src = xf[g0 * image:]
+            if span >= 16:
+                _row_sums(src, offs, vals, 0, count, m, m * (g1 - g0), span, image, acc)
+            else:
+                _row_sums_short(src, offs, vals, 0, count, g1 - g0, span, image, acc)
+            for g in range(g1 - g0):
+                finish_tile(acc[g * span:], wp, y, g0 + g, o, 0, ho, scale, shift, act, slopes, res,
+                            res_mode, res_front, res_stride)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)

@@ -71,3 +71,46 @@ def test_gaps_wider_than_a_step_are_crossed_by_fillers_that_add_nothing():
     cols[-1] = MAX_STEP  # the last step of row 1 now lands past its row
     with pytest.raises(ValueError, match="column"):
         check_csr(rowptr, cols, vidx, 2, n_cols, table.size)
+
+
+def _sparse_conv_case(c, o, h, n, density, rng):
+    """A random stride-1 3x3 sparse layer (pad 1) and its float64 reference output."""
+    table = np.concatenate([[0], rng.standard_normal(15)]).astype(np.float32)
+    indices = (rng.integers(1, 16, (o, c * 9)) * (rng.random((o, c * 9)) < density)).astype(np.uint8)
+    rowptr, cols, vidx = _csr(indices.reshape(-1), o)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = table[indices].reshape(o, c, 3, 3).astype(np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = sum(np.einsum("oc,nchw->nohw", w[:, :, i, j], xp[:, :, i:i + h, j:j + h])
+              for i in range(3) for j in range(3))
+    return x, (rowptr, cols, vidx, table), ref
+
+
+def _run_sparse_s1(x, csr, o, threads):
+    import numba
+
+    n, c, h = x.shape[0], x.shape[1], x.shape[2]
+    old = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        y = np.full((n, o, h, h), np.nan, np.float32)
+        one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
+        acc = np.zeros((threads, max((h - 1) * (h + 2) + h, 128)), np.float32)
+        conv_sparse_s1(x, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero, False,
+                       zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc)
+    finally:
+        numba.set_num_threads(old)
+    return y
+
+
+# planes whose span (rows at the padded pitch) is under one 16-lane chunk, a few chunks (several
+# images per task), eight chunks and more (the last chunk overlapping its neighbour)
+@pytest.mark.parametrize("c,o,h,n,density", [(3, 5, 2, 3, 0.5), (8, 8, 4, 5, 0.4), (5, 7, 6, 2, 0.9),
+                                             (4, 6, 11, 2, 0.3), (16, 3, 13, 1, 0.2)])
+def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c, o, h, n, density):
+    x, csr, ref = _sparse_conv_case(c, o, h, n, density, np.random.default_rng(h))
+    y = _run_sparse_s1(x, csr, o, 2)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert np.array_equal(y, _run_sparse_s1(x, csr, o, 1))  # the same bits on one thread
+    # an image's outputs do not depend on which images share its task
+    assert np.array_equal(y[-1:], _run_sparse_s1(x[-1:], csr, o, 2))
