@@ -121,10 +121,17 @@ def conv_dense(x, W2, kh, kw, stride, pad, tail, y, cols, acc):
 
 @numba.njit(cache=True)
 def pad_plane(x, n, c, pad, xp):
-    """xp[n, c] = x[n, c] with `pad` zeros around it."""
-    xp[n, c] = 0
-    for p in range(x.shape[2]):
-        for q in range(x.shape[3]):
+    """xp[n, c] = x[n, c] with `pad` zeros around it, each value of xp[n, c] written once."""
+    h, w = x.shape[2], x.shape[3]
+    for p in range(pad):
+        for q in range(w + 2 * pad):
+            xp[n, c, p, q] = 0
+            xp[n, c, h + pad + p, q] = 0
+    for p in range(h):
+        for q in range(pad):
+            xp[n, c, p + pad, q] = 0
+            xp[n, c, p + pad, w + pad + q] = 0
+        for q in range(w):
             xp[n, c, p + pad, q + pad] = x[n, c, p, q]
 
 

@@ -13,6 +13,13 @@ at high sparsity, and the column still costs half of an absolute 16-bit one); th
 batch-norm scale is applied once per output in the tail instead of being baked into the table,
 so one table serves every channel.
 
+The stride-1 convolution keeps a row's partial sums in vector registers, output positions in the
+lanes, and streams the row's non-zeros through them once per block of positions, as the sparse
+1x1 kernels of Elsen et al. 2020 ("Fast Sparse ConvNets") do; departures: a 3x3 (any kh x kw)
+tap is a shifted run of the padded input, so the same loop serves every kernel size, and the
+row's steps and indices are first decoded to (input offset, weight) pairs, once per task, since a
+step decoded per block would cost a table look-up and a division per multiply-add.
+
 The steps and indices come from a file, so `check_csr` runs before every use: a column that
 steps out of its row or a bad index is a ValueError, never an out-of-bounds read.
 """
@@ -20,31 +27,60 @@ steps out of its row or a bad index is a ValueError, never an out-of-bounds read
 import numba
 import numpy as np
 
-from npdc.kernels.fused import finish_tile, im2col_rows, pad_serial, tile_rows
+from npdc.kernels.fused import finish_tile, im2col_rows, pad_input, pad_plane, pad_serial, tile_rows
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 
 MAX_STEP = 255  # the largest column step one (uint8) entry holds
-TASK_VALUES = 1 << 16  # conv_sparse_s1's input images per task, in values (a row decoded once for them)
+TASK_VALUES = 1 << 16  # conv_sparse_s1's input images per batch task, in values (about 256 KB)
+RUNS_PER_THREAD = 4  # fewer batch tasks than this per thread: conv_sparse_s1 splits by rows
 
 
 @numba.njit(cache=True)
-def check_csr(rowptr, cols, vidx, n_rows, n_cols, table_size):
-    """Raise ValueError unless rowptr (n_rows + 1) is non-decreasing within cols, every column
-    the steps reach in a row is < n_cols and every value index < table_size."""
+def check_rows(rowptr, cols, vidx, n_rows):
+    """Raise ValueError unless rowptr (n_rows + 1) starts at 0 and is non-decreasing within cols
+    (as long as vidx)."""
     if rowptr.shape[0] != n_rows + 1 or rowptr[0] != 0 or rowptr[n_rows] > cols.shape[0] \
             or cols.shape[0] != vidx.shape[0]:
         raise ValueError("sparse layer: row pointers do not match the entries")
     for r in range(n_rows):
         if rowptr[r + 1] < rowptr[r]:
             raise ValueError("sparse layer: row pointers decrease")
-        c = 0
-        for e in range(rowptr[r], rowptr[r + 1]):
-            c += np.int64(cols[e])
-            if cols[e] < 0 or c >= n_cols:
-                raise ValueError("sparse layer: column out of range")
-            if vidx[e] < 0 or vidx[e] >= table_size:
-                raise ValueError("sparse layer: codebook index out of range")
+
+
+BAD_COLUMN, BAD_INDEX = -1, -2  # what check_row or decode_row returns for a bad entry
+
+
+@numba.njit(cache=True)
+def check_row(rowptr, cols, vidx, r, n_cols, table_size):
+    """0, or BAD_COLUMN / BAD_INDEX at row r's first entry whose column (the running sum of the
+    steps) is not < n_cols or whose value index is not < table_size."""
+    c = 0
+    for e in range(rowptr[r], rowptr[r + 1]):
+        c += np.int64(cols[e])
+        if cols[e] < 0 or c >= n_cols:
+            return BAD_COLUMN
+        if vidx[e] < 0 or vidx[e] >= table_size:
+            return BAD_INDEX
+    return 0
+
+
+@numba.njit(cache=True)
+def check_csr(rowptr, cols, vidx, n_rows, n_cols, table_size):
+    """Raise ValueError unless the rows are well formed (check_rows), every column the steps
+    reach in a row is < n_cols and every value index < table_size."""
+    check_rows(rowptr, cols, vidx, n_rows)
+    for r in range(n_rows):
+        refuse_entry(check_row(rowptr, cols, vidx, r, n_cols, table_size))
+
+
+@numba.njit(cache=True)
+def refuse_entry(code):
+    """Raise the ValueError of a BAD_COLUMN or BAD_INDEX code; any other code passes."""
+    if code == BAD_COLUMN:
+        raise ValueError("sparse layer: column out of range")
+    if code == BAD_INDEX:
+        raise ValueError("sparse layer: codebook index out of range")
 
 
 @numba.njit(cache=True)
@@ -141,12 +177,18 @@ def tap_offsets(c_in, kh, kw, hp, wp):
 @numba.njit(cache=True)
 def decode_row(rowptr, cols, vidx, table, lut, o, offs, vals):
     """Row o's non-zeros as (input offset, weight) pairs in offs/vals[:count], the fillers (index 0,
-    weight 0) dropped; returns count."""
+    weight 0) dropped; returns count, or BAD_COLUMN / BAD_INDEX (check_row) at the first entry
+    that points outside lut or table, before reading there."""
     c, k = np.int64(0), 0
     for e in range(rowptr[o], rowptr[o + 1]):
         c += np.int64(cols[e])
-        if vidx[e] != 0:
-            offs[k], vals[k] = lut[c], table[vidx[e]]
+        if cols[e] < 0 or c >= lut.shape[0]:
+            return BAD_COLUMN
+        v = vidx[e]
+        if v < 0 or v >= table.shape[0]:
+            return BAD_INDEX
+        if v != 0:
+            offs[k], vals[k] = lut[c], table[v]
             k += 1
     return k
 
@@ -236,24 +278,48 @@ def _row_sums_short(xf, offs, vals, e0, e1, n_img, span, image, acc):
             acc[g * span + k] = s
 
 
+@numba.njit(cache=True)
+def _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m, span, image, wp, y,
+                      scale, shift, act, slopes, res, res_mode, res_front, res_stride, acc, offs, vals):
+    """Weight row o over images g0..g1-1 of xf (padded, `image` values apart), `per` at a time,
+    each image's outputs through the tail into y. Returns decode_row's count (negative: a bad
+    entry, and nothing summed)."""
+    count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
+    if count < 0:
+        return count
+    ho = y.shape[2]
+    for a in range(g0, g1, per):
+        b = min(g1, a + per)
+        src = xf[a * image:]
+        if span >= 16:
+            _row_sums(src, offs, vals, 0, count, m, m * (b - a), span, image, acc)
+        else:
+            _row_sums_short(src, offs, vals, 0, count, b - a, span, image, acc)
+        for g in range(b - a):
+            finish_tile(acc[g * span:], wp, y, a + g, o, 0, ho, scale, shift, act, slopes, res,
+                        res_mode, res_front, res_stride)
+    return count
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res,
                    res_mode, res_front, res_stride, y, acc_ws):
-    """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here first when
-    pad > 0 (then x is the unpadded input), as npdc.kernels.fused.conv_dense_s1. With outputs
-    laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of xp starting
-    at (c, i, j), so one weight row is a sum of shifted runs: its entries are decoded once per
-    call into (offset, weight) pairs, then each task (output channel, group of images) sums the
-    row over its 16-position chunks eight at a time in vector registers. The images per task
-    fill eight chunks when a plane has fewer (as far as acc_ws, (threads, >= max(span, 128)),
-    holds). Every output is summed in the row's entry order, whatever the grouping or thread."""
-    if pad > 0:
-        pad_serial(x, pad, xp)
+    """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here from x
+    when pad > 0 (with pad 0, xp is the input and x is unused). With outputs laid out at row pitch
+    Wp, tap (c, i, j) of every output is one contiguous run of xp starting at (c, i, j), so a
+    weight row is a sum of shifted runs: its entries are decoded into (offset, weight) pairs, then
+    summed over the outputs' 16-position chunks eight at a time in vector registers, several
+    images per pass when a plane has fewer chunks (as far as acc_ws, (threads, >= max(span,
+    SPARSE_GROUP_FLOATS)), holds). A batch is split into runs of images holding about
+    TASK_VALUES input values: a task pads its run's images and passes every row over them while
+    they are in its cache; one image, or too few runs, is split by rows instead. Every output is
+    summed in its row's entry order, whatever the split or the thread."""
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, image = (ho - 1) * wp + wo, c_in * hp * wp
-    check_csr(rowptr, cols, vidx, o_out, c_in * kh * kw, table.shape[0])
+    check_rows(rowptr, cols, vidx, o_out)  # the entries are checked as the tasks decode them
     lut = tap_offsets(c_in, kh, kw, hp, wp)
+    status = np.zeros(o_out, np.int64)
     longest = 1
     for o in range(o_out):
         longest = max(longest, rowptr[o + 1] - rowptr[o])
@@ -261,28 +327,33 @@ def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, 
     offs_ws, vals_ws = np.empty((threads, longest), np.uint64), np.empty((threads, longest), xp.dtype)
     m = (span + 15) // 16
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
-    groups = (n_img + per - 1) // per
-    # a task decodes its row once for `chunk` groups, whose images hold about TASK_VALUES: each
-    # thread's tasks run through the rows for the same images while they are in its cache
-    chunk = max(1, TASK_VALUES // (per * image))
-    runs = (groups + chunk - 1) // chunk
+    run = per * max(1, TASK_VALUES // (per * image))
+    runs = (n_img + run - 1) // run
     xf = xp.reshape(n_img * image)
-    for t in numba.prange(runs * o_out):
-        r, o = t // o_out, t % o_out
-        tid = numba.get_thread_id()
-        acc, offs, vals = acc_ws[tid], offs_ws[tid], vals_ws[tid]
-        count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
-        for grp in range(r * chunk, min(groups, (r + 1) * chunk)):
-            g0 = grp * per
-            g1 = min(n_img, g0 + per)
-            src = xf[g0 * image:]
-            if span >= 16:
-                _row_sums(src, offs, vals, 0, count, m, m * (g1 - g0), span, image, acc)
-            else:
-                _row_sums_short(src, offs, vals, 0, count, g1 - g0, span, image, acc)
-            for g in range(g1 - g0):
-                finish_tile(acc[g * span:], wp, y, g0 + g, o, 0, ho, scale, shift, act, slopes, res,
-                            res_mode, res_front, res_stride)
+    if runs >= RUNS_PER_THREAD * threads:
+        for r in numba.prange(runs):
+            g0, g1 = r * run, min(n_img, (r + 1) * run)
+            tid = numba.get_thread_id()
+            if pad > 0:
+                for t in range(g0 * c_in, g1 * c_in):
+                    pad_plane(x, t // c_in, t % c_in, pad, xp)
+            for o in range(o_out):
+                status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m,
+                                              span, image, wp, y, scale, shift, act, slopes, res,
+                                              res_mode, res_front, res_stride, acc_ws[tid],
+                                              offs_ws[tid], vals_ws[tid])
+    else:
+        if pad > 0 and n_img == 1:
+            pad_serial(x, pad, xp)
+        elif pad > 0:
+            pad_input(x, pad, xp)
+        for o in numba.prange(o_out):
+            tid = numba.get_thread_id()
+            status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, 0, n_img, per, m,
+                                          span, image, wp, y, scale, shift, act, slopes, res,
+                                          res_mode, res_front, res_stride, acc_ws[tid],
+                                          offs_ws[tid], vals_ws[tid])
+    refuse_entry(status.min())
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)

@@ -84,10 +84,10 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
         return
     runs = r[F_OP] == OP_CONV_RUNS
     xp, inner = x, 0
-    if runs and pad > 0:  # one image: the kernel pads it itself; a batch: pad_input, in parallel
+    if runs and pad > 0:  # one image, or sparse: the kernel pads itself; else pad_input, in parallel
         hp, wp = r[F_XH] + 2 * pad, r[F_XW] + 2 * pad
         xp = padded[:n * r[F_XC] * hp * wp].reshape((n, r[F_XC], hp, wp))
-        if n == 1:
+        if n == 1 or r[F_SPARSE] != 0:
             inner = pad
         else:
             pad_input(x, pad, xp)

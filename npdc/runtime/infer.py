@@ -198,7 +198,8 @@ class Runtime:
             if s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
-            inner = 0 if n > 1 else pad  # one image: the kernel pads it; a batch: pad_input
+            # one image, or the sparse kernel (per batch task): the kernel pads; else pad_input
+            inner = pad if n == 1 or mode != "dense" else 0
             if mode == "dense":
                 kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, tail, y, self.acc)
             else:

@@ -104,9 +104,11 @@ def _run_sparse_s1(x, csr, o, threads):
 
 
 # planes whose span (rows at the padded pitch) is under one 16-lane chunk, a few chunks (several
-# images per task), eight chunks and more (the last chunk overlapping its neighbour)
+# images per task), eight chunks and more (the last chunk overlapping its neighbour); the last
+# case is a batch large enough to be split into runs of images (TASK_VALUES), each padded by its task
 @pytest.mark.parametrize("c,o,h,n,density", [(3, 5, 2, 3, 0.5), (8, 8, 4, 5, 0.4), (5, 7, 6, 2, 0.9),
-                                             (4, 6, 11, 2, 0.3), (16, 3, 13, 1, 0.2)])
+                                             (4, 6, 11, 2, 0.3), (16, 3, 13, 1, 0.2),
+                                             (16, 4, 30, 32, 0.3)])
 def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c, o, h, n, density):
     x, csr, ref = _sparse_conv_case(c, o, h, n, density, np.random.default_rng(h))
     y = _run_sparse_s1(x, csr, o, 2)
@@ -114,3 +116,17 @@ def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c
     assert np.array_equal(y, _run_sparse_s1(x, csr, o, 1))  # the same bits on one thread
     # an image's outputs do not depend on which images share its task
     assert np.array_equal(y[-1:], _run_sparse_s1(x[-1:], csr, o, 2))
+
+
+@pytest.mark.parametrize("field,match", [("cols", "column"), ("vidx", "codebook")])
+@pytest.mark.parametrize("n", [1, 32])  # split by rows, and by runs of images
+def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, n):
+    x, csr, _ = _sparse_conv_case(16, 4, 30, n, 0.3, np.random.default_rng(1))
+    rowptr, cols, vidx, table = csr
+    e = rowptr[2] + 1  # an entry of row 2 of 4
+    if field == "cols":
+        cols[e] = 255  # steps past C * 9 = 144
+    else:
+        vidx[e] = table.size
+    with pytest.raises(ValueError, match=match):
+        _run_sparse_s1(x, csr, 4, 2)
