@@ -176,21 +176,22 @@ def tap_offsets(c_in, kh, kw, hp, wp):
 
 @numba.njit(cache=True)
 def decode_row(rowptr, cols, vidx, table, lut, o, offs, vals):
-    """Row o's non-zeros as (input offset, weight) pairs in offs/vals[:count], the fillers (index 0,
-    weight 0) dropped; returns count, or BAD_COLUMN / BAD_INDEX (check_row) at the first entry
-    that points outside lut or table, before reading there."""
-    c, k = np.int64(0), 0
-    for e in range(rowptr[o], rowptr[o + 1]):
-        c += np.int64(cols[e])
-        if cols[e] < 0 or c >= lut.shape[0]:
+    """Row o's entries as (input offset, weight) pairs in offs/vals[:count] (a filler: weight 0,
+    which adds nothing); returns count, or BAD_COLUMN / BAD_INDEX (check_row) at the first entry
+    that points outside lut or table, before reading there. Unsigned indices and no branch on
+    the fillers: this runs once per entry per call."""
+    n_cols, n_values = np.uint64(lut.shape[0]), np.uint64(table.shape[0])
+    c, k = np.uint64(0), np.uint64(0)
+    for e in range(np.uint64(rowptr[o]), np.uint64(rowptr[o + 1])):
+        c += np.uint64(cols[e])
+        v = np.uint64(vidx[e])
+        if c >= n_cols:
             return BAD_COLUMN
-        v = vidx[e]
-        if v < 0 or v >= table.shape[0]:
+        if v >= n_values:
             return BAD_INDEX
-        if v != 0:
-            offs[k], vals[k] = lut[c], table[v]
-            k += 1
-    return k
+        offs[k], vals[k] = lut[c], table[v]
+        k += np.uint64(1)
+    return np.int64(k)
 
 
 def _rows8_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
