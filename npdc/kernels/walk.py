@@ -22,7 +22,8 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, gl
                                linear_direct, pad_input)
 from npdc.kernels.fused_blocked import conv_blocked_fused, lanes_for
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
-from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
+from npdc.kernels.sparse import conv_sparse, linear_sparse
+from npdc.kernels.sparse_s1 import conv_sparse_s1
 
 OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 0, 1, 2, 3, 4, 5
 # dense 3x3 only (npdc.kernels.fused_direct): stride 1, weights (O8, C, 9); stride 2, (O8/8, C, 9, 8)

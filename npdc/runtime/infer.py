@@ -25,7 +25,8 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, 
                                global_avg_pool, linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
-from npdc.kernels.sparse import conv_sparse, conv_sparse_s1, linear_sparse
+from npdc.kernels.sparse import conv_sparse, linear_sparse
+from npdc.kernels.sparse_s1 import conv_sparse_s1
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program

@@ -4,8 +4,8 @@ one-byte steps, with filler entries across gaps wider than a byte."""
 import numpy as np
 import pytest
 
-from npdc.kernels.sparse import (MAX_STEP, check_csr, conv_sparse_s1, csr_entries, csr_from_indices,
-                                 linear_sparse)
+from npdc.kernels.sparse import MAX_STEP, check_csr, csr_entries, csr_from_indices, linear_sparse
+from npdc.kernels.sparse_s1 import conv_sparse_s1
 
 
 def _csr(indices, rows):
@@ -104,9 +104,11 @@ def _run_sparse_s1(x, csr, o, threads):
 
 
 # planes whose span (rows at the padded pitch) is under one 16-lane chunk, a few chunks (several
-# images per task), eight chunks and more (the last chunk overlapping its neighbour); the last
-# case is a batch large enough to be split into runs of images (TASK_VALUES), each padded by its task
+# images per task; one image: four or two rows per pass, a row count they do not divide), eight
+# chunks and more (the last chunk overlapping its neighbour); the last case is a batch large
+# enough to be split into runs of images (TASK_VALUES), each padded by its task
 @pytest.mark.parametrize("c,o,h,n,density", [(3, 5, 2, 3, 0.5), (8, 8, 4, 5, 0.4), (5, 7, 6, 2, 0.9),
+                                             (9, 11, 4, 1, 0.5), (13, 7, 7, 1, 0.35),
                                              (4, 6, 11, 2, 0.3), (16, 3, 13, 1, 0.2),
                                              (16, 4, 30, 32, 0.3)])
 def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c, o, h, n, density):
@@ -119,9 +121,9 @@ def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c
 
 
 @pytest.mark.parametrize("field,match", [("cols", "column"), ("vidx", "codebook")])
-@pytest.mark.parametrize("n", [1, 32])  # split by rows, and by runs of images
-def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, n):
-    x, csr, _ = _sparse_conv_case(16, 4, 30, n, 0.3, np.random.default_rng(1))
+@pytest.mark.parametrize("h,n", [(30, 1), (30, 32), (4, 1)])  # split by rows, runs of images, row groups
+def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n):
+    x, csr, _ = _sparse_conv_case(16, 4, h, n, 0.3, np.random.default_rng(1))
     rowptr, cols, vidx, table = csr
     e = rowptr[2] + 1  # an entry of row 2 of 4
     if field == "cols":
