@@ -16,12 +16,38 @@ anything is read there), and the row pointers before any row is decoded.
 import numba
 import numpy as np
 
-from npdc.kernels.fused import finish_tile, pad_input, pad_plane, pad_serial
+from npdc.kernels.fused import finish_tile, pad_input, pad_plane
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 from npdc.kernels.sparse import BAD_COLUMN, BAD_INDEX, check_rows, refuse_entry
 
 TASK_VALUES = 1 << 16  # conv_sparse_s1's input images per batch task, in values (about 256 KB)
 RUNS_PER_THREAD = 4  # fewer batch tasks than this per thread: conv_sparse_s1 splits by rows
+
+
+def subsampled_1x1(w_shape, stride, pad):
+    """Whether conv_sparse_s1 runs a layer of this weight shape, stride and pad by subsampling its
+    input first: a 1x1 kernel, no padding, stride > 1."""
+    return w_shape[2] == 1 and w_shape[3] == 1 and pad == 0 and stride > 1
+
+
+@numba.njit(cache=True)
+def prepare_plane(x, n, c, pad, stride, xp):
+    """xp[n, c] = x[n, c] padded (stride 1) or, for a 1x1 kernel without padding, every
+    stride-th row and column of it."""
+    if stride == 1:
+        pad_plane(x, n, c, pad, xp)
+        return
+    for p in range(xp.shape[2]):
+        for q in range(xp.shape[3]):
+            xp[n, c, p, q] = x[n, c, p * stride, q * stride]
+
+
+@numba.njit(cache=True)
+def prepare_input(x, pad, stride, xp):
+    """prepare_plane for every plane, on the calling thread; nothing when xp is the input."""
+    if pad > 0 or stride > 1:
+        for t in range(x.shape[0] * x.shape[1]):
+            prepare_plane(x, t // x.shape[1], t % x.shape[1], pad, stride, xp)
 
 
 @numba.njit(cache=True)
@@ -249,10 +275,11 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
 
 
 @numba.njit(parallel=True, cache=True)
-def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes, res,
-                   res_mode, res_front, res_stride, y, acc_ws):
+def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
+                   res, res_mode, res_front, res_stride, y, acc_ws):
     """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here from x
-    when pad > 0 (with pad 0, xp is the input and x is unused). With outputs laid out at row pitch
+    when pad > 0 (with pad 0 and stride 1, xp is the input and x is unused); a 1x1 kernel with pad
+    0 may have stride > 1: xp (N, C, Ho, Wo) is then x subsampled here (prepare_plane). With outputs laid out at row pitch
     Wp, tap (c, i, j) of every output is one contiguous run of xp starting at (c, i, j), so a
     weight row is a sum of shifted runs: its entries are decoded into (offset, weight) pairs, then
     summed over the outputs' 16-position chunks eight at a time in vector registers, several
@@ -281,17 +308,16 @@ def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, 
         for r in numba.prange(runs):
             g0, g1 = r * run, min(n_img, (r + 1) * run)
             tid = numba.get_thread_id()
-            if pad > 0:
+            if pad > 0 or stride > 1:
                 for t in range(g0 * c_in, g1 * c_in):
-                    pad_plane(x, t // c_in, t % c_in, pad, xp)
+                    prepare_plane(x, t // c_in, t % c_in, pad, stride, xp)
             for o in range(o_out):
                 status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m,
                                               span, image, wp, y, scale, shift, act, slopes, res,
                                               res_mode, res_front, res_stride, acc_ws[tid],
                                               offs_ws[tid], vals_ws[tid])
     elif n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]:
-        if pad > 0:
-            pad_serial(x, pad, xp)
+        prepare_input(x, pad, stride, xp)
         rows = 4 if m <= 2 else 2
         for grp in numba.prange((o_out + rows - 1) // rows):
             tid = numba.get_thread_id()
@@ -299,10 +325,10 @@ def conv_sparse_s1(x, pad, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, 
                                      scale, shift, act, slopes, res, res_mode, res_front, res_stride,
                                      acc_ws[tid], offs_ws[tid], vals_ws[tid])
     else:
-        if pad > 0 and n_img == 1:
-            pad_serial(x, pad, xp)
-        elif pad > 0:
+        if pad > 0 and n_img > 1 and stride == 1:
             pad_input(x, pad, xp)
+        else:
+            prepare_input(x, pad, stride, xp)
         for o in numba.prange(o_out):
             tid = numba.get_thread_id()
             status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, 0, n_img, per, m,

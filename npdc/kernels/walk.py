@@ -92,6 +92,8 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
             inner = pad
         else:
             pad_input(x, pad, xp)
+    elif runs and r[F_STRIDE] > 1:  # sparse 1x1: the kernel subsamples the input into `padded`
+        xp = padded[:n * r[F_XC] * r[F_YH] * r[F_YW]].reshape((n, r[F_XC], r[F_YH], r[F_YW]))
     if r[F_SPARSE] == 0:
         W2 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]].reshape((r[F_ROWS], r[F_COLS]))
         if runs:
@@ -103,8 +105,8 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     cs, vs = nz_cols[r[F_NZ]:r[F_NZ] + r[F_NNZ]], nz_vidx[r[F_NZ]:r[F_NZ] + r[F_NNZ]]
     table = tables[r[F_TABLE]:r[F_TABLE] + r[F_TSIZE]]
     if runs:
-        conv_sparse_s1(x, inner, xp, rp, cs, vs, table, kh, kw, scale, shift, act, slopes, res,
-                       r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, acc_ws)
+        conv_sparse_s1(x, inner, r[F_STRIDE], xp, rp, cs, vs, table, kh, kw, scale, shift, act,
+                       slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, acc_ws)
     else:
         conv_sparse(x, rp, cs, vs, table, kh, kw, r[F_STRIDE], pad, scale, shift, act, slopes,
                     res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, cols_ws, acc_ws)

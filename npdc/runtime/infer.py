@@ -26,7 +26,7 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, 
 from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1
+from npdc.kernels.sparse_s1 import conv_sparse_s1, subsampled_1x1
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program
@@ -84,6 +84,9 @@ class Runtime:
                 convs.append(shape + (1, w + 2 * s.pad))
                 if s.pad:
                     padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+            elif "runs" in kernels(s) and subsampled_1x1(s.w_shape, s.stride, s.pad):  # sparse, subsampled
+                convs.append(shape + (1, shape[3]))
+                padded = max(padded, plan.batch * c * shape[2] * shape[3])
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
@@ -204,7 +207,7 @@ class Runtime:
             if mode == "dense":
                 kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, tail, y, self.acc)
             else:
-                kernel = lambda: conv_sparse_s1(x, inner, xp, *self.weights.get(s), kh, kw, *tail, y,
+                kernel = lambda: conv_sparse_s1(x, inner, 1, xp, *self.weights.get(s), kh, kw, *tail, y,
                                                 self.acc)
             if inner == pad:
                 return kernel

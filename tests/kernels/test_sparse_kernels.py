@@ -44,7 +44,7 @@ def test_conv_sparse_refuses_a_column_past_the_kernel():
     y = np.zeros((1, 1, 3, 3), np.float32)
     one = np.ones(1, np.float32)
     with pytest.raises(ValueError, match="column"):
-        conv_sparse_s1(xp, 0, xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
+        conv_sparse_s1(xp, 0, 1, xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
                        False, one * 0, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
                        np.zeros((2, 16), np.float32))
 
@@ -96,7 +96,7 @@ def _run_sparse_s1(x, csr, o, threads):
         y = np.full((n, o, h, h), np.nan, np.float32)
         one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
         acc = np.zeros((threads, max((h - 1) * (h + 2) + h, 128)), np.float32)
-        conv_sparse_s1(x, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero, False,
+        conv_sparse_s1(x, 1, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero, False,
                        zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc)
     finally:
         numba.set_num_threads(old)
@@ -132,3 +132,21 @@ def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n):
         vidx[e] = table.size
     with pytest.raises(ValueError, match=match):
         _run_sparse_s1(x, csr, 4, 2)
+
+
+@pytest.mark.parametrize("n", [1, 120])  # split by rows, and by runs of images
+def test_a_strided_1x1_sparse_conv_runs_on_its_subsampled_input(n):
+    rng = np.random.default_rng(2)
+    c, o, h, stride = 24, 8, 27, 2
+    ho = (h - 1) // stride + 1
+    table = np.concatenate([[0], rng.standard_normal(7)]).astype(np.float32)
+    indices = (rng.integers(1, 8, (o, c)) * (rng.random((o, c)) < 0.6)).astype(np.uint8)
+    rowptr, cols, vidx = _csr(indices.reshape(-1), o)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    ref = np.einsum("oc,nchw->nohw", table[indices].astype(np.float64), x[:, :, ::stride, ::stride])
+    y = np.full((n, o, ho, ho), np.nan, np.float32)
+    one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
+    conv_sparse_s1(x, 0, stride, np.zeros((n, c, ho, ho), np.float32), rowptr, cols, vidx, table, 1, 1,
+                   one, zero, False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
+                   np.zeros((2, 256), np.float32))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
