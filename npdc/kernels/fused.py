@@ -19,7 +19,7 @@ from npdc.threads import single_thread_numba_blas
 single_thread_numba_blas()
 
 RES_NONE, RES_IDENTITY, RES_ZEROPAD = 0, 1, 2
-# sums a stride-1 kernel's task may hold: npdc.kernels.sparse.conv_sparse_s1 fills eight 16-lane
+# sums a stride-1 kernel's task may hold: npdc.kernels.sparse_s1.conv_sparse_s1 fills eight 16-lane
 # chunks with several images of a small plane
 SPARSE_GROUP_FLOATS = 128
 
