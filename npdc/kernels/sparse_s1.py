@@ -83,6 +83,19 @@ def decode_row(rowptr, cols, vidx, table, lut, o, offs, vals):
     return np.int64(k)
 
 
+@numba.njit(cache=True, inline="always")
+def _store8(acc, at, sums):
+    """acc[at[v] .. at[v]+15] = sums[v] for the eight 16-tuples of a register pass."""
+    st16(acc, at[0], sums[0])
+    st16(acc, at[1], sums[1])
+    st16(acc, at[2], sums[2])
+    st16(acc, at[3], sums[3])
+    st16(acc, at[4], sums[4])
+    st16(acc, at[5], sums[5])
+    st16(acc, at[6], sums[6])
+    st16(acc, at[7], sums[7])
+
+
 def _rows8_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
                 s7, acc):
     """acc[s_v .. s_v+15] = sum over entries e0..e1-1 of vals[e] * xf[offs[e] + d_v ..], v < 8:
@@ -97,14 +110,7 @@ def _rows8_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, 
         a2, a3 = fma16(a2, w, ld16(xf, b + d2)), fma16(a3, w, ld16(xf, b + d3))
         a4, a5 = fma16(a4, w, ld16(xf, b + d4)), fma16(a5, w, ld16(xf, b + d5))
         a6, a7 = fma16(a6, w, ld16(xf, b + d6)), fma16(a7, w, ld16(xf, b + d7))
-    st16(acc, s0, a0)
-    st16(acc, s1, a1)
-    st16(acc, s2, a2)
-    st16(acc, s3, a3)
-    st16(acc, s4, a4)
-    st16(acc, s5, a5)
-    st16(acc, s6, a6)
-    st16(acc, s7, a7)
+    _store8(acc, (s0, s1, s2, s3, s4, s5, s6, s7), (a0, a1, a2, a3, a4, a5, a6, a7))
 
 
 def _rows4_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc):
@@ -141,14 +147,7 @@ def _four_rows_body(xf, offs, vals, count, L, d0, d1, s00, s01, s10, s11, s20, s
         a10, a11 = fma16(a10, w1, ld16(xf, b1 + d0)), fma16(a11, w1, ld16(xf, b1 + d1))
         a20, a21 = fma16(a20, w2, ld16(xf, b2 + d0)), fma16(a21, w2, ld16(xf, b2 + d1))
         a30, a31 = fma16(a30, w3, ld16(xf, b3 + d0)), fma16(a31, w3, ld16(xf, b3 + d1))
-    st16(acc, s00, a00)
-    st16(acc, s01, a01)
-    st16(acc, s10, a10)
-    st16(acc, s11, a11)
-    st16(acc, s20, a20)
-    st16(acc, s21, a21)
-    st16(acc, s30, a30)
-    st16(acc, s31, a31)
+    _store8(acc, (s00, s01, s10, s11, s20, s21, s30, s31), (a00, a01, a10, a11, a20, a21, a30, a31))
 
 
 def _two_rows_body(xf, offs, vals, count, L, d0, d1, d2, d3, s00, s01, s02, s03, s10, s11, s12, s13,
@@ -164,14 +163,7 @@ def _two_rows_body(xf, offs, vals, count, L, d0, d1, d2, d3, s00, s01, s02, s03,
         a02, a03 = fma16(a02, w0, ld16(xf, b0 + d2)), fma16(a03, w0, ld16(xf, b0 + d3))
         a10, a11 = fma16(a10, w1, ld16(xf, b1 + d0)), fma16(a11, w1, ld16(xf, b1 + d1))
         a12, a13 = fma16(a12, w1, ld16(xf, b1 + d2)), fma16(a13, w1, ld16(xf, b1 + d3))
-    st16(acc, s00, a00)
-    st16(acc, s01, a01)
-    st16(acc, s02, a02)
-    st16(acc, s03, a03)
-    st16(acc, s10, a10)
-    st16(acc, s11, a11)
-    st16(acc, s12, a12)
-    st16(acc, s13, a13)
+    _store8(acc, (s00, s01, s02, s03, s10, s11, s12, s13), (a00, a01, a02, a03, a10, a11, a12, a13))
 
 
 four_rows_sums = straight_line_compiled(_four_rows_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 10 + "F[::1]")
