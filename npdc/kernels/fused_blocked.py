@@ -159,6 +159,39 @@ def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride,
 narrow_sums = straight_line_compiled(_narrow_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
 
 
+def _row_body(xf, Wo, at0, wp, wo, q, d, kh, kw, cstride, acc):
+    """_narrow_body at stride 1 for NARROW_PIXELS positions that run along the padded plane from
+    offset at0 (column q of a padded row wp wide), so that every input is a constant step from one
+    pointer and the block keeps its 12 sums, the weight vector and three integers in registers.
+    Positions in a row's last wp - wo columns are no outputs: position r's sums go to
+    acc[d_r * NARROW:], d_r = d plus the outputs before it in the block, where the next output's
+    overwrite those of a non-output."""
+    prefer_512_bit_vectors()
+    acc[d * NARROW] = 0  # a zero of acc's float type, in a slot this block writes
+    e = acc[d * NARROW]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    step, u = numba.uint64(cstride), numba.uint64  # unsigned offsets: no negative-index tests
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, u(at0 + i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = ld16(Wo[c, t], u(0))
+                a0, a1 = fma16(a0, xf[at], w), fma16(a1, xf[at + u(1)], w)
+                a2, a3 = fma16(a2, xf[at + u(2)], w), fma16(a3, xf[at + u(3)], w)
+                a4, a5 = fma16(a4, xf[at + u(4)], w), fma16(a5, xf[at + u(5)], w)
+                a6, a7 = fma16(a6, xf[at + u(6)], w), fma16(a7, xf[at + u(7)], w)
+                a8, a9 = fma16(a8, xf[at + u(8)], w), fma16(a9, xf[at + u(9)], w)
+                a10, a11 = fma16(a10, xf[at + u(10)], w), fma16(a11, xf[at + u(11)], w)
+                at += step
+    for a in (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+        st16(acc, u(d * NARROW), a)
+        d, q = d + (q < wo), (q + 1) % wp
+
+
+row_sums = straight_line_compiled(_row_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
 @numba.njit(cache=True)
 def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
     """The register block of Wo's width (OUT or NARROW lanes) at positions pix0 ..."""
@@ -171,17 +204,21 @@ def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
 @numba.njit(cache=True, inline="always")
 def _run(acc, step, npix, s, b, act, a, add, res, y):
     """y[r] = act(acc[r * step] * s + b (+ res[r] when add)) for r < npix; the tests on add and
-    act stay out of the loops, so each loop vectorises."""
-    if add:
+    act stay out of the loops, so each loop vectorises, and y is written once."""
+    if add and act:
+        for r in range(npix):
+            v = acc[r * step] * s + b + res[r]
+            y[r] = v * a if v < 0 else v
+    elif add:
         for r in range(npix):
             y[r] = acc[r * step] * s + b + res[r]
+    elif act:
+        for r in range(npix):
+            v = acc[r * step] * s + b
+            y[r] = v * a if v < 0 else v
     else:
         for r in range(npix):
             y[r] = acc[r * step] * s + b
-    if act:
-        for r in range(npix):
-            v = y[r]
-            y[r] = v * a if v < 0 else v
 
 
 @numba.njit(cache=True)
@@ -198,6 +235,9 @@ def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
     res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
     rf = res.reshape(res.size)
     n, rest, done = n0 + pix0 // hw, pix0 % hw, 0
+    # written over its own residual (the plan's in-place sums): y read and written through one
+    # pointer, else the loop vectoriser's overlap test between the two fails and it runs scalar
+    in_place = mode == RES_IDENTITY and rf.ctypes.data == yf.ctypes.data
     while mode != RES_ZEROPAD and done < npix:  # image by image, each channel's positions a run
         seg = min(npix - done, hw - rest)
         for l in range(min(lanes, o_all - ob)):
@@ -205,7 +245,10 @@ def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
             at = numba.uint64((n * o_all + o) * hw + rest)
             s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
             r_at = rf[at:] if add else rf
-            if rstep == 1:  # a constant step: the loads are a vector's
+            if rstep == 1 and in_place:
+                y_at = yf[at:]
+                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, True, y_at, y_at)
+            elif rstep == 1:  # a constant step: the loads are a vector's
                 _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
             else:
                 _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at,
@@ -244,22 +287,57 @@ def _by_channel(acc, npix, lanes, span):
             transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
 
 
+@numba.njit(cache=True, inline="always")
+def _outputs_before(k, wp, wo):
+    """Outputs before offset k of a padded plane whose rows hold wo outputs in wp floats."""
+    return (k // wp) * wo + min(k % wp, wo)
+
+
 @numba.njit(cache=True)
-def fill_padded(x, i, pad, xp):
+def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
+    """The outputs of `count` images, padded at stride 1 into xp `size` floats apart, by row_sums:
+    per image, the offsets of the padded plane from the first output's to past the last's, a
+    strip of STRIP blocks at a time, whose outputs' sums are regrouped by channel and written by
+    one tail call."""
+    span, cstride = STRIP * NARROW_PIXELS, size // Wo.shape[0]
+    last = (ho - 1) * wp + wo
+    for k in range(count):
+        for s0 in range(0, last, span):
+            end, first = min(s0 + span, last), _outputs_before(s0, wp, wo)
+            for p0 in range(s0, end, NARROW_PIXELS):
+                row_sums(xp, Wo, k * size + p0, wp, wo, p0 % wp, _outputs_before(p0, wp, wo) - first,
+                         kh, kw, cstride, acc)
+            cnt = _outputs_before(end, wp, wo) - first
+            _by_channel(acc, cnt, NARROW, span)
+            _finish(acc[span * NARROW:], 1, span, NARROW, first, cnt, 0, tail, y, n0 + k)
+
+
+def _fill_body(x, i, pad, xp):
     """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
-    float of the plane written once (the border's zeros along with the rows they sit between)."""
+    float of the plane written once (the border's zeros along with the rows they sit between), a
+    row of at least 16 floats in 16-float runs, the last run ending at the row's end (a row of 28
+    is too short for the loop vectoriser's unrolled runs, which left it one float at a time)."""
+    prefer_512_bit_vectors()
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hp, wp = h + 2 * pad, w + 2 * pad
+    hp, wp, u = h + 2 * pad, w + 2 * pad, numba.uint64
+    xf = x.reshape(x.size)
     for ch in range(c):
         base = ch * hp * wp
         xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
         for r in range(h):
-            start = base + (r + pad) * wp + pad
-            src = x[i, ch, r]
-            for col in range(w):
-                xp[start + col] = src[col]
+            start, src = base + (r + pad) * wp + pad, ((i * c + ch) * h + r) * w
+            if w >= 16:
+                for col in range(0, w - 16, 16):
+                    st16(xp, u(start + col), ld16(xf, u(src + col)))
+                st16(xp, u(start + w - 16), ld16(xf, u(src + w - 16)))
+            else:
+                for col in range(w):
+                    xp[start + col] = xf[src + col]
             xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
         xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
+
+
+fill_padded = straight_line_compiled(_fill_body, "F[:, :, :, ::1], i8, i8, F[::1]")
 
 
 @numba.njit(cache=True)
@@ -326,6 +404,9 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             i0, tid = task * group, numba.get_thread_id()
             count = min(group, n - i0)
             xp = _planes(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            if lanes == NARROW and stride == 1 and pad > 0:  # the blocks read past a row's end
+                _row_strips(xp, Wb[0], count, size, ho, wo, wp, kh, kw, acc_ws[tid], tail, y, i0)
+                continue
             acc, last = acc_ws[tid], count * hw  # positions cross images: k -> image k // hw
             for b in range(blocks):
                 for s0 in range(0, last, span):
