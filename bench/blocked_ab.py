@@ -28,7 +28,7 @@ from npdc.kernels.conv_flat import interleaved  # noqa: E402
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, Tail  # noqa: E402
 
 # (C, O, H, kernel, stride): fmnist-resnet18's convs, 3x3 and 1x1
-LAYERS = [(1, 16, 28, 3, 1), (16, 16, 28, 3, 1), (16, 32, 28, 3, 2), (16, 32, 28, 1, 2),
+LAYERS = [(1, 16, 28, 3, 1), (16, 16, 28, 3, 1), (16, 16, 28, 1, 1), (16, 32, 28, 3, 2), (16, 32, 28, 1, 2),
           (32, 32, 14, 3, 1), (32, 64, 14, 3, 2), (64, 64, 7, 3, 1), (64, 128, 7, 3, 2),
           (128, 128, 4, 3, 1)]
 
