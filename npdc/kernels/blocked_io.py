@@ -16,10 +16,12 @@ from npdc.kernels.simd import ld16, prefer_512_bit_vectors, st16, straight_line_
 
 
 def _fill_body(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
-    float of the plane written once (the border's zeros along with the rows they sit between), a
-    row of at least 16 floats in 16-float runs, the last run ending at the row's end (a row of 28
-    is too short for the loop vectoriser's unrolled runs, which left it one float at a time)."""
+    """xp (C, H + 2 pad, W + 2 pad + 16 floats past), flat = image i of x (N, C, H, W) inside a
+    zero border: the plane written in order, a row and its right border, then the next, the
+    border's zeros along with the rows they sit between. Rows move in 16-float runs (a row of 28
+    is too short for the loop vectoriser's unrolled runs, which left it one float at a time): the
+    last run of a long row ends at the row's end, a short row's one run runs on past it, onto
+    floats written after it (the bottom rows, the next plane, or the 16 past the last)."""
     prefer_512_bit_vectors()
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp, u = h + 2 * pad, w + 2 * pad, numba.uint64
@@ -33,6 +35,8 @@ def _fill_body(x, i, pad, xp):
                 for col in range(0, w - 16, 16):
                     st16(xp, u(start + col), ld16(xf, u(src + col)))
                 st16(xp, u(start + w - 16), ld16(xf, u(src + w - 16)))
+            elif src + 16 <= xf.size:  # past the row, the run lands where later writes go
+                st16(xp, u(start), ld16(xf, u(src)))
             else:
                 for col in range(w):
                     xp[start + col] = xf[src + col]
