@@ -23,15 +23,18 @@ block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
 threads work at batch 1; a batch is split over tasks of images_per_task images, each thread
 padding them into its own planes, its blocks' positions running on across them, and the tail
-written per strip of STRIP blocks regrouped by channel. Each output is summed by one task in
-one fixed order (tap, then input channel) whatever the thread count, so the bits do not depend
-on it.
+written per strip of STRIP blocks regrouped by channel. At a batch, a layer of at most NARROW
+output channels at stride 1 with a border runs row_sums instead, whose blocks run along the
+padded plane (the positions past a row's outputs computed and dropped), so that one pointer
+reaches every input of a block. Each output is summed by one task in one fixed order (tap, then
+input channel) whatever the thread count and the block, so the bits do not depend on either.
+The padded copy and the tail: npdc.kernels.blocked_io.
 """
 
 import numba
 
-from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
+from npdc.kernels.blocked_io import by_channel, finish_sums, padded_images
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 OUT = 32  # output channels per register block: two 16-lane vectors
 PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
@@ -159,6 +162,39 @@ def _narrow_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride,
 narrow_sums = straight_line_compiled(_narrow_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
 
 
+def _row_body(xf, Wo, at0, wp, wo, q, d, kh, kw, cstride, acc):
+    """_narrow_body at stride 1 for NARROW_PIXELS positions that run along the padded plane from
+    offset at0 (column q of a padded row wp wide), so that every input is a constant step from one
+    pointer and the block keeps its 12 sums, the weight vector and three integers in registers.
+    Positions in a row's last wp - wo columns are no outputs: position r's sums go to
+    acc[d_r * NARROW:], d_r = d plus the outputs before it in the block, where the next output's
+    overwrite those of a non-output."""
+    prefer_512_bit_vectors()
+    acc[d * NARROW] = 0  # a zero of acc's float type, in a slot this block writes
+    e = acc[d * NARROW]
+    z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = z
+    step, u = numba.uint64(cstride), numba.uint64  # unsigned offsets: no negative-index tests
+    for i in range(kh):
+        for j in range(kw):
+            t, at = i * kw + j, u(at0 + i * wp + j)
+            for c in range(Wo.shape[0]):
+                w = ld16(Wo[c, t], u(0))
+                a0, a1 = fma16(a0, xf[at], w), fma16(a1, xf[at + u(1)], w)
+                a2, a3 = fma16(a2, xf[at + u(2)], w), fma16(a3, xf[at + u(3)], w)
+                a4, a5 = fma16(a4, xf[at + u(4)], w), fma16(a5, xf[at + u(5)], w)
+                a6, a7 = fma16(a6, xf[at + u(6)], w), fma16(a7, xf[at + u(7)], w)
+                a8, a9 = fma16(a8, xf[at + u(8)], w), fma16(a9, xf[at + u(9)], w)
+                a10, a11 = fma16(a10, xf[at + u(10)], w), fma16(a11, xf[at + u(11)], w)
+                at += step
+    for a in (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+        st16(acc, u(d * NARROW), a)
+        d, q = d + (q < wo), (q + 1) % wp
+
+
+row_sums = straight_line_compiled(_row_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
+
+
 @numba.njit(cache=True)
 def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
     """The register block of Wo's width (OUT or NARROW lanes) at positions pix0 ..."""
@@ -169,109 +205,28 @@ def _sums(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, acc):
 
 
 @numba.njit(cache=True, inline="always")
-def _run(acc, step, npix, s, b, act, a, add, res, y):
-    """y[r] = act(acc[r * step] * s + b (+ res[r] when add)) for r < npix; the tests on add and
-    act stay out of the loops, so each loop vectorises."""
-    if add:
-        for r in range(npix):
-            y[r] = acc[r * step] * s + b + res[r]
-    else:
-        for r in range(npix):
-            y[r] = acc[r * step] * s + b
-    if act:
-        for r in range(npix):
-            v = y[r]
-            y[r] = v * a if v < 0 else v
+def _outputs_before(k, wp, wo):
+    """Outputs before offset k of a padded plane whose rows hold wo outputs in wp floats."""
+    return (k // wp) * wo + min(k % wp, wo)
 
 
 @numba.njit(cache=True)
-def _finish(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
-    """y[n0 + image, ob + l, row, col] = the tail of acc[r * rstep + l * lstep] for the positions
-    pix0 + r, r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's
-    channels: a register block's sums (rstep lanes, lstep 1) or a strip transposed by channel
-    (rstep 1, and then each channel's loop reads a run). Channel by channel, so the writes run
-    along a row: position by position they would land Ho*Wo floats apart, in as few cache sets as
-    there are lanes when the plane is 4 KiB. Indices are flat and unsigned (no negative-index
-    tests); an identity residual has y's shape, so it is read at the same flat index."""
-    o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
-    yf = y.reshape(y.size)
-    res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
-    rf = res.reshape(res.size)
-    n, rest, done = n0 + pix0 // hw, pix0 % hw, 0
-    while mode != RES_ZEROPAD and done < npix:  # image by image, each channel's positions a run
-        seg = min(npix - done, hw - rest)
-        for l in range(min(lanes, o_all - ob)):
-            o = ob + l
-            at = numba.uint64((n * o_all + o) * hw + rest)
-            s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
-            r_at = rf[at:] if add else rf
-            if rstep == 1:  # a constant step: the loads are a vector's
-                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
-            else:
-                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at,
-                     yf[at:])
-        n, rest, done = n + 1, 0, done + seg
-    if mode != RES_ZEROPAD:
-        return
-    for l in range(min(lanes, o_all - ob)):
-        o = ob + l
-        s, b, a = tail.scale[o], tail.shift[o], tail.slopes[o]
-        pad_c = o - front
-        use_pad = mode == RES_ZEROPAD and 0 <= pad_c < res.shape[1]
-        n, rest = n0 + pix0 // hw, pix0 % hw
-        for r in range(npix):
-            at = numba.uint64((n * o_all + o) * hw + rest)
-            v = acc[r * rstep + l * lstep] * s + b
-            if mode == RES_IDENTITY:
-                v += rf[at]
-            elif use_pad:
-                v += res[n, pad_c, (rest // wo) * rs, (rest % wo) * rs]
-            if tail.act and v < 0:
-                v *= a
-            yf[at] = v
-            rest += 1
-            if rest == hw:
-                n, rest = n + 1, 0
-
-
-@numba.njit(cache=True)
-def _by_channel(acc, npix, lanes, span):
-    """acc[span * lanes + l * span + r] = acc[r * lanes + l] for r < npix rounded up to 8 and
-    l < lanes: a strip's sums, one register block's after another, regrouped by channel with
-    8 x 8 transposes."""
-    for r0 in range(0, npix, 8):
-        for l0 in range(0, lanes, 8):
-            transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
-
-
-@numba.njit(cache=True)
-def fill_padded(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
-    float of the plane written once (the border's zeros along with the rows they sit between)."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hp, wp = h + 2 * pad, w + 2 * pad
-    for ch in range(c):
-        base = ch * hp * wp
-        xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
-        for r in range(h):
-            start = base + (r + pad) * wp + pad
-            src = x[i, ch, r]
-            for col in range(w):
-                xp[start + col] = src[col]
-            xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
-        xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
-
-
-@numba.njit(cache=True)
-def _planes(x, i0, count, pad, planes, at, size):
-    """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
-    is no border, else filled into planes[at:]."""
-    if pad == 0:
-        return x.reshape(x.size)[i0 * size:(i0 + count) * size]
-    xp = planes[at:at + count * size + 16]
+def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
+    """The outputs of `count` images, padded at stride 1 into xp `size` floats apart, by row_sums:
+    per image, the offsets of the padded plane from the first output's to past the last's, a
+    strip of STRIP blocks at a time, whose outputs' sums are regrouped by channel and written by
+    one tail call."""
+    span, cstride = STRIP * NARROW_PIXELS, size // Wo.shape[0]
+    last = (ho - 1) * wp + wo
     for k in range(count):
-        fill_padded(x, i0 + k, pad, xp[k * size:])
-    return xp
+        for s0 in range(0, last, span):
+            end, first = min(s0 + span, last), _outputs_before(s0, wp, wo)
+            for p0 in range(s0, end, NARROW_PIXELS):
+                row_sums(xp, Wo, k * size + p0, wp, wo, p0 % wp, _outputs_before(p0, wp, wo) - first,
+                         kh, kw, cstride, acc)
+            cnt = _outputs_before(end, wp, wo) - first
+            by_channel(acc, cnt, NARROW, span)
+            finish_sums(acc[span * NARROW:], 1, span, NARROW, first, cnt, 0, tail, y, n0 + k)
 
 
 @numba.njit(cache=True)
@@ -311,13 +266,13 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
     if n == 1:
-        xp = _planes(x, 0, 1, pad, planes, 0, size)
+        xp = padded_images(x, 0, 1, pad, planes, 0, size)
         for t in numba.prange(blocks * chunks):
             b, p0 = t // chunks, (t % chunks) * pixels
             acc = acc_ws[numba.get_thread_id()]
             cnt = min(pixels, hw - p0)
             _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-            _finish(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
+            finish_sums(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
         # acc_ws has a row per thread the process may run; a group's positions are summed as one
         # image's would be, so the group's size leaves the bits
@@ -325,7 +280,10 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
         for task in numba.prange((n + group - 1) // group):
             i0, tid = task * group, numba.get_thread_id()
             count = min(group, n - i0)
-            xp = _planes(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            xp = padded_images(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            if lanes == NARROW and stride == 1 and pad > 0:  # the blocks read past a row's end
+                _row_strips(xp, Wb[0], count, size, ho, wo, wp, kh, kw, acc_ws[tid], tail, y, i0)
+                continue
             acc, last = acc_ws[tid], count * hw  # positions cross images: k -> image k // hw
             for b in range(blocks):
                 for s0 in range(0, last, span):
@@ -333,5 +291,5 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
                         _sums(xp, Wb[b], p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh,
                               kw, hp * wp, acc[(p0 - s0) * lanes:])
                     cnt = min(span, last - s0)
-                    _by_channel(acc, cnt, lanes, span)
-                    _finish(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i0)
+                    by_channel(acc, cnt, lanes, span)
+                    finish_sums(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i0)

@@ -1,0 +1,145 @@
+"""What the channels-in-lanes kernels (npdc.kernels.fused_blocked) read and write around their
+register blocks: images copied into zero-padded planes, and sums written back to the NCHW arena
+through the layer's tail (npdc.kernels.fused.Tail), a strip of blocks regrouped by channel first.
+
+Why a module of its own: the copy and the tail run once per layer over every activation, and at
+a batch they are as much of a 16-channel layer's time as the register blocks are not (the cost
+of each is in docs/perf.md, branches `f128` and `d128`); both move floats without multiplying
+them, so they are written for the memory traffic: 16-float runs, one pass over y, no overlap
+test the vectoriser gives up on.
+"""
+
+import numba
+
+from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
+from npdc.kernels.simd import ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
+
+
+def _fill_body(x, i, pad, xp):
+    """xp (C, H + 2 pad, W + 2 pad + 16 floats past), flat = image i of x (N, C, H, W) inside a
+    zero border: the plane written in order, a row and its right border, then the next, the
+    border's zeros along with the rows they sit between. Rows move in 16-float runs (a row of 28
+    is too short for the loop vectoriser's unrolled runs, which left it one float at a time): the
+    last run of a long row ends at the row's end, a short row's one run runs on past it, onto
+    floats written after it (the bottom rows, the next plane, or the 16 past the last)."""
+    prefer_512_bit_vectors()
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    hp, wp, u = h + 2 * pad, w + 2 * pad, numba.uint64
+    xf = x.reshape(x.size)
+    for ch in range(c):
+        base = ch * hp * wp
+        xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
+        for r in range(h):
+            start, src = base + (r + pad) * wp + pad, ((i * c + ch) * h + r) * w
+            if w >= 16:
+                for col in range(0, w - 16, 16):
+                    st16(xp, u(start + col), ld16(xf, u(src + col)))
+                st16(xp, u(start + w - 16), ld16(xf, u(src + w - 16)))
+            elif src + 16 <= xf.size:  # past the row, the run lands where later writes go
+                st16(xp, u(start), ld16(xf, u(src)))
+            else:
+                for col in range(w):
+                    xp[start + col] = xf[src + col]
+            xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
+        xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
+
+
+fill_padded = straight_line_compiled(_fill_body, "F[:, :, :, ::1], i8, i8, F[::1]")
+
+
+@numba.njit(cache=True)
+def padded_images(x, i0, count, pad, planes, at, size):
+    """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
+    is no border, else filled into planes[at:]."""
+    if pad == 0:
+        return x.reshape(x.size)[i0 * size:(i0 + count) * size]
+    xp = planes[at:at + count * size + 16]
+    for k in range(count):
+        fill_padded(x, i0 + k, pad, xp[k * size:])
+    return xp
+
+
+@numba.njit(cache=True, inline="always")
+def _run(acc, step, npix, s, b, act, a, add, res, y):
+    """y[r] = act(acc[r * step] * s + b (+ res[r] when add)) for r < npix; the tests on add and
+    act stay out of the loops, so each loop vectorises, and y is written once."""
+    if add and act:
+        for r in range(npix):
+            v = acc[r * step] * s + b + res[r]
+            y[r] = v * a if v < 0 else v
+    elif add:
+        for r in range(npix):
+            y[r] = acc[r * step] * s + b + res[r]
+    elif act:
+        for r in range(npix):
+            v = acc[r * step] * s + b
+            y[r] = v * a if v < 0 else v
+    else:
+        for r in range(npix):
+            y[r] = acc[r * step] * s + b
+
+
+@numba.njit(cache=True)
+def finish_sums(acc, rstep, lstep, lanes, pix0, npix, ob, tail, y, n0):
+    """y[n0 + image, ob + l, row, col] = the tail of acc[r * rstep + l * lstep] for the positions
+    pix0 + r, r < npix, of the block (k -> image k // (Ho Wo), row, col), l < lanes within y's
+    channels: a register block's sums (rstep lanes, lstep 1) or a strip transposed by channel
+    (rstep 1, and then each channel's loop reads a run). Channel by channel, so the writes run
+    along a row: position by position they would land Ho*Wo floats apart, in as few cache sets as
+    there are lanes when the plane is 4 KiB. Indices are flat and unsigned (no negative-index
+    tests); an identity residual has y's shape, so it is read at the same flat index."""
+    o_all, hw, wo = y.shape[1], y.shape[2] * y.shape[3], y.shape[3]
+    yf = y.reshape(y.size)
+    res, mode, front, rs = tail.res, tail.res_mode, tail.res_front, tail.res_stride
+    rf = res.reshape(res.size)
+    n, rest, done = n0 + pix0 // hw, pix0 % hw, 0
+    # written over its own residual (the plan's in-place sums): y read and written through one
+    # pointer, else the loop vectoriser's overlap test between the two fails and it runs scalar
+    in_place = mode == RES_IDENTITY and rf.ctypes.data == yf.ctypes.data
+    while mode != RES_ZEROPAD and done < npix:  # image by image, each channel's positions a run
+        seg = min(npix - done, hw - rest)
+        for l in range(min(lanes, o_all - ob)):
+            o = ob + l
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            s, b, a, add = tail.scale[o], tail.shift[o], tail.slopes[o], mode == RES_IDENTITY
+            r_at = rf[at:] if add else rf
+            if rstep == 1 and in_place:
+                y_at = yf[at:]
+                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, True, y_at, y_at)
+            elif rstep == 1:  # a constant step: the loads are a vector's
+                _run(acc[l * lstep + done:], 1, seg, s, b, tail.act, a, add, r_at, yf[at:])
+            else:
+                _run(acc[l * lstep + done * rstep:], rstep, seg, s, b, tail.act, a, add, r_at,
+                     yf[at:])
+        n, rest, done = n + 1, 0, done + seg
+    if mode != RES_ZEROPAD:
+        return
+    for l in range(min(lanes, o_all - ob)):
+        o = ob + l
+        s, b, a = tail.scale[o], tail.shift[o], tail.slopes[o]
+        pad_c = o - front
+        use_pad = mode == RES_ZEROPAD and 0 <= pad_c < res.shape[1]
+        n, rest = n0 + pix0 // hw, pix0 % hw
+        for r in range(npix):
+            at = numba.uint64((n * o_all + o) * hw + rest)
+            v = acc[r * rstep + l * lstep] * s + b
+            if mode == RES_IDENTITY:
+                v += rf[at]
+            elif use_pad:
+                v += res[n, pad_c, (rest // wo) * rs, (rest % wo) * rs]
+            if tail.act and v < 0:
+                v *= a
+            yf[at] = v
+            rest += 1
+            if rest == hw:
+                n, rest = n + 1, 0
+
+
+@numba.njit(cache=True)
+def by_channel(acc, npix, lanes, span):
+    """acc[span * lanes + l * span + r] = acc[r * lanes + l] for r < npix rounded up to 8 and
+    l < lanes: a strip's sums, one register block's after another, regrouped by channel with
+    8 x 8 transposes."""
+    for r0 in range(0, npix, 8):
+        for l0 in range(0, lanes, 8):
+            transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
