@@ -149,13 +149,20 @@ def tiny_cifar():
 
 
 def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of one in-process CLI call; argparse exits count like returns."""
+    """(exit code, stdout, stderr) of one in-process CLI call; argparse exits count like returns.
+    The thread count comes back as it was (`--threads` sets Numba's and BLAS's for the process),
+    so that the tests after this one run as they would without it."""
     from npdc.cli import main
+    from npdc.threads import set_threads
 
+    threads = numba.get_num_threads()
     try:
         code = main(argv)
     except SystemExit as e:
         code = e.code
+    finally:
+        if numba.get_num_threads() != threads:
+            set_threads(threads)
     out, err = capsys.readouterr()
     return code, out, err
 

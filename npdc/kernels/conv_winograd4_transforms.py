@@ -11,8 +11,8 @@ store_rows out of a tile row), which move 8 x 8 blocks through simd.transpose8.
 Why eight lanes: a tile's transform is a handful of adds per value, so its cost is loads and
 stores; eight channels side by side are one vector, and the 8-tuples below are written so that
 every load of a step comes before its stores, which lets the SLP vectoriser pack them. The
-kernels whose names end in _body are compiled eagerly with that vectoriser (simd's
-straight_line_compiled).
+kernels whose names end in _body are compiled with that vectoriser (simd's
+straight_line_compiled), each float type when a call first brings it.
 """
 
 import numba

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import sigutils, types
+from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
 
@@ -25,27 +26,53 @@ def straight_line_vectorised():
     """Compile with LLVM's SLP (straight-line) vectoriser, which Numba leaves off by default:
     kernels that keep a row of scalar sums (flat's few-channel rows, the GEMMs of winograd4 and
     polyphase) only get vector registers with it. The switch is process-wide and Numba reads it
-    when it compiles, so those kernels are compiled eagerly, inside this block, from explicit
-    signatures, and the old value comes back even if a compilation fails."""
-    old = numba.config.SLP_VECTORIZE
-    numba.config.SLP_VECTORIZE = 1
-    try:
-        yield
-    finally:
-        numba.config.SLP_VECTORIZE = old
+    when it compiles, so it is set only while such a kernel compiles (holding Numba's compiler
+    lock, so that no other thread compiles meanwhile), and the old value comes back even if a
+    compilation fails."""
+    with global_compiler_lock:
+        old = numba.config.SLP_VECTORIZE
+        numba.config.SLP_VECTORIZE = 1
+        try:
+            yield
+        finally:
+            numba.config.SLP_VECTORIZE = old
 
 
-# the float types (Numba's names) straight_line_compiled builds each kernel for; a subprocess test
-# that runs float32 only narrows it before the kernel modules load, halving its compile time
+# the float types (Numba's names) a straight_line_compiled kernel may be built for
 SLP_FLOAT_TYPES = ("f4", "f8")
 
 
 def straight_line_compiled(body, args, parallel=False):
-    """body compiled now, with the SLP vectoriser, for float32 and float64 arrays: `args` is its
-    argument list with F for the float type, e.g. "F[:, ::1], i8"."""
-    with straight_line_vectorised():
-        return numba.njit([f"void({args.replace('F', t)})" for t in SLP_FLOAT_TYPES], parallel=parallel,
-                          cache=True, fastmath={"contract"})(body)
+    """body compiled with the SLP vectoriser for float32 and float64 arrays: `args` is its
+    argument list with F for the float type, e.g. "F[:, ::1], i8".
+
+    Each float type's signature is compiled (or loaded from Numba's cache) when a call first
+    brings arrays of that type, not when the module loads: these register-blocked kernels are
+    the slowest of the package to compile (tens of seconds each on a cold cache), and most
+    programs use them in float32 only. A call is typed against the signatures as written, as if
+    they had been given to numba.njit, and once every type is built the kernel compiles nothing
+    more, exactly like such a kernel."""
+    declared = {}
+    for t in SLP_FLOAT_TYPES:
+        arg_types, _ = sigutils.normalize_signature(f"void({args.replace('F', t)})")
+        declared[numba.from_dtype(np.dtype(t))] = arg_types
+    kernel = numba.njit(parallel=parallel, cache=True, fastmath={"contract"})(body)
+    compile_any = kernel.compile
+
+    def compile_declared(sig):
+        arg_types, _ = sigutils.normalize_signature(sig)
+        dtype = next((a.dtype for a in arg_types if isinstance(a, types.Array)), None)
+        if dtype not in declared:
+            raise TypeError(f"{body.__name__} is built for arrays of {sorted(map(str, declared))}, "
+                            f"not for {arg_types}")
+        with straight_line_vectorised():
+            entry = compile_any(declared[dtype])
+        if len(kernel.overloads) == len(declared):
+            kernel.disable_compile()
+        return entry
+
+    kernel.compile = compile_declared
+    return kernel
 
 
 @intrinsic

@@ -10,7 +10,7 @@ fill and output rows and of polyphase's phase fill is checked too. The intrinsic
 compared with the twins in test_simd.
 
 Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of one core; most of
-it the register-blocked SLP kernels, built for float32 only here since the helper runs float32).
+it the register-blocked SLP kernels, which build only the float type a call brings: float32 here).
 So the subprocess starts as soon as the suite has collected this test (tests/conftest.py calls
 `start`), and compiles on the second core while the rest of the suite runs on the first; the
 test then only waits for its answer. Under pytest-xdist the controller starts it (`share`)
@@ -52,7 +52,6 @@ assert numba.config.BOUNDSCHECK, "NUMBA_BOUNDSCHECK was not read"
 
 from npdc.kernels import simd
 simd.transpose8, simd.deinterleave16 = simd.transpose8_checked, simd.deinterleave16_checked
-simd.SLP_FLOAT_TYPES = ("f4",)  # the helper runs float32 only
 from npdc.kernels import conv_polyphase, conv_winograd4_transforms
 assert conv_winograd4_transforms.transpose8 is simd.transpose8_checked
 assert conv_polyphase.deinterleave16 is simd.deinterleave16_checked

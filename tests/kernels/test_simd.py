@@ -5,7 +5,8 @@ import numba
 import numpy as np
 import pytest
 
-from npdc.kernels.simd import deinterleave16, deinterleave16_checked, transpose8, transpose8_checked
+from npdc.kernels.simd import (deinterleave16, deinterleave16_checked, straight_line_compiled, transpose8,
+                               transpose8_checked)
 
 
 @numba.njit(cache=True)
@@ -122,3 +123,31 @@ def test_deinterleave16_checked_twin_refuses_out_of_range(s, e, o, side):
     with pytest.raises(IndexError, match=side):
         _split_checked(src, s, evens, e, odds, o)
     assert not evens.any() and not odds.any()
+
+
+def _scale_body(v, k, out):
+    for i in range(v.size):
+        out[i] = v[i] * k
+
+
+def test_a_straight_line_kernel_builds_each_float_type_when_first_called():
+    """Nothing compiles when the kernel is made; a call builds the signature as written for its
+    float type (an int32 count goes in as the declared int64), and once both types are built the
+    kernel compiles nothing more. Other arrays are refused either way, and Numba's SLP switch is
+    as it was."""
+    slp = numba.config.SLP_VECTORIZE
+    kernel = straight_line_compiled(_scale_body, "F[::1], i8, F[::1]")
+    assert not kernel.overloads
+    out = np.zeros(3, np.float32)
+    kernel(np.arange(3, dtype=np.float32), np.int32(2), out)
+    assert out.tolist() == [0, 2, 4]
+    assert [str(sig) for sig in kernel.nopython_signatures] == [
+        "(Array(float32, 1, 'C', False, aligned=True), int64, Array(float32, 1, 'C', False, aligned=True)) -> none"]
+    with pytest.raises(TypeError):
+        kernel(np.arange(3), 2, np.zeros(3, np.int64))
+    out = np.zeros(2)
+    kernel(np.ones(2), 5, out)
+    assert out.tolist() == [5, 5] and len(kernel.overloads) == 2 and not kernel._can_compile
+    with pytest.raises(TypeError):
+        kernel(np.arange(3), 2, np.zeros(3, np.int64))
+    assert numba.config.SLP_VECTORIZE == slp

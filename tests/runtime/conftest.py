@@ -49,10 +49,28 @@ def make_npdc(path, spec, sparsity=80, seed=0):
     return load_compressed(path)[0]
 
 
+@pytest.fixture(scope="session")
+def npdc_bytes(tmp_path_factory):
+    """name -> the bytes make_npdc writes for NETS[name], built once a session: the file is the
+    same bytes every time, and building it (k-means, coding) costs far more than decoding it."""
+    folder, built = tmp_path_factory.mktemp("nets"), {}
+
+    def get(name):
+        if name not in built:
+            make_npdc(folder / f"{name}.npdc", NETS[name])
+            built[name] = (folder / f"{name}.npdc").read_bytes()
+        return built[name]
+
+    return get
+
+
 @pytest.fixture(params=sorted(NETS))
-def npdc_file(request, tmp_path):
+def npdc_file(request, tmp_path, npdc_bytes):
+    """(path, net): make_npdc's file for one net of NETS, a copy in this test's own folder, and
+    the net decoded from it, as make_npdc returns it."""
     path = tmp_path / f"{request.param}.npdc"
-    return path, make_npdc(path, NETS[request.param])
+    path.write_bytes(npdc_bytes(request.param))
+    return path, load_compressed(path)[0]
 
 
 def raw_images(net, n, seed=1):
