@@ -53,7 +53,7 @@ def prepare_input(x, pad, stride, xp):
 @numba.njit(cache=True)
 def tap_offsets(c_in, kh, kw, hp, wp):
     """Where column c*kh*kw + i*kw + j of a weight row starts in one padded image (C, Hp, Wp)."""
-    lut = np.empty(c_in * kh * kw, np.uint64)
+    lut = np.empty(c_in * kh * kw, np.uint32)  # the caller bounds an image below 2**32 values
     r = 0
     for c in range(c_in):
         for i in range(kh):
@@ -129,8 +129,8 @@ def _rows4_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc):
     st16(acc, s3, a3)
 
 
-rows8_sums = straight_line_compiled(_rows8_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 16 + "F[::1]")
-rows4_sums = straight_line_compiled(_rows4_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 8 + "F[::1]")
+rows8_sums = straight_line_compiled(_rows8_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 16 + "F[::1]")
+rows4_sums = straight_line_compiled(_rows4_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 8 + "F[::1]")
 
 
 def _four_rows_body(xf, offs, vals, count, L, d0, d1, s00, s01, s10, s11, s20, s21, s30, s31, acc):
@@ -166,8 +166,8 @@ def _two_rows_body(xf, offs, vals, count, L, d0, d1, d2, d3, s00, s01, s02, s03,
     _store8(acc, (s00, s01, s02, s03, s10, s11, s12, s13), (a00, a01, a02, a03, a10, a11, a12, a13))
 
 
-four_rows_sums = straight_line_compiled(_four_rows_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 10 + "F[::1]")
-two_rows_sums = straight_line_compiled(_two_rows_body, "F[::1], u8[::1], F[::1], i8, i8, " + "u8, " * 12 + "F[::1]")
+four_rows_sums = straight_line_compiled(_four_rows_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 10 + "F[::1]")
+two_rows_sums = straight_line_compiled(_two_rows_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 12 + "F[::1]")
 
 
 @numba.njit(cache=True, inline="always")
@@ -240,7 +240,7 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
     """Rows o0 .. o0 + rows - 1 (4 rows of a plane of at most two chunks, or 2 of at most four;
     a row past the last is the last again) of image 0 in one register pass, each row's outputs
     through the tail into y. Returns the least decode_row result (negative: a bad entry)."""
-    L, last = offs.shape[0] // 4, y.shape[1] - 1
+    L, last = offs.shape[0] // rows, y.shape[1] - 1
     count = 0
     for r in range(rows):
         k = decode_row(rowptr, cols, vidx, table, lut, min(o0 + r, last), offs[r * L:], vals[r * L:])
@@ -266,9 +266,23 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
     return count
 
 
+@numba.njit(cache=True)
+def decode_floats(longest):
+    """Floats of decode scratch one thread needs for rows of at most `longest` entries: the
+    offsets and the weights of four rows (the most a register pass takes)."""
+    return 2 * 4 * max(longest, 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _decoded(ws, width):
+    """(offsets, weights) of `width` entries each in one thread's decode scratch ws (floats): the
+    offsets as 32-bit unsigned integers over the first `width` floats, the weights after them."""
+    return ws[:width].view(np.uint32)[:width], ws[width:2 * width]
+
+
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
-                   res, res_mode, res_front, res_stride, y, acc_ws):
+                   res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
     """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here from x
     when pad > 0 (with pad 0 and stride 1, xp is the input and x is unused); a 1x1 kernel with pad
     0 may have stride > 1: xp (N, C, Ho, Wo) is then x subsampled here (prepare_plane). With outputs laid out at row pitch
@@ -279,7 +293,9 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     SPARSE_GROUP_FLOATS)), holds). A batch is split into runs of images holding about
     TASK_VALUES input values: a task pads its run's images and passes every row over them while
     they are in its cache; one image, or too few runs, is split by rows instead. Every output is
-    summed in its row's entry order, whatever the split or the thread."""
+    summed in its row's entry order, whatever the split or the thread. decode_ws (threads, any;
+    the float type of xp): where each thread decodes its rows, allocated here when it holds
+    fewer than decode_floats(longest row) (the runtime sizes it so: its tiled kernels' columns)."""
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, image = (ho - 1) * wp + wo, c_in * hp * wp
@@ -289,9 +305,15 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     longest = 1
     for o in range(o_out):
         longest = max(longest, rowptr[o + 1] - rowptr[o])
+    if image >= 1 << 32:
+        raise ValueError("sparse layer: an image of 2**32 values or more")
     threads = acc_ws.shape[0]  # one row per thread, as every workspace
-    offs_ws, vals_ws = np.empty((threads, 4 * longest), np.uint64), np.empty((threads, 4 * longest), xp.dtype)
     m = (span + 15) // 16
+    grouped = n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]
+    rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
+    width = rows * longest
+    if decode_ws.shape[0] < threads or decode_ws.shape[1] < decode_floats(longest):
+        decode_ws = np.empty((threads, decode_floats(longest)), xp.dtype)
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
     run = per * max(1, TASK_VALUES // (per * image))
     runs = (n_img + run - 1) // run
@@ -307,15 +329,14 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
                 status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m,
                                               span, image, wp, y, scale, shift, act, slopes, res,
                                               res_mode, res_front, res_stride, acc_ws[tid],
-                                              offs_ws[tid], vals_ws[tid])
-    elif n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]:
+                                              *_decoded(decode_ws[tid], width))
+    elif grouped:
         prepare_input(x, pad, stride, xp)
-        rows = 4 if m <= 2 else 2
         for grp in numba.prange((o_out + rows - 1) // rows):
             tid = numba.get_thread_id()
             status[grp] = _row_group(xf, lut, rowptr, cols, vidx, table, grp * rows, rows, span, wp, y,
                                      scale, shift, act, slopes, res, res_mode, res_front, res_stride,
-                                     acc_ws[tid], offs_ws[tid], vals_ws[tid])
+                                     acc_ws[tid], *_decoded(decode_ws[tid], width))
     else:
         if pad > 0 and n_img > 1 and stride == 1:
             pad_input(x, pad, xp)
@@ -326,5 +347,5 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
             status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, 0, n_img, per, m,
                                           span, image, wp, y, scale, shift, act, slopes, res,
                                           res_mode, res_front, res_stride, acc_ws[tid],
-                                          offs_ws[tid], vals_ws[tid])
+                                          *_decoded(decode_ws[tid], width))
     refuse_entry(status.min())

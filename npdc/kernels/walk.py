@@ -106,7 +106,7 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     table = tables[r[F_TABLE]:r[F_TABLE] + r[F_TSIZE]]
     if runs:
         conv_sparse_s1(x, inner, r[F_STRIDE], xp, rp, cs, vs, table, kh, kw, scale, shift, act,
-                       slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, acc_ws)
+                       slopes, res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, acc_ws, cols_ws)
     else:
         conv_sparse(x, rp, cs, vs, table, kh, kw, r[F_STRIDE], pad, scale, shift, act, slopes,
                     res, r[F_RMODE], r[F_RFRONT], r[F_RSTRIDE], y, cols_ws, acc_ws)

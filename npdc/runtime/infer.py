@@ -26,7 +26,7 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, 
 from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1, subsampled_1x1
+from npdc.kernels.sparse_s1 import conv_sparse_s1, decode_floats, subsampled_1x1
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program
@@ -61,6 +61,9 @@ class Runtime:
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
         self.walk = choose_walk(self.mode, walk)
         direct = ("flat", "phases", "blocked") if self.walk == "compiled" and "dense" in self.stores else ()
+        sparse = self.stores.get("sparse")  # the longest row of each sparse conv, for its decoding
+        self.longest_rows = {s.name: int(np.diff(sparse.get(s)[0]).max(initial=0))
+                             for s in steps if s.kind == "conv" and isinstance(sparse, SparseWeights)}
         self._scratch(lambda s: ("tiled", "runs") + direct)  # every candidate, for measuring
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
@@ -74,12 +77,14 @@ class Runtime:
     def _scratch(self, kernels):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
         names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none)."""
-        plan, convs, padded, direct_accs = self.plan, [], 1, []
+        plan, convs, padded, direct_accs, decode = self.plan, [], 1, [], 0
         for s in plan.steps:
             if s.kind != "conv":
                 continue
             c, h, w = plan.values[s.inputs[0]].shape
             shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
+            if "runs" in kernels(s) and s.name in self.longest_rows:  # decoded in the tiled columns
+                decode = max(decode, decode_floats(self.longest_rows[s.name]))
             if "runs" in kernels(s) and s.stride == 1:
                 convs.append(shape + (1, w + 2 * s.pad))
                 if s.pad:
@@ -101,7 +106,7 @@ class Runtime:
                 direct_accs.append(direct_acc)
         budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
         cols, acc = scratch_sizes(convs, budget)
-        acc = max([acc] + direct_accs)
+        cols, acc = max(cols, decode), max([acc] + direct_accs)
         self.cols = np.zeros((self.threads, cols), np.float32)
         self.acc = np.zeros((self.threads, acc), np.float32)
         self.padded = np.zeros(padded, np.float32)
@@ -208,7 +213,7 @@ class Runtime:
                 kernel = functools.partial(conv_dense_s1, x, inner, xp, W2, kh, kw, tail, y, self.acc)
             else:
                 kernel = lambda: conv_sparse_s1(x, inner, 1, xp, *self.weights.get(s), kh, kw, *tail, y,
-                                                self.acc)
+                                                self.acc, self.cols)
             if inner == pad:
                 return kernel
             return lambda: (pad_input(x, pad, xp), kernel())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from npdc.kernels.sparse import MAX_STEP, check_csr, csr_entries, csr_from_indices, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1
+from npdc.kernels.sparse_s1 import conv_sparse_s1, decode_floats
 
 
 def _csr(indices, rows):
@@ -46,7 +46,7 @@ def test_conv_sparse_refuses_a_column_past_the_kernel():
     with pytest.raises(ValueError, match="column"):
         conv_sparse_s1(xp, 0, 1, xp, rowptr, cols, vidx, np.array([0, 1], np.float32), 3, 3, one, one * 0,
                        False, one * 0, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
-                       np.zeros((2, 16), np.float32))
+                       np.zeros((2, 16), np.float32), np.zeros((2, 0), np.float32))
 
 
 def test_check_csr_accepts_an_empty_layer():
@@ -96,8 +96,9 @@ def _run_sparse_s1(x, csr, o, threads):
         y = np.full((n, o, h, h), np.nan, np.float32)
         one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
         acc = np.zeros((threads, max((h - 1) * (h + 2) + h, 128)), np.float32)
+        decode = np.zeros((threads, decode_floats(int(np.diff(csr[0]).max()))), np.float32)
         conv_sparse_s1(x, 1, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero, False,
-                       zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc)
+                       zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
     finally:
         numba.set_num_threads(old)
     return y
@@ -148,5 +149,5 @@ def test_a_strided_1x1_sparse_conv_runs_on_its_subsampled_input(n):
     one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
     conv_sparse_s1(x, 0, stride, np.zeros((n, c, ho, ho), np.float32), rowptr, cols, vidx, table, 1, 1,
                    one, zero, False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
-                   np.zeros((2, 256), np.float32))
+                   np.zeros((2, 256), np.float32), np.zeros((2, 0), np.float32))
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
