@@ -179,25 +179,51 @@ def _chunk(i, m, span, image):
 
 
 @numba.njit(cache=True)
+def _pass(xf, offs, vals, e0, e1, m, count, i, span, image, acc):
+    """Chunks i .. i+7 of a task's count chunks of 16 positions (i .. i+3 when at most four are
+    left; chunks past the last repeat it), summed over entries e0..e1-1 in one register pass."""
+    last = count - 1
+    (d0, s0), (d1, s1) = _chunk(i, m, span, image), _chunk(min(i + 1, last), m, span, image)
+    (d2, s2) = _chunk(min(i + 2, last), m, span, image)
+    (d3, s3) = _chunk(min(i + 3, last), m, span, image)
+    if count - i > 4:
+        (d4, s4), (d5, s5) = _chunk(i + 4, m, span, image), _chunk(min(i + 5, last), m, span, image)
+        (d6, s6) = _chunk(min(i + 6, last), m, span, image)
+        (d7, s7) = _chunk(min(i + 7, last), m, span, image)
+        rows8_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
+                   s7, acc)
+    else:
+        rows4_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc)
+
+
+@numba.njit(cache=True)
 def _row_sums(xf, offs, vals, e0, e1, m, count, span, image, acc):
     """acc (count // m images of `span` sums, then the rest) = one weight row over the task's
-    count chunks of 16 positions: eight chunks at a time, then four (the last repeated to fill)."""
-    last = count - 1
-    i = 0
-    while i < count:
-        (d0, s0), (d1, s1) = _chunk(i, m, span, image), _chunk(min(i + 1, last), m, span, image)
-        (d2, s2) = _chunk(min(i + 2, last), m, span, image)
-        (d3, s3) = _chunk(min(i + 3, last), m, span, image)
-        if count - i > 4:
-            (d4, s4), (d5, s5) = _chunk(i + 4, m, span, image), _chunk(min(i + 5, last), m, span, image)
-            (d6, s6) = _chunk(min(i + 6, last), m, span, image)
-            (d7, s7) = _chunk(min(i + 7, last), m, span, image)
-            rows8_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5,
-                       s6, s7, acc)
-            i += 8
-        else:
-            rows4_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc)
-            i += 4
+    count chunks of 16 positions, a pass of eight at a time."""
+    for i in range(0, count, 8):
+        _pass(xf, offs, vals, e0, e1, m, count, i, span, image, acc)
+
+
+@numba.njit(cache=True)
+def _rows_by_pass(xf, offs, vals, rowptr, g0, g1, per, m, span, image, wp, y, scale, shift, act,
+                  slopes, res, res_mode, res_front, res_stride, acc):
+    """Every weight row (row o's pairs at offs/vals[rowptr[o]:rowptr[o + 1]]) over images
+    g0..g1-1, `per` at a time, each image's outputs through the tail into y; acc holds
+    rows x per x span sums. Each pass of eight chunks runs every row before the next pass, so
+    the inputs it reads stay in the first-level cache (a row at a time, they came from the
+    second: about half the speed)."""
+    o_out, ho, block = y.shape[1], y.shape[2], per * span
+    for a in range(g0, g1, per):
+        b = min(g1, a + per)
+        src, count = xf[a * image:], m * (b - a)
+        for i in range(0, count, 8):
+            for o in range(o_out):
+                _pass(src, offs, vals, rowptr[o], rowptr[o + 1], m, count, i, span, image,
+                      acc[o * block:])
+        for o in range(o_out):
+            for g in range(b - a):
+                finish_tile(acc[o * block + g * span:], wp, y, a + g, o, 0, ho, scale, shift, act,
+                            slopes, res, res_mode, res_front, res_stride)
 
 
 @numba.njit(cache=True)
@@ -285,17 +311,20 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
                    res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
     """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here from x
     when pad > 0 (with pad 0 and stride 1, xp is the input and x is unused); a 1x1 kernel with pad
-    0 may have stride > 1: xp (N, C, Ho, Wo) is then x subsampled here (prepare_plane). With outputs laid out at row pitch
-    Wp, tap (c, i, j) of every output is one contiguous run of xp starting at (c, i, j), so a
-    weight row is a sum of shifted runs: its entries are decoded into (offset, weight) pairs, then
-    summed over the outputs' 16-position chunks eight at a time in vector registers, several
-    images per pass when a plane has fewer chunks (as far as acc_ws, (threads, >= max(span,
-    SPARSE_GROUP_FLOATS)), holds). A batch is split into runs of images holding about
-    TASK_VALUES input values: a task pads its run's images and passes every row over them while
-    they are in its cache; one image, or too few runs, is split by rows instead. Every output is
-    summed in its row's entry order, whatever the split or the thread. decode_ws (threads, any;
-    the float type of xp): where each thread decodes its rows, allocated here when it holds
-    fewer than decode_floats(longest row) (the runtime sizes it so: its tiled kernels' columns)."""
+    0 may have stride > 1: xp (N, C, Ho, Wo) is then x subsampled here (prepare_plane).
+
+    With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of
+    xp starting at (c, i, j), so a weight row is a sum of shifted runs: its entries are decoded
+    into (offset, weight) pairs, then summed over the outputs' 16-position chunks eight at a time
+    in vector registers, several images per pass when a plane has fewer chunks (as far as
+    acc_ws, (threads, >= max(span, SPARSE_GROUP_FLOATS)), holds). A batch is split into runs of
+    images holding about TASK_VALUES input values: its rows decoded once, a task pads its run's
+    images and passes every row over them pass by pass (_rows_by_pass). One image, or too few
+    runs, is split by rows instead (two or four rows per pass on a plane of at most four chunks,
+    _row_group). Every output is summed in its row's entry order, whatever the split or the
+    thread. decode_ws (threads, any; the float type of xp): where each thread decodes its rows,
+    allocated here when it holds fewer than decode_floats(longest row) (the runtime sizes it so:
+    its tiled kernels' columns)."""
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, image = (ho - 1) * wp + wo, c_in * hp * wp
@@ -318,18 +347,23 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     run = per * max(1, TASK_VALUES // (per * image))
     runs = (n_img + run - 1) // run
     xf = xp.reshape(n_img * image)
-    if runs >= RUNS_PER_THREAD * threads:
+    if runs >= RUNS_PER_THREAD * threads and span >= 16:
+        # a batch: every row decoded once, in place of its entries (fillers as zero weights)
+        offs, vals = np.empty(rowptr[o_out], np.uint32), np.empty(rowptr[o_out], xp.dtype)
+        for o in numba.prange(o_out):
+            status[o] = decode_row(rowptr, cols, vidx, table, lut, o, offs[rowptr[o]:],
+                                   vals[rowptr[o]:])
+        refuse_entry(status.min())
+        need = o_out * per * span  # every row's sums of `per` images
+        sums = acc_ws if acc_ws.shape[1] >= need else np.empty((threads, need), acc_ws.dtype)
         for r in numba.prange(runs):
             g0, g1 = r * run, min(n_img, (r + 1) * run)
-            tid = numba.get_thread_id()
             if pad > 0 or stride > 1:
                 for t in range(g0 * c_in, g1 * c_in):
                     prepare_plane(x, t // c_in, t % c_in, pad, stride, xp)
-            for o in range(o_out):
-                status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m,
-                                              span, image, wp, y, scale, shift, act, slopes, res,
-                                              res_mode, res_front, res_stride, acc_ws[tid],
-                                              *_decoded(decode_ws[tid], width))
+            _rows_by_pass(xf, offs, vals, rowptr, g0, g1, per, m, span, image, wp, y, scale, shift,
+                          act, slopes, res, res_mode, res_front, res_stride,
+                          sums[numba.get_thread_id()])
     elif grouped:
         prepare_input(x, pad, stride, xp)
         for grp in numba.prange((o_out + rows - 1) // rows):
