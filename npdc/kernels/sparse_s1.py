@@ -341,13 +341,14 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     grouped = n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]
     rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
     width = rows * longest
-    if decode_ws.shape[0] < threads or decode_ws.shape[1] < decode_floats(longest):
-        decode_ws = np.empty((threads, decode_floats(longest)), xp.dtype)
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
     run = per * max(1, TASK_VALUES // (per * image))
     runs = (n_img + run - 1) // run
+    by_runs = runs >= RUNS_PER_THREAD * threads and span >= 16
+    if not by_runs and (decode_ws.shape[0] < threads or decode_ws.shape[1] < decode_floats(longest)):
+        decode_ws = np.empty((threads, decode_floats(longest)), xp.dtype)  # a batch decodes elsewhere
     xf = xp.reshape(n_img * image)
-    if runs >= RUNS_PER_THREAD * threads and span >= 16:
+    if by_runs:
         # a batch: every row decoded once, in place of its entries (fillers as zero weights)
         offs, vals = np.empty(rowptr[o_out], np.uint32), np.empty(rowptr[o_out], xp.dtype)
         for o in numba.prange(o_out):
