@@ -69,8 +69,16 @@ def im2col_rows(x, kh, kw, stride, pad, p0, p1, wo, cols):
 @numba.njit(cache=True)
 def finish_tile(acc, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode, res_front,
                 res_stride):
+    """finish_tile_at with the tile at the start of acc."""
+    finish_tile_at(acc, 0, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                   res_front, res_stride)
+
+
+@numba.njit(cache=True)
+def finish_tile_at(acc, a0, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                   res_front, res_stride):
     """y[n, o, p0:p1] = act(acc * scale[o] + shift[o] + residual); acc: flat, row p at
-    (p - p0) * pitch.
+    a0 + (p - p0) * pitch.
     An identity residual may be y itself: each element is read before it is overwritten."""
     wo = y.shape[3]
     s, b, a = scale[o], shift[o], slopes[o]
@@ -78,7 +86,7 @@ def finish_tile(acc, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res
     use_pad = res_mode == RES_ZEROPAD and 0 <= c < res.shape[1]
     for p in range(p0, p1):
         for q in range(wo):
-            v = acc[(p - p0) * pitch + q] * s + b
+            v = acc[a0 + (p - p0) * pitch + q] * s + b
             if res_mode == RES_IDENTITY:
                 v += res[n, o, p, q]
             elif use_pad:

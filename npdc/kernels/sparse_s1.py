@@ -1,27 +1,33 @@
 """The stride-1 sparse convolution of the runtime, on the rows of npdc.kernels.sparse (column
-steps and codebook indices, EIE's format).
+steps and codebook indices, EIE's format), summed by the register passes of
+npdc.kernels.sparse_passes.
 
-It keeps a weight row's partial sums in vector registers, output positions in the lanes, and
-streams the row's non-zeros through them once per block of positions, as the sparse 1x1 kernels
-of Elsen et al. 2020 ("Fast Sparse ConvNets") do. Departures: a tap of any kh x kw kernel is a
-shifted run of the padded input, so the same loop serves every kernel size; the row's steps and
-indices are first decoded to (input offset, weight) pairs, once per task, since a step decoded
-per block would cost a look-up per multiply-add; a plane too small to fill the registers takes
-several images (a batch) or several rows (one image) per pass.
-
-Each entry's column and index are checked as they are decoded (a bad one is a ValueError before
-anything is read there), and the row pointers before any row is decoded.
+How a call is shared among threads, by its shape:
+- a batch of enough images: runs of images holding about TASK_VALUES input values; a task pads
+  its run and passes every row over it pass by pass, so a pass's inputs stay in the first-level
+  cache across the rows (_rows_by_pass);
+- one image, a plane of two to four chunks: two or four rows per pass, rows split among threads
+  (_row_group);
+- one image, a larger plane: bands of output rows, one per thread; a thread pads its own band
+  of the input (with the rows its taps reach past the band) and runs every row over it
+  (_band). A split by rows instead makes each thread read the whole input, half of it just
+  written by the other core, and the padded copy made on one thread: at batch 1 that transfer
+  cost as much as the arithmetic (docs/perf.md);
+- anything else (a few images, planes under 16 positions): rows split among threads.
+Every output is summed in its row's entry order, whatever the split or the thread count.
 """
 
 import numba
 import numpy as np
 
-from npdc.kernels.fused import finish_tile, pad_input, pad_plane
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
-from npdc.kernels.sparse import BAD_COLUMN, BAD_INDEX, check_rows, refuse_entry
+from npdc.kernels.fused import finish_tile_at, pad_input, pad_plane
+from npdc.kernels.sparse import check_rows, refuse_entry
+from npdc.kernels.sparse_passes import (chunk_pass, decode_floats, decode_row, decoded,
+                                        four_rows_sums, row_sums, tap_offsets, two_rows_sums)
 
 TASK_VALUES = 1 << 16  # conv_sparse_s1's input images per batch task, in values (about 256 KB)
 RUNS_PER_THREAD = 4  # fewer batch tasks than this per thread: conv_sparse_s1 splits by rows
+BAND_ROWS = 4  # the fewest output rows of a band of one image (a band of one row is mostly halo)
 
 
 def subsampled_1x1(w_shape, stride, pad):
@@ -31,13 +37,41 @@ def subsampled_1x1(w_shape, stride, pad):
 
 
 @numba.njit(cache=True)
+def bands(ho, threads):
+    """(bands, output rows per band) of one image of ho output rows: a band per thread, each of
+    at least BAND_ROWS rows (one band when ho is less)."""
+    count = max(1, min(threads, ho // BAND_ROWS))
+    per = (ho + count - 1) // count
+    return (ho + per - 1) // per, per
+
+
+@numba.njit(cache=True)
+def padded_rows(h, pad, stride, kh, ho, threads):
+    """Rows per plane of the xp that conv_sparse_s1 needs for one image of height h: the padded
+    (or subsampled) plane, or room for every band when that is more."""
+    count, per = bands(ho, threads)
+    return max(h + 2 * pad if stride == 1 else ho, count * (per + kh - 1))
+
+
+@numba.njit(cache=True)
+def input_view(padded, n, c, h, pad, stride, kh, ho, wp, threads):
+    """The xp conv_sparse_s1 takes, in the flat workspace `padded`: (n, c, rows, wp), rows those
+    of the padded (or subsampled) plane or, for one image, padded_rows(...) when `padded` holds
+    them (else the kernel splits by rows)."""
+    rows = h + 2 * pad if stride == 1 else ho
+    if n == 1 and c * padded_rows(h, pad, stride, kh, ho, threads) * wp <= padded.size:
+        rows = padded_rows(h, pad, stride, kh, ho, threads)
+    return padded[:n * c * rows * wp].reshape((n, c, rows, wp))
+
+
+@numba.njit(cache=True)
 def prepare_plane(x, n, c, pad, stride, xp):
     """xp[n, c] = x[n, c] padded (stride 1) or, for a 1x1 kernel without padding, every
     stride-th row and column of it."""
     if stride == 1:
         pad_plane(x, n, c, pad, xp)
         return
-    for p in range(xp.shape[2]):
+    for p in range((x.shape[2] - 1) // stride + 1):
         for q in range(xp.shape[3]):
             xp[n, c, p, q] = x[n, c, p * stride, q * stride]
 
@@ -51,157 +85,48 @@ def prepare_input(x, pad, stride, xp):
 
 
 @numba.njit(cache=True)
-def tap_offsets(c_in, kh, kw, hp, wp):
-    """Where column c*kh*kw + i*kw + j of a weight row starts in one padded image (C, Hp, Wp)."""
-    lut = np.empty(c_in * kh * kw, np.uint32)  # the caller bounds an image below 2**32 values
-    r = 0
+def fill_band(x, p0, hb, pad, stride, wp, band):
+    """band[:C * hb * wp] as (C, hb, wp) = rows p0 .. p0 + hb - 1 of image 0 of x padded by
+    `pad` (stride 1) or, for a 1x1 kernel without padding, subsampled by `stride`; rows past the
+    input are zeros."""
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    k = 0
     for c in range(c_in):
-        for i in range(kh):
-            for j in range(kw):
-                lut[r] = c * hp * wp + i * wp + j
-                r += 1
-    return lut
+        for r in range(hb):
+            src = (p0 + r) * stride - pad
+            if src < 0 or src >= h:
+                for q in range(wp):
+                    band[k + q] = 0
+            elif stride == 1:
+                for q in range(pad):
+                    band[k + q] = 0
+                    band[k + pad + w + q] = 0
+                for q in range(w):
+                    band[k + pad + q] = x[0, c, src, q]
+            else:
+                for q in range(wp):
+                    band[k + q] = x[0, c, src, q * stride]
+            k += wp
 
 
 @numba.njit(cache=True)
-def decode_row(rowptr, cols, vidx, table, lut, o, offs, vals):
-    """Row o's entries as (input offset, weight) pairs in offs/vals[:count] (a filler: weight 0,
-    which adds nothing); returns count, or BAD_COLUMN / BAD_INDEX (check_row) at the first entry
-    that points outside lut or table, before reading there. Unsigned indices and no branch on
-    the fillers: this runs once per entry per call."""
-    n_cols, n_values = np.uint64(lut.shape[0]), np.uint64(table.shape[0])
-    c, k = np.uint64(0), np.uint64(0)
-    for e in range(np.uint64(rowptr[o]), np.uint64(rowptr[o + 1])):
-        c += np.uint64(cols[e])
-        v = np.uint64(vidx[e])
-        if c >= n_cols:
-            return BAD_COLUMN
-        if v >= n_values:
-            return BAD_INDEX
-        offs[k], vals[k] = lut[c], table[v]
-        k += np.uint64(1)
-    return np.int64(k)
-
-
-@numba.njit(cache=True, inline="always")
-def _store8(acc, at, sums):
-    """acc[at[v] .. at[v]+15] = sums[v] for the eight 16-tuples of a register pass."""
-    st16(acc, at[0], sums[0])
-    st16(acc, at[1], sums[1])
-    st16(acc, at[2], sums[2])
-    st16(acc, at[3], sums[3])
-    st16(acc, at[4], sums[4])
-    st16(acc, at[5], sums[5])
-    st16(acc, at[6], sums[6])
-    st16(acc, at[7], sums[7])
-
-
-def _rows8_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
-                s7, acc):
-    """acc[s_v .. s_v+15] = sum over entries e0..e1-1 of vals[e] * xf[offs[e] + d_v ..], v < 8:
-    eight 16-position chunks summed in registers, each entry's weight loaded once."""
-    prefer_512_bit_vectors()
-    acc[s0] = 0  # a zero of the float type; this chunk is written below anyway
-    z = acc[s0]
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    for e in range(e0, e1):
-        w, b = vals[e], offs[e]
-        a0, a1 = fma16(a0, w, ld16(xf, b + d0)), fma16(a1, w, ld16(xf, b + d1))
-        a2, a3 = fma16(a2, w, ld16(xf, b + d2)), fma16(a3, w, ld16(xf, b + d3))
-        a4, a5 = fma16(a4, w, ld16(xf, b + d4)), fma16(a5, w, ld16(xf, b + d5))
-        a6, a7 = fma16(a6, w, ld16(xf, b + d6)), fma16(a7, w, ld16(xf, b + d7))
-    _store8(acc, (s0, s1, s2, s3, s4, s5, s6, s7), (a0, a1, a2, a3, a4, a5, a6, a7))
-
-
-def _rows4_body(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc):
-    """_rows8_body for four chunks."""
-    prefer_512_bit_vectors()
-    acc[s0] = 0  # a zero of the float type; this chunk is written below anyway
-    z = acc[s0]
-    a0 = a1 = a2 = a3 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    for e in range(e0, e1):
-        w, b = vals[e], offs[e]
-        a0, a1 = fma16(a0, w, ld16(xf, b + d0)), fma16(a1, w, ld16(xf, b + d1))
-        a2, a3 = fma16(a2, w, ld16(xf, b + d2)), fma16(a3, w, ld16(xf, b + d3))
-    st16(acc, s0, a0)
-    st16(acc, s1, a1)
-    st16(acc, s2, a2)
-    st16(acc, s3, a3)
-
-
-rows8_sums = straight_line_compiled(_rows8_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 16 + "F[::1]")
-rows4_sums = straight_line_compiled(_rows4_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 8 + "F[::1]")
-
-
-def _four_rows_body(xf, offs, vals, count, L, d0, d1, s00, s01, s10, s11, s20, s21, s30, s31, acc):
-    """Two chunks (displacements d0, d1) of four rows at once, row r's pairs at offs/vals[r * L:],
-    each padded with zero weights to `count`: acc[s_rc ..] = row r's sums over chunk c."""
-    prefer_512_bit_vectors()
-    acc[s00] = 0  # a zero of the float type; this chunk is written below anyway
-    z = acc[s00]
-    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    for e in range(count):
-        w0, b0, w1, b1 = vals[e], offs[e], vals[L + e], offs[L + e]
-        w2, b2, w3, b3 = vals[2 * L + e], offs[2 * L + e], vals[3 * L + e], offs[3 * L + e]
-        a00, a01 = fma16(a00, w0, ld16(xf, b0 + d0)), fma16(a01, w0, ld16(xf, b0 + d1))
-        a10, a11 = fma16(a10, w1, ld16(xf, b1 + d0)), fma16(a11, w1, ld16(xf, b1 + d1))
-        a20, a21 = fma16(a20, w2, ld16(xf, b2 + d0)), fma16(a21, w2, ld16(xf, b2 + d1))
-        a30, a31 = fma16(a30, w3, ld16(xf, b3 + d0)), fma16(a31, w3, ld16(xf, b3 + d1))
-    _store8(acc, (s00, s01, s10, s11, s20, s21, s30, s31), (a00, a01, a10, a11, a20, a21, a30, a31))
-
-
-def _two_rows_body(xf, offs, vals, count, L, d0, d1, d2, d3, s00, s01, s02, s03, s10, s11, s12, s13,
-                   acc):
-    """_four_rows_body for four chunks of two rows."""
-    prefer_512_bit_vectors()
-    acc[s00] = 0
-    z = acc[s00]
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    for e in range(count):
-        w0, b0, w1, b1 = vals[e], offs[e], vals[L + e], offs[L + e]
-        a00, a01 = fma16(a00, w0, ld16(xf, b0 + d0)), fma16(a01, w0, ld16(xf, b0 + d1))
-        a02, a03 = fma16(a02, w0, ld16(xf, b0 + d2)), fma16(a03, w0, ld16(xf, b0 + d3))
-        a10, a11 = fma16(a10, w1, ld16(xf, b1 + d0)), fma16(a11, w1, ld16(xf, b1 + d1))
-        a12, a13 = fma16(a12, w1, ld16(xf, b1 + d2)), fma16(a13, w1, ld16(xf, b1 + d3))
-    _store8(acc, (s00, s01, s02, s03, s10, s11, s12, s13), (a00, a01, a02, a03, a10, a11, a12, a13))
-
-
-four_rows_sums = straight_line_compiled(_four_rows_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 10 + "F[::1]")
-two_rows_sums = straight_line_compiled(_two_rows_body, "F[::1], u4[::1], F[::1], i8, i8, " + "u8, " * 12 + "F[::1]")
-
-
-@numba.njit(cache=True, inline="always")
-def _chunk(i, m, span, image):
-    """(input displacement, accumulator offset) of chunk i of a task: image i // m of the task,
-    positions 16 k .. 16 k + 15 for k = i % m, the last chunk ending at the span's end."""
-    g, k = i // m, min(16 * (i % m), span - 16)
-    return numba.uint64(g * image + k), numba.uint64(g * span + k)
-
-
-@numba.njit(cache=True)
-def _pass(xf, offs, vals, e0, e1, m, count, i, span, image, acc):
-    """Chunks i .. i+7 of a task's count chunks of 16 positions (i .. i+3 when at most four are
-    left; chunks past the last repeat it), summed over entries e0..e1-1 in one register pass."""
-    last = count - 1
-    (d0, s0), (d1, s1) = _chunk(i, m, span, image), _chunk(min(i + 1, last), m, span, image)
-    (d2, s2) = _chunk(min(i + 2, last), m, span, image)
-    (d3, s3) = _chunk(min(i + 3, last), m, span, image)
-    if count - i > 4:
-        (d4, s4), (d5, s5) = _chunk(i + 4, m, span, image), _chunk(min(i + 5, last), m, span, image)
-        (d6, s6) = _chunk(min(i + 6, last), m, span, image)
-        (d7, s7) = _chunk(min(i + 7, last), m, span, image)
-        rows8_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, d4, d5, d6, d7, s0, s1, s2, s3, s4, s5, s6,
-                   s7, acc)
-    else:
-        rows4_sums(xf, offs, vals, e0, e1, d0, d1, d2, d3, s0, s1, s2, s3, acc)
-
-
-@numba.njit(cache=True)
-def _row_sums(xf, offs, vals, e0, e1, m, count, span, image, acc):
-    """acc (count // m images of `span` sums, then the rest) = one weight row over the task's
-    count chunks of 16 positions, a pass of eight at a time."""
-    for i in range(0, count, 8):
-        _pass(xf, offs, vals, e0, e1, m, count, i, span, image, acc)
+def _band(x, xf, x0, pad, stride, lut, rowptr, cols, vidx, table, p0, p1, hb, wp, y, scale, shift,
+          act, slopes, res, res_mode, res_front, res_stride, acc, offs, vals):
+    """Output rows p0 .. p1 - 1 of image 0 for every weight row. With pad or stride, the band is
+    first copied from x into xf[x0:] as (C, hb, wp) planes (lut's layout); else xf is the input
+    itself and x0 its row p0. Returns the least decode_row result (negative: a bad entry)."""
+    if pad > 0 or stride > 1:
+        fill_band(x, p0, hb, pad, stride, wp, xf[x0:])
+    span = (p1 - p0 - 1) * wp + y.shape[3]
+    m = (span + 15) // 16
+    for o in range(y.shape[1]):
+        count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
+        if count < 0:
+            return count
+        row_sums(xf, x0, offs, vals, 0, count, m, m, span, 0, acc, 0)
+        finish_tile_at(acc, 0, wp, y, 0, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+                       res_front, res_stride)
+    return 0
 
 
 @numba.njit(cache=True)
@@ -215,49 +140,36 @@ def _rows_by_pass(xf, offs, vals, rowptr, g0, g1, per, m, span, image, wp, y, sc
     o_out, ho, block = y.shape[1], y.shape[2], per * span
     for a in range(g0, g1, per):
         b = min(g1, a + per)
-        src, count = xf[a * image:], m * (b - a)
+        count = m * (b - a)
         for i in range(0, count, 8):
             for o in range(o_out):
-                _pass(src, offs, vals, rowptr[o], rowptr[o + 1], m, count, i, span, image,
-                      acc[o * block:])
+                chunk_pass(xf, a * image, offs, vals, rowptr[o], rowptr[o + 1], m, count, i, span,
+                           image, acc, o * block)
         for o in range(o_out):
             for g in range(b - a):
-                finish_tile(acc[o * block + g * span:], wp, y, a + g, o, 0, ho, scale, shift, act,
-                            slopes, res, res_mode, res_front, res_stride)
+                finish_tile_at(acc, o * block + g * span, wp, y, a + g, o, 0, ho, scale, shift,
+                               act, slopes, res, res_mode, res_front, res_stride)
 
 
 @numba.njit(cache=True)
-def _row_sums_short(xf, offs, vals, e0, e1, n_img, span, image, acc):
-    """_row_sums for spans under 16 positions, one position at a time."""
-    for g in range(n_img):
-        for k in range(span):
-            s = xf[0] * 0
-            for e in range(e0, e1):
-                s += vals[e] * xf[offs[e] + numba.uint64(g * image + k)]
-            acc[g * span + k] = s
-
-
-@numba.njit(cache=True)
-def _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, g0, g1, per, m, span, image, wp, y,
-                      scale, shift, act, slopes, res, res_mode, res_front, res_stride, acc, offs, vals):
-    """Weight row o over images g0..g1-1 of xf (padded, `image` values apart), `per` at a time,
-    each image's outputs through the tail into y. Returns decode_row's count (negative: a bad
-    entry, and nothing summed)."""
-    count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
-    if count < 0:
-        return count
+def _rows_over_images(xf, lut, rowptr, cols, vidx, table, o0, o1, n_img, per, m, span, image, wp,
+                      y, scale, shift, act, slopes, res, res_mode, res_front, res_stride, acc, offs,
+                      vals):
+    """Weight rows o0..o1-1 over every image of xf (padded, `image` values apart), `per` images
+    at a time, each image's outputs through the tail into y. Returns the least decode_row result
+    (negative: a bad entry, and nothing summed after it)."""
     ho = y.shape[2]
-    for a in range(g0, g1, per):
-        b = min(g1, a + per)
-        src = xf[a * image:]
-        if span >= 16:
-            _row_sums(src, offs, vals, 0, count, m, m * (b - a), span, image, acc)
-        else:
-            _row_sums_short(src, offs, vals, 0, count, b - a, span, image, acc)
-        for g in range(b - a):
-            finish_tile(acc[g * span:], wp, y, a + g, o, 0, ho, scale, shift, act, slopes, res,
-                        res_mode, res_front, res_stride)
-    return count
+    for o in range(o0, o1):
+        count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
+        if count < 0:
+            return count
+        for a in range(0, n_img, per):
+            b = min(n_img, a + per)
+            row_sums(xf, a * image, offs, vals, 0, count, m, m * (b - a), span, image, acc, 0)
+            for g in range(b - a):
+                finish_tile_at(acc, g * span, wp, y, a + g, o, 0, ho, scale, shift, act, slopes,
+                               res, res_mode, res_front, res_stride)
+    return 0
 
 
 @numba.njit(cache=True)
@@ -287,58 +199,46 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
                       numba.uint64(span) + d[0], numba.uint64(span) + d[1],
                       numba.uint64(span) + d[2], numba.uint64(span) + d[3], acc)
     for r in range(min(rows, last + 1 - o0)):
-        finish_tile(acc[r * span:], wp, y, 0, o0 + r, 0, y.shape[2], scale, shift, act, slopes, res,
-                    res_mode, res_front, res_stride)
+        finish_tile_at(acc, r * span, wp, y, 0, o0 + r, 0, y.shape[2], scale, shift, act, slopes,
+                       res, res_mode, res_front, res_stride)
     return count
-
-
-@numba.njit(cache=True)
-def decode_floats(longest):
-    """Floats of decode scratch one thread needs for rows of at most `longest` entries: the
-    offsets and the weights of four rows (the most a register pass takes)."""
-    return 2 * 4 * max(longest, 1)
-
-
-@numba.njit(cache=True, inline="always")
-def _decoded(ws, width):
-    """(offsets, weights) of `width` entries each in one thread's decode scratch ws (floats): the
-    offsets as 32-bit unsigned integers over the first `width` floats, the weights after them."""
-    return ws[:width].view(np.uint32)[:width], ws[width:2 * width]
 
 
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
                    res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
-    """Stride-1 sparse convolution over the padded input xp (N, C, Hp, Wp), padded here from x
-    when pad > 0 (with pad 0 and stride 1, xp is the input and x is unused); a 1x1 kernel with pad
-    0 may have stride > 1: xp (N, C, Ho, Wo) is then x subsampled here (prepare_plane).
+    """Stride-1 sparse convolution of x (N, C, H, W) into y with the fused tail, over xp
+    (N, C, Hp, Wp): x padded here when pad > 0 (with pad 0 and stride 1, xp is the input and x
+    is unused); a 1x1 kernel with pad 0 may have stride > 1: xp (N, C, >= Ho, Wo) is then x
+    subsampled here. Hp may exceed H + 2 pad: for one image, xp's memory holds every thread's
+    band when it has padded_rows(...) rows.
 
     With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of
     xp starting at (c, i, j), so a weight row is a sum of shifted runs: its entries are decoded
-    into (offset, weight) pairs, then summed over the outputs' 16-position chunks eight at a time
-    in vector registers, several images per pass when a plane has fewer chunks (as far as
-    acc_ws, (threads, >= max(span, SPARSE_GROUP_FLOATS)), holds). A batch is split into runs of
-    images holding about TASK_VALUES input values: its rows decoded once, a task pads its run's
-    images and passes every row over them pass by pass (_rows_by_pass). One image, or too few
-    runs, is split by rows instead (two or four rows per pass on a plane of at most four chunks,
-    _row_group). Every output is summed in its row's entry order, whatever the split or the
-    thread. decode_ws (threads, any; the float type of xp): where each thread decodes its rows,
-    allocated here when it holds fewer than decode_floats(longest row) (the runtime sizes it so:
-    its tiled kernels' columns)."""
+    into (offset, weight) pairs, then summed over the outputs' 16-position chunks in vector
+    registers (npdc.kernels.sparse_passes), shared among threads as the module says. acc_ws
+    (threads, >= max(span, SPARSE_GROUP_FLOATS)) holds the sums of several images or rows per
+    pass as far as it can. decode_ws (threads, any; the float type of xp): where each thread
+    decodes its rows, allocated here when it holds fewer than decode_floats(longest row) (the
+    runtime sizes it so: its tiled kernels' columns)."""
     n_img, c_in, hp, wp = xp.shape
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, image = (ho - 1) * wp + wo, c_in * hp * wp
     check_rows(rowptr, cols, vidx, o_out)  # the entries are checked as the tasks decode them
-    lut = tap_offsets(c_in, kh, kw, hp, wp)
-    status = np.zeros(o_out, np.int64)
+    threads = acc_ws.shape[0]  # one row per thread, as every workspace
+    status = np.zeros(max(o_out, threads), np.int64)
     longest = 1
     for o in range(o_out):
         longest = max(longest, rowptr[o + 1] - rowptr[o])
     if image >= 1 << 32:
         raise ValueError("sparse layer: an image of 2**32 values or more")
-    threads = acc_ws.shape[0]  # one row per thread, as every workspace
     m = (span + 15) // 16
     grouped = n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]
+    copy = pad > 0 or stride > 1  # else xp is the input itself
+    n_bands, per_band = bands(ho, threads)
+    hb = per_band + kh - 1 if copy else hp
+    banded = (n_img == 1 and not grouped and n_bands > 1
+              and (not copy or n_bands * c_in * hb * wp <= xp.size))
     rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
     width = rows * longest
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
@@ -350,6 +250,7 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     xf = xp.reshape(n_img * image)
     if by_runs:
         # a batch: every row decoded once, in place of its entries (fillers as zero weights)
+        lut = tap_offsets(c_in, kh, kw, hp, wp)
         offs, vals = np.empty(rowptr[o_out], np.uint32), np.empty(rowptr[o_out], xp.dtype)
         for o in numba.prange(o_out):
             status[o] = decode_row(rowptr, cols, vidx, table, lut, o, offs[rowptr[o]:],
@@ -359,28 +260,41 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
         sums = acc_ws if acc_ws.shape[1] >= need else np.empty((threads, need), acc_ws.dtype)
         for r in numba.prange(runs):
             g0, g1 = r * run, min(n_img, (r + 1) * run)
-            if pad > 0 or stride > 1:
+            if copy:
                 for t in range(g0 * c_in, g1 * c_in):
                     prepare_plane(x, t // c_in, t % c_in, pad, stride, xp)
             _rows_by_pass(xf, offs, vals, rowptr, g0, g1, per, m, span, image, wp, y, scale, shift,
                           act, slopes, res, res_mode, res_front, res_stride,
                           sums[numba.get_thread_id()])
+    elif banded:
+        lut = tap_offsets(c_in, kh, kw, hb, wp)
+        band = c_in * hb * wp  # values of a band's copy (without one, a band reads xp itself)
+        for t in numba.prange(n_bands):
+            tid = numba.get_thread_id()
+            p0, p1 = t * per_band, min(ho, (t + 1) * per_band)
+            status[t] = _band(x, xf, t * band if copy else p0 * wp, pad, stride, lut, rowptr, cols,
+                              vidx, table, p0, p1, hb, wp, y, scale, shift, act, slopes, res,
+                              res_mode, res_front, res_stride, acc_ws[tid],
+                              *decoded(decode_ws[tid], width))
     elif grouped:
+        lut = tap_offsets(c_in, kh, kw, hp, wp)
         prepare_input(x, pad, stride, xp)
         for grp in numba.prange((o_out + rows - 1) // rows):
             tid = numba.get_thread_id()
             status[grp] = _row_group(xf, lut, rowptr, cols, vidx, table, grp * rows, rows, span, wp, y,
                                      scale, shift, act, slopes, res, res_mode, res_front, res_stride,
-                                     acc_ws[tid], *_decoded(decode_ws[tid], width))
+                                     acc_ws[tid], *decoded(decode_ws[tid], width))
     else:
+        lut = tap_offsets(c_in, kh, kw, hp, wp)
         if pad > 0 and n_img > 1 and stride == 1:
             pad_input(x, pad, xp)
         else:
             prepare_input(x, pad, stride, xp)
-        for o in numba.prange(o_out):
+        for t in numba.prange(threads):
             tid = numba.get_thread_id()
-            status[o] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, o, 0, n_img, per, m,
-                                          span, image, wp, y, scale, shift, act, slopes, res,
-                                          res_mode, res_front, res_stride, acc_ws[tid],
-                                          *_decoded(decode_ws[tid], width))
+            status[t] = _rows_over_images(xf, lut, rowptr, cols, vidx, table, t * o_out // threads,
+                                          (t + 1) * o_out // threads, n_img, per, m, span, image,
+                                          wp, y, scale, shift, act, slopes, res, res_mode,
+                                          res_front, res_stride, acc_ws[tid],
+                                          *decoded(decode_ws[tid], width))
     refuse_entry(status.min())

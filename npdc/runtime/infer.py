@@ -26,7 +26,8 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, 
 from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1, decode_floats, subsampled_1x1
+from npdc.kernels.sparse_passes import decode_floats
+from npdc.kernels.sparse_s1 import conv_sparse_s1, input_view, padded_rows, subsampled_1x1
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program
@@ -85,13 +86,20 @@ class Runtime:
             shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
             if "runs" in kernels(s) and s.name in self.longest_rows:  # decoded in the tiled columns
                 decode = max(decode, decode_floats(self.longest_rows[s.name]))
+            sparse = s.name in self.longest_rows
             if "runs" in kernels(s) and s.stride == 1:
                 convs.append(shape + (1, w + 2 * s.pad))
                 if s.pad:
-                    padded = max(padded, plan.batch * c * (h + 2 * s.pad) * (w + 2 * s.pad))
+                    rows = h + 2 * s.pad
+                    if sparse and plan.batch == 1:  # every thread's band of the input
+                        rows = padded_rows(h, s.pad, 1, s.w_shape[2], shape[2], self.threads)
+                    padded = max(padded, plan.batch * c * rows * (w + 2 * s.pad))
             elif "runs" in kernels(s) and subsampled_1x1(s.w_shape, s.stride, s.pad):  # sparse, subsampled
                 convs.append(shape + (1, shape[3]))
-                padded = max(padded, plan.batch * c * shape[2] * shape[3])
+                rows = shape[2]
+                if plan.batch == 1:
+                    rows = padded_rows(h, 0, s.stride, 1, shape[2], self.threads)
+                padded = max(padded, plan.batch * c * rows * shape[3])
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
@@ -204,7 +212,10 @@ class Runtime:
             tail = tail._replace(scale=ones)  # the scale is in the weights
         if how == "runs":
             xp, pad = x, s.pad
-            if s.pad:
+            if s.pad and mode != "dense":
+                xp = input_view(self.padded, n, x.shape[1], x.shape[2], s.pad, 1, kh, y.shape[2],
+                                x.shape[3] + 2 * s.pad, self.threads)
+            elif s.pad:
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
             # one image, or the sparse kernel (per batch task): the kernel pads; else pad_input

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from npdc.kernels.sparse import MAX_STEP, check_csr, csr_entries, csr_from_indices, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1, decode_floats
+from npdc.kernels.sparse_passes import decode_floats
+from npdc.kernels.sparse_s1 import conv_sparse_s1, input_view
 
 
 def _csr(indices, rows):
@@ -86,7 +87,9 @@ def _sparse_conv_case(c, o, h, n, density, rng):
     return x, (rowptr, cols, vidx, table), ref
 
 
-def _run_sparse_s1(x, csr, o, threads):
+def _run_sparse_s1(x, csr, o, threads, bands=True):
+    """The layer on `threads` threads; one image in bands of output rows when `bands` (xp with
+    room for them, as the runtime gives it), else split by rows (xp of the padded plane only)."""
     import numba
 
     n, c, h = x.shape[0], x.shape[1], x.shape[2]
@@ -97,8 +100,12 @@ def _run_sparse_s1(x, csr, o, threads):
         one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
         acc = np.zeros((threads, max((h - 1) * (h + 2) + h, 128)), np.float32)
         decode = np.zeros((threads, decode_floats(int(np.diff(csr[0]).max()))), np.float32)
-        conv_sparse_s1(x, 1, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero, False,
-                       zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
+        xp = np.zeros((n, c, h + 2, h + 2), np.float32)
+        if bands:
+            xp = input_view(np.zeros(n * c * (h + 8) * (h + 2), np.float32), n, c, h, 1, 1, 3, h,
+                            h + 2, threads)
+        conv_sparse_s1(x, 1, 1, xp, *csr, 3, 3, one, zero, False, zero,
+                       np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
     finally:
         numba.set_num_threads(old)
     return y
@@ -107,7 +114,8 @@ def _run_sparse_s1(x, csr, o, threads):
 # planes whose span (rows at the padded pitch) is under one 16-lane chunk, a few chunks (several
 # images per task; one image: four or two rows per pass, a row count they do not divide), eight
 # chunks and more (the last chunk overlapping its neighbour); the last case is a batch large
-# enough to be split into runs of images (TASK_VALUES), each padded by its task
+# enough to be split into runs of images (TASK_VALUES), each padded by its task. One image of a
+# plane of five chunks or more runs in bands of output rows (13 rows: bands of 7 and 6)
 @pytest.mark.parametrize("c,o,h,n,density", [(3, 5, 2, 3, 0.5), (8, 8, 4, 5, 0.4), (5, 7, 6, 2, 0.9),
                                              (9, 11, 4, 1, 0.5), (13, 7, 7, 1, 0.35),
                                              (4, 6, 11, 2, 0.3), (16, 3, 13, 1, 0.2),
@@ -117,13 +125,15 @@ def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c
     y = _run_sparse_s1(x, csr, o, 2)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert np.array_equal(y, _run_sparse_s1(x, csr, o, 1))  # the same bits on one thread
+    assert np.array_equal(y, _run_sparse_s1(x, csr, o, 2, bands=False))  # and split by rows
     # an image's outputs do not depend on which images share its task
     assert np.array_equal(y[-1:], _run_sparse_s1(x[-1:], csr, o, 2))
 
 
 @pytest.mark.parametrize("field,match", [("cols", "column"), ("vidx", "codebook")])
-@pytest.mark.parametrize("h,n", [(30, 1), (30, 32), (4, 1)])  # split by rows, runs of images, row groups
-def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n):
+@pytest.mark.parametrize("h,n,bands", [(30, 1, True), (30, 1, False), (30, 32, True), (4, 1, True)])
+def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n, bands):
+    """On every split: bands of output rows, rows, runs of images, row groups."""
     x, csr, _ = _sparse_conv_case(16, 4, h, n, 0.3, np.random.default_rng(1))
     rowptr, cols, vidx, table = csr
     e = rowptr[2] + 1  # an entry of row 2 of 4
@@ -132,13 +142,13 @@ def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n):
     else:
         vidx[e] = table.size
     with pytest.raises(ValueError, match=match):
-        _run_sparse_s1(x, csr, 4, 2)
+        _run_sparse_s1(x, csr, 4, 2, bands)
 
 
-@pytest.mark.parametrize("n", [1, 120])  # split by rows, and by runs of images
-def test_a_strided_1x1_sparse_conv_runs_on_its_subsampled_input(n):
+@pytest.mark.parametrize("n,stride", [(1, 2), (120, 2), (1, 1)])  # bands, runs of images; stride 1
+def test_a_1x1_sparse_conv_runs_on_its_subsampled_input_or_on_the_input_itself(n, stride):
     rng = np.random.default_rng(2)
-    c, o, h, stride = 24, 8, 27, 2
+    c, o, h = 24, 8, 27
     ho = (h - 1) // stride + 1
     table = np.concatenate([[0], rng.standard_normal(7)]).astype(np.float32)
     indices = (rng.integers(1, 8, (o, c)) * (rng.random((o, c)) < 0.6)).astype(np.uint8)
@@ -147,7 +157,9 @@ def test_a_strided_1x1_sparse_conv_runs_on_its_subsampled_input(n):
     ref = np.einsum("oc,nchw->nohw", table[indices].astype(np.float64), x[:, :, ::stride, ::stride])
     y = np.full((n, o, ho, ho), np.nan, np.float32)
     one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
-    conv_sparse_s1(x, 0, stride, np.zeros((n, c, ho, ho), np.float32), rowptr, cols, vidx, table, 1, 1,
-                   one, zero, False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y,
-                   np.zeros((2, 256), np.float32), np.zeros((2, 0), np.float32))
+    xp = x if stride == 1 else input_view(np.zeros(n * c * (ho + 2) * ho, np.float32), n, c, h, 0,
+                                          stride, 1, ho, ho, 2)
+    conv_sparse_s1(x, 0, stride, xp, rowptr, cols, vidx, table, 1, 1, one, zero, False, zero,
+                   np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, np.zeros((2, 512), np.float32),
+                   np.zeros((2, 0), np.float32))
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
