@@ -5,10 +5,10 @@ every engine gets the same float pixels and returns logits.
 
 Batch-1 latency and batch-128 throughput of cifar-resnet20 and the shipped fmnist-resnet18, each
 engine with THREADS threads, timed in one run by alternating one call of each engine per round
-(the machine's speed drifts; alternating lets a slow spell hit all). Recorded per engine: the
-median and the best; the ratios other/npdc (above 1: npdc faster) of both. The issue's targets
-(npdc's float batch-1 latency <= ONNX Runtime's, its batch-128 throughput >= ONNX Runtime's) are
-recorded as `meets_*`, not asserted: a bench that fails whenever a shared machine is busy says
+(the machine's speed drifts; alternating lets a slow spell hit all), in an order that turns each
+round. Recorded per engine: the median and the best; the ratios other/npdc (above 1: npdc
+faster) of both. The issue's targets (npdc's float batch-1 latency <= ONNX Runtime's, its
+batch-128 throughput >= ONNX Runtime's) are recorded as `meets_*`, not asserted: a bench that fails whenever a shared machine is busy says
 nothing. The .npdc files are the ones test_runtime_bench builds (a 90 % global magnitude cut and
 k-means to 5 / 4 bits); NPDC_BENCH_CIFAR and NPDC_BENCH_FMNIST name other .npdc files to use.
 The fast-preset memory case reads NPDC_BENCH_FAST_FILE (a `compress --preset fast` output of the
@@ -102,12 +102,15 @@ def _race(engines, x, rounds):
 
 
 def alternate(engines, x, rounds):
-    """{engine: (median s, best s)} of `rounds` rounds of one call of each engine in turn."""
-    times = {name: [] for name in engines}
-    for _ in range(rounds):
-        for name, run in engines.items():
+    """{engine: (median s, best s)} of `rounds` rounds of one call of each engine in turn, the
+    order turning by one engine each round: an engine whose worker threads spin for a while after
+    a call (ONNX Runtime's do, by default) slows whichever engine runs next, so no engine may
+    always run after the same one."""
+    names, times = list(engines), {name: [] for name in engines}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
             t0 = time.perf_counter()
-            run(x)
+            engines[name](x)
             times[name].append(time.perf_counter() - t0)
     return {name: (float(np.median(t)), float(min(t))) for name, t in times.items()}
 
