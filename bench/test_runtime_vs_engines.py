@@ -4,15 +4,15 @@ by npdc's own ONNX export (npdc/io/onnx_export.py), which includes the input nor
 every engine gets the same float pixels and returns logits.
 
 Batch-1 latency and batch-128 throughput of cifar-resnet20 and the shipped fmnist-resnet18, each
-engine with THREADS threads, timed in one run by alternating one call of each engine per round
-(the machine's speed drifts; alternating lets a slow spell hit all), in an order that turns each
-round. Recorded per engine: the median and the best; the ratios other/npdc (above 1: npdc
-faster) of both. The issue's targets (npdc's float batch-1 latency <= ONNX Runtime's, its
-batch-128 throughput >= ONNX Runtime's) are recorded as `meets_*`, not asserted: a bench that fails whenever a shared machine is busy says
-nothing. The .npdc files are the ones test_runtime_bench builds (a 90 % global magnitude cut and
-k-means to 5 / 4 bits); NPDC_BENCH_CIFAR and NPDC_BENCH_FMNIST name other .npdc files to use.
-The fast-preset memory case reads NPDC_BENCH_FAST_FILE (a `compress --preset fast` output of the
-shipped model) and gates its batch-1 peak memory at 1/8 of the naive float run.
+engine with THREADS threads, timed in one run by alternating one call of each engine per round (the
+machine's speed drifts; alternating lets a slow spell hit all), in an order that turns each round.
+Recorded per engine: the median and the best; the ratios other/npdc (above 1: npdc faster) of both.
+The issue's targets (npdc's float batch-1 latency <= ONNX Runtime's, its batch-128 throughput >=
+ONNX Runtime's) are recorded as `meets_*`, not asserted: a bench that fails whenever a shared
+machine is busy says nothing. The .npdc files are the ones test_runtime_bench builds (a 90 % global
+magnitude cut and k-means to 5 / 4 bits); NPDC_BENCH_CIFAR and NPDC_BENCH_FMNIST name other .npdc
+files to use. The fast-preset memory case reads NPDC_BENCH_FAST_FILE (a `compress --preset fast`
+output of the shipped model) and gates its batch-1 peak memory at 1/8 of the naive float run.
 """
 
 import os
