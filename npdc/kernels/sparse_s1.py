@@ -46,22 +46,27 @@ def bands(ho, threads):
 
 
 @numba.njit(cache=True)
-def padded_rows(h, pad, stride, kh, ho, threads):
-    """Rows per plane of the xp that conv_sparse_s1 needs for one image of height h: the padded
-    (or subsampled) plane, or room for every band when that is more."""
-    count, per = bands(ho, threads)
-    return max(h + 2 * pad if stride == 1 else ho, count * (per + kh - 1))
+def plane_shape(h, w, pad, stride):
+    """(Hp, Wp) of the plane conv_sparse_s1 sums over: the input padded (stride 1) or subsampled
+    (a 1x1 kernel without padding)."""
+    if stride == 1:
+        return h + 2 * pad, w + 2 * pad
+    return (h - 1) // stride + 1, (w - 1) // stride + 1
 
 
 @numba.njit(cache=True)
-def input_view(padded, n, c, h, pad, stride, kh, ho, wp, threads):
-    """The xp conv_sparse_s1 takes, in the flat workspace `padded`: (n, c, rows, wp), rows those
-    of the padded (or subsampled) plane or, for one image, padded_rows(...) when `padded` holds
-    them (else the kernel splits by rows)."""
-    rows = h + 2 * pad if stride == 1 else ho
-    if n == 1 and c * padded_rows(h, pad, stride, kh, ho, threads) * wp <= padded.size:
-        rows = padded_rows(h, pad, stride, kh, ho, threads)
-    return padded[:n * c * rows * wp].reshape((n, c, rows, wp))
+def in_bands(n_img, ho, wo, wp, threads):
+    """Whether conv_sparse_s1 runs a call in bands of output rows: one image, more than one band,
+    a plane of more than four chunks (smaller ones run in row groups)."""
+    span = (ho - 1) * wp + wo
+    return n_img == 1 and bands(ho, threads)[0] > 1 and not (16 <= span <= 64)
+
+
+@numba.njit(cache=True)
+def band_floats(c_in, ho, kh, wp, threads):
+    """Values of one thread's padded band of the input, in its row of conv_sparse_s1's decode_ws,
+    before its decoded rows."""
+    return c_in * (bands(ho, threads)[1] + kh - 1) * wp
 
 
 @numba.njit(cache=True)
@@ -207,21 +212,23 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
                    res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
-    """Stride-1 sparse convolution of x (N, C, H, W) into y with the fused tail, over xp
-    (N, C, Hp, Wp): x padded here when pad > 0 (with pad 0 and stride 1, xp is the input and x
-    is unused); a 1x1 kernel with pad 0 may have stride > 1: xp (N, C, >= Ho, Wo) is then x
-    subsampled here. Hp may exceed H + 2 pad: for one image, xp's memory holds every thread's
-    band when it has padded_rows(...) rows.
+    """Stride-1 sparse convolution of x (N, C, H, W) into y with the fused tail. A batch, or one
+    image not in bands (in_bands), runs over xp (N, C, Hp, Wp) (plane_shape): x padded here when
+    pad > 0 (with pad 0 and stride 1, xp is x itself), or for a 1x1 kernel with pad 0 and stride
+    > 1, x subsampled here. One image in bands does not touch xp: each thread pads its band into
+    its row of decode_ws.
 
     With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of
-    xp starting at (c, i, j), so a weight row is a sum of shifted runs: its entries are decoded
-    into (offset, weight) pairs, then summed over the outputs' 16-position chunks in vector
-    registers (npdc.kernels.sparse_passes), shared among threads as the module says. acc_ws
+    the plane starting at (c, i, j), so a weight row is a sum of shifted runs: its entries are
+    decoded into (offset, weight) pairs, then summed over the outputs' 16-position chunks in
+    vector registers (npdc.kernels.sparse_passes), shared among threads as the module says. acc_ws
     (threads, >= max(span, SPARSE_GROUP_FLOATS)) holds the sums of several images or rows per
-    pass as far as it can. decode_ws (threads, any; the float type of xp): where each thread
-    decodes its rows, allocated here when it holds fewer than decode_floats(longest row) (the
-    runtime sizes it so: its tiled kernels' columns)."""
-    n_img, c_in, hp, wp = xp.shape
+    pass as far as it can. decode_ws (threads, any; the float type of x): where each thread
+    decodes its rows (after its band, in bands), allocated here when it holds fewer than
+    band_floats + decode_floats(longest row) (the runtime sizes it so: its tiled kernels'
+    columns)."""
+    n_img, c_in = x.shape[0], x.shape[1]
+    hp, wp = plane_shape(x.shape[2], x.shape[3], pad, stride)
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     span, image = (ho - 1) * wp + wo, c_in * hp * wp
     check_rows(rowptr, cols, vidx, o_out)  # the entries are checked as the tasks decode them
@@ -233,20 +240,34 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     if image >= 1 << 32:
         raise ValueError("sparse layer: an image of 2**32 values or more")
     m = (span + 15) // 16
-    grouped = n_img == 1 and 16 <= span and m <= 4 and (8 // m) * span <= acc_ws.shape[1]
-    copy = pad > 0 or stride > 1  # else xp is the input itself
-    n_bands, per_band = bands(ho, threads)
-    hb = per_band + kh - 1 if copy else hp
-    banded = (n_img == 1 and not grouped and n_bands > 1
-              and (not copy or n_bands * c_in * hb * wp <= xp.size))
+    copy = pad > 0 or stride > 1  # else the plane is x itself
+    banded = in_bands(n_img, ho, wo, wp, threads)
+    grouped = (not banded and n_img == 1 and 16 <= span and m <= 4
+               and (8 // m) * span <= acc_ws.shape[1])
     rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
     width = rows * longest
+    band = band_floats(c_in, ho, kh, wp, threads) if banded and copy else 0
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
     run = per * max(1, TASK_VALUES // (per * image))
     runs = (n_img + run - 1) // run
     by_runs = runs >= RUNS_PER_THREAD * threads and span >= 16
-    if not by_runs and (decode_ws.shape[0] < threads or decode_ws.shape[1] < decode_floats(longest)):
-        decode_ws = np.empty((threads, decode_floats(longest)), xp.dtype)  # a batch decodes elsewhere
+    scratch = band + decode_floats(longest)
+    if not by_runs and (decode_ws.shape[0] < threads or decode_ws.shape[1] < scratch):
+        decode_ws = np.empty((threads, scratch), x.dtype)  # a batch decodes elsewhere
+    if banded:
+        n_bands, per_band = bands(ho, threads)
+        hb = per_band + kh - 1 if copy else hp
+        lut = tap_offsets(c_in, kh, kw, hb, wp)
+        xin = x.reshape(x.size)
+        for t in numba.prange(n_bands):
+            ws = decode_ws[numba.get_thread_id()]
+            p0, p1 = t * per_band, min(ho, (t + 1) * per_band)
+            status[t] = _band(x, ws if copy else xin, 0 if copy else p0 * wp, pad, stride, lut,
+                              rowptr, cols, vidx, table, p0, p1, hb, wp, y, scale, shift, act,
+                              slopes, res, res_mode, res_front, res_stride,
+                              acc_ws[numba.get_thread_id()], *decoded(ws[band:], width))
+        refuse_entry(status.min())
+        return
     xf = xp.reshape(n_img * image)
     if by_runs:
         # a batch: every row decoded once, in place of its entries (fillers as zero weights)
@@ -266,16 +287,6 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
             _rows_by_pass(xf, offs, vals, rowptr, g0, g1, per, m, span, image, wp, y, scale, shift,
                           act, slopes, res, res_mode, res_front, res_stride,
                           sums[numba.get_thread_id()])
-    elif banded:
-        lut = tap_offsets(c_in, kh, kw, hb, wp)
-        band = c_in * hb * wp  # values of a band's copy (without one, a band reads xp itself)
-        for t in numba.prange(n_bands):
-            tid = numba.get_thread_id()
-            p0, p1 = t * per_band, min(ho, (t + 1) * per_band)
-            status[t] = _band(x, xf, t * band if copy else p0 * wp, pad, stride, lut, rowptr, cols,
-                              vidx, table, p0, p1, hb, wp, y, scale, shift, act, slopes, res,
-                              res_mode, res_front, res_stride, acc_ws[tid],
-                              *decoded(decode_ws[tid], width))
     elif grouped:
         lut = tap_offsets(c_in, kh, kw, hp, wp)
         prepare_input(x, pad, stride, xp)

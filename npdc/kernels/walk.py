@@ -23,7 +23,7 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, gl
 from npdc.kernels.fused_blocked import conv_blocked_fused, lanes_for
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
 from npdc.kernels.sparse import conv_sparse, linear_sparse
-from npdc.kernels.sparse_s1 import conv_sparse_s1, input_view
+from npdc.kernels.sparse_s1 import conv_sparse_s1, in_bands, plane_shape
 
 OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 0, 1, 2, 3, 4, 5
 # dense 3x3 only (npdc.kernels.fused_direct): stride 1, weights (O8, C, 9); stride 2, (O8/8, C, 9, 8)
@@ -86,8 +86,9 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     runs = r[F_OP] == OP_CONV_RUNS
     xp, inner = x, 0
     if runs and r[F_SPARSE] != 0 and (pad > 0 or r[F_STRIDE] > 1):  # the kernel pads or subsamples
-        wp = r[F_XW] + 2 * pad if r[F_STRIDE] == 1 else r[F_YW]
-        xp = input_view(padded, n, r[F_XC], r[F_XH], pad, r[F_STRIDE], kh, r[F_YH], wp, acc_ws.shape[0])
+        hp, wp = plane_shape(r[F_XH], r[F_XW], pad, r[F_STRIDE])
+        if not in_bands(n, r[F_YH], r[F_YW], wp, acc_ws.shape[0]):  # bands: padded in cols_ws
+            xp = padded[:n * r[F_XC] * hp * wp].reshape((n, r[F_XC], hp, wp))
         inner = pad
     elif runs and pad > 0:  # dense: one image, the kernel pads itself; else pad_input, in parallel
         hp, wp = r[F_XH] + 2 * pad, r[F_XW] + 2 * pad

@@ -27,7 +27,7 @@ from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_passes import decode_floats
-from npdc.kernels.sparse_s1 import conv_sparse_s1, input_view, padded_rows, subsampled_1x1
+from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1, in_bands, plane_shape, subsampled_1x1
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program
@@ -65,41 +65,38 @@ class Runtime:
         sparse = self.stores.get("sparse")  # the longest row of each sparse conv, for its decoding
         self.longest_rows = {s.name: int(np.diff(sparse.get(s)[0]).max(initial=0))
                              for s in steps if s.kind == "conv" and isinstance(sparse, SparseWeights)}
-        self._scratch(lambda s: ("tiled", "runs") + direct)  # every candidate, for measuring
+        self._scratch(lambda s: ("tiled", "runs") + direct,  # every candidate, for measuring
+                      lambda s: "dense" not in self.stores)
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
         self.program = Program(self, choice) if self.walk == "compiled" else None
         if self.program is not None:
             self._drop_packed()
-            self._scratch(lambda s: (self.program.kernels()[s.name][0],))  # only what runs
+            kernels = self.program.kernels()  # only what runs
+            self._scratch(lambda s: kernels[s.name][:1], lambda s: kernels[s.name][1] == "sparse")
         self.calls = self._bind(B)
 
-    def _scratch(self, kernels):
+    def _scratch(self, kernels, sparse):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
-        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none)."""
+        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none; sparse(step):
+        whether it surely runs on sparse weights)."""
         plan, convs, padded, direct_accs, decode = self.plan, [], 1, [], 0
         for s in plan.steps:
             if s.kind != "conv":
                 continue
             c, h, w = plan.values[s.inputs[0]].shape
             shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
-            if "runs" in kernels(s) and s.name in self.longest_rows:  # decoded in the tiled columns
-                decode = max(decode, decode_floats(self.longest_rows[s.name]))
-            sparse = s.name in self.longest_rows
-            if "runs" in kernels(s) and s.stride == 1:
-                convs.append(shape + (1, w + 2 * s.pad))
-                if s.pad:
-                    rows = h + 2 * s.pad
-                    if sparse and plan.batch == 1:  # every thread's band of the input
-                        rows = padded_rows(h, s.pad, 1, s.w_shape[2], shape[2], self.threads)
-                    padded = max(padded, plan.batch * c * rows * (w + 2 * s.pad))
-            elif "runs" in kernels(s) and subsampled_1x1(s.w_shape, s.stride, s.pad):  # sparse, subsampled
-                convs.append(shape + (1, shape[3]))
-                rows = shape[2]
-                if plan.batch == 1:
-                    rows = padded_rows(h, 0, s.stride, 1, shape[2], self.threads)
-                padded = max(padded, plan.batch * c * rows * shape[3])
+            runs = "runs" in kernels(s) and (s.stride == 1 or subsampled_1x1(s.w_shape, s.stride, s.pad))
+            hp, wp = plane_shape(h, w, s.pad, s.stride)
+            bands = in_bands(plan.batch, shape[2], shape[3], wp, self.threads)
+            if runs and s.name in self.longest_rows:  # decoded in the tiled columns, after the band
+                band = band_floats(c, shape[2], s.w_shape[2], wp, self.threads) if bands else 0
+                decode = max(decode, band + decode_floats(self.longest_rows[s.name]))
+            if runs:
+                convs.append(shape + (1, wp))
+                if (s.pad or s.stride > 1) and not (bands and sparse(s)):  # the padded plane
+                    padded = max(padded, plan.batch * c * hp * wp)
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
@@ -212,10 +209,8 @@ class Runtime:
             tail = tail._replace(scale=ones)  # the scale is in the weights
         if how == "runs":
             xp, pad = x, s.pad
-            if s.pad and mode != "dense":
-                xp = input_view(self.padded, n, x.shape[1], x.shape[2], s.pad, 1, kh, y.shape[2],
-                                x.shape[3] + 2 * s.pad, self.threads)
-            elif s.pad:
+            if s.pad and (mode == "dense" or not in_bands(n, *y.shape[2:], x.shape[3] + 2 * s.pad,
+                                                          self.threads)):
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
             # one image, or the sparse kernel (per batch task): the kernel pads; else pad_input

@@ -6,7 +6,7 @@ import pytest
 
 from npdc.kernels.sparse import MAX_STEP, check_csr, csr_entries, csr_from_indices, linear_sparse
 from npdc.kernels.sparse_passes import decode_floats
-from npdc.kernels.sparse_s1 import conv_sparse_s1, input_view
+from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1
 
 
 def _csr(indices, rows):
@@ -87,25 +87,23 @@ def _sparse_conv_case(c, o, h, n, density, rng):
     return x, (rowptr, cols, vidx, table), ref
 
 
-def _run_sparse_s1(x, csr, o, threads, bands=True):
-    """The layer on `threads` threads; one image in bands of output rows when `bands` (xp with
-    room for them, as the runtime gives it), else split by rows (xp of the padded plane only)."""
+def _run_sparse_s1(x, csr, o, threads, workspace_threads=None):
+    """The layer on `threads` threads, its workspaces with a row for each of `workspace_threads`
+    (default: as many): one image runs in as many bands of output rows (at least 4 rows each)."""
     import numba
 
     n, c, h = x.shape[0], x.shape[1], x.shape[2]
+    rows = workspace_threads or threads
     old = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
         y = np.full((n, o, h, h), np.nan, np.float32)
         one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
-        acc = np.zeros((threads, max((h - 1) * (h + 2) + h, 128)), np.float32)
-        decode = np.zeros((threads, decode_floats(int(np.diff(csr[0]).max()))), np.float32)
-        xp = np.zeros((n, c, h + 2, h + 2), np.float32)
-        if bands:
-            xp = input_view(np.zeros(n * c * (h + 8) * (h + 2), np.float32), n, c, h, 1, 1, 3, h,
-                            h + 2, threads)
-        conv_sparse_s1(x, 1, 1, xp, *csr, 3, 3, one, zero, False, zero,
-                       np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
+        acc = np.zeros((rows, max((h - 1) * (h + 2) + h, 128)), np.float32)
+        decode = np.zeros((rows, band_floats(c, h, 3, h + 2, rows)
+                           + decode_floats(int(np.diff(csr[0]).max()))), np.float32)
+        conv_sparse_s1(x, 1, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero,
+                       False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
     finally:
         numba.set_num_threads(old)
     return y
@@ -125,15 +123,15 @@ def test_stride1_sparse_conv_sums_its_rows_in_registers_as_the_dense_reference(c
     y = _run_sparse_s1(x, csr, o, 2)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert np.array_equal(y, _run_sparse_s1(x, csr, o, 1))  # the same bits on one thread
-    assert np.array_equal(y, _run_sparse_s1(x, csr, o, 2, bands=False))  # and split by rows
+    assert np.array_equal(y, _run_sparse_s1(x, csr, o, 1, 2))  # two bands on one thread
     # an image's outputs do not depend on which images share its task
     assert np.array_equal(y[-1:], _run_sparse_s1(x[-1:], csr, o, 2))
 
 
 @pytest.mark.parametrize("field,match", [("cols", "column"), ("vidx", "codebook")])
-@pytest.mark.parametrize("h,n,bands", [(30, 1, True), (30, 1, False), (30, 32, True), (4, 1, True)])
-def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n, bands):
-    """On every split: bands of output rows, rows, runs of images, row groups."""
+@pytest.mark.parametrize("h,n,threads", [(30, 1, 2), (30, 1, 1), (30, 2, 2), (30, 32, 2), (4, 1, 2)])
+def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n, threads):
+    """On every split: bands of output rows, one band, rows, runs of images, row groups."""
     x, csr, _ = _sparse_conv_case(16, 4, h, n, 0.3, np.random.default_rng(1))
     rowptr, cols, vidx, table = csr
     e = rowptr[2] + 1  # an entry of row 2 of 4
@@ -142,7 +140,7 @@ def test_stride1_sparse_conv_refuses_a_bad_entry_in_any_row(field, match, h, n, 
     else:
         vidx[e] = table.size
     with pytest.raises(ValueError, match=match):
-        _run_sparse_s1(x, csr, 4, 2, bands)
+        _run_sparse_s1(x, csr, 4, threads)
 
 
 @pytest.mark.parametrize("n,stride", [(1, 2), (120, 2), (1, 1)])  # bands, runs of images; stride 1
@@ -157,9 +155,8 @@ def test_a_1x1_sparse_conv_runs_on_its_subsampled_input_or_on_the_input_itself(n
     ref = np.einsum("oc,nchw->nohw", table[indices].astype(np.float64), x[:, :, ::stride, ::stride])
     y = np.full((n, o, ho, ho), np.nan, np.float32)
     one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
-    xp = x if stride == 1 else input_view(np.zeros(n * c * (ho + 2) * ho, np.float32), n, c, h, 0,
-                                          stride, 1, ho, ho, 2)
+    xp = x if stride == 1 else np.zeros((n, c, ho, ho), np.float32)
     conv_sparse_s1(x, 0, stride, xp, rowptr, cols, vidx, table, 1, 1, one, zero, False, zero,
                    np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, np.zeros((2, 512), np.float32),
-                   np.zeros((2, 0), np.float32))
+                   np.zeros((2, 0), np.float32))  # one image: bands, their decode_ws allocated
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
