@@ -75,6 +75,20 @@ def finish_tile(acc, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res
 
 
 @numba.njit(cache=True)
+def _finish_in_place(acc, a0, pitch, y, n, o, p0, p1, s, b, act, a):
+    """finish_tile_at with y its own identity residual: a loop that reads y alone, which the
+    compiler vectorises (with y and the residual as two arrays it cannot rule out that they
+    overlap, and the loop stays scalar)."""
+    for p in range(p0, p1):
+        for q in range(y.shape[3]):
+            v = acc[a0 + (p - p0) * pitch + q] * s + b
+            v += y[n, o, p, q]
+            if act and v < 0:
+                v *= a
+            y[n, o, p, q] = v
+
+
+@numba.njit(cache=True)
 def finish_tile_at(acc, a0, pitch, y, n, o, p0, p1, scale, shift, act, slopes, res, res_mode,
                    res_front, res_stride):
     """y[n, o, p0:p1] = act(acc * scale[o] + shift[o] + residual); acc: flat, row p at
@@ -82,6 +96,9 @@ def finish_tile_at(acc, a0, pitch, y, n, o, p0, p1, scale, shift, act, slopes, r
     An identity residual may be y itself: each element is read before it is overwritten."""
     wo = y.shape[3]
     s, b, a = scale[o], shift[o], slopes[o]
+    if res_mode == RES_IDENTITY and res.ctypes.data == y.ctypes.data:
+        _finish_in_place(acc, a0, pitch, y, n, o, p0, p1, s, b, act, a)
+        return
     c = o - res_front
     use_pad = res_mode == RES_ZEROPAD and 0 <= c < res.shape[1]
     for p in range(p0, p1):
