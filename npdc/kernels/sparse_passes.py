@@ -148,7 +148,7 @@ def _chunk(i, m, span, image, x0, a0):
     return numba.uint64(x0 + g * image + k), numba.uint64(a0 + g * span + k)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def chunk_pass(xf, x0, offs, vals, e0, e1, m, count, i, span, image, acc, a0):
     """Chunks i .. i+7 of a task's count chunks of 16 positions (i .. i+3 when at most four are
     left; chunks past the last repeat it), summed over entries e0..e1-1 in one register pass."""
