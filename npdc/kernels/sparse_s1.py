@@ -1,6 +1,6 @@
-"""The stride-1 sparse convolution of the runtime, on the rows of npdc.kernels.sparse (column
-steps and codebook indices, EIE's format), summed by the register passes of
-npdc.kernels.sparse_passes.
+"""The sparse convolution of the runtime over shifted runs of its input (stride 1, a subsampled
+1x1, or any stride for one image in bands), on the rows of npdc.kernels.sparse (column steps and
+codebook indices, EIE's format), summed by the register passes of npdc.kernels.sparse_passes.
 
 How a call is shared among threads, by its shape:
 - a batch of enough images: runs of images holding about TASK_VALUES input values; a task pads
@@ -12,10 +12,11 @@ How a call is shared among threads, by its shape:
   of the input (with the rows its taps reach past the band) and runs every row over it
   (_band). A split by rows instead makes each thread read the whole input, half of it just
   written by the other core, and the padded copy made on one thread: at batch 1 that transfer
-  cost as much as the arithmetic (docs/perf.md);
+  cost as much as the arithmetic (docs/perf.md). With stride s > 1 a band is kept as its s x s
+  phases (every s-th row and column from each offset), so that each tap is again a shifted run:
+  of one phase (the polyphase split of npdc.kernels.conv_polyphase, applied to the band);
 - anything else (a few images, planes under 16 positions): rows split among threads.
-Every output is summed in its row's entry order, whatever the split or the thread count.
-"""
+Every output is summed in its row's entry order, whatever the split or the thread count."""
 
 import numba
 import numpy as np
@@ -36,6 +37,16 @@ def subsampled_1x1(w_shape, stride, pad):
     return w_shape[2] == 1 and w_shape[3] == 1 and pad == 0 and stride > 1
 
 
+def sparse_takes(w_shape, stride, pad, in_hw, out_hw, batch, threads):
+    """Whether conv_sparse_s1 computes a layer (input and output planes in_hw, out_hw) at this
+    batch: stride 1, a subsampled 1x1, or any stride for one image that runs in bands (each band
+    split into the stride's phases)."""
+    if stride == 1 or subsampled_1x1(w_shape, stride, pad):
+        return True
+    wq = plane_shape(in_hw[0], in_hw[1], pad, stride)[1]
+    return batch == 1 and bool(in_bands(1, out_hw[0], out_hw[1], wq, threads, w_shape[2], w_shape[3], stride))
+
+
 @numba.njit(cache=True)
 def bands(ho, threads):
     """(bands, output rows per band) of one image of ho output rows: a band per thread, each of
@@ -47,26 +58,46 @@ def bands(ho, threads):
 
 @numba.njit(cache=True)
 def plane_shape(h, w, pad, stride):
-    """(Hp, Wp) of the plane conv_sparse_s1 sums over: the input padded (stride 1) or subsampled
-    (a 1x1 kernel without padding)."""
-    if stride == 1:
-        return h + 2 * pad, w + 2 * pad
-    return (h - 1) // stride + 1, (w - 1) // stride + 1
+    """(Hq, Wq) of the plane conv_sparse_s1 sums over: the input padded, then for stride > 1 one
+    phase of it (every stride-th row and column: a 1x1 kernel without padding reads one phase;
+    one image in bands keeps a band of each phase a tap reads)."""
+    return (h + 2 * pad + stride - 1) // stride, (w + 2 * pad + stride - 1) // stride
 
 
 @numba.njit(cache=True)
-def in_bands(n_img, ho, wo, wp, threads):
-    """Whether conv_sparse_s1 runs a call in bands of output rows: one image, more than one band,
-    a plane of more than four chunks (smaller ones run in row groups)."""
-    span = (ho - 1) * wp + wo
+def in_bands(n_img, ho, wo, wq, threads, kh, kw, stride):
+    """Whether conv_sparse_s1 runs a call in bands of output rows: one image and either a kernel
+    that reads several phases (stride > 1, not 1x1), or more than one band of a plane of more
+    than four chunks (smaller ones run in row groups)."""
+    if n_img == 1 and min(stride, kh) * min(stride, kw) > 1:
+        return True
+    span = (ho - 1) * wq + wo
     return n_img == 1 and bands(ho, threads)[0] > 1 and not (16 <= span <= 64)
 
 
 @numba.njit(cache=True)
-def band_floats(c_in, ho, kh, wp, threads):
-    """Values of one thread's padded band of the input, in its row of conv_sparse_s1's decode_ws,
-    before its decoded rows."""
-    return c_in * (bands(ho, threads)[1] + kh - 1) * wp
+def band_floats(c_in, ho, kh, kw, stride, wq, threads):
+    """Values of one thread's band of the input (every phase a tap reads), in its row of
+    conv_sparse_s1's decode_ws, before its decoded rows."""
+    phases = min(stride, kh) * min(stride, kw)
+    return c_in * phases * (bands(ho, threads)[1] + (kh - 1) // stride) * wq
+
+
+@numba.njit(cache=True)
+def band_offsets(c_in, kh, kw, stride, hb, wq):
+    """Where column c*kh*kw + i*kw + j of a weight row starts in a band: tap (i, j) reads phase
+    (i % stride, j % stride) of channel c, shifted by i // stride rows and j // stride columns;
+    each phase of each channel is hb x wq values (tap_offsets' layout at stride 1)."""
+    pa, pb = min(stride, kh), min(stride, kw)
+    lut = np.empty(c_in * kh * kw, np.uint32)
+    r = 0
+    for c in range(c_in):
+        for i in range(kh):
+            for j in range(kw):
+                phase = (c * pa + i % stride) * pb + j % stride
+                lut[r] = (phase * hb + i // stride) * wq + j // stride
+                r += 1
+    return lut
 
 
 @numba.njit(cache=True)
@@ -90,46 +121,50 @@ def prepare_input(x, pad, stride, xp):
 
 
 @numba.njit(cache=True)
-def fill_band(x, p0, hb, pad, stride, wp, band):
-    """band[:C * hb * wp] as (C, hb, wp) = rows p0 .. p0 + hb - 1 of image 0 of x padded by
-    `pad` (stride 1) or, for a 1x1 kernel without padding, subsampled by `stride`; rows past the
-    input are zeros."""
-    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+def fill_band(x, p0, hb, pad, stride, pa, pb, wq, band):
+    """band as (C, pa * pb phases, hb, wq) = rows p0 .. p0 + hb - 1 of phases (a, b) < (pa, pb)
+    of image 0 of x padded by `pad`: phase (a, b) row r, column q is padded row
+    (p0 + r) * stride + a, column q * stride + b; zeros outside the input."""
+    h, w = x.shape[2], x.shape[3]
     k = 0
-    for c in range(c_in):
-        for r in range(hb):
-            src = (p0 + r) * stride - pad
-            if src < 0 or src >= h:
-                for q in range(wp):
-                    band[k + q] = 0
-            elif stride == 1:
-                for q in range(pad):
-                    band[k + q] = 0
-                    band[k + pad + w + q] = 0
-                for q in range(w):
-                    band[k + pad + q] = x[0, c, src, q]
-            else:
-                for q in range(wp):
-                    band[k + q] = x[0, c, src, q * stride]
-            k += wp
+    for c in range(x.shape[1]):
+        for a in range(pa):
+            for b in range(pb):
+                for r in range(hb):
+                    src = (p0 + r) * stride + a - pad
+                    if src < 0 or src >= h:
+                        for q in range(wq):
+                            band[k + q] = 0
+                    elif stride == 1:
+                        for q in range(pad):
+                            band[k + q] = 0
+                        for q in range(w):
+                            band[k + pad + q] = x[0, c, src, q]
+                        for q in range(pad + w, wq):
+                            band[k + q] = 0
+                    else:
+                        for q in range(wq):
+                            col = q * stride + b - pad
+                            band[k + q] = x[0, c, src, col] if 0 <= col < w else 0
+                    k += wq
 
 
 @numba.njit(cache=True)
-def _band(x, xf, x0, pad, stride, lut, rowptr, cols, vidx, table, p0, p1, hb, wp, y, scale, shift,
-          act, slopes, res, res_mode, res_front, res_stride, acc, offs, vals):
+def _band(x, xf, x0, pad, stride, pa, pb, lut, rowptr, cols, vidx, table, p0, p1, hb, wq, y, scale,
+          shift, act, slopes, res, res_mode, res_front, res_stride, acc, offs, vals):
     """Output rows p0 .. p1 - 1 of image 0 for every weight row. With pad or stride, the band is
-    first copied from x into xf[x0:] as (C, hb, wp) planes (lut's layout); else xf is the input
-    itself and x0 its row p0. Returns the least decode_row result (negative: a bad entry)."""
+    first copied from x into xf[x0:] (fill_band; lut's layout); else xf is the input itself and
+    x0 its row p0. Returns the least decode_row result (negative: a bad entry)."""
     if pad > 0 or stride > 1:
-        fill_band(x, p0, hb, pad, stride, wp, xf[x0:])
-    span = (p1 - p0 - 1) * wp + y.shape[3]
+        fill_band(x, p0, hb, pad, stride, pa, pb, wq, xf[x0:])
+    span = (p1 - p0 - 1) * wq + y.shape[3]
     m = (span + 15) // 16
     for o in range(y.shape[1]):
         count = decode_row(rowptr, cols, vidx, table, lut, o, offs, vals)
         if count < 0:
             return count
         row_sums(xf, x0, offs, vals, 0, count, m, m, span, 0, acc, 0)
-        finish_tile_at(acc, 0, wp, y, 0, o, p0, p1, scale, shift, act, slopes, res, res_mode,
+        finish_tile_at(acc, 0, wq, y, 0, o, p0, p1, scale, shift, act, slopes, res, res_mode,
                        res_front, res_stride)
     return 0
 
@@ -212,14 +247,14 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
 @numba.njit(parallel=True, cache=True)
 def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
                    res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
-    """Stride-1 sparse convolution of x (N, C, H, W) into y with the fused tail. A batch, or one
-    image not in bands (in_bands), runs over xp (N, C, Hp, Wp) (plane_shape): x padded here when
-    pad > 0 (with pad 0 and stride 1, xp is x itself), or for a 1x1 kernel with pad 0 and stride
-    > 1, x subsampled here. One image in bands does not touch xp: each thread pads its band into
-    its row of decode_ws.
+    """Sparse convolution of x (N, C, H, W) into y with the fused tail. A batch, or one image not
+    in bands (in_bands), runs over xp (N, C, Hp, Wp) (plane_shape), at stride 1 or as a 1x1
+    kernel with pad 0: x padded here when pad > 0 (with pad 0 and stride 1, xp is x itself), or
+    subsampled here. One image in bands, at any stride, does not touch xp: each thread copies its
+    band into its row of decode_ws.
 
     With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of
-    the plane starting at (c, i, j), so a weight row is a sum of shifted runs: its entries are
+    the plane (of one phase of it) starting at (c, i, j) (band_offsets), so a weight row is a sum of shifted runs: its entries are
     decoded into (offset, weight) pairs, then summed over the outputs' 16-position chunks in
     vector registers (npdc.kernels.sparse_passes), shared among threads as the module says. acc_ws
     (threads, >= max(span, SPARSE_GROUP_FLOATS)) holds the sums of several images or rows per
@@ -241,12 +276,14 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
         raise ValueError("sparse layer: an image of 2**32 values or more")
     m = (span + 15) // 16
     copy = pad > 0 or stride > 1  # else the plane is x itself
-    banded = in_bands(n_img, ho, wo, wp, threads)
+    banded = in_bands(n_img, ho, wo, wp, threads, kh, kw, stride)
     grouped = (not banded and n_img == 1 and 16 <= span and m <= 4
                and (8 // m) * span <= acc_ws.shape[1])
     rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
     width = rows * longest
-    band = band_floats(c_in, ho, kh, wp, threads) if banded and copy else 0
+    if stride > 1 and (kh > 1 or kw > 1 or pad > 0) and not banded:
+        raise ValueError("sparse layer: a strided kernel other than an unpadded 1x1 runs only in bands")
+    band = band_floats(c_in, ho, kh, kw, stride, wp, threads) if banded and copy else 0
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
     run = per * max(1, TASK_VALUES // (per * image))
     runs = (n_img + run - 1) // run
@@ -256,15 +293,16 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
         decode_ws = np.empty((threads, scratch), x.dtype)  # a batch decodes elsewhere
     if banded:
         n_bands, per_band = bands(ho, threads)
-        hb = per_band + kh - 1 if copy else hp
-        lut = tap_offsets(c_in, kh, kw, hb, wp)
+        hb = per_band + (kh - 1) // stride if copy else hp
+        pa, pb = min(stride, kh), min(stride, kw)
+        lut = band_offsets(c_in, kh, kw, stride, hb, wp)
         xin = x.reshape(x.size)
         for t in numba.prange(n_bands):
             ws = decode_ws[numba.get_thread_id()]
             p0, p1 = t * per_band, min(ho, (t + 1) * per_band)
-            status[t] = _band(x, ws if copy else xin, 0 if copy else p0 * wp, pad, stride, lut,
-                              rowptr, cols, vidx, table, p0, p1, hb, wp, y, scale, shift, act,
-                              slopes, res, res_mode, res_front, res_stride,
+            status[t] = _band(x, ws if copy else xin, 0 if copy else p0 * wp, pad, stride, pa, pb,
+                              lut, rowptr, cols, vidx, table, p0, p1, hb, wp, y, scale, shift,
+                              act, slopes, res, res_mode, res_front, res_stride,
                               acc_ws[numba.get_thread_id()], *decoded(ws[band:], width))
         refuse_entry(status.min())
         return

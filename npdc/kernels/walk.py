@@ -87,7 +87,7 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
     xp, inner = x, 0
     if runs and r[F_SPARSE] != 0 and (pad > 0 or r[F_STRIDE] > 1):  # the kernel pads or subsamples
         hp, wp = plane_shape(r[F_XH], r[F_XW], pad, r[F_STRIDE])
-        if not in_bands(n, r[F_YH], r[F_YW], wp, acc_ws.shape[0]):  # bands: padded in cols_ws
+        if not in_bands(n, r[F_YH], r[F_YW], wp, acc_ws.shape[0], kh, kw, r[F_STRIDE]):  # else in cols_ws
             xp = padded[:n * r[F_XC] * hp * wp].reshape((n, r[F_XC], hp, wp))
         inner = pad
     elif runs and pad > 0:  # dense: one image, the kernel pads itself; else pad_input, in parallel

@@ -27,7 +27,7 @@ from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
 from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_passes import decode_floats
-from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1, in_bands, plane_shape, subsampled_1x1
+from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1, in_bands, plane_shape, sparse_takes
 from npdc.kernels.walk import OP_HOST
 from npdc.runtime.plan import Plan
 from npdc.runtime.program import Program
@@ -87,11 +87,12 @@ class Runtime:
                 continue
             c, h, w = plan.values[s.inputs[0]].shape
             shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
-            runs = "runs" in kernels(s) and (s.stride == 1 or subsampled_1x1(s.w_shape, s.stride, s.pad))
+            runs = "runs" in kernels(s) and (s.stride == 1 or s.name in self.longest_rows and sparse_takes(
+                s.w_shape, s.stride, s.pad, (h, w), shape[2:], plan.batch, self.threads))
             hp, wp = plane_shape(h, w, s.pad, s.stride)
-            bands = in_bands(plan.batch, shape[2], shape[3], wp, self.threads)
+            bands = in_bands(plan.batch, shape[2], shape[3], wp, self.threads, *s.w_shape[2:], s.stride)
             if runs and s.name in self.longest_rows:  # decoded in the tiled columns, after the band
-                band = band_floats(c, shape[2], s.w_shape[2], wp, self.threads) if bands else 0
+                band = band_floats(c, shape[2], *s.w_shape[2:], s.stride, wp, self.threads) if bands else 0
                 decode = max(decode, band + decode_floats(self.longest_rows[s.name]))
             if runs:
                 convs.append(shape + (1, wp))
@@ -210,7 +211,7 @@ class Runtime:
         if how == "runs":
             xp, pad = x, s.pad
             if s.pad and (mode == "dense" or not in_bands(n, *y.shape[2:], x.shape[3] + 2 * s.pad,
-                                                          self.threads)):
+                                                          self.threads, kh, kw, 1)):
                 shape = (n, x.shape[1], x.shape[2] + 2 * s.pad, x.shape[3] + 2 * s.pad)
                 xp = self.padded[:int(np.prod(shape))].reshape(shape)
             # one image, or the sparse kernel (per batch task): the kernel pads; else pad_input

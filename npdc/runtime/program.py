@@ -30,7 +30,7 @@ from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
 from npdc.kernels.fused_blocked import lanes_for
-from npdc.kernels.sparse_s1 import subsampled_1x1
+from npdc.kernels.sparse_s1 import sparse_takes
 
 TIMINGS_NAME = "runtime_timings.json"
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
@@ -122,7 +122,9 @@ def candidates(runtime, step):
         if step.kind == "linear":
             ops = [W.OP_LINEAR_ROWS] + ([W.OP_LINEAR_GEMM] if kind == "dense" and runtime.plan.batch > 1 else [])
         else:
-            runs = step.stride == 1 or kind == "sparse" and subsampled_1x1(step.w_shape, step.stride, step.pad)
+            runs = step.stride == 1 or kind == "sparse" and sparse_takes(
+                step.w_shape, step.stride, step.pad, runtime.plan.values[step.inputs[0]].shape[1:],
+                runtime.plan.values[step.output].shape[1:], runtime.plan.batch, runtime.threads)
             ops = [W.OP_CONV_TILED] + ([W.OP_CONV_RUNS] if runs else [])
             if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
                 ops.append(W.OP_CONV_FLAT)

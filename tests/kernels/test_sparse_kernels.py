@@ -100,7 +100,7 @@ def _run_sparse_s1(x, csr, o, threads, workspace_threads=None):
         y = np.full((n, o, h, h), np.nan, np.float32)
         one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
         acc = np.zeros((rows, max((h - 1) * (h + 2) + h, 128)), np.float32)
-        decode = np.zeros((rows, band_floats(c, h, 3, h + 2, rows)
+        decode = np.zeros((rows, band_floats(c, h, 3, 3, 1, h + 2, rows)
                            + decode_floats(int(np.diff(csr[0]).max()))), np.float32)
         conv_sparse_s1(x, 1, 1, np.zeros((n, c, h + 2, h + 2), np.float32), *csr, 3, 3, one, zero,
                        False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, acc, decode)
@@ -160,3 +160,36 @@ def test_a_1x1_sparse_conv_runs_on_its_subsampled_input_or_on_the_input_itself(n
                    np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, np.zeros((2, 512), np.float32),
                    np.zeros((2, 0), np.float32))  # one image: bands, their decode_ws allocated
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("h,w,pad", [(16, 16, 1), (17, 13, 1), (12, 9, 2)])
+def test_a_strided_sparse_conv_of_one_image_runs_in_bands_of_its_phases(h, w, pad):
+    """A 3x3 stride-2 layer: each tap reads one of the four phases of its band; odd sizes leave a
+    phase a row or column short."""
+    rng = np.random.default_rng(h + w)
+    c, o, k, stride = 5, 6, 3, 2
+    table = np.concatenate([[0], rng.standard_normal(15)]).astype(np.float32)
+    indices = (rng.integers(1, 16, (o, c * 9)) * (rng.random((o, c * 9)) < 0.4)).astype(np.uint8)
+    rowptr, cols, vidx = _csr(indices.reshape(-1), o)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    wk = table[indices].reshape(o, c, k, k).astype(np.float64)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ref = sum(np.einsum("oc,nchw->nohw", wk[:, :, i, j],
+                        xp[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride])
+              for i in range(k) for j in range(k))
+    one, zero = np.ones(o, np.float32), np.zeros(o, np.float32)
+    for threads in (1, 2):
+        y = np.full((1, o, ho, wo), np.nan, np.float32)
+        conv_sparse_s1(x, pad, stride, x, rowptr, cols, vidx, table, k, k, one, zero, False, zero,
+                       np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1, y, np.zeros((threads, 256), np.float32),
+                       np.zeros((threads, 0), np.float32))
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+        if threads == 1:
+            first = y.copy()
+    assert np.array_equal(first, y)  # one band or two, the same bits
+    with pytest.raises(ValueError, match="bands"):  # a batch of two does not run in bands
+        conv_sparse_s1(np.concatenate([x, x]), pad, stride, x, rowptr, cols, vidx, table, k, k, one,
+                       zero, False, zero, np.zeros((1, 1, 1, 1), np.float32), 0, 0, 1,
+                       np.zeros((2, o, ho, wo), np.float32), np.zeros((2, 256), np.float32),
+                       np.zeros((2, 0), np.float32))
