@@ -30,6 +30,7 @@ from npdc.kernels.int8_lanes import requantize16x4, residual16x4
 from npdc.kernels.int8_pack import GROUP, LANES, SKEW, tap_plane, tap_width
 from npdc.kernels.int8_requant import (RES_FRACTION, RESIDUAL_LEFT, clamp_u8, divide_by_pow2, lanes_apply,
                                        requantize)
+from npdc.kernels.int8_sparse import gemm_tile_sparse
 
 (G_C, G_H, G_W, G_O, G_HO, G_WO, G_CR, G_PI, G_WPI, G_PLI, G_PR, G_WPR, G_PLR, G_PO, G_WPO,
  G_PLO) = range(16)
@@ -232,11 +233,13 @@ def words_tile_bytes(geo, kh, kw, stride, pad, rows, taps):
 
 @numba.njit(cache=True, parallel=True)
 def conv_words(x, xw, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, rw, y, yw, geo, cols, acc,
-               rows_per, offs, vnni):
+               rows_per, offs, vnni, rowptr, e_off, ew):
     """conv_u8 with its input, residual and output each either planar (x (N, C, H, W), res, y
     uint8) or kept as words (xw, rw, yw (N, words) uint32), as geo says (the unused array of each
     pair a dummy). offs are the tap offsets of the plane read: the input's group planes when it
-    is read in place (stride 1), else the phases' (tap_plane of rows_per and conv_row)."""
+    is read in place (stride 1), else the phases' (tap_plane of rows_per and conv_row). With
+    entries (rowptr longer than 1; taps only: npdc.kernels.int8_sparse.sparse_entries of w at
+    offs) the GEMM runs over the non-zero words alone, to the same sums."""
     n_img = yw.shape[0] if geo[G_WPO] > 0 else y.shape[0]
     ho = geo[G_HO]
     tiles = (ho + rows_per - 1) // rows_per
@@ -263,7 +266,10 @@ def conv_words(x, xw, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, rw
         else:
             rest = tile_input(x[n], np.uint8(meta[0]), k4, kh, kw, stride, pad, p0, p1, geo[G_WO], pitch, plane,
                               taps, col)
-        gemm_tile(w, k4, src, pitch, offs, a, vnni)
+        if rowptr.size > 1:
+            gemm_tile_sparse(rowptr, e_off, ew, src, pitch, a, vnni)
+        else:
+            gemm_tile(w, k4, src, pitch, offs, a, vnni)
         scratch = rest[:rest.size // GROUP * GROUP].view(np.uint32)  # rest starts 4-byte aligned in col
         res_n = res[min(n, res.shape[0] - 1)]
         r_img = rw[min(n, rw.shape[0] - 1)]

@@ -1,6 +1,7 @@
 """AVX-512 VNNI for the int8 kernels: `dot_rows4`, a Numba intrinsic (LLVM IR emitted at the call
 site, as npdc.kernels.simd does for shuffles) whose inner loop is the vpdpbusd instruction,
-and `vnni_path()`, the one place that decides whether the kernels use it.
+its sparse twins `dot_row_sparseV` (one weight row's non-zero words only), and `vnni_path()`, the
+one place that decides whether the kernels use it.
 
 vpdpbusd (Intel's instruction set reference, "VPDPBUSD: Multiply and Add Unsigned and Signed
 Bytes") adds to each of 16 int32 lanes the four products of that lane's unsigned bytes of one
@@ -123,3 +124,75 @@ def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_of
             and _flat(offs, types.int64)):
         return None
     return _dot_rows4(w, cols, acc, offs, 2)
+
+
+def _dot_row_sparse(ew, cols, acc, vectors):
+    """The codegen of DOT_ROW_SPARSE[vectors]: `vectors` runs of 16 positions, each its own
+    accumulator in a register, every entry's word broadcast once and its column vectors loaded
+    at the entry's offset (64 bytes apart)."""
+    have = cpu_has_vnni()
+
+    def codegen(context, builder, signature, args):
+        w_a, o_a, e0_v, e1_v, cols_a, c_off_v, acc_a, a_off_v = args
+        i32 = ir.IntType(32)
+        v16 = ir.VectorType(i32, 16)
+        if not have:
+            trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                  "llvm.trap")
+            builder.call(trap, [])
+            return context.get_dummy_value()
+        w_base = context.make_array(signature.args[0])(context, builder, w_a).data
+        o_base = context.make_array(signature.args[1])(context, builder, o_a).data
+        c_base = context.make_array(signature.args[4])(context, builder, cols_a).data
+        a_base = context.make_array(signature.args[6])(context, builder, acc_a).data
+        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * vectors)]
+
+        def entry(e, half):
+            at = builder.add(c_off_v, builder.load(builder.gep(o_base, [e])))
+            word = builder.load(builder.gep(w_base, [e]))
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word, ir.Constant(i32, 0)),
+                                           ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+            for v in range(vectors):
+                where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
+                column = builder.load(builder.bitcast(where, v16.as_pointer()), align=1)
+                total = sums[half * vectors + v]
+                builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
+
+        count = builder.sub(e1_v, e0_v)
+        one = ir.Constant(count.type, 1)
+        with cgutils.for_range(builder, builder.ashr(count, one)) as loop:  # two entries, two sets of sums
+            e = builder.add(e0_v, builder.shl(loop.index, one))
+            entry(e, 0)
+            entry(builder.add(e, one), 1)
+        with builder.if_then(builder.trunc(count, ir.IntType(1))):
+            entry(builder.sub(e1_v, one), 0)
+        for v in range(vectors):
+            at = builder.add(a_off_v, ir.Constant(a_off_v.type, 16 * v))
+            total = builder.add(builder.load(sums[v]), builder.load(sums[vectors + v]))
+            builder.store(total, builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    i = types.int64
+    return types.void(ew, types.Array(types.int64, 1, "C"), i, i, cols, i, acc, i), codegen
+
+
+def _sparse_intrinsic(vectors):
+    def dot_row_sparse(typingctx, ew, e_off, e0, e1, cols, c_off, acc, a_off):
+        if not (_flat(ew, types.int32) and _flat(e_off, types.int64) and _flat(cols, types.uint8)
+                and _flat(acc, types.int32)):
+            return None
+        return _dot_row_sparse(ew, cols, acc, vectors)
+
+    dot_row_sparse.__name__ = dot_row_sparse.__qualname__ = f"dot_row_sparse{vectors}"
+    return intrinsic(dot_row_sparse)
+
+
+SPARSE_VECTORS = 8  # runs of 16 positions one sparse pass keeps in registers, at most
+# dot_row_sparseV(ew, e_off, e0, e1, cols, c_off, acc, a_off), V = 1..SPARSE_VECTORS:
+# acc[a_off + l] = sum over entries e0 <= e < e1 of vpdpbusd of the column bytes at
+# cols[c_off + e_off[e] + 4l] and the weight word ew[e] broadcast, for l < 16 V: one weight row's
+# sums over its non-zero words only (npdc.kernels.int8_sparse lists them). No bounds checks.
+(dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4, dot_row_sparse5, dot_row_sparse6,
+ dot_row_sparse7, dot_row_sparse8) = (_sparse_intrinsic(v) for v in range(1, SPARSE_VECTORS + 1))

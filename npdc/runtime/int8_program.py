@@ -93,4 +93,9 @@ def _record(rt, s, bufs):
             r[field] = image_words(rt.plan, rt.pads, name) if name in rt.pads else 0
     offs = rt.tap_offsets(s)
     r[KW.F_OFFS], r[KW.F_NOFFS] = bufs.add("ints", offs), offs.size
+    r[KW.F_NROWPTR] = 1  # a dense GEMM: ints[F_ROWPTR] (0) the one row pointer
+    if s.name in rt.entries:
+        rowptr, e_off, ew = rt.entries[s.name]
+        r[KW.F_ROWPTR], r[KW.F_NROWPTR] = bufs.add("ints", rowptr), rowptr.size
+        r[KW.F_EOFF], r[KW.F_EW], r[KW.F_NNZ] = bufs.add("ints", e_off), bufs.add("words", ew), ew.size
     return r
