@@ -191,11 +191,13 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
         lanes = True
         for r in range(GROUP):
             lanes = lanes and lanes_apply(bias[o + r], shift[o + r] - extra, sum_bound)
+        b4, m4, s4 = (bias[o], bias[o + 1], bias[o + 2], bias[o + 3]), (m0[o], m0[o + 1], m0[o + 2], m0[o + 3]), \
+            (shift[o], shift[o + 1], shift[o + 2], shift[o + 3])
         if mode == RES_NONE:
             if lanes:
                 for t in range(0, width, LANES):
-                    requantize16x4(a, o * pitch + t, pitch, dst, d_off + t, min(LANES, width - t), bias, m0,
-                                   shift, o, meta[1], meta[2])
+                    requantize16x4(a, o * pitch + t, pitch, dst, d_off + t, min(LANES, width - t), b4, m4, s4,
+                                   meta[1], meta[2])
             else:
                 words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, r_s[:0], 0, 0)
         else:
@@ -203,7 +205,7 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
             if lanes and -RESIDUAL_LEFT <= r_shift <= 30:
                 for t in range(0, width, LANES):
                     residual16x4(a, o * pitch + t, pitch, src, s_off + t, dst, d_off + t, min(LANES, width - t),
-                                 bias, m0, shift, o, meta[1], meta[2], meta[6], r_m0, r_shift, RES_FRACTION)
+                                 b4, m4, s4, meta[1], meta[2], meta[6], r_m0, r_shift, RES_FRACTION)
             else:
                 words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_m0)
         if words_out:
