@@ -30,6 +30,7 @@ import math
 import numba
 import numpy as np
 
+from npdc.engine.images import as_float
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.kernels import int8 as K
@@ -326,12 +327,16 @@ class Int8Runtime:
 
     # -- running ------------------------------------------------------------------------------
     def load_input(self, images):
-        """Normalise raw images into the float input buffer and quantize them into the arena."""
+        """Normalise raw images and quantize them into the arena (float images in one parallel pass,
+        uint8 ones scaled to [0, 1] in the float input buffer first, as normalise_images does)."""
         n = len(images)
-        x = self.input[:n]
-        normalise_images(images, self.plan.mean, self.plan.std, x)
         s, z = self.scales[INPUT]
-        K.quantize_u8(x, 1.0 / s, z, self.view(INPUT, n))
+        x = as_float(images) if images.dtype != np.uint8 else np.divide(images, np.float32(255.0), out=self.input[:n])
+        if x.ndim == 4:
+            K.quantize_images(x, self.plan.mean, self.plan.std, 1.0 / s, z, self.view(INPUT, n))
+            return n
+        normalise_images(images, self.plan.mean, self.plan.std, self.input[:n])
+        K.quantize_u8(self.input[:n], 1.0 / s, z, self.view(INPUT, n))
         return n
 
     def run(self, n, keep=None):
