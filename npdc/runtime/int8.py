@@ -37,16 +37,15 @@ from npdc.kernels import int8 as K
 from npdc.kernels import int8_pack as P
 from npdc.kernels import int8_walk as KW
 from npdc.kernels import int8_words as KWo
-from npdc.kernels.int8_sparse import sparse_entries, word_density
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
+from npdc.runtime.int8_choice import sparse_choice
 from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
 from npdc.runtime.weights import DenseWeights
 
 TILE_BYTES = 1 << 16  # packed column bytes of one conv tile per thread (stays in L2)
-SPARSE_WORDS = 0.45  # word density at or below which a conv's GEMM skips the zero words (docs/perf.md, `i8s`)
 BIAS_LIMIT = 1 << 29  # |int32 bias| clipped here, inside the accumulation bound of npdc.kernels.int8
 
 
@@ -142,7 +141,7 @@ class Int8Runtime:
     mode = walk = "int8"
     primitives = {}
 
-    def __init__(self, net, scales, batch=1, vnni=None, sparse_words=None):
+    def __init__(self, net, scales, batch=1, vnni=None, sparse="measure"):
         self.plan = plan = Plan(net, batch)
         self.pads, apart = words_pads(plan)  # the values kept as words between convs
         if apart:
@@ -152,7 +151,6 @@ class Int8Runtime:
             raise UserError(f"int8: no activation scale for {', '.join(missing[:5])}")
         self.scales = {v: (float(scales[v][0]), int(scales[v][1])) for v in plan.values}
         self.vnni = vnni_path() if vnni is None else bool(vnni)
-        self.sparse_words = SPARSE_WORDS if sparse_words is None else float(sparse_words)
         B = plan.batch
         self.arena = np.zeros(ROOM * B * plan.arena_size, np.uint8)
         self.input = np.zeros((B,) + plan.in_shape, np.float32)
@@ -170,14 +168,13 @@ class Int8Runtime:
         self.logits = np.zeros((B,) + plan.values[plan.output].shape, np.float32)
         self.float_steps = [s.name for s in plan.steps if s.kind == "layer"]
         self._workspace()
-        self.dense_entries = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
-        self.entries = {s.name: sparse_entries(self.q[s.name].w, self.q[s.name].k4, self.tap_offsets(s))
-                        for s in steps if self.runs_sparse(s)}
         self.no_res = np.zeros((1, 1, 1, 1), np.uint8)
         self.no_words = np.zeros((1, 1), np.uint32)
         self.no_logits = np.zeros((1, 1), np.float32)
-        self.calls = self._bind(B)
+        self.dense_entries = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+        self.entries = sparse_choice(self, sparse)  # the convs whose GEMM skips zero words
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
+        self.calls = self._bind(B)
 
     def _row(self, s):
         """Positions from one output row of a conv tile to the next, as the conv lays them out."""
@@ -190,14 +187,6 @@ class Int8Runtime:
     def runs_words(self, s):
         """Whether a conv reads or writes a value kept as words (it runs conv_words)."""
         return any(name in self.pads for name in s.reads() + [s.output])
-
-    def runs_sparse(self, s):
-        """Whether a conv's GEMM runs over its non-zero weight words only
-        (npdc.kernels.int8_sparse): a conv over words whose taps are read at offsets, with at most
-        SPARSE_WORDS of its words not zero."""
-        q = self.q[s.name]
-        return (s.kind == "conv" and q.taps and self.runs_words(s)
-                and word_density(q.w) <= self.sparse_words)
 
     def rows_per(self, s):
         """Output rows of one conv tile: packed columns within TILE_BYTES, and at least as many
@@ -251,7 +240,8 @@ class Int8Runtime:
         return sum(int(a.nbytes) for a in self.arrays())
 
     def sparse_layers(self):
-        return []
+        """Names of the convs whose GEMM runs over the non-zero weight words only."""
+        return [s.name for s in self.plan.steps if s.name in self.entries]
 
     def arrays(self):
         """Every array the runtime holds between calls."""
@@ -278,6 +268,12 @@ class Int8Runtime:
             logits = self.logits[:n] if last else self.no_logits
             return lambda: K.linear_u8(x.reshape(n, -1), q.w, q.k4, q.bias, q.m0, q.shift, q.meta,
                                        out, logits, deq, self.cols[0], self.acc[0], self.vnni)
+        return self.conv_call(s, n, self.entries.get(s.name, self.dense_entries))
+
+    def conv_call(self, s, n, entries):
+        """Conv step s on the first n images as a call, its GEMM dense (entries
+        self.dense_entries) or over the non-zero words (npdc.kernels.int8_sparse.sparse_entries)."""
+        x, y, q = self.view(s.inputs[0], n), self.view(s.output, n), self.q[s.name]
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         rows, offs = self.rows_per(s), self.tap_offsets(s)
@@ -286,10 +282,9 @@ class Int8Runtime:
             xs = (self.no_res, x) if s.inputs[0] in self.pads else (x, self.no_words)
             rs = (self.no_res, res) if s.residual in self.pads else (res, self.no_words)
             ys = (self.no_res, y) if s.output in self.pads else (y, self.no_words)
-            ent = self.entries.get(s.name, self.dense_entries)
             return lambda: KWo.conv_words(xs[0], xs[1], q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift,
                                           q.meta, rs[0], rs[1], ys[0], ys[1], geo, self.cols, self.acc, rows, offs,
-                                          self.vnni, *ent)
+                                          self.vnni, *entries)
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
                                  res, y, self.cols, self.acc, rows, offs, self.vnni)
 
