@@ -42,6 +42,26 @@ def _flat(t, dtype):
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
 
 
+def _trap(context, builder):
+    """The body of an intrinsic on a CPU without VNNI (never run: vnni_path() is False there)."""
+    trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap")
+    builder.call(trap, [])
+    return context.get_dummy_value()
+
+
+def _vpdpbusd(builder):
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                          "llvm.x86.avx512.vpdpbusd.512")
+
+
+def _broadcast(builder, word):
+    """A 32-bit weight word in all 16 lanes."""
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    one = builder.insert_element(ir.Constant(v16, None), word, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+
+
 def _dot_rows4(w, cols, acc, offsets, vectors=1):
     """The codegen of dot_rows4 and dot_rows4_at(2): column k starts at c_off + k * c_pitch, or
     at c_off + offs[k] when `offsets` (an int64 array type) is given; `vectors` runs of 16
@@ -51,19 +71,14 @@ def _dot_rows4(w, cols, acc, offsets, vectors=1):
 
     def codegen(context, builder, signature, args):
         w_a, w_off_v, w_pitch_v, cols_a, c_off_v, c_step, k4_v, acc_a, a_off_v, a_pitch_v = args
-        i32 = ir.IntType(32)
-        v16 = ir.VectorType(i32, 16)
+        v16 = ir.VectorType(ir.IntType(32), 16)
         if not have:
-            trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                  "llvm.trap")
-            builder.call(trap, [])
-            return context.get_dummy_value()
+            return _trap(context, builder)
         w_base = context.make_array(signature.args[0])(context, builder, w_a).data
         c_base = context.make_array(signature.args[3])(context, builder, cols_a).data
         a_base = context.make_array(signature.args[7])(context, builder, acc_a).data
         o_base = context.make_array(offsets)(context, builder, c_step).data if offsets else None
-        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
+        dpbusd = _vpdpbusd(builder)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4 * vectors)]
         rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(w_off_v.type, r))) for r in range(4)]
         with cgutils.for_range(builder, k4_v) as loop:
@@ -75,10 +90,7 @@ def _dot_rows4(w, cols, acc, offsets, vectors=1):
                 where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
                 columns.append(builder.load(builder.bitcast(where, v16.as_pointer()), align=1))
             for r in range(4):
-                word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,
-                                                                      ir.Constant(i32, 0)),
-                                               ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+                splat = _broadcast(builder, builder.load(builder.gep(w_base, [builder.add(rows[r], k)])))
                 for v, column in enumerate(columns):
                     total = sums[r * vectors + v]
                     builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
@@ -127,33 +139,27 @@ def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_of
 
 
 def _dot_row_sparse(ew, cols, acc, vectors):
-    """The codegen of DOT_ROW_SPARSE[vectors]: `vectors` runs of 16 positions, each its own
-    accumulator in a register, every entry's word broadcast once and its column vectors loaded
-    at the entry's offset (64 bytes apart)."""
+    """The codegen of dot_row_sparseV, V = vectors: V runs of 16 positions, every entry's word
+    broadcast once and its V column vectors loaded at the entry's offset (64 bytes apart); even
+    and odd entries add into two sets of V sums, joined at the end, so that short passes (V = 2
+    on a 4 x 4 plane) are not held up by vpdpbusd's latency."""
     have = cpu_has_vnni()
 
     def codegen(context, builder, signature, args):
         w_a, o_a, e0_v, e1_v, cols_a, c_off_v, acc_a, a_off_v = args
-        i32 = ir.IntType(32)
-        v16 = ir.VectorType(i32, 16)
+        v16 = ir.VectorType(ir.IntType(32), 16)
         if not have:
-            trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                  "llvm.trap")
-            builder.call(trap, [])
-            return context.get_dummy_value()
+            return _trap(context, builder)
         w_base = context.make_array(signature.args[0])(context, builder, w_a).data
         o_base = context.make_array(signature.args[1])(context, builder, o_a).data
         c_base = context.make_array(signature.args[4])(context, builder, cols_a).data
         a_base = context.make_array(signature.args[6])(context, builder, acc_a).data
-        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
+        dpbusd = _vpdpbusd(builder)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * vectors)]
 
         def entry(e, half):
             at = builder.add(c_off_v, builder.load(builder.gep(o_base, [e])))
-            word = builder.load(builder.gep(w_base, [e]))
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word, ir.Constant(i32, 0)),
-                                           ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+            splat = _broadcast(builder, builder.load(builder.gep(w_base, [e])))
             for v in range(vectors):
                 where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
                 column = builder.load(builder.bitcast(where, v16.as_pointer()), align=1)
