@@ -240,8 +240,9 @@ class Int8Runtime:
         return sum(int(a.nbytes) for a in self.arrays())
 
     def sparse_layers(self):
-        """Names of the convs whose GEMM runs over the non-zero weight words only."""
-        return [s.name for s in self.plan.steps if s.name in self.entries]
+        """None: int8 keeps every layer's weights as dense packed words (the convs whose GEMM
+        skips their zero words, a choice of kernel, are named in kernels())."""
+        return []
 
     def arrays(self):
         """Every array the runtime holds between calls."""
@@ -378,8 +379,10 @@ class Int8Runtime:
 
     def kernels(self):
         """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
-        path, int8 pool, or a float layer between a dequantize and a quantize)."""
+        path, a conv's GEMM dense or over its non-zero weight words (`sparse`), int8 pool, or a
+        float layer between a dequantize and a quantize)."""
         path = "vnni" if self.vnni else "portable"
         names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
                  "layer": "float-layer"}
-        return {s.name: (names[s.kind], None) for s in self.plan.steps}
+        return {s.name: (f"int8-conv-sparse-{path}" if s.name in self.entries else names[s.kind], None)
+                for s in self.plan.steps}
