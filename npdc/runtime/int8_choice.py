@@ -16,7 +16,7 @@ from npdc.kernels.int8_sparse import sparse_entries, word_density
 
 CANDIDATE = 0.6  # word density above which the sparse GEMM is not tried
 CHOICES = ("measure", "always", "never")  # "always": every candidate, for tests and comparisons
-ROUNDS = {True: 5, False: 10}  # rounds at a batch (calls of milliseconds), at batch 1
+ROUNDS = 5  # timed calls of each GEMM per candidate, after one untimed
 
 
 def candidate(rt, s):
@@ -40,7 +40,7 @@ def sparse_choice(rt, how="measure"):
         if how == "measure":
             B = rt.plan.batch
             t = best_in_turns({"dense": rt.conv_call(s, B, rt.dense_entries), "sparse": rt.conv_call(s, B, entries)},
-                              ROUNDS[B > 1])
+                              ROUNDS)
             if t["sparse"] >= t["dense"]:
                 continue
         chosen[s.name] = entries
