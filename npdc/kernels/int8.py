@@ -199,6 +199,21 @@ def quantize_u8(x, inv_scale, zp, y):
 
 
 @numba.njit(cache=True, parallel=True)
+def quantize_images(x, mean, std, inv_scale, zp, y):
+    """y = quantize_u8 of (x - mean[c]) / std[c] for float32 images x (N, C, H, W), the
+    normalisation in float32 as npdc.runtime.infer.normalise_images does it (the same bits), in
+    one parallel pass instead of three serial NumPy passes and a quantizing one."""
+    n, c = x.shape[0], x.shape[1]
+    for t in numba.prange(n * c):
+        i, ch = t // c, t % c
+        m, s = mean[ch], std[ch]
+        for p in range(x.shape[2]):
+            for q in range(x.shape[3]):
+                v = np.round(np.float64((x[i, ch, p, q] - m) / s) * inv_scale) + zp
+                y[i, ch, p, q] = np.uint8(min(max(v, 0.0), 255.0))
+
+
+@numba.njit(cache=True, parallel=True)
 def dequantize_u8(x, scale, zp, y):
     """y = S * (x - Z), float32."""
     a, b = x.reshape(x.size), y.reshape(y.size)

@@ -16,7 +16,9 @@ bias, m0 and shift (O4 each, in that order), its meta fields (META of them) and 
 offsets, `reals` the last linear's dequantization factors. A conv with F_WORDS set runs
 npdc.kernels.int8_words.conv_words: its geometry (N_GEO fields) is in `ints` at F_GEO, and
 F_XN, F_RN, F_YN give the words per image of its input, residual and output where these are
-kept as words (0: planar).
+kept as words (0: planar). A conv whose GEMM skips zero weight words
+(npdc.kernels.int8_sparse) has F_NROWPTR > 1 row pointers at F_ROWPTR and F_NNZ entries, their
+offsets at F_EOFF in `ints` and their words at F_EW in `words`.
 """
 
 import numba
@@ -28,8 +30,9 @@ from npdc.kernels.int8_words import N_GEO, conv_words
 OP_HOST, OP_CONV, OP_LINEAR, OP_POOL = 0, 1, 2, 3
 (F_OP, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_W, F_WN, F_K4,
  F_KH, F_KW, F_STRIDE, F_PAD, F_BIAS, F_O4, F_META, F_OFFS, F_NOFFS, F_ROWS, F_LAST, F_DEQ,
- F_ZX, F_ZY, F_M0, F_SHIFT, F_WORDS, F_GEO, F_XN, F_RN, F_YN) = range(37)
-N_FIELDS = 37
+ F_ZX, F_ZY, F_M0, F_SHIFT, F_WORDS, F_GEO, F_XN, F_RN, F_YN, F_ROWPTR, F_NROWPTR, F_EOFF, F_EW,
+ F_NNZ) = range(42)
+N_FIELDS = 42
 META = 9  # the meta fields conv_u8 and linear_u8 read
 
 
@@ -81,7 +84,8 @@ def _conv_words(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni):
     conv_words(x, xw, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE], r[F_PAD],
                ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4],
                ints[r[F_META]:r[F_META] + META], res, rw, y, yw, ints[r[F_GEO]:r[F_GEO] + N_GEO], cols, acc,
-               r[F_ROWS], ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni)
+               r[F_ROWS], ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni, ints[r[F_ROWPTR]:r[F_ROWPTR] + r[F_NROWPTR]],
+               ints[r[F_EOFF]:r[F_EOFF] + r[F_NNZ]], words[r[F_EW]:r[F_EW] + r[F_NNZ]])
 
 
 @numba.njit(cache=True)

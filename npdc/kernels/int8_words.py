@@ -30,6 +30,7 @@ from npdc.kernels.int8_lanes import requantize16x4, residual16x4
 from npdc.kernels.int8_pack import GROUP, LANES, SKEW, tap_plane, tap_width
 from npdc.kernels.int8_requant import (RES_FRACTION, RESIDUAL_LEFT, clamp_u8, divide_by_pow2, lanes_apply,
                                        requantize)
+from npdc.kernels.int8_sparse import gemm_tile_sparse
 
 (G_C, G_H, G_W, G_O, G_HO, G_WO, G_CR, G_PI, G_WPI, G_PLI, G_PR, G_WPR, G_PLR, G_PO, G_WPO,
  G_PLO) = range(16)
@@ -190,11 +191,13 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
         lanes = True
         for r in range(GROUP):
             lanes = lanes and lanes_apply(bias[o + r], shift[o + r] - extra, sum_bound)
+        b4, m4, s4 = (bias[o], bias[o + 1], bias[o + 2], bias[o + 3]), (m0[o], m0[o + 1], m0[o + 2], m0[o + 3]), \
+            (shift[o], shift[o + 1], shift[o + 2], shift[o + 3])
         if mode == RES_NONE:
             if lanes:
                 for t in range(0, width, LANES):
-                    requantize16x4(a, o * pitch + t, pitch, dst, d_off + t, min(LANES, width - t), bias, m0,
-                                   shift, o, meta[1], meta[2])
+                    requantize16x4(a, o * pitch + t, pitch, dst, d_off + t, min(LANES, width - t), b4, m4, s4,
+                                   meta[1], meta[2])
             else:
                 words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, r_s[:0], 0, 0)
         else:
@@ -202,7 +205,7 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
             if lanes and -RESIDUAL_LEFT <= r_shift <= 30:
                 for t in range(0, width, LANES):
                     residual16x4(a, o * pitch + t, pitch, src, s_off + t, dst, d_off + t, min(LANES, width - t),
-                                 bias, m0, shift, o, meta[1], meta[2], meta[6], r_m0, r_shift, RES_FRACTION)
+                                 b4, m4, s4, meta[1], meta[2], meta[6], r_m0, r_shift, RES_FRACTION)
             else:
                 words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_m0)
         if words_out:
@@ -232,11 +235,13 @@ def words_tile_bytes(geo, kh, kw, stride, pad, rows, taps):
 
 @numba.njit(cache=True, parallel=True)
 def conv_words(x, xw, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, rw, y, yw, geo, cols, acc,
-               rows_per, offs, vnni):
+               rows_per, offs, vnni, rowptr, e_off, ew):
     """conv_u8 with its input, residual and output each either planar (x (N, C, H, W), res, y
     uint8) or kept as words (xw, rw, yw (N, words) uint32), as geo says (the unused array of each
     pair a dummy). offs are the tap offsets of the plane read: the input's group planes when it
-    is read in place (stride 1), else the phases' (tap_plane of rows_per and conv_row)."""
+    is read in place (stride 1), else the phases' (tap_plane of rows_per and conv_row). With
+    entries (rowptr longer than 1; taps only: npdc.kernels.int8_sparse.sparse_entries of w at
+    offs) the GEMM runs over the non-zero words alone, to the same sums."""
     n_img = yw.shape[0] if geo[G_WPO] > 0 else y.shape[0]
     ho = geo[G_HO]
     tiles = (ho + rows_per - 1) // rows_per
@@ -263,7 +268,10 @@ def conv_words(x, xw, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, rw
         else:
             rest = tile_input(x[n], np.uint8(meta[0]), k4, kh, kw, stride, pad, p0, p1, geo[G_WO], pitch, plane,
                               taps, col)
-        gemm_tile(w, k4, src, pitch, offs, a, vnni)
+        if rowptr.size > 1:
+            gemm_tile_sparse(rowptr, e_off, ew, src, pitch, a, vnni)
+        else:
+            gemm_tile(w, k4, src, pitch, offs, a, vnni)
         scratch = rest[:rest.size // GROUP * GROUP].view(np.uint32)  # rest starts 4-byte aligned in col
         res_n = res[min(n, res.shape[0] - 1)]
         r_img = rw[min(n, rw.shape[0] - 1)]

@@ -1,6 +1,7 @@
 """AVX-512 VNNI for the int8 kernels: `dot_rows4`, a Numba intrinsic (LLVM IR emitted at the call
 site, as npdc.kernels.simd does for shuffles) whose inner loop is the vpdpbusd instruction,
-and `vnni_path()`, the one place that decides whether the kernels use it.
+its sparse twins `dot_row_sparseV` (one weight row's non-zero words only), and `vnni_path()`, the
+one place that decides whether the kernels use it.
 
 vpdpbusd (Intel's instruction set reference, "VPDPBUSD: Multiply and Add Unsigned and Signed
 Bytes") adds to each of 16 int32 lanes the four products of that lane's unsigned bytes of one
@@ -41,6 +42,26 @@ def _flat(t, dtype):
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
 
 
+def _trap(context, builder):
+    """The body of an intrinsic on a CPU without VNNI (never run: vnni_path() is False there)."""
+    trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.trap")
+    builder.call(trap, [])
+    return context.get_dummy_value()
+
+
+def _vpdpbusd(builder):
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
+                                          "llvm.x86.avx512.vpdpbusd.512")
+
+
+def _broadcast(builder, word):
+    """A 32-bit weight word in all 16 lanes."""
+    v16 = ir.VectorType(ir.IntType(32), 16)
+    one = builder.insert_element(ir.Constant(v16, None), word, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+
+
 def _dot_rows4(w, cols, acc, offsets, vectors=1):
     """The codegen of dot_rows4 and dot_rows4_at(2): column k starts at c_off + k * c_pitch, or
     at c_off + offs[k] when `offsets` (an int64 array type) is given; `vectors` runs of 16
@@ -50,19 +71,14 @@ def _dot_rows4(w, cols, acc, offsets, vectors=1):
 
     def codegen(context, builder, signature, args):
         w_a, w_off_v, w_pitch_v, cols_a, c_off_v, c_step, k4_v, acc_a, a_off_v, a_pitch_v = args
-        i32 = ir.IntType(32)
-        v16 = ir.VectorType(i32, 16)
+        v16 = ir.VectorType(ir.IntType(32), 16)
         if not have:
-            trap = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                  "llvm.trap")
-            builder.call(trap, [])
-            return context.get_dummy_value()
+            return _trap(context, builder)
         w_base = context.make_array(signature.args[0])(context, builder, w_a).data
         c_base = context.make_array(signature.args[3])(context, builder, cols_a).data
         a_base = context.make_array(signature.args[7])(context, builder, acc_a).data
         o_base = context.make_array(offsets)(context, builder, c_step).data if offsets else None
-        dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16, v16, v16]),
-                                                "llvm.x86.avx512.vpdpbusd.512")
+        dpbusd = _vpdpbusd(builder)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(4 * vectors)]
         rows = [builder.add(w_off_v, builder.mul(w_pitch_v, ir.Constant(w_off_v.type, r))) for r in range(4)]
         with cgutils.for_range(builder, k4_v) as loop:
@@ -74,10 +90,7 @@ def _dot_rows4(w, cols, acc, offsets, vectors=1):
                 where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
                 columns.append(builder.load(builder.bitcast(where, v16.as_pointer()), align=1))
             for r in range(4):
-                word = builder.load(builder.gep(w_base, [builder.add(rows[r], k)]))
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, None), word,
-                                                                      ir.Constant(i32, 0)),
-                                               ir.Constant(v16, None), ir.Constant(v16, [0] * 16))
+                splat = _broadcast(builder, builder.load(builder.gep(w_base, [builder.add(rows[r], k)])))
                 for v, column in enumerate(columns):
                     total = sums[r * vectors + v]
                     builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
@@ -123,3 +136,69 @@ def dot_rows4_at2(typingctx, w, w_off, w_pitch, cols, c_off, offs, k4, acc, a_of
             and _flat(offs, types.int64)):
         return None
     return _dot_rows4(w, cols, acc, offs, 2)
+
+
+def _dot_row_sparse(ew, cols, acc, vectors):
+    """The codegen of dot_row_sparseV, V = vectors: V runs of 16 positions, every entry's word
+    broadcast once and its V column vectors loaded at the entry's offset (64 bytes apart); even
+    and odd entries add into two sets of V sums, joined at the end, so that short passes (V = 2
+    on a 4 x 4 plane) are not held up by vpdpbusd's latency."""
+    have = cpu_has_vnni()
+
+    def codegen(context, builder, signature, args):
+        w_a, o_a, e0_v, e1_v, cols_a, c_off_v, acc_a, a_off_v = args
+        v16 = ir.VectorType(ir.IntType(32), 16)
+        if not have:
+            return _trap(context, builder)
+        w_base = context.make_array(signature.args[0])(context, builder, w_a).data
+        o_base = context.make_array(signature.args[1])(context, builder, o_a).data
+        c_base = context.make_array(signature.args[4])(context, builder, cols_a).data
+        a_base = context.make_array(signature.args[6])(context, builder, acc_a).data
+        dpbusd = _vpdpbusd(builder)
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * vectors)]
+
+        def entry(e, half):
+            at = builder.add(c_off_v, builder.load(builder.gep(o_base, [e])))
+            splat = _broadcast(builder, builder.load(builder.gep(w_base, [e])))
+            for v in range(vectors):
+                where = builder.gep(c_base, [builder.add(at, ir.Constant(at.type, 64 * v))])
+                column = builder.load(builder.bitcast(where, v16.as_pointer()), align=1)
+                total = sums[half * vectors + v]
+                builder.store(builder.call(dpbusd, [builder.load(total), column, splat]), total)
+
+        count = builder.sub(e1_v, e0_v)
+        one = ir.Constant(count.type, 1)
+        with cgutils.for_range(builder, builder.ashr(count, one)) as loop:  # two entries, two sets of sums
+            e = builder.add(e0_v, builder.shl(loop.index, one))
+            entry(e, 0)
+            entry(builder.add(e, one), 1)
+        with builder.if_then(builder.trunc(count, ir.IntType(1))):
+            entry(builder.sub(e1_v, one), 0)
+        for v in range(vectors):
+            at = builder.add(a_off_v, ir.Constant(a_off_v.type, 16 * v))
+            total = builder.add(builder.load(sums[v]), builder.load(sums[vectors + v]))
+            builder.store(total, builder.bitcast(builder.gep(a_base, [at]), v16.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    i = types.int64
+    return types.void(ew, types.Array(types.int64, 1, "C"), i, i, cols, i, acc, i), codegen
+
+
+def _sparse_intrinsic(vectors):
+    def dot_row_sparse(typingctx, ew, e_off, e0, e1, cols, c_off, acc, a_off):
+        if not (_flat(ew, types.int32) and _flat(e_off, types.int64) and _flat(cols, types.uint8)
+                and _flat(acc, types.int32)):
+            return None
+        return _dot_row_sparse(ew, cols, acc, vectors)
+
+    dot_row_sparse.__name__ = dot_row_sparse.__qualname__ = f"dot_row_sparse{vectors}"
+    return intrinsic(dot_row_sparse)
+
+
+SPARSE_VECTORS = 8  # runs of 16 positions one sparse pass keeps in registers, at most
+# dot_row_sparseV(ew, e_off, e0, e1, cols, c_off, acc, a_off), V = 1..SPARSE_VECTORS:
+# acc[a_off + l] = sum over entries e0 <= e < e1 of vpdpbusd of the column bytes at
+# cols[c_off + e_off[e] + 4l] and the weight word ew[e] broadcast, for l < 16 V: one weight row's
+# sums over its non-zero words only (npdc.kernels.int8_sparse lists them). No bounds checks.
+(dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4, dot_row_sparse5, dot_row_sparse6,
+ dot_row_sparse7, dot_row_sparse8) = (_sparse_intrinsic(v) for v in range(1, SPARSE_VECTORS + 1))

@@ -30,6 +30,7 @@ import math
 import numba
 import numpy as np
 
+from npdc.engine.images import as_float
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.kernels import int8 as K
@@ -38,6 +39,7 @@ from npdc.kernels import int8_walk as KW
 from npdc.kernels import int8_words as KWo
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
+from npdc.runtime.int8_choice import sparse_choice
 from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
@@ -139,7 +141,7 @@ class Int8Runtime:
     mode = walk = "int8"
     primitives = {}
 
-    def __init__(self, net, scales, batch=1, vnni=None):
+    def __init__(self, net, scales, batch=1, vnni=None, sparse="measure"):
         self.plan = plan = Plan(net, batch)
         self.pads, apart = words_pads(plan)  # the values kept as words between convs
         if apart:
@@ -169,8 +171,10 @@ class Int8Runtime:
         self.no_res = np.zeros((1, 1, 1, 1), np.uint8)
         self.no_words = np.zeros((1, 1), np.uint32)
         self.no_logits = np.zeros((1, 1), np.float32)
-        self.calls = self._bind(B)
+        self.dense_entries = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+        self.entries = sparse_choice(self, sparse)  # the convs whose GEMM skips zero words
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
+        self.calls = self._bind(B)
 
     def _row(self, s):
         """Positions from one output row of a conv tile to the next, as the conv lays them out."""
@@ -236,6 +240,8 @@ class Int8Runtime:
         return sum(int(a.nbytes) for a in self.arrays())
 
     def sparse_layers(self):
+        """None: int8 keeps every layer's weights as dense packed words (the convs whose GEMM
+        skips their zero words, a choice of kernel, are named in kernels())."""
         return []
 
     def arrays(self):
@@ -263,6 +269,12 @@ class Int8Runtime:
             logits = self.logits[:n] if last else self.no_logits
             return lambda: K.linear_u8(x.reshape(n, -1), q.w, q.k4, q.bias, q.m0, q.shift, q.meta,
                                        out, logits, deq, self.cols[0], self.acc[0], self.vnni)
+        return self.conv_call(s, n, self.entries.get(s.name, self.dense_entries))
+
+    def conv_call(self, s, n, entries):
+        """Conv step s on the first n images as a call, its GEMM dense (entries
+        self.dense_entries) or over the non-zero words (npdc.kernels.int8_sparse.sparse_entries)."""
+        x, y, q = self.view(s.inputs[0], n), self.view(s.output, n), self.q[s.name]
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
         rows, offs = self.rows_per(s), self.tap_offsets(s)
@@ -273,7 +285,7 @@ class Int8Runtime:
             ys = (self.no_res, y) if s.output in self.pads else (y, self.no_words)
             return lambda: KWo.conv_words(xs[0], xs[1], q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift,
                                           q.meta, rs[0], rs[1], ys[0], ys[1], geo, self.cols, self.acc, rows, offs,
-                                          self.vnni)
+                                          self.vnni, *entries)
         return lambda: K.conv_u8(x, q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift, q.meta,
                                  res, y, self.cols, self.acc, rows, offs, self.vnni)
 
@@ -311,12 +323,16 @@ class Int8Runtime:
 
     # -- running ------------------------------------------------------------------------------
     def load_input(self, images):
-        """Normalise raw images into the float input buffer and quantize them into the arena."""
+        """Normalise raw images and quantize them into the arena (float images in one parallel pass,
+        uint8 ones scaled to [0, 1] in the float input buffer first, as normalise_images does)."""
         n = len(images)
-        x = self.input[:n]
-        normalise_images(images, self.plan.mean, self.plan.std, x)
         s, z = self.scales[INPUT]
-        K.quantize_u8(x, 1.0 / s, z, self.view(INPUT, n))
+        x = as_float(images) if images.dtype != np.uint8 else np.divide(images, np.float32(255.0), out=self.input[:n])
+        if x.ndim == 4:
+            K.quantize_images(x, self.plan.mean, self.plan.std, 1.0 / s, z, self.view(INPUT, n))
+            return n
+        normalise_images(images, self.plan.mean, self.plan.std, self.input[:n])
+        K.quantize_u8(self.input[:n], 1.0 / s, z, self.view(INPUT, n))
         return n
 
     def run(self, n, keep=None):
@@ -363,8 +379,10 @@ class Int8Runtime:
 
     def kernels(self):
         """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
-        path, int8 pool, or a float layer between a dequantize and a quantize)."""
+        path, a conv's GEMM dense or over its non-zero weight words (`sparse`), int8 pool, or a
+        float layer between a dequantize and a quantize)."""
         path = "vnni" if self.vnni else "portable"
         names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
                  "layer": "float-layer"}
-        return {s.name: (names[s.kind], None) for s in self.plan.steps}
+        return {s.name: (f"int8-conv-sparse-{path}" if s.name in self.entries else names[s.kind], None)
+                for s in self.plan.steps}

@@ -36,8 +36,8 @@ def shape3(shape):
 
 def lower(rt):
     """(records, words, ints, reals, segments) of the runtime's plan; segments are (first, stop)
-    runs of compiled steps and (k,) for a float layer. Each step's Int8Step arrays become views
-    of the flat buffers, so the weights are held once."""
+    runs of compiled steps and (k,) for a float layer. Each step's Int8Step arrays and sparse
+    entries become views of the flat buffers, so the weights are held once."""
     bufs = _Buffers(words=np.int32, ints=np.int64, reals=np.float64)
     records = np.stack([_record(rt, s, bufs) for s in rt.plan.steps])
     words, ints, reals = bufs.array("words"), bufs.array("ints"), bufs.array("reals")
@@ -47,6 +47,9 @@ def lower(rt):
             q.w = words[r[KW.F_W]:r[KW.F_W] + r[KW.F_WN]]
             q.bias, q.m0, q.shift = ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4]
             q.meta = ints[r[KW.F_META]:r[KW.F_META] + KW.META]
+        if s.name in rt.entries:
+            rp, e, nnz = r[KW.F_ROWPTR], r[KW.F_EOFF], r[KW.F_NNZ]
+            rt.entries[s.name] = (ints[rp:rp + r[KW.F_NROWPTR]], ints[e:e + nnz], words[r[KW.F_EW]:r[KW.F_EW] + nnz])
     segments, start = [], None
     for k, r in enumerate(records):
         if r[KW.F_OP] == KW.OP_HOST:
@@ -93,4 +96,9 @@ def _record(rt, s, bufs):
             r[field] = image_words(rt.plan, rt.pads, name) if name in rt.pads else 0
     offs = rt.tap_offsets(s)
     r[KW.F_OFFS], r[KW.F_NOFFS] = bufs.add("ints", offs), offs.size
+    r[KW.F_NROWPTR] = 1  # a dense GEMM: ints[F_ROWPTR] (0) the one row pointer
+    if s.name in rt.entries:
+        rowptr, e_off, ew = rt.entries[s.name]
+        r[KW.F_ROWPTR], r[KW.F_NROWPTR] = bufs.add("ints", rowptr), rowptr.size
+        r[KW.F_EOFF], r[KW.F_EW], r[KW.F_NNZ] = bufs.add("ints", e_off), bufs.add("words", ew), ew.size
     return r

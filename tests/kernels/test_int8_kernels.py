@@ -259,3 +259,19 @@ def test_quantizing_rounds_and_saturates():
     y = np.zeros(6, np.uint8)
     K.quantize_u8(x, 2.0, 1, y)  # scale 0.5, zero point 1
     assert y.tolist() == [0, 0, 1, 3, 255, 7]
+
+
+def test_quantizing_images_gives_the_bits_of_normalising_then_quantizing():
+    from npdc.runtime.infer import normalise_images
+
+    rng = np.random.default_rng(4)
+    mean, std = np.array([0.49, 0.48, 0.45], np.float32), np.array([0.247, 0.243, 0.261], np.float32)
+    x = (rng.random((5, 3, 4, 7)) * 1.2 - 0.1).astype(np.float32)
+    x[0, 0, 0, :3] = [np.float32(0.49 + 0.247 * 0.5 * 0.0173), 0.49, 1e9]  # near a tie, the zero point, saturating
+    ref = np.empty_like(x)
+    normalise_images(x, mean, std, ref)
+    for inv_scale, zp in ((1 / 0.0173, 120), (1 / 0.0311, 255), (40.0, 128)):
+        want, got = np.empty(x.shape, np.uint8), np.empty(x.shape, np.uint8)
+        K.quantize_u8(ref, inv_scale, zp, want)
+        K.quantize_images(x, mean, std, inv_scale, zp, got)
+        assert np.array_equal(got, want) and len(np.unique(got)) > 20

@@ -12,6 +12,7 @@ from npdc.kernels import int8 as K
 from npdc.kernels import int8_pack as P
 from npdc.kernels import int8_words as W
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
+from npdc.kernels.int8_sparse import sparse_entries
 from npdc.kernels.vnni import cpu_has_vnni
 from npdc.runtime.int8 import fixed_multipliers
 
@@ -44,8 +45,9 @@ def _geo(x, y, res, keep):
     return g
 
 
-def _run(x, Wt, stride, pad, res, mode, keep, rows, vnni, shift_add=0, zx=3, zy=5, zr=7):
-    """(planar output of conv_u8, planar output of conv_words) of the same conv."""
+def _run(x, Wt, stride, pad, res, mode, keep, rows, vnni, shift_add=0, zx=3, zy=5, zr=7, sparse=False):
+    """(planar output of conv_u8, planar output of conv_words) of the same conv; sparse: conv_words'
+    GEMM over the non-zero weight words only."""
     n, c, h, w = x.shape
     o, k = Wt.shape[0], Wt.shape[2]
     ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
@@ -78,8 +80,11 @@ def _run(x, Wt, stride, pad, res, mode, keep, rows, vnni, shift_add=0, zx=3, zy=
     rw = _words(res, keep["r"], zr) if "r" in keep else np.zeros((1, 1), np.uint32)
     yw = np.full((n, (o // 4) * geo[W.G_PLO]), JUNK, np.uint32) if "y" in keep else np.zeros((1, 1), np.uint32)
     y2 = np.zeros_like(y) if "y" not in keep else no_res
+    ent = sparse_entries(wts, k4, offs) if sparse else (np.zeros(1, np.int64), np.zeros(0, np.int64),
+                                                         np.zeros(0, np.int32))
     W.conv_words(x if "x" not in keep else no_res, xw, wts, k4, k, k, stride, pad, bias, m0, shift, meta,
-                 res if "r" not in keep and mode != RES_NONE else no_res, rw, y2, yw, geo, cols, acc, rows, offs, vnni)
+                 res if "r" not in keep and mode != RES_NONE else no_res, rw, y2, yw, geo, cols, acc, rows, offs, vnni,
+                 *ent)
     if "y" not in keep:
         return y, y2
     grid = yw.reshape(n, o // 4, -1)[:, :, :(ho + 2 * keep["y"]) * int(geo[W.G_WPO])].view(np.uint8)
@@ -129,3 +134,19 @@ def test_the_scalar_path_gives_the_bits_where_the_lanes_do_not_apply(mode):
     ref, got = _run(x, Wt, 1, 1, res, mode, {"x": 1, "r": 1, "y": 1}, 2, False, shift_add=-12)
     assert (ref == 255).any() and (ref == 0).any()
     assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=needs_vnni)])
+@pytest.mark.parametrize("k, stride, pad, mode, keep", [CASES[0], CASES[2], CASES[3]])
+def test_convs_over_the_non_zero_words_give_the_bits_of_the_planar_conv(vnni, k, stride, pad, mode, keep):
+    """Weights pruned to a fifth, one output channel all zeros: conv_words' sparse GEMM."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (2, 8, 7, 9)).astype(np.uint8)
+    ho, wo = (7 + 2 * pad - k) // stride + 1, (9 + 2 * pad - k) // stride + 1
+    Wt = (rng.integers(-127, 128, (8, 8, k, k)) * (rng.random((8, 8, k, k)) < 0.2)).astype(np.int8)
+    Wt[3] = 0
+    res = (rng.integers(0, 256, (2, 4, 2 * ho, 2 * wo)) if mode == RES_ZEROPAD
+           else rng.integers(0, 256, (2, 8, ho, wo))).astype(np.uint8)
+    for rows in (1, ho):
+        ref, got = _run(x, Wt, stride, pad, res, mode, keep, rows, vnni, sparse=True)
+        assert np.array_equal(got, ref), rows

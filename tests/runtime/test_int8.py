@@ -27,11 +27,12 @@ MODELS = Path(__file__).resolve().parents[2] / "data" / "models"
 
 @pytest.fixture(scope="module", params=["resnet18", "cifar-resnet20"])
 def quantised(request, tmp_path_factory):
-    """(net, Int8Runtime at batch 3, images) of a small decoded .npdc net, calibrated."""
+    """(net, Int8Runtime at batch 3, images) of a small decoded .npdc net, calibrated; every conv
+    that can runs its GEMM over the non-zero weight words (the simulation checks those too)."""
     net = make_npdc(tmp_path_factory.mktemp("int8") / "net.npdc", NETS[request.param])
     images = raw_images(net, 5)
     scales = activation_scales(calibrate(net, raw_images(net, 16, seed=7)))
-    return net, Int8Runtime(net, scales, batch=3), images
+    return net, Int8Runtime(net, scales, batch=3, sparse="always"), images
 
 
 def _half_up(a, b):
@@ -137,6 +138,26 @@ def test_the_compiled_walk_gives_the_bits_of_the_steps(quantised):
     assert _walk_equals_steps(rt, images, 3) and _walk_equals_steps(rt, images, 2)
     one = Int8Runtime(net, rt.scales, batch=1)  # batch 1: tiles split an image's rows
     assert _walk_equals_steps(one, images, 1)
+
+
+def _sparse_convs(rt):
+    return [name for name, (kernel, _) in rt.kernels().items() if kernel.startswith("int8-conv-sparse-")]
+
+
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_has_vnni(),
+                                                                                    reason="no AVX-512 VNNI"))])
+def test_the_sparse_and_dense_gemms_give_the_same_network_bits(quantised, vnni):
+    net, rt, images = quantised
+    sparse, dense = (Int8Runtime(net, rt.scales, batch=3, vnni=vnni, sparse=how) for how in ("always", "never"))
+    assert _sparse_convs(sparse) and not _sparse_convs(dense) and sparse.sparse_layers() == []
+    a, b = {}, {}
+    for runtime, keep in ((sparse, a), (dense, b)):
+        runtime.run(runtime.load_input(images[:3]), keep=keep)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(sparse.predict(images), dense.predict(images))
+    measured = Int8Runtime(net, rt.scales, batch=3, vnni=vnni)  # the default: each candidate timed
+    assert set(_sparse_convs(measured)) <= set(_sparse_convs(sparse))
+    assert np.array_equal(measured.predict(images), dense.predict(images))
 
 
 def test_int8_logits_stay_close_to_the_float_runtime(quantised):
