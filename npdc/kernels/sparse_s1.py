@@ -87,16 +87,18 @@ def band_floats(c_in, ho, kh, kw, stride, wq, threads):
 def band_offsets(c_in, kh, kw, stride, hb, wq):
     """Where column c*kh*kw + i*kw + j of a weight row starts in a band: tap (i, j) reads phase
     (i % stride, j % stride) of channel c, shifted by i // stride rows and j // stride columns;
-    each phase of each channel is hb x wq values (tap_offsets' layout at stride 1)."""
+    each phase of each channel is hb x wq values (tap_offsets' layout at stride 1). The taps'
+    offsets within a channel are worked out once, not once per channel (each is two integer
+    divisions)."""
     pa, pb = min(stride, kh), min(stride, kw)
+    taps = np.empty(kh * kw, np.uint32)
+    for i in range(kh):
+        for j in range(kw):
+            taps[i * kw + j] = ((i % stride * pb + j % stride) * hb + i // stride) * wq + j // stride
     lut = np.empty(c_in * kh * kw, np.uint32)
-    r = 0
     for c in range(c_in):
-        for i in range(kh):
-            for j in range(kw):
-                phase = (c * pa + i % stride) * pb + j % stride
-                lut[r] = (phase * hb + i // stride) * wq + j // stride
-                r += 1
+        for t in range(kh * kw):
+            lut[c * kh * kw + t] = taps[t] + c * pa * pb * hb * wq
     return lut
 
 
