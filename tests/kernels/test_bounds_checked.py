@@ -13,7 +13,11 @@ Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of on
 it the register-blocked SLP kernels, which build only the float type a call brings: float32 here).
 So the subprocess starts as soon as the suite has collected this test (tests/conftest.py calls
 `start`), and compiles on the second core while the rest of the suite runs on the first; the
-test then only waits for its answer. Under pytest-xdist the controller starts it (`share`)
+test then only waits for its answer. It runs at the lowest scheduling priority (nice 19): the
+suite's kernels run their parallel loops on both cores, and each loop waits for its slowest
+thread, so a compiler at equal priority on the second core stalled every loop of the tests that
+ran meanwhile (docs/perf.md, branch `suite11`); at nice 19 it takes only the time the suite
+leaves idle, which is most of a core while the suite compiles or runs Python. Under pytest-xdist the controller starts it (`share`)
 while it compiles the normal kernels on the other core, before the workers start.
 """
 
@@ -79,7 +83,9 @@ print("ok")
 # runs SCRIPT (argv[1]) and writes its exit status to argv[2] however it ends, so that a process
 # that did not start it (an xdist worker; see `share`) can wait for its answer
 RUNNER = """
-import sys
+import os, sys
+if hasattr(os, "nice"):
+    os.nice(19)  # the suite's parallel loops first (see the module docstring)
 status = 1
 try:
     exec(compile(sys.argv[1], "bounds-checked helper", "exec"), {"__name__": "__main__"})
