@@ -13,7 +13,13 @@ Cost: the bounds-checked kernels compile from scratch (about 1.5-2 minutes of on
 it the register-blocked SLP kernels, which build only the float type a call brings: float32 here).
 So the subprocess starts as soon as the suite has collected this test (tests/conftest.py calls
 `start`), and compiles on the second core while the rest of the suite runs on the first; the
-test then only waits for its answer. Under pytest-xdist the controller starts it (`share`)
+test then only waits for its answer. It runs at the lowest scheduling priority (nice 19): the
+suite's kernels run their parallel loops on both cores, and each loop waits for its slowest
+thread, so a compiler at equal priority on the second core stalled every loop of the tests that
+ran meanwhile (docs/perf.md, branch `suite11`); at nice 19 it takes only the time the suite
+leaves idle, which is most of a core while the suite compiles or runs Python. Under xdist it
+keeps the workers' priority: they keep both cores busy, so at nice 19 it would hardly run until
+the worker given its test sat waiting for it. Under pytest-xdist the controller starts it (`share`)
 while it compiles the normal kernels on the other core, before the workers start.
 """
 
@@ -76,10 +82,13 @@ print("ok")
 '''
 
 
-# runs SCRIPT (argv[1]) and writes its exit status to argv[2] however it ends, so that a process
-# that did not start it (an xdist worker; see `share`) can wait for its answer
+# runs SCRIPT (argv[1]), its priority lowered by argv[3], and writes its exit status to argv[2]
+# however it ends, so that a process that did not start it (an xdist worker; see `share`) can
+# wait for its answer
 RUNNER = """
-import sys
+import os, sys
+if hasattr(os, "nice"):
+    os.nice(int(sys.argv[3]))  # the suite's parallel loops first (see the module docstring)
 status = 1
 try:
     exec(compile(sys.argv[1], "bounds-checked helper", "exec"), {"__name__": "__main__"})
@@ -93,17 +102,19 @@ TIMEOUT = 900
 _RUN = {}
 
 
-def start():
+def start(nice=19):
     """Start the bounds-checked subprocess (once), in a fresh cache directory: the checked
     builds compile from scratch and stay out of the normal cache. Its output and exit status go
-    to files there (a pipe could fill up and stall it before anyone reads). Returns the folder."""
+    to files there (a pipe could fill up and stall it before anyone reads). It lowers its
+    priority by `nice` (see the module docstring). Returns the folder."""
     if "process" not in _RUN:
         _RUN["folder"] = folder = tempfile.TemporaryDirectory(prefix="npdc-boundscheck-")
         env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=folder.name)
         env.pop(SHARED, None)
         with open(Path(folder.name) / "out", "w") as out, open(Path(folder.name) / "err", "w") as err:
+            status = str(Path(folder.name) / "status")
             _RUN["process"] = subprocess.Popen(
-                [sys.executable, "-c", RUNNER, SCRIPT, str(Path(folder.name) / "status")], env=env,
+                [sys.executable, "-c", RUNNER, SCRIPT, status, str(nice)], env=env,
                 stdout=out, stderr=err, cwd=Path(__file__).resolve().parents[2])
     return Path(_RUN["folder"].name)
 
@@ -112,7 +123,7 @@ def share():
     """Start the run in this process (xdist's controller, before its workers exist) and name its
     folder in the environment they inherit: the worker given the test waits for this run
     instead of starting its own after the suite is under way."""
-    os.environ[SHARED] = str(start())
+    os.environ[SHARED] = str(start(nice=0))
 
 
 def stop():
