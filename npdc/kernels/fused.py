@@ -14,9 +14,20 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from numba.core.cpu import ParallelOptions
+
 from npdc.threads import single_thread_numba_blas
 
 single_thread_numba_blas()
+
+# The parallel option of the runtime's per-layer kernels: only their prange loops run on the
+# threads. With parallel=True Numba also turns whole-array statements outside them (xp[:] = 0,
+# np.zeros, a.min()) into parallel loops of their own, each one more start of the thread pool,
+# which at batch 1 costs more than the few hundred values it shares out. (An instance, not a
+# dict: Numba empties a dict as it reads it, so a second compiled signature would get defaults.)
+PRANGE_ONLY = ParallelOptions({"comprehension": False, "reduction": False, "inplace_binop": False,
+                               "setitem": False, "numpy": False, "stencil": False, "fusion": False,
+                               "prange": True})
 
 RES_NONE, RES_IDENTITY, RES_ZEROPAD = 0, 1, 2
 # sums a stride-1 kernel's task may hold: npdc.kernels.sparse_s1.conv_sparse_s1 fills eight 16-lane

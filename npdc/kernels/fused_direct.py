@@ -19,7 +19,7 @@ import numba
 
 from npdc.kernels.conv_flat import BLOCK, TILE, VECTOR, block_sums, fill_plane
 from npdc.kernels.conv_polyphase import LANES, ROWS, fill_phases, taps_gemm
-from npdc.kernels.fused import finish_tail
+from npdc.kernels.fused import PRANGE_ONLY, finish_tail
 
 
 @numba.njit(cache=True)
@@ -49,7 +49,7 @@ def _tile(xp, W9, ob, first, per, wp, width, tail, y, n, acc_row):
         finish_tail(acc[q], wp, y, n, ob + q, first, first + lines, tail)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PRANGE_ONLY, cache=True)
 def conv_flat_fused(x, W9, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the 3x3 stride-1 correlation of x (N, C, H, W) zero-padded by
     `pad` with W9 (O rounded up to a multiple of BLOCK, C, 9), zero kernels past O).
@@ -103,7 +103,7 @@ def _phase_tile(xp, Wb, b0, b1, first, per, wq, width, tail, y, n, acc_row):
         finish_tail(acc[q], wq, y, n, b0 * ROWS + q, first, first + lines, tail)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PRANGE_ONLY, cache=True)
 def conv_polyphase_fused(x, Wb, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the 3x3 stride-2 correlation of x (N, C, H, W) zero-padded by
     `pad` (0 or 1) with Wb (O/8 blocks, C, 9, 8): conv_flat.interleaved weights).

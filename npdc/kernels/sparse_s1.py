@@ -21,7 +21,7 @@ Every output is summed in its row's entry order, whatever the split or the threa
 import numba
 import numpy as np
 
-from npdc.kernels.fused import finish_tile_at, pad_input, pad_plane
+from npdc.kernels.fused import PRANGE_ONLY, finish_tile_at, pad_input, pad_plane
 from npdc.kernels.sparse import check_rows, refuse_entry
 from npdc.kernels.sparse_passes import (chunk_pass, decode_floats, decode_row, decoded,
                                         four_rows_sums, row_sums, tap_offsets, two_rows_sums)
@@ -246,7 +246,7 @@ def _row_group(xf, lut, rowptr, cols, vidx, table, o0, rows, span, wp, y, scale,
     return count
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=PRANGE_ONLY, cache=True)
 def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale, shift, act, slopes,
                    res, res_mode, res_front, res_stride, y, acc_ws, decode_ws):
     """Sparse convolution of x (N, C, H, W) into y with the fused tail. A batch, or one image not
