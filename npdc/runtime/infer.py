@@ -66,7 +66,7 @@ class Runtime:
         self.longest_rows = {s.name: int(np.diff(sparse.get(s)[0]).max(initial=0))
                              for s in steps if s.kind == "conv" and isinstance(sparse, SparseWeights)}
         self._scratch(lambda s: ("tiled", "runs") + direct,  # every candidate, for measuring
-                      lambda s: "dense" not in self.stores)
+                      lambda s: set(self.stores))
         linear = [s.w_shape[0] for s in steps if s.kind == "linear"]
         self.rows = np.zeros((B, max(linear, default=1)) if B > 1 else (1, 1), np.float32)
         self.no_res = np.zeros((1, 1, 1, 1), np.float32)
@@ -74,29 +74,29 @@ class Runtime:
         if self.program is not None:
             self._drop_packed()
             kernels = self.program.kernels()  # only what runs
-            self._scratch(lambda s: kernels[s.name][:1], lambda s: kernels[s.name][1] == "sparse")
+            self._scratch(lambda s: kernels[s.name][:1], lambda s: {kernels[s.name][1]})
         self.calls = self._bind(B)
 
-    def _scratch(self, kernels, sparse):
+    def _scratch(self, kernels, kinds):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
-        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none; sparse(step):
-        whether it surely runs on sparse weights)."""
+        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none), on the
+        weight storages kinds(step) names ("dense", "sparse")."""
         plan, convs, padded, direct_accs, decode = self.plan, [], 1, [], 0
         for s in plan.steps:
             if s.kind != "conv":
                 continue
             c, h, w = plan.values[s.inputs[0]].shape
             shape = (c * s.w_shape[2] * s.w_shape[3], *plan.values[s.output].shape)
-            runs = "runs" in kernels(s) and (s.stride == 1 or s.name in self.longest_rows and sparse_takes(
+            runs = "runs" in kernels(s) and (s.stride == 1 or "sparse" in kinds(s) and sparse_takes(
                 s.w_shape, s.stride, s.pad, (h, w), shape[2:], plan.batch, self.threads))
             hp, wp = plane_shape(h, w, s.pad, s.stride)
             bands = in_bands(plan.batch, shape[2], shape[3], wp, self.threads, *s.w_shape[2:], s.stride)
-            if runs and s.name in self.longest_rows:  # decoded in the tiled columns, after the band
+            if runs and "sparse" in kinds(s):  # decoded in the tiled columns, after the band
                 band = band_floats(c, shape[2], *s.w_shape[2:], s.stride, wp, self.threads) if bands else 0
                 decode = max(decode, band + decode_floats(self.longest_rows[s.name]))
             if runs:
                 convs.append(shape + (1, wp))
-                if (s.pad or s.stride > 1) and not (bands and sparse(s)):  # the padded plane
+                if (s.pad or s.stride > 1) and not (bands and kinds(s) == {"sparse"}):  # the plane
                     padded = max(padded, plan.batch * c * hp * wp)
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
