@@ -5,17 +5,16 @@ alternation in one process, so a spell of load from other processes slows both a
     git show ff8c560:npdc/kernels/sparse_s1.py > /tmp/s1_old.py
     NUMBA_CACHE_DIR=$(mktemp -d) python bench/sparse_ab.py /tmp/s1_old.py --batch 1 --threads 2
 
-Random rows at each layer's density, best of the rounds (wall clock), each call from Python as
-the runtime's Python walk makes it. The other file is loaded as a module of its own name, whose
-compiled code Numba cannot load back from its cache, hence a fresh NUMBA_CACHE_DIR. Prints the
-microseconds of each and whether their outputs are within 1e-5 of each other (the bits may
-differ between versions that sum in another order).
+Random rows at each layer's density, best of the rounds (wall clock, the order turning each round),
+each call from Python as the runtime's Python walk makes it. The other file is loaded as a module
+of its own name, whose compiled code Numba cannot load back from its cache, hence a fresh
+NUMBA_CACHE_DIR. Prints the microseconds of each and whether their outputs are within 1e-5 of each
+other (the bits may differ between versions that sum in another order).
 """
 
 import argparse
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -23,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from npdc.engine.conv_select import best_in_turns  # noqa: E402
 from npdc.kernels import sparse_s1 as ours  # noqa: E402
 from npdc.kernels.sparse import csr_entries, csr_from_indices  # noqa: E402
 
@@ -50,17 +50,10 @@ def layer(theirs, n, c, o, h, density, rounds, rng):
     no_res = np.zeros((1, 1, 1, 1), np.float32)
     ys = [np.zeros((n, o, h, h), np.float32) for _ in range(2)]
     xps = [np.zeros((n, c, h + 2, h + 2), np.float32) for _ in range(2)]
-    calls = [lambda m=m, y=y, xp=xp: m.conv_sparse_s1(x, 1, 1, xp, *csr, 3, 3, ones, zeros, True, zeros,
-                                                      no_res, 0, 0, 1, y, acc, decode)
-             for m, y, xp in zip((theirs, ours), ys, xps)]
-    best = [np.inf, np.inf]
-    for call in calls:
-        call()
-    for r in range(rounds):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            t = time.perf_counter()
-            calls[i]()
-            best[i] = min(best[i], time.perf_counter() - t)
+    calls = {i: lambda m=m, y=y, xp=xp: m.conv_sparse_s1(x, 1, 1, xp, *csr, 3, 3, ones, zeros, True,
+                                                         zeros, no_res, 0, 0, 1, y, acc, decode)
+             for i, (m, y, xp) in enumerate(zip((theirs, ours), ys, xps))}
+    best = best_in_turns(calls, rounds)
     close = np.abs(ys[0] - ys[1]).max() <= 1e-5 * max(np.abs(ys[1]).max(), 1.0)
     print(f"c{c}h{h}o{o} density {density:.2f} batch {n}: theirs {best[0] * 1e6:9.1f} µs, "
           f"ours {best[1] * 1e6:9.1f} µs ({best[0] / best[1]:.2f}x), outputs close: {close}")
