@@ -44,7 +44,8 @@ def sparse_takes(w_shape, stride, pad, in_hw, out_hw, batch, threads):
     if stride == 1 or subsampled_1x1(w_shape, stride, pad):
         return True
     wq = plane_shape(in_hw[0], in_hw[1], pad, stride)[1]
-    return batch == 1 and bool(in_bands(1, out_hw[0], out_hw[1], wq, threads, w_shape[2], w_shape[3], stride))
+    return batch == 1 and bool(in_bands(1, out_hw[0], out_hw[1], wq, threads, w_shape[2], w_shape[3],
+                                        stride))
 
 
 @numba.njit(cache=True)
@@ -255,15 +256,15 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     subsampled here. One image in bands, at any stride, does not touch xp: each thread copies its
     band into its row of decode_ws.
 
-    With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run of
-    the plane (of one phase of it) starting at (c, i, j) (band_offsets), so a weight row is a sum of shifted runs: its entries are
-    decoded into (offset, weight) pairs, then summed over the outputs' 16-position chunks in
-    vector registers (npdc.kernels.sparse_passes), shared among threads as the module says. acc_ws
-    (threads, >= max(span, SPARSE_GROUP_FLOATS)) holds the sums of several images or rows per
-    pass as far as it can. decode_ws (threads, any; the float type of x): where each thread
-    decodes its rows (after its band, in bands), allocated here when it holds fewer than
-    band_floats + decode_floats(longest row) (the runtime sizes it so: its tiled kernels'
-    columns)."""
+    With outputs laid out at row pitch Wp, tap (c, i, j) of every output is one contiguous run
+    of the plane (of one phase of it) starting at (c, i, j) (band_offsets), so a weight row is a
+    sum of shifted runs: its entries are decoded into (offset, weight) pairs, then summed over
+    the outputs' 16-position chunks in vector registers (npdc.kernels.sparse_passes), shared
+    among threads as the module says. acc_ws (threads, >= max(span, SPARSE_GROUP_FLOATS)) holds
+    the sums of several images or rows per pass as far as it can. decode_ws (threads, any; the
+    float type of x): where each thread decodes its rows (after its band, in bands), allocated
+    here when it holds fewer than band_floats + decode_floats(longest row) (the runtime sizes it
+    so: its tiled kernels' columns)."""
     n_img, c_in = x.shape[0], x.shape[1]
     hp, wp = plane_shape(x.shape[2], x.shape[3], pad, stride)
     o_out, ho, wo = y.shape[1], y.shape[2], y.shape[3]
@@ -284,7 +285,8 @@ def conv_sparse_s1(x, pad, stride, xp, rowptr, cols, vidx, table, kh, kw, scale,
     rows = (4 if m <= 2 else 2) if grouped else 1  # rows per register pass
     width = rows * longest
     if stride > 1 and (kh > 1 or kw > 1 or pad > 0) and not banded:
-        raise ValueError("sparse layer: a strided kernel other than an unpadded 1x1 runs only in bands")
+        raise ValueError("sparse layer: a strided kernel other than an unpadded 1x1 runs only "
+                         "in bands")
     band = band_floats(c_in, ho, kh, kw, stride, wp, threads) if banded and copy else 0
     per = max(1, min(8 // m, acc_ws.shape[1] // span, n_img))
     run = per * max(1, TASK_VALUES // (per * image))
