@@ -22,6 +22,7 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, gl
                                linear_direct, pad_input)
 from npdc.kernels.fused_blocked import conv_blocked_fused, lanes_for
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
+from npdc.kernels.fused_winograd import conv_winograd_fused
 from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_s1 import conv_sparse_s1, in_bands, plane_shape
 
@@ -30,9 +31,11 @@ OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 
 OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
 # dense, any kernel and stride (npdc.kernels.fused_blocked): weights (O/L, C, kh*kw, L), L lanes_for(O)
 OP_CONV_BLOCKED = 8
+# dense 3x3 stride 1 (npdc.kernels.fused_winograd): weights the Winograd transform (36, O16/16, C8, 16)
+OP_CONV_WINOGRAD = 9
 OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
             OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases",
-            OP_CONV_BLOCKED: "blocked"}
+            OP_CONV_BLOCKED: "blocked", OP_CONV_WINOGRAD: "winograd"}
 
 (F_OP, F_SPARSE, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_RMODE,
  F_RFRONT, F_RSTRIDE, F_KH, F_KW, F_STRIDE, F_PAD, F_W, F_SCALE, F_SHIFT, F_SLOPES, F_ACT,
@@ -74,6 +77,11 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
         Wb, lanes = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]], lanes_for(o)
         conv_blocked_fused(x, Wb.reshape((r[F_ROWS] // lanes, r[F_XC], kh * kw, lanes)), kh, kw,
                            r[F_STRIDE], pad, tail, y, padded, acc_ws)
+        return
+    if r[F_OP] == OP_CONV_WINOGRAD:  # rows: O16, cols: 36 * C8; its own workspace
+        U = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
+        conv_winograd_fused(x, U.reshape((36, r[F_ROWS] // 16, r[F_COLS] // 36, 16)), pad, tail, y,
+                            acc_ws.shape[0])
         return
     if r[F_OP] == OP_CONV_FLAT or r[F_OP] == OP_CONV_PHASES:  # planes in `padded`; rows: O8
         W9 = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]

@@ -29,10 +29,12 @@ from npdc.kernels.conv import forced_primitive
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
+from npdc.kernels.conv_winograd4 import transformed_kernels
 from npdc.kernels.fused_blocked import lanes_for
 from npdc.kernels.sparse_s1 import sparse_takes
 
 TIMINGS_NAME = "runtime_timings.json"
+ROUNDS_ONE = 30  # rounds a batch-1 choice is timed at least (measured_choices)
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
 
 
@@ -95,6 +97,9 @@ def step_record(runtime, step, op, kind, packer):
             lanes = lanes_for(W2.shape[0])
             W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), lanes)
             r[W.F_ROWS] = W2.shape[0] * lanes
+        elif op == W.OP_CONV_WINOGRAD:  # the kernels' transform, O and C padded to whole blocks
+            W2 = transformed_kernels(W2.reshape(step.w_shape))
+            r[W.F_ROWS], r[W.F_COLS] = 16 * W2.shape[1], 36 * W2.shape[2]
         r[W.F_W] = packer.add("weights", W2)
     else:
         rowptr, cols, vidx, table = parts
@@ -130,6 +135,8 @@ def candidates(runtime, step):
                 ops.append(W.OP_CONV_FLAT)
             if kind == "dense" and phases_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
                 ops.append(W.OP_CONV_PHASES)
+            if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
+                ops.append(W.OP_CONV_WINOGRAD)
             if kind == "dense":
                 ops.append(W.OP_CONV_BLOCKED)
         out += [(op, kind) for op in ops]
@@ -244,7 +251,9 @@ def measured_choices(runtime, repeats=3):
     """[(op, kind)] per step: the fastest candidate at the plan's batch, timed on the runtime's own
     arena (values do not change a kernel's time) or read from the timings cache. A step's
     candidates are timed in turns (best_in_turns), best of `repeats` rounds, five at least for a
-    batch, where a call is long enough that a few more rounds cost little."""
+    batch, where a call is long enough that a few more rounds cost little, and ROUNDS_ONE at
+    least for one image: its calls take tens of microseconds, so one woken thread or page fault
+    doubles a call, and with three rounds some layers' picks were a fifth slower than the best."""
     use_cache = os.environ.get("NPDC_RUNTIME_RETIME", "") in ("", "0")
     cached, fresh, picks = _load_timings() if use_cache else {}, {}, []
     packer = Packer()
@@ -257,7 +266,7 @@ def measured_choices(runtime, repeats=3):
     trial.buffers = packer.arrays(*sparse_dtypes(runtime, [o for opts in options for o in opts],
                                                   [s for s, opts in zip(steps, options) for _ in opts]))
     B = runtime.plan.batch
-    rounds = repeats if B == 1 else max(repeats, 5)
+    rounds = max(repeats, ROUNDS_ONE) if B == 1 else max(repeats, 5)
     for s, opts, recs in zip(steps, options, records):
         if len(opts) == 1:
             picks.append(opts[0])

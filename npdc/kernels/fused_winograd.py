@@ -1,0 +1,202 @@
+"""Winograd F(4x4, 3x3) for inference with the layer's tail fused into the output, for the
+compiled walk (npdc.kernels.walk): the transforms and GEMMs of npdc.kernels.conv_winograd4 (Lavin
+& Gray 2016), the kernels transformed once when the plan is packed.
+
+Why: a dense 3x3 stride-1 layer's direct kernels (npdc.kernels.fused_blocked) do all 9 multiply-
+adds per output and channel pair; the engine's Winograd forward does a quarter of them in its
+GEMMs but ran on the host, its tail a second pass over the output in NumPy, which cost it the
+layers it wins on its own (docs/perf.md). Here each tile row's outputs go through the tail
+(npdc.kernels.fused.finish_tile_at) while they are in cache.
+
+Departure from conv_winograd4's forward: work is split by tile rows counted across the batch,
+not by whole images, so one image still keeps every thread busy (its tile rows are shared out)
+and a batch of small planes still fills a GEMM block (a task's tile rows run on across images).
+Each task copies the padded input rows its tile rows reach (two rows more than it computes)
+into its own channels-innermost band. Every output is computed from its own tile in a fixed
+order of operations, so the bits do not depend on the split or the thread count.
+"""
+
+import numba
+import numpy as np
+
+from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm
+from npdc.kernels.conv_winograd4_transforms import cols_in, store_rows, strip_in, tile_out
+from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE
+from npdc.kernels.simd import transpose8
+
+
+@numba.njit(cache=True)
+def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
+    """xp[at + (r - r0)*run + col*lanes + ch] = the zero-padded x[image, ch] at padded row r and
+    column col, for r0 <= r < r1: a band of one image's padded plane with the channels innermost,
+    every value written (the padding and the lanes past C as zeros), so the band needs no
+    clearing first."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
+    for r in range(r0, r1):
+        row = at + (r - r0) * run
+        if r < pad or r >= h + pad:
+            xp[row:row + run] = 0
+            continue
+        xp[row:row + pad * lanes] = 0
+        xp[row + (w + pad) * lanes:row + run] = 0
+        base, src = row + pad * lanes, image * c * hw + (r - pad) * w
+        for c0 in range(0, c8, 8):
+            for col0 in range(0, w8, 8):
+                transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
+        for col in range(w):
+            for ch in range(c8 if col < w8 else 0, c):
+                xp[base + col * lanes + ch] = x[image, ch, r - pad, col]
+            xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
+
+
+@numba.njit(cache=True)
+def load_rows(res, mode, front, stride, image, oy, rows, o, S):
+    """S[i, col, k] = the residual of output (image, k, oy + i, col) for i < rows, k < o (zero
+    where there is none): an identity residual's NCHW rows turned channels-innermost, eight
+    channels by eight columns through transpose8, or option A's subsample one value at a time."""
+    o16, wo = S.shape[2], res.shape[3] if mode == RES_IDENTITY else S.shape[1]
+    if mode == RES_IDENTITY:
+        hw, o8, w8 = res.shape[2] * wo, o // 8 * 8, wo // 8 * 8
+        for i in range(rows):
+            src = (image * res.shape[1] * res.shape[2] + oy + i) * wo
+            for k0 in range(0, o8, 8):
+                for col0 in range(0, w8, 8):
+                    transpose8(res, src + k0 * hw + col0, hw, S, (i * S.shape[1] + col0) * o16 + k0, o16)
+            for col in range(wo):
+                for k in range(o8 if col < w8 else 0, o):
+                    S[i, col, k] = res[image, k, oy + i, col]
+        return
+    for i in range(rows):
+        for col in range(S.shape[1]):
+            for k in range(o16):
+                c = k - front
+                S[i, col, k] = res[image, c, (oy + i) * stride, col * stride] if 0 <= c < res.shape[1] else 0
+
+
+@numba.njit(cache=True)
+def finish_lanes(R, S, rows, wo, scale, shift, act, slopes, with_res):
+    """R[i, col, k] = act(R * scale[k] + shift[k] (+ S[i, col, k])) for i < rows, col < wo, over
+    all k of R's lanes (scale, shift, slopes padded to them): the tail with the output channels
+    innermost, so each step is a vector of channels."""
+    for i in range(rows):
+        for col in range(wo):
+            r = R[i, col]
+            s = S[i, col]
+            for k in range(r.size):
+                v = r[k] * scale[k] + shift[k]
+                if with_res:
+                    v += s[k]
+                if act and v < 0:
+                    v *= slopes[k]
+                r[k] = v
+
+
+@numba.njit(cache=True)
+def layout(n, c, o, ho, wo, threads):
+    """(tasks, tile rows per GEMM chunk) for n images: chunks of whole tile rows whose transforms
+    and products fit BUDGET floats, at least one chunk a task, the tasks a whole number of rounds
+    of the threads, never more tasks than tile rows."""
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
+    chunk = max(1, max(2 * ROWS, BUDGET // (36 * (c8 + o16))) // tw)
+    total = n * th
+    tasks = -(-total // chunk)
+    tasks = min(total, -(-tasks // threads) * threads)
+    return tasks, chunk
+
+
+@numba.njit(cache=True)
+def workspace_floats(chunk, tw, c8, o16):
+    """Floats of one thread's workspace (carve) for chunks of `chunk` tile rows tw tiles wide."""
+    lines = -(-chunk * tw // ROWS) * ROWS + 1
+    run = (4 * tw + 2) * c8
+    return (chunk * 6 * run + 16 + 36 * lines * (c8 + o16) + 6 * run + 24 * o16
+            + 2 * 16 * tw * o16 + 3 * o16 + 64)
+
+
+@numba.njit(cache=True)
+def carve(ws, chunk, lines, run, c8, o16, tw):
+    """One thread's workspace cut into the padded band xp, the transforms V and products M,
+    the strip Z, the half-transformed Q, the output rows R, the residual rows S (zeroed) and
+    three lanes-wide vectors."""
+    at = 0
+    xp = ws[at:at + chunk * 6 * run + 16]  # at most six padded rows a tile row
+    at += xp.size
+    V = ws[at:at + 36 * lines * c8].reshape((36, lines, c8))
+    at += V.size
+    M = ws[at:at + 36 * lines * o16].reshape((36, lines, o16))
+    at += M.size
+    Z = ws[at:at + 6 * run].reshape((6, run))
+    at += Z.size
+    Q = ws[at:at + 24 * o16].reshape((4, 6, o16))
+    at += Q.size
+    R = ws[at:at + 16 * tw * o16].reshape((4, 4 * tw, o16))
+    at += R.size
+    S = ws[at:at + 16 * tw * o16].reshape((4, 4 * tw, o16))
+    S[:] = 0
+    at += S.size
+    return xp, V, M, Z, Q, R, S, ws[at:at + 3 * o16].reshape((3, o16))
+
+
+@numba.njit(cache=True)
+def _task(x, U, pad, tail, y, g0, g1, chunk, K, ws):
+    """Tile rows g0 .. g1 - 1 of the batch (row g: image g // th, tile row g % th), a chunk of
+    `chunk` tile rows at a time: copy their padded input rows, transform, multiply, transform
+    back, and write each tile row through the tail."""
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    c8, o16 = U.shape[2], 16 * U.shape[1]
+    run = (4 * tw + 2) * c8
+    lines = -(-chunk * tw // ROWS) * ROWS + 1  # odd: see conv_winograd4._convolve
+    xp, V, M, Z, Q, R, S, lanes = carve(ws, chunk, lines, run, c8, o16, tw)
+    scale, shift, slopes = lanes[0], lanes[1], lanes[2]
+    scale[o:], shift[o:], slopes[o:] = 0, 0, 0
+    scale[:o], shift[:o], slopes[:o] = tail.scale, tail.shift, tail.slopes
+    starts = np.empty(chunk, np.int64)  # where each tile row's six padded rows start in xp
+    for a in range(g0, g1, chunk):
+        b = min(g1, a + chunk)
+        at, g = 0, a
+        while g < b:  # one image's run of tile rows: its padded rows once, shared
+            image, t0 = g // th, g % th
+            t1 = min(th, t0 + b - g)
+            fill_rows(x, image, 4 * t0, 4 * t1 + 2, pad, run, c8, xp, at)
+            for t in range(t0, t1):
+                starts[g - a + t - t0] = at + 4 * (t - t0) * run
+            at += (4 * (t1 - t0) + 2) * run
+            g += t1 - t0
+        for r in range(b - a):
+            strip_in(xp, starts[r], run, Z, K)
+            cols_in(Z, tw, c8, r * tw, V, K)
+        T = -(-(b - a) * tw // ROWS) * ROWS
+        V[:, (b - a) * tw:T] = 0  # the last register block's unused tiles
+        _gemm(V, U, M, T)
+        for r in range(b - a):
+            image, row = (a + r) // th, (a + r) % th
+            for tx in range(tw):
+                tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
+            rows = min(4, ho - 4 * row)
+            if tail.res_mode != RES_NONE:
+                load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image, 4 * row,
+                          rows, o, S)
+            finish_lanes(R, S, rows, wo, scale, shift, tail.act, slopes, tail.res_mode != RES_NONE)
+            store_rows(R, rows, o, y, image, 4 * row)
+
+
+@numba.njit(parallel=PRANGE_ONLY, cache=True)
+def conv_winograd_fused(x, U, pad, tail, y, threads):
+    """y (N, O, Ho, Wo) = tail(the 3x3 stride-1 correlation of x (N, C, H, W) zero-padded by
+    `pad` with the kernels whose transform is U (conv_winograd4.transformed_kernels: (36, O16/16,
+    C8, 16))); the batch's tile rows shared among tasks for `threads` threads (layout)."""
+    n, c = x.shape[0], x.shape[1]
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    tasks, chunk = layout(n, c, o, ho, wo, threads)
+    total = n * ((ho + 3) // 4)
+    K = np.array([2, 4, 5, 8], x.dtype)
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    chunk = min(chunk, -(-total // tasks))
+    size = workspace_floats(chunk, tw, U.shape[2], 16 * U.shape[1])
+    ws = np.empty((threads, size), x.dtype)
+    for t in numba.prange(tasks):
+        _task(x, U, pad, tail, y, t * total // tasks, (t + 1) * total // tasks, chunk, K,
+              ws[numba.get_thread_id()])
