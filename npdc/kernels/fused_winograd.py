@@ -19,8 +19,8 @@ order of operations, so the bits do not depend on the split or the thread count.
 import numba
 import numpy as np
 
-from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm
-from npdc.kernels.conv_winograd4_transforms import cols_in, store_rows, strip_in, tile_out
+from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm, transformed_kernels
+from npdc.kernels.conv_winograd4_transforms import cols_in, strip_in, tile_out
 from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE
 from npdc.kernels.simd import transpose8
 
@@ -50,34 +50,67 @@ def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
             xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
 
 
+GROUP = 2  # register blocks of 16 output channels a GEMM call takes (its widest register block)
+
+
+def grouped_kernels(W):
+    """The kernels' transform for conv_winograd_fused, flat: U (36, O16/16, C8, 16) of
+    conv_winograd4.transformed_kernels cut into groups of GROUP blocks of output channels, each
+    group C-contiguous (36, blocks, C8, 16) and the groups one after another, so that a task can
+    multiply by one group alone."""
+    U = transformed_kernels(W)
+    return np.concatenate([U[:, b:b + GROUP].ravel() for b in range(0, U.shape[1], GROUP)])
+
+
 @numba.njit(cache=True)
-def load_rows(res, mode, front, stride, image, oy, rows, o, S):
-    """S[i, col, k] = the residual of output (image, k, oy + i, col) for i < rows, k < o (zero
-    where there is none): an identity residual's NCHW rows turned channels-innermost, eight
-    channels by eight columns through transpose8, or option A's subsample one value at a time."""
-    o16, wo = S.shape[2], res.shape[3] if mode == RES_IDENTITY else S.shape[1]
+def load_rows(res, mode, front, stride, image, oy, rows, k0, S):
+    """S[i, col, k] = the residual of output (image, k0 + k, oy + i, col) for i < rows and k
+    below S's lanes (zero where there is none): an identity residual's NCHW rows turned
+    channels-innermost, eight channels by eight columns through transpose8, or option A's
+    subsample one value at a time."""
+    lanes = S.shape[2]
     if mode == RES_IDENTITY:
-        hw, o8, w8 = res.shape[2] * wo, o // 8 * 8, wo // 8 * 8
+        ho, wo, o = res.shape[2], res.shape[3], min(lanes, res.shape[1] - k0)
+        hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
         for i in range(rows):
-            src = (image * res.shape[1] * res.shape[2] + oy + i) * wo
-            for k0 in range(0, o8, 8):
+            src = ((image * res.shape[1] + k0) * ho + oy + i) * wo
+            for k in range(0, o8, 8):
                 for col0 in range(0, w8, 8):
-                    transpose8(res, src + k0 * hw + col0, hw, S, (i * S.shape[1] + col0) * o16 + k0, o16)
+                    transpose8(res, src + k * hw + col0, hw, S, (i * S.shape[1] + col0) * lanes + k, lanes)
             for col in range(wo):
                 for k in range(o8 if col < w8 else 0, o):
-                    S[i, col, k] = res[image, k, oy + i, col]
+                    S[i, col, k] = res[image, k0 + k, oy + i, col]
         return
     for i in range(rows):
         for col in range(S.shape[1]):
-            for k in range(o16):
-                c = k - front
+            for k in range(lanes):
+                c = k0 + k - front
                 S[i, col, k] = res[image, c, (oy + i) * stride, col * stride] if 0 <= c < res.shape[1] else 0
+
+
+@numba.njit(cache=True)
+def store_lanes(R, rows, k0, y, image, oy):
+    """y[image, k0 + k, oy + i, col] = R[i, col, k] for i < rows and the channels of y from k0
+    that R's lanes hold: a tile row back into NCHW, eight columns by eight channels through
+    transpose8 (conv_winograd4_transforms.store_rows with a first channel)."""
+    lanes, ho, wo = R.shape[2], y.shape[2], y.shape[3]
+    o = min(lanes, y.shape[1] - k0)
+    hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
+    for k in range(0, o8, 8):
+        for i in range(rows):
+            src, dst = i * R.shape[1] * lanes, ((image * y.shape[1] + k0) * ho + oy + i) * wo
+            for col0 in range(0, w8, 8):
+                transpose8(R, src + col0 * lanes + k, lanes, y, dst + k * hw + col0, hw)
+    for i in range(rows):
+        for k in range(o):
+            for col in range(w8 if k < o8 else 0, wo):
+                y[image, k0 + k, oy + i, col] = R[i, col, k]
 
 
 @numba.njit(cache=True)
 def finish_lanes(R, S, rows, wo, scale, shift, act, slopes, with_res):
     """R[i, col, k] = act(R * scale[k] + shift[k] (+ S[i, col, k])) for i < rows, col < wo, over
-    all k of R's lanes (scale, shift, slopes padded to them): the tail with the output channels
+    all k of R's lanes (scale, shift, slopes as many): the tail with the output channels
     innermost, so each step is a vector of channels."""
     for i in range(rows):
         for col in range(wo):
@@ -94,109 +127,126 @@ def finish_lanes(R, S, rows, wo, scale, shift, act, slopes, with_res):
 
 @numba.njit(cache=True)
 def layout(n, c, o, ho, wo, threads):
-    """(tasks, tile rows per GEMM chunk) for n images: chunks of whole tile rows whose transforms
-    and products fit BUDGET floats, at least one chunk a task, the tasks a whole number of rounds
-    of the threads, never more tasks than tile rows."""
+    """(row tasks, parts, tile rows per chunk): the batch's tile rows shared among row tasks in
+    chunks whose transforms and products fit BUDGET floats, one chunk a task, the tasks a whole
+    number of rounds of the threads; when the tile rows are too few for a register block of
+    tiles each (one small image), fewer row tasks, each split into `parts` tasks by groups of
+    output channels, so that both threads still work."""
     th, tw = (ho + 3) // 4, (wo + 3) // 4
     c8, o16 = -(-c // LANES) * LANES, -(-o // OUT_BLOCK) * OUT_BLOCK
     chunk = max(1, max(2 * ROWS, BUDGET // (36 * (c8 + o16))) // tw)
     total = n * th
     tasks = -(-total // chunk)
     tasks = min(total, -(-tasks // threads) * threads)
-    return tasks, chunk
+    tasks = max(1, min(tasks, total * tw // ROWS))
+    groups = -(-o16 // (16 * GROUP))
+    parts = min(groups, max(1, threads // tasks))
+    return tasks, parts, min(chunk, -(-total // tasks))
 
 
 @numba.njit(cache=True)
-def workspace_floats(chunk, tw, c8, o16):
+def workspace_floats(chunk, tw, c8):
     """Floats of one thread's workspace (carve) for chunks of `chunk` tile rows tw tiles wide."""
     lines = -(-chunk * tw // ROWS) * ROWS + 1
     run = (4 * tw + 2) * c8
-    return (chunk * 6 * run + 16 + 36 * lines * (c8 + o16) + 6 * run + 24 * o16
-            + 2 * 16 * tw * o16 + 3 * o16 + 64)
+    wide = 16 * GROUP
+    return chunk * 6 * run + 16 + 36 * lines * (c8 + wide) + 6 * run + 24 * wide + 32 * tw * wide + 3 * wide
 
 
 @numba.njit(cache=True)
-def carve(ws, chunk, lines, run, c8, o16, tw):
-    """One thread's workspace cut into the padded band xp, the transforms V and products M,
-    the strip Z, the half-transformed Q, the output rows R, the residual rows S (zeroed) and
-    three lanes-wide vectors."""
-    at = 0
-    xp = ws[at:at + chunk * 6 * run + 16]  # at most six padded rows a tile row
-    at += xp.size
+def carve(ws, chunk, lines, run, c8, tw, wide):
+    """One thread's workspace cut into the padded band xp, the transforms V and the strip Z (all
+    three at the same place whatever `wide`), and for a group of `wide` output channels its
+    products M, the half-transformed Q, the output rows R, the residual rows S (zeroed) and three
+    vectors of its lanes."""
+    xp = ws[:chunk * 6 * run + 16]  # at most six padded rows a tile row
+    at = xp.size
     V = ws[at:at + 36 * lines * c8].reshape((36, lines, c8))
     at += V.size
-    M = ws[at:at + 36 * lines * o16].reshape((36, lines, o16))
-    at += M.size
     Z = ws[at:at + 6 * run].reshape((6, run))
     at += Z.size
-    Q = ws[at:at + 24 * o16].reshape((4, 6, o16))
+    M = ws[at:at + 36 * lines * wide].reshape((36, lines, wide))
+    at += M.size
+    Q = ws[at:at + 24 * wide].reshape((4, 6, wide))
     at += Q.size
-    R = ws[at:at + 16 * tw * o16].reshape((4, 4 * tw, o16))
+    R = ws[at:at + 16 * tw * wide].reshape((4, 4 * tw, wide))
     at += R.size
-    S = ws[at:at + 16 * tw * o16].reshape((4, 4 * tw, o16))
+    S = ws[at:at + 16 * tw * wide].reshape((4, 4 * tw, wide))
     S[:] = 0
     at += S.size
-    return xp, V, M, Z, Q, R, S, ws[at:at + 3 * o16].reshape((3, o16))
+    return xp, V, Z, M, Q, R, S, ws[at:at + 3 * wide].reshape((3, wide))
 
 
 @numba.njit(cache=True)
-def _task(x, U, pad, tail, y, g0, g1, chunk, K, ws):
-    """Tile rows g0 .. g1 - 1 of the batch (row g: image g // th, tile row g % th), a chunk of
-    `chunk` tile rows at a time: copy their padded input rows, transform, multiply, transform
-    back, and write each tile row through the tail."""
+def _transform_in(x, pad, a, b, th, tw, run, c8, xp, Z, V, K, starts):
+    """V[:, r*tw + tx] = the input transforms of the tiles of batch tile rows a .. b - 1 (row g:
+    image g // th, tile row g % th), through their padded rows copied into xp, each image's
+    once; V's tiles past them up to a whole register block zeroed."""
+    at, g = 0, a
+    while g < b:  # one image's run of tile rows: its padded rows once, shared
+        image, t0 = g // th, g % th
+        t1 = min(th, t0 + b - g)
+        fill_rows(x, image, 4 * t0, 4 * t1 + 2, pad, run, c8, xp, at)
+        for t in range(t0, t1):
+            starts[g - a + t - t0] = at + 4 * (t - t0) * run
+        at += (4 * (t1 - t0) + 2) * run
+        g += t1 - t0
+    for r in range(b - a):
+        strip_in(xp, starts[r], run, Z, K)
+        cols_in(Z, tw, c8, r * tw, V, K)
+    V[:, (b - a) * tw:-(-(b - a) * tw // ROWS) * ROWS] = 0
+
+
+@numba.njit(cache=True)
+def _task(x, U, pad, tail, y, g0, g1, q0, q1, chunk, K, ws):
+    """Tile rows g0 .. g1 - 1 of the batch for the output channels of groups q0 .. q1 - 1, a chunk
+    of `chunk` tile rows at a time: transform the inputs once, then per group multiply,
+    transform back and write each tile row through the tail."""
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     th, tw = (ho + 3) // 4, (wo + 3) // 4
-    c8, o16 = U.shape[2], 16 * U.shape[1]
-    run = (4 * tw + 2) * c8
+    c8, o16 = U.size // (36 * 16 * (-(-o // 16))), 16 * (-(-o // 16))
+    run, block = (4 * tw + 2) * c8, 36 * c8 * 16
     lines = -(-chunk * tw // ROWS) * ROWS + 1  # odd: see conv_winograd4._convolve
-    xp, V, M, Z, Q, R, S, lanes = carve(ws, chunk, lines, run, c8, o16, tw)
-    scale, shift, slopes = lanes[0], lanes[1], lanes[2]
-    scale[o:], shift[o:], slopes[o:] = 0, 0, 0
-    scale[:o], shift[:o], slopes[:o] = tail.scale, tail.shift, tail.slopes
+    xp, V, Z, _, _, _, _, _ = carve(ws, chunk, lines, run, c8, tw, 16 * GROUP)
     starts = np.empty(chunk, np.int64)  # where each tile row's six padded rows start in xp
     for a in range(g0, g1, chunk):
         b = min(g1, a + chunk)
-        at, g = 0, a
-        while g < b:  # one image's run of tile rows: its padded rows once, shared
-            image, t0 = g // th, g % th
-            t1 = min(th, t0 + b - g)
-            fill_rows(x, image, 4 * t0, 4 * t1 + 2, pad, run, c8, xp, at)
-            for t in range(t0, t1):
-                starts[g - a + t - t0] = at + 4 * (t - t0) * run
-            at += (4 * (t1 - t0) + 2) * run
-            g += t1 - t0
-        for r in range(b - a):
-            strip_in(xp, starts[r], run, Z, K)
-            cols_in(Z, tw, c8, r * tw, V, K)
-        T = -(-(b - a) * tw // ROWS) * ROWS
-        V[:, (b - a) * tw:T] = 0  # the last register block's unused tiles
-        _gemm(V, U, M, T)
-        for r in range(b - a):
-            image, row = (a + r) // th, (a + r) % th
-            for tx in range(tw):
-                tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
-            rows = min(4, ho - 4 * row)
-            if tail.res_mode != RES_NONE:
-                load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image, 4 * row,
-                          rows, o, S)
-            finish_lanes(R, S, rows, wo, scale, shift, tail.act, slopes, tail.res_mode != RES_NONE)
-            store_rows(R, rows, o, y, image, 4 * row)
+        _transform_in(x, pad, a, b, th, tw, run, c8, xp, Z, V, K, starts)
+        for q in range(q0, q1):
+            k0 = q * 16 * GROUP
+            wide = min(16 * GROUP, o16 - k0)
+            Uq = U[k0 // 16 * block:(k0 + wide) // 16 * block].reshape((36, wide // 16, c8, 16))
+            _, _, _, Mq, Qq, Rq, Sq, lanes = carve(ws, chunk, lines, run, c8, tw, wide)
+            scale, shift, slopes = lanes[0], lanes[1], lanes[2]
+            kept = min(wide, o - k0)
+            scale[kept:], shift[kept:], slopes[kept:] = 0, 0, 0
+            scale[:kept], shift[:kept] = tail.scale[k0:k0 + kept], tail.shift[k0:k0 + kept]
+            slopes[:kept] = tail.slopes[k0:k0 + kept]
+            _gemm(V, Uq, Mq, -(-(b - a) * tw // ROWS) * ROWS)
+            for r in range(b - a):
+                image, row = (a + r) // th, (a + r) % th
+                for tx in range(tw):
+                    tile_out(Mq, r * tw + tx, wide, Qq, Rq, 4 * tx, K)
+                rows = min(4, ho - 4 * row)
+                if tail.res_mode != RES_NONE:
+                    load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image,
+                              4 * row, rows, k0, Sq)
+                finish_lanes(Rq, Sq, rows, wo, scale, shift, tail.act, slopes, tail.res_mode != RES_NONE)
+                store_lanes(Rq, rows, k0, y, image, 4 * row)
 
 
 @numba.njit(parallel=PRANGE_ONLY, cache=True)
 def conv_winograd_fused(x, U, pad, tail, y, threads):
     """y (N, O, Ho, Wo) = tail(the 3x3 stride-1 correlation of x (N, C, H, W) zero-padded by
-    `pad` with the kernels whose transform is U (conv_winograd4.transformed_kernels: (36, O16/16,
-    C8, 16))); the batch's tile rows shared among tasks for `threads` threads (layout)."""
+    `pad` with the kernels whose transform is U (grouped_kernels, flat)); the batch's tile rows
+    and groups of output channels shared among tasks for `threads` threads (layout)."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-    tasks, chunk = layout(n, c, o, ho, wo, threads)
-    total = n * ((ho + 3) // 4)
+    tasks, parts, chunk = layout(n, c, o, ho, wo, threads)
+    total, groups = n * ((ho + 3) // 4), -(-o // (16 * GROUP))
     K = np.array([2, 4, 5, 8], x.dtype)
-    th, tw = (ho + 3) // 4, (wo + 3) // 4
-    chunk = min(chunk, -(-total // tasks))
-    size = workspace_floats(chunk, tw, U.shape[2], 16 * U.shape[1])
-    ws = np.empty((threads, size), x.dtype)
-    for t in numba.prange(tasks):
-        _task(x, U, pad, tail, y, t * total // tasks, (t + 1) * total // tasks, chunk, K,
-              ws[numba.get_thread_id()])
+    ws = np.empty((threads, workspace_floats(chunk, (wo + 3) // 4, -(-c // LANES) * LANES)), x.dtype)
+    for t in numba.prange(tasks * parts):
+        row, part = t // parts, t % parts
+        _task(x, U, pad, tail, y, row * total // tasks, (row + 1) * total // tasks,
+              part * groups // parts, (part + 1) * groups // parts, chunk, K, ws[numba.get_thread_id()])

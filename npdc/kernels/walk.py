@@ -31,7 +31,7 @@ OP_HOST, OP_CONV_TILED, OP_CONV_RUNS, OP_LINEAR_ROWS, OP_LINEAR_GEMM, OP_POOL = 
 OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
 # dense, any kernel and stride (npdc.kernels.fused_blocked): weights (O/L, C, kh*kw, L), L lanes_for(O)
 OP_CONV_BLOCKED = 8
-# dense 3x3 stride 1 (npdc.kernels.fused_winograd): weights the Winograd transform (36, O16/16, C8, 16)
+# dense 3x3 stride 1 (npdc.kernels.fused_winograd): weights the kernels' transform (grouped_kernels)
 OP_CONV_WINOGRAD = 9
 OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
             OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases",
@@ -79,8 +79,7 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
                            r[F_STRIDE], pad, tail, y, padded, acc_ws)
         return
     if r[F_OP] == OP_CONV_WINOGRAD:  # rows: O16, cols: 36 * C8; its own workspace
-        U = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
-        conv_winograd_fused(x, U.reshape((36, r[F_ROWS] // 16, r[F_COLS] // 36, 16)), pad, tail, y,
+        conv_winograd_fused(x, weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]], pad, tail, y,
                             acc_ws.shape[0])
         return
     if r[F_OP] == OP_CONV_FLAT or r[F_OP] == OP_CONV_PHASES:  # planes in `padded`; rows: O8

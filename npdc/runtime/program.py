@@ -29,8 +29,8 @@ from npdc.kernels.conv import forced_primitive
 from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
-from npdc.kernels.conv_winograd4 import transformed_kernels
 from npdc.kernels.fused_blocked import lanes_for
+from npdc.kernels.fused_winograd import grouped_kernels
 from npdc.kernels.sparse_s1 import sparse_takes
 
 TIMINGS_NAME = "runtime_timings.json"
@@ -98,8 +98,9 @@ def step_record(runtime, step, op, kind, packer):
             W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), lanes)
             r[W.F_ROWS] = W2.shape[0] * lanes
         elif op == W.OP_CONV_WINOGRAD:  # the kernels' transform, O and C padded to whole blocks
-            W2 = transformed_kernels(W2.reshape(step.w_shape))
-            r[W.F_ROWS], r[W.F_COLS] = 16 * W2.shape[1], 36 * W2.shape[2]
+            o16, c8 = -(-step.w_shape[0] // 16) * 16, -(-step.w_shape[1] // 8) * 8
+            W2 = grouped_kernels(W2.reshape(step.w_shape))
+            r[W.F_ROWS], r[W.F_COLS] = o16, 36 * c8
         r[W.F_W] = packer.add("weights", W2)
     else:
         rowptr, cols, vidx, table = parts

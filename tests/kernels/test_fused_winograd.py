@@ -9,14 +9,13 @@ import numba
 import numpy as np
 import pytest
 
-from npdc.kernels.conv_winograd4 import transformed_kernels
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD, Tail
-from npdc.kernels.fused_winograd import conv_winograd_fused, layout
+from npdc.kernels.fused_winograd import conv_winograd_fused, grouped_kernels, layout
 from tests.kernels.fused_check import check_fused
 
 
 def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
-    U = transformed_kernels((W * scale[:, None, None, None]).astype(np.float32))
+    U = grouped_kernels((W * scale[:, None, None, None]).astype(np.float32))
     tail = Tail(np.ones_like(scale), shift, True, slopes, res, res_mode, 2, 2)
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
@@ -36,12 +35,16 @@ def test_the_winograd_conv_matches_the_reference(n, c, o, h, w, pad, res_mode):
     check_fused(_run, n, c, o, h, w, 3, 1, pad, res_mode)
 
 
-@pytest.mark.parametrize("n,ho,threads", [(1, 28, 2), (128, 28, 2), (128, 4, 2), (3, 7, 4), (1, 4, 2)])
-def test_the_layout_shares_tile_rows_in_whole_rounds(n, ho, threads):
-    """Never more tasks than tile rows, a whole number of rounds of the threads unless every
-    tile row is a task, and no task more tile rows than one chunk."""
-    tasks, chunk = layout(n, 16, 16, ho, ho, threads)
-    rows = n * -(-ho // 4)
-    assert 1 <= tasks <= rows
-    assert tasks == rows or tasks % threads == 0
-    assert -(-rows // tasks) <= chunk
+@pytest.mark.parametrize("n,o,ho,threads", [(1, 16, 28, 2), (128, 16, 28, 2), (128, 128, 4, 2), (3, 16, 7, 4),
+                                            (1, 64, 8, 2), (1, 128, 4, 2), (1, 16, 4, 2)])
+def test_the_layout_keeps_every_thread_busy(n, o, ho, threads):
+    """No more row tasks than tile rows, none longer than a chunk; a batch's row tasks are whole
+    rounds of the threads, and one small image (too few tiles for a register block a thread)
+    is split by groups of output channels instead, as far as it has groups."""
+    tasks, parts, chunk = layout(n, 16, o, ho, ho, threads)
+    rows, groups = n * -(-ho // 4), -(-o // 32)
+    assert 1 <= tasks <= rows and -(-rows // tasks) <= chunk
+    assert 1 <= parts <= groups
+    assert tasks * parts >= min(threads, tasks * groups)
+    if n > 8:
+        assert tasks % threads == 0 and parts == 1
