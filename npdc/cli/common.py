@@ -115,7 +115,8 @@ def weights_arg(s):
                    help=".npdc runtime: weights decoded to float32 once (dense), decoded layer by "
                         "layer as the pass reaches them (stream), used as non-zeros and "
                         "codebook indices (sparse, default), or per layer dense or sparse, "
-                        "whichever measured faster (auto)")
+                        "whichever measured faster (auto); dense and auto may keep a layer's "
+                        "weights in a faster, larger form (Winograd's, 4x)")
     s.add_argument("--walk", choices=["compiled", "python"], default=None,
                    help=".npdc runtime: run the whole plan in compiled code (compiled, default; "
                         "also $NPDC_RUNTIME_WALK) or call each layer's kernel from Python (python, "

@@ -154,6 +154,17 @@ def workspace_floats(chunk, tw, c8):
 
 
 @numba.njit(cache=True)
+def aligned_rows(rows, size, dtype):
+    """An empty (rows, size) array whose rows start on 64-byte lines (size a multiple of 64
+    bytes): Numba aligns new arrays to 32 bytes only, and a 64-byte vector store across two
+    lines costs two (measured: the same kernel a tenth slower or faster by where its buffers
+    happened to start)."""
+    raw = np.empty(rows * size + 64, dtype)
+    skip = (-raw.ctypes.data) % 64 // raw.itemsize
+    return raw[skip:skip + rows * size].reshape((rows, size))
+
+
+@numba.njit(cache=True)
 def carve(ws, chunk, lines, run, c8, tw, wide):
     """One thread's workspace cut into the padded band xp, the transforms V and the strip Z (all
     three at the same place whatever `wide`), and for a group of `wide` output channels its
@@ -245,7 +256,7 @@ def conv_winograd_fused(x, U, pad, tail, y, threads):
     tasks, parts, chunk = layout(n, c, o, ho, wo, threads)
     total, groups = n * ((ho + 3) // 4), -(-o // (16 * GROUP))
     K = np.array([2, 4, 5, 8], x.dtype)
-    ws = np.empty((threads, workspace_floats(chunk, (wo + 3) // 4, -(-c // LANES) * LANES)), x.dtype)
+    ws = aligned_rows(threads, workspace_floats(chunk, (wo + 3) // 4, -(-c // LANES) * LANES), x.dtype)
     for t in numba.prange(tasks * parts):
         row, part = t // parts, t % parts
         _task(x, U, pad, tail, y, row * total // tasks, (row + 1) * total // tasks,

@@ -22,6 +22,8 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_rows, gl
                                linear_direct, pad_input)
 from npdc.kernels.fused_blocked import conv_blocked_fused, lanes_for
 from npdc.kernels.fused_direct import conv_flat_fused, conv_polyphase_fused
+from npdc.kernels.fused_pointwise import OUT as POINTWISE_OUT
+from npdc.kernels.fused_pointwise import conv_pointwise_fused
 from npdc.kernels.fused_winograd import conv_winograd_fused
 from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_s1 import conv_sparse_s1, in_bands, plane_shape
@@ -33,9 +35,11 @@ OP_CONV_FLAT, OP_CONV_PHASES = 6, 7
 OP_CONV_BLOCKED = 8
 # dense 3x3 stride 1 (npdc.kernels.fused_winograd): weights the kernels' transform (grouped_kernels)
 OP_CONV_WINOGRAD = 9
+# dense 1x1 without padding (npdc.kernels.fused_pointwise): weights (O/OUT, C, OUT)
+OP_CONV_POINTWISE = 10
 OP_NAMES = {OP_HOST: "host", OP_CONV_TILED: "tiled", OP_CONV_RUNS: "runs", OP_LINEAR_ROWS: "rows",
             OP_LINEAR_GEMM: "gemm", OP_POOL: "pool", OP_CONV_FLAT: "flat", OP_CONV_PHASES: "phases",
-            OP_CONV_BLOCKED: "blocked", OP_CONV_WINOGRAD: "winograd"}
+            OP_CONV_BLOCKED: "blocked", OP_CONV_WINOGRAD: "winograd", OP_CONV_POINTWISE: "pointwise"}
 
 (F_OP, F_SPARSE, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_RMODE,
  F_RFRONT, F_RSTRIDE, F_KH, F_KW, F_STRIDE, F_PAD, F_W, F_SCALE, F_SHIFT, F_SLOPES, F_ACT,
@@ -77,6 +81,11 @@ def _conv(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_w
         Wb, lanes = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]], lanes_for(o)
         conv_blocked_fused(x, Wb.reshape((r[F_ROWS] // lanes, r[F_XC], kh * kw, lanes)), kh, kw,
                            r[F_STRIDE], pad, tail, y, padded, acc_ws)
+        return
+    if r[F_OP] == OP_CONV_POINTWISE:  # rows: O rounded up to whole blocks; sums in acc_ws
+        Wp = weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]]
+        conv_pointwise_fused(x, Wp.reshape((r[F_ROWS] // POINTWISE_OUT, r[F_COLS], POINTWISE_OUT)),
+                             r[F_STRIDE], tail, y, acc_ws)
         return
     if r[F_OP] == OP_CONV_WINOGRAD:  # rows: O16, cols: 36 * C8; its own workspace
         conv_winograd_fused(x, weights[r[F_W]:r[F_W] + r[F_ROWS] * r[F_COLS]], pad, tail, y,

@@ -25,6 +25,7 @@ from npdc.kernels.fused import (Tail, conv_dense, conv_dense_s1, finish_planes, 
                                global_avg_pool, linear_direct, pad_input, scratch_sizes)
 from npdc.kernels.fused_blocked import blocked_scratch
 from npdc.kernels.fused_direct import flat_scratch, phase_scratch
+from npdc.kernels.fused_pointwise import pointwise_floats
 from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_passes import decode_floats
 from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1, in_bands, plane_shape, sparse_takes
@@ -61,7 +62,7 @@ class Runtime:
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
         self.walk = choose_walk(self.mode, walk)
-        direct = ("flat", "phases", "blocked") if self.walk == "compiled" and "dense" in self.stores else ()
+        direct = ("flat", "phases", "blocked", "pointwise") if self.walk == "compiled" and "dense" in self.stores else ()
         sparse = self.stores.get("sparse")  # the longest row of each sparse conv, for its decoding
         self.longest_rows = {s.name: int(np.diff(sparse.get(s)[0]).max(initial=0))
                              for s in steps if s.kind == "conv" and isinstance(sparse, SparseWeights)}
@@ -100,6 +101,8 @@ class Runtime:
                     padded = max(padded, plan.batch * c * hp * wp)
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
+            if "pointwise" in kernels(s):
+                direct_accs.append(pointwise_floats(c, *shape[2:], s.stride))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
                 if kernel == "flat":
                     plane, direct_acc = flat_scratch(c, h, w, s.pad)

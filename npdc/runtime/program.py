@@ -30,6 +30,7 @@ from npdc.kernels.conv_flat import blocked, interleaved
 from npdc.kernels.conv_flat import refuse as flat_refuse
 from npdc.kernels.conv_polyphase import refuse as phases_refuse
 from npdc.kernels.fused_blocked import lanes_for
+from npdc.kernels.fused_pointwise import OUT as POINTWISE_OUT
 from npdc.kernels.fused_winograd import grouped_kernels
 from npdc.kernels.sparse_s1 import sparse_takes
 
@@ -97,6 +98,9 @@ def step_record(runtime, step, op, kind, packer):
             lanes = lanes_for(W2.shape[0])
             W2 = interleaved(W2.reshape(W2.shape[0], step.w_shape[1], -1), lanes)
             r[W.F_ROWS] = W2.shape[0] * lanes
+        elif op == W.OP_CONV_POINTWISE:  # O padded to whole blocks
+            W2 = interleaved(W2.reshape(W2.shape[0], -1, 1), POINTWISE_OUT)
+            r[W.F_ROWS] = W2.shape[0] * POINTWISE_OUT
         elif op == W.OP_CONV_WINOGRAD:  # the kernels' transform, O and C padded to whole blocks
             o16, c8 = -(-step.w_shape[0] // 16) * 16, -(-step.w_shape[1] // 8) * 8
             W2 = grouped_kernels(W2.reshape(step.w_shape))
@@ -138,6 +142,8 @@ def candidates(runtime, step):
                 ops.append(W.OP_CONV_PHASES)
             if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
                 ops.append(W.OP_CONV_WINOGRAD)
+            if kind == "dense" and step.w_shape[2:] == (1, 1) and step.pad == 0:
+                ops.append(W.OP_CONV_POINTWISE)
             if kind == "dense":
                 ops.append(W.OP_CONV_BLOCKED)
         out += [(op, kind) for op in ops]

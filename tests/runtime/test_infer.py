@@ -72,7 +72,9 @@ def test_runtime_memory_is_far_below_the_naive_run(tmp_path):
     with primitive_forced("im2col"):  # its column matrix, like any scratch, stays out of the baseline
         assert naive_peak_bytes(net) == M
     figures = {w: runtime_peak_bytes(load_runtime(tmp_path / "m.npdc", w)) for w in ("dense", "sparse")}
-    assert figures["sparse"] < figures["dense"] < M
+    # dense weights may be held transformed where that runs faster (Winograd's are 4x larger), so
+    # only the sparse runtime, the memory-first default, is held below the naive run
+    assert figures["sparse"] < figures["dense"] and 4 * figures["sparse"] < M
     runtime = load_runtime(tmp_path / "m.npdc", "sparse")
     assert runtime.static_bytes() > runtime.plan.activation_bytes()  # the arena is counted
     assert runtime_peak_bytes(runtime) >= runtime.static_bytes()
