@@ -22,7 +22,7 @@ import numpy as np
 from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm, transformed_kernels
 from npdc.kernels.conv_winograd4_transforms import cols_in, strip_in, tile_out
 from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE
-from npdc.kernels.simd import transpose8
+from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
 
 
 @numba.njit(cache=True)
@@ -51,6 +51,53 @@ def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
 
 
 GROUP = 2  # register blocks of 16 output channels a GEMM call takes (its widest register block)
+
+
+def _gemm_four_body(V, U, M, t):
+    """M[xi, t + i, o] = sum_c V[xi, t + i, c] U[xi, o // 16, c, o % 16] for i < 4: the products
+    of four tiles, the GEMM of conv_winograd4 with half its register block, for the last tiles
+    of a chunk when there are at most four (one small image has four tiles at 8x8 or 7x7, and
+    eight rows would double its products)."""
+    prefer_512_bit_vectors()
+    n_xi, n_blocks, n_c = U.shape[0], U.shape[1], U.shape[2]
+    z = np.zeros(1, V.dtype)[0]
+    zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
+    first = numba.uint64(0)
+    for xi in range(n_xi):
+        Vx, Mx = V[xi], M[xi]
+        r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
+        for block in range(0, n_blocks, 2):
+            Ua, Ub = U[xi, block], U[xi, min(block + 1, n_blocks - 1)]
+            s0 = s1 = s2 = s3 = q0 = q1 = q2 = q3 = zero
+            for c in range(n_c):
+                e, f = ld16(Ua[c], first), ld16(Ub[c], first)
+                v0, v1, v2, v3 = r0[c], r1[c], r2[c], r3[c]
+                s0, s1, s2, s3 = fma16(s0, v0, e), fma16(s1, v1, e), fma16(s2, v2, e), fma16(s3, v3, e)
+                q0, q1, q2, q3 = fma16(q0, v0, f), fma16(q1, v1, f), fma16(q2, v2, f), fma16(q3, v3, f)
+            p, r = numba.uint64(16 * block), numba.uint64(16 * block + 16)
+            for i, a, b in ((0, s0, q0), (1, s1, q1), (2, s2, q2), (3, s3, q3)):
+                st16(Mx[t + i], p, a)
+                if block + 1 < n_blocks:
+                    st16(Mx[t + i], r, b)
+
+
+gemm_four = straight_line_compiled(_gemm_four_body, "F[:, :, ::1], F[:, :, :, ::1], F[:, :, ::1], i8")
+
+
+@numba.njit(cache=True)
+def products(V, U, M, tiles):
+    """M = the products of the first `tiles` tiles of V (the rows past them up to a whole
+    register block zeroed in V, their products computed and dropped): blocks of eight tiles,
+    a last one of four when no more are left."""
+    full = tiles // ROWS * ROWS
+    if tiles - full > 4 or tiles == full:
+        V[:, tiles:-(-tiles // ROWS) * ROWS] = 0
+        _gemm(V, U, M, -(-tiles // ROWS) * ROWS)
+        return
+    V[:, tiles:full + 4] = 0
+    if full:
+        _gemm(V, U, M, full)
+    gemm_four(V, U, M, full)
 
 
 def grouped_kernels(W):
@@ -192,7 +239,7 @@ def carve(ws, chunk, lines, run, c8, tw, wide):
 def _transform_in(x, pad, a, b, th, tw, run, c8, xp, Z, V, K, starts):
     """V[:, r*tw + tx] = the input transforms of the tiles of batch tile rows a .. b - 1 (row g:
     image g // th, tile row g % th), through their padded rows copied into xp, each image's
-    once; V's tiles past them up to a whole register block zeroed."""
+    once."""
     at, g = 0, a
     while g < b:  # one image's run of tile rows: its padded rows once, shared
         image, t0 = g // th, g % th
@@ -205,7 +252,6 @@ def _transform_in(x, pad, a, b, th, tw, run, c8, xp, Z, V, K, starts):
     for r in range(b - a):
         strip_in(xp, starts[r], run, Z, K)
         cols_in(Z, tw, c8, r * tw, V, K)
-    V[:, (b - a) * tw:-(-(b - a) * tw // ROWS) * ROWS] = 0
 
 
 @numba.njit(cache=True)
@@ -233,7 +279,7 @@ def _task(x, U, pad, tail, y, g0, g1, q0, q1, chunk, K, ws):
             scale[kept:], shift[kept:], slopes[kept:] = 0, 0, 0
             scale[:kept], shift[:kept] = tail.scale[k0:k0 + kept], tail.shift[k0:k0 + kept]
             slopes[:kept] = tail.slopes[k0:k0 + kept]
-            _gemm(V, Uq, Mq, -(-(b - a) * tw // ROWS) * ROWS)
+            products(V, Uq, Mq, (b - a) * tw)
             for r in range(b - a):
                 image, row = (a + r) // th, (a + r) % th
                 for tx in range(tw):
