@@ -121,45 +121,52 @@ def _gemm_body(V, U, M, T):
     paid at 32 and 64 input channels against four tiles in 256-bit registers, and twelve tiles
     were no faster (docs/perf.md). Each output's sum runs over c in order whatever the block, so
     the block size does not change the result. Straight-line code rather than a vectorised loop,
-    which would pay LLVM's alias checks on every entry."""
+    which would pay LLVM's alias checks on every entry. Rows are reached by flat offsets, not
+    taken as views: every view of an array is a reference count raised and dropped (an atomic
+    add and a call each), and a block's eight row views had cost more than its sums at 16
+    channels."""
     prefer_512_bit_vectors()
+    u = numba.uint64
     n_xi, n_blocks, n_c = U.shape[0], U.shape[1], U.shape[2]
+    lv, c8, lm, o16 = V.shape[1], V.shape[2], M.shape[1], M.shape[2]
+    Vf, Uf, Mf = V.reshape(V.size), U.reshape(U.size), M.reshape(M.size)
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    first = numba.uint64(0)
+    k1, k2, k3, k4, k5, k6, k7 = u(c8), u(2 * c8), u(3 * c8), u(4 * c8), u(5 * c8), u(6 * c8), u(7 * c8)
     for xi in range(n_xi):
-        Vx, Mx = V[xi], M[xi]
         for t in range(0, T, 8):
-            r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
-            r4, r5, r6, r7 = Vx[t + 4], Vx[t + 5], Vx[t + 6], Vx[t + 7]
+            v, m = u((xi * lv + t) * c8), u((xi * lm + t) * o16)  # the block's first tile in V, M
             for block in range(0, n_blocks - 1, 2):
-                Ua, Ub = U[xi, block], U[xi, block + 1]
+                ua = u((xi * n_blocks + block) * n_c * 16)
+                ub = ua + u(n_c * 16)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = zero
                 for c in range(n_c):
-                    e, f = ld16(Ua[c], first), ld16(Ub[c], first)
-                    v0, v1, v2, v3, v4, v5, v6, v7 = r0[c], r1[c], r2[c], r3[c], r4[c], r5[c], r6[c], r7[c]
+                    e, f = ld16(Uf, ua + u(16 * c)), ld16(Uf, ub + u(16 * c))
+                    w = v + u(c)
+                    v0, v1, v2, v3 = Vf[w], Vf[w + k1], Vf[w + k2], Vf[w + k3]
+                    v4, v5, v6, v7 = Vf[w + k4], Vf[w + k5], Vf[w + k6], Vf[w + k7]
                     s0, s1, s2, s3 = fma16(s0, v0, e), fma16(s1, v1, e), fma16(s2, v2, e), fma16(s3, v3, e)
                     s4, s5, s6, s7 = fma16(s4, v4, e), fma16(s5, v5, e), fma16(s6, v6, e), fma16(s7, v7, e)
                     q0, q1, q2, q3 = fma16(q0, v0, f), fma16(q1, v1, f), fma16(q2, v2, f), fma16(q3, v3, f)
                     q4, q5, q6, q7 = fma16(q4, v4, f), fma16(q5, v5, f), fma16(q6, v6, f), fma16(q7, v7, f)
-                p, r = numba.uint64(16 * block), numba.uint64(16 * block + 16)
+                p = m + u(16 * block)
                 for i, a, b in ((0, s0, q0), (1, s1, q1), (2, s2, q2), (3, s3, q3),
                                 (4, s4, q4), (5, s5, q5), (6, s6, q6), (7, s7, q7)):
-                    st16(Mx[t + i], p, a)
-                    st16(Mx[t + i], r, b)
+                    st16(Mf, p + u(i * o16), a)
+                    st16(Mf, p + u(i * o16 + 16), b)
             if n_blocks % 2:
                 block = n_blocks - 1
-                Ua, p = U[xi, block], numba.uint64(16 * block)
+                ua, p = u((xi * n_blocks + block) * n_c * 16), m + u(16 * block)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for c in range(n_c):
-                    e = ld16(Ua[c], first)
-                    s0, s1, s2, s3 = fma16(s0, r0[c], e), fma16(s1, r1[c], e), fma16(s2, r2[c], e), \
-                        fma16(s3, r3[c], e)
-                    s4, s5, s6, s7 = fma16(s4, r4[c], e), fma16(s5, r5[c], e), fma16(s6, r6[c], e), \
-                        fma16(s7, r7[c], e)
+                    e, w = ld16(Uf, ua + u(16 * c)), v + u(c)
+                    s0, s1, s2, s3 = fma16(s0, Vf[w], e), fma16(s1, Vf[w + k1], e), fma16(s2, Vf[w + k2], e), \
+                        fma16(s3, Vf[w + k3], e)
+                    s4, s5, s6, s7 = fma16(s4, Vf[w + k4], e), fma16(s5, Vf[w + k5], e), fma16(s6, Vf[w + k6], e), \
+                        fma16(s7, Vf[w + k7], e)
                 for i, a in ((0, s0), (1, s1), (2, s2), (3, s3), (4, s4), (5, s5), (6, s6), (7, s7)):
-                    st16(Mx[t + i], p, a)
+                    st16(Mf, p + u(i * o16), a)
 
 
 _gemm = straight_line_compiled(_gemm_body, "F[:, :, ::1], F[:, :, :, ::1], F[:, :, ::1], i8")

@@ -59,26 +59,29 @@ def _gemm_four_body(V, U, M, t):
     of a chunk when there are at most four (one small image has four tiles at 8x8 or 7x7, and
     eight rows would double its products)."""
     prefer_512_bit_vectors()
+    u = numba.uint64
     n_xi, n_blocks, n_c = U.shape[0], U.shape[1], U.shape[2]
+    lv, c8, lm, o16 = V.shape[1], V.shape[2], M.shape[1], M.shape[2]
+    Vf, Uf, Mf = V.reshape(V.size), U.reshape(U.size), M.reshape(M.size)  # flat: no view per row
     z = np.zeros(1, V.dtype)[0]
     zero = (z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z)
-    first = numba.uint64(0)
+    k1, k2, k3 = u(c8), u(2 * c8), u(3 * c8)
     for xi in range(n_xi):
-        Vx, Mx = V[xi], M[xi]
-        r0, r1, r2, r3 = Vx[t], Vx[t + 1], Vx[t + 2], Vx[t + 3]
+        v, m = u((xi * lv + t) * c8), u((xi * lm + t) * o16)
         for block in range(0, n_blocks, 2):
-            Ua, Ub = U[xi, block], U[xi, min(block + 1, n_blocks - 1)]
+            ua = u((xi * n_blocks + block) * n_c * 16)
+            ub = ua + u(n_c * 16) if block + 1 < n_blocks else ua
             s0 = s1 = s2 = s3 = q0 = q1 = q2 = q3 = zero
             for c in range(n_c):
-                e, f = ld16(Ua[c], first), ld16(Ub[c], first)
-                v0, v1, v2, v3 = r0[c], r1[c], r2[c], r3[c]
+                e, f, w = ld16(Uf, ua + u(16 * c)), ld16(Uf, ub + u(16 * c)), v + u(c)
+                v0, v1, v2, v3 = Vf[w], Vf[w + k1], Vf[w + k2], Vf[w + k3]
                 s0, s1, s2, s3 = fma16(s0, v0, e), fma16(s1, v1, e), fma16(s2, v2, e), fma16(s3, v3, e)
                 q0, q1, q2, q3 = fma16(q0, v0, f), fma16(q1, v1, f), fma16(q2, v2, f), fma16(q3, v3, f)
-            p, r = numba.uint64(16 * block), numba.uint64(16 * block + 16)
+            p = m + u(16 * block)
             for i, a, b in ((0, s0, q0), (1, s1, q1), (2, s2, q2), (3, s3, q3)):
-                st16(Mx[t + i], p, a)
+                st16(Mf, p + u(i * o16), a)
                 if block + 1 < n_blocks:
-                    st16(Mx[t + i], r, b)
+                    st16(Mf, p + u(i * o16 + 16), b)
 
 
 gemm_four = straight_line_compiled(_gemm_four_body, "F[:, :, ::1], F[:, :, :, ::1], F[:, :, ::1], i8")
@@ -158,7 +161,8 @@ def store_lanes(R, rows, k0, y, image, oy):
 def finish_lanes(R, S, rows, wo, scale, shift, act, slopes, with_res):
     """R[i, col, k] = act(R * scale[k] + shift[k] (+ S[i, col, k])) for i < rows, col < wo, over
     all k of R's lanes (scale, shift, slopes as many): the tail with the output channels
-    innermost, so each step is a vector of channels."""
+    innermost, so each step is a vector of channels. (A position's lanes as views: through flat
+    offsets into R and S the loop ran four times slower, scalar.)"""
     for i in range(rows):
         for col in range(wo):
             r = R[i, col]
