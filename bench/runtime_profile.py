@@ -3,7 +3,10 @@ or the shipped fmnist-resnet18 (`auto` weights, as the runtime bench's `npdc` en
 
     python bench/runtime_profile.py steps cifar-resnet20 1      # best time of each step alone
     python bench/runtime_profile.py ab fmnist-resnet18 128      # with and without a kernel, and ONNX Runtime
+    python bench/runtime_profile.py ort cifar-resnet20 1        # ONNX Runtime's own time per node
 
+`ort` runs ONNX Runtime (when installed) on the same net exported by npdc, with its profiler on,
+and prints each node's best kernel time: the per-layer figures to hold `steps` against.
 `steps` prints each step's kernel, shapes, best time over the rounds and multiply-add rate, then
 the sum of the steps and the whole forward. `ab` builds the runtime twice, once with every
 candidate and once without the `--without` kernels (default `blocked`), and times both and ONNX
@@ -104,9 +107,39 @@ def ab(path, net, codes, batch, rounds, without, folder):
               f"({batch / min(t):8.1f} images/s at best)")
 
 
+def ort_nodes(net, batch, rounds, folder):
+    """Each ONNX Runtime node's best kernel time (its profiler's "<node>_kernel_time" events)."""
+    import json
+
+    import onnxruntime as ort
+
+    from npdc.io.onnx_export import export_onnx
+    export_onnx(net, folder / "m.onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
+    options.enable_profiling, options.profile_file_prefix = True, str(folder / "ort")
+    session = ort.InferenceSession(str(folder / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch,) + tuple(net.in_shape)).astype(np.float32)
+    whole = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        session.run(None, {"images": x})
+        whole.append(time.perf_counter() - t)
+    best = {}
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            key = (name[:-len("_kernel_time")], event.get("args", {}).get("op_name", ""))
+            best[key] = min(best.get(key, np.inf), event["dur"])
+    for (name, op), us in best.items():
+        print(f"{name:32s} {op:20s} {us / 1e3:8.3f} ms")
+    print(f"sum of nodes {sum(best.values()) / 1e3:.3f} ms; whole run best {min(whole) * 1e3:.3f} ms "
+          f"(profiling on)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("steps", "ab"))
+    parser.add_argument("what", choices=("steps", "ab", "ort"))
     parser.add_argument("model", choices=("cifar-resnet20", "fmnist-resnet18"))
     parser.add_argument("batch", type=int)
     parser.add_argument("--rounds", type=int, default=0, help="default: 200 at batch 1, else 7")
@@ -117,6 +150,8 @@ def main():
     path, net, codes = _model(args.model, folder)
     if args.what == "steps":
         steps(path, net, codes, args.batch, rounds)
+    elif args.what == "ort":
+        ort_nodes(net, args.batch, rounds, folder)
     else:
         ab(path, net, codes, args.batch, rounds, args.without or ["blocked"], folder)
 

@@ -121,10 +121,9 @@ def _gemm_body(V, U, M, T):
     paid at 32 and 64 input channels against four tiles in 256-bit registers, and twelve tiles
     were no faster (docs/perf.md). Each output's sum runs over c in order whatever the block, so
     the block size does not change the result. Straight-line code rather than a vectorised loop,
-    which would pay LLVM's alias checks on every entry. Rows are reached by flat offsets, not
-    taken as views: every view of an array is a reference count raised and dropped (an atomic
-    add and a call each), and a block's eight row views had cost more than its sums at 16
-    channels."""
+    which would pay LLVM's alias checks on every entry. Rows by flat offsets, not views: a view
+    raises and drops a reference count (two calls, atomic), and eight a block cost more than its
+    sums at 16 channels."""
     prefer_512_bit_vectors()
     u = numba.uint64
     n_xi, n_blocks, n_c = U.shape[0], U.shape[1], U.shape[2]
@@ -137,8 +136,7 @@ def _gemm_body(V, U, M, T):
         for t in range(0, T, 8):
             v, m = u((xi * lv + t) * c8), u((xi * lm + t) * o16)  # the block's first tile in V, M
             for block in range(0, n_blocks - 1, 2):
-                ua = u((xi * n_blocks + block) * n_c * 16)
-                ub = ua + u(n_c * 16)
+                ua, ub = u((xi * n_blocks + block) * n_c * 16), u((xi * n_blocks + block + 1) * n_c * 16)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = zero
                 for c in range(n_c):
@@ -156,15 +154,14 @@ def _gemm_body(V, U, M, T):
                     st16(Mf, p + u(i * o16), a)
                     st16(Mf, p + u(i * o16 + 16), b)
             if n_blocks % 2:
-                block = n_blocks - 1
-                ua, p = u((xi * n_blocks + block) * n_c * 16), m + u(16 * block)
+                ua, p = u((xi * n_blocks + n_blocks - 1) * n_c * 16), m + u(16 * (n_blocks - 1))
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
                 for c in range(n_c):
                     e, w = ld16(Uf, ua + u(16 * c)), v + u(c)
                     s0, s1, s2, s3 = fma16(s0, Vf[w], e), fma16(s1, Vf[w + k1], e), fma16(s2, Vf[w + k2], e), \
                         fma16(s3, Vf[w + k3], e)
-                    s4, s5, s6, s7 = fma16(s4, Vf[w + k4], e), fma16(s5, Vf[w + k5], e), fma16(s6, Vf[w + k6], e), \
-                        fma16(s7, Vf[w + k7], e)
+                    s4, s5 = fma16(s4, Vf[w + k4], e), fma16(s5, Vf[w + k5], e)
+                    s6, s7 = fma16(s6, Vf[w + k6], e), fma16(s7, Vf[w + k7], e)
                 for i, a in ((0, s0), (1, s1), (2, s2), (3, s3), (4, s4), (5, s5), (6, s6), (7, s7)):
                     st16(Mf, p + u(i * o16), a)
 

@@ -5,15 +5,18 @@ compiled walk (npdc.kernels.walk): the transforms and GEMMs of npdc.kernels.conv
 Why: a dense 3x3 stride-1 layer's direct kernels (npdc.kernels.fused_blocked) do all 9 multiply-
 adds per output and channel pair; the engine's Winograd forward does a quarter of them in its
 GEMMs but ran on the host, its tail a second pass over the output in NumPy, which cost it the
-layers it wins on its own (docs/perf.md). Here each tile row's outputs go through the tail
-(npdc.kernels.fused.finish_tile_at) while they are in cache.
+layers it wins on its own (docs/perf.md). Here each tile row's outputs go through the tail while
+they are channels-innermost in cache (finish_lanes; the residual's rows turned the same way
+first, load_rows), and are then written to NCHW.
 
-Departure from conv_winograd4's forward: work is split by tile rows counted across the batch,
+Departures from conv_winograd4's forward: work is split by tile rows counted across the batch,
 not by whole images, so one image still keeps every thread busy (its tile rows are shared out)
-and a batch of small planes still fills a GEMM block (a task's tile rows run on across images).
-Each task copies the padded input rows its tile rows reach (two rows more than it computes)
-into its own channels-innermost band. Every output is computed from its own tile in a fixed
-order of operations, so the bits do not depend on the split or the thread count.
+and a batch of small planes still fills a GEMM block (a task's tile rows run on across images);
+one small image is split by groups of output channels as well. Each task copies the padded input
+rows its tile rows reach (two rows more than it computes) into its own channels-innermost band.
+A chunk's last four tiles or fewer take a GEMM of four tiles (gemm_four), not eight. Every
+output is computed from its own tile in a fixed order of operations, so the bits do not depend
+on the split or the thread count.
 """
 
 import numba
