@@ -35,6 +35,11 @@ from npdc.kernels.fused_winograd import grouped_kernels
 from npdc.kernels.sparse_s1 import sparse_takes
 
 TIMINGS_NAME = "runtime_timings.json"
+# the largest transformed kernels (36 O C floats, 4x the dense weights) a batch-1 layer may run
+# Winograd with: timed alone, a layer's weights stay in L2 from call to call, but a whole
+# forward streams every layer's through it, and cifar-resnet20's five 64-channel layers (590 KB
+# each, 2.9 MB) then ran slower than the sparse rows they had beaten alone (docs/perf.md)
+WINOGRAD_ONE_BYTES = 256 * 1024
 ROUNDS_ONE = 30  # rounds a batch-1 choice is timed at least (measured_choices)
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
 
@@ -140,7 +145,8 @@ def candidates(runtime, step):
                 ops.append(W.OP_CONV_FLAT)
             if kind == "dense" and phases_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
                 ops.append(W.OP_CONV_PHASES)
-            if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None:
+            if kind == "dense" and flat_refuse(None, step.w_shape, step.stride, step.pad, 1) is None \
+                    and (runtime.plan.batch > 1 or winograd_bytes(step.w_shape) <= WINOGRAD_ONE_BYTES):
                 ops.append(W.OP_CONV_WINOGRAD)
             if kind == "dense" and step.w_shape[2:] == (1, 1) and step.pad == 0:
                 ops.append(W.OP_CONV_POINTWISE)
@@ -150,6 +156,11 @@ def candidates(runtime, step):
     if host:
         out.append((W.OP_HOST, "dense"))
     return out
+
+
+def winograd_bytes(w_shape):
+    """Bytes of a 3x3 layer's transformed kernels in fused_winograd (O and C padded to blocks)."""
+    return 4 * 36 * -(-w_shape[0] // 16) * 16 * -(-w_shape[1] // 8) * 8
 
 
 def reference_choice(runtime, step):
