@@ -1,6 +1,7 @@
 """The compiled walk (npdc.kernels.walk over npdc.runtime.program) computes what the Python walk
 computes: the same bits when it runs the same kernels, within 1e-5 when it picks its own per
-layer; the per-layer picks follow the measured times, not the sparsity."""
+layer (the Winograd and pointwise kernels included); the per-layer picks follow the measured
+times, not the sparsity."""
 
 import json
 from pathlib import Path
@@ -127,3 +128,34 @@ def test_the_shipped_models_give_the_same_logits_in_both_walks(tmp_path, model):
         for weights in ("dense", "sparse", "auto"):
             out = build_runtime(decoded, codes, weights, batch, walk="compiled").predict(images)
             assert rel_err(out, ref) < 1e-5, (weights, batch)
+
+
+@pytest.mark.parametrize("spec", ["cifar-resnet20", "resnet18", "tv-resnet50"])
+def test_winograd_and_pointwise_layers_compute_the_net(tmp_path, spec):
+    """Fake timings that make Winograd win every 3x3 stride-1 conv and the pointwise kernel
+    every 1x1 conv: at a batch they run every such layer and the logits are the net's; at batch
+    1 Winograd is offered only to layers whose transformed kernels fit WINOGRAD_ONE_BYTES."""
+    path = tmp_path / "m.npdc"
+    net = make_npdc(path, NETS[spec])
+    net_, codes = load_compressed(path)
+    images = raw_images(net, 3)
+    for batch in (3, 1):
+        build_runtime(net_, codes, "dense", batch)
+        cache = tmp_path / "cache" / program.TIMINGS_NAME
+        timings = json.loads(cache.read_text())
+        cache.write_text(json.dumps({k: (1e-6 if "-winograd-" in k or "-pointwise-" in k else 1.0)
+                                     for k in timings}))
+        runtime = build_runtime(net_, codes, "dense", batch)
+        convs = [s for s in runtime.plan.steps if s.kind == "conv"]
+        wino = [s.name for s in convs if s.w_shape[2:] == (3, 3) and s.stride == 1 and s.pad <= 2
+                and (batch > 1 or program.winograd_bytes(s.w_shape) <= program.WINOGRAD_ONE_BYTES)]
+        points = [s.name for s in convs if s.w_shape[2:] == (1, 1) and s.pad == 0]
+        kernels = runtime.kernels()
+        assert [s.name for s in convs if kernels[s.name][0] == "winograd"] == wino
+        assert [s.name for s in convs if kernels[s.name][0] == "pointwise"] == points
+        assert rel_err(runtime.predict(images), net.predict(images)) < 1e-5
+    assert 36 * 64 * 64 * 4 > program.WINOGRAD_ONE_BYTES >= 36 * 32 * 32 * 4  # 64 channels: no
+    if spec == "cifar-resnet20":  # its 64-channel layers stay direct at batch 1
+        assert wino and len(wino) < sum(s.w_shape[2:] == (3, 3) and s.stride == 1 for s in convs)
+    else:
+        assert points
