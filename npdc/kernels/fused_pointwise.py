@@ -102,31 +102,34 @@ def _subsample(x, image, stride, plane):
 
 @numba.njit(cache=True)
 def _image(x, Wb, stride, tail, y, image, b0, b1, ws):
-    """Output blocks b0 .. b1 - 1 of one image."""
+    """Output blocks b0 .. b1 - 1 of one image: per block of SPAN positions, every output block's
+    sums (the positions' inputs stay in L1 from one output block to the next), then one tail
+    call for all their channels."""
     c, P = x.shape[1], y.shape[2] * y.shape[3]
-    acc = ws[:OUT * SPAN]
+    acc = ws[:(b1 - b0) * OUT * SPAN]
     if stride == 1:
         xf, base = x.reshape(x.size), image * c * P
     else:
-        xf, base = ws[OUT * SPAN:OUT * SPAN + c * P], 0
+        xf, base = ws[acc.size:acc.size + c * P], 0
         _subsample(x, image, stride, xf)
     full, vec = P // SPAN * SPAN, P // 16 * 16
-    for b in range(b0, b1):
-        for p0 in range(0, P, SPAN):
-            count = min(SPAN, P - p0)
+    for p0 in range(0, P, SPAN):
+        for b in range(b0, b1):
+            a = acc[(b - b0) * OUT * SPAN:]
             if p0 < full:
-                block_sums(xf, base + p0, P, Wb[b], acc)
-            else:
-                for v in range(p0, vec, 16):
-                    vector_sums(xf, base + v, P, Wb[b], acc[v - p0:])
-                if vec < P:
-                    _scalar_sums(xf, base + vec, P, Wb[b], P - vec, acc[vec - p0:])
-            finish_sums(acc, 1, SPAN, OUT, image * P + p0, count, b * OUT, tail, y, 0)
+                block_sums(xf, base + p0, P, Wb[b], a)
+                continue
+            for v in range(p0, vec, 16):
+                vector_sums(xf, base + v, P, Wb[b], a[v - p0:])
+            if vec < P:
+                _scalar_sums(xf, base + vec, P, Wb[b], P - vec, a[vec - p0:])
+        finish_sums(acc, 1, SPAN, (b1 - b0) * OUT, image * P + p0, min(SPAN, P - p0), b0 * OUT, tail, y, 0)
 
 
-def pointwise_floats(c, ho, wo, stride):
-    """Floats of one thread's workspace for a layer with c input channels and a ho x wo output."""
-    return OUT * SPAN + (c * ho * wo if stride > 1 else 0)
+def pointwise_floats(c, o, ho, wo, stride):
+    """Floats of one thread's workspace for a layer with c input channels, o output channels and
+    a ho x wo output."""
+    return -(-o // OUT) * OUT * SPAN + (c * ho * wo if stride > 1 else 0)
 
 
 @numba.njit(parallel=PRANGE_ONLY, cache=True)

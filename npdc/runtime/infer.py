@@ -102,7 +102,7 @@ class Runtime:
             if "tiled" in kernels(s):
                 convs.append(shape + (2, 0))
             if "pointwise" in kernels(s):
-                direct_accs.append(pointwise_floats(c, *shape[2:], s.stride))
+                direct_accs.append(pointwise_floats(c, *shape[1:], s.stride))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
                 if kernel == "flat":
                     plane, direct_acc = flat_scratch(c, h, w, s.pad)

@@ -20,7 +20,7 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     o = W.shape[0]
     Wb = interleaved((W * scale[:, None, None, None]).reshape(o, c, 1).astype(np.float32), OUT)
     tail = Tail(np.ones_like(scale), shift, True, slopes, res, res_mode, 2, 2)
-    ws = np.full((numba.config.NUMBA_NUM_THREADS, pointwise_floats(c, *y.shape[2:], stride)), np.nan, np.float32)
+    ws = np.full((numba.config.NUMBA_NUM_THREADS, pointwise_floats(c, *y.shape[1:], stride)), np.nan, np.float32)
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
