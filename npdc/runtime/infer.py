@@ -62,7 +62,8 @@ class Runtime:
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
         self.walk = choose_walk(self.mode, walk)
-        direct = ("flat", "phases", "blocked", "pointwise") if self.walk == "compiled" and "dense" in self.stores else ()
+        direct = ("flat", "phases", "blocked", "pointwise") \
+            if self.walk == "compiled" and "dense" in self.stores else ()
         sparse = self.stores.get("sparse")  # the longest row of each sparse conv, for its decoding
         self.longest_rows = {s.name: int(np.diff(sparse.get(s)[0]).max(initial=0))
                              for s in steps if s.kind == "conv" and isinstance(sparse, SparseWeights)}
@@ -80,8 +81,9 @@ class Runtime:
 
     def _scratch(self, kernels, kinds):
         """Allocate the conv workspace for the fused kernels each conv step may run (kernels(step)
-        names them: "tiled", "runs", "flat", "phases", "blocked"; "host" needs none), on the
-        weight storages kinds(step) names ("dense", "sparse")."""
+        names them: "tiled", "runs", "flat", "phases", "blocked", "pointwise"; "host" and
+        "winograd", which allocates its own, need none), on the weight storages kinds(step) names
+        ("dense", "sparse")."""
         plan, convs, padded, direct_accs, decode = self.plan, [], 1, [], 0
         for s in plan.steps:
             if s.kind != "conv":
