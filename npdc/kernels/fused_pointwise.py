@@ -19,7 +19,6 @@ so the bits depend neither on the split nor on the thread count.
 """
 
 import numba
-import numpy as np
 
 from npdc.kernels.blocked_io import finish_sums
 from npdc.kernels.fused import PRANGE_ONLY
