@@ -206,7 +206,7 @@ def _convolve(x, U, pad, n_tasks, th, tw, span, y, n_threads):
                 image, tile_row = (r0 + r) // th, (r0 + r) % th
                 for tx in range(tw):
                     tile_out(M, r * tw + tx, o16, Q, R, 4 * tx, K)
-                store_rows(R, min(4, ho - 4 * tile_row), o, y, first + image, 4 * tile_row)
+                store_rows(R, min(4, ho - 4 * tile_row), 0, y, first + image, 4 * tile_row)
 
 
 def _layout(n, c8, o16, th, tw, threads):

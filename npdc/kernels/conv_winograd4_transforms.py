@@ -5,8 +5,9 @@ Holds: the one-axis transforms B^T (input), A^T (output) and A (dy, for the weig
 scalars and lane by lane on 8-tuples; the input transform of a chunk of tile rows (strip_in down
 the columns over whole padded rows, then cols_in along the rows per tile, into V (36, T, C8)),
 dy's transform for the weight gradient (strip_dy, cols_dy), the output transform of one tile
-(tile_out), and the copies between NCHW and the channels-innermost planes (fill into a plane,
-store_rows out of a tile row), which move 8 x 8 blocks through simd.transpose8.
+(tile_out), and the copies between NCHW and the channels-innermost planes (fill_rows into a
+band of a plane's rows, fill into whole planes, store_rows out of a tile row from any first
+channel), which move 8 x 8 blocks through simd.transpose8.
 
 Why eight lanes: a tile's transform is a handful of adds per value, so its cost is loads and
 stores; eight channels side by side are one vector, and the 8-tuples below are written so that
@@ -188,40 +189,56 @@ def transform_rows(strip, cols, xp, r0, rows, th, tw, plane, run, lanes, Z, V, K
 
 
 @numba.njit(cache=True)
-def fill(x, first, count, pad, plane, run, lanes, xp):
-    """xp[k*plane + (r + pad)*run + (col + pad)*lanes + ch] = x[first + k, ch, r, col]: images
-    in NCHW to a plane with the channels innermost; its padding and channels >= C stay zero.
-    Blocks of eight channels by eight columns go through transpose8, the rest one value at a time
-    (the blocks measured about twice as fast at 16 and 32 channels; rows narrower than eight have
-    no blocks and run as before; docs/perf.md)."""
+def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
+    """xp[at + (r - r0)*run + col*lanes + ch] = the zero-padded x[image, ch] at padded row r and
+    column col, for r0 <= r < r1: a band of one image's padded plane with the channels innermost,
+    every value written (the padding and the lanes past C as zeros), so the band needs no
+    clearing first."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
-    for k in range(count):
-        for r in range(h):
-            base, src = k * plane + (r + pad) * run + pad * lanes, (first + k) * c * hw + r * w
-            for c0 in range(0, c8, 8):
-                for col0 in range(0, w8, 8):
-                    transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
-            for col in range(w):
-                for ch in range(c8 if col < w8 else 0, c):
-                    xp[base + col * lanes + ch] = x[first + k, ch, r, col]
+    for r in range(r0, r1):
+        row = at + (r - r0) * run
+        if r < pad or r >= h + pad:
+            xp[row:row + run] = 0
+            continue
+        xp[row:row + pad * lanes] = 0
+        xp[row + (w + pad) * lanes:row + run] = 0
+        base, src = row + pad * lanes, image * c * hw + (r - pad) * w
+        for c0 in range(0, c8, 8):
+            for col0 in range(0, w8, 8):
+                transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
+        for col in range(w):
+            for ch in range(c8 if col < w8 else 0, c):
+                xp[base + col * lanes + ch] = x[image, ch, r - pad, col]
+            xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
 
 
 @numba.njit(cache=True)
-def store_rows(R, rows, o, y, image, oy):
-    """y[image, k, oy + i, col] = R[i, col, k] for i < rows: a tile row's (W, O16) output rows
-    into y's NCHW rows, blocks of eight columns by eight channels through transpose8."""
-    o16, ho, wo = R.shape[2], y.shape[2], y.shape[3]
+def fill(x, first, count, pad, plane, run, lanes, xp):
+    """Images first .. first + count - 1 of x (NCHW), each a whole zero-padded plane with the
+    channels innermost, `plane` floats apart in xp: fill_rows over all plane // run rows."""
+    for k in range(count):
+        fill_rows(x, first + k, 0, plane // run, pad, run, lanes, xp, k * plane)
+
+
+@numba.njit(cache=True)
+def store_rows(R, rows, k0, y, image, oy):
+    """y[image, k0 + k, oy + i, col] = R[i, col, k] for i < rows and the channels of y from k0
+    that R's lanes hold: a tile row's (W, lanes) outputs into y's NCHW rows, blocks of eight
+    columns by eight channels through transpose8 (channel blocks outermost: measured faster
+    than rows outermost)."""
+    lanes, ho, wo = R.shape[2], y.shape[2], y.shape[3]
+    o = min(lanes, y.shape[1] - k0)
     hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
-    for k0 in range(0, o8, 8):  # channel blocks outermost: measured faster than rows outermost
+    for k in range(0, o8, 8):
         for i in range(rows):
-            src, dst = i * R.shape[1] * o16, (image * y.shape[1] * ho + oy + i) * wo
+            src, dst = i * R.shape[1] * lanes, ((image * y.shape[1] + k0) * ho + oy + i) * wo
             for col0 in range(0, w8, 8):
-                transpose8(R, src + col0 * o16 + k0, o16, y, dst + k0 * hw + col0, hw)
+                transpose8(R, src + col0 * lanes + k, lanes, y, dst + k * hw + col0, hw)
     for i in range(rows):
         for k in range(o):
             for col in range(w8 if k < o8 else 0, wo):
-                y[image, k, oy + i, col] = R[i, col, k]
+                y[image, k0 + k, oy + i, col] = R[i, col, k]
 
 
 @numba.njit(cache=True, fastmath={"contract"})

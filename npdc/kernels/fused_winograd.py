@@ -23,34 +23,9 @@ import numba
 import numpy as np
 
 from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm, transformed_kernels
-from npdc.kernels.conv_winograd4_transforms import cols_in, strip_in, tile_out
+from npdc.kernels.conv_winograd4_transforms import cols_in, fill_rows, store_rows, strip_in, tile_out
 from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
-
-
-@numba.njit(cache=True)
-def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
-    """xp[at + (r - r0)*run + col*lanes + ch] = the zero-padded x[image, ch] at padded row r and
-    column col, for r0 <= r < r1: a band of one image's padded plane with the channels innermost,
-    every value written (the padding and the lanes past C as zeros), so the band needs no
-    clearing first."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
-    for r in range(r0, r1):
-        row = at + (r - r0) * run
-        if r < pad or r >= h + pad:
-            xp[row:row + run] = 0
-            continue
-        xp[row:row + pad * lanes] = 0
-        xp[row + (w + pad) * lanes:row + run] = 0
-        base, src = row + pad * lanes, image * c * hw + (r - pad) * w
-        for c0 in range(0, c8, 8):
-            for col0 in range(0, w8, 8):
-                transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
-        for col in range(w):
-            for ch in range(c8 if col < w8 else 0, c):
-                xp[base + col * lanes + ch] = x[image, ch, r - pad, col]
-            xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
 
 
 GROUP = 2  # register blocks of 16 output channels a GEMM call takes (its widest register block)
@@ -139,25 +114,6 @@ def load_rows(res, mode, front, stride, image, oy, rows, k0, S):
             for k in range(lanes):
                 c = k0 + k - front
                 S[i, col, k] = res[image, c, (oy + i) * stride, col * stride] if 0 <= c < res.shape[1] else 0
-
-
-@numba.njit(cache=True)
-def store_lanes(R, rows, k0, y, image, oy):
-    """y[image, k0 + k, oy + i, col] = R[i, col, k] for i < rows and the channels of y from k0
-    that R's lanes hold: a tile row back into NCHW, eight columns by eight channels through
-    transpose8 (conv_winograd4_transforms.store_rows with a first channel)."""
-    lanes, ho, wo = R.shape[2], y.shape[2], y.shape[3]
-    o = min(lanes, y.shape[1] - k0)
-    hw, o8, w8 = ho * wo, o // 8 * 8, wo // 8 * 8
-    for k in range(0, o8, 8):
-        for i in range(rows):
-            src, dst = i * R.shape[1] * lanes, ((image * y.shape[1] + k0) * ho + oy + i) * wo
-            for col0 in range(0, w8, 8):
-                transpose8(R, src + col0 * lanes + k, lanes, y, dst + k * hw + col0, hw)
-    for i in range(rows):
-        for k in range(o):
-            for col in range(w8 if k < o8 else 0, wo):
-                y[image, k0 + k, oy + i, col] = R[i, col, k]
 
 
 @numba.njit(cache=True)
@@ -296,7 +252,7 @@ def _task(x, U, pad, tail, y, g0, g1, q0, q1, chunk, K, ws):
                     load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image,
                               4 * row, rows, k0, Sq)
                 finish_lanes(Rq, Sq, rows, wo, scale, shift, tail.act, slopes, tail.res_mode != RES_NONE)
-                store_lanes(Rq, rows, k0, y, image, 4 * row)
+                store_rows(Rq, rows, k0, y, image, 4 * row)
 
 
 @numba.njit(parallel=PRANGE_ONLY, cache=True)
