@@ -9,7 +9,8 @@ cut, as bench/test_runtime_bench.py compresses them), scales calibrated on rando
 step's best over ROUNDS (default 7), then each step's best with how its conv reads its inputs
 (`taps`: in place from channel-interleaved tiles; `lowered`: packed columns; `words`: a
 conv reading or writing activations kept as words, npdc.kernels.int8_words; `sparse`: its
-GEMM over the non-zero weight words only, npdc.kernels.int8_sparse). One thread gives
+GEMM over the non-zero weight words only, npdc.kernels.int8_sparse; `blocked`: output channels in
+the lanes, npdc.kernels.int8_blocked). One thread gives
 steadier figures on a shared machine; the pytest-benchmark file is the measurement of record.
 """
 
@@ -61,7 +62,7 @@ def main():
         for s in rt.plan.steps:
             how = ("taps" if rt.q[s.name].taps else "lowered") if s.kind == "conv" else s.kind
             how = "words" if s.kind == "conv" and rt.runs_words(s) else how
-            how = "sparse" if s.name in rt.entries else how
+            how = "sparse" if s.name in rt.entries else "blocked" if s.name in rt.blocked else how
             print(f"  {s.name:<14} {how:<8} {1e3 * steps[s.name]:7.2f} ms")
 
 

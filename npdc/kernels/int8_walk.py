@@ -18,21 +18,24 @@ npdc.kernels.int8_words.conv_words: its geometry (N_GEO fields) is in `ints` at 
 F_XN, F_RN, F_YN give the words per image of its input, residual and output where these are
 kept as words (0: planar). A conv whose GEMM skips zero weight words
 (npdc.kernels.int8_sparse) has F_NROWPTR > 1 row pointers at F_ROWPTR and F_NNZ entries, their
-offsets at F_EOFF in `ints` and their words at F_EW in `words`.
+offsets at F_EOFF in `ints` and their words at F_EW in `words`. A conv or linear with output
+channels in the lanes (npdc.kernels.int8_blocked) has its F_NLANES blocked weight words at
+F_LANES in `words`.
 """
 
 import numba
 import numpy as np
 
 from npdc.kernels.int8 import avg_pool_u8, conv_u8, linear_u8
+from npdc.kernels.int8_blocked import conv_blocked_words, linear_blocked
 from npdc.kernels.int8_words import N_GEO, conv_words
 
 OP_HOST, OP_CONV, OP_LINEAR, OP_POOL = 0, 1, 2, 3
 (F_OP, F_X, F_XC, F_XH, F_XW, F_Y, F_YC, F_YH, F_YW, F_RES, F_RC, F_RH, F_RW, F_W, F_WN, F_K4,
  F_KH, F_KW, F_STRIDE, F_PAD, F_BIAS, F_O4, F_META, F_OFFS, F_NOFFS, F_ROWS, F_LAST, F_DEQ,
  F_ZX, F_ZY, F_M0, F_SHIFT, F_WORDS, F_GEO, F_XN, F_RN, F_YN, F_ROWPTR, F_NROWPTR, F_EOFF, F_EW,
- F_NNZ) = range(42)
-N_FIELDS = 42
+ F_NNZ, F_LANES, F_NLANES) = range(44)
+N_FIELDS = 44
 META = 9  # the meta fields conv_u8 and linear_u8 read
 
 
@@ -81,9 +84,14 @@ def _conv_words(r, n, arena, words, ints, cols, acc, no_res, no_words, vnni):
     else:
         y = _view4(arena, r[F_Y], n, r[F_YC], r[F_YH], r[F_YW])
     o4, b = r[F_O4], r[F_BIAS]
+    bias, m0, shift = ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4]
+    meta, geo = ints[r[F_META]:r[F_META] + META], ints[r[F_GEO]:r[F_GEO] + N_GEO]
+    if r[F_NLANES] > 0:
+        conv_blocked_words(xw, words[r[F_LANES]:r[F_LANES] + r[F_NLANES]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE],
+                           r[F_PAD], bias, m0, shift, meta, res, rw, y, yw, geo, acc.shape[0], vnni)
+        return
     conv_words(x, xw, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], r[F_KH], r[F_KW], r[F_STRIDE], r[F_PAD],
-               ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4],
-               ints[r[F_META]:r[F_META] + META], res, rw, y, yw, ints[r[F_GEO]:r[F_GEO] + N_GEO], cols, acc,
+               bias, m0, shift, meta, res, rw, y, yw, geo, cols, acc,
                r[F_ROWS], ints[r[F_OFFS]:r[F_OFFS] + r[F_NOFFS]], vnni, ints[r[F_ROWPTR]:r[F_ROWPTR] + r[F_NROWPTR]],
                ints[r[F_EOFF]:r[F_EOFF] + r[F_NNZ]], words[r[F_EW]:r[F_EW] + r[F_NNZ]])
 
@@ -96,9 +104,14 @@ def _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni)
     y, y_float, deq = arena[r[F_Y]:r[F_Y] + n * o].reshape((n, o)), no_logits, reals[:0]
     if r[F_LAST] != 0:
         y, y_float, deq = arena[:1].reshape((1, 1)), logits[:n], reals[r[F_DEQ]:r[F_DEQ] + o]
-    linear_u8(x, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], ints[b:b + o4], ints[b + o4:b + 2 * o4],
-              ints[b + 2 * o4:b + 3 * o4], ints[r[F_META]:r[F_META] + META], y, y_float, deq,
-              cols[0], acc[0], vnni)
+    bias, m0, shift = ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4]
+    meta = ints[r[F_META]:r[F_META] + META]
+    if r[F_NLANES] > 0:
+        linear_blocked(x, words[r[F_LANES]:r[F_LANES] + r[F_NLANES]], r[F_K4], bias, m0, shift, meta, y, y_float, deq,
+                       acc.shape[0], vnni)
+    else:
+        linear_u8(x, words[r[F_W]:r[F_W] + r[F_WN]], r[F_K4], bias, m0, shift, meta, y, y_float, deq, cols[0], acc[0],
+                  vnni)
 
 
 @numba.njit(cache=True)

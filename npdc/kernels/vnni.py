@@ -1,7 +1,8 @@
 """AVX-512 VNNI for the int8 kernels: `dot_rows4`, a Numba intrinsic (LLVM IR emitted at the call
 site, as npdc.kernels.simd does for shuffles) whose inner loop is the vpdpbusd instruction,
-its sparse twins `dot_row_sparseV` (one weight row's non-zero words only), and `vnni_path()`, the
-one place that decides whether the kernels use it.
+its sparse twins `dot_row_sparseV` (one weight row's non-zero words only), `dot_lanes` (output
+channels in the lanes, npdc.kernels.int8_blocked), and `vnni_path()`, the one place that
+decides whether the kernels use it.
 
 vpdpbusd (Intel's instruction set reference, "VPDPBUSD: Multiply and Add Unsigned and Signed
 Bytes") adds to each of 16 int32 lanes the four products of that lane's unsigned bytes of one
@@ -202,3 +203,57 @@ SPARSE_VECTORS = 8  # runs of 16 positions one sparse pass keeps in registers, a
 # sums over its non-zero words only (npdc.kernels.int8_sparse lists them). No bounds checks.
 (dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4, dot_row_sparse5, dot_row_sparse6,
  dot_row_sparse7, dot_row_sparse8) = (_sparse_intrinsic(v) for v in range(1, SPARSE_VECTORS + 1))
+
+
+LANE_POSITIONS, LANE_VECTORS = 6, 4  # dot_lanes' register block: 6 positions x 4 vectors of 16 channels
+
+
+@intrinsic
+def dot_lanes(typingctx, wl, w_off, x, pos, p_off, offs, k4, acc, a_off):
+    """acc[a_off + r*64 + l] = sum over k < k4 of the 4-byte dot product of the activation word
+    x[pos[p_off + r] + offs[k]] (4 uint8) and the weight word wl[w_off + 64k + l] (4 int8), for
+    positions r < LANE_POSITIONS and lanes l < 64: per k, four weight vectors are loaded and each
+    position's word broadcast once and multiplied into them, 24 vpdpbusd on 24 accumulators
+    (npdc.kernels.int8_blocked.lanes_portable is the portable twin). wl and acc int32, x uint32,
+    pos and offs int64, all flat; no bounds checks."""
+    if not (_flat(wl, types.int32) and _flat(x, types.uint32) and _flat(pos, types.int64)
+            and _flat(offs, types.int64) and _flat(acc, types.int32)):
+        return None
+    have = cpu_has_vnni()
+
+    def codegen(context, builder, signature, args):
+        w_a, w_off_v, x_a, pos_a, p_off_v, offs_a, k4_v, acc_a, a_off_v = args
+        if not have:
+            return _trap(context, builder)
+        v16, i64 = ir.VectorType(ir.IntType(32), 16), ir.IntType(64)
+
+        def data(k):
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        def vector_at(base, at):
+            return builder.bitcast(builder.gep(base, [at]), v16.as_pointer())
+
+        w_base, x_base, p_base, o_base, a_base = data(0), data(2), data(3), data(5), data(7)
+        dpbusd = _vpdpbusd(builder)
+        n_sums = LANE_POSITIONS * LANE_VECTORS
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(n_sums)]
+        starts = [builder.load(builder.gep(p_base, [builder.add(p_off_v, ir.Constant(i64, r))]))
+                  for r in range(LANE_POSITIONS)]
+        with cgutils.for_range(builder, k4_v) as loop:
+            k = loop.index
+            step = builder.load(builder.gep(o_base, [k]))
+            row = builder.add(w_off_v, builder.mul(k, ir.Constant(i64, 16 * LANE_VECTORS)))
+            weights = [builder.load(vector_at(w_base, builder.add(row, ir.Constant(i64, 16 * v))), align=4)
+                       for v in range(LANE_VECTORS)]
+            for r in range(LANE_POSITIONS):
+                splat = _broadcast(builder, builder.load(builder.gep(x_base, [builder.add(starts[r], step)])))
+                for v in range(LANE_VECTORS):
+                    total = sums[r * LANE_VECTORS + v]  # activations unsigned, weights signed
+                    builder.store(builder.call(dpbusd, [builder.load(total), splat, weights[v]]), total)
+        for j, total in enumerate(sums):
+            builder.store(builder.load(total), vector_at(a_base, builder.add(a_off_v, ir.Constant(i64, 16 * j))),
+                          align=4)
+        return context.get_dummy_value()
+
+    i = types.int64
+    return types.void(wl, i, x, pos, i, offs, i, acc, i), codegen

@@ -39,7 +39,8 @@ from npdc.kernels import int8_walk as KW
 from npdc.kernels import int8_words as KWo
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
-from npdc.runtime.int8_choice import sparse_choice
+from npdc.kernels.int8_blocked import conv_blocked_words, linear_blocked
+from npdc.runtime.int8_choice import kernel_choice
 from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
@@ -141,7 +142,7 @@ class Int8Runtime:
     mode = walk = "int8"
     primitives = {}
 
-    def __init__(self, net, scales, batch=1, vnni=None, sparse="measure"):
+    def __init__(self, net, scales, batch=1, vnni=None, sparse="measure", blocked="measure"):
         self.plan = plan = Plan(net, batch)
         self.pads, apart = words_pads(plan)  # the values kept as words between convs
         if apart:
@@ -172,7 +173,8 @@ class Int8Runtime:
         self.no_words = np.zeros((1, 1), np.uint32)
         self.no_logits = np.zeros((1, 1), np.float32)
         self.dense_entries = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
-        self.entries = sparse_choice(self, sparse)  # the convs whose GEMM skips zero words
+        # the convs whose GEMM skips zero words, and those with output channels in the lanes
+        self.entries, self.blocked = kernel_choice(self, sparse, blocked)
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
         self.calls = self._bind(B)
 
@@ -261,19 +263,28 @@ class Int8Runtime:
             (_, zx), (_, zy) = self.scales[s.inputs[0]], self.scales[s.output]
             m0, shift = self.pool_multiplier(s)
             return lambda: K.avg_pool_u8(x, zx, zy, m0, shift, y.reshape(n, -1))
-        q = self.q[s.name]
         if s.kind == "linear":
-            last = self.float_out and s is self.plan.steps[-1]
-            out = y.reshape(n, -1) if not last else self.no_res.reshape(1, 1)
-            deq = q.dequant if last else np.zeros(0)
-            logits = self.logits[:n] if last else self.no_logits
-            return lambda: K.linear_u8(x.reshape(n, -1), q.w, q.k4, q.bias, q.m0, q.shift, q.meta,
-                                       out, logits, deq, self.cols[0], self.acc[0], self.vnni)
-        return self.conv_call(s, n, self.entries.get(s.name, self.dense_entries))
+            return self.linear_call(s, n, self.blocked.get(s.name))
+        return self.conv_call(s, n, self.entries.get(s.name), self.blocked.get(s.name))
 
-    def conv_call(self, s, n, entries):
-        """Conv step s on the first n images as a call, its GEMM dense (entries
-        self.dense_entries) or over the non-zero words (npdc.kernels.int8_sparse.sparse_entries)."""
+    def linear_call(self, s, n, blocked=None):
+        """Linear step s on the first n images as a call: linear_u8, or with output channels in
+        the lanes (blocked: npdc.kernels.int8_blocked.blocked_weights)."""
+        x, y, q = self.view(s.inputs[0], n).reshape(n, -1), self.view(s.output, n), self.q[s.name]
+        last = self.float_out and s is self.plan.steps[-1]
+        out = y.reshape(n, -1) if not last else self.no_res.reshape(1, 1)
+        deq = q.dequant if last else np.zeros(0)
+        logits = self.logits[:n] if last else self.no_logits
+        if blocked is not None:
+            return lambda: linear_blocked(x, blocked, q.k4, q.bias, q.m0, q.shift, q.meta, out, logits, deq,
+                                          self.threads, self.vnni)
+        return lambda: K.linear_u8(x, q.w, q.k4, q.bias, q.m0, q.shift, q.meta, out, logits, deq, self.cols[0],
+                                   self.acc[0], self.vnni)
+
+    def conv_call(self, s, n, sparse=None, blocked=None):
+        """Conv step s on the first n images as a call: its GEMM dense, over the non-zero words
+        (sparse: npdc.kernels.int8_sparse.sparse_entries) or with output channels in the lanes
+        (blocked: npdc.kernels.int8_blocked.blocked_weights)."""
         x, y, q = self.view(s.inputs[0], n), self.view(s.output, n), self.q[s.name]
         res = self.view(s.residual, n) if s.residual else self.no_res
         kh, kw = s.w_shape[2], s.w_shape[3]
@@ -283,6 +294,10 @@ class Int8Runtime:
             xs = (self.no_res, x) if s.inputs[0] in self.pads else (x, self.no_words)
             rs = (self.no_res, res) if s.residual in self.pads else (res, self.no_words)
             ys = (self.no_res, y) if s.output in self.pads else (y, self.no_words)
+            if blocked is not None:
+                return lambda: conv_blocked_words(x, blocked, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift,
+                                                  q.meta, rs[0], rs[1], ys[0], ys[1], geo, self.threads, self.vnni)
+            entries = self.dense_entries if sparse is None else sparse
             return lambda: KWo.conv_words(xs[0], xs[1], q.w, q.k4, kh, kw, s.stride, s.pad, q.bias, q.m0, q.shift,
                                           q.meta, rs[0], rs[1], ys[0], ys[1], geo, self.cols, self.acc, rows, offs,
                                           self.vnni, *entries)
@@ -379,10 +394,11 @@ class Int8Runtime:
 
     def kernels(self):
         """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
-        path, a conv's GEMM dense or over its non-zero weight words (`sparse`), int8 pool, or a
-        float layer between a dequantize and a quantize)."""
+        path, a conv's GEMM dense, over its non-zero weight words (`sparse`), a conv or linear with
+        output channels in the lanes (`blocked`), int8 pool, or a float layer between a dequantize and a quantize)."""
         path = "vnni" if self.vnni else "portable"
         names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
                  "layer": "float-layer"}
-        return {s.name: (f"int8-conv-sparse-{path}" if s.name in self.entries else names[s.kind], None)
-                for s in self.plan.steps}
+        conv = {name: f"int8-conv-sparse-{path}" for name in self.entries}
+        conv.update({s.name: f"int8-{s.kind}-blocked-{path}" for s in self.plan.steps if s.name in self.blocked})
+        return {s.name: (conv.get(s.name, names[s.kind]), None) for s in self.plan.steps}

@@ -36,8 +36,8 @@ def shape3(shape):
 
 def lower(rt):
     """(records, words, ints, reals, segments) of the runtime's plan; segments are (first, stop)
-    runs of compiled steps and (k,) for a float layer. Each step's Int8Step arrays and sparse
-    entries become views of the flat buffers, so the weights are held once."""
+    runs of compiled steps and (k,) for a float layer. Each step's Int8Step arrays, sparse
+    entries and blocked weights become views of the flat buffers, so the weights are held once."""
     bufs = _Buffers(words=np.int32, ints=np.int64, reals=np.float64)
     records = np.stack([_record(rt, s, bufs) for s in rt.plan.steps])
     words, ints, reals = bufs.array("words"), bufs.array("ints"), bufs.array("reals")
@@ -50,6 +50,8 @@ def lower(rt):
         if s.name in rt.entries:
             rp, e, nnz = r[KW.F_ROWPTR], r[KW.F_EOFF], r[KW.F_NNZ]
             rt.entries[s.name] = (ints[rp:rp + r[KW.F_NROWPTR]], ints[e:e + nnz], words[r[KW.F_EW]:r[KW.F_EW] + nnz])
+        if s.name in rt.blocked:
+            rt.blocked[s.name] = words[r[KW.F_LANES]:r[KW.F_LANES] + r[KW.F_NLANES]]
     segments, start = [], None
     for k, r in enumerate(records):
         if r[KW.F_OP] == KW.OP_HOST:
@@ -101,4 +103,6 @@ def _record(rt, s, bufs):
         rowptr, e_off, ew = rt.entries[s.name]
         r[KW.F_ROWPTR], r[KW.F_NROWPTR] = bufs.add("ints", rowptr), rowptr.size
         r[KW.F_EOFF], r[KW.F_EW], r[KW.F_NNZ] = bufs.add("ints", e_off), bufs.add("words", ew), ew.size
+    if s.name in rt.blocked:
+        r[KW.F_LANES], r[KW.F_NLANES] = bufs.add("words", rt.blocked[s.name]), rt.blocked[s.name].size
     return r

@@ -160,6 +160,24 @@ def test_the_sparse_and_dense_gemms_give_the_same_network_bits(quantised, vnni):
     assert np.array_equal(measured.predict(images), dense.predict(images))
 
 
+@pytest.mark.parametrize("vnni", [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_has_vnni(),
+                                                                                    reason="no AVX-512 VNNI"))])
+def test_output_channels_in_the_lanes_give_the_same_network_bits(quantised, vnni):
+    """Every conv and linear that can runs npdc.kernels.int8_blocked: each step's bytes are the
+    dense GEMM's (the cifar net's 64-channel stage fits; resnet18's narrow one has nothing to)."""
+    net, rt, images = quantised
+    lanes, dense = (Int8Runtime(net, rt.scales, batch=3, vnni=vnni, sparse="never", blocked=how)
+                    for how in ("always", "never"))
+    wide = [s.name for s in lanes.plan.steps if s.kind in ("conv", "linear") and lanes.q[s.name].bias.size % 64 == 0]
+    chosen = [name for name, (kernel, _) in lanes.kernels().items() if "-blocked-" in kernel]
+    assert chosen and set(chosen) <= set(wide) if wide else not chosen
+    a, b = {}, {}
+    for runtime, keep in ((lanes, a), (dense, b)):
+        runtime.run(runtime.load_input(images[:3]), keep=keep)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(lanes.predict(images), dense.predict(images))
+
+
 def test_int8_logits_stay_close_to_the_float_runtime(quantised):
     net, rt, images = quantised
     ref = build_runtime(net, {}, "dense", 3, walk="python").predict(images)
