@@ -5,46 +5,32 @@ through the layer's tail (npdc.kernels.fused.Tail), a strip of blocks regrouped 
 Why a module of its own: the copy and the tail run once per layer over every activation, and at
 a batch they are as much of a 16-channel layer's time as the register blocks are not (the cost
 of each is in docs/perf.md, branches `f128` and `d128`); both move floats without multiplying
-them, so they are written for the memory traffic: 16-float runs, one pass over y, no overlap
-test the vectoriser gives up on.
+them, so they are written for the memory traffic: runs the loop vectoriser turns into vector
+loads and stores, one pass over y, no overlap test the vectoriser gives up on.
 """
 
 import numba
 
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
-from npdc.kernels.simd import ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
+from npdc.kernels.simd import transpose8
 
 
-def _fill_body(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad + 16 floats past), flat = image i of x (N, C, H, W) inside a
-    zero border: the plane written in order, a row and its right border, then the next, the
-    border's zeros along with the rows they sit between. Rows move in 16-float runs (a row of 28
-    is too short for the loop vectoriser's unrolled runs, which left it one float at a time): the
-    last run of a long row ends at the row's end, a short row's one run runs on past it, onto
-    floats written after it (the bottom rows, the next plane, or the 16 past the last)."""
-    prefer_512_bit_vectors()
+@numba.njit(cache=True)
+def fill_padded(x, i, pad, xp):
+    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
+    plane zeroed in one run, then each row copied in. Plain loops the loop vectoriser turns
+    into vector runs: writing the zeros apart (per border, as slices or short loops) and the rows
+    in 16-float runs cost 2 to 5 times as much on planes of 4 x 4 to 28 x 28 (docs/perf.md)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    hp, wp, u = h + 2 * pad, w + 2 * pad, numba.uint64
+    hp, wp = h + 2 * pad, w + 2 * pad
     xf = x.reshape(x.size)
+    for k in range(c * hp * wp):
+        xp[k] = 0
     for ch in range(c):
-        base = ch * hp * wp
-        xp[base:base + pad * wp + pad] = 0  # the top rows and the first row's left border
         for r in range(h):
-            start, src = base + (r + pad) * wp + pad, ((i * c + ch) * h + r) * w
-            if w >= 16:
-                for col in range(0, w - 16, 16):
-                    st16(xp, u(start + col), ld16(xf, u(src + col)))
-                st16(xp, u(start + w - 16), ld16(xf, u(src + w - 16)))
-            elif src + 16 <= xf.size:  # past the row, the run lands where later writes go
-                st16(xp, u(start), ld16(xf, u(src)))
-            else:
-                for col in range(w):
-                    xp[start + col] = xf[src + col]
-            xp[start + w:start + w + 2 * pad] = 0  # this row's right border, the next one's left
-        xp[base + (h + pad) * wp + pad:base + hp * wp] = 0  # the rest of the bottom rows
-
-
-fill_padded = straight_line_compiled(_fill_body, "F[:, :, :, ::1], i8, i8, F[::1]")
+            start, src = ch * hp * wp + (r + pad) * wp + pad, ((i * c + ch) * h + r) * w
+            for col in range(w):
+                xp[start + col] = xf[src + col]
 
 
 @numba.njit(cache=True)

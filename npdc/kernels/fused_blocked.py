@@ -21,7 +21,8 @@ so a tap's input pointers are set once per tap, not once per (channel, kernel ro
 block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
-threads work at batch 1; a batch is split over tasks of images_per_task images, each thread
+threads work at batch 1, each on a copy of the padded image of its own (a plane one core wrote
+and the other reads costs a quarter of a small layer's time at batch 1); a batch is split over tasks of images_per_task images, each thread
 padding them into its own planes, its blocks' positions running on across them, and the tail
 written per strip of STRIP blocks regrouped by channel. At a batch, a layer of at most NARROW
 output channels at stride 1 with a border runs row_sums instead, whose blocks run along the
@@ -253,8 +254,8 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     """y (N, O, Ho, Wo) = tail(the kh x kw correlation with `stride` of x (N, C, H, W) zero-padded
     by `pad` with Wb (O/lanes blocks, C, kh*kw, lanes): conv_flat.interleaved weights, lanes
     OUT, or NARROW when O <= NARROW (lanes_for).
-    planes: flat, >= one image's plane floats, or when N > 1 images_per_task's planes per
-    thread; acc_ws: (threads, >= a strip's sums twice); blocked_scratch gives both."""
+    planes: flat, one image's plane per thread (N = 1), or images_per_task's planes per thread;
+    acc_ws: (threads, >= a strip's sums twice); blocked_scratch gives both per thread."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     size = c * hp * wp
@@ -265,14 +266,16 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     chunks = (hw + pixels - 1) // pixels
     span = STRIP * pixels  # a batch's strip of positions, a multiple of 8
     blocks = Wb.shape[0]
-    if n == 1:
-        xp = padded_images(x, 0, 1, pad, planes, 0, size)
-        for t in numba.prange(blocks * chunks):
-            b, p0 = t // chunks, (t % chunks) * pixels
-            acc = acc_ws[numba.get_thread_id()]
-            cnt = min(pixels, hw - p0)
-            _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-            finish_sums(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
+    if n == 1:  # each thread pads the image into its own plane: read there, not from the other core's
+        threads, tasks = acc_ws.shape[0], blocks * chunks
+        for part in numba.prange(threads):
+            tid = numba.get_thread_id()
+            xp, acc = padded_images(x, 0, 1, pad, planes, tid * (size + 16), size), acc_ws[tid]
+            for t in range(part * tasks // threads, (part + 1) * tasks // threads):
+                b, p0 = t // chunks, (t % chunks) * pixels
+                cnt = min(pixels, hw - p0)
+                _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
+                finish_sums(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
     else:
         # acc_ws has a row per thread the process may run; a group's positions are summed as one
         # image's would be, so the group's size leaves the bits

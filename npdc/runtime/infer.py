@@ -113,7 +113,8 @@ class Runtime:
                                                         plan.batch)
                 else:
                     plane, direct_acc = phase_scratch(c, *shape[1:])
-                padded = max(padded, plane * (1 if plan.batch == 1 else self.threads))
+                per_thread = plan.batch > 1 or kernel == "blocked"
+                padded = max(padded, plane * (self.threads if per_thread else 1))
                 direct_accs.append(direct_acc)
         budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
         cols, acc = scratch_sizes(convs, budget)
