@@ -8,13 +8,15 @@ input, the tap offset of the word) and sums only those: at 5 % weight density ab
 row's words are left. As in npdc.kernels.sparse_s1 for floats (after Elsen et al. 2020, "Fast
 Sparse ConvNets"), one row's partial sums stay in registers over up to eight runs of 16
 positions while its entries stream through once per pass. Integer sums in a different order
-are the same sums, so the output has the bits of the dense GEMM.
+are the same sums, so the output has the bits of the dense GEMM. A linear layer runs the same
+passes over its packed input rows (`linear_sparse_u8`: the batch's images are the positions).
 """
 
 import numba
 import numpy as np
 
-from npdc.kernels.int8_pack import GROUP, LANES
+from npdc.kernels.int8_pack import GROUP, LANES, group_bytes
+from npdc.kernels.int8_requant import clamp_u8, requantize
 from npdc.kernels.vnni import (SPARSE_VECTORS, dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4,
                                dot_row_sparse5, dot_row_sparse6, dot_row_sparse7, dot_row_sparse8)
 
@@ -90,3 +92,48 @@ def gemm_tile_sparse(rowptr, e_off, ew, cols, pitch, acc, vnni):
                 _row_pass(ew, e_off, e0, e1, cols, v * LANES * GROUP, acc, o * pitch + v * LANES, take)
             else:
                 row_sparse_portable(ew, e_off, e0, e1, cols, v * LANES * GROUP, acc, o * pitch + v * LANES, take)
+
+
+def linear_entries(w, k4, batch):
+    """sparse_entries of a linear layer's packed weights w (O4 x k4 words) for linear_sparse_u8 at
+    a batch: word k's column vectors start k * group_bytes(pitch) bytes into the packed rows."""
+    return sparse_entries(w, k4, np.arange(k4, dtype=np.int64) * group_bytes(linear_pitch(batch)))
+
+
+@numba.njit(cache=True)
+def linear_pitch(batch):
+    """Positions of a linear layer's packed rows at a batch: the batch in whole vectors."""
+    return (batch + LANES - 1) // LANES * LANES
+
+
+@numba.njit(cache=True, parallel=True)
+def linear_sparse_u8(x, rowptr, e_off, ew, batch, bias, m0, shift, meta, y, y_float, dequant, cols, threads, vnni):
+    """npdc.kernels.int8.linear_u8 over each output row's non-zero weight words only: x (N, F)
+    uint8, F a multiple of 4, N <= batch, the entries those of linear_entries at `batch`; the
+    same bits. The rows are packed (four features to a word, linear_pitch(batch) positions per
+    word) by the threads, word by word, into cols (>= k4 * group_bytes(pitch) bytes); each output
+    row is then one pass of at most SPARSE_VECTORS runs and its tail."""
+    n_img, k4 = x.shape[0], x.shape[1] // GROUP
+    pitch = linear_pitch(batch)
+    step = group_bytes(pitch) // GROUP
+    words, xw = cols[:k4 * group_bytes(pitch)].view(np.uint32), x.reshape(x.size).view(np.uint32)
+    for g in numba.prange(k4):
+        for p in range(pitch):
+            words[g * step + p] = xw[p * k4 + g] if p < n_img else 0
+    sums = np.zeros((threads, pitch), np.int32)
+    o_out = y_float.shape[1] if dequant.size else y.shape[1]
+    n_vec = pitch // LANES
+    for o in numba.prange(o_out):
+        a = sums[numba.get_thread_id()]
+        for v in range(0, n_vec, SPARSE_VECTORS):
+            take = min(SPARSE_VECTORS, n_vec - v)
+            if vnni:
+                _row_pass(ew, e_off, rowptr[o], rowptr[o + 1], cols, v * LANES * GROUP, a, v * LANES, take)
+            else:
+                row_sparse_portable(ew, e_off, rowptr[o], rowptr[o + 1], cols, v * LANES * GROUP, a, v * LANES, take)
+        for p in range(n_img):
+            s = np.int64(a[p]) + bias[o]
+            if dequant.size:
+                y_float[p, o] = np.float32(np.float64(s) * dequant[o])
+            else:
+                y[p, o] = clamp_u8(meta[1] + requantize(s, m0[o], shift[o]), meta[2])

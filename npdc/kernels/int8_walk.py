@@ -16,9 +16,10 @@ bias, m0 and shift (O4 each, in that order), its meta fields (META of them) and 
 offsets, `reals` the last linear's dequantization factors. A conv with F_WORDS set runs
 npdc.kernels.int8_words.conv_words: its geometry (N_GEO fields) is in `ints` at F_GEO, and
 F_XN, F_RN, F_YN give the words per image of its input, residual and output where these are
-kept as words (0: planar). A conv whose GEMM skips zero weight words
+kept as words (0: planar). A conv or linear whose GEMM skips zero weight words
 (npdc.kernels.int8_sparse) has F_NROWPTR > 1 row pointers at F_ROWPTR and F_NNZ entries, their
-offsets at F_EOFF in `ints` and their words at F_EW in `words`. A conv or linear with output
+offsets at F_EOFF in `ints` and their words at F_EW in `words` (a linear's F_ROWS: the batch its
+entries' offsets are for). A conv or linear with output
 channels in the lanes (npdc.kernels.int8_blocked) has its F_NLANES blocked weight words at
 F_LANES in `words`.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from npdc.kernels.int8 import avg_pool_u8, conv_u8, linear_u8
 from npdc.kernels.int8_blocked import conv_blocked_words, linear_blocked
+from npdc.kernels.int8_sparse import linear_sparse_u8
 from npdc.kernels.int8_words import N_GEO, conv_words
 
 OP_HOST, OP_CONV, OP_LINEAR, OP_POOL = 0, 1, 2, 3
@@ -106,7 +108,11 @@ def _linear(r, n, arena, words, ints, reals, logits, no_logits, cols, acc, vnni)
         y, y_float, deq = arena[:1].reshape((1, 1)), logits[:n], reals[r[F_DEQ]:r[F_DEQ] + o]
     bias, m0, shift = ints[b:b + o4], ints[b + o4:b + 2 * o4], ints[b + 2 * o4:b + 3 * o4]
     meta = ints[r[F_META]:r[F_META] + META]
-    if r[F_NLANES] > 0:
+    if r[F_NROWPTR] > 1:
+        linear_sparse_u8(x, ints[r[F_ROWPTR]:r[F_ROWPTR] + r[F_NROWPTR]], ints[r[F_EOFF]:r[F_EOFF] + r[F_NNZ]],
+                         words[r[F_EW]:r[F_EW] + r[F_NNZ]], r[F_ROWS], bias, m0, shift, meta, y, y_float, deq, cols[0],
+                         acc.shape[0], vnni)
+    elif r[F_NLANES] > 0:
         linear_blocked(x, words[r[F_LANES]:r[F_LANES] + r[F_NLANES]], r[F_K4], bias, m0, shift, meta, y, y_float, deq,
                        acc.shape[0], vnni)
     else:

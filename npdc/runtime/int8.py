@@ -40,6 +40,7 @@ from npdc.kernels import int8_words as KWo
 from npdc.kernels.vnni import vnni_path
 from npdc.runtime.infer import check_images, normalise_images
 from npdc.kernels.int8_blocked import conv_blocked_words, linear_blocked
+from npdc.kernels.int8_sparse import linear_sparse_u8
 from npdc.runtime.int8_choice import kernel_choice
 from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_program import lower
@@ -264,17 +265,21 @@ class Int8Runtime:
             m0, shift = self.pool_multiplier(s)
             return lambda: K.avg_pool_u8(x, zx, zy, m0, shift, y.reshape(n, -1))
         if s.kind == "linear":
-            return self.linear_call(s, n, self.blocked.get(s.name))
+            return self.linear_call(s, n, self.entries.get(s.name), self.blocked.get(s.name))
         return self.conv_call(s, n, self.entries.get(s.name), self.blocked.get(s.name))
 
-    def linear_call(self, s, n, blocked=None):
-        """Linear step s on the first n images as a call: linear_u8, or with output channels in
-        the lanes (blocked: npdc.kernels.int8_blocked.blocked_weights)."""
+    def linear_call(self, s, n, sparse=None, blocked=None):
+        """Linear step s on the first n images as a call: linear_u8, over the non-zero words
+        (sparse: npdc.kernels.int8_sparse.linear_entries) or with output channels in the lanes
+        (blocked: npdc.kernels.int8_blocked.blocked_weights)."""
         x, y, q = self.view(s.inputs[0], n).reshape(n, -1), self.view(s.output, n), self.q[s.name]
         last = self.float_out and s is self.plan.steps[-1]
         out = y.reshape(n, -1) if not last else self.no_res.reshape(1, 1)
         deq = q.dequant if last else np.zeros(0)
         logits = self.logits[:n] if last else self.no_logits
+        if sparse is not None:
+            return lambda: linear_sparse_u8(x, *sparse, self.plan.batch, q.bias, q.m0, q.shift, q.meta, out, logits,
+                                            deq, self.cols[0], self.threads, self.vnni)
         if blocked is not None:
             return lambda: linear_blocked(x, blocked, q.k4, q.bias, q.m0, q.shift, q.meta, out, logits, deq,
                                           self.threads, self.vnni)
@@ -394,11 +399,11 @@ class Int8Runtime:
 
     def kernels(self):
         """{step: (kernel, None)}: how each step runs (int8 conv/linear on the vnni or portable
-        path, a conv's GEMM dense, over its non-zero weight words (`sparse`), a conv or linear with
+        path, a conv's or linear's GEMM dense, over its non-zero weight words (`sparse`) or with
         output channels in the lanes (`blocked`), int8 pool, or a float layer between a dequantize and a quantize)."""
         path = "vnni" if self.vnni else "portable"
         names = {"conv": f"int8-conv-{path}", "linear": f"int8-linear-{path}", "pool": "int8-pool",
                  "layer": "float-layer"}
-        conv = {name: f"int8-conv-sparse-{path}" for name in self.entries}
+        conv = {s.name: f"int8-{s.kind}-sparse-{path}" for s in self.plan.steps if s.name in self.entries}
         conv.update({s.name: f"int8-{s.kind}-blocked-{path}" for s in self.plan.steps if s.name in self.blocked})
         return {s.name: (conv.get(s.name, names[s.kind]), None) for s in self.plan.steps}

@@ -2,8 +2,8 @@
 (linear_u8), its GEMM over the non-zero weight words only (npdc.kernels.int8_sparse), or output
 channels in the lanes (npdc.kernels.int8_blocked).
 
-A conv over words whose taps are read at offsets, with at most CANDIDATE of its packed weight
-words not zero, may run sparse; a conv whose input is kept as words, or a linear layer, whose
+A conv over words whose taps are read at offsets, or a linear layer, with at most CANDIDATE of
+its packed weight words not zero, may run sparse; a conv whose input is kept as words, or a linear layer, whose
 output channels are whole register blocks may run blocked. "measure" keeps, per conv, whichever of its kernels
 measured fastest at the plan's batch (all called in turns on the runtime's own arena and
 workspace, best of the rounds), as npdc.runtime.program chooses the float runtime's kernels.
@@ -18,7 +18,7 @@ not cached on disk.
 
 from npdc.engine.conv_select import best_in_turns
 from npdc.kernels.int8_blocked import blocked_fits, blocked_weights, linear_fits
-from npdc.kernels.int8_sparse import sparse_entries, word_density
+from npdc.kernels.int8_sparse import linear_entries, sparse_entries, word_density
 
 CANDIDATE = 0.6  # word density above which the sparse GEMM is not tried
 CHOICES = ("measure", "always", "never")
@@ -26,10 +26,14 @@ ROUNDS = 5  # timed calls of each kernel per conv, after one untimed
 
 
 def candidate(rt, s):
-    """Whether conv s could run the sparse GEMM (conv_words with taps, few non-zero words)."""
-    if s.kind != "conv":
+    """Whether step s could run its GEMM over the non-zero words: few of them, and a conv_words
+    conv with taps or a linear layer of whole input words."""
+    if s.kind not in ("conv", "linear"):
         return False
     q = rt.q[s.name]
+    if s.kind == "linear":
+        return linear_fits(4 * q.k4, 0) and 4 * q.k4 == rt.plan.values[s.inputs[0]].size \
+            and word_density(q.w) <= CANDIDATE
     return q.taps and rt.runs_words(s) and word_density(q.w) <= CANDIDATE
 
 
@@ -60,7 +64,8 @@ def kernel_choice(rt, sparse="measure", blocked="measure"):
             continue
         q = rt.q[s.name]
         made = {"blocked": lambda: blocked_weights(q.w, q.k4),
-                "sparse": lambda: sparse_entries(q.w, q.k4, rt.tap_offsets(s))}
+                "sparse": lambda: (linear_entries(q.w, q.k4, rt.plan.batch) if s.kind == "linear"
+                                   else sparse_entries(q.w, q.k4, rt.tap_offsets(s)))}
         forced = [k for k, how in options.items() if how == "always"]
         if forced:
             pick, arrays = forced[0], made[forced[0]]()

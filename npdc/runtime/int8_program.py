@@ -81,10 +81,10 @@ def _record(rt, s, bufs):
     r[KW.F_BIAS] = bufs.add("ints", np.concatenate([q.bias, q.m0, q.shift]))
     r[KW.F_META] = bufs.add("ints", q.meta)
     if s.kind == "linear":
-        r[KW.F_OP] = KW.OP_LINEAR
+        r[KW.F_OP], r[KW.F_ROWS] = KW.OP_LINEAR, rt.plan.batch  # the batch its sparse entries are for
         if rt.float_out and s is rt.plan.steps[-1]:
             r[KW.F_LAST], r[KW.F_DEQ] = 1, bufs.add("reals", q.dequant)
-        return r
+        return _kernel_fields(rt, s, r, bufs)
     r[KW.F_OP], r[KW.F_RES] = KW.OP_CONV, -1
     if s.residual:
         res = rt.plan.values[s.residual]
@@ -98,6 +98,11 @@ def _record(rt, s, bufs):
             r[field] = image_words(rt.plan, rt.pads, name) if name in rt.pads else 0
     offs = rt.tap_offsets(s)
     r[KW.F_OFFS], r[KW.F_NOFFS] = bufs.add("ints", offs), offs.size
+    return _kernel_fields(rt, s, r, bufs)
+
+
+def _kernel_fields(rt, s, r, bufs):
+    """The record r of a conv or linear step with its sparse entries or blocked weights, if any."""
     r[KW.F_NROWPTR] = 1  # a dense GEMM: ints[F_ROWPTR] (0) the one row pointer
     if s.name in rt.entries:
         rowptr, e_off, ew = rt.entries[s.name]

@@ -251,3 +251,25 @@ def test_calibration_ranges_contain_zero_and_the_percentile_clips(quantised):
         assert lo <= clipped[name][0] <= 0 <= clipped[name][1] <= hi
     with pytest.raises(UserError, match="calibration method"):
         calibrate(net, images, "kl")
+
+
+@pytest.mark.parametrize("how", ["blocked", "sparse"])
+def test_the_shipped_models_wide_layers_give_the_dense_bits_in_every_kernel(how):
+    """fmnist-resnet18's 4 x 4 stage and its 2048 -> 512 linear (pruned to a third of its words, so
+    that it may run sparse) in each kernel that can run them: the same bytes at every step and
+    the same logits, per step and through the compiled walk."""
+    net = load_model(MODELS / "fmnist-resnet18.h5")
+    fc5 = net.layers["fc5"].params["W"]
+    fc5 *= np.random.default_rng(2).random(fc5.shape) < 0.1
+    images = raw_images(net, 5)
+    scales = activation_scales(calibrate(net, raw_images(net, 8, seed=7)))
+    kw = {"sparse": "never", "blocked": "always"} if how == "blocked" else {"sparse": "always", "blocked": "never"}
+    chosen, dense = (Int8Runtime(net, scales, batch=3, **k) for k in (kw, {"sparse": "never", "blocked": "never"}))
+    kernels = {name: kernel for name, (kernel, _) in chosen.kernels().items() if f"-{how}-" in kernel}
+    assert kernels["fc5"].startswith(f"int8-linear-{how}")
+    assert how == "sparse" or {"res5b_2b", "res5a_2a"} <= kernels.keys()
+    a, b = {}, {}
+    for runtime, keep in ((chosen, a), (dense, b)):
+        runtime.run(runtime.load_input(images[:3]), keep=keep)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(chosen.predict(images), dense.predict(images))
