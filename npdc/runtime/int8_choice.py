@@ -32,24 +32,29 @@ def candidate(rt, s):
         return False
     q = rt.q[s.name]
     if s.kind == "linear":
-        return linear_fits(4 * q.k4, 0) and 4 * q.k4 == rt.plan.values[s.inputs[0]].size \
-            and word_density(q.w) <= CANDIDATE
+        return whole_words(rt, s) and word_density(q.w) <= CANDIDATE
     return q.taps and rt.runs_words(s) and word_density(q.w) <= CANDIDATE
+
+
+def whole_words(rt, s):
+    """Whether a linear step's input rows are whole words (features a multiple of 4): its
+    sparse and blocked kernels read them in place as words."""
+    return 4 * rt.q[s.name].k4 == rt.plan.values[s.inputs[0]].size
 
 
 def blocked_candidate(rt, s):
     """Whether step s could run with output channels in the lanes: a conv whose input is kept as
     words, or a linear layer, its output channels whole register blocks."""
     if s.kind == "linear":
-        return linear_fits(4 * rt.q[s.name].k4, rt.q[s.name].bias.size)
+        return whole_words(rt, s) and linear_fits(4 * rt.q[s.name].k4, rt.q[s.name].bias.size)
     if s.kind != "conv" or not rt.q[s.name].taps or s.inputs[0] not in rt.pads:
         return False
     return blocked_fits(rt.geometry(s), rt.q[s.name].bias.size)
 
 
 def kernel_choice(rt, sparse="measure", blocked="measure"):
-    """({conv: (rowptr, offsets, words)} of the convs of runtime rt that run the sparse GEMM,
-    {conv: blocked weights} of those that run the blocked conv)."""
+    """({step: (rowptr, offsets, words)} of the convs and linears of runtime rt that run over the
+    non-zero words, {step: blocked weights} of those that run with output channels in the lanes)."""
     for how in (sparse, blocked):
         if how not in CHOICES:
             raise ValueError(f"int8 kernel choice {how!r}: one of {', '.join(CHOICES)}")
