@@ -33,7 +33,7 @@ import numpy as np
 
 from npdc.kernels.int8_pack import GROUP, LANES
 from npdc.kernels.int8_requant import clamp_u8, requantize
-from npdc.kernels.int8_words import (G_C, G_H, G_HO, G_PI, G_PLI, G_WO, G_WPI, G_WPO, conv_row,
+from npdc.kernels.int8_words import (G_C, G_HO, G_PI, G_PLI, G_WO, G_WPI, G_WPO, conv_row,
                                      finish_words)
 from npdc.kernels.vnni import LANE_POSITIONS, LANE_VECTORS, dot_lanes
 

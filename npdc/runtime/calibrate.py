@@ -15,7 +15,7 @@ from npdc.engine.images import take_rows
 from npdc.engine.net import INPUT
 from npdc.errors import UserError
 from npdc.runtime.infer import build_runtime, check_images
-from npdc.runtime.int8 import activation_scales
+from npdc.runtime.int8_params import activation_scales
 
 METHODS = ("minmax", "percentile")
 SAMPLE = 1 << 15  # values of one tensor kept per batch for the percentile method

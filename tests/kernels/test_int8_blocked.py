@@ -15,7 +15,7 @@ from npdc.kernels.int8 import linear_u8
 from npdc.kernels.int8_blocked import (OUT, POSITIONS, blocked_fits, blocked_weights, conv_blocked_words,
                                        lanes_portable, linear_blocked, linear_fits, word_offsets)
 from npdc.kernels.vnni import dot_lanes
-from npdc.runtime.int8 import fixed_multipliers
+from npdc.runtime.int8_params import fixed_multipliers
 from tests.kernels.test_int8_words import JUNK, THREADS, _geo, _words, needs_vnni
 
 DENSE = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))

@@ -15,7 +15,7 @@ from npdc.kernels import int8_requant as R
 from npdc.kernels import int8_pack as P
 from npdc.kernels.int8_pack import SKEW
 from npdc.kernels.vnni import cpu_has_vnni
-from npdc.runtime.int8 import BIAS_LIMIT, fixed_multipliers
+from npdc.runtime.int8_params import BIAS_LIMIT, fixed_multipliers
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
 

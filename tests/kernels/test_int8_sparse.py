@@ -10,7 +10,7 @@ import pytest
 from npdc.kernels.int8 import gemm_tile, linear_u8
 from npdc.kernels.int8_sparse import gemm_tile_sparse, linear_entries, linear_sparse_u8, sparse_entries, word_density
 from npdc.kernels.vnni import cpu_has_vnni
-from npdc.runtime.int8 import fixed_multipliers
+from npdc.runtime.int8_params import fixed_multipliers
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
 

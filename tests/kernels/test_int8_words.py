@@ -14,7 +14,7 @@ from npdc.kernels import int8_words as W
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8_sparse import sparse_entries
 from npdc.kernels.vnni import cpu_has_vnni
-from npdc.runtime.int8 import fixed_multipliers
+from npdc.runtime.int8_params import fixed_multipliers
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
 THREADS = numba.config.NUMBA_NUM_THREADS

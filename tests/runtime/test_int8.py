@@ -17,8 +17,8 @@ from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
 from npdc.kernels.vnni import cpu_has_vnni
 from npdc.runtime.calibrate import calibrate
 from npdc.runtime.infer import build_runtime, normalise_images
-from npdc.runtime.int8 import (BIAS_LIMIT, Int8Runtime, activation_scales, fixed_multipliers,
-                               int8_weights)
+from npdc.runtime.int8 import Int8Runtime
+from npdc.runtime.int8_params import BIAS_LIMIT, activation_scales, fixed_multipliers, int8_weights
 from npdc.runtime.plan import Plan
 from tests.runtime.conftest import NETS, make_npdc, raw_images
 
