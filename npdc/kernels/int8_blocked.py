@@ -15,7 +15,7 @@ products.
 The input is read in place: position (image n, row p, column q) starts at word
 n * words + (p * stride + d) * Wp + q * stride + d of the input's words (d: its kept pad less the
 conv's), and packed word k = g * kh * kw + i * kw + j (channel group, kernel row, column; the
-order of npdc.runtime.int8.Int8Step) is `offs[k] = g * plane + i * Wp + j` further. The sums of a
+order of npdc.runtime.int8_params.Int8Step) is `offs[k] = g * plane + i * Wp + j` further. The sums of a
 task's images are then laid out as conv_words lays out one tile of all an image's rows (output
 channel rows `pitch` apart, one output row `conv_row` positions from the next) and finished by
 its own finish_words, so the requantisation, residual and output layout are conv_words' and the
