@@ -105,7 +105,8 @@ def test_blocked_weights_put_output_channels_in_the_lanes():
 def test_word_offsets_follow_the_packed_order():
     geo = np.zeros(W.N_GEO, np.int64)
     geo[[W.G_C, W.G_WPI, W.G_PLI]] = 8, 9, 100
-    assert word_offsets(geo, 3, 3).tolist() == [g * 100 + i * 9 + j for g in range(2) for i in range(3) for j in range(3)]
+    want = [g * 100 + i * 9 + j for g in range(2) for i in range(3) for j in range(3)]
+    assert word_offsets(geo, 3, 3).tolist() == want
 
 
 def test_only_whole_register_blocks_of_a_words_input_fit():
