@@ -20,7 +20,7 @@ def fill_padded(x, i, pad, xp):
     """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
     plane zeroed in one run, then each row copied in. Plain loops the loop vectoriser turns
     into vector runs: writing the zeros apart (per border, as slices or short loops) and the rows
-    in 16-float runs cost 2 to 5 times as much on planes of 4 x 4 to 28 x 28 (docs/perf.md)."""
+    in 16-float runs cost more on every plane size measured (docs/perf.md)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = h + 2 * pad, w + 2 * pad
     xf = x.reshape(x.size)

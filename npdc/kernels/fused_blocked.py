@@ -21,8 +21,8 @@ so a tap's input pointers are set once per tap, not once per (channel, kernel ro
 block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
-threads work at batch 1, each on a padded copy of the image of its own (a plane one core wrote
-and the other reads cost a quarter of a small layer's time at batch 1); a batch is split over
+threads work at batch 1, each on a padded copy of the image of its own (a plane one core writes
+and the other reads comes from the writer's cache, slowly: docs/perf.md); a batch is split over
 tasks of images_per_task images, each thread padding them into its own planes, its blocks'
 positions running on across them, and the tail written per strip of STRIP blocks regrouped by
 channel. At a batch, a layer of at most NARROW output channels at stride 1 with a border runs
