@@ -91,7 +91,7 @@ class Int8Runtime:
         self.no_words = np.zeros((1, 1), np.uint32)
         self.no_logits = np.zeros((1, 1), np.float32)
         self.dense_entries = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
-        # the convs whose GEMM skips zero words, and those with output channels in the lanes
+        # the steps whose GEMM skips zero words, and those with output channels in the lanes
         self.entries, self.blocked = kernel_choice(self, sparse, blocked)
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
         self.calls = self._bind(B)
