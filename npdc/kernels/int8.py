@@ -36,7 +36,7 @@ import numpy as np
 
 from npdc.kernels.fused import RES_NONE
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
-                                   runs_packed, tap_plane, tap_width)
+                                   rows_pitch, runs_packed, tap_plane, tap_width)
 from npdc.kernels.int8_requant import clamp_u8, finish_plain, finish_residual, requantize
 from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
@@ -153,7 +153,7 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
     dequant[o] (the last layer's logits). The N rows are the positions of one packed tile (col:
     k4 x pitch x 4 bytes, a: O4 x pitch words); blocks of four output channels go to threads."""
     n_img = x.shape[0]
-    pitch = ((n_img + LANES - 1) // LANES) * LANES
+    pitch = rows_pitch(n_img)
     offs_none = np.zeros(0, np.int64)
     pack_rows(x, 0, n_img, pitch, col)
     o4 = w.size // k4

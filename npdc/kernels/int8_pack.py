@@ -28,6 +28,12 @@ def word4(b0, b1, b2, b3):
             | (np.uint32(b3) << np.uint32(24)))
 
 
+@numba.njit(cache=True)
+def rows_pitch(n):
+    """Positions of a linear layer's packed input rows for n images: n in whole vectors."""
+    return (n + LANES - 1) // LANES * LANES
+
+
 @numba.njit(cache=True, inline="always")
 def group_bytes(pitch):
     """Bytes from one group of four packed column rows to the next, for `pitch` positions."""

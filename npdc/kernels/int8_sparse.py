@@ -15,7 +15,7 @@ passes over its packed input rows (`linear_sparse_u8`: the batch's images are th
 import numba
 import numpy as np
 
-from npdc.kernels.int8_pack import GROUP, LANES, group_bytes
+from npdc.kernels.int8_pack import GROUP, LANES, group_bytes, rows_pitch
 from npdc.kernels.int8_requant import clamp_u8, requantize
 from npdc.kernels.vnni import (SPARSE_VECTORS, dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4,
                                dot_row_sparse5, dot_row_sparse6, dot_row_sparse7, dot_row_sparse8)
@@ -97,24 +97,18 @@ def gemm_tile_sparse(rowptr, e_off, ew, cols, pitch, acc, vnni):
 def linear_entries(w, k4, batch):
     """sparse_entries of a linear layer's packed weights w (O4 x k4 words) for linear_sparse_u8 at
     a batch: word k's column vectors start k * group_bytes(pitch) bytes into the packed rows."""
-    return sparse_entries(w, k4, np.arange(k4, dtype=np.int64) * group_bytes(linear_pitch(batch)))
-
-
-@numba.njit(cache=True)
-def linear_pitch(batch):
-    """Positions of a linear layer's packed rows at a batch: the batch in whole vectors."""
-    return (batch + LANES - 1) // LANES * LANES
+    return sparse_entries(w, k4, np.arange(k4, dtype=np.int64) * group_bytes(rows_pitch(batch)))
 
 
 @numba.njit(cache=True, parallel=True)
 def linear_sparse_u8(x, rowptr, e_off, ew, batch, bias, m0, shift, meta, y, y_float, dequant, cols, threads, vnni):
     """npdc.kernels.int8.linear_u8 over each output row's non-zero weight words only: x (N, F)
     uint8, F a multiple of 4, N <= batch, the entries those of linear_entries at `batch`; the
-    same bits. The rows are packed (four features to a word, linear_pitch(batch) positions per
+    same bits. The rows are packed (four features to a word, rows_pitch(batch) positions per
     word) by the threads, word by word, into cols (>= k4 * group_bytes(pitch) bytes); each output
     row is then one pass of at most SPARSE_VECTORS runs and its tail."""
     n_img, k4 = x.shape[0], x.shape[1] // GROUP
-    pitch = linear_pitch(batch)
+    pitch = rows_pitch(batch)
     step = group_bytes(pitch) // GROUP
     words, xw = cols[:k4 * group_bytes(pitch)].view(np.uint32), x.reshape(x.size).view(np.uint32)
     for g in numba.prange(k4):

@@ -134,7 +134,7 @@ class Int8Runtime:
                                                           s.pad, rows, q.taps))
                 pitch = pad_to((rows - 1) * self._row(s) + wo, P.LANES)
             else:
-                pitch = pad_to(self.plan.batch, P.LANES)
+                pitch = P.rows_pitch(self.plan.batch)
                 cols = max(cols, q.k4 * (pitch * P.GROUP + P.SKEW))
             acc = max(acc, q.w.size // q.k4 * pitch)
         self.cols = np.zeros((self.threads, cols), np.uint8)
