@@ -38,7 +38,7 @@ from npdc.kernels.int8_words import (G_C, G_HO, G_PI, G_PLI, G_WO, G_WPI, G_WPO,
 from npdc.kernels.vnni import LANE_POSITIONS, LANE_VECTORS, dot_lanes
 
 OUT = 16 * LANE_VECTORS  # output channels per register block
-POSITIONS = LANE_POSITIONS  # output positions per register block
+POSITIONS = LANE_POSITIONS  # output positions per register block (six: _block_at is written out for them)
 TASK_POSITIONS = 48  # positions a task takes at least (whole images), where the batch allows
 
 
@@ -89,6 +89,23 @@ def lanes_portable(wl, w_off, x, pos, p_off, offs, k4, acc, a_off):
                                                 + x2 * np.int32(wb[b + 2]) + x3 * np.int32(wb[b + 3]))
 
 
+@numba.njit(cache=True, inline="always")
+def _sum_at(k, npos, hw, wo, row, image, first):
+    """Where the sum of the task's position k goes in its tile layout (images `image` words apart,
+    the output channel's row at `first`); positions past the task's last (npos - 1) go where
+    that one's go: their sums are its sums, as their input is its input."""
+    k = min(k, npos - 1)
+    return first + (k // hw) * image + ((k % hw) // wo) * row + k % wo
+
+
+@numba.njit(cache=True, inline="always")
+def _block_at(k0, npos, hw, wo, row, image, first):
+    """_sum_at of the six positions k0 .. k0 + 5 of a register block."""
+    return (_sum_at(k0, npos, hw, wo, row, image, first), _sum_at(k0 + 1, npos, hw, wo, row, image, first),
+            _sum_at(k0 + 2, npos, hw, wo, row, image, first), _sum_at(k0 + 3, npos, hw, wo, row, image, first),
+            _sum_at(k0 + 4, npos, hw, wo, row, image, first), _sum_at(k0 + 5, npos, hw, wo, row, image, first))
+
+
 @numba.njit(cache=True)
 def images_per_task(hw, n_img, threads):
     """Images one task takes: enough for TASK_POSITIONS positions, fewer when the batch would
@@ -131,11 +148,11 @@ def conv_blocked_words(xw, wl, k4, kh, kw, stride, pad, bias, m0, shift, meta, r
                     dot_lanes(wl, b * k4 * OUT, xf, pos, k0, offs, k4, blk, 0)
                 else:
                     lanes_portable(wl, b * k4 * OUT, xf, pos, k0, offs, k4, blk, 0)
-                for r in range(min(POSITIONS, npos - k0)):
-                    k = k0 + r
-                    at = (k // hw) * o4 * pitch + ((k % hw) // wo) * row + k % wo + b * OUT * pitch
-                    for lane in range(OUT):
-                        a[at + lane * pitch] = blk[r * OUT + lane]
+                at0, at1, at2, at3, at4, at5 = _block_at(k0, npos, hw, wo, row, o4 * pitch, b * OUT * pitch)
+                for lane in range(OUT):  # channel by channel: a channel's six sums land close together
+                    c = lane * pitch
+                    a[at0 + c], a[at1 + c], a[at2 + c] = blk[lane], blk[lane + OUT], blk[lane + 2 * OUT]
+                    a[at3 + c], a[at4 + c], a[at5 + c] = blk[lane + 3 * OUT], blk[lane + 4 * OUT], blk[lane + 5 * OUT]
         for j in range(count):
             n = i0 + j
             finish_words(a[j * o4 * pitch:], pitch, row, 0, ho, bias, m0, shift, meta, res[min(n, res.shape[0] - 1)],
