@@ -37,7 +37,7 @@ import numpy as np
 from npdc.kernels.fused import RES_NONE
 from npdc.kernels.int8_pack import (GROUP, LANES, group_bytes, im2col_packed, interleave_rows, pack_rows,
                                    rows_pitch, runs_packed, tap_plane, tap_width)
-from npdc.kernels.int8_requant import clamp_u8, finish_plain, finish_residual, requantize
+from npdc.kernels.int8_requant import clamp_u8, finish_linear, finish_plain, finish_residual, requantize
 from npdc.kernels.vnni import dot_rows4, dot_rows4_at, dot_rows4_at2
 
 ROWS = 4  # output channels per register block
@@ -168,11 +168,7 @@ def linear_u8(x, w, k4, bias, m0, shift, meta, y, y_float, dequant, col, a, vnni
     o_out = y_float.shape[1] if dequant.size else y.shape[1]
     for o in range(o_out):
         for n in range(n_img):
-            v = np.int64(a[o * pitch + n]) + bias[o]
-            if dequant.size:
-                y_float[n, o] = np.float32(np.float64(v) * dequant[o])
-            else:
-                y[n, o] = clamp_u8(meta[1] + requantize(v, m0[o], shift[o]), meta[2])
+            finish_linear(a[o * pitch + n], n, o, bias, m0, shift, meta, y, y_float, dequant)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -15,8 +15,8 @@ products.
 The input is read in place: position (image n, row p, column q) starts at word
 n * words + (p * stride + d) * Wp + q * stride + d of the input's words (d: its kept pad less the
 conv's), and packed word k = g * kh * kw + i * kw + j (channel group, kernel row, column; the
-order of npdc.runtime.int8_params.Int8Step) is `offs[k] = g * plane + i * Wp + j` further. The sums of a
-task's images are then laid out as conv_words lays out one tile of all an image's rows (output
+order of npdc.runtime.int8_params.Int8Step) is `offs[k] = g * plane + i * Wp + j` further. The
+sums of a task's images are then laid out as conv_words lays out one tile of all an image's rows (output
 channel rows `pitch` apart, one output row `conv_row` positions from the next) and finished by
 its own finish_words, so the requantisation, residual and output layout are conv_words' and the
 bits are too: integer sums in another order are the same sums.
@@ -32,13 +32,13 @@ import numba
 import numpy as np
 
 from npdc.kernels.int8_pack import GROUP, LANES
-from npdc.kernels.int8_requant import clamp_u8, requantize
+from npdc.kernels.int8_requant import finish_linear
 from npdc.kernels.int8_words import (G_C, G_HO, G_PI, G_PLI, G_WO, G_WPI, G_WPO, conv_row,
                                      finish_words)
 from npdc.kernels.vnni import LANE_POSITIONS, LANE_VECTORS, dot_lanes
 
 OUT = 16 * LANE_VECTORS  # output channels per register block
-POSITIONS = LANE_POSITIONS  # output positions per register block (six: _block_at is written out for them)
+POSITIONS = LANE_POSITIONS  # output positions per register block (six: _block_at writes them out)
 TASK_POSITIONS = 48  # positions a task takes at least (whole images), where the batch allows
 
 
@@ -183,9 +183,4 @@ def linear_blocked(x, wl, k4, bias, m0, shift, meta, y, y_float, dequant, thread
             lanes_portable(wl, b * k4 * OUT, xf, pos, k0, offs, k4, blk, 0)
         for r in range(min(POSITIONS, n_img - k0)):
             for lane in range(min(OUT, o_out - b * OUT)):
-                o = b * OUT + lane
-                v = np.int64(blk[r * OUT + lane]) + bias[o]
-                if dequant.size:
-                    y_float[k0 + r, o] = np.float32(np.float64(v) * dequant[o])
-                else:
-                    y[k0 + r, o] = clamp_u8(meta[1] + requantize(v, m0[o], shift[o]), meta[2])
+                finish_linear(blk[r * OUT + lane], k0 + r, b * OUT + lane, bias, m0, shift, meta, y, y_float, dequant)

@@ -80,6 +80,18 @@ def clamp_u8(v, lo):
 
 
 @numba.njit(cache=True, inline="always")
+def finish_linear(total, n, o, bias, m0, shift, meta, y, y_float, dequant):
+    """A linear layer's output (image n, channel o) from its int32 sum: y[n, o] uint8 requantised,
+    or, when dequant is not empty (the last layer's logits), y_float[n, o] = (sum + bias) *
+    dequant[o]. The one tail of every int8 linear kernel."""
+    v = np.int64(total) + bias[o]
+    if dequant.size:
+        y_float[n, o] = np.float32(np.float64(v) * dequant[o])
+    else:
+        y[n, o] = clamp_u8(meta[1] + requantize(v, m0[o], shift[o]), meta[2])
+
+
+@numba.njit(cache=True, inline="always")
 def lane_shifts(shift):
     """(left, right, rnd, neg) of requantize_lanes for a shift: left = max(-shift, 0), right =
     max(shift, 0), rnd = 2^right / 2 (0 when right is 0), neg = -1 when right > 0, else 0."""

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from npdc.kernels.int8_pack import GROUP, LANES, group_bytes, rows_pitch
-from npdc.kernels.int8_requant import clamp_u8, requantize
+from npdc.kernels.int8_requant import finish_linear
 from npdc.kernels.vnni import (SPARSE_VECTORS, dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4,
                                dot_row_sparse5, dot_row_sparse6, dot_row_sparse7, dot_row_sparse8)
 
@@ -104,9 +104,10 @@ def linear_entries(w, k4, batch):
 def linear_sparse_u8(x, rowptr, e_off, ew, batch, bias, m0, shift, meta, y, y_float, dequant, cols, threads, vnni):
     """npdc.kernels.int8.linear_u8 over each output row's non-zero weight words only: x (N, F)
     uint8, F a multiple of 4, N <= batch, the entries those of linear_entries at `batch`; the
-    same bits. The rows are packed (four features to a word, rows_pitch(batch) positions per
-    word) by the threads, word by word, into cols (>= k4 * group_bytes(pitch) bytes); each output
-    row is then one pass of at most SPARSE_VECTORS runs and its tail."""
+    same bits. The rows are packed in int8_pack.pack_rows' layout (four features to a word,
+    rows_pitch(batch) positions per word), but by both threads and a whole word at a time, into
+    cols (>= k4 * group_bytes(pitch) bytes); each output row is then one pass of at most
+    SPARSE_VECTORS runs and its tail."""
     n_img, k4 = x.shape[0], x.shape[1] // GROUP
     pitch = rows_pitch(batch)
     step = group_bytes(pitch) // GROUP
@@ -126,8 +127,4 @@ def linear_sparse_u8(x, rowptr, e_off, ew, batch, bias, m0, shift, meta, y, y_fl
             else:
                 row_sparse_portable(ew, e_off, rowptr[o], rowptr[o + 1], cols, v * LANES * GROUP, a, v * LANES, take)
         for p in range(n_img):
-            s = np.int64(a[p]) + bias[o]
-            if dequant.size:
-                y_float[p, o] = np.float32(np.float64(s) * dequant[o])
-            else:
-                y[p, o] = clamp_u8(meta[1] + requantize(s, m0[o], shift[o]), meta[2])
+            finish_linear(a[p], p, o, bias, m0, shift, meta, y, y_float, dequant)

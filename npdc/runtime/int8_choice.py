@@ -3,10 +3,11 @@
 channels in the lanes (npdc.kernels.int8_blocked).
 
 A conv over words whose taps are read at offsets, or a linear layer, with at most CANDIDATE of
-its packed weight words not zero, may run sparse; a conv whose input is kept as words, or a linear layer, whose
-output channels are whole register blocks may run blocked. "measure" keeps, per conv, whichever of its kernels
-measured fastest at the plan's batch (all called in turns on the runtime's own arena and
-workspace, best of the rounds), as npdc.runtime.program chooses the float runtime's kernels.
+its packed weight words not zero, may run sparse; a conv whose input is kept as words, or a
+linear layer, whose output channels are whole register blocks may run blocked. "measure" keeps,
+per step, whichever of its kernels measured fastest at the plan's batch (all called in turns
+on the runtime's own arena and workspace, best of the rounds), as npdc.runtime.program chooses
+the float runtime's kernels.
 Why measure: the sparse GEMM loads one input vector per vpdpbusd where the dense one loads one
 per four, so it pays only well below half density, by how much depending on the tile's width
 (docs/perf.md, branch `i8s`); the blocked conv pays where a plane's padded rows leave lanes of
