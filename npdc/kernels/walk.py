@@ -171,3 +171,29 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
             global_avg_pool(x, y)
         else:
             raise ValueError("walk: a host step cannot run compiled")
+
+
+@numba.njit(cache=True)
+def walk_images(images, unit, out, mean, std, x_at, out_at, records, first, last, arena, weights,
+                rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws, padded, rows_ws, no_res):
+    """`walk` of records[first:last] on raw images (N, C, H, W; uint8 or float32), each over
+    `unit` (255 for uint8, else 1, which is exact), minus its channel's mean, over its std, written
+    into the arena from offset x_at; then out (N, ...) = the arena's floats from offset out_at.
+    The normalisation is npdc.runtime.infer.normalise_images' own float32 arithmetic, so the bits
+    are those of loading the images from Python. Why one call: Python that runs right after a
+    forward runs slowly (the forward has pushed the interpreter's code and data out of the
+    caches), so the few NumPy calls around a batch-1 walk cost a fifth of it (docs/perf.md)."""
+    n, c, h, w = images.shape
+    k = x_at
+    for i in range(n):
+        for ch in range(c):
+            m, s = mean[ch], std[ch]
+            for p in range(h):
+                for q in range(w):
+                    arena[k] = (np.float32(images[i, ch, p, q]) / unit - m) / s
+                    k += 1
+    walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws,
+         padded, rows_ws, no_res)
+    flat = out.reshape(out.size)
+    for j in range(out.size):
+        flat[j] = arena[out_at + j]

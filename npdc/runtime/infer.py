@@ -35,7 +35,6 @@ from npdc.runtime.program import Program
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
 
 
-
 LONG_SPAN = 512  # stride-1 convs with shorter runs per weight (small planes) use tiles of
                  # im2col columns instead
 BATCH_TILE_FLOATS = 1 << 18  # sparse batches: whole-image tiles (memory is not the point there)
@@ -302,6 +301,10 @@ class Runtime:
         images = check_images(images, self.plan.in_shape)
         B, name = self.plan.batch, self.plan.steps[last].output
         out = np.empty((len(images),) + self.plan.values[name].shape, np.float32)
+        if self.program is not None and self.program.segments(last) == [(0, last + 1)]:
+            for i in range(0, len(images), B):  # loading, the steps, the output: one compiled call
+                self.program.run_images(_raw(images[i:i + B]), last, out[i:i + B])
+            return out
         for i in range(0, len(images), B):
             n = self.load_input(images[i:i + B])
             self._steps(n, last)
@@ -328,16 +331,23 @@ def _generic(layer, xs, y):
     y[...] = layer.forward(xs[0] if len(xs) == 1 else xs, False)
 
 
+def _raw(images):
+    """Images as walk_images takes them: C-contiguous uint8 or float32 (other floats cast)."""
+    if images.dtype != np.uint8 and images.dtype != np.float32:
+        images = as_float(images)
+    return np.ascontiguousarray(images)
+
+
 def check_images(images, in_shape):
     """Images as (N, C, H, W) of the model's input shape; (N, H, W) gets a channel axis. An
     array-like with shape and dtype (an image folder's, decoded by batch) is taken as it is."""
-    if not all(hasattr(images, a) for a in ("shape", "ndim", "dtype")):
+    if not isinstance(images, np.ndarray) and not all(hasattr(images, a) for a in ("shape", "ndim", "dtype")):
         images = np.asarray(images)
     if images.ndim == 3 and len(in_shape) == 3 and in_shape[0] == 1:
         images = images[:, None]
     if images.ndim != 4 or tuple(images.shape[1:]) != tuple(in_shape):
         raise UserError(f"images of shape {images.shape[1:]} do not fit the model's input {tuple(in_shape)}")
-    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
         raise UserError(f"cannot use images of dtype {images.dtype}: expected uint8 or floating point")
     return images
 

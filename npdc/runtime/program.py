@@ -23,6 +23,7 @@ import numpy as np
 
 from npdc.atomic import write_text
 from npdc.engine.conv_select import best_in_turns, cache_file, cpu_name
+from npdc.engine.net import INPUT
 from npdc.kernels import walk as W
 from npdc.kernels.cache_stamp import kernels_digest
 from npdc.kernels.conv import forced_primitive
@@ -42,6 +43,7 @@ TIMINGS_NAME = "runtime_timings.json"
 WINOGRAD_ONE_BYTES = 256 * 1024
 ROUNDS_ONE = 30  # rounds a batch-1 choice is timed at least (measured_choices)
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
+UINT8_UNIT, FLOAT_UNIT = np.float32(255.0), np.float32(1.0)  # raw images over these are the net's
 
 
 class Packer:
@@ -185,7 +187,7 @@ class Program:
         else:
             picks = [reference_choice(runtime, s) for s in steps]
         self.picks = {s.name: p for s, p in zip(steps, picks)}
-        self._segments = {}
+        self._segments, self._image_args = {}, {}
         self._pack(picks)
 
     def _pack(self, picks):
@@ -222,6 +224,20 @@ class Program:
         W.walk(self.records if records is None else records, first, stop, n, rt.arena,
                b["weights"], b["rowptr"], b["cols"], b["vidx"], b["tables"], rt.cols, rt.acc,
                rt.padded, rt.rows.reshape(-1), rt.no_res)
+
+    def run_images(self, images, last, out):
+        """Steps 0..last, all compiled, on raw images (uint8 or float32, at most the plan's batch),
+        loaded and normalised in the same compiled call; out = step last's output. The call's
+        other arguments are gathered once per `last`: Python is slow around a forward."""
+        if last not in self._image_args:
+            rt, b, plan = self.runtime, self.buffers, self.runtime.plan
+            self._image_args[last] = (
+                plan.mean, plan.std, plan.batch * plan.values[INPUT].offset,
+                plan.batch * plan.values[plan.steps[last].output].offset, self.records, 0, last + 1,
+                rt.arena, b["weights"], b["rowptr"], b["cols"], b["vidx"], b["tables"], rt.cols,
+                rt.acc, rt.padded, rt.rows.reshape(-1), rt.no_res)
+        unit = UINT8_UNIT if images.dtype == np.uint8 else FLOAT_UNIT
+        W.walk_images(images, unit, out, *self._image_args[last])
 
     def kernels(self):
         """{step name: (kernel, weight storage or None)} of the compiled plan."""

@@ -52,6 +52,33 @@ def test_the_compiled_walk_matches_the_python_walk(npdc_file, weights, batch):
     assert rel_err(fast.predict(images[:1]), ref[:1]) < 1e-5  # a short batch
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64, np.float16])
+def test_images_loaded_inside_the_compiled_call_give_the_bits_of_loading_them_from_python(tmp_path, dtype):
+    """A plan without host steps loads the raw images, walks and copies its output in one
+    compiled call (walk_images): the same bits as normalising in NumPy and walking after, for
+    every image dtype, a short last batch, a strided array, and a node before the logits."""
+    path = tmp_path / "m.npdc"
+    net = make_npdc(path, NETS["resnet18"])
+    rt = load_runtime(path, "dense", 2)
+    last = len(rt.plan.steps) - 1
+    assert rt.program.segments(last) == [(0, last + 1)]
+    images = raw_images(net, 9)[:, :, ::-1]  # a reversed view: not C-contiguous
+    if dtype != np.uint8:
+        images = (images / np.float64(255.0) * 1.5 - 0.2).astype(dtype)[::2]
+    node = rt.plan.steps[last - 2].output
+
+    def from_python(name):
+        outs = []
+        for i in range(0, len(images), 2):
+            n = rt.load_input(images[i:i + 2])
+            rt._steps(n, rt.writer(name))
+            outs.append(rt.view(name, n).copy())
+        return np.concatenate(outs)
+
+    assert np.array_equal(rt.predict(images), from_python(rt.plan.output))
+    assert np.array_equal(rt.features(images, node), from_python(node))
+
+
 def test_auto_weights_run_each_layer_as_it_measured_fastest(tmp_path):
     """Fake timings that make sparse rows win every layer, then dense floats: the picks follow
     the times whatever the sparsity, and the store of the losing form is dropped."""
