@@ -4,9 +4,14 @@ or the shipped fmnist-resnet18 (`auto` weights, as the runtime bench's `npdc` en
     python bench/runtime_profile.py steps cifar-resnet20 1      # best time of each step alone
     python bench/runtime_profile.py ab fmnist-resnet18 128      # with and without a kernel, and ONNX Runtime
     python bench/runtime_profile.py ort cifar-resnet20 1        # ONNX Runtime's own time per node
+    python bench/runtime_profile.py after fmnist-resnet18 1     # Python right after a forward
 
 `ort` runs ONNX Runtime (when installed) on the same net exported by npdc, with its profiler on,
 and prints each node's best kernel time: the per-layer figures to hold `steps` against.
+`after` times, in alternating rounds: `predict` (images in, logits out: one compiled call); the
+same three parts called from Python; the compiled walk of loaded images alone; and Python's own
+work right after a walk (loading the images from Python, three NumPy calls; copying ten floats;
+a loop of 100 iterations), each also right after itself, warm.
 `steps` prints each step's kernel, shapes, best time over the rounds and multiply-add rate, then
 the sum of the steps and the whole forward. `ab` builds the runtime twice, once with every
 candidate and once without the `--without` kernels (default `blocked`), and times both and ONNX
@@ -71,6 +76,36 @@ def steps(path, net, codes, batch, rounds):
               f" {best[k] * 1e3:8.3f} ms {macs / best[k] / 1e9:6.1f} GMAC/s")
     print(f"sum of steps {sum(best) * 1e3:.3f} ms; whole forward best {min(whole) * 1e3:.3f} ms, "
           f"median {np.median(whole) * 1e3:.3f} ms")
+
+
+def after(path, net, codes, batch, rounds):
+    x = np.random.default_rng(0).random((batch,) + tuple(net.in_shape)).astype(np.float32)
+    rt = build_runtime(net, codes, "auto", batch, path, "compiled")
+    stop, small = len(rt.plan.steps), np.ones(10, np.float32)
+    walk = lambda: rt.program.run(0, stop, batch)  # noqa: E731
+
+    def loop():
+        for _ in range(100):
+            pass
+
+    work = {"load_input": lambda: rt.load_input(x), "copy 10 floats": small.copy, "loop of 100": loop}
+    calls = {"predict": (None, lambda: rt.predict(x)), "walk alone": (None, walk),
+             "load, walk, copy from Python": (None, lambda: (rt.load_input(x), rt.forward(batch).copy()))}
+    for name, fn in work.items():
+        calls[f"{name} after a walk"] = (walk, fn)
+        calls[f"{name} warm"] = (fn, fn)
+    names, times = list(calls), {k: [] for k in calls}
+    rt.predict(x)
+    for i in range(rounds):
+        for k in names[i % len(names):] + names[:i % len(names)]:
+            before, fn = calls[k]
+            if before is not None:
+                before()
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    for k, t in times.items():
+        print(f"{k:28s} median {np.median(t) * 1e3:8.4f} ms, best {min(t) * 1e3:8.4f} ms")
 
 
 def ab(path, net, codes, batch, rounds, without, folder):
@@ -139,7 +174,7 @@ def ort_nodes(net, batch, rounds, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("steps", "ab", "ort"))
+    parser.add_argument("what", choices=("steps", "ab", "ort", "after"))
     parser.add_argument("model", choices=("cifar-resnet20", "fmnist-resnet18"))
     parser.add_argument("batch", type=int)
     parser.add_argument("--rounds", type=int, default=0, help="default: 200 at batch 1, else 7")
@@ -150,6 +185,8 @@ def main():
     path, net, codes = _model(args.model, folder)
     if args.what == "steps":
         steps(path, net, codes, args.batch, rounds)
+    elif args.what == "after":
+        after(path, net, codes, args.batch, rounds)
     elif args.what == "ort":
         ort_nodes(net, args.batch, rounds, folder)
     else:

@@ -153,10 +153,27 @@ def _linear(r, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, rows_ws):
 
 @numba.njit(cache=True)
 def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws,
-         acc_ws, padded, rows_ws, no_res):
-    """Run records[first:last] on the first n images already in the arena. weights: float32
-    dense weights, tail scales, shifts and slopes; rowptr, nz_cols, nz_vidx, tables: the sparse
-    layers' rows (each layer's row pointers start at 0); the rest scratch as the kernels take."""
+         acc_ws, padded, rows_ws, no_res, images, mean, std, x_at, out, out_at):
+    """Run records[first:last] on the first n images of the arena. weights: float32 dense
+    weights, tail scales, shifts and slopes; rowptr, nz_cols, nz_vidx, tables: the sparse
+    layers' rows (each layer's row pointers start at 0); cols_ws .. no_res: scratch as the kernels
+    take it.
+    Around the steps, in the same call: the float32 images (N, C, H, W), minus each channel's
+    mean, over its std, are written into the arena from offset x_at first (N = 0: the arena
+    holds its input already), and out (flat) = as many floats of the arena from offset out_at
+    after. The normalisation is npdc.runtime.infer.normalise_images' float32 arithmetic, so the
+    bits are those of loading the images from Python. Why here: Python that runs right after a
+    forward runs slowly (the forward has pushed the interpreter's code and data out of the
+    caches), and the few NumPy calls around a batch-1 walk cost a fifth of it (docs/perf.md);
+    a second compiled function around this one would compile every kernel's code again."""
+    k = x_at
+    for i in range(images.shape[0]):
+        for ch in range(images.shape[1]):
+            m, s = mean[ch], std[ch]
+            for p in range(images.shape[2]):
+                for q in range(images.shape[3]):
+                    arena[k] = (images[i, ch, p, q] - m) / s
+                    k += 1
     for k in range(first, last):
         r = records[k]
         op = r[F_OP]
@@ -171,29 +188,5 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
             global_avg_pool(x, y)
         else:
             raise ValueError("walk: a host step cannot run compiled")
-
-
-@numba.njit(cache=True)
-def walk_images(images, unit, out, mean, std, x_at, out_at, records, first, last, arena, weights,
-                rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws, padded, rows_ws, no_res):
-    """`walk` of records[first:last] on raw images (N, C, H, W; uint8 or float32), each over
-    `unit` (255 for uint8, else 1, which is exact), minus its channel's mean, over its std, written
-    into the arena from offset x_at; then out (N, ...) = the arena's floats from offset out_at.
-    The normalisation is npdc.runtime.infer.normalise_images' own float32 arithmetic, so the bits
-    are those of loading the images from Python. Why one call: Python that runs right after a
-    forward runs slowly (the forward has pushed the interpreter's code and data out of the
-    caches), so the few NumPy calls around a batch-1 walk cost a fifth of it (docs/perf.md)."""
-    n, c, h, w = images.shape
-    k = x_at
-    for i in range(n):
-        for ch in range(c):
-            m, s = mean[ch], std[ch]
-            for p in range(h):
-                for q in range(w):
-                    arena[k] = (np.float32(images[i, ch, p, q]) / unit - m) / s
-                    k += 1
-    walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tables, cols_ws, acc_ws,
-         padded, rows_ws, no_res)
-    flat = out.reshape(out.size)
     for j in range(out.size):
-        flat[j] = arena[out_at + j]
+        out[j] = arena[out_at + j]

@@ -332,10 +332,8 @@ def _generic(layer, xs, y):
 
 
 def _raw(images):
-    """Images as walk_images takes them: C-contiguous uint8 or float32 (other floats cast)."""
-    if images.dtype != np.uint8 and images.dtype != np.float32:
-        images = as_float(images)
-    return np.ascontiguousarray(images)
+    """Images as the compiled walk loads them: C-contiguous float32, uint8 scaled to [0, 1]."""
+    return np.ascontiguousarray(as_float(images))
 
 
 def check_images(images, in_shape):

@@ -43,7 +43,6 @@ TIMINGS_NAME = "runtime_timings.json"
 WINOGRAD_ONE_BYTES = 256 * 1024
 ROUNDS_ONE = 30  # rounds a batch-1 choice is timed at least (measured_choices)
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
-UINT8_UNIT, FLOAT_UNIT = np.float32(255.0), np.float32(1.0)  # raw images over these are the net's
 
 
 class Packer:
@@ -180,15 +179,23 @@ class Program:
     def __init__(self, runtime, choice="measure"):
         if choice not in CHOICES:
             raise ValueError(f"unknown choice {choice!r}; known: {', '.join(CHOICES)}")
-        self.runtime = runtime
+        self._attach(runtime)
         steps = runtime.plan.steps
         if choice == "measure":
             picks = measured_choices(runtime)
         else:
             picks = [reference_choice(runtime, s) for s in steps]
         self.picks = {s.name: p for s, p in zip(steps, picks)}
-        self._segments, self._image_args = {}, {}
+        self._segments = {}
         self._pack(picks)
+
+    def _attach(self, runtime):
+        """Run on runtime's arena and scratch: where its input starts, and the empty images and
+        output a run of steps alone passes the walk."""
+        self.runtime, plan = runtime, runtime.plan
+        self._input_at = plan.batch * plan.values[INPUT].offset
+        self._no_images = np.zeros((0,) + tuple(plan.in_shape), np.float32)
+        self._no_out = np.zeros(0, np.float32)
 
     def _pack(self, picks):
         runtime, packer = self.runtime, Packer()
@@ -220,24 +227,22 @@ class Program:
         return out
 
     def run(self, first, stop, n, records=None):
-        rt, b = self.runtime, self.buffers
-        W.walk(self.records if records is None else records, first, stop, n, rt.arena,
-               b["weights"], b["rowptr"], b["cols"], b["vidx"], b["tables"], rt.cols, rt.acc,
-               rt.padded, rt.rows.reshape(-1), rt.no_res)
+        """Steps first..stop-1 (all compiled) on the first n images already in the arena."""
+        self._walk(self.records if records is None else records, first, stop, n, self._no_images,
+                   0, self._no_out, 0)
 
     def run_images(self, images, last, out):
-        """Steps 0..last, all compiled, on raw images (uint8 or float32, at most the plan's batch),
-        loaded and normalised in the same compiled call; out = step last's output. The call's
-        other arguments are gathered once per `last`: Python is slow around a forward."""
-        if last not in self._image_args:
-            rt, b, plan = self.runtime, self.buffers, self.runtime.plan
-            self._image_args[last] = (
-                plan.mean, plan.std, plan.batch * plan.values[INPUT].offset,
-                plan.batch * plan.values[plan.steps[last].output].offset, self.records, 0, last + 1,
-                rt.arena, b["weights"], b["rowptr"], b["cols"], b["vidx"], b["tables"], rt.cols,
-                rt.acc, rt.padded, rt.rows.reshape(-1), rt.no_res)
-        unit = UINT8_UNIT if images.dtype == np.uint8 else FLOAT_UNIT
-        W.walk_images(images, unit, out, *self._image_args[last])
+        """Steps 0..last, all compiled, on images (float32, at most the plan's batch) loaded in the
+        same compiled call; out (C-contiguous) = step last's output."""
+        plan = self.runtime.plan
+        self._walk(self.records, 0, last + 1, len(images), images, self._input_at,
+                   out.reshape(out.size), plan.batch * plan.values[plan.steps[last].output].offset)
+
+    def _walk(self, records, first, stop, n, images, x_at, out, out_at):
+        rt, b, plan = self.runtime, self.buffers, self.runtime.plan
+        W.walk(records, first, stop, n, rt.arena, b["weights"], b["rowptr"], b["cols"], b["vidx"],
+               b["tables"], rt.cols, rt.acc, rt.padded, rt.rows.reshape(-1), rt.no_res, images,
+               plan.mean, plan.std, x_at, out, out_at)
 
     def kernels(self):
         """{step name: (kernel, weight storage or None)} of the compiled plan."""
@@ -296,7 +301,7 @@ def measured_choices(runtime, repeats=3):
     records = [[step_record(runtime, s, op, kind, packer) for op, kind in opts]
                for s, opts in zip(steps, options)]
     trial = Program.__new__(Program)
-    trial.runtime = runtime
+    trial._attach(runtime)
     trial.buffers = packer.arrays(*sparse_dtypes(runtime, [o for opts in options for o in opts],
                                                   [s for s, opts in zip(steps, options) for _ in opts]))
     B = runtime.plan.batch

@@ -55,7 +55,7 @@ def test_the_compiled_walk_matches_the_python_walk(npdc_file, weights, batch):
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64, np.float16])
 def test_images_loaded_inside_the_compiled_call_give_the_bits_of_loading_them_from_python(tmp_path, dtype):
     """A plan without host steps loads the raw images, walks and copies its output in one
-    compiled call (walk_images): the same bits as normalising in NumPy and walking after, for
+    compiled call (the walk): the same bits as normalising in NumPy and walking after, for
     every image dtype, a short last batch, a strided array, and a node before the logits."""
     path = tmp_path / "m.npdc"
     net = make_npdc(path, NETS["resnet18"])
