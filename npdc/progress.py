@@ -16,12 +16,14 @@ stderr (results and `--json` lines go to stdout, printed by the command line).
 import contextlib
 import logging
 import sys
+import threading
 import time
 
 from tqdm import tqdm
 
 logger = logging.getLogger("npdc")
 LINE_SECONDS = 30.0
+NOTICE_SECONDS = 5.0  # a silent wait longer than this gets a line saying why (notice_if_slow)
 _RUNNING = "{desc}: {percentage:.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _DONE = "{desc}: {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 _OPEN = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"  # no total known
@@ -88,6 +90,24 @@ def warn(text):
     """Something the user should know although the work goes on (a skipped file): one line at
     level warning, shown even with --quiet."""
     logger.warning(text)
+
+
+@contextlib.contextmanager
+def notice_if_slow(text, seconds=None, when=None):
+    """Say `text` once if the block still runs after `seconds` (default NOTICE_SECONDS) and
+    `when()` (if given) is then true, from a timer thread; nothing when the block ends sooner.
+    For waits with no steps to count, such as Numba compiling kernels on their first use."""
+    def fire():
+        if when is None or when():
+            say(text)
+
+    timer = threading.Timer(NOTICE_SECONDS if seconds is None else seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def progress_bar(iterable=None, *, total=None, desc="", unit="it", enabled=True, leave=True):

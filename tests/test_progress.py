@@ -7,13 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from tqdm import tqdm
 
 from npdc import progress
-from npdc.progress import LineProgress, output, progress_bar, say, shown
+from npdc.progress import LineProgress, notice_if_slow, output, progress_bar, say, shown
+from npdc.runtime.program import COMPILING
 from tests.conftest import write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,19 @@ def test_shown_is_what_the_api_progress_argument_does(monkeypatch):
     assert (progress.logger.level, progress.logger.disabled, list(progress.logger.handlers)) == before
 
 
+def test_a_wait_gets_its_notice_only_when_it_runs_long(monkeypatch):
+    """notice_if_slow says its text once, after its delay, while the block still runs; a block
+    that ends first says nothing, and no timer says it later."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with output("info"):
+        with notice_if_slow("compiling", seconds=0.05):
+            time.sleep(0.4)
+        with notice_if_slow("quick", seconds=0.2):
+            pass
+        time.sleep(0.4)
+    assert sys.stderr.getvalue() == "compiling\n"
+
+
 # -- a command's stderr in a file ------------------------------------------------------------------
 def _npdc(args, folder, stderr_file):
     with open(stderr_file, "w") as err:
@@ -119,7 +134,7 @@ def test_train_and_compress_logs_in_a_file_are_plain_lines(folder):
                            folder, folder / "compress.log")
     assert code == 0, log
     assert "\r" not in log and "x smaller" in out and "baseline accuracy" in log
-    lines = log.splitlines()
+    lines = [line for line in log.splitlines() if line != COMPILING]  # a cold Numba cache's notice
     assert sum(line.startswith("epoch ") for line in lines) == 3  # two of pruning, one of quantization
     assert len(lines) <= 12 and len(log) < 3000, log
 

@@ -14,12 +14,14 @@ threads, CPU and the kernels' digest), so the same machine makes the same choice
 same bytes, run after run.
 """
 
+import contextlib
 import json
 import math
 import os
 
 import numba
 import numpy as np
+from numba.core import event
 
 from npdc.atomic import write_text
 from npdc.engine.conv_select import best_in_turns, cache_file, cpu_name
@@ -34,6 +36,7 @@ from npdc.kernels.fused_blocked import lanes_for
 from npdc.kernels.fused_pointwise import OUT as POINTWISE_OUT
 from npdc.kernels.fused_winograd import grouped_kernels
 from npdc.kernels.sparse_s1 import sparse_takes
+from npdc.progress import notice_if_slow
 
 TIMINGS_NAME = "runtime_timings.json"
 # the largest transformed kernels (36 O C floats, 4x the dense weights) a batch-1 layer may run
@@ -43,6 +46,8 @@ TIMINGS_NAME = "runtime_timings.json"
 WINOGRAD_ONE_BYTES = 256 * 1024
 ROUNDS_ONE = 30  # rounds a batch-1 choice is timed at least (measured_choices)
 CHOICES = ("measure", "reference")  # measured per layer, or the Python walk's fixed rules
+COMPILING = ("compiling the runtime's kernels (Numba, on their first use after an install or an "
+             "upgrade; a few minutes, then cached)")
 
 
 class Packer:
@@ -159,6 +164,30 @@ def candidates(runtime, step):
     return out
 
 
+class _Compiles(event.Listener):
+    """Notes whether Numba compiled anything (loading a kernel from its cache is no compile)."""
+
+    def __init__(self):
+        self.seen = False
+
+    def on_start(self, ev):
+        self.seen = True
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def compiling_notice():
+    """Within the block, say COMPILING once if Numba compiles and the block runs past
+    npdc.progress.NOTICE_SECONDS: the first run after an install waits minutes with nothing
+    else to show."""
+    compiles = _Compiles()
+    with event.install_listener("numba:compile", compiles), \
+            notice_if_slow(COMPILING, when=lambda: compiles.seen):
+        yield
+
+
 def winograd_bytes(w_shape):
     """Bytes of a 3x3 layer's transformed kernels in fused_winograd (O and C padded to blocks)."""
     return 4 * 36 * -(-w_shape[0] // 16) * 16 * -(-w_shape[1] // 8) * 8
@@ -196,6 +225,7 @@ class Program:
         self._input_at = plan.batch * plan.values[INPUT].offset
         self._no_images = np.zeros((0,) + tuple(plan.in_shape), np.float32)
         self._no_out = np.zeros(0, np.float32)
+        self._called = False
 
     def _pack(self, picks):
         runtime, packer = self.runtime, Packer()
@@ -239,6 +269,11 @@ class Program:
                    out.reshape(out.size), plan.batch * plan.values[plan.steps[last].output].offset)
 
     def _walk(self, records, first, stop, n, images, x_at, out, out_at):
+        if not self._called:  # the first call compiles the walk, or loads it from Numba's cache
+            self._called = True
+            with compiling_notice():
+                self._walk(records, first, stop, n, images, x_at, out, out_at)
+            return
         rt, b, plan = self.runtime, self.buffers, self.runtime.plan
         W.walk(records, first, stop, n, rt.arena, b["weights"], b["rowptr"], b["cols"], b["vidx"],
                b["tables"], rt.cols, rt.acc, rt.padded, rt.rows.reshape(-1), rt.no_res, images,

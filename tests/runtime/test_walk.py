@@ -79,6 +79,42 @@ def test_images_loaded_inside_the_compiled_call_give_the_bits_of_loading_them_fr
     assert np.array_equal(rt.features(images, node), from_python(node))
 
 
+def test_a_first_walk_that_compiles_for_long_says_why_once(tmp_path, monkeypatch, capsys):
+    """A runtime's first compiled call gets one line on stderr when Numba compiles in it (here a
+    compile event around a sleep) and it runs past the notice's delay; a second runtime whose
+    first call is as slow but compiles nothing (its kernels loaded from the cache) gets none."""
+    import time
+
+    from numba.core import event
+
+    from npdc import progress
+    from npdc.kernels import walk as W
+
+    path = tmp_path / "m.npdc"
+    net = make_npdc(path, NETS["resnet18"])
+    real, calls = W.walk, []
+
+    def walk(*args):
+        if not calls:
+            with event.trigger_event("numba:compile", data={}):
+                time.sleep(0.3)
+        calls.append(1)
+        real(*args)
+
+    monkeypatch.setattr(W, "walk", walk)
+    monkeypatch.setattr(progress, "NOTICE_SECONDS", 0.05)
+    with progress.output("info"):
+        load_runtime(path, "dense", 1).predict(raw_images(net, 3))
+        first = len(calls)
+        calls.clear()
+        calls.append(0)  # no compile event from here on
+        rt = load_runtime(path, "dense", 1)
+        rt.program._called = False
+        monkeypatch.setattr(W, "walk", lambda *args: (time.sleep(0.3), real(*args)))
+        rt.predict(raw_images(net, 1))
+    assert first > 3 and capsys.readouterr().err.count(program.COMPILING) == 1
+
+
 def test_auto_weights_run_each_layer_as_it_measured_fastest(tmp_path):
     """Fake timings that make sparse rows win every layer, then dense floats: the picks follow
     the times whatever the sparsity, and the store of the losing form is dropped."""
