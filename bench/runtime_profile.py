@@ -5,6 +5,7 @@ or the shipped fmnist-resnet18 (`auto` weights, as the runtime bench's `npdc` en
     python bench/runtime_profile.py ab fmnist-resnet18 128      # with and without a kernel, and ONNX Runtime
     python bench/runtime_profile.py ort cifar-resnet20 1        # ONNX Runtime's own time per node
     python bench/runtime_profile.py after fmnist-resnet18 1     # Python right after a forward
+    python bench/runtime_profile.py prefix fmnist-resnet18 1    # each step in place, in the forward
 
 `ort` runs ONNX Runtime (when installed) on the same net exported by npdc, with its profiler on,
 and prints each node's best kernel time: the per-layer figures to hold `steps` against.
@@ -12,6 +13,10 @@ and prints each node's best kernel time: the per-layer figures to hold `steps` a
 same three parts called from Python; the compiled walk of loaded images alone; and Python's own
 work right after a walk (loading the images from Python, three NumPy calls; copying ten floats;
 a loop of 100 iterations), each also right after itself, warm.
+`prefix` times every prefix of the plan as one walk (steps 0..k, best over the rounds) and prints
+the differences: each step's time where it runs in a forward, its inputs and weights as cold as
+the steps before leave them (the plan must have no host steps). Differences of two best times:
+a step's figure is good to a few microseconds only, and may come out below zero.
 `steps` prints each step's kernel, shapes, best time over the rounds and multiply-add rate, then
 the sum of the steps and the whole forward. `ab` builds the runtime twice, once with every
 candidate and once without the `--without` kernels (default `blocked`), and times both and ONNX
@@ -108,6 +113,23 @@ def after(path, net, codes, batch, rounds):
         print(f"{k:28s} median {np.median(t) * 1e3:8.4f} ms, best {min(t) * 1e3:8.4f} ms")
 
 
+def prefix(path, net, codes, batch, rounds):
+    x = np.random.default_rng(0).random((batch,) + tuple(net.in_shape)).astype(np.float32)
+    rt = build_runtime(net, codes, "auto", batch, path, "compiled")
+    stop = len(rt.plan.steps)
+    rt.load_input(x)
+    best = np.full(stop + 1, np.inf)
+    for _ in range(rounds):
+        for k in range(stop + 1):
+            t = time.perf_counter()
+            rt.program.run(0, k, batch)
+            best[k] = min(best[k], time.perf_counter() - t)
+    kernels = rt.kernels()
+    for k, s in enumerate(rt.plan.steps):
+        print(f"{s.name:12s} {'/'.join(map(str, kernels[s.name])):16s} {(best[k + 1] - best[k]) * 1e3:8.3f} ms")
+    print(f"no step {best[0] * 1e3:.4f} ms; the whole walk {best[stop] * 1e3:.3f} ms")
+
+
 def ab(path, net, codes, batch, rounds, without, folder):
     x = np.random.default_rng(0).random((batch,) + tuple(net.in_shape)).astype(np.float32)
     every = program.candidates
@@ -174,7 +196,7 @@ def ort_nodes(net, batch, rounds, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("steps", "ab", "ort", "after"))
+    parser.add_argument("what", choices=("steps", "ab", "ort", "after", "prefix"))
     parser.add_argument("model", choices=("cifar-resnet20", "fmnist-resnet18"))
     parser.add_argument("batch", type=int)
     parser.add_argument("--rounds", type=int, default=0, help="default: 200 at batch 1, else 7")
@@ -185,6 +207,8 @@ def main():
     path, net, codes = _model(args.model, folder)
     if args.what == "steps":
         steps(path, net, codes, args.batch, rounds)
+    elif args.what == "prefix":
+        prefix(path, net, codes, args.batch, rounds)
     elif args.what == "after":
         after(path, net, codes, args.batch, rounds)
     elif args.what == "ort":
