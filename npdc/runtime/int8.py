@@ -47,7 +47,7 @@ from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_params import Int8Step, fixed_multipliers, pad_to
 from npdc.runtime.int8_program import lower
 from npdc.runtime.plan import Plan
-from npdc.runtime.program import compiling_notice
+from npdc.runtime.program import compiling_notice, notices_compiling
 from npdc.runtime.weights import DenseWeights
 
 TILE_BYTES = 1 << 16  # packed column bytes of one conv tile per thread (stays in L2)
@@ -97,7 +97,6 @@ class Int8Runtime:
             self.entries, self.blocked = kernel_choice(self, sparse, blocked)
         self.records, self.words, self.ints, self.reals, self.segments = lower(self)
         self.calls = self._bind(B)
-        self._called = False
 
     def _row(self, s):
         """Positions from one output row of a conv tile to the next, as the conv lays them out."""
@@ -292,13 +291,9 @@ class Int8Runtime:
             if not (self.float_out and s is self.plan.steps[-1]):
                 keep[s.output] = self.planar(s.output, n)
 
+    @notices_compiling
     def run_compiled(self, first, stop, n):
         """Steps first..stop-1 (none a float layer) in one compiled call."""
-        if not self._called:  # the first call compiles the walk, or loads it from Numba's cache
-            self._called = True
-            with compiling_notice():
-                self.run_compiled(first, stop, n)
-            return
         KW.walk_int8(self.records, first, stop, n, self.arena, self.words, self.ints, self.reals,
                      self.logits, self.no_logits, self.cols, self.acc, self.no_res, self.no_words, self.vnni)
 

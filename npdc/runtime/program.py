@@ -15,6 +15,7 @@ same bytes, run after run.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -188,6 +189,19 @@ def compiling_notice():
         yield
 
 
+def notices_compiling(method):
+    """method, its first call on each object run inside compiling_notice: the call in which the
+    object's compiled walk compiles (or loads from Numba's cache)."""
+    @functools.wraps(method)
+    def first_or_not(self, *args):
+        if self.__dict__.get("_walked"):
+            return method(self, *args)
+        self._walked = True
+        with compiling_notice():
+            return method(self, *args)
+    return first_or_not
+
+
 def winograd_bytes(w_shape):
     """Bytes of a 3x3 layer's transformed kernels in fused_winograd (O and C padded to blocks)."""
     return 4 * 36 * -(-w_shape[0] // 16) * 16 * -(-w_shape[1] // 8) * 8
@@ -225,7 +239,6 @@ class Program:
         self._input_at = plan.batch * plan.values[INPUT].offset
         self._no_images = np.zeros((0,) + tuple(plan.in_shape), np.float32)
         self._no_out = np.zeros(0, np.float32)
-        self._called = False
 
     def _pack(self, picks):
         runtime, packer = self.runtime, Packer()
@@ -268,12 +281,8 @@ class Program:
         self._walk(self.records, 0, last + 1, len(images), images, self._input_at,
                    out.reshape(out.size), plan.batch * plan.values[plan.steps[last].output].offset)
 
+    @notices_compiling
     def _walk(self, records, first, stop, n, images, x_at, out, out_at):
-        if not self._called:  # the first call compiles the walk, or loads it from Numba's cache
-            self._called = True
-            with compiling_notice():
-                self._walk(records, first, stop, n, images, x_at, out, out_at)
-            return
         rt, b, plan = self.runtime, self.buffers, self.runtime.plan
         W.walk(records, first, stop, n, rt.arena, b["weights"], b["rowptr"], b["cols"], b["vidx"],
                b["tables"], rt.cols, rt.acc, rt.padded, rt.rows.reshape(-1), rt.no_res, images,

@@ -109,7 +109,7 @@ def test_a_first_walk_that_compiles_for_long_says_why_once(tmp_path, monkeypatch
         calls.clear()
         calls.append(0)  # no compile event from here on
         rt = load_runtime(path, "dense", 1)
-        rt.program._called = False
+        rt.program._walked = False
         monkeypatch.setattr(W, "walk", lambda *args: (time.sleep(0.3), real(*args)))
         rt.predict(raw_images(net, 1))
     assert first > 3 and capsys.readouterr().err.count(program.COMPILING) == 1
