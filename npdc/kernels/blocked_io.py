@@ -20,16 +20,19 @@ def fill_padded(x, i, pad, xp):
     """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
     plane zeroed in one run, then each row copied in. Plain loops the loop vectoriser turns
     into vector runs: writing the zeros apart (per border, as slices or short loops) and the rows
-    in 16-float runs cost more on every plane size measured (docs/perf.md)."""
+    in 16-float runs cost more on every plane size measured (docs/perf.md). The row indices are
+    unsigned: with signed ones the vectoriser kept NumPy's negative-index wraparound and moved
+    each row by gather and scatter, 2.5-3 times slower (docs/perf.md, fifteenth session)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = h + 2 * pad, w + 2 * pad
     xf = x.reshape(x.size)
     for k in range(c * hp * wp):
         xp[k] = 0
+    u = numba.uint64
     for ch in range(c):
         for r in range(h):
-            start, src = ch * hp * wp + (r + pad) * wp + pad, ((i * c + ch) * h + r) * w
-            for col in range(w):
+            start, src = u(ch * hp * wp + (r + pad) * wp + pad), u(((i * c + ch) * h + r) * w)
+            for col in range(u(w)):
                 xp[start + col] = xf[src + col]
 
 

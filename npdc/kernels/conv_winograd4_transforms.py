@@ -196,6 +196,7 @@ def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
     clearing first."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hw, c8, w8 = h * w, c // 8 * 8, w // 8 * 8
+    xf, u = x.reshape(x.size), numba.uint64
     for r in range(r0, r1):
         row = at + (r - r0) * run
         if r < pad or r >= h + pad:
@@ -207,9 +208,10 @@ def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
         for c0 in range(0, c8, 8):
             for col0 in range(0, w8, 8):
                 transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
-        for col in range(w):
-            for ch in range(c8 if col < w8 else 0, c):
-                xp[base + col * lanes + ch] = x[image, ch, r - pad, col]
+        for col in range(w):  # flat unsigned indices: x's 4-D index kept wraparound tests and ran scalar
+            d, s = u(base + col * lanes), u(src + col)
+            for ch in range(u(c8 if col < w8 else 0), u(c)):
+                xp[d + ch] = xf[s + ch * u(hw)]
             xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
 
 

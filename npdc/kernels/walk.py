@@ -166,14 +166,15 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
     forward runs slowly (the forward has pushed the interpreter's code and data out of the
     caches), and the few NumPy calls around a batch-1 walk cost a fifth of it (docs/perf.md);
     a second compiled function around this one would compile every kernel's code again."""
-    k = x_at
-    for i in range(images.shape[0]):
-        for ch in range(images.shape[1]):
+    u = numba.uint64  # unsigned indices: with NumPy's wraparound these loops load and store by gather
+    k = u(x_at)
+    for i in range(u(images.shape[0])):
+        for ch in range(u(images.shape[1])):
             m, s = mean[ch], std[ch]
-            for p in range(images.shape[2]):
-                for q in range(images.shape[3]):
+            for p in range(u(images.shape[2])):
+                for q in range(u(images.shape[3])):
                     arena[k] = (images[i, ch, p, q] - m) / s
-                    k += 1
+                    k += u(1)
     for k in range(first, last):
         r = records[k]
         op = r[F_OP]
@@ -188,5 +189,5 @@ def walk(records, first, last, n, arena, weights, rowptr, nz_cols, nz_vidx, tabl
             global_avg_pool(x, y)
         else:
             raise ValueError("walk: a host step cannot run compiled")
-    for j in range(out.size):
-        out[j] = arena[out_at + j]
+    for j in range(u(out.size)):
+        out[j] = arena[u(out_at) + j]
