@@ -238,13 +238,13 @@ def _rows_image_body(plane, W8, starts, shift, yi):
                 store_block(S, yi, BLOCK * b, r, ca, cb)
 
 
-_rows_image = straight_line_compiled(_rows_image_body, "F[:, :, ::1], F[:, :, :, ::1], i8[::1], i8[::1], F[:, :, ::1]")
+rows_image = straight_line_compiled(_rows_image_body, "F[:, :, ::1], F[:, :, :, ::1], i8[::1], i8[::1], F[:, :, ::1]")
 
 
 @numba.njit(parallel=True, cache=True)
 def _rows(x, W8, pad, starts, shift, y, n_threads):
     """y = the valid 3x3 correlation of x zero-padded by `pad`, one image per task, through a
-    per-thread padded plane (its border stays zero); `starts` and `shift` as _rows_image takes
+    per-thread padded plane (its border stays zero); `starts` and `shift` as rows_image takes
     them."""
     n, c, h, w = x.shape
     planes = np.zeros((n_threads, c, h + 2 * pad, w + 2 * pad), x.dtype)
@@ -254,7 +254,7 @@ def _rows(x, W8, pad, starts, shift, y, n_threads):
             for r in range(h):
                 for col in range(w):
                     plane[ch, r + pad, col + pad] = x[i, ch, r, col]
-        _rows_image(plane, W8, starts, shift, y[i])
+        rows_image(plane, W8, starts, shift, y[i])
 
 
 def row_chunks(wo):

@@ -16,8 +16,11 @@ positions and output channels, never a sum), so the bits do not depend on either
 """
 
 import numba
+import numpy as np
 
-from npdc.kernels.conv_flat import BLOCK, TILE, VECTOR, block_sums, fill_plane
+from npdc.kernels.blocked_io import fill_padded, finish_sums
+from npdc.kernels.conv_flat import BLOCK, FEW, TILE, VECTOR, block_sums, fill_plane, rows_image
+from npdc.kernels.conv_flat import LANES as CHUNK
 from npdc.kernels.conv_polyphase import LANES, ROWS, fill_phases, taps_gemm
 from npdc.kernels.fused import PRANGE_ONLY, finish_tail
 
@@ -31,11 +34,55 @@ def flat_layout(h, w, pad):
     return wp, period, (period + pad) * wp + 2 + VECTOR, per, per * wp + VECTOR
 
 
-def flat_scratch(c, h, w, pad):
+@numba.njit(cache=True)
+def few_rows(c, wo, batch):
+    """Whether a batch's stride-1 layer of c input channels and rows wo wide runs _few_rows: as
+    many channels as the engine's few-channel rows take, rows of at least one chunk."""
+    return batch > 1 and c < FEW and wo >= CHUNK
+
+
+def flat_scratch(c, h, w, pad, o=0, batch=1):
     """(plane floats, accumulator floats) one thread needs for a layer with c input channels of
-    h x w padded by `pad`."""
+    h x w padded by `pad` and o output channels, at a batch."""
     _, _, size, _, width = flat_layout(h, w, pad)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    if few_rows(c, wp - 2, batch):
+        return max(c * size, c * hp * wp + 16), max(BLOCK * width, o * (hp - 2) * (wp - 2))
     return c * size, BLOCK * width
+
+
+@numba.njit(parallel=PRANGE_ONLY, cache=True)
+def _few_rows(x, W9, pad, tail, y, planes, acc_ws):
+    """conv_flat_fused for a batch of few input channels: each image padded into its thread's
+    plane (C, H + 2 pad, W + 2 pad), summed by the engine's few-channel rows (conv_flat.rows_image:
+    eight output channels by two 16-column chunks of an output row in registers, the sums of one
+    position in the order flat's tiles sum them, so the same bits) into the thread's accumulator
+    (O, Ho, Wo), then written through the tail. Why: with one to seven input channels a tap is one
+    multiply-add per output, so flat's tiles (sums stored and reloaded per channel) and blocked's
+    regrouping by channel cost more than the sums; a stem ran 1.6 times faster so (docs/perf.md)."""
+    n, c, h, w = x.shape
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    blocks = W9.shape[0] // BLOCK
+    W8 = np.empty((blocks, c, 9, BLOCK), W9.dtype)  # conv_flat.interleaved's layout, a few floats
+    for b in range(blocks):
+        for ch in range(c):
+            for t in range(9):
+                for q in range(BLOCK):
+                    W8[b, ch, t, q] = W9[b * BLOCK + q, ch, t]
+    chunks = -(-wo // CHUNK)  # conv_flat.row_chunks: an even count, the last ending at the row's end
+    starts = np.empty(chunks + chunks % 2, np.int64)
+    for k in range(chunks):
+        starts[k] = min(CHUNK * k, wo - CHUNK)
+    starts[-1] = starts[chunks - 1]
+    shift = np.arange(3)  # as data: see conv_flat._rows_image_body
+    hp, wp = h + 2 * pad, w + 2 * pad
+    size, hw = c * hp * wp, ho * wo
+    for i in numba.prange(n):
+        tid = numba.get_thread_id()
+        xp, acc = planes[tid * (size + 16):(tid + 1) * (size + 16)], acc_ws[tid]
+        fill_padded(x, i, pad, xp)
+        rows_image(xp[:size].reshape((c, hp, wp)), W8, starts, shift, acc[:o * hw].reshape((o, ho, wo)))
+        finish_sums(acc, 1, hw, o, 0, hw, 0, tail, y, i)
 
 
 @numba.njit(cache=True)
@@ -56,6 +103,9 @@ def conv_flat_fused(x, W9, pad, tail, y, planes, acc_ws):
     planes: flat, >= C * plane floats for one image, times the threads when N > 1;
     acc_ws: (threads, >= BLOCK * accumulator row floats); flat_scratch gives both."""
     n, c, h, w = x.shape
+    if few_rows(c, y.shape[3], n):
+        _few_rows(x, W9, pad, tail, y, planes, acc_ws)
+        return
     wp, period, size, per, width = flat_layout(h, w, pad)
     tiles = (y.shape[2] + per - 1) // per
     blocks = W9.shape[0] // BLOCK

@@ -106,7 +106,7 @@ class Runtime:
                 direct_accs.append(pointwise_floats(c, *shape[1:], s.stride))
             for kernel in {"flat", "phases", "blocked"} & set(kernels(s)):  # a plane per thread, or one
                 if kernel == "flat":
-                    plane, direct_acc = flat_scratch(c, h, w, s.pad)
+                    plane, direct_acc = flat_scratch(c, h, w, s.pad, shape[1], plan.batch)
                 elif kernel == "blocked":
                     plane, direct_acc = blocked_scratch(c, h, w, s.pad, shape[1], shape[2] * shape[3],
                                                         plan.batch)
