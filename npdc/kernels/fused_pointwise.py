@@ -27,10 +27,18 @@ from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straigh
 OUT = 4  # output channels per register block
 VECTORS = 4  # vectors of 16 positions per register block
 SPAN = 16 * VECTORS  # positions per register block
+TAIL_FLOATS = 8192  # sums per tail call: a run of positions for every output channel of a task
 
 
-def _block_body(xf, at, cs, Wb, acc):
-    """acc[l * SPAN + r] = sum over c of Wb[c, l] * xf[at + c * cs + r] for l < OUT, r < SPAN:
+@numba.njit(cache=True)
+def tail_positions(o):
+    """Positions per tail call for o output channels: whole register blocks, as many as fill
+    TAIL_FLOATS (a tail call per channel and run; short runs cost their calls, docs/perf.md)."""
+    return SPAN * max(1, TAIL_FLOATS // (-(-o // OUT) * OUT * SPAN))
+
+
+def _block_body(xf, at, cs, Wb, lstep, acc):
+    """acc[l * lstep + r] = sum over c of Wb[c, l] * xf[at + c * cs + r] for l < OUT, r < SPAN:
     OUT output channels by four vectors of positions, sixteen sums in registers."""
     prefer_512_bit_vectors()
     u = numba.uint64
@@ -49,14 +57,14 @@ def _block_body(xf, at, cs, Wb, acc):
         d0, d1, d2, d3 = fma16(d0, w3, x0), fma16(d1, w3, x1), fma16(d2, w3, x2), fma16(d3, w3, x3)
         p += u(cs)
     for k, s in enumerate((a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3)):
-        st16(acc, u(16 * k), s)
+        st16(acc, u((k // VECTORS) * lstep + 16 * (k % VECTORS)), s)
 
 
-block_sums = straight_line_compiled(_block_body, "F[::1], i8, i8, F[:, ::1], F[::1]")
+block_sums = straight_line_compiled(_block_body, "F[::1], i8, i8, F[:, ::1], i8, F[::1]")
 
 
-def _vector_body(xf, at, cs, Wb, acc):
-    """_block_body for one vector of sixteen positions: acc[l * SPAN + r], r < 16."""
+def _vector_body(xf, at, cs, Wb, lstep, acc):
+    """_block_body for one vector of sixteen positions: acc[l * lstep + r], r < 16."""
     prefer_512_bit_vectors()
     u = numba.uint64
     acc[0] = 0
@@ -69,18 +77,18 @@ def _vector_body(xf, at, cs, Wb, acc):
         a, b, c, d = fma16(a, w[0], x), fma16(b, w[1], x), fma16(c, w[2], x), fma16(d, w[3], x)
         p += u(cs)
     for k, s in enumerate((a, b, c, d)):
-        st16(acc, u(SPAN * k), s)
+        st16(acc, u(lstep * k), s)
 
 
-vector_sums = straight_line_compiled(_vector_body, "F[::1], i8, i8, F[:, ::1], F[::1]")
+vector_sums = straight_line_compiled(_vector_body, "F[::1], i8, i8, F[:, ::1], i8, F[::1]")
 
 
 @numba.njit(cache=True)
-def _scalar_sums(xf, at, cs, Wb, count, acc):
-    """acc[l * SPAN + r] for the last count < 16 positions, one at a time."""
+def _scalar_sums(xf, at, cs, Wb, count, lstep, acc):
+    """acc[l * lstep + r] for the last count < 16 positions, one at a time."""
     for l in range(OUT):
         for r in range(count):
-            k = l * SPAN + r
+            k = l * lstep + r
             acc[k] = 0
             for c in range(Wb.shape[0]):
                 acc[k] += Wb[c, l] * xf[at + c * cs + r]
@@ -101,34 +109,36 @@ def _subsample(x, image, stride, plane):
 
 @numba.njit(cache=True)
 def _image(x, Wb, stride, tail, y, image, b0, b1, ws):
-    """Output blocks b0 .. b1 - 1 of one image: per block of SPAN positions, every output block's
-    sums (the positions' inputs stay in L1 from one output block to the next), then one tail
-    call for all their channels."""
+    """Output blocks b0 .. b1 - 1 of one image, a run of tail_positions positions at a time: per
+    register block of SPAN positions, every output block's sums (the positions' inputs stay in
+    L1 from one output block to the next), then one tail call for the run's channels."""
     c, P = x.shape[1], y.shape[2] * y.shape[3]
-    acc = ws[:(b1 - b0) * OUT * SPAN]
+    run = tail_positions((b1 - b0) * OUT)
+    acc = ws[:(b1 - b0) * OUT * run]
     if stride == 1:
         xf, base = x.reshape(x.size), image * c * P
     else:
         xf, base = ws[acc.size:acc.size + c * P], 0
         _subsample(x, image, stride, xf)
     full, vec = P // SPAN * SPAN, P // 16 * 16
-    for p0 in range(0, P, SPAN):
-        for b in range(b0, b1):
-            a = acc[(b - b0) * OUT * SPAN:]
-            if p0 < full:
-                block_sums(xf, base + p0, P, Wb[b], a)
-                continue
-            for v in range(p0, vec, 16):
-                vector_sums(xf, base + v, P, Wb[b], a[v - p0:])
-            if vec < P:
-                _scalar_sums(xf, base + vec, P, Wb[b], P - vec, a[vec - p0:])
-        finish_sums(acc, 1, SPAN, (b1 - b0) * OUT, image * P + p0, min(SPAN, P - p0), b0 * OUT, tail, y, 0)
+    for q0 in range(0, P, run):
+        for p0 in range(q0, min(q0 + run, P), SPAN):
+            for b in range(b0, b1):
+                a = acc[(b - b0) * OUT * run + p0 - q0:]
+                if p0 < full:
+                    block_sums(xf, base + p0, P, Wb[b], run, a)
+                    continue
+                for v in range(p0, vec, 16):
+                    vector_sums(xf, base + v, P, Wb[b], run, a[v - p0:])
+                if vec < P:
+                    _scalar_sums(xf, base + vec, P, Wb[b], P - vec, run, a[vec - p0:])
+        finish_sums(acc, 1, run, (b1 - b0) * OUT, image * P + q0, min(run, P - q0), b0 * OUT, tail, y, 0)
 
 
 def pointwise_floats(c, o, ho, wo, stride):
     """Floats of one thread's workspace for a layer with c input channels, o output channels and
     a ho x wo output."""
-    return -(-o // OUT) * OUT * SPAN + (c * ho * wo if stride > 1 else 0)
+    return -(-o // OUT) * OUT * tail_positions(o) + (c * ho * wo if stride > 1 else 0)
 
 
 @numba.njit(parallel=PRANGE_ONLY, cache=True)
