@@ -113,7 +113,7 @@ def _image(x, Wb, stride, tail, y, image, b0, b1, ws):
     register block of SPAN positions, every output block's sums (the positions' inputs stay in
     L1 from one output block to the next), then one tail call for the run's channels."""
     c, P = x.shape[1], y.shape[2] * y.shape[3]
-    run = tail_positions((b1 - b0) * OUT)
+    run = tail_positions(Wb.shape[0] * OUT)  # of every block, as pointwise_floats sizes ws
     acc = ws[:(b1 - b0) * OUT * run]
     if stride == 1:
         xf, base = x.reshape(x.size), image * c * P
