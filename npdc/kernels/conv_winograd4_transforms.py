@@ -208,9 +208,12 @@ def fill_rows(x, image, r0, r1, pad, run, lanes, xp, at):
         for c0 in range(0, c8, 8):
             for col0 in range(0, w8, 8):
                 transpose8(x, src + c0 * hw + col0, hw, xp, base + col0 * lanes + c0, lanes)
+            if w8 < w and w8 > 0:  # the last columns: one more block ending at the row's end
+                transpose8(x, src + c0 * hw + w - 8, hw, xp, base + (w - 8) * lanes + c0, lanes)
+        first = c8 if w8 > 0 else 0  # channels below it are written
         for col in range(w):  # flat unsigned indices: x's 4-D index kept wraparound tests and ran scalar
             d, s = u(base + col * lanes), u(src + col)
-            for ch in range(u(c8 if col < w8 else 0), u(c)):
+            for ch in range(u(first), u(c)):
                 xp[d + ch] = xf[s + ch * u(hw)]
             xp[base + col * lanes + c:base + (col + 1) * lanes] = 0
 
