@@ -257,10 +257,16 @@ def _rows(x, W8, pad, starts, shift, y, n_threads):
         rows_image(plane, W8, starts, shift, y[i])
 
 
+@numba.njit(cache=True)
 def row_chunks(wo):
-    """Start columns of a row's LANES-wide chunks, an even count: the last ends at wo."""
-    starts = [min(LANES * k, wo - LANES) for k in range(-(-wo // LANES))]
-    return np.array(starts + starts[-1:] * (len(starts) % 2), np.int64)
+    """Start columns of a row's LANES-wide chunks (wo >= LANES), an even count: the last ends at
+    wo, and is repeated when the count is odd."""
+    chunks = -(-wo // LANES)
+    starts = np.empty(chunks + chunks % 2, np.int64)
+    for k in range(chunks):
+        starts[k] = min(LANES * k, wo - LANES)
+    starts[-1] = starts[chunks - 1]
+    return starts
 
 
 def _correlate(x, W9, pad):

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from npdc.kernels.blocked_io import fill_padded, finish_sums
-from npdc.kernels.conv_flat import BLOCK, FEW, TILE, VECTOR, block_sums, fill_plane, rows_image
+from npdc.kernels.conv_flat import BLOCK, FEW, TILE, VECTOR, block_sums, fill_plane, row_chunks, rows_image
 from npdc.kernels.conv_flat import LANES as CHUNK
 from npdc.kernels.conv_polyphase import LANES, ROWS, fill_phases, taps_gemm
 from npdc.kernels.fused import PRANGE_ONLY, finish_tail
@@ -69,12 +69,7 @@ def _few_rows(x, W9, pad, tail, y, planes, acc_ws):
             for t in range(9):
                 for q in range(BLOCK):
                     W8[b, ch, t, q] = W9[b * BLOCK + q, ch, t]
-    chunks = -(-wo // CHUNK)  # conv_flat.row_chunks: an even count, the last ending at the row's end
-    starts = np.empty(chunks + chunks % 2, np.int64)
-    for k in range(chunks):
-        starts[k] = min(CHUNK * k, wo - CHUNK)
-    starts[-1] = starts[chunks - 1]
-    shift = np.arange(3)  # as data: see conv_flat._rows_image_body
+    starts, shift = row_chunks(wo), np.arange(3)  # the shifts as data: see conv_flat._rows_image_body
     hp, wp = h + 2 * pad, w + 2 * pad
     size, hw = c * hp * wp, ho * wo
     for i in numba.prange(n):
