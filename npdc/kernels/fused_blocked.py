@@ -18,7 +18,8 @@ plane (C, Hp, Wp) first, so every tap of every position is a fixed offset into i
 test. Weights are packed once, when the plan is built, as (O/OUT, C, taps, OUT) (the `interleaved`
 layout of npdc.kernels.conv_flat), zero kernels past O. The input channel is the innermost loop,
 so a tap's input pointers are set once per tap, not once per (channel, kernel row). Why the
-block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`).
+block sizes and what they reach: docs/perf.md (branches `f16c` and `f128`; 8 positions rather
+than 6 or 12: fifteenth session).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
 threads work at batch 1, each on a padded copy of the image of its own (a plane one core writes
@@ -39,9 +40,9 @@ from npdc.kernels.blocked_io import by_channel, finish_sums, padded_images
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 OUT = 32  # output channels per register block: two 16-lane vectors
-PIXELS = 6  # output positions per register block (12 sums + 2 weight vectors of 32 registers)
+PIXELS = 8  # output positions per register block (16 sums + 2 weight vectors of 32 registers)
 NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
-STRIP = 16  # register blocks per tail call in a batch (192 or 96 positions of one image)
+STRIP = 16  # register blocks per tail call in a batch (192 or 128 positions)
 
 
 @numba.njit(cache=True)
@@ -96,11 +97,14 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     prefer_512_bit_vectors()
     ho, g, p, q = hw // wo, pix0 // hw, (pix0 % hw) // wo, pix0 % wo
     (o0, o1, o2, o3, o4, o5), g, p, q = _six(g, p, q, 0, npix, ho, wo, stride, wp, plane)
+    o6 = _at(g, p, q, stride, wp, plane)
+    g, p, q = _next(g, p, q, 7 < npix, ho, wo)
+    o7 = _at(g, p, q, stride, wp, plane)
     acc[0] = 0
     e = acc[0]
     z = (e, e, e, e, e, e, e, e, e, e, e, e, e, e, e, e)
-    a0 = a1 = a2 = a3 = a4 = a5 = z
-    b0 = b1 = b2 = b3 = b4 = b5 = z
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = z
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = z
     half, step = numba.uint64(16), numba.uint64(cstride)
     for i in range(kh):
         for j in range(kw):
@@ -110,6 +114,7 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
                 wa, wb = ld16(w, numba.uint64(0)), ld16(w, half)
                 x0, x1, x2 = xf[o0 + at], xf[o1 + at], xf[o2 + at]
                 x3, x4, x5 = xf[o3 + at], xf[o4 + at], xf[o5 + at]
+                x6, x7 = xf[o6 + at], xf[o7 + at]
                 at += step
                 a0, b0 = fma16(a0, x0, wa), fma16(b0, x0, wb)
                 a1, b1 = fma16(a1, x1, wa), fma16(b1, x1, wb)
@@ -117,6 +122,8 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
                 a3, b3 = fma16(a3, x3, wa), fma16(b3, x3, wb)
                 a4, b4 = fma16(a4, x4, wa), fma16(b4, x4, wb)
                 a5, b5 = fma16(a5, x5, wa), fma16(b5, x5, wb)
+                a6, b6 = fma16(a6, x6, wa), fma16(b6, x6, wb)
+                a7, b7 = fma16(a7, x7, wa), fma16(b7, x7, wb)
     st16(acc, numba.uint64(0), a0)
     st16(acc, numba.uint64(16), b0)
     st16(acc, numba.uint64(32), a1)
@@ -129,6 +136,10 @@ def _block_body(xf, Wo, pix0, npix, wo, hw, stride, wp, plane, kh, kw, cstride, 
     st16(acc, numba.uint64(144), b4)
     st16(acc, numba.uint64(160), a5)
     st16(acc, numba.uint64(176), b5)
+    st16(acc, numba.uint64(192), a6)
+    st16(acc, numba.uint64(208), b6)
+    st16(acc, numba.uint64(224), a7)
+    st16(acc, numba.uint64(240), b7)
 
 
 block_sums = straight_line_compiled(_block_body, "F[::1], F[:, :, ::1], i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, F[::1]")
