@@ -31,7 +31,7 @@ Weights: (O4 / 64, k4, 64) int32 words (`blocked_weights`), O4 a multiple of 64.
 import numba
 import numpy as np
 
-from npdc.kernels.int8_pack import GROUP, LANES
+from npdc.kernels.int8_pack import GAP, GROUP, LANES
 from npdc.kernels.int8_requant import finish_linear
 from npdc.kernels.int8_words import (G_C, G_HO, G_PI, G_PLI, G_WO, G_WPI, G_WPO, conv_row,
                                      finish_words)
@@ -126,10 +126,10 @@ def conv_blocked_words(xw, wl, k4, kh, kw, stride, pad, bias, m0, shift, meta, r
     hw, row = ho * wo, conv_row(geo, stride, pad, True)
     pitch = (((ho - 1) * row + wo + LANES - 1) // LANES) * LANES
     group = images_per_task(hw, n_img, threads)
-    sums = np.zeros((threads, group * o4 * pitch), np.int32)  # the run positions between rows stay 0
-    block = np.zeros((threads, POSITIONS * OUT), np.int32)
-    starts = np.zeros((threads, group * hw + POSITIONS), np.int64)
-    scratch = np.zeros((threads, 2 * pitch), np.uint32)
+    sums = np.zeros((threads, group * o4 * pitch + GAP // 4), np.int32)  # the run positions between rows stay 0
+    block = np.zeros((threads, POSITIONS * OUT + GAP // 4), np.int32)
+    starts = np.zeros((threads, group * hw + POSITIONS + GAP // 8), np.int64)
+    scratch = np.zeros((threads, 2 * pitch + GAP // 4), np.uint32)
     offs = word_offsets(geo, kh, kw)
     xf, words, d = xw.reshape(xw.size), xw.shape[1], geo[G_PI] - pad
     sum_bound = 128 * 255 * geo[G_C] * kh * kw
@@ -172,7 +172,7 @@ def linear_blocked(x, wl, k4, bias, m0, shift, meta, y, y_float, dequant, thread
     for k in range(pos.size):  # a last block's images past the batch repeat its last
         pos[k] = min(k, n_img - 1) * k4
     offs = np.arange(k4).astype(np.int64)
-    block = np.zeros((threads, POSITIONS * OUT), np.int32)
+    block = np.zeros((threads, POSITIONS * OUT + GAP // 4), np.int32)
     chunks = (n_img + POSITIONS - 1) // POSITIONS
     for t in numba.prange((o4 // OUT) * chunks):
         b, k0 = t // chunks, (t % chunks) * POSITIONS

@@ -17,6 +17,8 @@ import numpy as np
 
 GROUP = 4  # inputs per 32-bit product word
 LANES = 16  # output positions per vector block
+GAP = 128  # bytes left after each thread's row of a workspace a kernel allocates (Numba starts an
+# array 32 bytes into a cache line): no line holds two threads' rows, which cost 1-5 % a layer
 SKEW = 64  # bytes between one group's packed columns and the next beyond the columns themselves,
            # so that a pitch of a large power of two does not map every group to one cache set
 

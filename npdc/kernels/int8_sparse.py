@@ -15,7 +15,7 @@ passes over its packed input rows (`linear_sparse_u8`: the batch's images are th
 import numba
 import numpy as np
 
-from npdc.kernels.int8_pack import GROUP, LANES, group_bytes, rows_pitch
+from npdc.kernels.int8_pack import GAP, GROUP, LANES, group_bytes, rows_pitch
 from npdc.kernels.int8_requant import finish_linear
 from npdc.kernels.vnni import (SPARSE_VECTORS, dot_row_sparse1, dot_row_sparse2, dot_row_sparse3, dot_row_sparse4,
                                dot_row_sparse5, dot_row_sparse6, dot_row_sparse7, dot_row_sparse8)
@@ -115,7 +115,7 @@ def linear_sparse_u8(x, rowptr, e_off, ew, batch, bias, m0, shift, meta, y, y_fl
     for g in numba.prange(k4):
         for p in range(pitch):
             words[g * step + p] = xw[p * k4 + g] if p < n_img else 0
-    sums = np.zeros((threads, pitch), np.int32)
+    sums = np.zeros((threads, pitch + GAP // 4), np.int32)
     o_out = y_float.shape[1] if dequant.size else y.shape[1]
     n_vec = pitch // LANES
     for o in numba.prange(o_out):

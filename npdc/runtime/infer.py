@@ -30,7 +30,7 @@ from npdc.kernels.sparse import conv_sparse, linear_sparse
 from npdc.kernels.sparse_passes import decode_floats
 from npdc.kernels.sparse_s1 import band_floats, conv_sparse_s1, in_bands, plane_shape, sparse_takes
 from npdc.kernels.walk import OP_HOST
-from npdc.runtime.plan import Plan
+from npdc.runtime.plan import Plan, aligned_zeros
 from npdc.runtime.program import Program
 from npdc.runtime.weights import MODES, DenseWeights, SparseWeights, StreamWeights
 
@@ -56,7 +56,7 @@ class Runtime:
         self.stores = stores or {weights.mode: weights}
         self.mode = "auto" if len(self.stores) > 1 else weights.mode
         B, steps = plan.batch, plan.steps
-        self.arena = np.zeros(B * plan.arena_size, np.float32)
+        self.arena = aligned_zeros(B * plan.arena_size, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS  # thread ids index the scratch rows
         self.throughput = weights.mode == "dense" and B > 1  # the Python walk: engine convs, GEMMs
         self.primitives = {}  # conv step -> the engine primitive it runs on the host
@@ -118,9 +118,9 @@ class Runtime:
         budget = plan.tile_floats if plan.batch == 1 else BATCH_TILE_FLOATS
         cols, acc = scratch_sizes(convs, budget)
         cols, acc = max(cols, decode), max([acc] + direct_accs)
-        self.cols = np.zeros((self.threads, cols), np.float32)
-        self.acc = np.zeros((self.threads, acc), np.float32)
-        self.padded = np.zeros(padded, np.float32)
+        self.cols = aligned_zeros((self.threads, cols), np.float32)
+        self.acc = aligned_zeros((self.threads, acc), np.float32)
+        self.padded = aligned_zeros(padded, np.float32)
 
     def _drop_packed(self):
         """Free each store's copy of what the program packed (host steps keep theirs) and the

@@ -46,7 +46,7 @@ from npdc.runtime.int8_choice import kernel_choice
 from npdc.runtime.int8_layout import ROOM, geometry, image_words, words_pads
 from npdc.runtime.int8_params import Int8Step, fixed_multipliers, pad_to
 from npdc.runtime.int8_program import lower
-from npdc.runtime.plan import Plan
+from npdc.runtime.plan import Plan, aligned_zeros
 from npdc.runtime.program import compiling_notice, notices_compiling
 from npdc.runtime.weights import DenseWeights
 
@@ -72,7 +72,7 @@ class Int8Runtime:
         self.scales = {v: (float(scales[v][0]), int(scales[v][1])) for v in plan.values}
         self.vnni = vnni_path() if vnni is None else bool(vnni)
         B = plan.batch
-        self.arena = np.zeros(ROOM * B * plan.arena_size, np.uint8)
+        self.arena = aligned_zeros(ROOM * B * plan.arena_size, np.uint8)
         self.input = np.zeros((B,) + plan.in_shape, np.float32)
         self.threads = numba.config.NUMBA_NUM_THREADS
         steps = [s for s in plan.steps if s.kind in ("conv", "linear")]
@@ -139,8 +139,8 @@ class Int8Runtime:
                 pitch = P.rows_pitch(self.plan.batch)
                 cols = max(cols, q.k4 * (pitch * P.GROUP + P.SKEW))
             acc = max(acc, q.w.size // q.k4 * pitch)
-        self.cols = np.zeros((self.threads, cols), np.uint8)
-        self.acc = np.zeros((self.threads, acc), np.int32)
+        self.cols = aligned_zeros((self.threads, cols), np.uint8)
+        self.acc = aligned_zeros((self.threads, acc), np.int32)
 
     def view(self, name, n):
         """A value's first n images in the arena: (n,) + shape uint8, or (n, words) uint32 for a

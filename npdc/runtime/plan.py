@@ -279,3 +279,24 @@ def overlaps(plan):
             if fa <= lb and fb <= la and offsets[a] < offsets[b] + sb and offsets[b] < offsets[a] + sa:
                 bad.append((a, b))
     return bad
+
+
+LINE = 64  # bytes of a cache line, and of an AVX-512 vector
+
+
+def aligned_zeros(shape, dtype):
+    """A zeroed array whose data starts on a LINE-byte boundary, and whose rows do too when it is
+    2-D (each row's length rounded up to whole lines; the kernels index a thread's row and read
+    no further than they asked for). Why: NumPy starts a large array 16 bytes into a line, and
+    a vector load or store that crosses a line costs two; the arena's values and the threads'
+    workspace rows then start on lines wherever malloc put them (the within-run comparison is in
+    docs/perf.md)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    if len(shape) == 2:
+        per_line = LINE // dtype.itemsize
+        shape = (shape[0], -(-shape[1] // per_line) * per_line)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.zeros(size + LINE, np.uint8)
+    skip = (-raw.ctypes.data) % LINE
+    return raw[skip:skip + size].view(dtype).reshape(shape)

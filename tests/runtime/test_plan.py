@@ -6,7 +6,7 @@ import pytest
 
 from npdc.engine.net import INPUT
 from npdc.engine.resnet import build_net
-from npdc.runtime.plan import Plan, overlaps
+from npdc.runtime.plan import LINE, Plan, aligned_zeros, overlaps
 from tests.runtime.conftest import NETS
 
 BIG = {**NETS, "cifar-resnet56": {"arch": "cifar-resnet56", "input_shape": [3, 32, 32]},
@@ -112,3 +112,20 @@ def test_a_folded_batch_norm_scales_and_shifts_as_the_file_stores_it():
             np.testing.assert_array_equal(step.shift, shift)
             checked += 1
     assert checked > 10
+
+
+@pytest.mark.parametrize("shape, dtype", [(1, np.float32), (1001, np.uint8), ((3, 7), np.float32),
+                                          ((2, 1000), np.int32), ((2, 4097), np.uint8)])
+def test_aligned_zeros_start_every_row_on_a_line(shape, dtype):
+    """The arena and the threads' workspace rows start on 64-byte lines, zeroed, at least as
+    large as asked: NumPy's own large arrays start 16 bytes into one."""
+    held = [np.zeros(1 << 16, np.uint8) for _ in range(4)]  # moves where malloc puts the next ones
+    for _ in range(3):
+        a = aligned_zeros(shape, dtype)
+        assert a.dtype == dtype and not a.any()
+        want = (shape,) if np.isscalar(shape) else shape
+        assert a.ndim == len(want) and a.shape[0] == want[0] and a.shape[-1] >= want[-1]
+        rows = a.reshape(1, -1) if a.ndim == 1 else a
+        assert all(r.ctypes.data % LINE == 0 for r in rows)
+        assert a.flags.c_contiguous and a.flags.writeable
+        held.append(a)
