@@ -109,7 +109,7 @@ def conv_u8(x, w, k4, kh, kw, stride, pad, bias, m0, shift, meta, res, y, cols, 
     """x (N, C, H, W) uint8 -> y (N, O, Ho, Wo) uint8 through the int8 weights w (O4 x k4 int32
     words), output rows in tiles of rows_per shared among threads. bias, m0, shift: (O4,) int64
     (bias with the zero-point term folded in); meta: [Zx, Zy, clamp low (Zy after a ReLU, else
-    0), residual mode, front, stride, Zr, m0 and shift of the residual's rescale]. cols, acc:
+    0), residual mode, front, stride, Zr, the multiplier and shift of the residual term]. cols, acc:
     (threads, tile bytes / words) workspaces (npdc.kernels.int8_pack.tile_bytes gives the columns'
     size).
 

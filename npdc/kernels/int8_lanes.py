@@ -123,15 +123,21 @@ def _store_u8(builder, y, zy, low, base, off, keep):
                       ir.Constant(ir.IntType(32), 1), keep])
 
 
-def _residual_sum(builder, x, bias, m0, shift, rb, zr, r_m0, r_shift, fraction):
+def _residual_sum(builder, x, bias, m0, shift, rb, zr, r_mul, r_shift, fraction):
     """residual16's sum before the zero point: requantize(x + bias, m0, shift) clamped to +-2^30,
-    plus requantize(rb - zr, r_m0, r_shift), rounded by 2^-fraction (ties away from zero)."""
+    plus residual_term(rb - zr, r_mul, r_shift) (a 32-bit product: |rb - zr| <= 255, r_mul <
+    2^23), rounded by 2^-fraction (ties away from zero)."""
     v16 = x.type
     c = _requantize(builder, builder.add(x, _splat(builder, bias, v16)), m0, shift)
     big = _const(v16, 1 << 30)
     c = builder.select(builder.icmp_signed(">", c, big), big, c)
     c = builder.select(builder.icmp_signed("<", c, builder.neg(big)), builder.neg(big), c)
-    total = builder.add(c, _requantize(builder, builder.sub(rb, _splat(builder, zr, v16)), r_m0, r_shift))
+    i64 = ir.IntType(64)
+    e = builder.sext(r_shift, i64) if r_shift.type.width < 64 else r_shift
+    half = builder.lshr(builder.shl(ir.Constant(i64, 1), e), ir.Constant(i64, 1))
+    t = builder.mul(builder.sub(rb, _splat(builder, zr, v16)), _splat(builder, r_mul, v16))
+    t = builder.ashr(builder.add(t, _splat(builder, half, v16)), _splat(builder, e, v16))
+    total = builder.add(c, t)
     f16 = _splat(builder, fraction, v16)
     half = builder.lshr(builder.shl(_const(v16, 1), f16), _const(v16, 1))
     return builder.ashr(builder.add(builder.add(total, half), builder.ashr(total, _const(v16, 31))), f16)
@@ -173,26 +179,27 @@ def requantize16(typingctx, a, a_off, out, o_off, count, bias, m0, shift, zy, lo
 
 
 @intrinsic
-def residual16(typingctx, a, a_off, r, r_off, out, o_off, count, bias, m0, shift, zy, low, zr, r_m0, r_shift,
+def residual16(typingctx, a, a_off, r, r_off, out, o_off, count, bias, m0, shift, zy, low, zr, r_mul, r_shift,
                fraction):
     """requantize16 with a residual added, as npdc.kernels.int8_requant.finish_residual adds it:
-    the conv's term c = requantize(a + bias, m0, shift) and the residual's t = requantize(r - zr,
-    r_m0, r_shift) of the bytes r[r_off + l] (shifts that already include the `fraction` extra
-    bits), summed and rounded once (ties away from zero), zy added and clamped. Preconditions
-    besides the module's (which c's shift meets): -20 <= r_shift <= 30, so that |t| < 2^29 (no
-    saturation in its left shift); c is clamped to +-2^30 before the sum (within int32), which
-    changes no output: a larger |c| saturates it either way."""
+    the conv's term c = requantize(a + bias, m0, shift) (a shift that already includes the
+    `fraction` extra bits) and the residual's t = residual_term(r - zr, r_mul, r_shift) of the
+    bytes r[r_off + l], summed and rounded once (ties away from zero), zy added and clamped.
+    Preconditions: the module's for c's shift, r_mul < 2^23 and r_shift <= 30 (as
+    npdc.runtime.int8_params.residual_multiplier gives them: |t| < 2^28); c is clamped to +-2^30
+    before the sum (within int32), which changes no output: a larger |c| saturates it either
+    way."""
     if not (_flat(a, types.int32) and _flat(r, types.uint8) and _flat(out, types.uint8)):
         return None
 
     def codegen(context, builder, signature, args):
-        (a_a, a_off_v, r_a, r_off_v, out_a, o_off_v, count_v, bias_v, m0_v, shift_v, zy_v, low_v, zr_v, rm0_v,
+        (a_a, a_off_v, r_a, r_off_v, out_a, o_off_v, count_v, bias_v, m0_v, shift_v, zy_v, low_v, zr_v, rmul_v,
          rs_v, f_v) = args
         v16, b16 = ir.VectorType(ir.IntType(32), LANES), ir.VectorType(ir.IntType(8), LANES)
         keep = _keep(builder, count_v)
         x = _load(builder, _data(context, builder, signature.args[0], a_a), a_off_v, v16, keep)
         rb = _load(builder, _data(context, builder, signature.args[2], r_a), r_off_v, b16, keep)
-        y = _residual_sum(builder, x, bias_v, m0_v, shift_v, builder.zext(rb, v16), zr_v, rm0_v, rs_v, f_v)
+        y = _residual_sum(builder, x, bias_v, m0_v, shift_v, builder.zext(rb, v16), zr_v, rmul_v, rs_v, f_v)
         _store_u8(builder, y, zy_v, low_v, _data(context, builder, signature.args[4], out_a), o_off_v, keep)
         return context.get_dummy_value()
 
@@ -207,7 +214,7 @@ def _words4(residual):
 
     def codegen(context, builder, signature, args):
         if residual:
-            (a_a, a_off, a_pitch, r_a, r_off, out_a, o_off, count, bias_a, m0_a, shift_a, zy, low, zr, rm0, rs,
+            (a_a, a_off, a_pitch, r_a, r_off, out_a, o_off, count, bias_a, m0_a, shift_a, zy, low, zr, rmul, rs,
              f) = args
         else:
             a_a, a_off, a_pitch, out_a, o_off, count, bias_a, m0_a, shift_a, zy, low = args
@@ -224,7 +231,7 @@ def _words4(residual):
             bias, m0, shift = (builder.extract_value(t, r) for t in (bias_a, m0_a, shift_a))
             if residual:
                 rb = builder.and_(builder.lshr(r_words, _const(v16, 8 * r)), _const(v16, 255))
-                y = _residual_sum(builder, x, bias, m0, builder.sub(shift, f), rb, zr, rm0, rs, f)
+                y = _residual_sum(builder, x, bias, m0, builder.sub(shift, f), rb, zr, rmul, rs, f)
             else:
                 y = _requantize(builder, builder.add(x, _splat(builder, bias, v16)), m0, shift)
             words = builder.or_(words, builder.shl(_clamp(builder, y, zy, low), _const(v16, 8 * r)))
@@ -252,11 +259,11 @@ def requantize16x4(typingctx, a, a_off, a_pitch, out, o_off, count, bias, m0, sh
 
 
 @intrinsic
-def residual16x4(typingctx, a, a_off, a_pitch, r, r_off, out, o_off, count, bias, m0, shift, zy, low, zr, r_m0,
+def residual16x4(typingctx, a, a_off, a_pitch, r, r_off, out, o_off, count, bias, m0, shift, zy, low, zr, r_mul,
                  r_shift, fraction):
     """requantize16x4 with a residual added as residual16 adds it, channel r's residual byte
-    being byte r of the words r[r_off + l] (uint32); the conv's shifts are shift[r] - fraction,
-    r_shift already includes the fraction bits; residual16's preconditions for all four."""
+    being byte r of the words r[r_off + l] (uint32); the conv's shifts are shift[r] - fraction;
+    residual16's preconditions for all four."""
     if not (_flat(a, types.int32) and _flat(r, types.uint32) and _flat(out, types.uint32) and _four(bias)
             and _four(m0) and _four(shift)):
         return None

@@ -10,9 +10,14 @@ saturating left shift of v before the multiply.
 The tails of npdc.kernels.int8.conv_u8 live here too: each output channel of a tile goes from
 int32 sums to uint8, the residual added in the same pass (both terms rescaled to the output
 scale with RES_FRACTION extra bits, summed and rounded once; the paper's add rescales each input
-to a shared intermediate scale instead). Where the preconditions of npdc.kernels.int8_lanes hold
+to a shared intermediate scale instead). Departure: the residual's term is its byte difference
+(at most 255 in magnitude) times an integer multiplier below 2^RES_MUL_BITS, rounded by a shift
+(`residual_term`), a product that fits 32 bits, instead of a Q31 high multiply: one 32-bit
+multiply a lane instead of two 64-bit ones, with the term within 0.5 + 128 / 2^r_shift (0.5 +
+ratio / 128 for a residual scale `ratio` times the output's) of its real value in units of
+2^-RES_FRACTION, against 0.5 and a little for the high multiply. Where the preconditions of npdc.kernels.int8_lanes hold
 (checked per channel: sums plus bias within int32 after any left shift, right shifts of at most
-30, a residual's shift within [-RESIDUAL_LEFT, 30]), 16 positions at a time go through its
+30), 16 positions at a time go through its
 vector IR, which writes the output rows directly (masked stores end at a row's end); elsewhere
 through branch-free loops over the tile's run of positions and a row copy. Both give the bits
 of `requantize`.
@@ -27,7 +32,7 @@ from npdc.kernels.int8_pack import LANES
 
 RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-RESIDUAL_LEFT = 20  # the largest left shift of a residual term residual16 takes (|term| < 2^29)
+RES_MUL_BITS = 23  # a residual multiplier is below 2^23: 255 * (2^23 - 1) + 2^29 (its rounding) < 2^31
 
 
 @numba.njit(cache=True, inline="always")
@@ -65,6 +70,14 @@ def requantize(v, m0, shift):
         x = saturate32(x << min(-shift, 32))
         shift = 0
     return divide_by_pow2(high_mul(x, m0), shift)
+
+
+@numba.njit(cache=True, inline="always")
+def residual_term(d, r_mul, r_shift):
+    """A residual tail's residual term, in units of 2^-RES_FRACTION of the output's: the byte
+    difference d = r - Zr times r_mul, rounded by 2^r_shift (ties up); npdc.runtime.int8_params.
+    residual_multiplier gives (r_mul, r_shift)."""
+    return (np.int64(d) * r_mul + ((np.int64(1) << r_shift) >> 1)) >> r_shift
 
 
 @numba.njit(cache=True)
@@ -183,11 +196,11 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
     zy, low, mode, front, step = meta[1], meta[2], meta[3], meta[4], meta[5]
     c = o - front if mode == RES_ZEROPAD else o
     outside = c < 0 or c >= res.shape[0]
-    r_shift = meta[8] - RES_FRACTION
-    if not (lanes_apply(bias, shift - RES_FRACTION, sum_bound) and -RESIDUAL_LEFT <= r_shift <= 30):
+    r_shift = meta[8]
+    if not lanes_apply(bias, shift - RES_FRACTION, sum_bound):
         finish_residual_run(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, c, outside, scratch)
         return
-    r_m0, sub = 0 if outside else meta[7], step if mode == RES_ZEROPAD else 1
+    r_mul, sub = 0 if outside else meta[7], step if mode == RES_ZEROPAD else 1
     r_plane = res[max(min(c, res.shape[0] - 1), 0)]
     r_flat, r_w = r_plane.reshape(r_plane.size), r_plane.shape[1]
     width = (p1 - p0 - 1) * row + wo
@@ -200,7 +213,7 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
                     scratch[dst + q] = r_flat[at + q * sub]
         for t in range(0, width, LANES):
             residual16(a, start + t, scratch, pitch + t, scratch, t, min(LANES, width - t), bias, m0,
-                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_shift, RES_FRACTION)
+                       shift - RES_FRACTION, zy, low, meta[6], r_mul, r_shift, RES_FRACTION)
         copy_rows(scratch, row, plane, p0, p1)
         return
     flat = plane.reshape(plane.size)
@@ -215,7 +228,7 @@ def finish_residual(a, start, row, plane, p0, p1, bias, m0, shift, meta, res, o,
             r_src, r_at = r_flat, p * wo
         for q in range(0, wo, LANES):
             residual16(a, src + q, r_src, r_at + q, flat, dst + q, min(LANES, wo - q), bias, m0,
-                       shift - RES_FRACTION, zy, low, meta[6], r_m0, r_shift, RES_FRACTION)
+                       shift - RES_FRACTION, zy, low, meta[6], r_mul, r_shift, RES_FRACTION)
 
 
 @numba.njit(cache=True)
@@ -242,14 +255,13 @@ def finish_residual_run(a, start, row, plane, p0, p1, bias, m0, shift, meta, res
             r_run[dst + q] = r_flat[src + q * u_sub]
     fraction = np.int64(RES_FRACTION)
     cl, cr, c_rnd, c_neg = lane_shifts(shift - fraction)
-    rl, rr, r_rnd, r_neg = lane_shifts(meta[8] - fraction)
     f_rnd = np.int64(1) << (fraction - 1)
-    rm0 = meta[7]
+    r_mul, r_shift = meta[7], meta[8]
     src = np.uint64(start)
     for t in range(np.uint64(width)):
         v = np.int64(a[src + t]) + bias
-        r = np.int64(r_run[t]) - zr
-        total = requantize_lanes(v, m0, cl, cr, c_rnd, c_neg) + requantize_lanes(r, rm0, rl, rr, r_rnd, r_neg)
+        total = (requantize_lanes(v, m0, cl, cr, c_rnd, c_neg)
+                 + residual_term(np.int64(r_run[t]) - zr, r_mul, r_shift))
         q = zy + ((total + f_rnd + (total >> 63)) >> fraction)  # divide_by_pow2(total, RES_FRACTION)
         out[t] = np.uint8(min(max(q, low), 255))
     copy_rows(out, row, plane, p0, p1)

@@ -28,8 +28,8 @@ from npdc.kernels.fused import RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8 import gemm_tile, tile_input
 from npdc.kernels.int8_lanes import requantize16x4, residual16x4
 from npdc.kernels.int8_pack import GROUP, LANES, SKEW, tap_plane, tap_width
-from npdc.kernels.int8_requant import (RES_FRACTION, RESIDUAL_LEFT, clamp_u8, divide_by_pow2, lanes_apply,
-                                       requantize)
+from npdc.kernels.int8_requant import (RES_FRACTION, clamp_u8, divide_by_pow2, lanes_apply, requantize,
+                                       residual_term)
 from npdc.kernels.int8_sparse import gemm_tile_sparse
 
 (G_C, G_H, G_W, G_O, G_HO, G_WO, G_CR, G_PI, G_WPI, G_PLI, G_PR, G_WPR, G_PLR, G_PO, G_WPO,
@@ -133,7 +133,7 @@ def residual_words(res, r_img, geo, meta, o, p0, p1, row, scratch):
 
 
 @numba.njit(cache=True)
-def words_scalar(a, start, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_m0):
+def words_scalar(a, start, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_mul):
     """The group's run by the scalar rule, byte by byte into words (where the lanes' preconditions
     fail); src is None-like (size 0) when there is no residual."""
     out = dst.view(np.uint8)
@@ -144,7 +144,7 @@ def words_scalar(a, start, pitch, width, dst, d_off, bias, m0, shift, o, meta, s
             if src.size:
                 rb = np.int64((src[s_off + t] >> np.uint32(8 * r)) & np.uint32(255))
                 total = (requantize(v, m0[o + r], shift[o + r] - RES_FRACTION)
-                         + requantize(rb - meta[6], r_m0, meta[8] - RES_FRACTION))
+                         + residual_term(rb - meta[6], r_mul, meta[8]))
                 q = zy + divide_by_pow2(total, RES_FRACTION)
             else:
                 q = zy + requantize(v, m0[o + r], shift[o + r])
@@ -182,7 +182,7 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
     width = (p1 - p0 - 1) * row + wo
     words_out = geo[G_WPO] > 0
     out_s, r_s = scratch[:pitch], scratch[pitch:2 * pitch]
-    r_shift = meta[8] - RES_FRACTION
+    r_shift = meta[8]
     extra = 0 if mode == RES_NONE else RES_FRACTION
     for o in range(0, o_out, GROUP):
         dst, d_off = out_s, 0
@@ -201,13 +201,13 @@ def finish_words(a, pitch, row, p0, p1, bias, m0, shift, meta, res, r_img, geo, 
             else:
                 words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, r_s[:0], 0, 0)
         else:
-            src, s_off, r_m0 = residual_words(res, r_img, geo, meta, o, p0, p1, row, r_s)
-            if lanes and -RESIDUAL_LEFT <= r_shift <= 30:
+            src, s_off, r_mul = residual_words(res, r_img, geo, meta, o, p0, p1, row, r_s)
+            if lanes:
                 for t in range(0, width, LANES):
                     residual16x4(a, o * pitch + t, pitch, src, s_off + t, dst, d_off + t, min(LANES, width - t),
-                                 b4, m4, s4, meta[1], meta[2], meta[6], r_m0, r_shift, RES_FRACTION)
+                                 b4, m4, s4, meta[1], meta[2], meta[6], r_mul, r_shift, RES_FRACTION)
             else:
-                words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_m0)
+                words_scalar(a, o * pitch, pitch, width, dst, d_off, bias, m0, shift, o, meta, src, s_off, r_mul)
         if words_out:
             continue
         for r in range(min(GROUP, o_out - o)):

@@ -15,7 +15,8 @@ Inference"); the kernels and their rounding are npdc.kernels.int8's.
   int8 as vpdpbusd does.
 - Bias: int32 at scale Sx * Sw[o], zero point 0, as in the paper, with the input's zero-point
   term folded in; requantisation by M = Sx * Sw[o] / Sy as a Q31 multiplier and a shift.
-- Residual adds are rescaled in integers in the conv's tail; global average pooling sums in
+- Residual adds are rescaled in integers in the conv's tail (the residual's term by a 32-bit
+  integer multiplier, npdc.kernels.int8_requant.residual_term); global average pooling sums in
   integers and rescales by Sx / (H W Sy). The last layer, when a linear, gives float logits:
   its int32 sums times Sx * Sw[o] (the paper's uint8 output would make ties of the arg max).
 - Activations that only convs read are kept four channels to a 32-bit word with their padding
@@ -50,7 +51,7 @@ from npdc.runtime.plan import Plan, aligned_zeros
 from npdc.runtime.program import compiling_notice, notices_compiling
 from npdc.runtime.weights import DenseWeights
 
-TILE_BYTES = 1 << 16  # packed column bytes of one conv tile per thread (stays in L2)
+TILE_BYTES = 1 << 17  # packed column bytes of one conv tile per thread (stays in L2; whole images for most layers)
 
 
 class Int8Runtime:

@@ -1,6 +1,7 @@
 """The integer parameters of an int8 plan's steps (Jacob et al. 2018, as npdc.runtime.int8
 describes the scheme): activation scales and zero points from calibrated ranges, Q31 fixed-point
-multipliers, int8 weights per output channel, and `Int8Step`, one conv's or linear's packed
+multipliers (and a residual's integer multiplier, `residual_multiplier`), int8 weights per
+output channel, and `Int8Step`, one conv's or linear's packed
 weights, bias, multipliers, shifts and the meta fields its kernels read.
 """
 
@@ -9,8 +10,10 @@ import numpy as np
 from npdc.errors import UserError
 from npdc.kernels import int8 as K
 from npdc.kernels import int8_pack as P
+from npdc.kernels import int8_requant as R
 
 BIAS_LIMIT = 1 << 29  # |int32 bias| clipped here, inside the accumulation bound of npdc.kernels.int8
+RATIO_LIMIT = 1 << 12  # residual scale / output scale below this: the term stays below 255 * 2^12 * 2^8 < 2^28
 
 
 def scale_and_zero(low, high):
@@ -44,6 +47,23 @@ def fixed_multipliers(M):
     dead = (m0 == 0) | (shift > 62)
     m0[dead], shift[dead] = 0, 0
     return m0, np.maximum(shift, -32)
+
+
+def residual_multiplier(ratio, name):
+    """(r_mul, r_shift) of a residual tail's term (npdc.kernels.int8_requant.residual_term) for
+    ratio = the residual's scale over the output's: r_mul = round(ratio * 2^(RES_FRACTION +
+    r_shift)) below 2^RES_MUL_BITS, r_shift the largest that allows it (at most 30). A ratio of
+    RATIO_LIMIT or more (a residual thousands of times coarser than the sum it is added to) is
+    refused: its term would no longer stay below 2^28."""
+    ratio = float(ratio)
+    if not (np.isfinite(ratio) and 0 <= ratio < RATIO_LIMIT):
+        raise UserError(f"int8: {name}'s residual scale is {ratio:.4g} times its output's; integer "
+                        f"residual adds take a finite ratio below {RATIO_LIMIT}")
+    for r_shift in range(30, -1, -1):
+        r_mul = round(ratio * 2.0 ** (R.RES_FRACTION + r_shift))
+        if r_mul < 1 << R.RES_MUL_BITS:
+            return r_mul, r_shift
+    raise AssertionError("a ratio below RATIO_LIMIT fits at r_shift 0")
 
 
 def int8_weights(W2):
@@ -89,10 +109,9 @@ class Int8Step:
         self.bias[:o] = bias.astype(np.int64) - zx * Wq.astype(np.int64).sum(axis=1)
         self.m0, self.shift = np.zeros(o4, np.int64), np.zeros(o4, np.int64)
         self.m0[:o], self.shift[:o] = fixed_multipliers(sx * sw / sy)
-        zr, rm0, rshift = 0, 0, 0
+        zr, r_mul, r_shift = 0, 0, 0
         if res_q is not None:
-            zr, (m0_r, shift_r) = res_q[1], fixed_multipliers(res_q[0] / sy)
-            rm0, rshift = int(m0_r[0]), int(shift_r[0])
+            zr, (r_mul, r_shift) = res_q[1], residual_multiplier(res_q[0] / sy, step.name)
         self.meta = np.array([zx, zy, zy if step.act else 0, step.res_mode, step.res_front,
-                              step.res_stride, zr, rm0, rshift], np.int64)
+                              step.res_stride, zr, r_mul, r_shift], np.int64)
         self.dequant = (sx * sw).astype(np.float64)

@@ -15,7 +15,7 @@ from npdc.kernels.int8 import linear_u8
 from npdc.kernels.int8_blocked import (OUT, POSITIONS, blocked_fits, blocked_weights, conv_blocked_words,
                                        lanes_portable, linear_blocked, linear_fits, word_offsets)
 from npdc.kernels.vnni import dot_lanes
-from npdc.runtime.int8_params import fixed_multipliers
+from npdc.runtime.int8_params import fixed_multipliers, residual_multiplier
 from tests.kernels.test_int8_words import JUNK, THREADS, _geo, _words, needs_vnni
 
 DENSE = (np.zeros(1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
@@ -31,9 +31,9 @@ def _both(x, Wt, stride, pad, res, mode, keep, vnni, zx=3, zy=5, zr=7):
     wts = Wt.reshape(o, c // 4, 4, k, k).transpose(0, 1, 3, 4, 2).reshape(o, -1).view(np.int32).reshape(-1)
     m0, shift = fixed_multipliers(np.linspace(0.0005, 0.002, o))
     bias = np.arange(o, dtype=np.int64) * 37 - 1000
-    r_m0, r_shift = fixed_multipliers([0.7])
+    r_mul, r_shift = residual_multiplier(0.7, "test")
     front = (o - res.shape[1]) // 2 if mode == RES_ZEROPAD else 0
-    meta = np.array([zx, zy, 0, mode, front, 2 if mode == RES_ZEROPAD else 1, zr, r_m0[0], r_shift[0]], np.int64)
+    meta = np.array([zx, zy, 0, mode, front, 2 if mode == RES_ZEROPAD else 1, zr, r_mul, r_shift], np.int64)
     y = np.zeros((n, o, ho, wo), np.uint8)
     geo = _geo(x, y, res, keep)
     assert blocked_fits(geo, o)

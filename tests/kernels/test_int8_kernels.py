@@ -15,7 +15,8 @@ from npdc.kernels import int8_requant as R
 from npdc.kernels import int8_pack as P
 from npdc.kernels.int8_pack import SKEW
 from npdc.kernels.vnni import cpu_has_vnni
-from npdc.runtime.int8_params import BIAS_LIMIT, fixed_multipliers
+from npdc.errors import UserError
+from npdc.runtime.int8_params import BIAS_LIMIT, RATIO_LIMIT, fixed_multipliers, residual_multiplier
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
 
@@ -63,6 +64,28 @@ def test_requantisation_is_within_half_a_step_and_a_bit_of_the_real_product():
     got = _requantize(v, m0, shift)
     real = v * (m0 * 2.0 ** -(31 + shift))  # the dyadic M itself: only the rounding differs
     assert np.all(np.abs(got - real) <= 0.5 + 0.5 * 2.0 ** -shift + 1e-9)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1e-9, 0.013, 0.37, 1.0, 1.5, 7.9, 300.0, RATIO_LIMIT * 0.999])
+def test_the_residual_term_is_within_half_a_unit_and_its_multipliers_step(ratio):
+    """The residual's term d * r_mul / 2^r_shift, rounded, against the real d * ratio *
+    2^RES_FRACTION for every byte difference d: within 0.5 + 255 / 2^(r_shift + 1) (0.51 at a
+    ratio of 1), a 32-bit sum, and the multiplier as fine as 32 bits allow."""
+    r_mul, r_shift = residual_multiplier(ratio, "res")
+    assert 0 <= r_mul < 1 << R.RES_MUL_BITS and 0 <= r_shift <= 30
+    assert r_shift == 30 or 2 * r_mul >= 1 << R.RES_MUL_BITS  # a finer multiplier would not fit
+    d = np.arange(-255, 256)
+    term = np.array([R.residual_term(int(v), r_mul, r_shift) for v in d])
+    assert np.abs(term - d * ratio * 2.0 ** R.RES_FRACTION).max() <= 0.5 + 127.5 / 2 ** r_shift + 1e-6
+    if ratio <= 1:
+        assert np.abs(term - d * ratio * 2.0 ** R.RES_FRACTION).max() <= 0.51
+    assert (255 * r_mul + (1 << r_shift) // 2 < 1 << 31) and (np.abs(term) < 1 << 28).all()
+
+
+@pytest.mark.parametrize("ratio", [RATIO_LIMIT, 1e9, float("nan"), float("inf"), -0.5])
+def test_a_residual_scale_ratio_past_the_limit_is_a_user_error(ratio):
+    with pytest.raises(UserError, match="res7's residual scale"):
+        residual_multiplier(ratio, "res7")
 
 
 @pytest.mark.parametrize("x,e,expected", [(3, 1, 2), (-3, 1, -2), (1, 1, 1), (-1, 1, -1), (5, 2, 1),

@@ -14,7 +14,7 @@ from npdc.kernels import int8_words as W
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD
 from npdc.kernels.int8_sparse import sparse_entries
 from npdc.kernels.vnni import cpu_has_vnni
-from npdc.runtime.int8_params import fixed_multipliers
+from npdc.runtime.int8_params import fixed_multipliers, residual_multiplier
 
 needs_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="the CPU has no AVX-512 VNNI")
 THREADS = numba.config.NUMBA_NUM_THREADS
@@ -58,9 +58,9 @@ def _run(x, Wt, stride, pad, res, mode, keep, rows, vnni, shift_add=0, zx=3, zy=
     m0, shift = fixed_multipliers(np.linspace(0.002, 0.01, o4))
     shift = shift + shift_add
     bias = np.arange(o4, dtype=np.int64) * 37 - 100
-    r_m0, r_shift = fixed_multipliers([0.7])
+    r_mul, r_shift = residual_multiplier(0.7, "test")
     front = (o - res.shape[1]) // 2 if mode == RES_ZEROPAD else 0
-    meta = np.array([zx, zy, 0, mode, front, 2 if mode == RES_ZEROPAD else 1, zr, r_m0[0], r_shift[0]], np.int64)
+    meta = np.array([zx, zy, 0, mode, front, 2 if mode == RES_ZEROPAD else 1, zr, r_mul, r_shift], np.int64)
     y = np.zeros((n, o, ho, wo), np.uint8)
     geo0 = _geo(x, y, res, {})
     row = W.conv_row(geo0, stride, pad, True)

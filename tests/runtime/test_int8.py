@@ -85,7 +85,7 @@ def _simulate(rt, s, values):
     low = zy if s.act else 0
     if not s.residual:
         return np.clip(zy + _requantise(v + b, m0, shift), low, 255)
-    zr, rm0, rshift = q.meta[6], q.meta[7], q.meta[8]
+    zr, r_mul, r_shift = q.meta[6], q.meta[7], q.meta[8]
     r = values[s.residual].astype(np.int64) - zr
     if s.res_mode == RES_ZEROPAD:
         full = np.zeros(v.shape, np.int64)
@@ -95,7 +95,7 @@ def _simulate(rt, s, values):
     else:
         assert s.res_mode == RES_IDENTITY
     total = (_requantise(v + b, m0, shift - R.RES_FRACTION)
-             + _requantise(r, np.int64(rm0), np.int64(rshift - R.RES_FRACTION)))
+             + ((r * r_mul + (np.int64(1) << r_shift) // 2) >> r_shift))  # the term, ties up
     return np.clip(zy + _half_away(total, R.RES_FRACTION), low, 255)
 
 
