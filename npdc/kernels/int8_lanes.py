@@ -125,8 +125,8 @@ def _store_u8(builder, y, zy, low, base, off, keep):
 
 def _residual_sum(builder, x, bias, m0, shift, rb, zr, r_mul, r_shift, fraction):
     """residual16's sum before the zero point: requantize(x + bias, m0, shift) clamped to +-2^30,
-    plus residual_term(rb - zr, r_mul, r_shift) (a 32-bit product: |rb - zr| <= 255, r_mul <
-    2^23), rounded by 2^-fraction (ties away from zero)."""
+    plus residual_term(rb - zr, r_mul, r_shift) (in 32 bits: |rb - zr| <= 255, r_mul < 2^22,
+    r_shift <= 30), rounded by 2^-fraction (ties away from zero)."""
     v16 = x.type
     c = _requantize(builder, builder.add(x, _splat(builder, bias, v16)), m0, shift)
     big = _const(v16, 1 << 30)
@@ -185,7 +185,7 @@ def residual16(typingctx, a, a_off, r, r_off, out, o_off, count, bias, m0, shift
     the conv's term c = requantize(a + bias, m0, shift) (a shift that already includes the
     `fraction` extra bits) and the residual's t = residual_term(r - zr, r_mul, r_shift) of the
     bytes r[r_off + l], summed and rounded once (ties away from zero), zy added and clamped.
-    Preconditions: the module's for c's shift, r_mul < 2^23 and r_shift <= 30 (as
+    Preconditions: the module's for c's shift, r_mul < 2^22 and r_shift <= 30 (as
     npdc.runtime.int8_params.residual_multiplier gives them: |t| < 2^28); c is clamped to +-2^30
     before the sum (within int32), which changes no output: a larger |c| saturates it either
     way."""

@@ -12,12 +12,12 @@ int32 sums to uint8, the residual added in the same pass (both terms rescaled to
 scale with RES_FRACTION extra bits, summed and rounded once; the paper's add rescales each input
 to a shared intermediate scale instead). Departure: the residual's term is its byte difference
 (at most 255 in magnitude) times an integer multiplier below 2^RES_MUL_BITS, rounded by a shift
-(`residual_term`), a product that fits 32 bits, instead of a Q31 high multiply: one 32-bit
-multiply a lane instead of two 64-bit ones, with the term within 0.5 + 128 / 2^r_shift (0.5 +
-ratio / 128 for a residual scale `ratio` times the output's) of its real value in units of
-2^-RES_FRACTION, against 0.5 and a little for the high multiply. Where the preconditions of npdc.kernels.int8_lanes hold
-(checked per channel: sums plus bias within int32 after any left shift, right shifts of at most
-30), 16 positions at a time go through its
+(`residual_term`), instead of a Q31 high multiply: product and rounding fit 32 bits, one
+multiply a lane instead of two 64-bit ones. The term is within 0.5 + 128 / 2^r_shift (0.5 +
+ratio / 64 for a residual scale `ratio` times the output's) of its real value in units of
+2^-RES_FRACTION, against 0.5 and a little for the high multiply. Where the preconditions of
+npdc.kernels.int8_lanes hold (checked per channel: sums plus bias within int32 after any left
+shift, right shifts of at most 30), 16 positions at a time go through its
 vector IR, which writes the output rows directly (masked stores end at a row's end); elsewhere
 through branch-free loops over the tile's run of positions and a row copy. Both give the bits
 of `requantize`.
@@ -32,7 +32,7 @@ from npdc.kernels.int8_pack import LANES
 
 RES_FRACTION = 8  # extra fraction bits of a residual tail's two terms before their one rounding
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
-RES_MUL_BITS = 23  # a residual multiplier is below 2^23: 255 * (2^23 - 1) + 2^29 (its rounding) < 2^31
+RES_MUL_BITS = 22  # a residual multiplier is below 2^22: 255 * (2^22 - 1) + 2^29 (its rounding) < 2^31
 
 
 @numba.njit(cache=True, inline="always")

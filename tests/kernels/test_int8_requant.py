@@ -75,11 +75,16 @@ def test_sixteen_lanes_with_a_residual_give_the_scalar_rule():
         zy, count = int(rng.integers(0, 256)), int(rng.integers(1, 17))
         low = int(rng.choice([0, zy]))
         r_mul = int(rng.choice([0, 1, (1 << R.RES_MUL_BITS) - 1, int(rng.integers(0, 1 << R.RES_MUL_BITS))]))
-        meta = np.array([0, zy, low, RES_IDENTITY, 0, 1, int(rng.integers(0, 256)), r_mul, r_shift], np.int64)
+        zr = int(rng.integers(0, 256))
+        if trial < 4:  # the largest terms of either sign, with the largest rounding: all within int32
+            r_mul, r_shift, zr = (1 << R.RES_MUL_BITS) - 1, 30 - trial % 2, 255 * (trial // 2)
+        meta = np.array([0, zy, low, RES_IDENTITY, 0, 1, zr, r_mul, r_shift], np.int64)
         m0 = int(rng.integers(1 << 30, 1 << 31))
         scale = min(int(rng.choice([1 << 12, 1 << 24, 1 << 30])), 2 ** 30 >> max(8 - shift, 0))
         a = rng.integers(-scale, scale, 32).astype(np.int32)
         r = rng.integers(0, 256, 32).astype(np.uint8)
+        if trial < 4:
+            r[:] = 255 - zr
         out = np.full(32, 77, np.uint8)
         _residual_lanes(a, r, count, 0, m0, shift - R.RES_FRACTION, meta, out)
         kept = (np.arange(32) % 16) < count
