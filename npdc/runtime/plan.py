@@ -290,7 +290,8 @@ def aligned_zeros(shape, dtype):
     no further than they asked for). Why: NumPy starts a large array 16 bytes into a line, and
     a vector load or store that crosses a line costs two; the arena's values and the threads'
     workspace rows then start on lines wherever malloc put them (the within-run comparison is in
-    docs/perf.md)."""
+    docs/perf.md). Inside a compiled kernel, npdc.kernels.fused_winograd.aligned_rows does the
+    same for a workspace the kernel allocates itself."""
     dtype = np.dtype(dtype)
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
     if len(shape) == 2:
