@@ -16,35 +16,39 @@ from npdc.kernels.simd import transpose8
 
 
 @numba.njit(cache=True)
-def fill_padded(x, i, pad, xp):
-    """xp (C, H + 2 pad, W + 2 pad), flat = image i of x (N, C, H, W) inside a zero border: every
-    plane zeroed in one run, then each row copied in. Plain loops the loop vectoriser turns
+def fill_padded(x, i, pad, xp, r0=0, r1=-1):
+    """Rows r0 .. r1 - 1 (r1 < 0: to the last) of xp (C, H + 2 pad, W + 2 pad), flat = image i of
+    x (N, C, H, W) inside a zero border, the other rows left as they are: those rows of each
+    plane zeroed in one run, then the image's rows copied in. Plain loops the loop vectoriser turns
     into vector runs: writing the zeros apart (per border, as slices or short loops) and the rows
     in 16-float runs cost more on every plane size measured (docs/perf.md). The row indices are
     unsigned: with signed ones the vectoriser kept NumPy's negative-index wraparound and moved
     each row by gather and scatter, 2.5-3 times slower (docs/perf.md, fifteenth session)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = h + 2 * pad, w + 2 * pad
+    r1 = hp if r1 < 0 else min(r1, hp)
     xf = x.reshape(x.size)
-    for k in range(c * hp * wp):
-        xp[k] = 0
     u = numba.uint64
+    runs, run = (1, c * hp * wp) if r0 == 0 and r1 == hp else (c, (r1 - r0) * wp)  # whole planes: one run
+    for ch in range(runs):
+        for k in range(u(ch * hp * wp + r0 * wp), u(ch * hp * wp + r0 * wp + run)):
+            xp[k] = 0
     for ch in range(c):
-        for r in range(h):
+        for r in range(max(r0 - pad, 0), min(r1 - pad, h)):
             start, src = u(ch * hp * wp + (r + pad) * wp + pad), u(((i * c + ch) * h + r) * w)
             for col in range(u(w)):
                 xp[start + col] = xf[src + col]
 
 
 @numba.njit(cache=True)
-def padded_images(x, i0, count, pad, planes, at, size):
+def padded_images(x, i0, count, pad, planes, at, size, r0=0, r1=-1):
     """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
-    is no border, else filled into planes[at:]."""
+    is no border, else filled into planes[at:] (only padded rows r0 .. r1 - 1: fill_padded)."""
     if pad == 0:
         return x.reshape(x.size)[i0 * size:(i0 + count) * size]
     xp = planes[at:at + count * size + 16]
     for k in range(count):
-        fill_padded(x, i0 + k, pad, xp[k * size:])
+        fill_padded(x, i0 + k, pad, xp[k * size:], r0, r1)
     return xp
 
 

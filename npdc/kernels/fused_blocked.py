@@ -23,12 +23,14 @@ than 6 or 12: fifteenth session).
 
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
 threads work at batch 1, each on a padded copy of the image of its own (a plane one core writes
-and the other reads comes from the writer's cache, slowly: docs/perf.md); a batch is split over
-tasks of images_per_task images, each thread padding them into its own planes, its blocks'
-positions running on across them, and the tail written per strip of STRIP blocks regrouped by
-channel. At a batch, a layer of at most NARROW output channels at stride 1 with a border runs
-row_sums instead, whose blocks run along the
-padded plane (the positions past a row's outputs computed and dropped), so that one pointer
+and the other reads comes from the writer's cache, slowly: docs/perf.md), and a thread's run of
+blocks is summed up to STRIP blocks at a time and written by one tail call, as a batch's strip
+is (a tail call per register block took up to half of a small layer's time at batch 1:
+docs/perf.md, seventeenth session). A batch is split over tasks of images_per_task images, each
+thread padding them into its own planes, its blocks' positions running on across them, and the
+tail written per strip of STRIP blocks regrouped by channel. At a batch, a layer of at most
+NARROW output channels at stride 1 with a border runs row_sums instead, whose blocks run along
+the padded plane (the positions past a row's outputs computed and dropped), so that one pointer
 reaches every input of a block. Each output is summed by one task in one fixed order (tap, then
 input channel) whatever the thread count and the block, so the bits do not depend on either.
 The padded copy and the tail: npdc.kernels.blocked_io.
@@ -243,6 +245,18 @@ def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
 
 
 @numba.njit(cache=True)
+def _rows_read(t0, t1, chunks, pixels, hw, wo, stride, kh):
+    """The padded rows (r0, r1 past the last) that one image's tasks t0 .. t1 - 1 read: those of
+    their positions when they lie in one block of channels, else every row."""
+    if t1 <= t0:
+        return 0, 0
+    if t0 // chunks != (t1 - 1) // chunks:
+        return 0, -1
+    first, last = (t0 % chunks) * pixels, min(((t1 - 1) % chunks + 1) * pixels, hw) - 1
+    return (first // wo) * stride, (last // wo) * stride + kh
+
+
+@numba.njit(cache=True)
 def images_per_task(hw, pixels):
     """Images a thread takes at once in a large batch: enough that their hw output positions
     together fill a strip (planes of 7x7 or 4x4 positions leave fewer register blocks
@@ -281,13 +295,22 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
     if n == 1:  # each thread pads the image into its own plane: read there, not from the other core's
         threads, tasks = acc_ws.shape[0], blocks * chunks
         for part in numba.prange(threads):
-            tid = numba.get_thread_id()
-            xp, acc = padded_images(x, 0, 1, pad, planes, tid * (size + 16), size), acc_ws[tid]
-            for t in range(part * tasks // threads, (part + 1) * tasks // threads):
-                b, p0 = t // chunks, (t % chunks) * pixels
-                cnt = min(pixels, hw - p0)
-                _sums(xp, Wb[b], p0, cnt, wo, hw, stride, wp, size, kh, kw, hp * wp, acc)
-                finish_sums(acc, lanes, 1, lanes, p0, cnt, b * lanes, tail, y, 0)
+            tid, t, stop = numba.get_thread_id(), part * tasks // threads, (part + 1) * tasks // threads
+            r0, r1 = _rows_read(t, stop, chunks, pixels, hw, wo, stride, kh)
+            xp = padded_images(x, 0, 1, pad, planes, tid * (size + 16), size, r0, r1)
+            acc = acc_ws[tid]
+            while t < stop:  # this thread's blocks, a strip of at most STRIP in one block at a time
+                b, c0 = t // chunks, t % chunks
+                c1 = min(chunks, c0 + min(STRIP, stop - t))
+                s0 = c0 * pixels
+                for k in range(c0, c1):
+                    p0 = k * pixels
+                    _sums(xp, Wb[b], p0, min(pixels, hw - p0), wo, hw, stride, wp, size, kh, kw,
+                          hp * wp, acc[(p0 - s0) * lanes:])
+                cnt = min(c1 * pixels, hw) - s0
+                by_channel(acc, cnt, lanes, span)
+                finish_sums(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, 0)
+                t += c1 - c0
     else:
         # acc_ws has a row per thread the process may run; a group's positions are summed as one
         # image's would be, so the group's size leaves the bits

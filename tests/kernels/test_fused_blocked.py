@@ -3,6 +3,7 @@ float64 reference of conv + folded batch norm + residual + activation: kernels 1
 strides 1 and 2, every padding, one image and a batch, output channels not a multiple of the
 register block, positions not a multiple of its width, a batch's images longer than one strip of
 positions and images small enough that a thread takes several at once (the last task fewer),
+one image's blocks in strips of STRIP that end where a thread's share or a block of channels does,
 an identity residual written over in place, a batch's narrow layers at stride 1 (whose register
 blocks run along the padded plane) over strips that end mid-row, and the same bits on one thread
 as on two."""
@@ -45,6 +46,7 @@ def _run(x, W, stride, pad, scale, shift, slopes, res, res_mode, y, threads):
     (2, 3, 40, 12, 10, 3, 1, 1, RES_IDENTITY), (2, 2, 8, 15, 14, 3, 1, 1, RES_ZEROPAD),
     (16, 4, 36, 4, 4, 3, 1, 1, RES_IDENTITY), (12, 3, 12, 5, 5, 1, 1, 0, RES_NONE),
     (3, 5, 16, 20, 13, 3, 1, 1, RES_IDENTITY), (2, 3, 10, 9, 8, 5, 1, 2, RES_NONE),
-    (2, 1, 16, 6, 5, 1, 1, 1, RES_NONE)])
+    (2, 1, 16, 6, 5, 1, 1, 1, RES_NONE), (1, 3, 70, 35, 35, 3, 1, 1, RES_IDENTITY),
+    (1, 5, 16, 30, 29, 3, 1, 1, RES_NONE)])
 def test_the_blocked_conv_matches_the_reference(n, c, o, h, w, k, stride, pad, res_mode):
     check_fused(_run, n, c, o, h, w, k, stride, pad, res_mode)
