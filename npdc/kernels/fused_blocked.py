@@ -25,7 +25,7 @@ Threads: one image is split over (block of OUT channels, block of positions) pai
 threads work at batch 1, each on a padded copy of the image of its own (a plane one core writes
 and the other reads comes from the writer's cache, slowly: docs/perf.md), and a thread's run of
 blocks is summed up to STRIP blocks at a time and written by one tail call, as a batch's strip
-is (a tail call per register block took up to half of a small layer's time at batch 1:
+is (a tail call per register block cost small layers much of their time at batch 1:
 docs/perf.md, seventeenth session). A batch is split over tasks of images_per_task images, each
 thread padding them into its own planes, its blocks' positions running on across them, and the
 tail written per strip of STRIP blocks regrouped by channel. At a batch, a layer of at most

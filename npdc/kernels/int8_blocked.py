@@ -111,8 +111,8 @@ def _scatter(blk, a, at, pitch):
     """a[at[r] + lane * pitch] = blk[r * OUT + lane]: a register block's six positions by OUT
     channels into the tile layout, channel by channel (a channel's six sums land close together).
     Unsigned indices, as in the other copy loops, so no index is tested for NumPy's negative
-    wraparound: the blocked convs ran 1.03-1.11x faster than with the signed ones (docs/perf.md,
-    seventeenth session)."""
+    wraparound: the blocked convs ran faster than with signed ones (docs/perf.md, seventeenth
+    session)."""
     u = numba.uint64
     at0, at1, at2, at3, at4, at5 = u(at[0]), u(at[1]), u(at[2]), u(at[3]), u(at[4]), u(at[5])
     for lane in range(u(OUT)):
