@@ -20,9 +20,9 @@ def fill_padded(x, i, pad, xp, r0=0, r1=-1):
     """Rows r0 .. r1 - 1 (r1 < 0: to the last) of xp (C, H + 2 pad, W + 2 pad), flat = image i of
     x (N, C, H, W) inside a zero border, the other rows left as they are: those rows zeroed, a
     run per plane (one run when they are every row of every plane), then the image's rows copied
-    in. Plain loops the loop vectoriser turns
-    into vector runs: writing the zeros apart (per border, as slices or short loops) and the rows
-    in 16-float runs cost more on every plane size measured (docs/perf.md). The row indices are
+    in. Plain loops the loop vectoriser turns into vector runs: writing the zeros apart (per
+    border, as slices or short loops) and the rows in 16-float runs cost more on every plane size
+    measured (docs/perf.md). The row indices are
     unsigned: with signed ones the vectoriser kept NumPy's negative-index wraparound and moved
     each row by gather and scatter, 2.5-3 times slower (docs/perf.md, fifteenth session)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
