@@ -245,6 +245,21 @@ def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
 
 
 @numba.njit(cache=True)
+def _strip(xp, Wo, s0, end, last, wo, hw, stride, wp, size, kh, kw, cstride, acc, tail, y, ob, n0):
+    """Positions s0 .. end - 1 (at most STRIP register blocks; positions from `last` on repeat
+    the last) for the output channels ob .. ob + lanes - 1 of Wo: each block's sums into acc,
+    then regrouped by channel and written into y (from image n0) by one tail call."""
+    lanes = Wo.shape[2]
+    pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
+    span = STRIP * pixels
+    for p0 in range(s0, end, pixels):
+        _sums(xp, Wo, p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh, kw, cstride,
+              acc[(p0 - s0) * lanes:])
+    by_channel(acc, end - s0, lanes, span)
+    finish_sums(acc[span * lanes:], 1, span, lanes, s0, end - s0, ob, tail, y, n0)
+
+
+@numba.njit(cache=True)
 def _rows_read(t0, t1, chunks, pixels, hw, wo, stride, kh):
     """The padded rows (r0, r1 past the last) that one image's tasks t0 .. t1 - 1 read: those of
     their positions when they lie in one block of channels, else every row."""
@@ -302,14 +317,8 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             while t < stop:  # this thread's blocks, a strip of at most STRIP in one block at a time
                 b, c0 = t // chunks, t % chunks
                 c1 = min(chunks, c0 + min(STRIP, stop - t))
-                s0 = c0 * pixels
-                for k in range(c0, c1):
-                    p0 = k * pixels
-                    _sums(xp, Wb[b], p0, min(pixels, hw - p0), wo, hw, stride, wp, size, kh, kw,
-                          hp * wp, acc[(p0 - s0) * lanes:])
-                cnt = min(c1 * pixels, hw) - s0
-                by_channel(acc, cnt, lanes, span)
-                finish_sums(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, 0)
+                _strip(xp, Wb[b], c0 * pixels, min(c1 * pixels, hw), hw, wo, hw, stride, wp, size, kh,
+                       kw, hp * wp, acc, tail, y, b * lanes, 0)
                 t += c1 - c0
     else:
         # acc_ws has a row per thread the process may run; a group's positions are summed as one
@@ -325,9 +334,5 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             acc, last = acc_ws[tid], count * hw  # positions cross images: k -> image k // hw
             for b in range(blocks):
                 for s0 in range(0, last, span):
-                    for p0 in range(s0, min(s0 + span, last), pixels):
-                        _sums(xp, Wb[b], p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh,
-                              kw, hp * wp, acc[(p0 - s0) * lanes:])
-                    cnt = min(span, last - s0)
-                    by_channel(acc, cnt, lanes, span)
-                    finish_sums(acc[span * lanes:], 1, span, lanes, s0, cnt, b * lanes, tail, y, i0)
+                    _strip(xp, Wb[b], s0, min(s0 + span, last), last, wo, hw, stride, wp, size, kh, kw,
+                           hp * wp, acc, tail, y, b * lanes, i0)
