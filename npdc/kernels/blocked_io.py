@@ -12,7 +12,7 @@ loads and stores, one pass over y, no overlap test the vectoriser gives up on.
 import numba
 
 from npdc.kernels.fused import RES_IDENTITY, RES_ZEROPAD
-from npdc.kernels.simd import transpose8
+from npdc.kernels.simd import transpose8, transpose8_tail
 
 
 @numba.njit(cache=True)
@@ -137,3 +137,36 @@ def by_channel(acc, npix, lanes, span):
     for r0 in range(0, npix, 8):
         for l0 in range(0, lanes, 8):
             transpose8(acc, r0 * lanes + l0, lanes, acc, span * lanes + l0 * span + r0, span)
+
+
+@numba.njit(cache=True)
+def write_strip(acc, npix, lanes, span, pix0, ob, tail, y, n0):
+    """What by_channel and then finish_sums(acc[span * lanes:], 1, span, lanes, pix0, npix, ob,
+    tail, y, n0) write, for a strip's sums one register block's after another (acc[r * lanes + l]),
+    in the same bits: each 8 x 8 tile of eight positions by eight channels transposed in
+    registers and written through the tail by transpose8_tail, a tile split where an image ends
+    written as two masked runs. Why: regrouping the whole strip by channel and then writing it a
+    channel's run per call cost a small layer as much as a tenth to a third of its time at a
+    batch (docs/perf.md, eighteenth session). Channels short of a tile's eight, planes of fewer
+    than 8 positions (a tile would span three images) and RES_ZEROPAD's strided residual take
+    that way."""
+    o_all, hw = y.shape[1], y.shape[2] * y.shape[3]
+    if tail.res_mode == RES_ZEROPAD or hw < 8:
+        by_channel(acc, npix, lanes, span)
+        finish_sums(acc[span * lanes:], 1, span, lanes, pix0, npix, ob, tail, y, n0)
+        return
+    add, valid = tail.res_mode == RES_IDENTITY, min(lanes, o_all - ob)
+    for r0 in range(0, npix, 8):
+        k = pix0 + r0
+        n, rest, m = n0 + k // hw, k % hw, min(8, npix - r0)
+        first = min(m, hw - rest)  # the tile's positions in image n; the rest open image n + 1
+        for l0 in range(0, valid - 7, 8):
+            o = ob + l0
+            transpose8_tail(acc, r0 * lanes + l0, lanes, y, (n * o_all + o) * hw + rest, hw, tail.scale,
+                            tail.shift, tail.slopes, o, tail.res, tail.act, add, 0, first)
+            if first < m:
+                transpose8_tail(acc, r0 * lanes + l0, lanes, y, ((n + 1) * o_all + o) * hw - first, hw,
+                                tail.scale, tail.shift, tail.slopes, o, tail.res, tail.act, add, first, m)
+    if valid % 8:
+        l0 = valid - valid % 8
+        finish_sums(acc[l0:], lanes, 1, valid % 8, pix0, npix, ob + l0, tail, y, n0)

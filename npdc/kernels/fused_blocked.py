@@ -38,7 +38,7 @@ The padded copy and the tail: npdc.kernels.blocked_io.
 
 import numba
 
-from npdc.kernels.blocked_io import by_channel, finish_sums, padded_images
+from npdc.kernels.blocked_io import by_channel, finish_sums, padded_images, write_strip
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 OUT = 32  # output channels per register block: two 16-lane vectors
@@ -255,8 +255,7 @@ def _strip(xp, Wo, s0, end, last, wo, hw, stride, wp, size, kh, kw, cstride, acc
     for p0 in range(s0, end, pixels):
         _sums(xp, Wo, p0, min(pixels, last - p0), wo, hw, stride, wp, size, kh, kw, cstride,
               acc[(p0 - s0) * lanes:])
-    by_channel(acc, end - s0, lanes, span)
-    finish_sums(acc[span * lanes:], 1, span, lanes, s0, end - s0, ob, tail, y, n0)
+    write_strip(acc, end - s0, lanes, span, s0, ob, tail, y, n0)
 
 
 @numba.njit(cache=True)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 from llvmlite import ir
-from numba.core import sigutils, types
+from numba.core import cgutils, sigutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
 
@@ -97,6 +97,22 @@ _ROUNDS = ([0, 8, 1, 9, 2, 10, 3, 11], [4, 12, 5, 13, 6, 14, 7, 15],
            [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15])
 
 
+def _transposed(builder, rows):
+    """IR: the eight 8-lane vectors whose vector j holds lane j of each of `rows`, by 24 shuffles."""
+    def shuffle(a, b, mask):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
+
+    v = rows
+    for r, gap in enumerate((1, 2, 4)):  # pair vectors `gap` apart within groups of 2*gap
+        lo, hi = _ROUNDS[2 * r], _ROUNDS[2 * r + 1]
+        nxt = [None] * 8
+        for k in range(4):
+            a = (k // gap) * 2 * gap + k % gap
+            nxt[2 * k], nxt[2 * k + 1] = shuffle(v[a], v[a + gap], lo), shuffle(v[a], v[a + gap], hi)
+        v = nxt
+    return v
+
+
 @intrinsic
 def transpose8(typingctx, src, s, s_step, dst, d, d_step):
     """dst.flat[d + j*d_step + i] = src.flat[s + i*s_step + j] for i, j < 8, both arrays
@@ -119,22 +135,82 @@ def transpose8(typingctx, src, s, s_step, dst, d, d_step):
             offset = builder.add(start, builder.mul(step, ir.Constant(i64, k)))
             return builder.bitcast(builder.gep(base, [offset]), vtype.as_pointer())
 
-        def shuffle(a, b, mask):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), mask))
-
-        v = [builder.load(at(base_in, s_v, s_step_v, i), align=align) for i in range(8)]
-        for r, gap in enumerate((1, 2, 4)):  # pair vectors `gap` apart within groups of 2*gap
-            lo, hi = _ROUNDS[2 * r], _ROUNDS[2 * r + 1]
-            nxt = [None] * 8
-            for k in range(4):
-                a = (k // gap) * 2 * gap + k % gap
-                nxt[2 * k], nxt[2 * k + 1] = shuffle(v[a], v[a + gap], lo), shuffle(v[a], v[a + gap], hi)
-            v = nxt
+        v = _transposed(builder, [builder.load(at(base_in, s_v, s_step_v, i), align=align) for i in range(8)])
         for j in range(8):
             builder.store(v[j], at(base_out, d_v, d_step_v, j), align=align)
         return context.get_dummy_value()
 
     return types.void(src, s, s_step, dst, d, d_step), codegen
+
+
+@intrinsic
+def transpose8_tail(typingctx, src, s, s_step, dst, d, d_step, scale, shift, slopes, ch, res, act, add, lo,
+                    hi):
+    """The lanes lo <= i < hi of transpose8 with a conv's tail applied by destination row j:
+    dst.flat[d + j*d_step + i] = f(src.flat[s + i*s_step + j] * scale[ch + j] + shift[ch + j]
+    (+ res.flat[d + j*d_step + i] when add)), f(v) = v * slopes[ch + j] if act and v < 0 else v,
+    in that order and unfused, so the bits are those of the same sum written one by one. Eight
+    vector loads, 24 shuffles, then per row masked vector stores (and residual loads): only
+    lanes lo .. hi - 1 are read from res and written, so a row may start before, or run past, the
+    run it writes (a block of eight positions split where an image ends). All arrays C-contiguous
+    of one float type; the caller keeps every written and read index in bounds."""
+    arrays = (src, dst, scale, shift, slopes, res)
+    if not (all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == src.dtype for a in arrays)
+            and src.dtype in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        s_v, s_step_v, d_v, d_step_v, ch_v, lo_v, hi_v = (
+            context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2, 4, 5, 9, 13, 14))
+        act_v, add_v = args[11], args[12]
+        ftype = context.get_value_type(signature.args[0].dtype)
+        vtype, align = ir.VectorType(ftype, 8), context.get_abi_sizeof(ftype)
+        i32, i64, mtype = ir.IntType(32), ir.IntType(64), ir.VectorType(ir.IntType(1), 8)
+
+        def base(k):
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        def at(ptr, start, step, k):
+            offset = builder.add(start, builder.mul(step, ir.Constant(i64, k)))
+            return builder.bitcast(builder.gep(ptr, [offset]), vtype.as_pointer())
+
+        def splat(value, vt, width):
+            one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * 8))
+
+        def per_channel(ptr, j):
+            return splat(builder.load(builder.gep(ptr, [builder.add(ch_v, ir.Constant(i64, j))])), vtype, 8)
+
+        lanes = ir.Constant(ir.VectorType(i64, 8), list(range(8)))
+        mask = builder.and_(builder.icmp_signed(">=", lanes, splat(lo_v, ir.VectorType(i64, 8), 8)),
+                            builder.icmp_signed("<", lanes, splat(hi_v, ir.VectorType(i64, 8), 8)))
+        suffix = f"v8f{context.get_abi_sizeof(ftype) * 8}.p0"  # LLVM's name for this vector and pointer
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vtype, vtype.as_pointer(), i32, mtype]),
+            f"llvm.masked.store.{suffix}")
+        load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vtype, [vtype.as_pointer(), i32, mtype, vtype]), f"llvm.masked.load.{suffix}")
+        rows = _transposed(builder, [builder.load(at(base(0), s_v, s_step_v, i), align=align) for i in range(8)])
+        act_b = builder.icmp_unsigned("!=", act_v, ir.Constant(act_v.type, 0))
+        add_b = builder.icmp_unsigned("!=", add_v, ir.Constant(add_v.type, 0))
+        zero = ir.Constant(vtype, [0.0] * 8)
+        sc_p, sh_p, sl_p, dst_p, res_p = base(6), base(7), base(8), base(3), base(10)
+        for j in range(8):
+            v = builder.fadd(builder.fmul(rows[j], per_channel(sc_p, j)), per_channel(sh_p, j))
+            before = builder.block
+            with builder.if_then(add_b):
+                r = builder.call(load, [at(res_p, d_v, d_step_v, j), ir.Constant(i32, align), mask, zero])
+                added, then = builder.fadd(v, r), builder.block
+            merged = builder.phi(vtype)
+            merged.add_incoming(added, then)
+            merged.add_incoming(v, before)
+            leaky = builder.select(builder.fcmp_ordered("<", merged, zero),
+                                   builder.fmul(merged, per_channel(sl_p, j)), merged)
+            out = builder.select(act_b, leaky, merged)
+            builder.call(store, [out, at(dst_p, d_v, d_step_v, j), ir.Constant(i32, align), mask])
+        return context.get_dummy_value()
+
+    return types.void(src, s, s_step, dst, d, d_step, scale, shift, slopes, ch, res, act, add, lo, hi), codegen
 
 
 @intrinsic

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from npdc.kernels.simd import (deinterleave16, deinterleave16_checked, straight_line_compiled, transpose8,
-                               transpose8_checked)
+                               transpose8_checked, transpose8_tail)
 
 
 @numba.njit(cache=True)
@@ -26,6 +26,38 @@ def test_transpose8_moves_each_value_to_its_mirror_place(dtype, s, s_step, d, d_
         for j in range(8):
             want[d + j * d_step + i] = src.flat[s + i * s_step + j]
     _transpose(src, s, s_step, dst, d, d_step)
+    np.testing.assert_array_equal(dst.ravel(), want)
+
+
+@numba.njit(cache=True)
+def _transpose_tail(src, s, s_step, dst, d, d_step, scale, shift, slopes, ch, res, act, add, lo, hi):
+    transpose8_tail(src, s, s_step, dst, d, d_step, scale, shift, slopes, ch, res, act, add, lo, hi)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act, add", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("lo, hi", [(0, 8), (3, 8), (0, 5), (2, 6)])
+def test_transpose8_tail_writes_the_tail_of_the_mirrored_lanes_lo_to_hi(dtype, act, add, lo, hi):
+    """Each written value in the bits of the same tail done one value at a time in the array's
+    float type (multiply, add, residual, slope where negative), only lanes lo .. hi - 1 written:
+    the residual's other lanes are NaN and never reach the output."""
+    rng = np.random.default_rng(lo * 8 + hi)
+    src = rng.standard_normal(400).astype(dtype)
+    dst = rng.standard_normal((3, 100)).astype(dtype)
+    res = rng.standard_normal((3, 100)).astype(dtype)
+    scale, shift, slopes = (rng.standard_normal(20).astype(dtype) for _ in range(3))
+    s, s_step, d, d_step, ch = 5, 13, 7, 11, 3
+    want = dst.copy().ravel()
+    for j in range(8):
+        for i in range(8):
+            at = d + j * d_step + i
+            if not lo <= i < hi:
+                res.flat[at] = np.nan
+                continue
+            v = src[s + i * s_step + j] * scale[ch + j] + shift[ch + j]
+            v = v + res.flat[at] if add else v
+            want[at] = v * slopes[ch + j] if act and v < 0 else v
+    _transpose_tail(src, s, s_step, dst, d, d_step, scale, shift, slopes, ch, res, act, add, lo, hi)
     np.testing.assert_array_equal(dst.ravel(), want)
 
 
