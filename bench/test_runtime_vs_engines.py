@@ -4,8 +4,9 @@ by npdc's own ONNX export (npdc/io/onnx_export.py), which includes the input nor
 every engine gets the same float pixels and returns logits.
 
 Batch-1 latency and batch-128 throughput of cifar-resnet20 and the shipped fmnist-resnet18, each
-engine with THREADS threads, timed in one run by alternating one call of each engine per round (the
-machine's speed drifts; alternating lets a slow spell hit all), in an order drawn afresh each round.
+engine with THREADS threads, timed in one run by alternating engines round by round (the
+machine's speed drifts; alternating lets a slow spell hit all), in an order drawn afresh each
+round, each timed call right after an untimed one of the same engine (`alternate`).
 Recorded per engine: the median and the best; the ratios other/npdc (above 1: npdc faster) of both.
 The issue's targets (npdc's float batch-1 latency <= ONNX Runtime's, its batch-128 throughput >=
 ONNX Runtime's) are recorded as `meets_*`, not asserted: a bench that fails whenever a shared
@@ -102,15 +103,20 @@ def _race(engines, x, rounds):
 
 
 def alternate(engines, x, rounds):
-    """{engine: (median s, best s)} of `rounds` rounds of one call of each engine, in an order
-    drawn afresh each round (seeded). Engines whose worker threads spin or stay awake after a
-    call slow whichever engine runs next: in a fixed (or turning) order npdc's runtime ran after
-    OpenVINO and ONNX Runtime every round and its median was six times its best; drawn orders
-    give every engine every neighbour."""
+    """{engine: (median s, best s)} of `rounds` rounds in which each engine, in an order drawn
+    afresh each round (seeded), is called twice in a row and the second call timed. Engines whose
+    worker threads spin after a call slow whichever engine runs next on these two cores: in a
+    fixed order npdc's runtime ran after OpenVINO and ONNX Runtime every round and its median was
+    six times its best; in drawn orders its calls right after ONNX Runtime still took 1.7 times
+    those right after its own (docs/perf.md, eighteenth session), while ONNX Runtime, which
+    never follows a spinning engine, kept its time. So every timed call follows a call of the
+    same engine, as it would in a process of its own, and the drawn order still spreads the
+    machine's drift over all."""
     names, times = list(engines), {name: [] for name in engines}
     order = np.random.default_rng(0)
     for _ in range(rounds):
         for k in order.permutation(len(names)):
+            engines[names[k]](x)
             t0 = time.perf_counter()
             engines[names[k]](x)
             times[names[k]].append(time.perf_counter() - t0)
