@@ -1,6 +1,7 @@
 """What the channels-in-lanes kernels (npdc.kernels.fused_blocked) read and write around their
 register blocks: images copied into zero-padded planes, and sums written back to the NCHW arena
-through the layer's tail (npdc.kernels.fused.Tail), a strip of blocks regrouped by channel first.
+through the layer's tail (npdc.kernels.fused.Tail), a strip of blocks at a time, regrouped by
+channel eight by eight (write_strip).
 
 Why a module of its own: the copy and the tail run once per layer over every activation, and at
 a batch they are as much of a 16-channel layer's time as the register blocks are not (the cost

@@ -24,11 +24,11 @@ than 6 or 12: fifteenth session).
 Threads: one image is split over (block of OUT channels, block of positions) pairs, so both
 threads work at batch 1, each on a padded copy of the image of its own (a plane one core writes
 and the other reads comes from the writer's cache, slowly: docs/perf.md), and a thread's run of
-blocks is summed up to STRIP blocks at a time and written by one tail call, as a batch's strip
-is (a tail call per register block cost small layers much of their time at batch 1:
-docs/perf.md, seventeenth session). A batch is split over tasks of images_per_task images, each
-thread padding them into its own planes, its blocks' positions running on across them, and the
-tail written per strip of STRIP blocks regrouped by channel. At a batch, a layer of at most
+blocks is summed up to STRIP blocks at a time and then written, as a batch's strip is (a tail
+call per register block cost small layers much of their time at batch 1: docs/perf.md,
+seventeenth session). A batch is split over tasks of images_per_task images, each thread padding
+them into its own planes, its blocks' positions running on across them, and the tail written a
+strip of STRIP blocks at a time (blocked_io.write_strip). At a batch, a layer of at most
 NARROW output channels at stride 1 with a border runs row_sums instead, whose blocks run along
 the padded plane (the positions past a row's outputs computed and dropped), so that one pointer
 reaches every input of a block. Each output is summed by one task in one fixed order (tap, then
@@ -38,13 +38,13 @@ The padded copy and the tail: npdc.kernels.blocked_io.
 
 import numba
 
-from npdc.kernels.blocked_io import by_channel, finish_sums, padded_images, write_strip
+from npdc.kernels.blocked_io import padded_images, write_strip
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
 
 OUT = 32  # output channels per register block: two 16-lane vectors
 PIXELS = 8  # output positions per register block (16 sums + 2 weight vectors of 32 registers)
 NARROW, NARROW_PIXELS = 16, 12  # layers of at most 16 output channels: one vector by 12 positions
-STRIP = 16  # register blocks per tail call in a batch (192 or 128 positions)
+STRIP = 16  # register blocks summed before their outputs are written (192 or 128 positions)
 
 
 @numba.njit(cache=True)
@@ -229,8 +229,7 @@ def _outputs_before(k, wp, wo):
 def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
     """The outputs of `count` images, padded at stride 1 into xp `size` floats apart, by row_sums:
     per image, the offsets of the padded plane from the first output's to past the last's, a
-    strip of STRIP blocks at a time, whose outputs' sums are regrouped by channel and written by
-    one tail call."""
+    strip of STRIP blocks at a time, whose outputs' sums are written by write_strip."""
     span, cstride = STRIP * NARROW_PIXELS, size // Wo.shape[0]
     last = (ho - 1) * wp + wo
     for k in range(count):
@@ -239,16 +238,14 @@ def _row_strips(xp, Wo, count, size, ho, wo, wp, kh, kw, acc, tail, y, n0):
             for p0 in range(s0, end, NARROW_PIXELS):
                 row_sums(xp, Wo, k * size + p0, wp, wo, p0 % wp, _outputs_before(p0, wp, wo) - first,
                          kh, kw, cstride, acc)
-            cnt = _outputs_before(end, wp, wo) - first
-            by_channel(acc, cnt, NARROW, span)
-            finish_sums(acc[span * NARROW:], 1, span, NARROW, first, cnt, 0, tail, y, n0 + k)
+            write_strip(acc, _outputs_before(end, wp, wo) - first, NARROW, span, first, 0, tail, y, n0 + k)
 
 
 @numba.njit(cache=True)
 def _strip(xp, Wo, s0, end, last, wo, hw, stride, wp, size, kh, kw, cstride, acc, tail, y, ob, n0):
     """Positions s0 .. end - 1 (at most STRIP register blocks; positions from `last` on repeat
     the last) for the output channels ob .. ob + lanes - 1 of Wo: each block's sums into acc,
-    then regrouped by channel and written into y (from image n0) by one tail call."""
+    then written into y (from image n0) through the tail by write_strip."""
     lanes = Wo.shape[2]
     pixels = NARROW_PIXELS if lanes == NARROW else PIXELS
     span = STRIP * pixels
