@@ -17,11 +17,11 @@ from npdc.kernels.simd import transpose8, transpose8_tail
 
 
 @numba.njit(cache=True)
-def fill_padded(x, i, pad, xp, r0=0, r1=-1):
+def fill_padded(x, i, pad, xp, r0=0, r1=-1, zero=True):
     """Rows r0 .. r1 - 1 (r1 < 0: to the last) of xp (C, H + 2 pad, W + 2 pad), flat = image i of
     x (N, C, H, W) inside a zero border, the other rows left as they are: those rows zeroed, a
     run per plane (one run when they are every row of every plane), then the image's rows copied
-    in. Plain loops the loop vectoriser turns into vector runs: writing the zeros apart (per
+    in; with zero False only the copy (the border is zero already: a plane filled before). Plain loops the loop vectoriser turns into vector runs: writing the zeros apart (per
     border, as slices or short loops) and the rows in 16-float runs cost more on every plane size
     measured (docs/perf.md). The row indices are
     unsigned: with signed ones the vectoriser kept NumPy's negative-index wraparound and moved
@@ -32,7 +32,7 @@ def fill_padded(x, i, pad, xp, r0=0, r1=-1):
     xf = x.reshape(x.size)
     u = numba.uint64
     runs, run = (1, c * hp * wp) if r0 == 0 and r1 == hp else (c, (r1 - r0) * wp)  # whole planes: one run
-    for ch in range(runs):
+    for ch in range(runs if zero else 0):
         for k in range(u(ch * hp * wp + r0 * wp), u(ch * hp * wp + r0 * wp + run)):
             xp[k] = 0
     for ch in range(c):
@@ -43,14 +43,15 @@ def fill_padded(x, i, pad, xp, r0=0, r1=-1):
 
 
 @numba.njit(cache=True)
-def padded_images(x, i0, count, pad, planes, at, size, r0=0, r1=-1):
+def padded_images(x, i0, count, pad, planes, at, size, r0=0, r1=-1, zero=True):
     """Images i0 .. i0+count-1 of x as flat planes `size` floats apart: x's own floats when there
-    is no border, else filled into planes[at:] (only padded rows r0 .. r1 - 1: fill_padded)."""
+    is no border, else filled into planes[at:] (only padded rows r0 .. r1 - 1, and with zero
+    False only their images' rows: fill_padded)."""
     if pad == 0:
         return x.reshape(x.size)[i0 * size:(i0 + count) * size]
     xp = planes[at:at + count * size + 16]
     for k in range(count):
-        fill_padded(x, i0 + k, pad, xp[k * size:], r0, r1)
+        fill_padded(x, i0 + k, pad, xp[k * size:], r0, r1, zero)
     return xp
 
 

@@ -37,6 +37,7 @@ The padded copy and the tail: npdc.kernels.blocked_io.
 """
 
 import numba
+import numpy as np
 
 from npdc.kernels.blocked_io import padded_images, write_strip
 from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled
@@ -320,10 +321,15 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
         # acc_ws has a row per thread the process may run; a group's positions are summed as one
         # image's would be, so the group's size leaves the bits
         group = max(1, min(images_per_task(hw, pixels), n // (4 * acc_ws.shape[0])))
+        bordered = np.zeros(acc_ws.shape[0], np.bool_)  # whether a thread's planes have their zero border
         for task in numba.prange((n + group - 1) // group):
             i0, tid = task * group, numba.get_thread_id()
             count = min(group, n - i0)
-            xp = padded_images(x, i0, count, pad, planes, tid * (group * size + 16), size)
+            at = tid * (group * size + 16)
+            if not bordered[tid]:  # the border once per call: later images overwrite only their rows
+                planes[at:at + group * size] = 0
+                bordered[tid] = True
+            xp = padded_images(x, i0, count, pad, planes, at, size, 0, -1, False)
             if lanes == NARROW and stride == 1 and pad > 0:  # the blocks read past a row's end
                 _row_strips(xp, Wb[0], count, size, ho, wo, wp, kh, kw, acc_ws[tid], tail, y, i0)
                 continue
