@@ -326,7 +326,7 @@ def conv_blocked_fused(x, Wb, kh, kw, stride, pad, tail, y, planes, acc_ws):
             i0, tid = task * group, numba.get_thread_id()
             count = min(group, n - i0)
             at = tid * (group * size + 16)
-            if not bordered[tid]:  # the border once per call: later images overwrite only their rows
+            if pad > 0 and not bordered[tid]:  # the border once per call: later images write only their rows
                 planes[at:at + group * size] = 0
                 bordered[tid] = True
             xp = padded_images(x, i0, count, pad, planes, at, size, 0, -1, False)
