@@ -6,8 +6,10 @@ Why: a dense 3x3 stride-1 layer's direct kernels (npdc.kernels.fused_blocked) do
 adds per output and channel pair; the engine's Winograd forward does a quarter of them in its
 GEMMs but ran on the host, its tail a second pass over the output in NumPy, which cost it the
 layers it wins on its own (docs/perf.md). Here each tile row's outputs go through the tail while
-they are channels-innermost in cache (finish_lanes; the residual's rows turned the same way
-first, load_rows), and are then written to NCHW.
+they are in cache: eight columns by eight channels at a time turned to NCHW in registers and
+written through the tail, an identity residual read where they are written (write_rows); a
+zero-pad residual, or channels short of eight, through the tile row turned channels-innermost
+(finish_lanes, the residual's rows turned the same way first by load_rows) and then to NCHW.
 
 Departures from conv_winograd4's forward: work is split by tile rows counted across the batch,
 not by whole images, so one image still keeps every thread busy (its tile rows are shared out)
@@ -24,8 +26,9 @@ import numpy as np
 
 from npdc.kernels.conv_winograd4 import BUDGET, LANES, OUT_BLOCK, ROWS, _gemm, transformed_kernels
 from npdc.kernels.conv_winograd4_transforms import cols_in, fill_rows, store_rows, strip_in, tile_out
-from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE
-from npdc.kernels.simd import fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8
+from npdc.kernels.fused import PRANGE_ONLY, RES_IDENTITY, RES_NONE, RES_ZEROPAD
+from npdc.kernels.simd import (fma16, ld16, prefer_512_bit_vectors, st16, straight_line_compiled, transpose8,
+                               transpose8_tail)
 
 
 GROUP = 2  # register blocks of 16 output channels a GEMM call takes (its widest register block)
@@ -133,6 +136,26 @@ def finish_lanes(R, S, rows, wo, scale, shift, act, slopes, with_res):
                 if act and v < 0:
                     v *= slopes[k]
                 r[k] = v
+
+
+@numba.njit(cache=True)
+def write_rows(R, rows, k0, o, tail, y, image, oy):
+    """What finish_lanes and then store_rows write for a tile row without a residual or with an
+    identity one (o, a multiple of 8, of R's lanes kept), in the same bits: eight columns by eight
+    channels of R at a time transposed in registers and written through the tail by
+    transpose8_tail, the residual read from its NCHW rows where they are written, a row's last
+    columns by masked stores (R's rows are 4 * tw >= Wo wide, the last one followed by S, so the
+    eight positions read stay inside the workspace). Why: turning the residual channels-innermost,
+    applying the tail there and turning the sums back moved every output three times
+    (docs/perf.md, eighteenth session)."""
+    lanes, ho, wo = R.shape[2], y.shape[2], y.shape[3]
+    hw, add = ho * wo, tail.res_mode == RES_IDENTITY
+    for k in range(0, o, 8):
+        for i in range(rows):
+            src, dst = (i * R.shape[1] * lanes) + k, ((image * y.shape[1] + k0 + k) * ho + oy + i) * wo
+            for col0 in range(0, wo, 8):
+                transpose8_tail(R, src + col0 * lanes, lanes, y, dst + col0, hw, tail.scale, tail.shift,
+                                tail.slopes, k0 + k, tail.res, tail.act, add, 0, min(8, wo - col0))
 
 
 @numba.njit(cache=True)
@@ -248,6 +271,9 @@ def _task(x, U, pad, tail, y, g0, g1, q0, q1, chunk, K, ws):
                 for tx in range(tw):
                     tile_out(Mq, r * tw + tx, wide, Qq, Rq, 4 * tx, K)
                 rows = min(4, ho - 4 * row)
+                if tail.res_mode != RES_ZEROPAD and kept % 8 == 0:
+                    write_rows(Rq, rows, k0, kept, tail, y, image, 4 * row)
+                    continue
                 if tail.res_mode != RES_NONE:
                     load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image,
                               4 * row, rows, k0, Sq)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from npdc.kernels.fused import RES_IDENTITY, RES_NONE, RES_ZEROPAD, Tail
-from npdc.kernels.fused_winograd import conv_winograd_fused, grouped_kernels, layout
+from npdc.kernels.conv_winograd4_transforms import store_rows
+from npdc.kernels.fused_winograd import conv_winograd_fused, finish_lanes, grouped_kernels, layout, load_rows, write_rows
 from tests.kernels.fused_check import check_fused
 
 
@@ -48,3 +49,50 @@ def test_the_layout_keeps_every_thread_busy(n, o, ho, threads):
     assert tasks * parts >= min(threads, tasks * groups)
     if n > 8:
         assert tasks % threads == 0 and parts == 1
+
+
+@numba.njit(cache=True)
+def _channels_innermost_tail(R, S, rows, k0, kept, tail, y, image, oy):
+    """The tile row's tail the way write_rows replaced: the residual turned channels-innermost,
+    the tail there, the outputs turned back to NCHW."""
+    lanes = R.shape[2]
+    scale, shift, slopes = np.zeros(lanes, R.dtype), np.zeros(lanes, R.dtype), np.zeros(lanes, R.dtype)
+    scale[:kept], shift[:kept] = tail.scale[k0:k0 + kept], tail.shift[k0:k0 + kept]
+    slopes[:kept] = tail.slopes[k0:k0 + kept]
+    if tail.res_mode != RES_NONE:
+        load_rows(tail.res, tail.res_mode, tail.res_front, tail.res_stride, image, oy, rows, k0, S)
+    finish_lanes(R, S, rows, y.shape[3], scale, shift, tail.act, slopes, tail.res_mode != RES_NONE)
+    store_rows(R, rows, k0, y, image, oy)
+
+
+@pytest.mark.parametrize("wo,rows,lanes,k0,o,res,act", [
+    (28, 4, 32, 0, 32, "none", True), (14, 2, 32, 32, 64, "copy", True), (7, 3, 16, 16, 24, "in place", True),
+    (4, 4, 64, 64, 128, "in place", False), (9, 1, 16, 0, 16, "copy", False)])
+def test_write_rows_writes_the_bits_of_the_channels_innermost_tail(wo, rows, lanes, k0, o, res, act):
+    """Rows whose last columns are a part of eight (masked), a part of the rows of a tile row, a
+    group of lanes of which only some channels exist (kept, a multiple of 8), an identity
+    residual from another array and written over in place, with and without the activation:
+    the same bits, and no output of another tile row or channel written."""
+    rng = np.random.default_rng(wo * rows + k0)
+    n, ho, oy, image = 2, 4 * rows + 3, 4, 1
+    kept = min(lanes, o - k0)
+    R = np.zeros((2, 4, -(-wo // 4) * 4, lanes), np.float32)  # R and, past it, S, as carve cuts them
+    R[0] = rng.standard_normal(R.shape[1:])
+    residual = rng.standard_normal((n, o, ho, wo)).astype(np.float32)
+    scale, shift = rng.random(o, dtype=np.float32) + 0.5, rng.standard_normal(o).astype(np.float32)
+    outs = []
+    for write in ("old", "new"):
+        y = residual.copy() if res == "in place" else np.full((n, o, ho, wo), np.nan, np.float32)
+        source = {"none": np.zeros((1, 1, 1, 1), np.float32), "copy": residual, "in place": y}[res]
+        mode = RES_NONE if res == "none" else RES_IDENTITY
+        tail = Tail(scale, shift, act, np.full(o, 0.2, np.float32), source, mode, 0, 1)
+        if write == "old":
+            _channels_innermost_tail(R[0].copy(), np.zeros_like(R[0]), rows, k0, kept, tail, y, image, oy)
+        else:
+            write_rows(R[0], rows, k0, kept, tail, y, image, oy)
+        outs.append(y)
+    np.testing.assert_array_equal(outs[1], outs[0])
+    untouched = residual if res == "in place" else np.full_like(residual, np.nan)
+    outside = np.ones(outs[1].shape, bool)
+    outside[image, k0:k0 + kept, oy:oy + rows] = False
+    np.testing.assert_array_equal(outs[1][outside], untouched[outside])
