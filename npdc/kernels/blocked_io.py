@@ -21,7 +21,8 @@ def fill_padded(x, i, pad, xp, r0=0, r1=-1, zero=True):
     """Rows r0 .. r1 - 1 (r1 < 0: to the last) of xp (C, H + 2 pad, W + 2 pad), flat = image i of
     x (N, C, H, W) inside a zero border, the other rows left as they are: those rows zeroed, a
     run per plane (one run when they are every row of every plane), then the image's rows copied
-    in; with zero False only the copy (the border is zero already: a plane filled before). Plain loops the loop vectoriser turns into vector runs: writing the zeros apart (per
+    in; with zero False only the copy (the border is zero already: a plane filled before).
+    Plain loops the loop vectoriser turns into vector runs: writing the zeros apart (per
     border, as slices or short loops) and the rows in 16-float runs cost more on every plane size
     measured (docs/perf.md). The row indices are
     unsigned: with signed ones the vectoriser kept NumPy's negative-index wraparound and moved

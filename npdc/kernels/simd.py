@@ -2,7 +2,7 @@
 
 - straight_line_vectorised, straight_line_compiled: LLVM's SLP (straight-line) vectoriser, a
   process-wide Numba setting, turned on only while the kernels that need it compile.
-- prefer_512_bit_vectors, transpose8, deinterleave16: Numba intrinsics, i.e. LLVM IR emitted at
+- prefer_512_bit_vectors, transpose8, transpose8_tail, deinterleave16: Numba intrinsics, i.e. LLVM IR emitted at
   the call site. Numba has no vector types, and LLVM's vectorisers neither widen past their
   preferred width nor turn a scalar 8 x 8 transpose into shuffles (a version over tuples stayed
   scalar in the compiled code), so those steps are written in IR here. The two that move data
@@ -174,16 +174,16 @@ def transpose8_tail(typingctx, src, s, s_step, dst, d, d_step, scale, shift, slo
             offset = builder.add(start, builder.mul(step, ir.Constant(i64, k)))
             return builder.bitcast(builder.gep(ptr, [offset]), vtype.as_pointer())
 
-        def splat(value, vt, width):
+        def splat(value, vt):  # an 8-lane vector of value
             one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(i32, 0))
-            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * 8))
+            return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8))
 
         def per_channel(ptr, j):
-            return splat(builder.load(builder.gep(ptr, [builder.add(ch_v, ir.Constant(i64, j))])), vtype, 8)
+            return splat(builder.load(builder.gep(ptr, [builder.add(ch_v, ir.Constant(i64, j))])), vtype)
 
         lanes = ir.Constant(ir.VectorType(i64, 8), list(range(8)))
-        mask = builder.and_(builder.icmp_signed(">=", lanes, splat(lo_v, ir.VectorType(i64, 8), 8)),
-                            builder.icmp_signed("<", lanes, splat(hi_v, ir.VectorType(i64, 8), 8)))
+        mask = builder.and_(builder.icmp_signed(">=", lanes, splat(lo_v, ir.VectorType(i64, 8))),
+                            builder.icmp_signed("<", lanes, splat(hi_v, ir.VectorType(i64, 8))))
         suffix = f"v8f{context.get_abi_sizeof(ftype) * 8}.p0"  # LLVM's name for this vector and pointer
         store = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [vtype, vtype.as_pointer(), i32, mtype]),
